@@ -1,0 +1,246 @@
+/* The RA-TLS core: SGX quote parsing and verification, RA-TLS certificate parsing, policies, attestation
+ * providers and the attestation handshake. This header is the whole C surface the Python binding sees:
+ * native/binding/ffi_build.py feeds the part between the cffi markers to cffi's cdef, so that part stays
+ * in the subset cffi parses (plain declarations, integer #defines, no includes or macros with arguments).
+ *
+ * Conventions: every function that can fail returns 0 (RATLS_OK) or a ratls_reason code and, when `msg` is
+ * non-NULL, writes a NUL-terminated human sentence naming the field and the expected vs found value.
+ * Buffers returned through uint8_t** are malloc'ed; release them with ratls_free. Nothing here keeps
+ * global mutable state except the provider table (guarded by a lock). */
+#ifndef RATLS_CORE_H
+#define RATLS_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cffi-begin */
+
+/* Stable reason codes. ratls/errors.py mirrors these names and values; a test checks that they agree. */
+#define RATLS_OK 0
+#define RATLS_ERR_INTERNAL 1
+#define RATLS_ERR_BAD_ARGUMENT 2
+#define RATLS_ERR_CERT_MALFORMED 10
+#define RATLS_ERR_CERT_KEY_UNSUPPORTED 11
+#define RATLS_ERR_CERT_SIGNATURE 12
+#define RATLS_ERR_CERT_EXPIRED 13
+#define RATLS_ERR_CERT_NOT_YET_VALID 14
+#define RATLS_ERR_CERT_TOO_LARGE 15
+#define RATLS_ERR_EVIDENCE_MISSING 20
+#define RATLS_ERR_EVIDENCE_CRITICAL 21
+#define RATLS_ERR_EVIDENCE_MALFORMED 22
+#define RATLS_ERR_QUOTE_MALFORMED 30
+#define RATLS_ERR_QUOTE_UNSUPPORTED_VERSION 31
+#define RATLS_ERR_QUOTE_UNSUPPORTED_KEY_TYPE 32
+#define RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA 33
+#define RATLS_ERR_PCK_CHAIN_MALFORMED 34
+#define RATLS_ERR_PCK_CHAIN_UNTRUSTED 35
+#define RATLS_ERR_QE_REPORT_SIGNATURE 36
+#define RATLS_ERR_QE_REPORT_DATA 37
+#define RATLS_ERR_QUOTE_SIGNATURE 38
+#define RATLS_ERR_QE_VENDOR 39
+#define RATLS_ERR_REPORT_DATA_MISMATCH 40
+#define RATLS_ERR_ENCLAVE_ATTRIBUTES 41
+#define RATLS_ERR_DEBUG_ENCLAVE 42
+#define RATLS_ERR_SIMULATED_DENIED 43
+#define RATLS_ERR_MRENCLAVE 44
+#define RATLS_ERR_MRSIGNER 45
+#define RATLS_ERR_ISV_PROD_ID 46
+#define RATLS_ERR_ISV_SVN 47
+#define RATLS_ERR_TCB_STATUS 48
+#define RATLS_ERR_COLLATERAL 49
+#define RATLS_ERR_POLICY 50
+#define RATLS_ERR_PROVIDER 60
+#define RATLS_ERR_HANDSHAKE 70
+#define RATLS_ERR_TIMEOUT 71
+#define RATLS_ERR_IO 72
+
+/* TCB status, Intel's names; UNKNOWN when no collateral was evaluated. Policies hold a bit mask 1<<status. */
+#define RATLS_TCB_UNKNOWN 0
+#define RATLS_TCB_UP_TO_DATE 1
+#define RATLS_TCB_SW_HARDENING_NEEDED 2
+#define RATLS_TCB_CONFIGURATION_NEEDED 3
+#define RATLS_TCB_CONFIGURATION_AND_SW_HARDENING_NEEDED 4
+#define RATLS_TCB_OUT_OF_DATE 5
+#define RATLS_TCB_OUT_OF_DATE_CONFIGURATION_NEEDED 6
+#define RATLS_TCB_REVOKED 7
+
+/* Which root the PCK chain verified to. */
+#define RATLS_ROOT_NONE 0
+#define RATLS_ROOT_TRUSTED 1
+#define RATLS_ROOT_SIMULATED 2
+
+/* Where the quote in a certificate came from. */
+#define RATLS_FORMAT_BARE_QUOTE 0
+#define RATLS_FORMAT_DICE 1
+#define RATLS_FORMAT_LEGACY 2
+
+#define RATLS_MSG_SIZE 320
+#define RATLS_MAX_CERT_SIZE 32768
+
+/* Enclave attributes flags (SGX ATTRIBUTES.flags). */
+#define RATLS_SGX_FLAGS_INIT 1
+#define RATLS_SGX_FLAGS_DEBUG 2
+#define RATLS_SGX_FLAGS_MODE64BIT 4
+#define RATLS_SGX_FLAGS_PROVISION_KEY 16
+#define RATLS_SGX_FLAGS_EINITTOKEN_KEY 32
+
+typedef struct {
+    size_t off;
+    size_t len;
+} ratls_span;
+
+/* A decoded 384-byte SGX report body (ISV enclave report or QE report). */
+typedef struct {
+    uint8_t cpu_svn[16];
+    uint32_t misc_select;
+    uint8_t isv_ext_prod_id[16];
+    uint64_t flags;
+    uint64_t xfrm;
+    uint8_t mrenclave[32];
+    uint8_t mrsigner[32];
+    uint8_t config_id[64];
+    uint16_t isv_prod_id;
+    uint16_t isv_svn;
+    uint16_t config_svn;
+    uint8_t isv_family_id[16];
+    uint8_t report_data[64];
+} ratls_report_body;
+
+/* An SGX ECDSA quote v3, parsed (all spans are offsets into the raw quote). */
+typedef struct {
+    uint16_t version;
+    uint16_t att_key_type;
+    uint32_t tee_type;
+    uint16_t qe_svn;
+    uint16_t pce_svn;
+    uint8_t qe_vendor_id[16];
+    uint8_t user_data[20];
+    ratls_report_body body;
+    ratls_report_body qe_report;
+    ratls_span signed_region;   /* header || body: what the attestation key signs */
+    ratls_span isv_signature;   /* 64 B raw r||s */
+    ratls_span attestation_key; /* 64 B raw X||Y */
+    ratls_span qe_report_raw;   /* 384 B: what the PCK key signs */
+    ratls_span qe_report_signature;
+    ratls_span qe_auth_data;
+    uint16_t cert_data_type;
+    ratls_span cert_data;
+    size_t total_len;           /* bytes the quote occupies; trailing bytes beyond it are rejected */
+} ratls_quote;
+
+/* What a verifier learned about a peer. */
+typedef struct {
+    int root;                   /* RATLS_ROOT_* */
+    int format;                 /* RATLS_FORMAT_* */
+    uint8_t mrenclave[32];
+    uint8_t mrsigner[32];
+    uint16_t isv_prod_id;
+    uint16_t isv_svn;
+    uint64_t flags;
+    uint64_t xfrm;
+    uint8_t cpu_svn[16];
+    uint16_t qe_svn;
+    uint16_t pce_svn;
+    uint8_t report_data[64];
+    int tcb_status;             /* RATLS_TCB_* as evaluated by the caller's collateral, else UNKNOWN */
+    uint8_t cert_sha256[32];    /* SHA-256 of the certificate DER (zero for a bare quote) */
+    uint8_t spki_sha256[32];    /* SHA-256 of the certificate's SubjectPublicKeyInfo DER */
+    int64_t not_before;         /* certificate validity, Unix seconds */
+    int64_t not_after;
+} ratls_evidence;
+
+/* Where the quote sits inside an RA-TLS certificate (spans into the certificate DER). */
+typedef struct {
+    int format;                 /* RATLS_FORMAT_DICE or RATLS_FORMAT_LEGACY */
+    ratls_span quote;
+    ratls_span claims;          /* DICE only: the claims buffer whose SHA-256 is the report_data */
+    uint8_t spki_sha256[32];
+    uint8_t cert_sha256[32];
+    int64_t not_before;
+    int64_t not_after;
+    int has_legacy;             /* both may be present; DICE wins (no fallback when it is invalid) */
+    int has_dice;
+} ratls_cert_info;
+
+typedef struct ratls_policy ratls_policy;
+
+void ratls_free(void *p);
+const char *ratls_reason_name(int reason);
+const char *ratls_tcb_status_name(int status);
+/* Intel SGX Root CA (PEM), the trust anchor of every real DCAP PCK chain; a new policy trusts it. */
+const char *ratls_intel_root_ca_pem(void);
+
+/* --- quotes (quote.c) --- */
+int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *msg, size_t msg_len);
+/* Checks the whole signature chain of a parsed quote: PCK chain to the policy's trusted or simulation root
+ * (at time `now`), QE report signature, QE report_data binding of the attestation key, ISV signature.
+ * Sets *root to the root the chain verified to. Applies no enclave policy. */
+int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw, size_t len,
+                                  const ratls_quote *q, int64_t now, int *root, char *msg, size_t msg_len);
+
+/* --- certificates (cert.c) --- */
+int ratls_cert_inspect(const uint8_t *der, size_t len, ratls_cert_info *out, char *msg, size_t msg_len);
+
+/* --- policy (policy.c). A policy is immutable once built and safe to share between threads. --- */
+ratls_policy *ratls_policy_new(void);
+void ratls_policy_free(ratls_policy *p);
+int ratls_policy_add_mrenclave(ratls_policy *p, const uint8_t *mrenclave32);
+int ratls_policy_add_mrsigner(ratls_policy *p, const uint8_t *mrsigner32);
+void ratls_policy_set_isv_prod_id(ratls_policy *p, int32_t isv_prod_id);     /* -1 = any */
+void ratls_policy_set_min_isv_svn(ratls_policy *p, int32_t min_isv_svn);     /* -1 = any */
+void ratls_policy_set_allow_debug(ratls_policy *p, int allow);
+void ratls_policy_set_allow_simulated(ratls_policy *p, int allow);
+void ratls_policy_set_allowed_tcb_mask(ratls_policy *p, uint32_t mask);
+int ratls_policy_set_trusted_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
+int ratls_policy_set_sim_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
+
+/* --- verification (verify.c) --- */
+/* Full RA-TLS verification of a certificate: parse, self-signature, validity at `now`, evidence extraction
+ * (DICE preferred), key binding, quote signature chain, enclave attributes, measurements, TCB status
+ * (`tcb_status` is what the caller evaluated from collateral, RATLS_TCB_UNKNOWN without it). */
+int ratls_verify_cert(const ratls_policy *policy, const uint8_t *der, size_t len, int64_t now, int tcb_status,
+                      ratls_evidence *out, char *msg, size_t msg_len);
+/* The same for a bare quote: no certificate, so no key binding and no validity. */
+int ratls_verify_quote(const ratls_policy *policy, const uint8_t *raw, size_t len, int64_t now, int tcb_status,
+                       ratls_evidence *out, char *msg, size_t msg_len);
+
+/* --- Gramine's RA_TLS_* environment policy (policy.c), read with Gramine v1.8+ semantics --- */
+typedef struct {
+    int mrenclave_any;
+    uint8_t mrenclave[32];
+    int mrsigner_any;
+    uint8_t mrsigner[32];
+    int isv_prod_id_any;
+    uint16_t isv_prod_id;
+    int isv_svn_any;
+    uint16_t isv_svn;
+    int allow_outdated_tcb;
+    int allow_hw_config_needed;
+    int allow_sw_hardening_needed;
+    int allow_debug_enclave;
+} ratls_env_policy;
+int ratls_env_policy_read(ratls_env_policy *out, char *msg, size_t msg_len);
+uint32_t ratls_env_policy_tcb_mask(const ratls_env_policy *env);
+
+/* --- attestation providers (provider.c): a library exporting Gramine's RA-TLS ABI, opened with dlopen --- */
+typedef struct ratls_provider ratls_provider;
+int ratls_provider_open(const char *attest_lib_path, ratls_provider **out, char *msg, size_t msg_len);
+void ratls_provider_close(ratls_provider *p);
+int ratls_provider_is_sim(const ratls_provider *p);
+/* Only for the sim library: which CA directory and measurement its next certificates carry. */
+int ratls_provider_sim_configure(ratls_provider *p, const char *ca_dir, const uint8_t *mrenclave32,
+                                 uint16_t isv_prod_id, uint16_t isv_svn, int debug, int64_t not_before,
+                                 int64_t not_after, char *msg, size_t msg_len);
+int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len, uint8_t **crt_der,
+                          size_t *crt_len, char *msg, size_t msg_len);
+
+/* cffi-end */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,68 @@
+/* Definitions shared by the core's translation units; not part of the public API. */
+#ifndef RATLS_INTERNAL_H
+#define RATLS_INTERNAL_H
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "bytes.h"
+#include "ratls_core.h"
+
+#define SGX_QUOTE_HEADER_SIZE 48
+#define SGX_REPORT_BODY_SIZE 384
+#define SGX_QUOTE_SIGNED_SIZE (SGX_QUOTE_HEADER_SIZE + SGX_REPORT_BODY_SIZE) /* 432 */
+#define SGX_QUOTE_MIN_SIZE 436 /* signed region + signature_data_len */
+#define SGX_QUOTE_MAX_SIZE 8192
+#define SGX_QUOTE_VERSION_3 3
+#define SGX_ATT_KEY_TYPE_ECDSA_P256 2
+#define SGX_CERT_DATA_PCK_CHAIN 5
+
+extern const uint8_t ratls_intel_qe_vendor_id[16];
+
+struct ratls_policy {
+    uint8_t (*mrenclaves)[32];
+    size_t n_mrenclaves;
+    uint8_t (*mrsigners)[32];
+    size_t n_mrsigners;
+    int32_t isv_prod_id; /* -1 = any */
+    int32_t min_isv_svn; /* -1 = any */
+    int allow_debug;
+    int allow_simulated;
+    uint32_t tcb_mask;
+    X509_STORE *trusted_store; /* NULL = trust nothing real */
+    X509_STORE *sim_store;     /* NULL = no simulation root */
+};
+
+/* Writes a formatted message (if msg) and returns code; the one way errors are reported. */
+int ratls_fail(char *msg, size_t msg_len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void ratls_hex(const uint8_t *data, size_t len, char *out /* 2*len+1 */);
+/* Parses exactly 2*len hex digits. Returns 1 on success. */
+int ratls_unhex(const char *hex, uint8_t *out, size_t len);
+int ratls_sha256(const void *data, size_t len, uint8_t out[32]);
+
+/* P-256 public key from raw X||Y (64 B). NULL on a point not on the curve. */
+EVP_PKEY *ratls_p256_from_raw(const uint8_t xy[64]);
+/* ECDSA-SHA256 over msg with a raw r||s (2*n bytes) signature. 1 = valid, 0 = invalid, -1 = internal error. */
+int ratls_ecdsa_verify_raw(EVP_PKEY *key, const uint8_t *msg, size_t msg_len, const uint8_t *sig_rs, size_t n);
+/* ECDSA-SHA256 signature as raw r||s (each n bytes, big-endian). Returns 1 on success. */
+int ratls_ecdsa_sign_raw(EVP_PKEY *key, const uint8_t *msg, size_t msg_len, uint8_t *sig_rs, size_t n);
+int ratls_asn1_time_to_unix(const ASN1_TIME *t, int64_t *out);
+/* Raw X||Y of a P-256 public key (64 B). Returns 1 on success. */
+int ratls_p256_to_raw(EVP_PKEY *key, uint8_t xy[64]);
+
+/* The 384-byte report body layout, in one place (quote.c). */
+int ratls_report_body_decode(cbs *s, ratls_report_body *out);
+int ratls_report_body_encode(cbb *b, const ratls_report_body *body);
+
+/* RA-TLS certificate building (cert.c), Gramine's format: subject CN=RATLS-<16 hex of SHA-256(SPKI)>,
+ * O=GramineDevelopers, C=US; serial 1; basicConstraints, SKI, AKI, then the legacy quote extension (if
+ * legacy_quote) and the DICE tagged-evidence extension (if dice_quote); self-signed ECDSA-SHA256.
+ * `get_quote` is asked for a quote over the given 64-byte report_data (the sim quoter or /dev/attestation). */
+typedef int (*ratls_quote_fn)(void *ctx, const uint8_t report_data[64], uint8_t **quote, size_t *quote_len,
+                              char *msg, size_t msg_len);
+int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote,
+                     void *ctx, uint8_t **der, size_t *der_len, char *msg, size_t msg_len);
+/* DER SubjectPublicKeyInfo of a key (malloc'ed). */
+int ratls_spki_der(EVP_PKEY *key, uint8_t **der, size_t *len);
+
+#endif

@@ -1,0 +1,1 @@
+"""RA-TLS for gRPC: Gramine-compatible attestation certificates, SGX quote verification and policies."""

@@ -1,0 +1,1 @@
+"""Secure parameter-server runtime for DLRM over RA-TLS gRPC."""

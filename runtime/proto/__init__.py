@@ -1,0 +1,1 @@
+"""Generated at build time from protos/ (setup.py); not edited by hand."""
