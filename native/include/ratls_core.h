@@ -158,6 +158,9 @@ typedef struct {
     int format;                 /* RATLS_FORMAT_DICE or RATLS_FORMAT_LEGACY */
     ratls_span quote;
     ratls_span claims;          /* DICE only: the claims buffer whose SHA-256 is the report_data */
+    int pubkey_hash_alg;        /* DICE only: hash-alg-id of the "pubkey-hash" claim (1, 7 or 8) */
+    ratls_span pubkey_hash;     /* DICE only: the claimed hash of the SubjectPublicKeyInfo */
+    ratls_span spki;            /* the SubjectPublicKeyInfo DER */
     uint8_t spki_sha256[32];
     uint8_t cert_sha256[32];
     int64_t not_before;

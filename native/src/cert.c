@@ -1,2 +1,374 @@
-/* placeholder, filled in by its owner */
+/* RA-TLS certificates in Gramine's format (tools/sgx/ra-tls/ra_tls_attest.c, ra_tls_verify_common.c):
+ * building them around quotes, and finding and checking the evidence in them. */
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cbor.h"
 #include "internal.h"
+
+/* Gramine passes the whole TLV of OID 1.2.840.113741.1337.6 as the OID *content*, so certificates carry
+ * 06 0B 06 09 2A 86 48 86 F8 4D 8A 39 06, which standard parsers read as 0.6.9.42.840.113741.1337.6. */
+static const uint8_t legacy_oid_content[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF8, 0x4D, 0x8A, 0x39, 0x06};
+/* TCG DICE tagged evidence, 2.23.133.5.4.9. */
+static const uint8_t dice_oid_content[] = {0x67, 0x81, 0x05, 0x05, 0x04, 0x09};
+#define TEE_QUOTE_CBOR_TAG 60000
+#define PUBKEY_HASH_CLAIM "pubkey-hash"
+#define HASH_ALG_SHA256 1
+#define HASH_ALG_SHA384 7
+#define HASH_ALG_SHA512 8
+#define LEGACY_QUOTE_MIN 128
+
+static ASN1_OBJECT *oid_from_content(const uint8_t *content, size_t len) {
+    uint8_t tlv[16];
+    tlv[0] = 0x06;
+    tlv[1] = (uint8_t)len;
+    memcpy(tlv + 2, content, len);
+    const unsigned char *p = tlv;
+    return d2i_ASN1_OBJECT(NULL, &p, (long)len + 2);
+}
+
+int ratls_spki_der(EVP_PKEY *key, uint8_t **der, size_t *len) {
+    unsigned char *out = NULL;
+    int n = i2d_PUBKEY(key, &out);
+    if (n <= 0) return 0;
+    *der = out; /* OPENSSL_malloc is malloc unless an application replaced it; we never do */
+    *len = (size_t)n;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Building                                                                                              */
+
+static int add_raw_extension(X509 *x, ASN1_OBJECT *obj, const uint8_t *value, size_t len) {
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    int ok = os && ASN1_OCTET_STRING_set(os, value, (int)len);
+    X509_EXTENSION *ext = ok ? X509_EXTENSION_create_by_OBJ(NULL, obj, 0, os) : NULL;
+    ok = ext && X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    ASN1_OCTET_STRING_free(os);
+    return ok;
+}
+
+/* claims = { "pubkey-hash": bstr(serialized [1, bstr SHA-256(SPKI)]) }, serialized. */
+static int build_claims(const uint8_t spki_hash[32], cbb *claims) {
+    cbb entry;
+    cbb_init(&entry);
+    int ok = cbor_add_head(&entry, CBOR_ARRAY, 2) && cbor_add_head(&entry, CBOR_UINT, HASH_ALG_SHA256) &&
+             cbor_add_string(&entry, CBOR_BYTES, spki_hash, 32);
+    ok = ok && !entry.failed && cbor_add_head(claims, CBOR_MAP, 1) &&
+         cbor_add_string(claims, CBOR_TEXT, PUBKEY_HASH_CLAIM, strlen(PUBKEY_HASH_CLAIM)) &&
+         cbor_add_string(claims, CBOR_BYTES, entry.data, entry.len);
+    cbb_cleanup(&entry);
+    return ok && !claims->failed;
+}
+
+static int set_subject(X509 *x, const uint8_t spki_hash[32]) {
+    char cn[6 + 16 + 1] = "RATLS-";
+    ratls_hex(spki_hash, 8, cn + 6);
+    X509_NAME *name = X509_get_subject_name(x);
+    return X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) &&
+           X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"GramineDevelopers", -1,
+                                      -1, 0) &&
+           X509_NAME_add_entry_by_txt(name, "C", MBSTRING_ASC, (const unsigned char *)"US", -1, -1, 0) &&
+           X509_set_issuer_name(x, name);
+}
+
+/* basicConstraints (CA:FALSE as an empty SEQUENCE), SKI and AKI (SHA-1 of the public key bits), as mbedTLS
+ * writes them. */
+static int add_key_extensions(X509 *x, EVP_PKEY *key) {
+    unsigned char *pub = NULL;
+    int n = i2d_PublicKey(key, &pub); /* for EC: the uncompressed point, i.e. the BIT STRING contents */
+    if (n <= 0) return 0;
+    uint8_t sha1[20];
+    unsigned int sha1_len = 0;
+    int ok = EVP_Digest(pub, (size_t)n, sha1, &sha1_len, EVP_sha1(), NULL) && sha1_len == 20;
+    OPENSSL_free(pub);
+    uint8_t ski[22] = {0x04, 0x14}, aki[24] = {0x30, 0x16, 0x80, 0x14};
+    memcpy(ski + 2, sha1, 20);
+    memcpy(aki + 4, sha1, 20);
+    static const uint8_t basic_constraints[] = {0x30, 0x00};
+    return ok && add_raw_extension(x, OBJ_nid2obj(NID_basic_constraints), basic_constraints, 2) &&
+           add_raw_extension(x, OBJ_nid2obj(NID_subject_key_identifier), ski, sizeof ski) &&
+           add_raw_extension(x, OBJ_nid2obj(NID_authority_key_identifier), aki, sizeof aki);
+}
+
+int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote, void *ctx,
+                     uint8_t **der, size_t *der_len, char *msg, size_t msg_len) {
+    int rc = RATLS_ERR_INTERNAL;
+    uint8_t *spki = NULL, *legacy_quote = NULL, *dice_quote = NULL, *claims_buf = NULL;
+    size_t spki_len = 0, legacy_len = 0, dice_len = 0, claims_len = 0;
+    X509 *x = NULL;
+    ASN1_OBJECT *legacy_oid = NULL, *dice_oid = NULL;
+    cbb claims, evidence;
+    cbb_init(&claims);
+    cbb_init(&evidence);
+
+    uint8_t spki_hash[32], report_data[64] = {0};
+    if (!ratls_spki_der(key, &spki, &spki_len) || !ratls_sha256(spki, spki_len, spki_hash)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the certificate public key");
+        goto out;
+    }
+    /* Legacy quote: report_data = SHA-256(SPKI) || 0^32. */
+    memcpy(report_data, spki_hash, 32);
+    if ((rc = get_quote(ctx, report_data, &legacy_quote, &legacy_len, msg, msg_len)) != RATLS_OK) goto out;
+    /* DICE quote: report_data = SHA-256(claims) || 0^32. */
+    if (!build_claims(spki_hash, &claims)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE claims");
+        goto out;
+    }
+    claims_buf = cbb_finish(&claims, &claims_len);
+    if (!claims_buf || !ratls_sha256(claims_buf, claims_len, report_data)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+        goto out;
+    }
+    if ((rc = get_quote(ctx, report_data, &dice_quote, &dice_len, msg, msg_len)) != RATLS_OK) goto out;
+    rc = RATLS_ERR_INTERNAL;
+    if (!cbor_add_head(&evidence, CBOR_TAG, TEE_QUOTE_CBOR_TAG) || !cbor_add_head(&evidence, CBOR_ARRAY, 2) ||
+        !cbor_add_string(&evidence, CBOR_BYTES, dice_quote, dice_len) ||
+        !cbor_add_string(&evidence, CBOR_BYTES, claims_buf, claims_len) || evidence.failed) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE evidence");
+        goto out;
+    }
+
+    x = X509_new();
+    legacy_oid = oid_from_content(legacy_oid_content, sizeof legacy_oid_content);
+    dice_oid = oid_from_content(dice_oid_content, sizeof dice_oid_content);
+    int ok = x && legacy_oid && dice_oid && X509_set_version(x, X509_VERSION_3) &&
+             ASN1_INTEGER_set(X509_get_serialNumber(x), 1) && set_subject(x, spki_hash) &&
+             ASN1_TIME_set(X509_getm_notBefore(x), (time_t)not_before) &&
+             ASN1_TIME_set(X509_getm_notAfter(x), (time_t)not_after) && X509_set_pubkey(x, key) &&
+             add_key_extensions(x, key) && add_raw_extension(x, legacy_oid, legacy_quote, legacy_len) &&
+             add_raw_extension(x, dice_oid, evidence.data, evidence.len) && X509_sign(x, key, EVP_sha256()) > 0;
+    unsigned char *out = NULL;
+    int n = ok ? i2d_X509(x, &out) : 0;
+    if (n <= 0) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot build the RA-TLS certificate");
+        goto out;
+    }
+    *der = out;
+    *der_len = (size_t)n;
+    rc = RATLS_OK;
+out:
+    X509_free(x);
+    ASN1_OBJECT_free(legacy_oid);
+    ASN1_OBJECT_free(dice_oid);
+    OPENSSL_free(spki);
+    free(legacy_quote);
+    free(dice_quote);
+    free(claims_buf);
+    cbb_cleanup(&claims);
+    cbb_cleanup(&evidence);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Parsing                                                                                               */
+
+static ratls_span span_of(const uint8_t *der, size_t len, const uint8_t *part, size_t part_len) {
+    ratls_span s = {0, 0};
+    const uint8_t *p = memmem(der, len, part, part_len);
+    if (p) {
+        s.off = (size_t)(p - der);
+        s.len = part_len;
+    }
+    return s;
+}
+
+static int key_is_supported(EVP_PKEY *key) {
+    if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) return 0;
+    char group[32];
+    if (!EVP_PKEY_get_utf8_string_param(key, "group", group, sizeof group, NULL)) return 0;
+    return strcmp(group, "prime256v1") == 0 || strcmp(group, "secp384r1") == 0;
+}
+
+/* The DICE evidence: tag 60000 ( [ bstr quote, bstr claims ] ), with claims = serialized map holding
+ * "pubkey-hash": bstr(serialized [uint alg, bstr hash]). Spans are made relative to `der`. */
+static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char *msg, size_t msg_len) {
+    uint8_t major;
+    uint64_t arg;
+    cbs quote, claims;
+    if (!cbor_get_head(&value, &major, &arg) || major != CBOR_TAG || arg != TEE_QUOTE_CBOR_TAG)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE evidence: expected CBOR tag %d (TEE quote)", TEE_QUOTE_CBOR_TAG);
+    if (!cbor_get_head(&value, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
+        !cbor_get_string(&value, CBOR_BYTES, &quote) || !cbor_get_string(&value, CBOR_BYTES, &claims) ||
+        value.len != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE evidence: expected exactly [bstr quote, bstr claims]");
+    if (quote.len < SGX_QUOTE_MIN_SIZE || quote.len > SGX_QUOTE_MAX_SIZE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE evidence: quote is %zu bytes, expected %d..%d", quote.len, SGX_QUOTE_MIN_SIZE,
+                          SGX_QUOTE_MAX_SIZE);
+    out->quote.off = cbs_offset(&quote, der);
+    out->quote.len = quote.len;
+    out->claims.off = cbs_offset(&claims, der);
+    out->claims.len = claims.len;
+
+    uint64_t pairs;
+    if (!cbor_get_head(&claims, &major, &pairs) || major != CBOR_MAP || pairs == 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: expected a non-empty map");
+    int found = 0;
+    for (uint64_t i = 0; i < pairs; i++) {
+        cbs key, val;
+        if (!cbor_get_string(&claims, CBOR_TEXT, &key) || !cbor_get_string(&claims, CBOR_BYTES, &val))
+            return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                              "DICE claims: entry %llu is not text key -> byte string", (unsigned long long)i);
+        if (key.len != strlen(PUBKEY_HASH_CLAIM) || memcmp(key.data, PUBKEY_HASH_CLAIM, key.len) != 0) continue;
+        if (found++)
+            return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: duplicate pubkey-hash");
+        uint64_t alg;
+        cbs hash;
+        if (!cbor_get_head(&val, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
+            !cbor_get_head(&val, &major, &alg) || major != CBOR_UINT ||
+            !cbor_get_string(&val, CBOR_BYTES, &hash) || val.len != 0)
+            return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                              "DICE claims: pubkey-hash is not [uint alg, bstr hash]");
+        size_t want = alg == HASH_ALG_SHA256 ? 32 : alg == HASH_ALG_SHA384 ? 48 : alg == HASH_ALG_SHA512 ? 64 : 0;
+        if (!want || hash.len != want)
+            return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                              "DICE claims: pubkey-hash algorithm %llu with a %zu-byte hash is not supported "
+                              "(expected 1/SHA-256, 7/SHA-384 or 8/SHA-512)",
+                              (unsigned long long)alg, hash.len);
+        out->pubkey_hash_alg = (int)alg;
+        out->pubkey_hash.off = cbs_offset(&hash, der);
+        out->pubkey_hash.len = hash.len;
+    }
+    if (claims.len != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: trailing bytes after the map");
+    if (!found)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: no pubkey-hash claim");
+    return RATLS_OK;
+}
+
+int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 **x509, char *msg,
+                     size_t msg_len) {
+    memset(out, 0, sizeof *out);
+    if (x509) *x509 = NULL;
+    if (!der || len == 0) return ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "empty certificate");
+    if (len > RATLS_MAX_CERT_SIZE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_CERT_TOO_LARGE, "certificate is %zu bytes, at most %d allowed",
+                          len, RATLS_MAX_CERT_SIZE);
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (!x || p != der + len) {
+        X509_free(x);
+        return ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "not a DER X.509 certificate%s",
+                          x ? " (trailing bytes)" : "");
+    }
+    int rc;
+    ratls_sha256(der, len, out->cert_sha256);
+    if (!ratls_asn1_time_to_unix(X509_get0_notBefore(x), &out->not_before) ||
+        !ratls_asn1_time_to_unix(X509_get0_notAfter(x), &out->not_after)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "unreadable certificate validity");
+        goto fail;
+    }
+    EVP_PKEY *key = X509_get0_pubkey(x);
+    if (!key_is_supported(key)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_KEY_UNSUPPORTED,
+                        "certificate key must be EC P-256 or P-384 (as Gramine's verifier requires)");
+        goto fail;
+    }
+    unsigned char *spki = NULL;
+    int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &spki);
+    if (spki_len <= 0) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "unreadable SubjectPublicKeyInfo");
+        goto fail;
+    }
+    ratls_sha256(spki, (size_t)spki_len, out->spki_sha256);
+    out->spki = span_of(der, len, spki, (size_t)spki_len);
+    OPENSSL_free(spki);
+
+    const ASN1_OCTET_STRING *legacy = NULL, *dice = NULL;
+    for (int i = 0; i < X509_get_ext_count(x); i++) {
+        X509_EXTENSION *ext = X509_get_ext(x, i);
+        const ASN1_OBJECT *obj = X509_EXTENSION_get_object(ext);
+        size_t oid_len = (size_t)OBJ_length(obj);
+        const unsigned char *oid = OBJ_get0_data(obj);
+        const ASN1_OCTET_STRING **slot = NULL;
+        if (oid_len == sizeof legacy_oid_content && memcmp(oid, legacy_oid_content, oid_len) == 0) slot = &legacy;
+        if (oid_len == sizeof dice_oid_content && memcmp(oid, dice_oid_content, oid_len) == 0) slot = &dice;
+        if (!slot) continue;
+        const char *which = slot == &dice ? "DICE tagged-evidence (2.23.133.5.4.9)" : "legacy SGX quote";
+        if (*slot) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "the %s extension appears twice", which);
+            goto fail;
+        }
+        if (X509_EXTENSION_get_critical(ext)) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_CRITICAL,
+                            "the %s extension is marked critical; RA-TLS evidence must be non-critical", which);
+            goto fail;
+        }
+        *slot = X509_EXTENSION_get_data(ext);
+    }
+    out->has_dice = dice != NULL;
+    out->has_legacy = legacy != NULL;
+    if (dice) {
+        /* Gramine: DICE is preferred, and a present but invalid DICE extension is not rescued by the legacy one. */
+        out->format = RATLS_FORMAT_DICE;
+        cbs value;
+        cbs_init(&value, der + span_of(der, len, dice->data, (size_t)dice->length).off, (size_t)dice->length);
+        if ((rc = parse_dice(der, value, out, msg, msg_len)) != RATLS_OK) goto fail;
+    } else if (legacy) {
+        out->format = RATLS_FORMAT_LEGACY;
+        size_t qlen = (size_t)legacy->length;
+        if (qlen < LEGACY_QUOTE_MIN || qlen > SGX_QUOTE_MAX_SIZE) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                            "legacy quote extension is %zu bytes, expected %d..%d", qlen, LEGACY_QUOTE_MIN,
+                            SGX_QUOTE_MAX_SIZE);
+            goto fail;
+        }
+        out->quote = span_of(der, len, legacy->data, qlen);
+    } else {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MISSING,
+                        "no RA-TLS evidence: neither the DICE 2.23.133.5.4.9 nor the legacy SGX quote extension");
+        goto fail;
+    }
+    if (x509)
+        *x509 = x;
+    else
+        X509_free(x);
+    return RATLS_OK;
+fail:
+    X509_free(x);
+    return rc;
+}
+
+int ratls_cert_inspect(const uint8_t *der, size_t len, ratls_cert_info *out, char *msg, size_t msg_len) {
+    return ratls_cert_parse(der, len, out, NULL, msg, msg_len);
+}
+
+static const EVP_MD *hash_for_alg(int alg) {
+    return alg == HASH_ALG_SHA256 ? EVP_sha256() : alg == HASH_ALG_SHA384 ? EVP_sha384() : EVP_sha512();
+}
+
+int ratls_cert_check_binding(const uint8_t *der, const ratls_cert_info *info, const uint8_t report_data[64],
+                             char *msg, size_t msg_len) {
+    uint8_t expected[32];
+    char want[65], got[65];
+    const char *what;
+    if (info->format == RATLS_FORMAT_DICE) {
+        uint8_t key_hash[64];
+        unsigned int n = 0;
+        if (!EVP_Digest(der + info->spki.off, info->spki.len, key_hash, &n, hash_for_alg(info->pubkey_hash_alg),
+                        NULL))
+            return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "hashing the public key failed");
+        if (n != info->pubkey_hash.len || memcmp(key_hash, der + info->pubkey_hash.off, n) != 0)
+            return ratls_fail(msg, msg_len, RATLS_ERR_REPORT_DATA_MISMATCH,
+                              "DICE pubkey-hash claim does not match the certificate's public key");
+        ratls_sha256(der + info->claims.off, info->claims.len, expected);
+        what = "SHA-256 of the DICE claims";
+    } else {
+        memcpy(expected, info->spki_sha256, 32);
+        what = "SHA-256 of the certificate's SubjectPublicKeyInfo";
+    }
+    /* Gramine compares the first 32 bytes only. */
+    if (memcmp(report_data, expected, 32) != 0) {
+        ratls_hex(expected, 32, want);
+        ratls_hex(report_data, 32, got);
+        return ratls_fail(msg, msg_len, RATLS_ERR_REPORT_DATA_MISMATCH,
+                          "quote report_data does not bind the certificate key: expected %s (%s), found %s", want,
+                          what, got);
+    }
+    return RATLS_OK;
+}

@@ -62,6 +62,11 @@ typedef int (*ratls_quote_fn)(void *ctx, const uint8_t report_data[64], uint8_t 
                               char *msg, size_t msg_len);
 int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote,
                      void *ctx, uint8_t **der, size_t *der_len, char *msg, size_t msg_len);
+/* ratls_cert_inspect that also hands back the parsed certificate (caller frees with X509_free). */
+int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 **x509, char *msg, size_t msg_len);
+/* Checks that the quote's report_data binds the certificate key, the way Gramine does for info->format. */
+int ratls_cert_check_binding(const uint8_t *der, const ratls_cert_info *info, const uint8_t report_data[64],
+                             char *msg, size_t msg_len);
 /* DER SubjectPublicKeyInfo of a key (malloc'ed). */
 int ratls_spki_der(EVP_PKEY *key, uint8_t **der, size_t *len);
 

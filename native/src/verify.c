@@ -1,2 +1,124 @@
-/* placeholder, filled in by its owner */
+/* The whole RA-TLS verification: certificate, evidence, quote signature chain, then the policy. Checks run from
+ * the cheapest and most basic to the policy, so the reason reported is the most fundamental one. */
+#include <string.h>
+
 #include "internal.h"
+
+static void fill_from_quote(ratls_evidence *ev, const ratls_quote *q) {
+    memcpy(ev->mrenclave, q->body.mrenclave, 32);
+    memcpy(ev->mrsigner, q->body.mrsigner, 32);
+    ev->isv_prod_id = q->body.isv_prod_id;
+    ev->isv_svn = q->body.isv_svn;
+    ev->flags = q->body.flags;
+    ev->xfrm = q->body.xfrm;
+    memcpy(ev->cpu_svn, q->body.cpu_svn, 16);
+    memcpy(ev->report_data, q->body.report_data, 64);
+    ev->qe_svn = q->qe_svn;
+    ev->pce_svn = q->pce_svn;
+}
+
+static int in_set(const uint8_t (*set)[32], size_t n, const uint8_t *value) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(set[i], value, 32) == 0) return 1;
+    return 0;
+}
+
+static int measurement_mismatch(char *msg, size_t msg_len, int code, const char *field, const uint8_t (*set)[32],
+                                size_t n, const uint8_t *found) {
+    char want[65], got[65];
+    ratls_hex(set[0], 32, want);
+    ratls_hex(found, 32, got);
+    return ratls_fail(msg, msg_len, code, "%s %s is not allowed by the policy (expected %s%s)", field, got, want,
+                      n > 1 ? " or one of the other allowed values" : "");
+}
+
+/* Enclave attributes and the enclave policy, in Gramine's order (quote.c: attributes, then measurements). */
+static int check_enclave_policy(const ratls_policy *p, const ratls_quote *q, int tcb_status, char *msg,
+                                size_t msg_len) {
+    uint64_t flags = q->body.flags;
+    if (!(flags & RATLS_SGX_FLAGS_INIT) || !(flags & RATLS_SGX_FLAGS_MODE64BIT))
+        return ratls_fail(msg, msg_len, RATLS_ERR_ENCLAVE_ATTRIBUTES,
+                          "enclave attributes 0x%llx lack INIT (0x1) or MODE64BIT (0x4)", (unsigned long long)flags);
+    if (flags & (RATLS_SGX_FLAGS_PROVISION_KEY | RATLS_SGX_FLAGS_EINITTOKEN_KEY))
+        return ratls_fail(msg, msg_len, RATLS_ERR_ENCLAVE_ATTRIBUTES,
+                          "enclave attributes 0x%llx grant PROVISION_KEY or EINITTOKEN_KEY, which an application "
+                          "enclave must not have",
+                          (unsigned long long)flags);
+    if ((flags & RATLS_SGX_FLAGS_DEBUG) && !p->allow_debug)
+        return ratls_fail(msg, msg_len, RATLS_ERR_DEBUG_ENCLAVE,
+                          "peer is a DEBUG enclave (attributes 0x%llx); its memory is readable by the host and the "
+                          "policy does not allow debug enclaves",
+                          (unsigned long long)flags);
+    if (p->n_mrenclaves && !in_set((const uint8_t(*)[32])p->mrenclaves, p->n_mrenclaves, q->body.mrenclave))
+        return measurement_mismatch(msg, msg_len, RATLS_ERR_MRENCLAVE, "MRENCLAVE",
+                                    (const uint8_t(*)[32])p->mrenclaves, p->n_mrenclaves, q->body.mrenclave);
+    if (p->n_mrsigners && !in_set((const uint8_t(*)[32])p->mrsigners, p->n_mrsigners, q->body.mrsigner))
+        return measurement_mismatch(msg, msg_len, RATLS_ERR_MRSIGNER, "MRSIGNER",
+                                    (const uint8_t(*)[32])p->mrsigners, p->n_mrsigners, q->body.mrsigner);
+    if (p->isv_prod_id >= 0 && q->body.isv_prod_id != p->isv_prod_id)
+        return ratls_fail(msg, msg_len, RATLS_ERR_ISV_PROD_ID, "ISV_PROD_ID is %u, the policy expects %d",
+                          q->body.isv_prod_id, p->isv_prod_id);
+    if (p->min_isv_svn >= 0 && q->body.isv_svn < p->min_isv_svn)
+        return ratls_fail(msg, msg_len, RATLS_ERR_ISV_SVN, "ISV_SVN is %u, the policy requires at least %d",
+                          q->body.isv_svn, p->min_isv_svn);
+    if (tcb_status < 0 || tcb_status > RATLS_TCB_REVOKED || !(p->tcb_mask & (1u << tcb_status)))
+        return ratls_fail(msg, msg_len, RATLS_ERR_TCB_STATUS, "TCB status %s is not allowed by the policy%s",
+                          ratls_tcb_status_name(tcb_status),
+                          tcb_status == RATLS_TCB_UNKNOWN ? " (no collateral was evaluated)" : "");
+    return RATLS_OK;
+}
+
+static int verify_parsed_quote(const ratls_policy *p, const uint8_t *raw, size_t len, const ratls_quote *q,
+                               int64_t now, ratls_evidence *out, char *msg, size_t msg_len) {
+    fill_from_quote(out, q);
+    return ratls_quote_verify_signatures(p, raw, len, q, now, &out->root, msg, msg_len);
+}
+
+int ratls_verify_quote(const ratls_policy *policy, const uint8_t *raw, size_t len, int64_t now, int tcb_status,
+                       ratls_evidence *out, char *msg, size_t msg_len) {
+    memset(out, 0, sizeof *out);
+    out->tcb_status = tcb_status;
+    if (!policy) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "no policy given");
+    ratls_quote q;
+    int rc = ratls_quote_parse(raw, len, &q, msg, msg_len);
+    if (rc == RATLS_OK) rc = verify_parsed_quote(policy, raw, len, &q, now, out, msg, msg_len);
+    if (rc == RATLS_OK) rc = check_enclave_policy(policy, &q, tcb_status, msg, msg_len);
+    return rc;
+}
+
+int ratls_verify_cert(const ratls_policy *policy, const uint8_t *der, size_t len, int64_t now, int tcb_status,
+                      ratls_evidence *out, char *msg, size_t msg_len) {
+    memset(out, 0, sizeof *out);
+    out->tcb_status = tcb_status;
+    if (!policy) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "no policy given");
+    ratls_cert_info info;
+    X509 *x = NULL;
+    int rc = ratls_cert_parse(der, len, &info, &x, msg, msg_len);
+    if (rc != RATLS_OK) return rc;
+    out->format = info.format;
+    memcpy(out->cert_sha256, info.cert_sha256, 32);
+    memcpy(out->spki_sha256, info.spki_sha256, 32);
+    out->not_before = info.not_before;
+    out->not_after = info.not_after;
+
+    if (now < info.not_before) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_NOT_YET_VALID,
+                        "certificate is not valid before %lld (Unix time), now is %lld", (long long)info.not_before,
+                        (long long)now);
+    } else if (now > info.not_after) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_EXPIRED, "certificate expired at %lld (Unix time), now is %lld",
+                        (long long)info.not_after, (long long)now);
+    } else if (X509_verify(x, X509_get0_pubkey(x)) != 1) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_SIGNATURE, "certificate self-signature is invalid");
+    }
+    X509_free(x);
+    if (rc != RATLS_OK) return rc;
+
+    const uint8_t *raw = der + info.quote.off;
+    ratls_quote q;
+    rc = ratls_quote_parse(raw, info.quote.len, &q, msg, msg_len);
+    if (rc == RATLS_OK) rc = verify_parsed_quote(policy, raw, info.quote.len, &q, now, out, msg, msg_len);
+    if (rc == RATLS_OK) rc = ratls_cert_check_binding(der, &info, q.body.report_data, msg, msg_len);
+    if (rc == RATLS_OK) rc = check_enclave_policy(policy, &q, tcb_status, msg, msg_len);
+    return rc;
+}
