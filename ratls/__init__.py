@@ -1,1 +1,17 @@
-"""RA-TLS for gRPC: Gramine-compatible attestation certificates, SGX quote verification and policies."""
+"""RA-TLS for gRPC: Gramine-compatible attestation certificates, SGX quote verification and policies.
+
+    identity = ratls.Identity.create(provider="sim", sim_ca=DIR, measured_files=[...])
+    evidence = ratls.verify_certificate(peer_cert, ratls.Policy(mrenclave=..., ...))
+"""
+
+from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
+from ratls.evidence import Evidence, Quote, ReportBody, parse_quote, verify_certificate, verify_quote
+from ratls.identity import Identity, in_sgx_enclave, measure
+from ratls.policy import TCB_STATUSES, Policy
+from ratls.simca import SimCA
+
+__all__ = [
+    "TCB_STATUSES", "Evidence", "Identity", "Policy", "PolicyError", "ProviderError", "Quote", "RatlsError",
+    "Reason", "ReportBody", "SimCA", "VerificationError", "in_sgx_enclave", "measure", "parse_quote",
+    "verify_certificate", "verify_quote",
+]

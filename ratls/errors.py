@@ -1,0 +1,87 @@
+"""Exceptions and the stable reason codes of verification failures (mirroring RATLS_ERR_* in ratls_core.h)."""
+
+from __future__ import annotations
+
+import enum
+
+from ratls._native import ffi, lib
+
+
+class Reason(enum.IntEnum):
+    """Why a certificate or quote was rejected. Values are stable and equal the C core's RATLS_ERR_* codes."""
+
+    INTERNAL = 1
+    BAD_ARGUMENT = 2
+    CERT_MALFORMED = 10
+    CERT_KEY_UNSUPPORTED = 11
+    CERT_SIGNATURE = 12
+    CERT_EXPIRED = 13
+    CERT_NOT_YET_VALID = 14
+    CERT_TOO_LARGE = 15
+    EVIDENCE_MISSING = 20
+    EVIDENCE_CRITICAL = 21
+    EVIDENCE_MALFORMED = 22
+    QUOTE_MALFORMED = 30
+    QUOTE_UNSUPPORTED_VERSION = 31
+    QUOTE_UNSUPPORTED_KEY_TYPE = 32
+    QUOTE_UNSUPPORTED_CERT_DATA = 33
+    PCK_CHAIN_MALFORMED = 34
+    PCK_CHAIN_UNTRUSTED = 35
+    QE_REPORT_SIGNATURE = 36
+    QE_REPORT_DATA = 37
+    QUOTE_SIGNATURE = 38
+    QE_VENDOR = 39
+    REPORT_DATA_MISMATCH = 40
+    ENCLAVE_ATTRIBUTES = 41
+    DEBUG_ENCLAVE = 42
+    SIMULATED_DENIED = 43
+    MRENCLAVE = 44
+    MRSIGNER = 45
+    ISV_PROD_ID = 46
+    ISV_SVN = 47
+    TCB_STATUS = 48
+    COLLATERAL = 49
+    POLICY = 50
+    PROVIDER = 60
+    HANDSHAKE = 70
+    TIMEOUT = 71
+    IO = 72
+
+
+class RatlsError(Exception):
+    """Base class of every error this package raises."""
+
+
+class VerificationError(RatlsError):
+    """A peer's certificate or quote was rejected. `reason` is stable; `message` says which field and why."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.name}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class PolicyError(RatlsError):
+    """A policy could not be built from what was given (bad measurement, unknown status, unreadable root...)."""
+
+
+class ProviderError(RatlsError):
+    """An attestation provider could not be loaded or could not produce an identity."""
+
+
+def new_message_buffer():
+    return ffi.new("char[]", lib.RATLS_MSG_SIZE)
+
+
+def raise_for(rc: int, msg, error: type[RatlsError] = VerificationError) -> None:
+    """Turns a C return code and its message buffer into the matching exception."""
+    if rc == lib.RATLS_OK:
+        return
+    text = ffi.string(msg).decode("utf-8", "replace") if msg is not None else ""
+    if error is VerificationError:
+        try:
+            reason = Reason(rc)
+        except ValueError:
+            reason = Reason.INTERNAL
+        raise VerificationError(reason, text)
+    raise error(text)

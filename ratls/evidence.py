@@ -1,0 +1,229 @@
+"""Parsed SGX quotes, verified Evidence, and the verification entry points."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ratls._native import ffi, lib
+from ratls.errors import Reason, VerificationError, new_message_buffer, raise_for
+from ratls.policy import TCB_STATUSES, Policy, certificate_der
+
+_FORMATS = {lib.RATLS_FORMAT_BARE_QUOTE: "quote", lib.RATLS_FORMAT_DICE: "dice", lib.RATLS_FORMAT_LEGACY: "legacy"}
+_PROVIDERS = {lib.RATLS_ROOT_NONE: "none", lib.RATLS_ROOT_TRUSTED: "sgx", lib.RATLS_ROOT_SIMULATED: "sim"}
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
+    return v
+
+
+class _JsonMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: bytes as hex, datetimes as ISO 8601."""
+        return {k: _json_value(v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+
+@dataclass(frozen=True)
+class ReportBody(_JsonMixin):
+    """An SGX report body (the ISV enclave's, or the quoting enclave's)."""
+
+    cpu_svn: bytes
+    misc_select: int
+    isv_ext_prod_id: bytes
+    flags: int
+    xfrm: int
+    mrenclave: bytes
+    mrsigner: bytes
+    config_id: bytes
+    isv_prod_id: int
+    isv_svn: int
+    config_svn: int
+    isv_family_id: bytes
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.flags & lib.RATLS_SGX_FLAGS_DEBUG)
+
+    @classmethod
+    def _from_native(cls, body) -> ReportBody:
+        values = {}
+        for f in fields(cls):
+            v = getattr(body, f.name)
+            values[f.name] = bytes(v) if isinstance(v, ffi.CData) else int(v)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Quote(_JsonMixin):
+    """An SGX ECDSA quote v3 as parsed (not verified: see verify_quote)."""
+
+    version: int
+    att_key_type: int
+    tee_type: int
+    qe_svn: int
+    pce_svn: int
+    qe_vendor_id: bytes
+    user_data: bytes
+    body: ReportBody
+    isv_signature: bytes
+    attestation_key: bytes
+    qe_report: ReportBody
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    cert_data_type: int
+    cert_data: bytes
+
+    @property
+    def pck_chain_pem(self) -> list[bytes]:
+        """The PEM certificates of a type-5 certification data (leaf first)."""
+        if self.cert_data_type != 5:
+            return []
+        data = self.cert_data.rstrip(b"\0")
+        parts = data.split(b"-----END CERTIFICATE-----")
+        return [p.strip() + b"\n-----END CERTIFICATE-----\n" for p in parts if p.strip()]
+
+
+def parse_quote(raw: bytes) -> Quote:
+    """Parses an SGX ECDSA quote v3. Raises VerificationError (QUOTE_MALFORMED, ...) on bad input."""
+    raw = bytes(raw)
+    q = ffi.new("ratls_quote *")
+    msg = new_message_buffer()
+    raise_for(lib.ratls_quote_parse(raw, len(raw), q, msg, lib.RATLS_MSG_SIZE), msg)
+
+    def span(s) -> bytes:
+        return raw[s.off:s.off + s.len]
+
+    return Quote(
+        version=q.version, att_key_type=q.att_key_type, tee_type=q.tee_type, qe_svn=q.qe_svn, pce_svn=q.pce_svn,
+        qe_vendor_id=bytes(q.qe_vendor_id), user_data=bytes(q.user_data), body=ReportBody._from_native(q.body),
+        isv_signature=span(q.isv_signature), attestation_key=span(q.attestation_key),
+        qe_report=ReportBody._from_native(q.qe_report), qe_report_signature=span(q.qe_report_signature),
+        qe_auth_data=span(q.qe_auth_data), cert_data_type=q.cert_data_type, cert_data=span(q.cert_data),
+    )
+
+
+def _time(ts: int) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc) if ts else None
+
+
+@dataclass(frozen=True)
+class Evidence(_JsonMixin):
+    """What verification established about a peer. `provider` is "sgx" when the quote chains to the trusted
+    (Intel) root and "sim" when it chains to a simulation root."""
+
+    provider: str
+    format: str
+    mrenclave: bytes
+    mrsigner: bytes
+    isv_prod_id: int
+    isv_svn: int
+    debug: bool
+    attributes_flags: int
+    attributes_xfrm: int
+    cpu_svn: bytes
+    qe_svn: int
+    pce_svn: int
+    report_data: bytes
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    cert_fingerprint: bytes
+    spki_sha256: bytes
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+
+    @property
+    def simulated(self) -> bool:
+        return self.provider == "sim"
+
+    @classmethod
+    def _from_native(cls, ev, advisory_ids: tuple[str, ...] = ()) -> Evidence:
+        return cls(
+            provider=_PROVIDERS.get(ev.root, "none"), format=_FORMATS.get(ev.format, "quote"),
+            mrenclave=bytes(ev.mrenclave), mrsigner=bytes(ev.mrsigner), isv_prod_id=ev.isv_prod_id,
+            isv_svn=ev.isv_svn, debug=bool(ev.flags & lib.RATLS_SGX_FLAGS_DEBUG), attributes_flags=ev.flags,
+            attributes_xfrm=ev.xfrm, cpu_svn=bytes(ev.cpu_svn), qe_svn=ev.qe_svn, pce_svn=ev.pce_svn,
+            report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status], advisory_ids=advisory_ids,
+            cert_fingerprint=bytes(ev.cert_sha256), spki_sha256=bytes(ev.spki_sha256),
+            not_before=_time(ev.not_before), not_after=_time(ev.not_after),
+        )
+
+
+def _now(now: int | float | dt.datetime | None) -> int:
+    if now is None:
+        return int(time.time())
+    if isinstance(now, dt.datetime):
+        return int(now.timestamp())
+    return int(now)
+
+
+def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int) -> tuple[int, tuple[str, ...]]:
+    """TCB status and advisories of a quote from DCAP collateral (dcap-qvl's QuoteCollateralV3: the object, its
+    JSON text, or a path to the JSON file). dcap-qvl is a vetted offline implementation of Intel's TCB rules."""
+    import os
+
+    import dcap_qvl
+
+    if isinstance(collateral, str | os.PathLike) and not str(collateral).lstrip().startswith("{"):
+        with open(collateral) as f:
+            collateral = f.read()
+    try:
+        if isinstance(collateral, str | bytes):
+            collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral if isinstance(collateral, str)
+                                                              else collateral.decode())
+        root = policy.trusted_root_der
+        if root is None:
+            report = dcap_qvl.verify(quote, collateral, now)
+        else:
+            report = dcap_qvl.verify_with_root_ca(quote, collateral, root, now)
+    except (ValueError, TypeError) as e:
+        raise VerificationError(Reason.COLLATERAL, f"collateral evaluation failed: {e}") from None
+    return TCB_STATUSES.index(report.status), tuple(report.advisory_ids)
+
+
+def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | dt.datetime | None = None,
+                       collateral: Any = None) -> Evidence:
+    """Verifies an RA-TLS certificate (PEM or DER) against a policy and returns its Evidence, or raises
+    VerificationError with a specific reason. Without collateral the TCB status is "Unknown"."""
+    der = certificate_der(cert)
+    t = _now(now)
+    tcb, advisories = lib.RATLS_TCB_UNKNOWN, ()
+    if collateral is not None:
+        info = ffi.new("ratls_cert_info *")
+        msg = new_message_buffer()
+        raise_for(lib.ratls_cert_inspect(der, len(der), info, msg, lib.RATLS_MSG_SIZE), msg)
+        tcb, advisories = _evaluate_collateral(der[info.quote.off:info.quote.off + info.quote.len], policy,
+                                               collateral, t)
+    ev = ffi.new("ratls_evidence *")
+    msg = new_message_buffer()
+    raise_for(lib.ratls_verify_cert(policy._native, der, len(der), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+    return Evidence._from_native(ev, advisories)
+
+
+def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime | None = None,
+                 collateral: Any = None) -> Evidence:
+    """Verifies a bare SGX quote (signature chain, attributes, measurements, TCB status if collateral is given).
+    There is no certificate, so no key binding: report_data is returned for the caller to check."""
+    raw = bytes(raw)
+    t = _now(now)
+    tcb, advisories = lib.RATLS_TCB_UNKNOWN, ()
+    if collateral is not None:
+        tcb, advisories = _evaluate_collateral(raw, policy, collateral, t)
+    ev = ffi.new("ratls_evidence *")
+    msg = new_message_buffer()
+    raise_for(lib.ratls_verify_quote(policy._native, raw, len(raw), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+    return Evidence._from_native(ev, advisories)

@@ -1,0 +1,216 @@
+"""A process's RA-TLS identity: a fresh key pair that stays in memory and a certificate carrying SGX evidence."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from ratls._native import ffi, lib
+from ratls.errors import ProviderError, RatlsError, new_message_buffer
+from ratls.evidence import Evidence, verify_certificate
+from ratls.policy import TCB_STATUSES, Policy
+from ratls.simca import SimCA
+
+SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
+GRAMINE_ATTEST_LIBRARY = "libra_tls_attest.so"
+ATTESTATION_TYPE_FILE = "/dev/attestation/attestation_type"
+_MEASUREMENT_DOMAIN = b"ratls-sim-mrenclave-v1\0"
+
+# Providers are dlopen'ed once per process and, like Gramine's libraries, hold process-wide state: identity
+# creation (configure + create) is serialized.
+_providers: dict[str, object] = {}
+_provider_lock = threading.Lock()
+
+
+def _measured_paths(files: Iterable[str | os.PathLike]) -> list[Path]:
+    out: list[Path] = []
+    for f in files:
+        p = Path(f)
+        if p.is_dir():
+            out.extend(sorted(x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts
+                              and x.suffix != ".pyc"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise RatlsError(f"cannot measure {p}: no such file or directory")
+    return out
+
+
+def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> bytes:
+    """The simulated MRENCLAVE of a set of files: what a Gramine manifest would list as trusted files.
+
+    SHA-256 over a domain tag and, for each file sorted by name, len(name) (4 B LE) || name || SHA-256(content).
+    Names are relative to `root` when given (so the same tree measures the same anywhere), else as given.
+    Directories are expanded to their files (caches: __pycache__ and *.pyc are skipped). Any changed byte,
+    added or removed file changes the result."""
+    entries = []
+    for p in _measured_paths(files):
+        name = os.path.relpath(p, root) if root is not None else os.path.normpath(p)
+        entries.append((Path(name).as_posix(), hashlib.sha256(p.read_bytes()).digest()))
+    if not entries:
+        raise RatlsError("nothing to measure: the file list is empty")
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise RatlsError("the measured file list names a file twice")
+    h = hashlib.sha256(_MEASUREMENT_DOMAIN)
+    for name, digest in sorted(entries):
+        raw = name.encode()
+        h.update(len(raw).to_bytes(4, "little") + raw + digest)
+    return h.digest()
+
+
+def in_sgx_enclave() -> bool:
+    """True inside a Gramine SGX enclave with DCAP attestation."""
+    try:
+        with open(ATTESTATION_TYPE_FILE) as f:
+            return f.read().strip() == "dcap"
+    except OSError:
+        return False
+
+
+def _open_provider(path: str):
+    with _provider_lock:
+        if path not in _providers:
+            out = ffi.new("ratls_provider **")
+            msg = new_message_buffer()
+            if lib.ratls_provider_open(path.encode(), out, msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
+                raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+            _providers[path] = out[0]
+        return _providers[path]
+
+
+def _timestamp(value) -> int:
+    if value is None:
+        return 0
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp())
+    return int(value)
+
+
+class Identity:
+    """A key pair (memory only) and its self-signed RA-TLS certificate in Gramine's format."""
+
+    def __init__(self, private_key_der: bytes, certificate_der: bytes, provider: str, evidence: Evidence) -> None:
+        self.private_key_der = private_key_der
+        self.certificate_der = certificate_der
+        self.provider = provider
+        self.evidence = evidence
+
+    @classmethod
+    def create(
+        cls,
+        provider: str = "auto",
+        *,
+        sim_ca: str | os.PathLike | None = None,
+        measured_files: Iterable[str | os.PathLike] | None = None,
+        measure_root: str | os.PathLike | None = None,
+        isv_prod_id: int = 0,
+        isv_svn: int = 0,
+        debug: bool = False,
+        not_before=None,
+        not_after=None,
+        library_path: str | None = None,
+    ) -> Identity:
+        """Creates a fresh identity.
+
+        provider: "gramine" (inside an SGX enclave: Gramine's libra_tls_attest.so, or `library_path`), "sim"
+        (the simulated provider: needs `sim_ca` and `measured_files`, whose measurement becomes MRENCLAVE), or
+        "auto" (gramine when /dev/attestation says dcap, else sim when sim_ca is given). not_before/not_after
+        (datetime or Unix seconds) apply to sim certificates; the default is now-1h .. now+365d."""
+        if provider == "auto":
+            if in_sgx_enclave():
+                provider = "gramine"
+            elif sim_ca is not None:
+                provider = "sim"
+            else:
+                raise ProviderError(f"no SGX enclave here ({ATTESTATION_TYPE_FILE} does not read 'dcap') and no "
+                                    "sim_ca given: pass provider='sim' with sim_ca=DIR for simulated attestation")
+        if provider == "sim":
+            return cls._create_sim(sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before,
+                                   not_after, library_path)
+        if provider == "gramine":
+            return cls._create_with(library_path or GRAMINE_ATTEST_LIBRARY, "gramine", None)
+        raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim' or 'gramine')")
+
+    @classmethod
+    def _create_sim(cls, sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before, not_after,
+                    library_path) -> Identity:
+        if sim_ca is None:
+            raise ProviderError("the sim provider needs sim_ca (a directory made by `python -m ratls sim-ca init`)")
+        if measured_files is None:
+            raise ProviderError("the sim provider needs measured_files: the files whose measurement is MRENCLAVE")
+        ca = SimCA(sim_ca)
+        for name, v in (("isv_prod_id", isv_prod_id), ("isv_svn", isv_svn)):
+            if not 0 <= int(v) <= 0xFFFF:
+                raise ProviderError(f"{name} must be 0..65535, got {v}")
+        mrenclave = measure(measured_files, measure_root)
+
+        def configure(p) -> None:
+            msg = new_message_buffer()
+            rc = lib.ratls_provider_sim_configure(p, str(ca.path).encode(), mrenclave, int(isv_prod_id),
+                                                  int(isv_svn), int(bool(debug)), _timestamp(not_before),
+                                                  _timestamp(not_after), msg, lib.RATLS_MSG_SIZE)
+            if rc != lib.RATLS_OK:
+                raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+
+        return cls._create_with(library_path or str(SIM_LIBRARY), "sim", configure, sim_root=ca.path)
+
+    @classmethod
+    def _create_with(cls, library: str, provider: str, configure, sim_root=None) -> Identity:
+        p = _open_provider(library)
+        key = ffi.new("uint8_t **")
+        crt = ffi.new("uint8_t **")
+        key_len = ffi.new("size_t *")
+        crt_len = ffi.new("size_t *")
+        msg = new_message_buffer()
+        with _provider_lock:
+            if configure is not None:
+                configure(p)
+            rc = lib.ratls_provider_create(p, key, key_len, crt, crt_len, msg, lib.RATLS_MSG_SIZE)
+        if rc != lib.RATLS_OK:
+            raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+        try:
+            key_der = bytes(ffi.buffer(key[0], key_len[0]))
+            cert_der = bytes(ffi.buffer(crt[0], crt_len[0]))
+        finally:
+            if key[0] != ffi.NULL:
+                ffi.memmove(key[0], b"\0" * key_len[0], key_len[0])
+            lib.ratls_free(key[0])
+            lib.ratls_free(crt[0])
+        # A self-check that also yields our own Evidence: any measurement, but a fully valid chain and binding.
+        own_policy = Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES,
+                            allow_simulated=sim_root is not None, sim_root=sim_root)
+        evidence = verify_certificate(cert_der, own_policy)
+        return cls(key_der, cert_der, provider, evidence)
+
+    @property
+    def mrenclave(self) -> bytes:
+        return self.evidence.mrenclave
+
+    @property
+    def certificate_pem(self) -> bytes:
+        import base64
+        import textwrap
+
+        body = "\n".join(textwrap.wrap(base64.b64encode(self.certificate_der).decode(), 64))
+        return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
+
+    @property
+    def private_key_pem(self) -> bytes:
+        key = serialization.load_der_private_key(self.private_key_der, None)
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    @property
+    def common_name(self) -> str:
+        """The unique subject CN, RATLS-<16 hex of SHA-256(SPKI)>."""
+        return "RATLS-" + self.evidence.spki_sha256[:8].hex()
+
+    def __repr__(self) -> str:
+        return (f"Identity(provider={self.provider!r}, cn={self.common_name!r}, "
+                f"mrenclave={self.mrenclave.hex()})")

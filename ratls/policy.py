@@ -1,0 +1,256 @@
+"""What a verifier accepts: measurements, product, SVN, debug, TCB statuses, simulated evidence and roots."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from ratls._native import ffi, lib
+from ratls.errors import PolicyError, new_message_buffer
+
+TCB_STATUSES: tuple[str, ...] = tuple(ffi.string(lib.ratls_tcb_status_name(i)).decode() for i in range(8))
+"""Intel's TCB status names (index = the C code), "Unknown" first: the status when no collateral was given."""
+
+Measurement = str | bytes
+MeasurementSet = Measurement | Iterable[Measurement] | None
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.S)
+
+
+def pem_blocks(data: bytes, labels: tuple[str, ...] = ("CERTIFICATE", "TRUSTED CERTIFICATE")) -> list[bytes]:
+    """DER bodies of the PEM blocks in data with one of the labels (gramine-ratls writes TRUSTED CERTIFICATE)."""
+    out = []
+    for label, body in _PEM_BLOCK.findall(data):
+        if label.decode() in labels:
+            out.append(base64.b64decode(b"".join(body.split()), validate=True))
+    return out
+
+
+def certificate_der(cert: bytes | str) -> bytes:
+    """A certificate given as DER bytes, PEM bytes or PEM text, as DER."""
+    if isinstance(cert, str):
+        cert = cert.encode()
+    if b"-----BEGIN" in cert[:64]:
+        try:
+            blocks = pem_blocks(cert)
+        except ValueError as e:
+            raise PolicyError(f"bad base64 in PEM certificate: {e}") from e
+        if not blocks:
+            raise PolicyError("PEM input holds no CERTIFICATE block")
+        return blocks[0]
+    return cert
+
+
+def _measurements(value: MeasurementSet, field: str) -> tuple[bytes, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str | bytes) else list(value)
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                raw = bytes.fromhex(item)
+            except ValueError:
+                raise PolicyError(f"{field}: {item!r} is not hex") from None
+        elif isinstance(item, bytes):
+            raw = item
+        else:
+            raise PolicyError(f"{field}: expected hex str or bytes, got {type(item).__name__}")
+        if len(raw) != 32:
+            raise PolicyError(f"{field}: expected 32 bytes (64 hex digits), got {len(raw)} bytes")
+        out.append(raw)
+    if not out:
+        raise PolicyError(f"{field}: an empty set would accept nothing; use None for any")
+    return tuple(out)
+
+
+def _u16(value: int | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+        raise PolicyError(f"{field}: expected an integer 0..65535 or None, got {value!r}")
+    return value
+
+
+def _tcb_statuses(statuses: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(statuses, str):
+        statuses = [statuses]
+    by_lower = {s.lower(): s for s in TCB_STATUSES}
+    out = []
+    for s in statuses:
+        if not isinstance(s, str) or s.lower() not in by_lower:
+            raise PolicyError(f"allowed_tcb_statuses: unknown status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        out.append(by_lower[s.lower()])
+    return tuple(dict.fromkeys(out))
+
+
+def _root_der(value: bytes | str | os.PathLike | None, field: str, *, sim_dir_ok: bool) -> bytes | None:
+    """A CA certificate given as DER/PEM bytes, PEM text, a file path, or (sim_root) a sim-ca directory."""
+    if value is None:
+        return None
+    if isinstance(value, str) and "-----BEGIN" in value:
+        value = value.encode()
+    if isinstance(value, str | os.PathLike):
+        path = Path(value)
+        if sim_dir_ok and path.is_dir():
+            path = path / "root.crt.pem"
+        try:
+            value = path.read_bytes()
+        except OSError as e:
+            raise PolicyError(f"{field}: cannot read {path}: {e.strerror}") from None
+    try:
+        return certificate_der(value)
+    except PolicyError as e:
+        raise PolicyError(f"{field}: {e}") from None
+
+
+class Policy:
+    """An immutable verification policy. None means "any" for measurements, product id and SVN.
+
+    Sim evidence is accepted only when `allow_simulated` is true and `sim_root` names the simulation root (a
+    sim-ca directory or its root certificate). Without collateral the TCB status is "Unknown", which passes only
+    if listed in `allowed_tcb_statuses`.
+    """
+
+    __slots__ = ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "allowed_tcb_statuses",
+                 "allow_simulated", "sim_root_der", "trusted_root_der", "_ptr")
+
+    def __init__(
+        self,
+        *,
+        mrenclave: MeasurementSet = None,
+        mrsigner: MeasurementSet = None,
+        isv_prod_id: int | None = None,
+        min_isv_svn: int | None = None,
+        allow_debug: bool = False,
+        allowed_tcb_statuses: Iterable[str] = ("UpToDate",),
+        allow_simulated: bool = False,
+        sim_root: bytes | str | os.PathLike | None = None,
+        trusted_root: bytes | str | os.PathLike | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "mrenclave", _measurements(mrenclave, "mrenclave"))
+        set_(self, "mrsigner", _measurements(mrsigner, "mrsigner"))
+        set_(self, "isv_prod_id", _u16(isv_prod_id, "isv_prod_id"))
+        set_(self, "min_isv_svn", _u16(min_isv_svn, "min_isv_svn"))
+        set_(self, "allow_debug", bool(allow_debug))
+        set_(self, "allowed_tcb_statuses", _tcb_statuses(allowed_tcb_statuses))
+        set_(self, "allow_simulated", bool(allow_simulated))
+        set_(self, "sim_root_der", _root_der(sim_root, "sim_root", sim_dir_ok=True))
+        set_(self, "trusted_root_der", _root_der(trusted_root, "trusted_root", sim_dir_ok=False))
+        if self.allow_simulated and self.sim_root_der is None:
+            raise PolicyError("allow_simulated=True needs sim_root (the sim-ca directory or its root certificate)")
+        set_(self, "_ptr", self._build())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Policy is immutable; build a new one")
+
+    def _build(self):
+        ptr = ffi.gc(lib.ratls_policy_new(), lib.ratls_policy_free)
+        if ptr == ffi.NULL:
+            raise MemoryError("ratls_policy_new")
+        for m in self.mrenclave:
+            lib.ratls_policy_add_mrenclave(ptr, m)
+        for m in self.mrsigner:
+            lib.ratls_policy_add_mrsigner(ptr, m)
+        lib.ratls_policy_set_isv_prod_id(ptr, -1 if self.isv_prod_id is None else self.isv_prod_id)
+        lib.ratls_policy_set_min_isv_svn(ptr, -1 if self.min_isv_svn is None else self.min_isv_svn)
+        lib.ratls_policy_set_allow_debug(ptr, int(self.allow_debug))
+        lib.ratls_policy_set_allow_simulated(ptr, int(self.allow_simulated))
+        mask = 0
+        for s in self.allowed_tcb_statuses:
+            mask |= 1 << TCB_STATUSES.index(s)
+        lib.ratls_policy_set_allowed_tcb_mask(ptr, mask)
+        msg = new_message_buffer()
+        for der, setter, field in ((self.trusted_root_der, lib.ratls_policy_set_trusted_root, "trusted_root"),
+                                   (self.sim_root_der, lib.ratls_policy_set_sim_root, "sim_root")):
+            if der is not None and setter(ptr, der, len(der), msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
+                raise PolicyError(f"{field}: {ffi.string(msg).decode('utf-8', 'replace')}")
+        return ptr
+
+    @property
+    def _native(self):
+        """The C `ratls_policy *`; valid while this Policy is alive."""
+        return self._ptr
+
+    def replace(self, **changes: Any) -> Policy:
+        """A copy with some fields changed (same keywords as the constructor)."""
+        fields = {
+            "mrenclave": self.mrenclave or None,
+            "mrsigner": self.mrsigner or None,
+            "isv_prod_id": self.isv_prod_id,
+            "min_isv_svn": self.min_isv_svn,
+            "allow_debug": self.allow_debug,
+            "allowed_tcb_statuses": self.allowed_tcb_statuses,
+            "allow_simulated": self.allow_simulated,
+            "sim_root": self.sim_root_der,
+            "trusted_root": self.trusted_root_der,
+        }
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"unknown policy fields: {', '.join(sorted(unknown))}")
+        fields.update(changes)
+        return Policy(**fields)
+
+    def __repr__(self) -> str:
+        def hexes(ms: tuple[bytes, ...]) -> str:
+            return "any" if not ms else "[" + ", ".join(m.hex()[:16] + "…" for m in ms) + "]"
+
+        return (f"Policy(mrenclave={hexes(self.mrenclave)}, mrsigner={hexes(self.mrsigner)}, "
+                f"isv_prod_id={self.isv_prod_id}, min_isv_svn={self.min_isv_svn}, allow_debug={self.allow_debug}, "
+                f"allowed_tcb_statuses={self.allowed_tcb_statuses}, allow_simulated={self.allow_simulated})")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Policy:
+        """Gramine's RA_TLS_* variables with Gramine v1.8+ semantics: RA_TLS_MRENCLAVE, RA_TLS_MRSIGNER,
+        RA_TLS_ISV_PROD_ID and RA_TLS_ISV_SVN are all required (each may be `any`); the RA_TLS_ALLOW_* flags are
+        on only when exactly "1". In an enclave, these must come from the manifest, never from the host.
+        Keyword overrides (e.g. sim_root, allow_simulated) are applied on top."""
+        env = ffi.new("ratls_env_policy *")
+        msg = new_message_buffer()
+        if lib.ratls_env_policy_read(env, msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
+            raise PolicyError(ffi.string(msg).decode("utf-8", "replace"))
+        mask = lib.ratls_env_policy_tcb_mask(env)
+        fields: dict[str, Any] = {
+            "mrenclave": None if env.mrenclave_any else bytes(env.mrenclave),
+            "mrsigner": None if env.mrsigner_any else bytes(env.mrsigner),
+            "isv_prod_id": None if env.isv_prod_id_any else env.isv_prod_id,
+            "min_isv_svn": None if env.isv_svn_any else env.isv_svn,
+            "allow_debug": bool(env.allow_debug_enclave),
+            "allowed_tcb_statuses": tuple(s for i, s in enumerate(TCB_STATUSES) if mask & (1 << i)),
+        }
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Policy:
+        """A TOML policy file. Keys are the constructor's; measurements are hex strings (or lists of them) or
+        "any"; sim_root and trusted_root paths are relative to the file's directory."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise PolicyError(f"cannot read policy file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyError(f"policy file {path} is not valid TOML: {e}") from None
+        known = {"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "allowed_tcb_statuses",
+                 "allow_simulated", "sim_root", "trusted_root"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyError(f"policy file {path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        for key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"):
+            if data.get(key) == "any":
+                data[key] = None
+        for key in ("sim_root", "trusted_root"):
+            if key in data:
+                data[key] = path.parent / data[key]
+        try:
+            return cls(**data)
+        except PolicyError as e:
+            raise PolicyError(f"policy file {path}: {e}") from None
