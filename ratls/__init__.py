@@ -5,13 +5,38 @@
 """
 
 from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
-from ratls.evidence import Evidence, Quote, ReportBody, parse_quote, verify_certificate, verify_quote
+from ratls.evidence import (
+    CertificateInfo,
+    Evidence,
+    Quote,
+    ReportBody,
+    inspect_certificate,
+    parse_quote,
+    verify_certificate,
+    verify_quote,
+)
 from ratls.identity import Identity, in_sgx_enclave, measure
 from ratls.policy import TCB_STATUSES, Policy
 from ratls.simca import SimCA
 
 __all__ = [
-    "TCB_STATUSES", "Evidence", "Identity", "Policy", "PolicyError", "ProviderError", "Quote", "RatlsError",
-    "Reason", "ReportBody", "SimCA", "VerificationError", "in_sgx_enclave", "measure", "parse_quote",
-    "verify_certificate", "verify_quote",
+    "TCB_STATUSES",
+    "CertificateInfo",
+    "Evidence",
+    "Identity",
+    "Policy",
+    "PolicyError",
+    "ProviderError",
+    "Quote",
+    "RatlsError",
+    "Reason",
+    "ReportBody",
+    "SimCA",
+    "VerificationError",
+    "in_sgx_enclave",
+    "inspect_certificate",
+    "measure",
+    "parse_quote",
+    "verify_certificate",
+    "verify_quote",
 ]

@@ -163,6 +163,39 @@ class Evidence(_JsonMixin):
         )
 
 
+@dataclass(frozen=True)
+class CertificateInfo(_JsonMixin):
+    """Where an RA-TLS certificate keeps its evidence (found, not verified: see verify_certificate)."""
+
+    format: str
+    quote: bytes
+    legacy_quote: bytes | None
+    dice_claims: bytes | None
+    spki_sha256: bytes
+    cert_fingerprint: bytes
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+
+
+def inspect_certificate(cert: bytes | str) -> CertificateInfo:
+    """Finds the evidence in an RA-TLS certificate (PEM or DER): the quote verification would use (DICE
+    preferred, as Gramine), the legacy quote and DICE claims when present. Raises VerificationError."""
+    der = certificate_der(cert)
+    info = ffi.new("ratls_cert_info *")
+    msg = new_message_buffer()
+    raise_for(lib.ratls_cert_inspect(der, len(der), info, msg, lib.RATLS_MSG_SIZE), msg)
+
+    def span(s) -> bytes:
+        return der[s.off:s.off + s.len]
+
+    return CertificateInfo(
+        format=_FORMATS[info.format], quote=span(info.quote),
+        legacy_quote=span(info.legacy_quote) if info.has_legacy else None,
+        dice_claims=span(info.claims) if info.has_dice else None, spki_sha256=bytes(info.spki_sha256),
+        cert_fingerprint=bytes(info.cert_sha256), not_before=_time(info.not_before), not_after=_time(info.not_after),
+    )
+
+
 def _now(now: int | float | dt.datetime | None) -> int:
     if now is None:
         return int(time.time())
@@ -203,11 +236,7 @@ def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | 
     t = _now(now)
     tcb, advisories = lib.RATLS_TCB_UNKNOWN, ()
     if collateral is not None:
-        info = ffi.new("ratls_cert_info *")
-        msg = new_message_buffer()
-        raise_for(lib.ratls_cert_inspect(der, len(der), info, msg, lib.RATLS_MSG_SIZE), msg)
-        tcb, advisories = _evaluate_collateral(der[info.quote.off:info.quote.off + info.quote.len], policy,
-                                               collateral, t)
+        tcb, advisories = _evaluate_collateral(inspect_certificate(der).quote, policy, collateral, t)
     ev = ffi.new("ratls_evidence *")
     msg = new_message_buffer()
     raise_for(lib.ratls_verify_cert(policy._native, der, len(der), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)

@@ -156,7 +156,8 @@ typedef struct {
 /* Where the quote sits inside an RA-TLS certificate (spans into the certificate DER). */
 typedef struct {
     int format;                 /* RATLS_FORMAT_DICE or RATLS_FORMAT_LEGACY */
-    ratls_span quote;
+    ratls_span quote;           /* the quote verification uses (DICE when present) */
+    ratls_span legacy_quote;    /* the legacy extension's quote, when present */
     ratls_span claims;          /* DICE only: the claims buffer whose SHA-256 is the report_data */
     int pubkey_hash_alg;        /* DICE only: hash-alg-id of the "pubkey-hash" claim (1, 7 or 8) */
     ratls_span pubkey_hash;     /* DICE only: the claimed hash of the SubjectPublicKeyInfo */
@@ -240,6 +241,59 @@ int ratls_provider_sim_configure(ratls_provider *p, const char *ca_dir, const ui
                                  int64_t not_after, char *msg, size_t msg_len);
 int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len, uint8_t **crt_der,
                           size_t *crt_len, char *msg, size_t msg_len);
+
+/* --- attestation handshake (attest.c) --- */
+/* A TLS 1.3 endpoint where both sides present RA-TLS certificates and both sides' certificate-verify callbacks
+ * run ratls_verify_cert against their local policy. After the handshake the server queues the client's
+ * certificate and evidence (popped by the application) and then acknowledges, so a client that returned
+ * from ratls_attest_connect is already visible to the server's application. */
+typedef struct ratls_attest_server ratls_attest_server;
+
+/* Bounds of an attestation server; a zero field takes the default given in brackets. */
+typedef struct {
+    uint32_t handshake_timeout_ms; /* per connection, handshake and acknowledgement [5000, max 600000] */
+    uint32_t max_concurrent;       /* handshakes served at once, one worker thread each [8, max 256] */
+    uint32_t max_cert_size;        /* largest peer certificate accepted, DER bytes [RATLS_MAX_CERT_SIZE] */
+    uint32_t max_pending;          /* attested peers queued for the application; oldest dropped beyond [1024] */
+    uint32_t trust_ttl_s;          /* how long the application trusts an attested peer; told to it [3600] */
+} ratls_attest_limits;
+
+typedef struct {
+    uint64_t connections;          /* TCP connections accepted */
+    uint64_t attested;             /* peers verified and queued */
+    uint64_t rejected;             /* peers whose certificate failed RA-TLS verification */
+    uint64_t failed;               /* other failed handshakes: not TLS 1.3, garbage, closed early, ... */
+    uint64_t timed_out;            /* handshakes cut off by handshake_timeout_ms */
+    uint64_t dropped;              /* attested peers dropped from a full queue */
+    uint32_t in_flight;            /* connections being served now */
+    uint32_t queued;               /* attested peers waiting to be popped */
+    int last_rejection;            /* reason code of the latest rejected peer, 0 if none */
+    char last_rejection_msg[RATLS_MSG_SIZE];
+} ratls_attest_stats;
+
+/* Listens on host:port (port 0 = ephemeral) with the given identity (DER EC private key, DER certificate) and
+ * policy; the policy must outlive the server. `limits` may be NULL. */
+int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
+                              const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                              const ratls_attest_limits *limits, ratls_attest_server **out, char *msg,
+                              size_t msg_len);
+uint16_t ratls_attest_server_port(const ratls_attest_server *s);
+/* The next attested client (certificate DER, malloc'ed, and its evidence), waiting up to timeout_ms
+ * (0 = only look). RATLS_ERR_TIMEOUT when there is none. */
+int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
+                            ratls_evidence *evidence);
+void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out);
+/* Stops accepting, cuts off handshakes in progress, joins the workers and frees the server. */
+void ratls_attest_server_stop(ratls_attest_server *s);
+
+/* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
+ * under `policy` and waits for the server's acknowledgement, all within timeout_ms. Returns the server's
+ * certificate DER (malloc'ed), its evidence and the server's trust TTL for us. A server that refuses our
+ * certificate gives RATLS_ERR_HANDSHAKE; a server certificate that fails verification gives its reason. */
+int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
+                         const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                         uint32_t timeout_ms, uint8_t **peer_cert, size_t *peer_cert_len, ratls_evidence *peer,
+                         uint32_t *trust_ttl_s, char *msg, size_t msg_len);
 
 /* cffi-end */
 

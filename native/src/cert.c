@@ -303,6 +303,7 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
     }
     out->has_dice = dice != NULL;
     out->has_legacy = legacy != NULL;
+    if (legacy) out->legacy_quote = span_of(der, len, legacy->data, (size_t)legacy->length);
     if (dice) {
         /* Gramine: DICE is preferred, and a present but invalid DICE extension is not rescued by the legacy one. */
         out->format = RATLS_FORMAT_DICE;
@@ -318,7 +319,7 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
                             SGX_QUOTE_MAX_SIZE);
             goto fail;
         }
-        out->quote = span_of(der, len, legacy->data, qlen);
+        out->quote = out->legacy_quote;
     } else {
         rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MISSING,
                         "no RA-TLS evidence: neither the DICE 2.23.133.5.4.9 nor the legacy SGX quote extension");

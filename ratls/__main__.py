@@ -1,0 +1,114 @@
+"""Command line: python -m ratls {inspect,sim-ca,measure}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ratls.errors import RatlsError, VerificationError
+from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
+from ratls.identity import measure
+from ratls.policy import TCB_STATUSES, Policy
+from ratls.simca import SimCA
+
+
+def _inspection_policy(sim_root: str | None) -> Policy:
+    """Accepts any measurement, debug and TCB status: inspect shows what a certificate claims and whether its
+    signature chain and key binding hold; deciding whether to trust it is a policy's job."""
+    return Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES, allow_simulated=sim_root is not None,
+                  sim_root=sim_root)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    data = Path(args.file).read_bytes()
+    is_quote = not data.lstrip().startswith(b"-----BEGIN") and data[:2] in (b"\x03\x00", b"\x04\x00")
+    policy = _inspection_policy(args.sim_root)
+    out: dict = {"file": args.file, "kind": "quote" if is_quote else "certificate"}
+    raw_quote = data
+    if not is_quote:
+        try:
+            info = inspect_certificate(data)
+        except VerificationError as e:
+            out["error"] = {"reason": e.reason.name, "message": e.message}
+            return _emit(out, args.json, 1)
+        raw_quote = info.quote
+        out["certificate"] = {"sha256": info.cert_fingerprint.hex(), "evidence_extensions":
+                              [n for n, q in (("dice", info.dice_claims), ("legacy", info.legacy_quote)) if q]}
+    try:
+        out["quote"] = parse_quote(raw_quote).to_dict()
+        out["quote"].pop("cert_data", None)
+    except VerificationError as e:
+        out["error"] = {"reason": e.reason.name, "message": e.message}
+        return _emit(out, args.json, 1)
+    try:
+        ev: Evidence = (verify_quote(raw_quote, policy, now=args.time, collateral=args.collateral) if is_quote else
+                        verify_certificate(data, policy, now=args.time, collateral=args.collateral))
+        out["verification"] = {"ok": True, "evidence": ev.to_dict()}
+    except VerificationError as e:
+        out["verification"] = {"ok": False, "reason": e.reason.name, "message": e.message}
+    return _emit(out, args.json, 0 if out["verification"]["ok"] else 1)
+
+
+def _emit(out: dict, as_json: bool, rc: int) -> int:
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return rc
+    print(f"{out['kind']}: {out['file']}")
+    if "error" in out:
+        print(f"  unreadable: {out['error']['reason']}: {out['error']['message']}")
+        return rc
+    if "certificate" in out:
+        print(f"  sha256:        {out['certificate']['sha256']}")
+        print(f"  evidence:      {', '.join(out['certificate']['evidence_extensions'])}")
+    body = out["quote"]["body"]
+    print(f"  quote version: {out['quote']['version']}")
+    for field in ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "report_data"):
+        print(f"  {field + ':':<14} {body[field]}")
+    print(f"  debug:         {bool(body['flags'] & 2)} (attributes 0x{body['flags']:x})")
+    v = out["verification"]
+    if v["ok"]:
+        ev = v["evidence"]
+        print(f"  signatures:    valid, chain to the {'SIMULATION' if ev['provider'] == 'sim' else 'Intel SGX'} root")
+        print(f"  TCB status:    {ev['tcb_status']} {' '.join(ev['advisory_ids'])}")
+    else:
+        print(f"  verification:  FAILED {v['reason']}: {v['message']}")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ratls", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="show the evidence in an RA-TLS certificate (PEM/DER) or an SGX quote")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--sim-root", help="also accept this simulation root (sim-ca directory or root PEM)")
+    p.add_argument("--collateral", help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3) for the TCB status")
+    p.add_argument("--time", type=int, help="verification time, Unix seconds (default: now)")
+    p = sub.add_parser("sim-ca", help="manage a simulation CA")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
+    p = sub.add_parser("measure", help="print the simulated MRENCLAVE of files/directories")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--root", help="measure names relative to this directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "inspect":
+            return _inspect(args)
+        if args.command == "sim-ca":
+            ca = SimCA.init(args.dir, force=args.force)
+            print(f"simulation CA created in {ca.path}")
+            print(f"MRSIGNER of its signer: {ca.mrsigner.hex()}")
+            print("WARNING: simulated attestation proves nothing about real enclaves; use it for development only")
+            return 0
+        print(measure(args.files, args.root).hex())
+        return 0
+    except (RatlsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
