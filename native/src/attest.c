@@ -1,2 +1,618 @@
-/* placeholder, filled in by its owner */
+/* The attestation handshake (ARCHITECTURE.md §4): a TLS 1.3 endpoint beside each RA-TLS gRPC server where both
+ * sides present RA-TLS certificates and both sides' OpenSSL certificate-verify callbacks run the full RA-TLS
+ * verification (ratls_verify_cert) against the local policy.
+ *
+ * Protocol: mutual TLS 1.3 handshake, then the server sends an 8-byte acknowledgement ("RAT1" + trust TTL in
+ * seconds, big-endian u32) and closes. The server queues the client's certificate and evidence for the
+ * application *before* sending the acknowledgement, so a client that has read it knows the server's trust set
+ * can already see it (in TLS 1.3 the client finishes its handshake before the server has checked the client
+ * certificate, so the handshake alone does not tell the client it was accepted).
+ *
+ * The server owns its listening socket and a fixed pool of worker threads; each worker accepts and serves one
+ * connection at a time under an absolute deadline, so garbage, slow or half-open peers cost at most one worker
+ * for handshake_timeout_ms and never wedge the endpoint. Workers never call back into the application: it pops
+ * attested peers with ratls_attest_server_pop. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "internal.h"
+
+#define ACK_MAGIC "RAT1"
+#define ACK_SIZE 8
+#define DEFAULT_TIMEOUT_MS 5000u
+#define DEFAULT_MAX_CONCURRENT 8u
+#define DEFAULT_MAX_PENDING 1024u
+#define DEFAULT_TRUST_TTL_S 3600u
+#define MAX_TIMEOUT_MS 600000u
+#define MAX_CONCURRENT_LIMIT 256u
+#define MAX_PENDING_LIMIT 1000000u
+#define MAX_CERT_SIZE_LIMIT (1u << 20)
+/* TLS 1.3 Certificate message framing around one certificate: context, list and entry lengths, extensions. */
+#define CERT_MSG_OVERHEAD 64
+
+/* What one handshake's verify callback decided about the peer. */
+typedef struct {
+    const ratls_policy *policy;
+    size_t max_cert_size;
+    int verdict; /* -1 = callback not run, 0 = verified, else the ratls reason code */
+    uint8_t *der;
+    size_t der_len;
+    ratls_evidence evidence;
+    char msg[RATLS_MSG_SIZE];
+} peer_check;
+
+typedef struct attested_peer {
+    struct attested_peer *next;
+    uint8_t *der;
+    size_t der_len;
+    ratls_evidence evidence;
+} attested_peer;
+
+struct ratls_attest_server {
+    const ratls_policy *policy;
+    ratls_attest_limits limits;
+    SSL_CTX *ctx;
+    int listen_fd;
+    int stop_fd; /* eventfd: readable once stop is requested, wakes every poll */
+    uint16_t port;
+    pthread_t *workers;
+    uint32_t n_workers;
+
+    pthread_mutex_t lock; /* guards everything below */
+    pthread_cond_t queued;
+    attested_peer *head, *tail;
+    uint32_t n_queued;
+    ratls_attest_stats stats;
+};
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void peer_check_clear(peer_check *pc) {
+    free(pc->der);
+    pc->der = NULL;
+    pc->der_len = 0;
+}
+
+/* Replaces OpenSSL's chain building: the peer must send exactly one certificate, and that certificate must
+ * pass the full RA-TLS verification (self-signature, validity, quote, key binding, policy). */
+static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
+    (void)unused;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    peer_check *pc = ssl ? SSL_get_app_data(ssl) : NULL;
+    X509 *leaf = X509_STORE_CTX_get0_cert(store);
+    STACK_OF(X509) *sent = X509_STORE_CTX_get0_untrusted(store);
+    if (!pc) return 0;
+    peer_check_clear(pc);
+    int n_sent = sent ? sk_X509_num(sent) : 1;
+    int der_len = leaf ? i2d_X509(leaf, NULL) : -1;
+    if (n_sent != 1) {
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CERT_MALFORMED,
+                                 "peer certificate chain: expected 1 self-signed RA-TLS certificate, found %d",
+                                 n_sent);
+    } else if (der_len <= 0) {
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CERT_MALFORMED,
+                                 "peer certificate: could not be re-encoded as DER");
+    } else if ((size_t)der_len > pc->max_cert_size) {
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CERT_TOO_LARGE,
+                                 "peer certificate size: expected at most %zu bytes, found %d",
+                                 pc->max_cert_size, der_len);
+    } else if (!(pc->der = malloc((size_t)der_len))) {
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_INTERNAL, "out of memory");
+    } else {
+        uint8_t *p = pc->der;
+        pc->der_len = (size_t)i2d_X509(leaf, &p);
+        pc->verdict = ratls_verify_cert(pc->policy, pc->der, pc->der_len, (int64_t)time(NULL), RATLS_TCB_UNKNOWN,
+                                        &pc->evidence, pc->msg, sizeof pc->msg);
+    }
+    if (pc->verdict == RATLS_OK) return 1;
+    peer_check_clear(pc);
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+}
+
+static SSL_CTX *make_ctx(int server, const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
+                         const uint8_t *cert_der, size_t cert_len, uint32_t max_cert_size, char *msg,
+                         size_t msg_len) {
+    if (!policy || !key_der || !cert_der || key_len == 0 || cert_len == 0 || key_len > LONG_MAX ||
+        cert_len > LONG_MAX) {
+        ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy, key and certificate are required");
+        return NULL;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    const uint8_t *p = key_der;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &p, (long)key_len);
+    p = cert_der;
+    X509 *cert = d2i_X509(NULL, &p, (long)cert_len);
+    const char *problem = NULL;
+    if (!ctx) problem = "SSL_CTX_new failed";
+    else if (!key) problem = "own private key: not a DER EC private key";
+    else if (!cert) problem = "own certificate: not a DER X.509 certificate";
+    else if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
+             !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION))
+        problem = "TLS 1.3 is not available";
+    else if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
+             SSL_CTX_check_private_key(ctx) != 1)
+        problem = "own certificate and private key do not match";
+    if (problem) {
+        ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "%s", problem);
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+        SSL_CTX_set_cert_verify_callback(ctx, verify_peer_cb, NULL);
+        SSL_CTX_set_max_cert_list(ctx, (long)max_cert_size + CERT_MSG_OVERHEAD);
+        /* One handshake per attestation: no resumption, which would skip the peer's certificate. */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        if (server) SSL_CTX_set_num_tickets(ctx, 0);
+    }
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    ERR_clear_error();
+    return ctx;
+}
+
+enum { IO_READY, IO_TIMEOUT, IO_STOPPED, IO_ERROR };
+
+/* Waits until fd is readable/writable, the deadline passes or stop_fd (if >= 0) fires. */
+static int wait_io(int fd, int want_write, int64_t deadline, int stop_fd) {
+    for (;;) {
+        int64_t left = deadline - now_ms();
+        if (left <= 0) return IO_TIMEOUT;
+        struct pollfd p[2] = {{fd, want_write ? POLLOUT : POLLIN, 0}, {stop_fd, POLLIN, 0}};
+        int n = poll(p, stop_fd >= 0 ? 2 : 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return IO_ERROR;
+        if (n == 0) return IO_TIMEOUT;
+        if (stop_fd >= 0 && p[1].revents) return IO_STOPPED;
+        return IO_READY; /* includes POLLHUP/POLLERR: the next TLS call reports them */
+    }
+}
+
+enum { OP_ACCEPT, OP_CONNECT, OP_READ, OP_WRITE };
+
+/* Runs one TLS operation on a non-blocking socket to completion. READ and WRITE transfer exactly `len`
+ * bytes. Returns RATLS_OK, RATLS_ERR_TIMEOUT, RATLS_ERR_IO (stopped or socket error) or RATLS_ERR_HANDSHAKE
+ * (TLS error; *tls_reason gets OpenSSL's reason string for the message). */
+static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t deadline, int stop_fd,
+                   const char **tls_reason) {
+    size_t done = 0;
+    *tls_reason = NULL;
+    for (;;) {
+        ERR_clear_error();
+        int r;
+        switch (op) {
+        case OP_ACCEPT: r = SSL_accept(ssl); break;
+        case OP_CONNECT: r = SSL_connect(ssl); break;
+        case OP_READ: r = SSL_read(ssl, buf + done, (int)(len - done)); break;
+        default: r = SSL_write(ssl, buf + done, (int)(len - done)); break;
+        }
+        if (r > 0) {
+            if (op == OP_ACCEPT || op == OP_CONNECT) return RATLS_OK;
+            done += (size_t)r;
+            if (done == len) return RATLS_OK;
+            continue;
+        }
+        int e = SSL_get_error(ssl, r);
+        int w;
+        if (e == SSL_ERROR_WANT_READ) w = wait_io(fd, 0, deadline, stop_fd);
+        else if (e == SSL_ERROR_WANT_WRITE) w = wait_io(fd, 1, deadline, stop_fd);
+        else {
+            unsigned long err = ERR_peek_last_error();
+            *tls_reason = err ? ERR_reason_error_string(err) : NULL;
+            if (!*tls_reason) *tls_reason = e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SYSCALL
+                                                ? "connection closed by peer" : "TLS error";
+            return RATLS_ERR_HANDSHAKE;
+        }
+        if (w == IO_TIMEOUT) return RATLS_ERR_TIMEOUT;
+        if (w != IO_READY) return RATLS_ERR_IO;
+    }
+}
+
+/* ---------------------------------------------------------------- server */
+
+static void enqueue(ratls_attest_server *s, peer_check *pc) {
+    attested_peer *e = calloc(1, sizeof *e);
+    pthread_mutex_lock(&s->lock);
+    if (!e) {
+        s->stats.dropped++;
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
+    e->der = pc->der;
+    e->der_len = pc->der_len;
+    e->evidence = pc->evidence;
+    pc->der = NULL;
+    pc->der_len = 0;
+    if (s->tail) s->tail->next = e;
+    else s->head = e;
+    s->tail = e;
+    s->n_queued++;
+    s->stats.attested++;
+    if (s->n_queued > s->limits.max_pending) { /* the application is not popping: keep the newest */
+        attested_peer *old = s->head;
+        s->head = old->next;
+        s->n_queued--;
+        s->stats.dropped++;
+        free(old->der);
+        free(old);
+    }
+    pthread_cond_signal(&s->queued);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void serve_connection(ratls_attest_server *s, int fd) {
+    int64_t deadline = now_ms() + s->limits.handshake_timeout_ms;
+    peer_check pc = {.policy = s->policy, .max_cert_size = s->limits.max_cert_size, .verdict = -1};
+    SSL *ssl = SSL_new(s->ctx);
+    const char *tls_reason;
+    int rc = RATLS_ERR_INTERNAL;
+    if (ssl && SSL_set_fd(ssl, fd) == 1) {
+        SSL_set_app_data(ssl, &pc);
+        rc = tls_run(ssl, fd, OP_ACCEPT, NULL, 0, deadline, s->stop_fd, &tls_reason);
+    }
+    if (rc == RATLS_OK && pc.verdict != RATLS_OK) rc = RATLS_ERR_INTERNAL; /* cannot happen with VERIFY_PEER */
+    if (rc == RATLS_OK) {
+        uint8_t ack[ACK_SIZE];
+        memcpy(ack, ACK_MAGIC, 4);
+        uint32_t ttl = htonl(s->limits.trust_ttl_s);
+        memcpy(ack + 4, &ttl, 4);
+        enqueue(s, &pc);
+        if (tls_run(ssl, fd, OP_WRITE, ack, sizeof ack, deadline, s->stop_fd, &tls_reason) == RATLS_OK)
+            SSL_shutdown(ssl); /* best effort close_notify; the client has what it needs */
+    } else {
+        pthread_mutex_lock(&s->lock);
+        if (pc.verdict > 0) {
+            s->stats.rejected++;
+            s->stats.last_rejection = pc.verdict;
+            snprintf(s->stats.last_rejection_msg, sizeof s->stats.last_rejection_msg, "%s", pc.msg);
+        } else if (rc == RATLS_ERR_TIMEOUT) {
+            s->stats.timed_out++;
+        } else {
+            s->stats.failed++;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    peer_check_clear(&pc);
+    SSL_free(ssl);
+    close(fd);
+}
+
+static void *worker_main(void *arg) {
+    ratls_attest_server *s = arg;
+    for (;;) {
+        struct pollfd p[2] = {{s->listen_fd, POLLIN, 0}, {s->stop_fd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (p[1].revents) break;
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: back off instead of spinning on a listen socket that stays readable. */
+                struct pollfd stop = {s->stop_fd, POLLIN, 0};
+                poll(&stop, 1, 50);
+            }
+            continue; /* EAGAIN: another worker took it; ECONNABORTED etc.: the peer is gone */
+        }
+        pthread_mutex_lock(&s->lock);
+        s->stats.connections++;
+        s->stats.in_flight++;
+        pthread_mutex_unlock(&s->lock);
+        serve_connection(s, fd);
+        pthread_mutex_lock(&s->lock);
+        s->stats.in_flight--;
+        pthread_mutex_unlock(&s->lock);
+    }
+    return NULL;
+}
+
+static int check_limits(const ratls_attest_limits *in, ratls_attest_limits *out, char *msg, size_t msg_len) {
+    ratls_attest_limits l = in ? *in : (ratls_attest_limits){0};
+    if (!l.handshake_timeout_ms) l.handshake_timeout_ms = DEFAULT_TIMEOUT_MS;
+    if (!l.max_concurrent) l.max_concurrent = DEFAULT_MAX_CONCURRENT;
+    if (!l.max_cert_size) l.max_cert_size = RATLS_MAX_CERT_SIZE;
+    if (!l.max_pending) l.max_pending = DEFAULT_MAX_PENDING;
+    if (!l.trust_ttl_s) l.trust_ttl_s = DEFAULT_TRUST_TTL_S;
+    if (l.handshake_timeout_ms > MAX_TIMEOUT_MS)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT,
+                          "handshake_timeout_ms: expected at most %u, found %u", MAX_TIMEOUT_MS,
+                          l.handshake_timeout_ms);
+    if (l.max_concurrent > MAX_CONCURRENT_LIMIT)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_concurrent: expected at most %u, found %u",
+                          MAX_CONCURRENT_LIMIT, l.max_concurrent);
+    if (l.max_cert_size > MAX_CERT_SIZE_LIMIT)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_cert_size: expected at most %u, found %u",
+                          MAX_CERT_SIZE_LIMIT, l.max_cert_size);
+    if (l.max_pending > MAX_PENDING_LIMIT)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_pending: expected at most %u, found %u",
+                          MAX_PENDING_LIMIT, l.max_pending);
+    *out = l;
+    return RATLS_OK;
+}
+
+static int open_listener(const char *host, uint16_t port, int *fd_out, uint16_t *port_out, char *msg,
+                         size_t msg_len) {
+    char port_str[8];
+    snprintf(port_str, sizeof port_str, "%u", (unsigned)port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(host && *host ? host : NULL, port_str, &hints, &res);
+    if (gai != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_IO, "attestation listen address %s: %s", host ? host : "(any)",
+                          gai_strerror(gai));
+    int err = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(fd, (struct sockaddr *)&ss, &sl);
+            *port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                       : ((struct sockaddr_in *)&ss)->sin_port);
+            *fd_out = fd;
+            freeaddrinfo(res);
+            return RATLS_OK;
+        }
+        err = errno;
+        close(fd);
+    }
+    freeaddrinfo(res);
+    return ratls_fail(msg, msg_len, RATLS_ERR_IO, "attestation port %s:%u: %s", host ? host : "", (unsigned)port,
+                      strerror(err));
+}
+
+int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
+                              const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                              const ratls_attest_limits *limits, ratls_attest_server **out, char *msg,
+                              size_t msg_len) {
+    if (!out) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "out is required");
+    *out = NULL;
+    ratls_attest_limits l;
+    int rc = check_limits(limits, &l, msg, msg_len);
+    if (rc) return rc;
+    ratls_attest_server *s = calloc(1, sizeof *s);
+    if (!s) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+    s->policy = policy;
+    s->limits = l;
+    s->listen_fd = s->stop_fd = -1;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->queued, &ca);
+    pthread_condattr_destroy(&ca);
+    s->ctx = make_ctx(1, policy, key_der, key_len, cert_der, cert_len, l.max_cert_size, msg, msg_len);
+    if (!s->ctx) {
+        ratls_attest_server_stop(s);
+        return RATLS_ERR_BAD_ARGUMENT;
+    }
+    rc = open_listener(host, port, &s->listen_fd, &s->port, msg, msg_len);
+    if (!rc && (s->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "eventfd: %s", strerror(errno));
+    if (!rc && !(s->workers = calloc(l.max_concurrent, sizeof *s->workers)))
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+    if (!rc) {
+        /* Workers inherit a fully blocked signal mask: a peer resetting the connection must not raise SIGPIPE,
+         * and the application's signals belong to its own threads. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        for (; s->n_workers < l.max_concurrent; s->n_workers++) {
+            int e = pthread_create(&s->workers[s->n_workers], NULL, worker_main, s);
+            if (e) {
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "pthread_create: %s", strerror(e));
+                break;
+            }
+        }
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    if (rc) {
+        ratls_attest_server_stop(s);
+        return rc;
+    }
+    *out = s;
+    return RATLS_OK;
+}
+
+uint16_t ratls_attest_server_port(const ratls_attest_server *s) { return s ? s->port : 0; }
+
+int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
+                            ratls_evidence *evidence) {
+    if (!s || !cert_der || !cert_len || !evidence) return RATLS_ERR_BAD_ARGUMENT;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    while (!s->head && timeout_ms > 0) {
+        if (pthread_cond_timedwait(&s->queued, &s->lock, &until) == ETIMEDOUT) break;
+    }
+    attested_peer *e = s->head;
+    if (e) {
+        s->head = e->next;
+        if (!s->head) s->tail = NULL;
+        s->n_queued--;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!e) return RATLS_ERR_TIMEOUT;
+    *cert_der = e->der;
+    *cert_len = e->der_len;
+    *evidence = e->evidence;
+    free(e);
+    return RATLS_OK;
+}
+
+void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out) {
+    if (!s || !out) return;
+    pthread_mutex_lock(&s->lock);
+    *out = s->stats;
+    out->queued = s->n_queued;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void ratls_attest_server_stop(ratls_attest_server *s) {
+    if (!s) return;
+    if (s->stop_fd >= 0) {
+        uint64_t one = 1;
+        if (write(s->stop_fd, &one, sizeof one) != sizeof one) { /* cannot fail on a fresh eventfd */
+        }
+    }
+    for (uint32_t i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
+    free(s->workers);
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    if (s->stop_fd >= 0) close(s->stop_fd);
+    SSL_CTX_free(s->ctx);
+    while (s->head) {
+        attested_peer *e = s->head;
+        s->head = e->next;
+        free(e->der);
+        free(e);
+    }
+    pthread_cond_destroy(&s->queued);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- client */
+
+/* Non-blocking TCP connect to the first address of host:port that answers before the deadline. */
+static int tcp_connect(const char *host, uint16_t port, int64_t deadline, int *fd_out, char *msg, size_t msg_len) {
+    char port_str[8];
+    snprintf(port_str, sizeof port_str, "%u", (unsigned)port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(host, port_str, &hints, &res);
+    if (gai != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_IO, "attestation target %s:%u: %s", host, (unsigned)port,
+                          gai_strerror(gai));
+    int rc = RATLS_ERR_IO, err = ECONNREFUSED;
+    for (struct addrinfo *a = res; a && rc != RATLS_OK; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        if (connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
+            err = errno;
+            close(fd);
+            continue;
+        }
+        int w = wait_io(fd, 1, deadline, -1);
+        socklen_t sl = sizeof err;
+        if (w == IO_TIMEOUT) {
+            err = ETIMEDOUT;
+        } else if (w == IO_READY && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &sl) == 0 && err == 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            *fd_out = fd;
+            rc = RATLS_OK;
+            continue;
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    if (rc == RATLS_OK) return RATLS_OK;
+    return ratls_fail(msg, msg_len, err == ETIMEDOUT ? RATLS_ERR_TIMEOUT : RATLS_ERR_IO,
+                      "attestation target %s:%u: %s", host, (unsigned)port, strerror(err));
+}
+
+int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
+                         const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                         uint32_t timeout_ms, uint8_t **peer_cert, size_t *peer_cert_len, ratls_evidence *peer,
+                         uint32_t *trust_ttl_s, char *msg, size_t msg_len) {
+    if (!host || !peer_cert || !peer_cert_len || !peer || !trust_ttl_s)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "host and all outputs are required");
+    if (timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "timeout_ms: expected 1..%u, found %u",
+                          MAX_TIMEOUT_MS, timeout_ms);
+    *peer_cert = NULL;
+    *peer_cert_len = 0;
+    int64_t deadline = now_ms() + timeout_ms;
+    SSL_CTX *ctx = make_ctx(0, policy, key_der, key_len, cert_der, cert_len, RATLS_MAX_CERT_SIZE, msg, msg_len);
+    if (!ctx) return RATLS_ERR_BAD_ARGUMENT;
+    int fd = -1;
+    int rc = tcp_connect(host, port, deadline, &fd, msg, msg_len);
+    peer_check pc = {.policy = policy, .max_cert_size = RATLS_MAX_CERT_SIZE, .verdict = -1};
+    SSL *ssl = NULL;
+    const char *tls_reason = NULL;
+    if (rc == RATLS_OK) {
+        ssl = SSL_new(ctx);
+        if (!ssl || SSL_set_fd(ssl, fd) != 1) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "SSL_new failed");
+        } else {
+            SSL_set_app_data(ssl, &pc);
+            rc = tls_run(ssl, fd, OP_CONNECT, NULL, 0, deadline, -1, &tls_reason);
+            if (pc.verdict > 0) {
+                rc = ratls_fail(msg, msg_len, pc.verdict, "attestation server %s:%u: %s", host, (unsigned)port,
+                                pc.msg);
+            } else if (rc != RATLS_OK) {
+                ratls_fail(msg, msg_len, rc, "attestation handshake with %s:%u: %s", host, (unsigned)port,
+                           rc == RATLS_ERR_TIMEOUT ? "timed out" : tls_reason ? tls_reason : "I/O error");
+            }
+        }
+    }
+    if (rc == RATLS_OK) {
+        /* The server verifies our certificate after our side of the handshake is done: only its
+         * acknowledgement says we were accepted; a rejection arrives here as a TLS alert. */
+        uint8_t ack[ACK_SIZE];
+        rc = tls_run(ssl, fd, OP_READ, ack, sizeof ack, deadline, -1, &tls_reason);
+        if (rc == RATLS_OK && memcmp(ack, ACK_MAGIC, 4) != 0) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
+                            "attestation server %s:%u: acknowledgement magic: expected \"%s\", found other bytes",
+                            host, (unsigned)port, ACK_MAGIC);
+        } else if (rc != RATLS_OK) {
+            ratls_fail(msg, msg_len, rc, "attestation server %s:%u refused our certificate or failed: %s", host,
+                       (unsigned)port, rc == RATLS_ERR_TIMEOUT ? "no acknowledgement before the timeout"
+                                                                 : tls_reason ? tls_reason : "I/O error");
+        } else {
+            uint32_t ttl;
+            memcpy(&ttl, ack + 4, 4);
+            *trust_ttl_s = ntohl(ttl);
+            *peer_cert = pc.der;
+            *peer_cert_len = pc.der_len;
+            *peer = pc.evidence;
+            pc.der = NULL;
+            SSL_shutdown(ssl);
+        }
+    }
+    peer_check_clear(&pc);
+    SSL_free(ssl);
+    if (fd >= 0) close(fd);
+    SSL_CTX_free(ctx);
+    return rc;
+}
