@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, new_message_buffer
-from ratls.evidence import Evidence, verify_certificate
+from ratls.evidence import Evidence, inspect_certificate, verify_certificate
 from ratls.policy import TCB_STATUSES, Policy
 from ratls.simca import SimCA
 
@@ -185,7 +186,10 @@ class Identity:
         # A self-check that also yields our own Evidence: any measurement, but a fully valid chain and binding.
         own_policy = Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES,
                             allow_simulated=sim_root is not None, sim_root=sim_root)
-        evidence = verify_certificate(cert_der, own_policy)
+        info = inspect_certificate(cert_der)
+        # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
+        now = min(max(time.time(), info.not_before.timestamp()), info.not_after.timestamp())
+        evidence = verify_certificate(cert_der, own_policy, now=now)
         return cls(key_der, cert_der, provider, evidence)
 
     @property

@@ -243,7 +243,8 @@ class Policy:
                  "allow_simulated", "sim_root", "trusted_root"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PolicyError(f"policy file {path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise PolicyError(f"policy file {path}: unknown keys {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(known))})")
         for key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"):
             if data.get(key) == "any":
                 data[key] = None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from ratls._native import ffi, lib
 
 import ratls
-from ratls._native import ffi, lib
 
 GRAMINE_MRENCLAVE = "0866e7ca11b9f4efe4bf39b2607f4e1299f111920d96d95719080f01b62b7585"
 GRAMINE_MRSIGNER = "adc53501f21ced9b998e37a7a18e061c63e00315045fa57a49c18ef0a30d02ca"
@@ -45,12 +45,11 @@ def test_sim_identity_round_trip(sim_ca, measured_tree, make_identity):
 
 def test_sim_certificate_has_gramine_layout_and_unique_cn(identity, make_identity):
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     cert = x509.load_der_x509_certificate(identity.certificate_der)
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
-    spki = cert.public_key().public_bytes(
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER,
-        __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).PublicFormat.SubjectPublicKeyInfo)
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     assert cn == "RATLS-" + hashlib.sha256(spki).hexdigest()[:16] == identity.common_name
     assert cert.issuer == cert.subject
     assert cert.public_key().curve.name == "secp384r1"
