@@ -1,2 +1,493 @@
+/* The attestation handshake (attest.c) end to end over loopback, with identities from the sim provider:
+ * mutual success, rejection on either side, plain TLS peers, garbage and slow connections, bounds, stop. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void) { puts("placeholder"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "internal.h"
+#include "testutil.h"
+
+/* For preconditions whose failure would make the rest of the test meaningless. */
+#define REQUIRE(cond)                                                                 \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
+            exit(1);                                                                  \
+        }                                                                             \
+    } while (0)
+
+/* A simulation CA directory in the layout `python -m ratls sim-ca init` writes (root -> PCK CA -> PCK leaf, all
+ * P-256; the QE attestation key; an RSA enclave signing key), made here with OpenSSL so the C test needs no
+ * Python. */
+static X509 *ca_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key, int ca) {
+    X509 *x = X509_new();
+    REQUIRE(x != NULL);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(rand() & 0x7fffffff) + 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -86400);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x));
+    X509_set_pubkey(x, key);
+    X509V3_CTX v3;
+    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
+    const char *exts[][2] = {{"basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE"},
+                             {"keyUsage", ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature"},
+                             {"subjectKeyIdentifier", "hash"}};
+    for (size_t i = 0; i < sizeof exts / sizeof exts[0]; i++) {
+        X509_EXTENSION *e = X509V3_EXT_conf(NULL, &v3, exts[i][0], exts[i][1]);
+        REQUIRE(e != NULL && X509_add_ext(x, e, -1) == 1);
+        X509_EXTENSION_free(e);
+    }
+    REQUIRE(X509_sign(x, issuer_key, EVP_sha256()) > 0);
+    return x;
+}
+
+static void write_pem(const char *dir, const char *name, X509 *cert, EVP_PKEY *key) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    REQUIRE(cert ? PEM_write_X509(f, cert) == 1 : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) == 1);
+    fclose(f);
+}
+
+static const char *const ca_files[] = {"root.crt.pem", "pck_ca.crt.pem", "pck.crt.pem",
+                                       "pck.key.pem",  "attestation.key.pem", "signer.key.pem"};
+
+static void sim_ca_init(const char *dir, uint8_t **root_der, size_t *root_len) {
+    EVP_PKEY *root_key = EVP_EC_gen("P-256"), *pck_ca_key = EVP_EC_gen("P-256"), *pck_key = EVP_EC_gen("P-256");
+    EVP_PKEY *att_key = EVP_EC_gen("P-256"), *signer = EVP_RSA_gen(3072);
+    REQUIRE(root_key && pck_ca_key && pck_key && att_key && signer);
+    X509 *root = ca_cert("Test Sim Root", root_key, NULL, root_key, 1);
+    X509 *pck_ca = ca_cert("Test Sim PCK CA", pck_ca_key, root, root_key, 1);
+    X509 *pck = ca_cert("Test Sim PCK", pck_key, pck_ca, pck_ca_key, 0);
+    write_pem(dir, ca_files[0], root, NULL);
+    write_pem(dir, ca_files[1], pck_ca, NULL);
+    write_pem(dir, ca_files[2], pck, NULL);
+    write_pem(dir, ca_files[3], NULL, pck_key);
+    write_pem(dir, ca_files[4], NULL, att_key);
+    write_pem(dir, ca_files[5], NULL, signer);
+    *root_der = NULL;
+    int n = i2d_X509(root, root_der);
+    REQUIRE(n > 0);
+    *root_len = (size_t)n;
+    X509_free(root);
+    X509_free(pck_ca);
+    X509_free(pck);
+    EVP_PKEY_free(root_key);
+    EVP_PKEY_free(pck_ca_key);
+    EVP_PKEY_free(pck_key);
+    EVP_PKEY_free(att_key);
+    EVP_PKEY_free(signer);
+}
+
+/* The sim provider (RATLS_SIM_LIB) with a fresh simulation CA. */
+typedef struct {
+    ratls_provider *provider;
+    char ca_dir[64];
+    uint8_t *root_der;
+    size_t root_len;
+} sim_env;
+
+static void sim_env_init(sim_env *env) {
+    char msg[RATLS_MSG_SIZE] = "";
+    const char *lib = getenv("RATLS_SIM_LIB");
+    REQUIRE(lib != NULL);
+    snprintf(env->ca_dir, sizeof env->ca_dir, "/tmp/ratls-test-attest-XXXXXX");
+    REQUIRE(mkdtemp(env->ca_dir) != NULL);
+    int rc = ratls_provider_open(lib, &env->provider, msg, sizeof msg);
+    if (rc) fprintf(stderr, "provider: %s\n", msg);
+    REQUIRE(rc == RATLS_OK);
+    sim_ca_init(env->ca_dir, &env->root_der, &env->root_len);
+}
+
+static void sim_env_cleanup(sim_env *env) {
+    char path[128];
+    ratls_provider_close(env->provider);
+    OPENSSL_free(env->root_der);
+    for (size_t i = 0; i < sizeof ca_files / sizeof ca_files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", env->ca_dir, ca_files[i]);
+        unlink(path);
+    }
+    rmdir(env->ca_dir);
+}
+
+static int sim_identity(const sim_env *env, const uint8_t mr[32], int debug, uint8_t **key, size_t *key_len,
+                        uint8_t **crt, size_t *crt_len) {
+    char msg[RATLS_MSG_SIZE] = "";
+    int64_t now = (int64_t)time(NULL);
+    int rc = ratls_provider_sim_configure(env->provider, env->ca_dir, mr, 0, 0, debug, now - 3600, now + 86400,
+                                          msg, sizeof msg);
+    if (!rc) rc = ratls_provider_create(env->provider, key, key_len, crt, crt_len, msg, sizeof msg);
+    if (rc) fprintf(stderr, "sim identity: %s\n", msg);
+    return rc;
+}
+
+/* Accepts sim evidence with this MRENCLAVE (sim evidence carries no collateral: TCB status Unknown). */
+static ratls_policy *sim_policy(const sim_env *env, const uint8_t mr[32]) {
+    ratls_policy *p = ratls_policy_new();
+    REQUIRE(p != NULL && ratls_policy_add_mrenclave(p, mr) == RATLS_OK);
+    ratls_policy_set_allow_simulated(p, 1);
+    ratls_policy_set_allowed_tcb_mask(p, 1u << RATLS_TCB_UNKNOWN);
+    REQUIRE(ratls_policy_set_sim_root(p, env->root_der, env->root_len, NULL, 0) == RATLS_OK);
+    return p;
+}
+
+typedef struct {
+    uint8_t *key;
+    size_t key_len;
+    uint8_t *crt;
+    size_t crt_len;
+} identity;
+
+static identity make_identity(const sim_env *env, uint8_t mr_byte, int debug) {
+    identity id;
+    uint8_t mr[32];
+    memset(mr, mr_byte, sizeof mr);
+    REQUIRE(sim_identity(env, mr, debug, &id.key, &id.key_len, &id.crt, &id.crt_len) == RATLS_OK);
+    return id;
+}
+
+/* A plain self-signed P-384 certificate without evidence: what a TLS client that skips RA-TLS presents. */
+static identity make_plain_identity(void) {
+    identity id;
+    EVP_PKEY *k = EVP_EC_gen("P-384");
+    X509 *x = X509_new();
+    REQUIRE(k && x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)"plain", -1,
+                               -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    X509_set_pubkey(x, k);
+    REQUIRE(X509_sign(x, k, EVP_sha256()) > 0);
+    id.crt = NULL;
+    id.key = NULL;
+    id.crt_len = (size_t)i2d_X509(x, &id.crt);
+    id.key_len = (size_t)i2d_PrivateKey(k, &id.key);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return id;
+}
+
+static void free_identity(identity *id) {
+    ratls_free(id->key);
+    ratls_free(id->crt);
+}
+
+static ratls_policy *policy_for(const sim_env *env, uint8_t mr_byte) {
+    uint8_t mr[32];
+    memset(mr, mr_byte, sizeof mr);
+    return sim_policy(env, mr);
+}
+
+static ratls_attest_server *start(const ratls_policy *pol, const identity *id, const ratls_attest_limits *lim) {
+    ratls_attest_server *s = NULL;
+    char msg[RATLS_MSG_SIZE] = "";
+    int rc = ratls_attest_server_start(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", 0, lim, &s,
+                                       msg, sizeof msg);
+    if (rc) fprintf(stderr, "server start: %s\n", msg);
+    REQUIRE(rc == RATLS_OK && s && ratls_attest_server_port(s) != 0);
+    return s;
+}
+
+typedef struct {
+    int rc;
+    uint8_t *peer;
+    size_t peer_len;
+    ratls_evidence ev;
+    uint32_t ttl;
+    char msg[RATLS_MSG_SIZE];
+} attempt;
+
+static attempt attest(const ratls_policy *pol, const identity *id, uint16_t port, uint32_t timeout_ms) {
+    attempt a;
+    memset(&a, 0, sizeof a);
+    a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", port, timeout_ms,
+                                &a.peer, &a.peer_len, &a.ev, &a.ttl, a.msg, sizeof a.msg);
+    return a;
+}
+
+static ratls_attest_stats stats_of(ratls_attest_server *s) {
+    ratls_attest_stats st;
+    ratls_attest_server_stats(s, &st);
+    return st;
+}
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int tcp_to(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    return fd;
+}
+
+/* Waits (bounded) until the server has finished with every connection it accepted. */
+static ratls_attest_stats settle(ratls_attest_server *s, uint64_t expect_done) {
+    ratls_attest_stats st = stats_of(s);
+    for (int i = 0; i < 500; i++) {
+        st = stats_of(s);
+        if (st.in_flight == 0 && st.attested + st.rejected + st.failed + st.timed_out >= expect_done) break;
+        usleep(10000);
+    }
+    return st;
+}
+
+static void test_mutual_success(const sim_env *env) {
+    identity srv = make_identity(env, 0xA1, 0), cli = make_identity(env, 0xC1, 0);
+    ratls_policy *srv_pol = policy_for(env, 0xC1), *cli_pol = policy_for(env, 0xA1);
+    ratls_attest_limits lim = {.trust_ttl_s = 77};
+    ratls_attest_server *s = start(srv_pol, &srv, &lim);
+
+    attempt a = attest(cli_pol, &cli, ratls_attest_server_port(s), 5000);
+    if (a.rc) fprintf(stderr, "attest: %s\n", a.msg);
+    REQUIRE(a.rc == RATLS_OK);
+    CHECK(a.peer_len == srv.crt_len && memcmp(a.peer, srv.crt, srv.crt_len) == 0);
+    CHECK(a.ev.mrenclave[0] == 0xA1 && a.ev.mrenclave[31] == 0xA1);
+    CHECK(a.ttl == 77);
+
+    /* The acknowledgement comes after the queueing: the client is poppable at once, without waiting. */
+    uint8_t *der = NULL;
+    size_t len = 0;
+    ratls_evidence ev;
+    REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_OK);
+    CHECK(len == cli.crt_len && memcmp(der, cli.crt, len) == 0);
+    CHECK(ev.mrenclave[0] == 0xC1);
+    uint8_t fp[32];
+    ratls_sha256(cli.crt, cli.crt_len, fp);
+    CHECK(memcmp(ev.cert_sha256, fp, 32) == 0);
+    ratls_free(der);
+    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(ratls_attest_server_pop(s, 50, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    ratls_attest_stats st = settle(s, 1);
+    CHECK(st.attested == 1 && st.rejected == 0 && st.connections == 1);
+    ratls_free(a.peer);
+    ratls_attest_server_stop(s);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+static void test_rejections(const sim_env *env) {
+    identity srv = make_identity(env, 0xA2, 0), cli = make_identity(env, 0xC2, 0);
+    identity dbg = make_identity(env, 0xC2, 1), plain = make_plain_identity();
+    ratls_policy *srv_pol = policy_for(env, 0xC2), *cli_pol = policy_for(env, 0xA2);
+    ratls_policy *wrong_pol = policy_for(env, 0xEE);
+    ratls_attest_server *s = start(srv_pol, &srv, NULL);
+    uint16_t port = ratls_attest_server_port(s);
+    uint8_t *der;
+    size_t len;
+    ratls_evidence ev;
+
+    /* The client's policy does not allow the server: the client's verify callback refuses. */
+    attempt a = attest(wrong_pol, &cli, port, 5000);
+    CHECK(a.rc == RATLS_ERR_MRENCLAVE && a.peer == NULL);
+    CHECK(strstr(a.msg, "attestation server 127.0.0.1") != NULL);
+    ratls_attest_stats st = settle(s, 1);
+    CHECK(st.attested == 0 && st.failed == 1);
+
+    /* The server's policy does not allow the client: refused by the server, nothing queued. */
+    ratls_attest_server *s2 = start(wrong_pol, &srv, NULL);
+    a = attest(cli_pol, &cli, ratls_attest_server_port(s2), 5000);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+    CHECK(strstr(a.msg, "refused our certificate") != NULL);
+    st = settle(s2, 1);
+    CHECK(st.rejected == 1 && st.attested == 0 && st.last_rejection == RATLS_ERR_MRENCLAVE);
+    CHECK(ratls_attest_server_pop(s2, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    ratls_attest_server_stop(s2);
+
+    /* A debug enclave with the right measurement, under a policy that denies debug. */
+    a = attest(cli_pol, &dbg, port, 5000);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    st = settle(s, 2);
+    CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_DEBUG_ENCLAVE);
+
+    /* A plain self-signed certificate, on either side. */
+    a = attest(cli_pol, &plain, port, 5000);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    st = settle(s, 3);
+    CHECK(st.rejected == 2 && st.last_rejection == RATLS_ERR_EVIDENCE_MISSING);
+    ratls_attest_server *s3 = start(srv_pol, &plain, NULL);
+    a = attest(cli_pol, &cli, ratls_attest_server_port(s3), 5000);
+    CHECK(a.rc == RATLS_ERR_EVIDENCE_MISSING);
+    ratls_attest_server_stop(s3);
+
+    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    /* And the endpoint still serves a good client. */
+    a = attest(cli_pol, &cli, port, 5000);
+    CHECK(a.rc == RATLS_OK);
+    ratls_free(a.peer);
+    CHECK(ratls_attest_server_pop(s, 1000, &der, &len, &ev) == RATLS_OK);
+    ratls_free(der);
+
+    ratls_attest_server_stop(s);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    ratls_policy_free(wrong_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+    free_identity(&dbg);
+    free_identity(&plain);
+}
+
+/* Garbage, truncated, slow and half-open connections: each ends within the handshake timeout, at most
+ * max_concurrent are served at once, and a good client gets through afterwards. */
+static void test_bad_input(const sim_env *env) {
+    identity srv = make_identity(env, 0xA3, 0), cli = make_identity(env, 0xC3, 0);
+    ratls_policy *srv_pol = policy_for(env, 0xC3), *cli_pol = policy_for(env, 0xA3);
+    ratls_attest_limits lim = {.handshake_timeout_ms = 300, .max_concurrent = 4};
+    ratls_attest_server *s = start(srv_pol, &srv, &lim);
+    uint16_t port = ratls_attest_server_port(s);
+    srand(1234);
+
+    /* A TLS record header promising a large ClientHello, then nothing more: truncated. */
+    static const uint8_t truncated_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03};
+    int n_conn = 0;
+    for (int i = 0; i < 60; i++, n_conn++) {
+        int fd = tcp_to(port);
+        if (i % 3 == 0) {
+            uint8_t junk[512];
+            for (size_t j = 0; j < sizeof junk; j++) junk[j] = (uint8_t)rand();
+            CHECK(send(fd, junk, (size_t)(1 + rand() % (int)sizeof junk), MSG_NOSIGNAL) > 0);
+        } else if (i % 3 == 1) {
+            CHECK(send(fd, truncated_hello, sizeof truncated_hello, MSG_NOSIGNAL) > 0);
+        } /* else: connect and close at once */
+        close(fd);
+    }
+    ratls_attest_stats st = settle(s, (uint64_t)n_conn);
+    CHECK(st.connections == (uint64_t)n_conn && st.attested == 0 && st.in_flight == 0);
+    CHECK(st.failed + st.timed_out == (uint64_t)n_conn);
+
+    /* Silent connections hold a worker only until the deadline; more than max_concurrent of them queue in the
+     * backlog, and a good client still completes within the (longer) client timeout. */
+    int idle[10];
+    for (int i = 0; i < 10; i++) idle[i] = tcp_to(port);
+    usleep(100000);
+    st = stats_of(s);
+    CHECK(st.in_flight <= lim.max_concurrent);
+    int64_t t0 = mono_ms();
+    attempt a = attest(cli_pol, &cli, port, 5000);
+    REQUIRE(a.rc == RATLS_OK);
+    CHECK(mono_ms() - t0 < 3000);
+    ratls_free(a.peer);
+    st = settle(s, (uint64_t)n_conn + 11);
+    CHECK(st.timed_out >= 10 && st.attested == 1);
+    for (int i = 0; i < 10; i++) close(idle[i]);
+
+    /* A slow client dripping a valid-looking prefix byte by byte is cut off by the absolute deadline. */
+    int fd = tcp_to(port);
+    t0 = mono_ms();
+    int closed = 0;
+    for (size_t i = 0; i < sizeof truncated_hello && !closed; i++) {
+        if (send(fd, &truncated_hello[i], 1, MSG_NOSIGNAL) != 1) closed = 1;
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 100) == 1) closed = 1; /* the server gave up and closed */
+    }
+    CHECK(closed);
+    CHECK(mono_ms() - t0 < 2000);
+    close(fd);
+
+    ratls_attest_server_stop(s);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+static void test_bounds_and_errors(const sim_env *env) {
+    identity srv = make_identity(env, 0xA4, 0), cli = make_identity(env, 0xC4, 0);
+    ratls_policy *pol = policy_for(env, 0xC4), *cli_pol = policy_for(env, 0xA4);
+    char msg[RATLS_MSG_SIZE];
+    ratls_attest_server *s = NULL;
+
+    ratls_attest_limits too_many = {.max_concurrent = 100000};
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, &too_many,
+                                    &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+    CHECK(strstr(msg, "max_concurrent") != NULL);
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len - 1, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, &s,
+                                    msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+    CHECK(ratls_attest_server_start(pol, cli.key, cli.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, &s,
+                                    msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+    CHECK(strstr(msg, "do not match") != NULL);
+
+    /* A port already in use. */
+    s = start(pol, &srv, NULL);
+    uint16_t port = ratls_attest_server_port(s);
+    ratls_attest_server *s2 = NULL;
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", port, NULL, &s2,
+                                    msg, sizeof msg) == RATLS_ERR_IO && s2 == NULL);
+
+    /* A peer certificate larger than max_cert_size is refused before verification. */
+    ratls_attest_limits small = {.max_cert_size = 200};
+    s2 = start(pol, &srv, &small);
+    attempt a = attest(cli_pol, &cli, ratls_attest_server_port(s2), 5000);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    ratls_attest_stats st = settle(s2, 1);
+    CHECK(st.attested == 0 && st.rejected + st.failed == 1);
+    ratls_attest_server_stop(s2);
+
+    /* Stop with handshakes in progress returns promptly (workers are woken, not waited out). */
+    int idle[3];
+    for (int i = 0; i < 3; i++) idle[i] = tcp_to(port);
+    usleep(50000);
+    int64_t t0 = mono_ms();
+    ratls_attest_server_stop(s);
+    CHECK(mono_ms() - t0 < 1000);
+    for (int i = 0; i < 3; i++) close(idle[i]);
+
+    /* Client errors: nobody listening; a listener that never answers (timeout honoured). */
+    a = attest(cli_pol, &cli, port, 2000);
+    CHECK(a.rc == RATLS_ERR_IO && strstr(a.msg, "127.0.0.1") != NULL);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 4) == 0);
+    CHECK(getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
+    t0 = mono_ms();
+    a = attest(cli_pol, &cli, ntohs(sa.sin_port), 300);
+    CHECK(a.rc == RATLS_ERR_TIMEOUT);
+    CHECK(mono_ms() - t0 < 1500);
+    close(lfd);
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 0, &a.peer,
+                               &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+
+    ratls_policy_free(pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    sim_env env;
+    sim_env_init(&env);
+    test_mutual_success(&env);
+    test_rejections(&env);
+    test_bad_input(&env);
+    test_bounds_and_errors(&env);
+    sim_env_cleanup(&env);
+    return test_summary();
+}
