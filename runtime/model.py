@@ -14,6 +14,7 @@ process-wide and would change behaviour for unrelated code sharing the process.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -364,12 +365,13 @@ class AdagradState:
 # The TensorFlow model
 
 
-class DLRM:
-    """Forward/backward of DLRM for given parameters; one tf.function trace per process and config.
+class _Graphs:
+    """The traced TensorFlow functions for one config (pure functions of their tensor inputs).
 
-    The graph takes five tensors: all dense parameters flattened into one vector (canonical order), the unique
-    rows of all tables stacked into one [U, dim] matrix, per-example indices into that matrix [B, T], the
-    dense features and the labels. Few, large arguments keep tf.function's per-call Python overhead small.
+    They take five tensors: all dense parameters flattened into one vector (canonical order), the unique rows
+    of all tables stacked into one [U, dim] matrix, per-example indices into that matrix [B, T], the dense
+    features and the labels. Few, large arguments keep tf.function's per-call Python overhead small, and the
+    None batch dimensions mean one trace serves every batch size.
     """
 
     def __init__(self, config: DLRMConfig) -> None:
@@ -377,22 +379,21 @@ class DLRM:
 
         self.config = config
         self._tf = tf
-        self._layers = config.layer_shapes()
-        self._sizes = [math.prod(shape) for _, shape in self._layers]
+        self.layers = config.layer_shapes()
+        self.sizes = [math.prod(shape) for _, shape in self.layers]
         features = config.num_tables + 1
         # Row-major strict lower triangle (i, j), j < i, of the features x features dot matrix.
         tril = [i * features + j for i in range(features) for j in range(i)]
         self._tril = tf.constant(tril, dtype=tf.int32)
         f32 = tf.float32
         signature = [
-            tf.TensorSpec([sum(self._sizes)], f32),
+            tf.TensorSpec([sum(self.sizes)], f32),
             tf.TensorSpec([None, config.embedding_dim], f32),
             tf.TensorSpec([None, config.num_tables], tf.int64),
             tf.TensorSpec([None, config.num_dense], f32),
         ]
-        self._grad_fn = tf.function(self._loss_and_grads_graph,
-                                    input_signature=signature + [tf.TensorSpec([None], f32)])
-        self._predict_fn = tf.function(self._logits, input_signature=signature)
+        self.grad_fn = tf.function(self._loss_and_grads, input_signature=signature + [tf.TensorSpec([None], f32)])
+        self.predict_fn = tf.function(self._probabilities, input_signature=signature)
 
     def _mlp(self, x, params, prefix: str, layers: int, relu_last: bool):
         tf = self._tf
@@ -404,9 +405,8 @@ class DLRM:
 
     def _logits(self, flat_params, rows, index, dense):
         tf = self._tf
-        pieces = tf.split(flat_params, self._sizes)
-        params = {name: tf.reshape(piece, shape)
-                  for (name, shape), piece in zip(self._layers, pieces, strict=True)}
+        pieces = tf.split(flat_params, self.sizes)
+        params = {name: tf.reshape(piece, shape) for (name, shape), piece in zip(self.layers, pieces, strict=True)}
         x = self._mlp(dense, params, "bottom", len(self.config.bottom_mlp), relu_last=True)
         embedded = tf.gather(rows, index)  # [B, T, dim]
         stacked = tf.concat([x[:, None, :], embedded], axis=1)  # bottom output first
@@ -417,7 +417,10 @@ class DLRM:
         logits = self._mlp(top_in, params, "top", len(self.config.top_mlp), relu_last=False)
         return tf.reshape(logits, [-1])
 
-    def _loss_and_grads_graph(self, flat_params, rows, index, dense, labels):
+    def _probabilities(self, flat_params, rows, index, dense):
+        return self._tf.sigmoid(self._logits(flat_params, rows, index, dense))
+
+    def _loss_and_grads(self, flat_params, rows, index, dense, labels):
         tf = self._tf
         with tf.GradientTape() as tape:
             tape.watch([flat_params, rows])
@@ -426,6 +429,29 @@ class DLRM:
         flat_grad, row_grad = tape.gradient(loss, [flat_params, rows])
         # The gather gradient is IndexedSlices over batch positions; densifying sums them per unique row.
         return loss, flat_grad, tf.convert_to_tensor(row_grad)
+
+
+_GRAPHS: dict[tuple, _Graphs] = {}
+_GRAPHS_LOCK = threading.Lock()
+
+
+class DLRM:
+    """Forward/backward of DLRM for given parameters (numpy in, numpy out).
+
+    Instances whose configs have the same layer shapes (table sizes, seed and learning rate play no part in the
+    graph) share one set of traced functions, so each architecture is traced once per process.
+    """
+
+    def __init__(self, config: DLRMConfig) -> None:
+        self.config = config
+        key = (config.num_dense, config.num_tables, config.embedding_dim, config.bottom_mlp, config.top_mlp)
+        with _GRAPHS_LOCK:
+            graphs = _GRAPHS.get(key)
+            if graphs is None:
+                graphs = _GRAPHS[key] = _Graphs(config)
+        self._graphs = graphs
+        self._layers = graphs.layers
+        self._sizes = graphs.sizes
 
     def _inputs(self, dense_params: Mapping[str, np.ndarray], emb_rows: Sequence[np.ndarray], batch: Batch):
         config = self.config
@@ -464,7 +490,7 @@ class DLRM:
                        batch: Batch) -> tuple[float, dict[str, np.ndarray], list[np.ndarray]]:
         """Mean BCE loss and its gradients w.r.t. the dense params and the unique rows of each table."""
         flat_params, rows, index, offsets = self._inputs(dense_params, emb_rows, batch)
-        loss, flat_grad, row_grad = self._grad_fn(flat_params, rows, index, batch.dense, batch.labels)
+        loss, flat_grad, row_grad = self._graphs.grad_fn(flat_params, rows, index, batch.dense, batch.labels)
         flat_grad, row_grad = flat_grad.numpy(), row_grad.numpy()
         grads = {}
         start = 0
@@ -478,5 +504,4 @@ class DLRM:
                 batch: Batch) -> np.ndarray:
         """Click probabilities, float32 [B]."""
         flat_params, rows, index, _ = self._inputs(dense_params, emb_rows, batch)
-        logits = self._predict_fn(flat_params, rows, index, batch.dense)
-        return self._tf.sigmoid(logits).numpy()
+        return self._graphs.predict_fn(flat_params, rows, index, batch.dense).numpy()

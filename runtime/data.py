@@ -1,0 +1,435 @@
+"""Criteo click logs: a streaming reader for the raw TSV, and a synthetic generator with a planted signal.
+
+Line format (Kaggle train.txt and Terabyte day_N alike): 40 tab-separated fields, label (0/1), I1..I13 (decimal
+integers), C1..C26 (32-bit hashes as hex, 8 digits in the real data). An empty field is a missing value. The
+Terabyte logs use the same per-line layout; per Criteo's README they differ in time period, subsampling, feature
+order and how some features are computed, which changes what each column means (so which table sizes fit) but
+not how a line parses. Terabyte day files are distributed gzip-compressed; the reader opens gzip files (by magic
+bytes) for either layout.
+
+Preprocessing follows facebookresearch/dlrm: missing -> 0, negative integers -> 0, dense x -> ln(x + 1) in
+float32. Categorical ids: row = raw_hash mod table_size for each table, i.e. the reference's `--max-ind-range`
+hashing applied per table (no vocabulary pass, so the reader can stream). A missing categorical is raw 0 and so
+row 0. Tables smaller than their column's vocabulary (e.g. capped Kaggle tables) share rows between values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import math
+import os
+import re
+import sys
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from .model import NUM_CATEGORICAL, NUM_DENSE, Batch, DLRMConfig
+
+NUM_FIELDS = 1 + NUM_DENSE + NUM_CATEGORICAL
+# A valid line is at most ~560 bytes (19-digit ints); anything much longer is not Criteo data.
+MAX_LINE_BYTES = 4096
+MIN_LINES_FOR_THRESHOLD = 100
+LAYOUTS = ("kaggle", "terabyte")
+
+_INT = r"(-?[0-9]{1,18})?"  # 18 digits always fit in int64
+_HEX = r"([0-9a-fA-F]{1,8})?"
+_LINE_RE = re.compile(r"([01])" + (r"\t" + _INT) * NUM_DENSE + (r"\t" + _HEX) * NUM_CATEGORICAL)
+_INT_FIELD_RE = re.compile(_INT)
+_HEX_FIELD_RE = re.compile(_HEX)
+
+
+class BadLine(ValueError):
+    """A line that is not a valid Criteo record; `reason` says which field and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DataError(Exception):
+    """Too many bad lines in a data source."""
+
+
+def _show(field: str) -> str:
+    return repr(field if len(field) <= 24 else field[:24] + "...")
+
+
+def _diagnose(fields: list[str]) -> str:
+    if len(fields) != NUM_FIELDS:
+        hint = " (no label column: Kaggle test.txt?)" if len(fields) == NUM_FIELDS - 1 else ""
+        return f"expected {NUM_FIELDS} tab-separated fields, found {len(fields)}{hint}"
+    if fields[0] not in ("0", "1"):
+        return f"label: expected 0 or 1, found {_show(fields[0])}"
+    for i, value in enumerate(fields[1:1 + NUM_DENSE]):
+        if not _INT_FIELD_RE.fullmatch(value):
+            return f"I{i + 1}: expected a decimal integer of at most 18 digits or empty, found {_show(value)}"
+    for i, value in enumerate(fields[1 + NUM_DENSE:]):
+        if not _HEX_FIELD_RE.fullmatch(value):
+            return f"C{i + 1}: expected 1-8 hex digits or empty, found {_show(value)}"
+    return "malformed line"  # unreachable while _LINE_RE and the per-field patterns agree
+
+
+def parse_raw(line: str) -> tuple[int, list[int], list[int]]:
+    """(label, 13 raw ints with missing = 0, 26 raw hashes with missing = 0); raises BadLine."""
+    if line.endswith("\n"):
+        line = line[:-2] if line.endswith("\r\n") else line[:-1]
+    match = _LINE_RE.fullmatch(line)
+    if match is None:
+        raise BadLine(_diagnose(line.split("\t")))
+    groups = match.groups()
+    ints = [int(v) if v else 0 for v in groups[1:1 + NUM_DENSE]]
+    cats = [int(v, 16) if v else 0 for v in groups[1 + NUM_DENSE:]]
+    return int(groups[0]), ints, cats
+
+
+def transform_dense(raw: np.ndarray) -> np.ndarray:
+    """ln(max(x, 0) + 1) in float32, as the reference preprocessing."""
+    clamped = np.maximum(np.asarray(raw, dtype=np.int64), 0)
+    return np.log(clamped.astype(np.float32) + np.float32(1.0))
+
+
+def hash_to_rows(raw: np.ndarray, table_sizes: Sequence[int]) -> np.ndarray:
+    """Raw 32-bit hashes [B, T] -> int64 row ids, column t taken mod table_sizes[t]."""
+    return np.asarray(raw, dtype=np.int64) % np.asarray(table_sizes, dtype=np.int64)[None, :]
+
+
+def parse_line(line: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """(label, dense float32[13] = ln(max(x,0)+1), cat uint32[26] raw hashes); raises BadLine."""
+    label, ints, cats = parse_raw(line)
+    return label, transform_dense(np.array(ints, dtype=np.int64)), np.array(cats, dtype=np.uint32)
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return raw
+
+
+def _lines(path: Path) -> Iterator[bytes | None]:
+    """Lines as bytes; None for a line longer than MAX_LINE_BYTES (whose rest is skipped, not kept in memory)."""
+    try:
+        with _open_binary(path) as stream:
+            while True:
+                line = stream.readline(MAX_LINE_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while True:
+                        rest = stream.readline(1 << 16)
+                        if not rest or rest.endswith(b"\n"):
+                            break
+                    yield None
+                    continue
+                yield line
+    except (OSError, EOFError, zlib.error) as exc:  # unreadable file, corrupt or truncated gzip
+        raise DataError(f"{path}: cannot read: {exc}") from exc
+
+
+class CriteoReader:
+    """Streams Batches from Criteo TSV files (plain or gzip), one pass per iteration.
+
+    shard=(index, count) keeps every count-th line starting at line `index` (0-based), counted over all paths
+    in order. Bad lines are skipped and counted; DataError is raised (naming the file, line number and reason of
+    the latest bad line) once bad_lines / lines exceeds max_bad_fraction, checked from MIN_LINES_FOR_THRESHOLD
+    lines on and again at the end of the data. `lines` and `bad_lines` count this shard's lines only.
+    """
+
+    def __init__(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], config: DLRMConfig,
+                 batch_size: int, *, max_bad_fraction: float = 0.01, layout: str = "kaggle",
+                 shard: tuple[int, int] | None = None, drop_remainder: bool = False) -> None:
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [Path(p) for p in paths]
+        if not self.paths:
+            raise ValueError("CriteoReader: expected at least one path")
+        if config.num_dense != NUM_DENSE or config.num_tables != NUM_CATEGORICAL:
+            raise ValueError(f"CriteoReader: Criteo has {NUM_DENSE} dense and {NUM_CATEGORICAL} categorical "
+                             f"features, config has {config.num_dense} and {config.num_tables}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"CriteoReader: batch_size must be a positive integer, found {batch_size!r}")
+        if not 0.0 <= max_bad_fraction <= 1.0:
+            raise ValueError(f"CriteoReader: max_bad_fraction must be in [0, 1], found {max_bad_fraction}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"CriteoReader: layout must be one of {LAYOUTS}, found {layout!r}")
+        if shard is not None:
+            index, count = shard
+            if count < 1 or not 0 <= index < count:
+                raise ValueError(f"CriteoReader: shard must be (index, count) with 0 <= index < count, found {shard}")
+        self.config = config
+        self.batch_size = batch_size
+        self.max_bad_fraction = max_bad_fraction
+        self.layout = layout
+        self.shard = shard
+        self.drop_remainder = drop_remainder
+        self.lines = 0
+        self.bad_lines = 0
+        self.bad_examples: list[tuple[str, int, str]] = []  # the first few (path, line number, reason)
+
+    def _check_fraction(self, last_bad: tuple[str, int, str] | None, at_end: bool) -> None:
+        if self.lines == 0 or (self.lines < MIN_LINES_FOR_THRESHOLD and not at_end):
+            return
+        if self.bad_lines / self.lines > self.max_bad_fraction:
+            where = f"{last_bad[0]}:{last_bad[1]}: {last_bad[2]}" if last_bad else "bad lines"
+            raise DataError(f"{where} ({self.bad_lines} of {self.lines} {self.layout} lines bad, more than "
+                            f"max_bad_fraction {self.max_bad_fraction})")
+
+    def _make_batch(self, labels: list[int], ints: list[list[int]], cats: list[list[int]]) -> Batch:
+        return Batch(dense=transform_dense(np.array(ints, dtype=np.int64)),
+                     cat=hash_to_rows(np.array(cats, dtype=np.int64), self.config.table_sizes),
+                     labels=np.array(labels, dtype=np.float32))
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.lines = self.bad_lines = 0
+        self.bad_examples = []
+        index, count = self.shard if self.shard is not None else (0, 1)
+        global_line = -1
+        last_bad: tuple[str, int, str] | None = None
+        labels: list[int] = []
+        ints: list[list[int]] = []
+        cats: list[list[int]] = []
+        for path in self.paths:
+            for line_no, raw in enumerate(_lines(path), start=1):
+                global_line += 1
+                if global_line % count != index:
+                    continue
+                self.lines += 1
+                try:
+                    if raw is None:
+                        raise BadLine(f"line longer than {MAX_LINE_BYTES} bytes")
+                    try:
+                        text = raw.decode("ascii")
+                    except UnicodeDecodeError as exc:
+                        raise BadLine(f"non-ASCII byte at column {exc.start + 1}") from None
+                    label, line_ints, line_cats = parse_raw(text)
+                except BadLine as exc:
+                    self.bad_lines += 1
+                    last_bad = (str(path), line_no, exc.reason)
+                    if len(self.bad_examples) < 20:
+                        self.bad_examples.append(last_bad)
+                    self._check_fraction(last_bad, at_end=False)
+                    continue
+                if self.lines == MIN_LINES_FOR_THRESHOLD:
+                    self._check_fraction(last_bad, at_end=False)
+                labels.append(label)
+                ints.append(line_ints)
+                cats.append(line_cats)
+                if len(labels) == self.batch_size:
+                    yield self._make_batch(labels, ints, cats)
+                    labels, ints, cats = [], [], []
+        self._check_fraction(last_bad, at_end=True)
+        if labels and not self.drop_remainder:
+            yield self._make_batch(labels, ints, cats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic data with a planted logistic signal
+
+_WORLD_TAG = 0x574F524C44
+_ROWS_TAG = 0x524F5753
+_SYNTH_BLOCK = 8192
+_CLICK_RATE = 0.25
+
+
+class _PlantedModel:
+    """The hidden 'true' click model: per-value weights for some tables, dense slopes, one pairwise term.
+
+    Everything is a function of the seed only, so every partition and every run with that seed shares it.
+    """
+
+    def __init__(self, seed: int, config: DLRMConfig, max_vocab: int) -> None:
+        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, _WORLD_TAG])))
+        self.dense_mu = rng.uniform(0.0, 4.0, NUM_DENSE)
+        self.dense_sigma = rng.uniform(0.5, 1.5, NUM_DENSE)
+        self.dense_missing = rng.uniform(0.0, 0.4, NUM_DENSE)
+        self.dense_slope = np.where(rng.random(NUM_DENSE) < 0.5, rng.normal(0.0, 0.8, NUM_DENSE), 0.0)
+        self.cat_missing = rng.uniform(0.0, 0.2, NUM_CATEGORICAL)
+        self.hashes: list[np.ndarray] = []
+        self.popularity: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+        informative = rng.random(NUM_CATEGORICAL) < 0.5
+        for t, n in enumerate(config.table_sizes):
+            # Values get distinct nonzero rows (raw mod n), so under this config no two values share a row and
+            # none shares row 0 with "missing".
+            vocab = max(1, min(max_vocab, n - 1))
+            residues = rng.choice(n - 1, size=vocab, replace=False) + 1 if n > 1 else np.zeros(1, np.int64)
+            multiples = rng.integers(0, (2**32 - 1 - residues) // n + 1)
+            self.hashes.append((residues + multiples * n).astype(np.uint64))
+            popularity = 1.0 / np.arange(1, vocab + 1) ** 1.3  # Zipf-like: a learnable head, a long tail
+            self.popularity.append(popularity / popularity.sum())
+            scale = 0.8 if informative[t] else 0.0
+            weights = rng.normal(0.0, scale, vocab)
+            # Centred under the value distribution, so a missing value (weight 0) is an average one.
+            self.weights.append(weights - self.popularity[t] @ weights)
+        self.pair = tuple(int(t) for t in rng.choice(np.flatnonzero(informative), 2, replace=False)) \
+            if informative.sum() >= 2 else None
+        self.pair_factors = [rng.normal(0.0, 0.7, self.hashes[t].size) for t in self.pair] if self.pair else []
+        # Pick the bias that gives the target click rate (Kaggle's is ~0.26) on a pilot sample.
+        self.bias = 0.0
+        pilot_rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, _WORLD_TAG, 1])))
+        pilot = self.sample(pilot_rng, 16384, 0.0)[3]
+        lo, hi = -30.0, 30.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.mean(1.0 / (1.0 + np.exp(-(pilot + mid)))) < _CLICK_RATE else (lo, mid)
+        self.bias = (lo + hi) / 2
+
+    def sample(self, rng: np.random.Generator, rows: int, noise: float) -> tuple[np.ndarray, ...]:
+        """(labels [n], ints [n, 13] with missing as -2**62, hashes [n, 26] with missing as -1, true logits)."""
+        missing_int = -(2**62)
+        counts = np.floor(np.exp(rng.normal(self.dense_mu, self.dense_sigma, (rows, NUM_DENSE)))) - 1.0
+        raw = np.maximum(counts, 0.0).astype(np.int64)
+        raw[:, 1] -= (rng.random(rows) < 0.05).astype(np.int64)  # I2 goes negative in real data
+        dense_missing = rng.random((rows, NUM_DENSE)) < self.dense_missing
+        seen = transform_dense(np.where(dense_missing, 0, raw)).astype(np.float64)
+        logit = self.bias + ((seen - self.dense_mu) / self.dense_sigma * self.dense_slope).sum(axis=1)
+        values = np.empty((rows, NUM_CATEGORICAL), dtype=np.int64)
+        for t in range(NUM_CATEGORICAL):
+            values[:, t] = rng.choice(self.hashes[t].size, size=rows, p=self.popularity[t])
+        cat_missing = rng.random((rows, NUM_CATEGORICAL)) < self.cat_missing
+        for t in range(NUM_CATEGORICAL):
+            logit += np.where(cat_missing[:, t], 0.0, self.weights[t][values[:, t]])
+        if self.pair:
+            a, b = self.pair
+            present = ~(cat_missing[:, a] | cat_missing[:, b])
+            logit += np.where(present, self.pair_factors[0][values[:, a]] * self.pair_factors[1][values[:, b]], 0)
+        noisy = logit + rng.normal(0.0, noise, rows)
+        labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-noisy))).astype(np.int64)
+        ints = np.where(dense_missing, missing_int, raw)
+        hashes = np.stack([np.where(cat_missing[:, t], -1, self.hashes[t][values[:, t]].astype(np.int64))
+                           for t in range(NUM_CATEGORICAL)], axis=1)
+        return labels, ints, hashes, logit
+
+
+def _format_rows(labels: np.ndarray, ints: np.ndarray, hashes: np.ndarray) -> str:
+    int_cols = [["" if v == -(2**62) else str(v) for v in col] for col in ints.T.tolist()]
+    hash_cols = [["" if v < 0 else f"{v:08x}" for v in col] for col in hashes.T.tolist()]
+    label_col = [str(v) for v in labels.tolist()]
+    return "".join("\t".join(fields) + "\n" for fields in zip(label_col, *int_cols, *hash_cols, strict=True))
+
+
+def synth(path: str | os.PathLike[str], rows: int, seed: int, *, noise: float = 0.5,
+          config: DLRMConfig | None = None, partitions: int | Sequence[int] = 1,
+          max_vocab: int = 10_000) -> list[Path]:
+    """Write `rows` synthetic Criteo lines with a planted logistic signal; returns the files written.
+
+    The output depends only on (rows, seed, noise, config.table_sizes, max_vocab). With partitions K > 1 the
+    same row stream is cut into K contiguous, equal files path.0 .. path.{K-1}, so their concatenation equals
+    the single-file output; a sequence of row counts (summing to rows) cuts it into files of those sizes, e.g.
+    a training and a held-out part. `noise` is the std of Gaussian noise added to the true logit.
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"synth: rows must be a positive integer, found {rows!r}")
+    if isinstance(partitions, int) and not isinstance(partitions, bool):
+        if not 1 <= partitions <= rows:
+            raise ValueError(f"synth: partitions must be in [1, rows], found {partitions}")
+        sizes = [rows * (k + 1) // partitions - rows * k // partitions for k in range(partitions)]
+    else:
+        sizes = list(partitions)
+        if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes) \
+                or sum(sizes) != rows:
+            raise ValueError(f"synth: partition sizes must be positive integers summing to rows {rows}, "
+                             f"found {sizes}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"synth: noise must be a finite number >= 0, found {noise}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"synth: seed must be in [0, 2**64), found {seed}")
+    config = config if config is not None else DLRMConfig.kaggle()
+    if config.num_tables != NUM_CATEGORICAL:
+        raise ValueError(f"synth: config must have {NUM_CATEGORICAL} tables, found {config.num_tables}")
+    world = _PlantedModel(seed, config, max_vocab)
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, _ROWS_TAG])))
+    base = Path(path)
+    outputs = [base] if len(sizes) == 1 else [base.with_name(f"{base.name}.{k}") for k in range(len(sizes))]
+    bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    handles = [open(p, "w", encoding="ascii", newline="\n") for p in outputs]  # noqa: SIM115 - closed below
+    try:
+        for start in range(0, rows, _SYNTH_BLOCK):
+            block = world.sample(rng, min(_SYNTH_BLOCK, rows - start), noise)[:3]
+            for k in range(len(sizes)):
+                lo, hi = max(bounds[k], start) - start, min(bounds[k + 1], start + block[0].size) - start
+                if lo < hi:
+                    handles[k].write(_format_rows(*(part[lo:hi] for part in block)))
+    finally:
+        for handle in handles:
+            handle.close()
+    return outputs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _config_from_args(args: argparse.Namespace) -> DLRMConfig:
+    if args.config == "small":
+        return DLRMConfig.small()
+    return DLRMConfig.kaggle(None if args.max_table_size <= 0 else args.max_table_size)
+
+
+def _check(args: argparse.Namespace) -> int:
+    reader = CriteoReader(args.files, _config_from_args(args), 4096, max_bad_fraction=1.0, layout=args.layout)
+    examples = positives = 0
+    for batch in reader:
+        examples += len(batch)
+        positives += int(batch.labels.sum())
+    print(f"lines: {reader.lines}")
+    print(f"bad lines: {reader.bad_lines}")
+    for path, line_no, reason in reader.bad_examples:
+        print(f"  {path}:{line_no}: {reason}")
+    if reader.bad_lines > len(reader.bad_examples):
+        print(f"  ... {reader.bad_lines - len(reader.bad_examples)} more")
+    rate = f"{positives / examples:.4f} ({positives} of {examples})" if examples else "n/a (no valid lines)"
+    print(f"label rate: {rate}")
+    return 1 if reader.bad_lines else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    paths = synth(args.out, args.rows, args.seed, noise=args.noise, config=_config_from_args(args),
+                  partitions=args.partitions, max_vocab=args.max_vocab)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", choices=("kaggle", "small"), default="kaggle",
+                       help="table sizes for the row mapping (default: kaggle)")
+        p.add_argument("--max-table-size", type=int, default=100_000,
+                       help="cap on Kaggle table sizes, <= 0 for none (default 100000)")
+
+    p_synth = sub.add_parser("synth", help="write synthetic Criteo TSV with a planted signal")
+    p_synth.add_argument("--rows", type=int, required=True)
+    p_synth.add_argument("--seed", type=int, required=True)
+    p_synth.add_argument("--out", required=True, help="output file (with --partitions K: FILE.0 .. FILE.K-1)")
+    p_synth.add_argument("--partitions", type=int, default=1)
+    p_synth.add_argument("--noise", type=float, default=0.5, help="std of the logit noise (default 0.5)")
+    p_synth.add_argument("--max-vocab", type=int, default=10_000, help="distinct values per column (default 10000)")
+    add_config_args(p_synth)
+    p_synth.set_defaults(run=_synth)
+
+    p_check = sub.add_parser("check", help="count lines, bad lines (with reasons) and the label rate")
+    p_check.add_argument("files", nargs="+")
+    p_check.add_argument("--layout", choices=LAYOUTS, default="kaggle")
+    add_config_args(p_check)
+    p_check.set_defaults(run=_check)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (OSError, ValueError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
