@@ -284,11 +284,12 @@ static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, i
     X509_NAME_get_text_by_NID(X509_get_subject_name(sk_X509_value(chain, sk_X509_num(chain) - 1)), NID_commonName,
                               top_cn, sizeof(top_cn));
     ERR_clear_error();
-    if (strncmp(top_cn, SIM_ROOT_CN_PREFIX, strlen(SIM_ROOT_CN_PREFIX)) == 0)
+    /* The chain's own claim to be simulated is untrusted, so it only ever explains a rejection. */
+    if (!policy->allow_simulated && strncmp(top_cn, SIM_ROOT_CN_PREFIX, strlen(SIM_ROOT_CN_PREFIX)) == 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_SIMULATED_DENIED,
-                          "evidence comes from the simulated provider (chain root \"%s\"); the policy does not name "
-                          "its root as a simulation root%s",
-                          top_cn, policy->sim_store ? " (it names a different one)" : "");
+                          "evidence comes from the simulated provider (chain root \"%s\"); the policy does not "
+                          "allow simulated evidence",
+                          top_cn);
     if (!policy->trusted_store)
         return ratls_fail(msg, msg_len, RATLS_ERR_PCK_CHAIN_UNTRUSTED,
                           "PCK chain: the policy trusts no root (chain root \"%s\")", top_cn);

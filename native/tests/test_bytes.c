@@ -1,2 +1,119 @@
-#include <stdio.h>
-int main(void) { puts("placeholder"); return 1; }
+/* cbs/cbb edge cases: short reads consume nothing, endianness, splitting, offsets, buffer growth,
+ * size overflow, and the empty buffer. */
+#include "bytes.h"
+#include "testutil.h"
+
+static void test_reads(void) {
+    const uint8_t data[] = {0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09};
+    cbs s;
+    cbs_init(&s, data, sizeof(data));
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+    CHECK(cbs_get_u8(&s, &u8) && u8 == 0x01);
+    CHECK(cbs_get_u16le(&s, &u16) && u16 == 0x0302);
+    CHECK(cbs_get_u16be(&s, &u16) && u16 == 0x0405);
+    CHECK_EQ(cbs_offset(&s, data), 5);
+    CHECK_EQ(s.len, 4);
+    /* Too short: fails and consumes nothing. */
+    u64 = 42;
+    CHECK(!cbs_get_u64le(&s, &u64) && u64 == 42);
+    CHECK(!cbs_get_u64be(&s, &u64));
+    CHECK_EQ(s.len, 4);
+    CHECK(cbs_get_u32be(&s, &u32) && u32 == 0x06070809);
+    CHECK_EQ(s.len, 0);
+    CHECK(!cbs_get_u8(&s, &u8));
+    CHECK(!cbs_skip(&s, 1));
+    CHECK(cbs_skip(&s, 0));
+    CHECK(cbs_copy(&s, &u8, 0));
+
+    cbs_init(&s, data, sizeof(data));
+    CHECK(cbs_get_u32le(&s, &u32) && u32 == 0x04030201);
+    CHECK(cbs_get_u32le(&s, &u32) && u32 == 0x08070605);
+    cbs_init(&s, data, 8);
+    CHECK(cbs_get_u64le(&s, &u64) && u64 == 0x0807060504030201ull);
+    cbs_init(&s, data, 8);
+    CHECK(cbs_get_u64be(&s, &u64) && u64 == 0x0102030405060708ull);
+    const uint8_t high[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe};
+    cbs_init(&s, high, 8);
+    CHECK(cbs_get_u64le(&s, &u64) && u64 == 0xfeffffffffffffffull);
+
+    /* Splitting: the part is bounded, the rest moves on. */
+    cbs_init(&s, data, sizeof(data));
+    cbs part;
+    CHECK(cbs_get_bytes(&s, &part, 3));
+    CHECK(part.data == data && part.len == 3 && s.len == 6);
+    CHECK(!cbs_get_u32le(&part, &u32));
+    CHECK(!cbs_get_bytes(&s, &part, 7));
+    CHECK(part.data == data && part.len == 3 && s.len == 6); /* untouched on failure */
+    CHECK(cbs_get_bytes(&s, &part, 6) && s.len == 0 && cbs_offset(&part, data) == 3);
+    uint8_t buf[4] = {9, 9, 9, 9};
+    cbs_init(&s, data, 3);
+    CHECK(!cbs_copy(&s, buf, 4) && buf[0] == 9 && s.len == 3);
+    CHECK(cbs_copy(&s, buf, 3) && memcmp(buf, data, 3) == 0 && buf[3] == 9);
+    /* A huge length never wraps around. */
+    cbs_init(&s, data, sizeof(data));
+    CHECK(!cbs_skip(&s, SIZE_MAX));
+    CHECK(!cbs_get_bytes(&s, &part, SIZE_MAX));
+    CHECK_EQ(s.len, sizeof(data));
+
+    cbs_init(&s, NULL, 0);
+    CHECK(!cbs_get_u8(&s, &u8));
+    CHECK(cbs_get_bytes(&s, &part, 0) && part.len == 0);
+}
+
+static void test_writes(void) {
+    cbb b;
+    cbb_init(&b);
+    size_t len = 99;
+    uint8_t *out = cbb_finish(&b, &len);
+    CHECK(out != NULL && len == 0); /* empty but a real buffer */
+    free(out);
+
+    cbb_init(&b);
+    CHECK(cbb_add_u8(&b, 0xaa));
+    CHECK(cbb_add_u16le(&b, 0x0201));
+    CHECK(cbb_add_u32le(&b, 0x06050403));
+    CHECK(cbb_add_u64le(&b, 0x0e0d0c0b0a090807ull));
+    CHECK(cbb_add_zeros(&b, 2));
+    CHECK(cbb_add(&b, "xy", 2));
+    CHECK(cbb_add(&b, NULL, 0));
+    const uint8_t expected[] = {0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0, 0, 'x', 'y'};
+    out = cbb_finish(&b, &len);
+    CHECK_EQ(len, sizeof(expected));
+    CHECK(out && memcmp(out, expected, sizeof(expected)) == 0);
+    CHECK(b.data == NULL && b.len == 0); /* reset, ready for reuse */
+    free(out);
+
+    /* Growth well past the first allocation keeps every byte. */
+    cbb_init(&b);
+    for (uint32_t i = 0; i < 5000; i++) cbb_add_u32le(&b, i);
+    CHECK(!b.failed && b.len == 20000 && b.cap >= 20000);
+    int intact = 1;
+    cbs s;
+    cbs_init(&s, b.data, b.len);
+    for (uint32_t i = 0; i < 5000; i++) {
+        uint32_t v = 0;
+        intact &= cbs_get_u32le(&s, &v) && v == i;
+    }
+    CHECK(intact);
+    cbb_cleanup(&b);
+    CHECK(b.data == NULL && b.len == 0 && b.cap == 0);
+
+    /* An impossible size fails the buffer for good; finish then gives NULL. */
+    cbb_init(&b);
+    CHECK(cbb_add_u8(&b, 1));
+    CHECK(!cbb_add_zeros(&b, SIZE_MAX));
+    CHECK(b.failed);
+    CHECK(!cbb_add_u8(&b, 2));
+    CHECK_EQ(b.len, 1);
+    CHECK(cbb_finish(&b, &len) == NULL);
+    CHECK(b.data == NULL && !b.failed);
+}
+
+int main(void) {
+    test_reads();
+    test_writes();
+    return test_summary();
+}
