@@ -1,0 +1,367 @@
+"""Run a whole training job on this machine: python -m runtime.launch --mode hfl --workers 2
+
+Starts the PS (one or --ps-shards processes) and the workers as separate processes linked by RA-TLS (by default:
+the sim provider with a throwaway sim CA, and a policy pinned to the MRENCLAVE measured over the runtime's
+files), gives each worker its own synthetic data partition (or --data files), prints progress, and ends with a
+report of held-out loss, accuracy and AUC, throughput, bytes on the wire and attestation times on the console,
+as JSON (<out>/report.json) and in TensorBoard logs (<out>/tensorboard). Every child is stopped when the
+launcher exits, fails or is interrupted. Child logs are in <out>/logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from runtime import metrics, transport
+from runtime.ps import add_model_arguments, model_config
+from runtime.report import write_json_atomically
+
+READY_TIMEOUT = 60.0
+# The console shows the lines our processes print themselves; TensorFlow's start-up chatter stays in the logs.
+_CONSOLE_PREFIXES = ("ps[", "worker", "warning:", "error:", "Traceback")
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    offset: int = 0
+    partial: bytes = b""
+    lines: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # PR_SET_PDEATHSIG: a child dies with the launcher even if the launcher is killed outright.
+        self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def new_lines(self) -> list[str]:
+        """Complete lines the child wrote since the last call."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        data = self.partial + data
+        *complete, self.partial = data.split(b"\n")
+        return [line.decode("utf-8", "replace") for line in complete]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(Exception):
+    pass
+
+
+def _wait_ready(child: Child, ready_file: Path, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready_file.exists():
+            return json.loads(ready_file.read_text())
+        assert child.process is not None
+        if child.process.poll() is not None:
+            raise LaunchError(f"{child.role} exited with code {child.process.returncode} before serving; "
+                              f"see {child.log_path}")
+        time.sleep(0.05)
+    raise LaunchError(f"{child.role} not serving after {timeout:.0f} s; see {child.log_path}")
+
+
+def _security_setup(args: argparse.Namespace, out: Path) -> tuple[list[str], dict[str, Any]]:
+    """Child transport options for the chosen --security, plus what the report should say about it."""
+    if args.security == "insecure":
+        return ["--security", "insecure"], {"security": "insecure"}
+    if args.security == "tls":
+        ca = transport.create_tls_ca(out / "tls-ca")
+        return ["--security", "tls", "--tls-ca", str(ca)], {"security": "tls"}
+    import ratls
+    from runtime.measure import BASE_DIR, runtime_files
+
+    if args.sim_ca is not None:
+        sim_ca = args.sim_ca
+    else:
+        sim_ca = out / "sim-ca"
+        ratls.SimCA.init(sim_ca)
+    started = time.perf_counter()
+    mrenclave = ratls.measure(runtime_files(), root=BASE_DIR).hex()
+    measured = time.perf_counter() - started
+    return (["--security", "ratls", "--provider", "sim", "--sim-ca", str(sim_ca), "--mrenclave", mrenclave],
+            {"security": "ratls", "provider": "sim", "sim_ca": str(sim_ca), "mrenclave": mrenclave,
+             "measure_seconds": round(measured, 4)})
+
+
+def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
+    """Per-worker data options: own synthetic partitions, or shards of --data."""
+    if args.data:
+        eval_args = ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
+        return [["--data", *map(str, args.data), "--data-shard", f"{i}/{args.workers}", "--layout", args.layout,
+                 *eval_args] for i in range(args.workers)]
+    from runtime.worker import synthetic_partitions
+
+    rows = args.synthetic_rows or args.steps * args.batch_size
+    started = time.perf_counter()
+    train, held_out = synthetic_partitions(out / "data", args.workers, rows, args.eval_rows, args.data_seed,
+                                           model_config(args))
+    print(f"launch: synthetic data: {args.workers} x {rows} training rows + {args.workers} x {args.eval_rows} "
+          f"held-out rows in {time.perf_counter() - started:.1f} s ({out / 'data'})", flush=True)
+    return [["--data", str(t), "--eval-data", str(e)] for t, e in zip(train, held_out, strict=True)]
+
+
+def _model_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate",
+            str(args.learning_rate), "--seed", str(args.seed)]
+    return argv + (["--model-config", str(args.model_config)] if args.model_config else [])
+
+
+def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports: list[dict[str, Any]],
+                    wall_seconds: float, security: dict[str, Any]) -> dict[str, Any]:
+    """One report for the run: pooled held-out metrics over every worker's scores, totals, per-process parts."""
+    labels, scores = [], []
+    for w in worker_reports:
+        path = out / f"scores-{w['worker_id']}.npz"
+        if path.exists():
+            with np.load(path) as data:
+                labels.append(data["labels"])
+                scores.append(data["scores"])
+    held_out: dict[str, Any] = {"examples": 0}
+    if labels and sum(len(y) for y in labels):
+        y, p = np.concatenate(labels), np.concatenate(scores)
+        held_out = {"examples": int(y.size), "log_loss": metrics.log_loss(y, p),
+                    "accuracy": metrics.accuracy(y, p), "auc": metrics.auc(y, p) if 0 < y.sum() < y.size else None,
+                    "constant_baseline_log_loss": metrics.log_loss(y, np.full_like(p, y.mean())),
+                    "constant_baseline_accuracy": float(max(y.mean(), 1 - y.mean()))}
+    examples = sum(w["examples"] for w in worker_reports)
+    train_seconds = max((w["train_seconds"] for w in worker_reports), default=0.0)
+    wire = sum(w["bytes_sent"] + w["bytes_received"] for w in worker_reports)
+    steps = max((p["version"] for p in ps_reports), default=0)
+    attestation = [t for w in worker_reports for t in w["transport"].get("client_attestation_seconds", [])]
+    return {
+        "held_out": held_out,
+        "steps": steps,
+        "rounds": sum(p["stats"].get("rounds", 0) for p in ps_reports[:1]),
+        "short_rounds": max((p["stats"].get("short_rounds", 0) for p in ps_reports), default=0),
+        "examples": examples,
+        "samples_per_s": round(examples / train_seconds, 1) if train_seconds else 0.0,
+        "wall_seconds": round(wall_seconds, 2),
+        "bytes_on_wire": wire,
+        "bytes_on_wire_per_step": round(wire / steps, 1) if steps else 0.0,
+        "attestation": dict(security, client_attestation_seconds=attestation,
+                            identity_seconds=[w["transport"].get("identity_seconds") for w in worker_reports
+                                              if "identity_seconds" in w["transport"]]),
+        "ps": ps_reports,
+        "workers": worker_reports,
+    }
+
+
+def _summary(report: dict[str, Any]) -> str:
+    h = report["held_out"]
+    lines = ["== report =="]
+    if h.get("examples"):
+        auc = f"{h['auc']:.4f}" if h.get("auc") is not None else "n/a"
+        lines.append(f"held-out: {h['examples']} examples, loss {h['log_loss']:.4f} (constant baseline "
+                     f"{h['constant_baseline_log_loss']:.4f}), accuracy {h['accuracy']:.4f} (baseline "
+                     f"{h['constant_baseline_accuracy']:.4f}), AUC {auc}")
+    lines.append(f"training: {report['steps']} steps, {report['examples']} examples, "
+                 f"{report['samples_per_s']:.0f} samples/s, {report['short_rounds']} short rounds, "
+                 f"wall {report['wall_seconds']:.1f} s")
+    lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total, "
+                 f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
+    att = report["attestation"]
+    times = att.get("client_attestation_seconds") or []
+    if att.get("security") == "ratls":
+        lines.append(f"attestation: {att['provider']} provider, MRENCLAVE {att['mrenclave'][:16]}..., "
+                     f"{len(times)} client attestations, median {np.median(times) * 1000 if times else 0:.1f} ms")
+    else:
+        lines.append(f"security: {att.get('security')}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("hfl",), default="hfl",
+                        help="hfl: PS + workers, each worker training on its own data (default)")
+    parser.add_argument("--workers", type=int, default=2, help="default 2")
+    parser.add_argument("--ps-shards", type=int, default=1, help="PS processes sharing the parameters (default 1)")
+    parser.add_argument("--steps", type=int, default=600, help="synchronous steps (default 600)")
+    parser.add_argument("--batch-size", type=int, default=128, help="per worker (default 128)")
+    parser.add_argument("--out", type=Path, help="run directory (default runs/<mode>-<time>)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="stop everything after this many seconds")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, nargs="+",
+                      help="Criteo TSV files, line-sharded over the workers (default: synthetic partitions)")
+    data.add_argument("--eval-data", type=Path, nargs="+", help="held-out Criteo TSV files for every worker")
+    data.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle")
+    data.add_argument("--synthetic-rows", type=int, help="synthetic training rows per worker "
+                                                         "(default: steps x batch size)")
+    data.add_argument("--eval-rows", type=int, default=8192, help="synthetic held-out rows per worker")
+    data.add_argument("--data-seed", type=int, default=1, help="synthetic data seed (default 1)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--min-workers", type=int, help="synchronous quorum (default: all workers)")
+    train.add_argument("--round-timeout", type=float, help="seconds before a round closes with the quorum")
+    train.add_argument("--staleness", type=int, help="asynchronous updates with this staleness bound")
+    train.add_argument("--worker-timeout", type=float, default=10.0, help="seconds before a silent worker is "
+                                                                          "dropped (default 10)")
+    train.add_argument("--optimizer", choices=("sgd", "adagrad"), default="sgd")
+    train.add_argument("--wire-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    train.add_argument("--chunk-bytes", type=int, help="chunk size for PS and workers (default 4 MiB)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="default 100")
+    add_model_arguments(parser)
+    group = parser.add_argument_group("transport security")
+    group.add_argument("--security", choices=transport.SECURITY_MODES, default="ratls",
+                       help="ratls (default), tls or insecure (the last two for overhead measurements)")
+    group.add_argument("--sim-ca", type=Path, help="ratls: an existing sim CA (default: a fresh one in <out>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs") / f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    out = out.resolve()
+    started = time.monotonic()
+    children: list[Child] = []
+    try:
+        security_argv, security = _security_setup(args, out)
+        worker_data = _data_setup(args, out)
+        ps_children = []
+        common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
+                     str(args.ps_shards), "--worker-timeout", str(args.worker_timeout), "--optimizer",
+                     args.optimizer, "--checkpoint-every", str(args.checkpoint_every)]
+        for flag, value in (("--min-workers", args.min_workers), ("--round-timeout", args.round_timeout),
+                            ("--staleness", args.staleness), ("--chunk-bytes", args.chunk_bytes)):
+            if value is not None:
+                common_ps += [flag, str(value)]
+        for shard in range(args.ps_shards):
+            argv = [sys.executable, "-m", "runtime.ps", *common_ps, "--shard", str(shard),
+                    "--ready-file", str(out / f"ps{shard}.ready.json"), "--report-file",
+                    str(out / f"ps{shard}.report.json"), "--checkpoint-dir", str(out / "checkpoints" / f"ps{shard}"),
+                    *_model_argv(args), *security_argv]
+            child = Child(f"ps{shard}", argv, out / "logs" / f"ps{shard}.log")
+            (out / f"ps{shard}.ready.json").unlink(missing_ok=True)
+            child.start()
+            children.append(child)
+            ps_children.append(child)
+        addresses = [_wait_ready(c, out / f"{c.role}.ready.json", READY_TIMEOUT)["address"] for c in ps_children]
+        worker_children = []
+        for i in range(args.workers):
+            worker_id = f"worker{i}"
+            argv = [sys.executable, "-m", "runtime.worker", "--ps", ",".join(addresses), "--worker-id", worker_id,
+                    "--batch-size", str(args.batch_size), "--wire-dtype", args.wire_dtype,
+                    "--report-file", str(out / f"{worker_id}.report.json"),
+                    "--scores-file", str(out / f"scores-{worker_id}.npz"),
+                    "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]
+            if args.chunk_bytes is not None:
+                argv += ["--chunk-bytes", str(args.chunk_bytes)]
+            child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log")
+            child.start()
+            children.append(child)
+            worker_children.append(child)
+        write_json_atomically(out / "processes.json", {c.role: c.process.pid for c in children if c.process})
+        print(f"launch: {args.ps_shards} PS + {args.workers} workers over {args.security}, {args.steps} steps; "
+              f"run directory {out}", flush=True)
+        failures = _supervise(children, worker_children, args, started)
+        if failures:
+            return 1
+        ps_reports = [json.loads((out / f"{c.role}.report.json").read_text()) for c in ps_children]
+        worker_reports = [json.loads(p.read_text()) for c in worker_children
+                          if (p := out / f"{c.role}.report.json").exists()]
+        report = combined_report(out, ps_reports, worker_reports, time.monotonic() - started, security)
+        report["command"] = sys.argv
+        write_json_atomically(out / "report.json", report)
+        print(_summary(report), flush=True)
+        print(f"report: {out / 'report.json'}  TensorBoard: tensorboard --logdir {out / 'tensorboard'}", flush=True)
+        return 0
+    except (LaunchError, OSError, ValueError) as error:
+        print(f"launch: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _supervise(children: list[Child], workers: list[Child], args: argparse.Namespace, started: float) -> list[str]:
+    """Relay progress until every child has exited; returns descriptions of failures that sink the run."""
+    tolerated = args.workers - (args.min_workers or args.workers)
+    failures: list[str] = []
+    lost_workers = 0
+    running = {c.role for c in children}
+    while running:
+        for child in children:
+            for line in child.new_lines():
+                if line.startswith(_CONSOLE_PREFIXES):
+                    print(line if line.startswith(child.role) else f"[{child.role}] {line}", flush=True)
+            assert child.process is not None
+            code = child.process.poll()
+            if child.role in running and code is not None:
+                running.discard(child.role)
+                if code == 0:
+                    continue
+                if child in workers and lost_workers < tolerated:
+                    lost_workers += 1
+                    print(f"launch: {child.role} exited with code {code}; continuing (--min-workers "
+                          f"{args.min_workers})", flush=True)
+                    continue
+                failures.append(f"{child.role} exited with code {code}")
+                print(f"launch: {child.role} failed with code {code}; last lines of {child.log_path}:", flush=True)
+                for line in child.log_path.read_text(errors="replace").splitlines()[-15:]:
+                    print(f"    {line}", flush=True)
+                return failures
+        if time.monotonic() - started > args.timeout:
+            failures.append(f"timeout after {args.timeout:.0f} s")
+            print(f"launch: timeout after {args.timeout:.0f} s; stopping", flush=True)
+            return failures
+        time.sleep(0.2)
+    return failures
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.launch", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
+        parser.error(f"--min-workers must be in 1..{args.workers}")
+    # Ctrl-C and SIGTERM unwind through run()'s finally, which stops every child.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("launch: interrupted; children stopped", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,701 @@
+"""The parameter server: python -m runtime.ps (--help lists the options).
+
+Holds one shard of the DLRM parameters (runtime.sharding), tracks which workers are alive, combines their
+pushes and applies the optimizer, serves pulls, writes checkpoints and resumes from them.
+
+Update rules:
+- synchronous (default): step s is applied once every live worker has pushed s, combined in worker-id order
+  (runtime.aggregation), so the result equals single-process training on the concatenated batches. With
+  --min-workers M and --round-timeout T a round also closes T seconds after its first push if at least M
+  pushes are in; a worker silent for --worker-timeout seconds is dropped from the live set. Rounds applied
+  with fewer pushes than --workers are counted as short.
+- asynchronous (--staleness K): each push is applied on arrival if it was computed at most K versions ago.
+Training starts once --workers workers have joined (or, after --start-timeout, at least --min-workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runtime import checkpoint, transport
+from runtime.aggregation import Contribution, Update, combine
+from runtime.model import DLRMConfig
+from runtime.parameters import OPTIMIZERS, ShardParameters
+from runtime.proto import ps_pb2, tensor_pb2
+from runtime.protocol import (
+    CHUNK_OVERHEAD,
+    DEFAULT_CHUNK_SIZE,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    assemble_payload,
+    check_version,
+    chunk_payload,
+    decode_ids,
+    decode_tensor,
+    encode_tensor,
+    invalid,
+    parse_payload,
+)
+from runtime.report import write_json_atomically
+
+SERVICE = "runtime.v1.ParameterServer"
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MAX_BATCH_SIZE = 1 << 24
+MAX_WAIT_MS = 60_000
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint directory belongs to a different job (model, shard layout or optimizer)."""
+
+
+@dataclass
+class PSOptions:
+    config: DLRMConfig
+    total_steps: int
+    workers: int
+    shard: int = 0
+    num_shards: int = 1
+    min_workers: int | None = None  # default: workers
+    round_timeout: float | None = None
+    staleness: int | None = None  # None: synchronous
+    worker_timeout: float = 10.0
+    start_timeout: float = 60.0
+    heartbeat_interval: float = 1.0
+    optimizer: str = "sgd"
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
+    chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    max_message_bytes: int = 1 << 30
+    linger: float = 5.0
+    log_every: float = 2.0  # seconds between progress lines; 0: none
+
+    def __post_init__(self) -> None:
+        if self.min_workers is None:
+            self.min_workers = self.workers
+        if not 1 <= self.min_workers <= self.workers:
+            raise ValueError(f"--min-workers: expected 1..{self.workers} (--workers), found {self.min_workers}")
+        if self.total_steps < 1:
+            raise ValueError(f"--steps: expected >= 1, found {self.total_steps}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"--shard: expected 0..{self.num_shards - 1}, found {self.shard}")
+        if not 1 <= self.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"--chunk-bytes: expected 1..{MAX_CHUNK_BYTES}, found {self.chunk_bytes}")
+        if self.staleness is not None and self.staleness < 0:
+            raise ValueError(f"--staleness: expected >= 0, found {self.staleness}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer: expected one of {OPTIMIZERS}, found {self.optimizer}")
+
+
+def _failed(reason: str, detail: str) -> ProtocolError:
+    return ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, reason, detail)
+
+
+def _check_worker_id(worker_id: str) -> None:
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise invalid("bad_worker_id", f"worker_id: expected 1-128 characters [A-Za-z0-9_.-] not starting with "
+                      f"a punctuation mark, found {worker_id[:140]!r}")
+
+
+class ParameterServer:
+    """The PS state machine, independent of gRPC: methods take requests, return replies, raise ProtocolError.
+
+    All state is guarded by one condition variable; a rejected request changes nothing.
+    """
+
+    def __init__(self, options: PSOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.config = options.config
+        self.clock = clock
+        self.params = ShardParameters(options.config, options.shard, options.num_shards, options.optimizer)
+        self.dense_names = list(self.params.dense_shapes)
+        self.cond = threading.Condition()
+        self.version = 0
+        self.members: dict[str, float] = {}  # live worker -> last time heard from
+        self.pending: dict[str, Contribution] = {}  # synchronous mode: pushes for step == version
+        self.round_first_push: float | None = None
+        self.last_step: dict[str, int] = {}  # highest step received per worker (resends are duplicates)
+        self.started = False
+        self.first_join: float | None = None
+        self.idle_since = clock()
+        self.stats: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+        self.resumed_from = 0
+        self.checkpoint_seconds: list[float] = []
+        self.final_checkpoint_written = options.checkpoint_dir is None
+        self._progress = _Progress(clock())
+        if options.checkpoint_dir is not None:
+            found = checkpoint.restore_latest(options.checkpoint_dir, self._restore)
+            if found is not None:
+                self.resumed_from = found.version
+                print(f"ps[{options.shard}]: resumed from {found.path} at version {found.version}", flush=True)
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def synchronous(self) -> bool:
+        return self.options.staleness is None
+
+    @property
+    def done(self) -> bool:
+        return self.version >= self.options.total_steps
+
+    # -- membership ----------------------------------------------------------------------------------------
+
+    def join(self, request: ps_pb2.JoinRequest) -> ps_pb2.JoinReply:
+        check_version(request.protocol_version, "JoinRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            now = self.clock()
+            if request.worker_id not in self.members:
+                self.stats["joins"] += 1
+            self.members[request.worker_id] = now
+            if self.first_join is None:
+                self.first_join = now
+            self._update_started(now)
+            self.cond.notify_all()
+            version = self.version
+        o = self.options
+        return ps_pb2.JoinReply(
+            protocol_version=PROTOCOL_VERSION, version=version, total_steps=o.total_steps, shard_index=o.shard,
+            num_shards=o.num_shards, model_config_json=json.dumps(self.config.to_dict(), sort_keys=True),
+            synchronous=self.synchronous, staleness=o.staleness or 0,
+            heartbeat_interval_ms=int(o.heartbeat_interval * 1000), max_chunk_bytes=o.chunk_bytes)
+
+    def heartbeat(self, request: ps_pb2.HeartbeatRequest) -> ps_pb2.HeartbeatReply:
+        check_version(request.protocol_version, "HeartbeatRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            self._touch(request.worker_id)
+            return ps_pb2.HeartbeatReply(version=self.version, done=self.done)
+
+    def leave(self, request: ps_pb2.LeaveRequest) -> ps_pb2.LeaveReply:
+        check_version(request.protocol_version, "LeaveRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            self._member(request.worker_id)
+            del self.members[request.worker_id]
+            self.stats["leaves"] += 1
+            if not self.members:
+                self.idle_since = self.clock()
+            self._maybe_close_round(self.clock())
+            self.cond.notify_all()
+            return ps_pb2.LeaveReply(version=self.version)
+
+    def _member(self, worker_id: str) -> None:
+        if worker_id not in self.members:
+            raise _failed("unknown_worker", f"worker_id {worker_id!r} is not a live member: Join first")
+
+    def _touch(self, worker_id: str) -> None:
+        self._member(worker_id)
+        self.members[worker_id] = self.clock()
+
+    def _update_started(self, now: float) -> None:
+        if self.started or self.first_join is None:
+            return
+        o = self.options
+        if len(self.members) >= o.workers or (len(self.members) >= o.min_workers
+                                              and now - self.first_join >= o.start_timeout):
+            self.started = True
+            self._progress = _Progress(now, self.wire_bytes())
+            print(f"ps[{o.shard}]: training starts at version {self.version} with workers "
+                  f"{', '.join(sorted(self.members))}", flush=True)
+
+    # -- pull ----------------------------------------------------------------------------------------------
+
+    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
+        _check_worker_id(request.worker_id)
+        if request.wire_dtype not in (tensor_pb2.DTYPE_UNSPECIFIED, tensor_pb2.FLOAT32, tensor_pb2.FLOAT16,
+                                      tensor_pb2.BFLOAT16):
+            raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
+                          f"{request.wire_dtype}")
+        wanted = self._decode_table_ids(request.rows, "PullRequest.rows")
+        wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
+        with self.cond:
+            self._touch(request.worker_id)
+            started = self.clock()
+            while not self.done and not (self.started and self.version >= request.min_version):
+                remaining = started + wait - self.clock()
+                if remaining <= 0:
+                    return ps_pb2.PullReply(version=self.version, done=False, ready=False,
+                                            waited_seconds=self.clock() - started)
+                self.cond.wait(remaining)
+                self._member(request.worker_id)  # dropped while waiting?
+            waited = self.clock() - started
+            version, done = self.version, self.done
+            dense = [(name, self.params.dense[name].copy()) for name in self.dense_names] if request.dense else []
+            rows = [(table, ids, self.params.read_rows(table, ids)) for table, ids in wanted]
+        reply = ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited)
+        wire = request.wire_dtype
+        for name, value in dense:
+            reply.dense.add(name=name, tensor=encode_tensor(value, wire))
+        for (table, _ids, values), requested in zip(rows, request.rows, strict=True):
+            reply.rows.add(table=table, ids=requested.ids, values=encode_tensor(values, wire))
+        return reply
+
+    def _decode_table_ids(self, entries: Iterable[Any], field: str) -> list[tuple[int, np.ndarray]]:
+        out = []
+        seen = set()
+        for i, entry in enumerate(entries):
+            where = f"{field}[{i}]"
+            if entry.table >= self.config.num_tables:
+                raise invalid("bad_table", f"{where}.table: expected 0..{self.config.num_tables - 1}, "
+                              f"found {entry.table}")
+            if entry.table in seen:
+                raise invalid("repeated_table", f"{where}.table: table {entry.table} appears twice")
+            seen.add(entry.table)
+            ids = decode_ids(entry.ids, f"{where}.ids", self.config.table_sizes[entry.table])
+            if not self.params.owns_rows(entry.table, ids):
+                raise invalid("wrong_shard", f"{where}.ids: some rows of table {entry.table} belong to another "
+                              f"shard than {self.options.shard} of {self.options.num_shards}")
+            out.append((entry.table, ids))
+        return out
+
+    # -- push ----------------------------------------------------------------------------------------------
+
+    def push(self, request: ps_pb2.PushRequest, wire_bytes: int = 0) -> ps_pb2.PushReply:
+        contribution = self._decode_push(request, wire_bytes)
+        worker = contribution.worker_id
+        with self.cond:
+            self._touch(worker)
+            step = contribution.step
+            if step <= self.last_step.get(worker, -1):
+                self.stats["duplicate_pushes"] += 1
+                return ps_pb2.PushReply(version=self.version, duplicate=True, applied=step < self.version)
+            if not self.started:
+                raise _failed("not_started", f"training has not started ({len(self.members)} of "
+                              f"{self.options.workers} workers joined)")
+            if self.done:
+                raise _failed("training_done", f"training finished at version {self.version}")
+            if step > self.version:
+                raise invalid("future_step", f"PushRequest.step: expected at most the current version "
+                              f"{self.version}, found {step}")
+            oldest = self.version if self.synchronous else self.version - self.options.staleness
+            if step < oldest:
+                raise ProtocolError(grpc.StatusCode.ABORTED, "stale_step",
+                                    f"PushRequest.step: expected at least {oldest} (version {self.version}), "
+                                    f"found {step}; pull again")
+            self.last_step[worker] = step
+            self.stats["pushes"] += 1
+            if self.synchronous:
+                if not self.pending:
+                    self.round_first_push = self.clock()
+                self.pending[worker] = contribution
+                self._maybe_close_round(self.clock())
+            else:
+                self._apply([contribution])
+            return ps_pb2.PushReply(version=self.version, duplicate=False, applied=self.version > step)
+
+    def _decode_push(self, request: ps_pb2.PushRequest, wire_bytes: int) -> Contribution:
+        _check_worker_id(request.worker_id)
+        if not 1 <= request.batch_size <= MAX_BATCH_SIZE:
+            raise invalid("bad_batch_size", f"PushRequest.batch_size: expected 1..{MAX_BATCH_SIZE}, "
+                          f"found {request.batch_size}")
+        if not math.isfinite(request.loss):
+            raise invalid("non_finite", f"PushRequest.loss: expected a finite number, found {request.loss}")
+        dense: dict[str, np.ndarray] = {}
+        for i, entry in enumerate(request.dense_grads):
+            where = f"PushRequest.dense_grads[{i}]"
+            if entry.name not in self.params.dense_shapes:
+                raise invalid("unknown_tensor", f"{where}.name: {entry.name[:100]!r} is not a dense tensor of "
+                              f"shard {self.options.shard}")
+            if entry.name in dense:
+                raise invalid("repeated_tensor", f"{where}.name: {entry.name!r} appears twice")
+            dense[entry.name] = decode_tensor(entry.tensor, f"{where} ({entry.name})", kind="float",
+                                              shape=self.params.dense_shapes[entry.name], finite=True)
+        missing = [name for name in self.dense_names if name not in dense]
+        if missing:
+            raise invalid("missing_tensor", f"PushRequest.dense_grads: expected every dense tensor of shard "
+                          f"{self.options.shard}, missing {', '.join(missing)}")
+        wanted = self._decode_table_ids(request.row_grads, "PushRequest.row_grads")
+        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for i, ((table, ids), entry) in enumerate(zip(wanted, request.row_grads, strict=True)):
+            values = decode_tensor(entry.values, f"PushRequest.row_grads[{i}].values", kind="float",
+                                   shape=(ids.size, self.config.embedding_dim), finite=True)
+            rows[table] = (ids, values)
+        return Contribution(request.worker_id, request.step, request.batch_size, dense, rows, request.loss,
+                            wire_bytes)
+
+    # -- rounds --------------------------------------------------------------------------------------------
+
+    def _maybe_close_round(self, now: float) -> None:
+        if not self.synchronous or not self.pending or self.done:
+            return
+        quorum = len(self.pending) >= self.options.min_workers
+        complete = all(worker in self.pending for worker in self.members)
+        timeout = self.options.round_timeout
+        timed_out = timeout is not None and now - (self.round_first_push or now) >= timeout
+        if quorum and (complete or timed_out):
+            contributions = list(self.pending.values())
+            self.pending.clear()
+            self.round_first_push = None
+            self._apply(contributions)
+
+    def _apply(self, contributions: list[Contribution]) -> None:
+        update = combine(contributions)
+        self.params.apply(update)
+        self.version += 1
+        self.stats["rounds"] += 1
+        if self.synchronous and len(contributions) < self.options.workers:
+            self.stats["short_rounds"] += 1
+        self._progress.add(update, len(contributions))
+        o = self.options
+        if o.checkpoint_dir is not None and (self.done or self.version % o.checkpoint_every == 0):
+            self._write_checkpoint()
+        self.cond.notify_all()
+
+    def tick(self) -> None:
+        """Periodic work: drop silent workers, start training, close timed-out rounds, print progress."""
+        with self.cond:
+            now = self.clock()
+            for worker, seen in list(self.members.items()):
+                if now - seen > self.options.worker_timeout:
+                    del self.members[worker]
+                    self.stats["workers_timed_out"] += 1
+                    print(f"ps[{self.options.shard}]: worker {worker} silent for "
+                          f"{self.options.worker_timeout:g} s: dropped from the live set", flush=True)
+                    if not self.members:
+                        self.idle_since = now
+            self._update_started(now)
+            self._maybe_close_round(now)
+            self.cond.notify_all()
+            if self.options.log_every > 0 and now - self._progress.since >= self.options.log_every \
+                    and self._progress.updates:
+                print(self._progress.line(self, now), flush=True)
+                self._progress = _Progress(now, self.wire_bytes())
+
+    def finished(self) -> bool:
+        """Training is done, the final checkpoint written and every worker has left (or timed out)."""
+        with self.cond:
+            return (self.done and self.final_checkpoint_written and not self.members
+                    and self.clock() - self.idle_since >= self.options.linger)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def _job_meta(self) -> dict[str, Any]:
+        o = self.options
+        return {"config": self.config.to_dict(), "shard": o.shard, "num_shards": o.num_shards,
+                "optimizer": o.optimizer}
+
+    def _write_checkpoint(self) -> None:
+        assert self.options.checkpoint_dir is not None
+        started = time.perf_counter()
+        meta = dict(self._job_meta(), last_step=self.last_step, rounds=self.stats["rounds"],
+                    short_rounds=self.stats["short_rounds"])
+        checkpoint.save(self.options.checkpoint_dir, self.version, self.params.state_arrays(), meta)
+        self.checkpoint_seconds.append(time.perf_counter() - started)
+        if self.done:
+            self.final_checkpoint_written = True
+
+    def _restore(self, found: checkpoint.Checkpoint) -> None:
+        meta = found.meta
+        job = self._job_meta()
+        for key, value in job.items():
+            if meta.get(key) != value:
+                raise CheckpointMismatch(f"checkpoint {found.path} belongs to another job: {key} is "
+                                         f"{meta.get(key)!r}, this PS has {value!r}")
+        last_step = meta.get("last_step")
+        if not isinstance(last_step, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) for k, v in last_step.items()):
+            raise ValueError(f"checkpoint {found.path}: bad last_step")
+        self.params.load_state_arrays(found.arrays)
+        self.version = found.version
+        self.last_step = dict(last_step)
+        self.stats["rounds"] = int(meta.get("rounds", 0))
+        self.stats["short_rounds"] = int(meta.get("short_rounds", 0))
+        self.final_checkpoint_written = self.options.checkpoint_dir is None or self.done
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    def status(self, request: ps_pb2.StatusRequest | None = None) -> ps_pb2.StatusReply:
+        if request is not None:
+            check_version(request.protocol_version, "StatusRequest")
+        with self.cond:
+            return ps_pb2.StatusReply(
+                protocol_version=PROTOCOL_VERSION, version=self.version, total_steps=self.options.total_steps,
+                done=self.done, shard_index=self.options.shard, num_shards=self.options.num_shards,
+                live_workers=sorted(self.members), rounds=self.stats["rounds"],
+                short_rounds=self.stats["short_rounds"], pushes=self.stats["pushes"],
+                duplicate_pushes=self.stats["duplicate_pushes"], rejected_calls=sum(self.rejections.values()),
+                bytes_received=self.stats["bytes_received"], bytes_sent=self.stats["bytes_sent"],
+                resumed_from_version=self.resumed_from)
+
+    def wire_bytes(self) -> int:
+        return self.stats["bytes_received"] + self.stats["bytes_sent"]
+
+    def count(self, **amounts: int) -> None:
+        with self.cond:
+            self.stats.update(amounts)
+
+    def reject(self, reason: str) -> None:
+        with self.cond:
+            self.rejections[reason] += 1
+
+    def report(self) -> dict[str, Any]:
+        with self.cond:
+            return {
+                "shard": self.options.shard, "num_shards": self.options.num_shards, "version": self.version,
+                "total_steps": self.options.total_steps, "done": self.done,
+                "synchronous": self.synchronous, "resumed_from_version": self.resumed_from,
+                "stats": dict(self.stats), "rejections": dict(self.rejections),
+                "checkpoint_seconds": [round(t, 4) for t in self.checkpoint_seconds],
+            }
+
+
+class _Progress:
+    """What happened since the last progress line."""
+
+    def __init__(self, since: float, wire_bytes: int = 0) -> None:
+        self.since = since
+        self.wire_bytes = wire_bytes
+        self.updates = 0
+        self.examples = 0
+        self.loss_sum = 0.0
+        self.short = 0
+
+    def add(self, update: Update, contributions: int) -> None:
+        self.updates += 1
+        self.examples += update.examples
+        self.loss_sum += update.loss * update.examples
+
+    def line(self, ps: ParameterServer, now: float) -> str:
+        elapsed = max(now - self.since, 1e-9)
+        rate_bytes = (ps.wire_bytes() - self.wire_bytes) / elapsed
+        return (f"ps[{ps.options.shard}] step {ps.version}/{ps.options.total_steps} "
+                f"loss {self.loss_sum / max(self.examples, 1):.4f} samples/s {self.examples / elapsed:.0f} "
+                f"wire MB/s {rate_bytes / 1e6:.2f} workers {len(ps.members)} short {ps.stats['short_rounds']}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gRPC service
+
+
+class ParameterServerService:
+    """gRPC adapter: raw bytes in (parsed here, so malformed input gets a clear status), chunks for bulk calls."""
+
+    def __init__(self, ps: ParameterServer) -> None:
+        self.ps = ps
+        self.chunk_bytes = ps.options.chunk_bytes
+
+    def _fail(self, context: grpc.ServicerContext, error: ProtocolError) -> None:
+        self.ps.reject(error.reason)
+        context.abort(error.code, str(error))
+
+    def _unary(self, message_type: type, handler: Callable[[Any], Any]) -> Callable:
+        def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                reply = handler(parse_payload(message_type, raw))
+            except ProtocolError as error:
+                self._fail(context, error)
+            out = reply.SerializeToString()
+            self.ps.count(bytes_received=len(raw), bytes_sent=len(out))
+            return out
+        return call
+
+    def _bulk(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+        ps = self.ps
+
+        def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            received = 0
+
+            def parsed() -> Iterator[tensor_pb2.Chunk]:
+                nonlocal received
+                for raw in chunks:
+                    received += len(raw)
+                    if len(raw) > self.chunk_bytes + CHUNK_OVERHEAD:
+                        raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
+                                            f"chunk message: expected at most {self.chunk_bytes + CHUNK_OVERHEAD}"
+                                            f" bytes, found {len(raw)}")
+                    yield parse_payload(tensor_pb2.Chunk, raw)
+
+            try:
+                payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
+                                           max_chunk_bytes=self.chunk_bytes)
+                reply = handler(parse_payload(message_type, payload), received)
+            except ProtocolError as error:
+                ps.count(bytes_received=received)
+                self._fail(context, error)
+            sent = 0
+            for chunk in chunk_payload(reply, self.chunk_bytes):
+                raw = chunk.SerializeToString()
+                sent += len(raw)
+                yield raw
+            ps.count(bytes_received=received, bytes_sent=sent)
+        return call
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        ps = self.ps
+        methods = {
+            "Join": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.JoinRequest, ps.join)),
+            "Heartbeat": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.HeartbeatRequest, ps.heartbeat)),
+            "Leave": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.LeaveRequest, ps.leave)),
+            "Status": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.StatusRequest, ps.status)),
+            "Pull": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PullRequest,
+                                                                     lambda r, _n: ps.pull(r))),
+            "Push": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PushRequest, ps.push)),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def server_options(chunk_bytes: int) -> list[tuple[str, Any]]:
+    limit = chunk_bytes + CHUNK_OVERHEAD
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    ps: ParameterServer
+    endpoint: transport.Endpoint
+
+
+def start_server(ps: ParameterServer, net: transport.Transport, host: str, port: int,
+                 attestation_port: int) -> RunningServer:
+    threads = max(16, 4 * ps.options.workers + 8)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps"),
+                         options=server_options(ps.options.chunk_bytes))
+    server.add_generic_rpc_handlers((ParameterServerService(ps).handler(),))
+    endpoint = net.add_port(server, host, port, attestation_port)
+    server.start()
+    return RunningServer(server, ps, endpoint)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", choices=("kaggle", "small"), default="kaggle",
+                       help="architecture: the reference Kaggle DLRM, or a narrow one for tests (default kaggle)")
+    group.add_argument("--max-table-size", type=int, default=100_000,
+                       help="hash embedding tables larger than this down to it; <= 0 for none (default 100000)")
+    group.add_argument("--learning-rate", type=float, default=0.1, help="default 0.1")
+    group.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
+    group.add_argument("--model-config", type=Path,
+                       help="a JSON DLRMConfig (DLRMConfig.to_dict()); overrides the options above")
+
+
+def model_config(args: argparse.Namespace) -> DLRMConfig:
+    if args.model_config is not None:
+        return DLRMConfig.from_dict(json.loads(args.model_config.read_text()))
+    cap = None if args.max_table_size <= 0 else args.max_table_size
+    base = DLRMConfig.small() if args.model == "small" else DLRMConfig.kaggle(None)
+    sizes = tuple(size if cap is None else min(size, cap) for size in base.table_sizes)
+    return dataclasses.replace(base, table_sizes=sizes, learning_rate=args.learning_rate, seed=args.seed)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:0",
+                        help="host:port for the gRPC port (port 0: any free port; default 127.0.0.1:0)")
+    parser.add_argument("--attestation-port", type=int, default=0,
+                        help="ratls: the attestation port (0: any free port; default 0)")
+    parser.add_argument("--ready-file", type=Path,
+                        help="write {host, port, attestation_port, address, pid} as JSON here once serving")
+    parser.add_argument("--report-file", type=Path, help="write the final statistics as JSON here")
+    parser.add_argument("--steps", type=int, required=True, help="parameter updates to train for")
+    parser.add_argument("--workers", type=int, required=True, help="the job's number of workers")
+    parser.add_argument("--min-workers", type=int,
+                        help="synchronous: fewest pushes a round may be applied with (default: --workers)")
+    parser.add_argument("--round-timeout", type=float,
+                        help="synchronous: seconds after a round's first push after which it is applied with "
+                             "the pushes that are in, if at least --min-workers (default: wait for every live "
+                             "worker)")
+    parser.add_argument("--staleness", type=int,
+                        help="asynchronous updates, accepting gradients computed at most K versions ago "
+                             "(default: synchronous)")
+    parser.add_argument("--worker-timeout", type=float, default=10.0,
+                        help="seconds without a call from a worker before it is dropped (default 10)")
+    parser.add_argument("--start-timeout", type=float, default=60.0,
+                        help="seconds to wait for all --workers to join before starting with --min-workers "
+                             "(default 60)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default sgd")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="write checkpoints here and resume from the newest one (default: none)")
+    parser.add_argument("--checkpoint-every", type=int, default=100,
+                        help="versions between checkpoints; one is also written at the end (default 100)")
+    parser.add_argument("--shard", type=int, default=0, help="this PS's index among --num-shards (default 0)")
+    parser.add_argument("--num-shards", type=int, default=1, help="PS processes sharing the parameters")
+    parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help=f"largest chunk sent or accepted (default {DEFAULT_CHUNK_SIZE})")
+    parser.add_argument("--max-message-bytes", type=int, default=1 << 30,
+                        help="largest reassembled request (default 1 GiB)")
+    parser.add_argument("--linger", type=float, default=5.0,
+                        help="seconds to keep serving after training is done and every worker left "
+                             "(default 5)")
+    parser.add_argument("--log-every", type=float, default=2.0,
+                        help="seconds between progress lines; 0 for none (default 2)")
+    add_model_arguments(parser)
+    transport.add_arguments(parser)
+
+
+def options_from_args(args: argparse.Namespace) -> PSOptions:
+    return PSOptions(
+        config=model_config(args), total_steps=args.steps, workers=args.workers, shard=args.shard,
+        num_shards=args.num_shards, min_workers=args.min_workers, round_timeout=args.round_timeout,
+        staleness=args.staleness, worker_timeout=args.worker_timeout, start_timeout=args.start_timeout,
+        optimizer=args.optimizer, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        chunk_bytes=args.chunk_bytes, max_message_bytes=args.max_message_bytes, linger=args.linger,
+        log_every=args.log_every)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.ps", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1] + "\n" + transport.__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        options = options_from_args(args)
+        host, _, port = args.listen.rpartition(":")
+        net = transport.from_args(args)
+        ps = ParameterServer(options)
+        running = start_server(ps, net, host, int(port), args.attestation_port)
+    except (ValueError, OSError, CheckpointMismatch) as error:
+        print(f"ps: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    endpoint = running.endpoint
+    print(f"ps[{options.shard}]: serving {net.security} on {endpoint} (version {ps.version}, "
+          f"{options.total_steps} steps, {options.workers} workers)", flush=True)
+    if args.ready_file is not None:
+        write_json_atomically(args.ready_file, {"host": endpoint.host, "port": endpoint.port,
+                                                "attestation_port": endpoint.attestation_port,
+                                                "address": str(endpoint), "pid": os.getpid()})
+    stop = threading.Event()
+    signals = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, _frame: (signals.setdefault("signal", number), stop.set()))
+    while not stop.wait(0.1):
+        ps.tick()
+        if ps.finished():
+            break
+    running.server.stop(grace=1.0).wait(5)
+    if args.report_file is not None:
+        write_json_atomically(args.report_file, dict(ps.report(), transport=net.report()))
+    if "signal" in signals:
+        print(f"ps[{options.shard}]: stopped by signal {signals['signal']} at version {ps.version}", flush=True)
+        return 128 + signals["signal"]
+    print(f"ps[{options.shard}]: done at version {ps.version}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""How parameters are partitioned over several PS processes (shards).
+
+Embedding rows: row `r` of table `t` lives on shard (r + t) mod n and is stored there at local index r // n.
+Row ids are already hashes of the raw categorical values (or dense dictionary ids), so the modulus spreads
+them evenly; adding the table index keeps the tiny tables (3, 4, 10 rows) from all landing on shard 0; and
+the local index needs no lookup structure, so a shard holds exactly its rows.
+
+Dense tensors: assigned whole, largest first, each to the shard with the fewest bytes so far (ties: lowest
+index), in the config's canonical order. Both rules are pure functions of the config and n, so every worker
+and every shard agree without talking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.model import DLRMConfig
+
+
+def row_shards(table: int, ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """Shard index of each row id of table `table`."""
+    return (ids + table) % num_shards
+
+
+def local_index(ids: np.ndarray, num_shards: int) -> np.ndarray:
+    return ids // num_shards
+
+
+def local_table_rows(table_size: int, table: int, shard: int, num_shards: int) -> int:
+    """Number of rows of a table of `table_size` rows that shard `shard` holds."""
+    first = (shard - table) % num_shards  # smallest global id on this shard
+    return max(0, -(-(table_size - first) // num_shards))
+
+
+def global_ids(local: np.ndarray, table: int, shard: int, num_shards: int) -> np.ndarray:
+    return local * num_shards + (shard - table) % num_shards
+
+
+def dense_owners(config: DLRMConfig, num_shards: int) -> dict[str, int]:
+    """Dense tensor name -> owning shard."""
+    load = [0] * num_shards
+    owners: dict[str, int] = {}
+    shapes = config.layer_shapes()
+    order = sorted(range(len(shapes)), key=lambda i: (-int(np.prod(shapes[i][1])), i))
+    for i in order:
+        name, shape = shapes[i]
+        shard = min(range(num_shards), key=lambda s: (load[s], s))
+        owners[name] = shard
+        load[shard] += int(np.prod(shape))
+    return {name: owners[name] for name, _ in shapes}
+
+
+def split_rows(table: int, ids: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """Positions in `ids` of the rows each shard owns (positions keep the order of ids)."""
+    if num_shards == 1:
+        return [np.arange(ids.size)]
+    shard_of = row_shards(table, ids, num_shards)
+    return [np.flatnonzero(shard_of == s) for s in range(num_shards)]

@@ -1,0 +1,276 @@
+"""Transport security for every runtime link, chosen by one switch: --security ratls | tls | insecure.
+
+ratls (the default): RA-TLS through the ratls package. Each process creates an attested identity over the
+  measured runtime files (runtime.measure); servers open a gRPC port plus an attestation port, clients attest
+  the server, get attested themselves and pin the server's certificate. Peers are accepted only with the
+  pinned MRENCLAVE (--mrenclave; default: this process's own measurement, i.e. "the same code as me").
+tls: mutual TLS with certificates issued by a throwaway CA (--tls-ca DIR, made by create_tls_ca), for measuring
+  what attestation costs over plain TLS.
+insecure: plaintext gRPC, for measuring what TLS costs. Never the default; every run using it says so.
+
+Addresses are written host:port for tls/insecure and host:port/attestation_port for ratls; without the
+/attestation_port part the attestation port is taken to be port + 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+SECURITY_MODES = ("ratls", "tls", "insecure")
+TLS_CA_CERT = "ca.crt.pem"
+TLS_CA_KEY = "ca.key.pem"
+_TLS_SERVER_NAME = "localhost"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    attestation_port: int | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        base = self.target
+        return base if self.attestation_port is None else f"{base}/{self.attestation_port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """host:port or host:port/attestation_port."""
+        address, _, attestation = text.strip().partition("/")
+        host, sep, port = address.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"address {text!r}: expected host:port or host:port/attestation_port")
+        try:
+            port_number = int(port)
+            attestation_port = int(attestation) if attestation else None
+        except ValueError:
+            raise ValueError(f"address {text!r}: ports must be integers") from None
+        for value in (port_number, attestation_port):
+            if value is not None and not 0 < value < 65536:
+                raise ValueError(f"address {text!r}: ports must be in 1..65535")
+        return cls(host.strip("[]"), port_number, attestation_port)
+
+
+def parse_endpoints(text: str) -> list[Endpoint]:
+    endpoints = [Endpoint.parse(part) for part in text.split(",") if part.strip()]
+    if not endpoints:
+        raise ValueError(f"expected one or more comma-separated addresses, found {text!r}")
+    return endpoints
+
+
+class Transport:
+    """Server ports and client channels for one security mode."""
+
+    security: str
+
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+        raise NotImplementedError
+
+    def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
+        raise NotImplementedError
+
+    def report(self) -> dict[str, Any]:
+        """Facts for run reports (mode, measurement, attestation timings)."""
+        return {"security": self.security}
+
+
+class InsecureTransport(Transport):
+    security = "insecure"
+
+    def __init__(self) -> None:
+        print("warning: --security insecure: gRPC traffic is plaintext and unauthenticated", file=sys.stderr,
+              flush=True)
+
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        return Endpoint(host, bound)
+
+    def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
+        return grpc.insecure_channel(endpoint.target, options=options)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tls
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def create_tls_ca(directory: Path) -> Path:
+    """A throwaway CA for --security tls: ca.crt.pem and ca.key.pem (0600) in directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runtime throwaway TLS CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    (directory / TLS_CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(directory / TLS_CA_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_pem_key(key))
+    return directory
+
+
+class TlsTransport(Transport):
+    """Mutual TLS: this process's key is fresh and in memory; its certificate is issued by the throwaway CA."""
+
+    security = "tls"
+
+    def __init__(self, ca_dir: Path) -> None:
+        try:
+            self.ca_pem = (ca_dir / TLS_CA_CERT).read_bytes()
+            ca_cert = x509.load_pem_x509_certificate(self.ca_pem)
+            ca_key = serialization.load_pem_private_key((ca_dir / TLS_CA_KEY).read_bytes(), None)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--tls-ca {ca_dir}: not a CA made by create_tls_ca ({error})") from None
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        san = x509.SubjectAlternativeName([x509.DNSName(_TLS_SERVER_NAME),
+                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _TLS_SERVER_NAME)]))
+                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+                .not_valid_after(now + dt.timedelta(days=7)).add_extension(san, critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        self.key_pem = _pem_key(key)
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+        creds = grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem,
+                                            require_client_auth=True)
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        return Endpoint(host, bound)
+
+    def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem, private_key=self.key_pem,
+                                             certificate_chain=self.cert_pem)
+        return grpc.secure_channel(endpoint.target, creds,
+                                   options=options + [("grpc.ssl_target_name_override", _TLS_SERVER_NAME)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ratls
+
+
+class RatlsTransport(Transport):
+    """RA-TLS (ratls.credentials): attest, then pin."""
+
+    security = "ratls"
+
+    def __init__(self, *, provider: str, sim_ca: Path | None, mrenclave: bytes | None) -> None:
+        import ratls
+        from runtime.measure import BASE_DIR, runtime_files
+
+        files = runtime_files()
+        started = time.perf_counter()
+        self.identity = ratls.Identity.create(provider=provider, sim_ca=sim_ca, measured_files=files,
+                                              measure_root=BASE_DIR)
+        self.identity_seconds = time.perf_counter() - started
+        self.mrenclave = mrenclave if mrenclave is not None else self.identity.mrenclave
+        simulated = self.identity.provider == "sim"
+        if simulated:
+            print(f"warning: SIMULATED SGX attestation (sim CA {sim_ca}): evidence proves nothing about a real "
+                  "enclave", file=sys.stderr, flush=True)
+        self.policy = ratls.Policy(mrenclave=self.mrenclave, allow_simulated=simulated,
+                                   sim_root=sim_ca if simulated else None,
+                                   allowed_tcb_statuses=("UpToDate", "Unknown") if simulated else ("UpToDate",))
+        self.credentials = ratls.credentials(policy=self.policy, identity=self.identity)
+        self._lock = threading.Lock()
+        self.attestation_seconds: list[float] = []
+
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+        bound, bound_attestation = self.credentials.add_secure_port(server, f"{host}:{port}",
+                                                                    attestation_port=attestation_port)
+        return Endpoint(host, bound, bound_attestation)
+
+    def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
+        attestation_port = endpoint.attestation_port or endpoint.port + 1
+        started = time.perf_counter()
+        channel = self.credentials.secure_channel(endpoint.target,
+                                                  attestation_target=f"{endpoint.host}:{attestation_port}",
+                                                  options=options)
+        with self._lock:
+            self.attestation_seconds.append(time.perf_counter() - started)
+        return channel
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            times = list(self.attestation_seconds)
+        return {"security": self.security, "provider": self.identity.provider,
+                "mrenclave": self.mrenclave.hex(), "own_mrenclave": self.identity.mrenclave.hex(),
+                "identity_seconds": round(self.identity_seconds, 6),
+                "client_attestation_seconds": [round(t, 6) for t in times]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("transport security")
+    group.add_argument("--security", choices=SECURITY_MODES, default="ratls",
+                       help="link protection: RA-TLS (default), mutual TLS with a throwaway CA, or plaintext "
+                            "(for overhead measurements only)")
+    group.add_argument("--provider", choices=("auto", "sim", "gramine"), default="auto",
+                       help="ratls attestation provider: gramine inside an SGX enclave, sim with --sim-ca "
+                            "(default auto: gramine in an enclave, else sim)")
+    group.add_argument("--sim-ca", type=Path, help="ratls: simulation CA directory "
+                                                   "(python -m ratls sim-ca init DIR)")
+    group.add_argument("--mrenclave", help="ratls: the MRENCLAVE (64 hex digits) every peer must have "
+                                           "(default: this process's own measurement)")
+    group.add_argument("--tls-ca", type=Path, help="tls: directory with the throwaway CA (ca.crt.pem, ca.key.pem)")
+
+
+def from_args(args: argparse.Namespace) -> Transport:
+    if args.security == "insecure":
+        return InsecureTransport()
+    if args.security == "tls":
+        if args.tls_ca is None:
+            raise ValueError("--security tls needs --tls-ca DIR")
+        return TlsTransport(args.tls_ca)
+    mrenclave = None
+    if args.mrenclave is not None:
+        try:
+            mrenclave = bytes.fromhex(args.mrenclave)
+        except ValueError:
+            mrenclave = b""
+        if len(mrenclave) != 32:
+            raise ValueError(f"--mrenclave: expected 64 hex digits, found {args.mrenclave!r}")
+    return RatlsTransport(provider=args.provider, sim_ca=args.sim_ca, mrenclave=mrenclave)
+
+
+def transport_argv(args: argparse.Namespace) -> list[str]:
+    """The command-line options that recreate args' transport settings in a child process."""
+    argv = ["--security", args.security, "--provider", args.provider]
+    for flag, value in (("--sim-ca", args.sim_ca), ("--mrenclave", args.mrenclave), ("--tls-ca", args.tls_ca)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,442 @@
+"""A training worker: python -m runtime.worker --ps ADDRESSES --worker-id ID (--data FILES | --synthetic ROWS).
+
+Joins every PS shard, then loops: read a batch of its own data, pull the dense weights and the embedding rows
+the batch touches, compute the DLRM loss and gradients in TensorFlow, push them. It stops when the PS says
+training is done, evaluates the final parameters on its held-out data (loss, accuracy, AUC) and leaves.
+If a PS goes away the worker reconnects (re-attesting under ratls) and joins again, for up to
+--reconnect-timeout seconds; a step whose round closed without it is recomputed on the same batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import metrics, transport
+from runtime.data import CriteoReader, DataError, synth
+from runtime.model import Batch, DLRMConfig
+from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
+from runtime.ps_client import CONNECTION_CODES, ShardedPS
+from runtime.report import write_json_atomically
+
+EVAL_BATCH_SIZE = 4096
+
+
+def synthetic_partitions(directory: Path, workers: int, train_rows: int, eval_rows: int, seed: int,
+                         config: DLRMConfig) -> tuple[list[Path], list[Path]]:
+    """One synthetic stream (one planted signal) cut into a training and a held-out file per worker."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = synth(directory / "synthetic.tsv", workers * (train_rows + eval_rows), seed, config=config,
+                  partitions=[train_rows] * workers + [eval_rows] * workers)
+    return files[:workers], files[workers:]
+
+
+class TrainingStream:
+    """Training batches forever (pass after pass over the reader), holding out the first `holdout` batches of
+    every pass as evaluation data. Records the line counts of the first complete pass."""
+
+    def __init__(self, reader: CriteoReader, holdout: int) -> None:
+        self.reader = reader
+        self.holdout = holdout
+        self.heldout: list[Batch] = []
+        self.passes = 0
+        self.first_pass_lines: tuple[int, int] | None = None
+        self.bad_examples: list[tuple[str, int, str]] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:
+            trained = batches = 0
+            for index, batch in enumerate(self.reader):
+                batches += 1
+                if index < self.holdout:
+                    if self.passes == 0:
+                        self.heldout.append(batch)
+                    continue
+                trained += 1
+                yield batch
+            if self.passes == 0:
+                self.first_pass_lines = (self.reader.lines, self.reader.bad_lines)
+                self.bad_examples = list(self.reader.bad_examples)
+            self.passes += 1
+            if trained == 0:
+                raise DataError(f"no training batches: the data gives {batches} batches and {self.holdout} "
+                                f"are held out for evaluation")
+
+    def line_counts(self) -> dict[str, Any]:
+        lines, bad = self.first_pass_lines or (self.reader.lines, self.reader.bad_lines)
+        return {"lines": lines, "bad_lines": bad, "complete_passes": self.passes,
+                "bad_examples": [f"{p}:{n}: {r}" for p, n, r in self.bad_examples]}
+
+
+@dataclass
+class StepTimes:
+    data: float = 0.0
+    pull: float = 0.0
+    wait: float = 0.0
+    compute: float = 0.0
+    push: float = 0.0
+
+    def as_dict(self, steps: int) -> dict[str, float]:
+        per = 1000.0 / max(steps, 1)
+        return {f"{k}_ms": round(v * per, 3) for k, v in vars(self).items()}
+
+
+@dataclass
+class WorkerStats:
+    steps: int = 0
+    examples: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    reconnects: int = 0
+    rejoins: int = 0
+    not_ready: int = 0
+    times: StepTimes = field(default_factory=StepTimes)
+    losses: list[float] = field(default_factory=list)
+
+
+class TensorBoardLog:
+    """Scalars in TensorBoard's event format, written with TensorFlow's own summary ops (the tensorboard
+    package, which tf.summary.scalar needs, is not a dependency)."""
+
+    def __init__(self, directory: Path) -> None:
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(directory))
+        self.metadata = summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        with self.writer.as_default():
+            for tag, value in values.items():
+                self.tf.summary.write(tag, self.tf.constant(value, self.tf.float32), step=step,
+                                      metadata=self.metadata)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+class Heartbeat(threading.Thread):
+    """Tells every shard we are alive; re-joins a shard that dropped us."""
+
+    def __init__(self, client: ShardedPS, interval: float, stats: WorkerStats) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client = client
+        self.interval = interval
+        self.stats = stats
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for connection in self.client.connections:
+                try:
+                    connection.heartbeat(self.client.worker_id)
+                except RemoteError as error:
+                    if error.reason == "unknown_worker":
+                        try:
+                            connection.join(self.client.worker_id)
+                            self.stats.rejoins += 1
+                        except RemoteError:
+                            pass  # the training loop deals with lasting failures
+
+
+class Worker:
+    def __init__(self, client: ShardedPS, args: argparse.Namespace) -> None:
+        self.client = client
+        self.args = args
+        self.stats = WorkerStats()
+        self.tb: TensorBoardLog | None = None
+        self.started = time.perf_counter()
+
+    def reconnect(self, reason: str) -> list[int]:
+        """Reconnect and re-join every shard; returns their versions. Raises after --reconnect-timeout."""
+        deadline = time.monotonic() + self.args.reconnect_timeout
+        delay = 0.2
+        print(f"{self.client.worker_id}: lost the PS ({reason}); reconnecting", flush=True)
+        while True:
+            try:
+                replies = self.client.connect_and_join()
+                self.stats.reconnects += 1
+                print(f"{self.client.worker_id}: reconnected at version {[r.version for r in replies]}",
+                      flush=True)
+                return [r.version for r in replies]
+            except Exception as error:  # noqa: BLE001 - attestation and connect errors of any kind: retry
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionError(f"could not reconnect within {self.args.reconnect_timeout} s: "
+                                          f"{error}") from error
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def train(self, model: Any, batches: Iterator[Batch], min_versions: list[int], synchronous: bool) -> None:
+        stats, times, client = self.stats, self.stats.times, self.client
+        last_log = time.perf_counter()
+        logged_examples = 0
+        logged_bytes = client.bytes_sent + client.bytes_received
+        while self.args.max_steps is None or stats.steps < self.args.max_steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            unique = batch.unique_ids()
+            unique_ids = [ids for ids, _ in unique]
+            t1 = time.perf_counter()
+            times.data += t1 - t0
+            while True:  # until this batch's gradients are in (or training is done)
+                try:
+                    t1 = time.perf_counter()
+                    pulled = client.pull(min_versions, unique_ids, wait_ms=self.args.pull_wait_ms)
+                    t2 = time.perf_counter()
+                    times.pull += (t2 - t1) - pulled.waited_seconds
+                    times.wait += pulled.waited_seconds
+                    if pulled.done:
+                        return
+                    if not pulled.ready:
+                        stats.not_ready += 1
+                        continue
+                    loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
+                    t3 = time.perf_counter()
+                    times.compute += t3 - t2
+                    pushed = client.push(pulled.versions, len(batch), loss, dense_grads, unique_ids, row_grads)
+                    times.push += time.perf_counter() - t3
+                except RemoteError as error:
+                    if error.code in CONNECTION_CODES:
+                        min_versions = self.reconnect(str(error))
+                        continue
+                    if error.reason == "unknown_worker":
+                        min_versions = [r.version for r in client.connect_and_join()]
+                        stats.rejoins += 1
+                        continue
+                    if error.reason == "training_done":
+                        return
+                    raise
+                if any(pushed.stale):
+                    # Our round closed without us: take the newer parameters and redo this batch.
+                    stats.stale += 1
+                    min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
+                    continue
+                stats.duplicates += sum(pushed.duplicate)
+                break
+            stats.steps += 1
+            stats.examples += len(batch)
+            stats.losses.append(loss)
+            min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
+            self._log_step(pulled.versions[0], loss)
+            now = time.perf_counter()
+            if self.args.log_every > 0 and now - last_log >= self.args.log_every:
+                wire = client.bytes_sent + client.bytes_received
+                print(f"{client.worker_id} step {pulled.versions[0]} loss {loss:.4f} samples/s "
+                      f"{(stats.examples - logged_examples) / (now - last_log):.0f} wire MB/s "
+                      f"{(wire - logged_bytes) / (now - last_log) / 1e6:.2f}", flush=True)
+                last_log, logged_examples, logged_bytes = now, stats.examples, wire
+
+    def _log_step(self, step: int, loss: float) -> None:
+        if self.tb is None or self.stats.steps % self.args.tb_every:
+            return
+        elapsed = time.perf_counter() - self.started
+        wire = self.client.bytes_sent + self.client.bytes_received
+        self.tb.scalars(step, {"train/loss": loss, "train/samples_per_s": self.stats.examples / elapsed,
+                               "wire/bytes_per_step": wire / self.stats.steps})
+
+    def evaluate(self, model: Any, batches: Sequence[Batch]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        labels, probs = [], []
+        dense: dict[str, np.ndarray] | None = None
+        version = -1
+        for batch in batches:
+            unique_ids = [ids for ids, _ in batch.unique_ids()]
+            pulled = self.client.pull([0] * self.client.num_shards, unique_ids, dense=dense is None, wait_ms=0)
+            if not pulled.ready:
+                raise RuntimeError("evaluation pull was not served")
+            dense = dense or pulled.dense
+            version = pulled.versions[0]
+            probs.append(model.predict(dense, pulled.rows, batch))
+            labels.append(batch.labels)
+        if not labels:
+            return {"examples": 0}, np.zeros(0, np.float32), np.zeros(0, np.float32)
+        y, p = np.concatenate(labels), np.concatenate(probs)
+        result: dict[str, Any] = {"examples": int(y.size), "version": version,
+                                  "log_loss": metrics.log_loss(y, p), "accuracy": metrics.accuracy(y, p)}
+        try:
+            result["auc"] = metrics.auc(y, p)
+        except ValueError as error:  # one class only
+            result["auc"] = None
+            result["auc_note"] = str(error)
+        return result, y, p
+
+
+def _eval_batches(paths: Sequence[Path], config: DLRMConfig, args: argparse.Namespace) -> list[Batch]:
+    reader = CriteoReader(paths, config, EVAL_BATCH_SIZE, max_bad_fraction=args.max_bad_fraction,
+                          layout=args.layout)
+    return list(reader)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ps", required=True,
+                        help="the PS shards, in shard order: host:port[/attestation_port],...")
+    parser.add_argument("--worker-id", required=True,
+                        help="this worker's stable name (1-128 of [A-Za-z0-9_.-]); pushes are de-duplicated "
+                             "by (worker id, step), and rounds combine workers in worker-id order")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, nargs="+", help="Criteo TSV files (plain or gzip) to train on")
+    data.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle", help="default kaggle")
+    data.add_argument("--data-shard", default="0/1",
+                      help="i/n: train on lines i, i+n, i+2n, ... of --data, or on synthetic partition i of n "
+                           "(default 0/1)")
+    data.add_argument("--synthetic", type=int, metavar="ROWS",
+                      help="instead of --data: generate ROWS synthetic training rows (planted signal)")
+    data.add_argument("--synthetic-eval-rows", type=int, default=4096,
+                      help="held-out synthetic rows (default 4096)")
+    data.add_argument("--data-seed", type=int, default=1, help="synthetic data seed (default 1)")
+    data.add_argument("--eval-data", type=Path, nargs="+", help="held-out Criteo TSV files")
+    data.add_argument("--eval-batches", type=int, default=2,
+                      help="without --eval-data: hold out the first K batches of each pass over --data "
+                           "(default 2)")
+    data.add_argument("--batch-size", type=int, default=128, help="default 128")
+    data.add_argument("--max-bad-fraction", type=float, default=0.01,
+                      help="stop with an error when more than this fraction of lines is malformed "
+                           "(default 0.01); bad lines below it are skipped, counted and reported")
+    wire = parser.add_argument_group("wire")
+    wire.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPE_NAMES), default="fp32",
+                      help="float format of weights and gradients on the wire (default fp32: exact)")
+    wire.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_SIZE,
+                      help=f"largest chunk sent (default {DEFAULT_CHUNK_SIZE}; the PS's limit applies too)")
+    wire.add_argument("--pull-wait-ms", type=int, default=10_000,
+                      help="how long one pull may wait at the PS for the next version (default 10000)")
+    wire.add_argument("--reconnect-timeout", type=float, default=120.0,
+                      help="seconds to keep trying to reach a lost PS (default 120)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--max-steps", type=int, help="stop after this many steps even if the PS is not done")
+    out.add_argument("--report-file", type=Path, help="write this worker's statistics and metrics as JSON")
+    out.add_argument("--scores-file", type=Path, help="write held-out labels and scores (npz) here")
+    out.add_argument("--logdir", type=Path, help="TensorBoard log directory (a subdirectory per worker)")
+    out.add_argument("--tb-every", type=int, default=10, help="steps between TensorBoard points (default 10)")
+    out.add_argument("--log-every", type=float, default=0.0,
+                     help="seconds between progress lines on stdout; 0 for none (default 0)")
+    transport.add_arguments(parser)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        raise ValueError(f"--data-shard: expected i/n, found {text!r}") from None
+    if not sep or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--data-shard: expected i/n with 0 <= i < n, found {text!r}")
+    return shard
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.data is None) == (args.synthetic is None):
+        raise ValueError("give exactly one of --data and --synthetic")
+    shard = _parse_shard(args.data_shard)
+    net = transport.from_args(args)
+    client = ShardedPS(transport.parse_endpoints(args.ps), net, args.worker_id, chunk_bytes=args.chunk_bytes,
+                       wire_dtype=WIRE_DTYPE_NAMES[args.wire_dtype])
+    worker = Worker(client, args)
+    started = time.perf_counter()
+    try:
+        replies = client.connect_and_join()
+    except RemoteError as error:
+        if error.code not in CONNECTION_CODES:
+            raise
+        worker.reconnect(str(error))
+        replies = client.join_replies
+    join_seconds = time.perf_counter() - started
+    config = client.config
+    assert config is not None
+    synchronous = replies[0].synchronous
+    print(f"{args.worker_id}: joined {len(replies)} PS shard(s) over {net.security} in {join_seconds:.3f} s "
+          f"at version {replies[0].version}/{replies[0].total_steps} "
+          f"({'synchronous' if synchronous else f'asynchronous, staleness {replies[0].staleness}'})", flush=True)
+
+    heartbeat = Heartbeat(client, max(replies[0].heartbeat_interval_ms, 100) / 1000.0, worker.stats)
+    heartbeat.start()
+
+    # After joining: a PS that rejects us should not cost a TensorFlow start-up.
+    from runtime.model import DLRM
+
+    with tempfile.TemporaryDirectory(prefix="worker-data-") as tmp:
+        if args.synthetic is not None:
+            train_files, eval_files = synthetic_partitions(Path(tmp), shard[1], args.synthetic,
+                                                           args.synthetic_eval_rows, args.data_seed, config)
+            reader = CriteoReader(train_files[shard[0]], config, args.batch_size,
+                                  max_bad_fraction=args.max_bad_fraction)
+            eval_paths: list[Path] | None = [eval_files[shard[0]]]
+        else:
+            reader = CriteoReader(args.data, config, args.batch_size, max_bad_fraction=args.max_bad_fraction,
+                                  layout=args.layout, shard=shard)
+            eval_paths = args.eval_data
+        stream = TrainingStream(reader, 0 if eval_paths else args.eval_batches)
+        eval_batches = _eval_batches(eval_paths, config, args) if eval_paths else None
+        model = DLRM(config)
+        if args.logdir is not None:
+            worker.tb = TensorBoardLog(args.logdir / args.worker_id)
+        worker.started = time.perf_counter()
+        worker.train(model, iter(stream), [r.version for r in replies], synchronous)
+        train_seconds = time.perf_counter() - worker.started
+        heartbeat.stop.set()
+        heartbeat.join(timeout=5)
+        held_out = eval_batches if eval_batches is not None else stream.heldout
+        evaluation, labels, scores = worker.evaluate(model, held_out)
+    try:
+        client.leave()
+    except RemoteError as error:
+        print(f"{args.worker_id}: leave failed ({error}); the PS will time us out", flush=True)
+    client.close()
+    stats = worker.stats
+    if worker.tb is not None:
+        worker.tb.scalars(max(evaluation.get("version", 0), 0),
+                          {f"eval/{key}": evaluation[key] for key in ("log_loss", "accuracy", "auc")
+                           if evaluation.get(key) is not None})
+        worker.tb.flush()
+    if args.scores_file is not None:
+        np.savez(args.scores_file, labels=labels, scores=scores)
+    steps = max(stats.steps, 1)
+    report = {
+        "worker_id": args.worker_id, "steps": stats.steps, "examples": stats.examples,
+        "batch_size": args.batch_size, "train_seconds": round(train_seconds, 3),
+        "samples_per_s": round(stats.examples / train_seconds, 1) if train_seconds > 0 else 0.0,
+        "step_ms": stats.times.as_dict(steps),
+        "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received,
+        "bytes_per_step": round((client.bytes_sent + client.bytes_received) / steps, 1),
+        "duplicates": stats.duplicates, "stale": stats.stale, "reconnects": stats.reconnects,
+        "rejoins": stats.rejoins, "not_ready": stats.not_ready, "join_seconds": round(join_seconds, 4),
+        "first_loss": stats.losses[0] if stats.losses else None,
+        "last_loss": stats.losses[-1] if stats.losses else None,
+        "data": stream.line_counts(), "eval": evaluation, "wire_dtype": args.wire_dtype,
+        "transport": net.report(),
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.worker", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1] + "\n" + transport.__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, OSError, DataError, ConnectionError, RemoteError) as error:
+        print(f"{args.worker_id}: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    if args.report_file is not None:
+        write_json_atomically(args.report_file, report)
+    e = report["eval"]
+    auc_text = f"{e['auc']:.4f}" if e.get("auc") is not None else "n/a"
+    print(f"{args.worker_id}: done: {report['steps']} steps, {report['samples_per_s']:.0f} samples/s; held-out "
+          f"{e.get('examples', 0)} examples: loss {e.get('log_loss', float('nan')):.4f} accuracy "
+          f"{e.get('accuracy', float('nan')):.4f} AUC {auc_text}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
