@@ -3,6 +3,7 @@
 #define RATLS_INTERNAL_H
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <openssl/x509.h>
 
 #include "bytes.h"
@@ -19,6 +20,16 @@
 
 extern const uint8_t ratls_intel_qe_vendor_id[16];
 
+/* A PCK chain that verified under this policy's roots: the same platform sends the same chain in every quote,
+ * so its parse and chain check (most of a quote's verification time) are done once per window of validity. */
+#define RATLS_PCK_CACHE_SIZE 8
+typedef struct {
+    uint8_t chain_sha256[32]; /* of the certification data bytes */
+    int root;
+    int64_t valid_from, valid_until; /* intersection of the chain certificates' validity */
+    EVP_PKEY *leaf_key;
+} ratls_pck_cache_entry;
+
 struct ratls_policy {
     uint8_t (*mrenclaves)[32];
     size_t n_mrenclaves;
@@ -31,7 +42,14 @@ struct ratls_policy {
     uint32_t tcb_mask;
     X509_STORE *trusted_store; /* NULL = trust nothing real */
     X509_STORE *sim_store;     /* NULL = no simulation root */
+    /* Not part of what the policy says: a cache behind a lock, so a shared policy stays thread-safe. */
+    pthread_mutex_t cache_lock;
+    ratls_pck_cache_entry cache[RATLS_PCK_CACHE_SIZE];
+    unsigned cache_next;
 };
+
+/* Forgets every cached PCK chain (the roots changed). */
+void ratls_policy_clear_cache(ratls_policy *p);
 
 /* Writes a formatted message (if msg) and returns code; the one way errors are reported. */
 int ratls_fail(char *msg, size_t msg_len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

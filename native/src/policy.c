@@ -24,16 +24,26 @@ ratls_policy *ratls_policy_new(void) {
     p->isv_prod_id = -1;
     p->min_isv_svn = -1;
     p->tcb_mask = 1u << RATLS_TCB_UP_TO_DATE;
+    pthread_mutex_init(&p->cache_lock, NULL);
     BIO *bio = BIO_new_mem_buf(ratls_intel_root_ca_pem(), -1);
     X509 *root = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
     p->trusted_store = root ? store_with(root) : NULL;
     X509_free(root);
     BIO_free(bio);
     if (!p->trusted_store) {
-        free(p);
+        ratls_policy_free(p);
         return NULL;
     }
     return p;
+}
+
+void ratls_policy_clear_cache(ratls_policy *p) {
+    pthread_mutex_lock(&p->cache_lock);
+    for (unsigned i = 0; i < RATLS_PCK_CACHE_SIZE; i++) {
+        EVP_PKEY_free(p->cache[i].leaf_key);
+        memset(&p->cache[i], 0, sizeof p->cache[i]);
+    }
+    pthread_mutex_unlock(&p->cache_lock);
 }
 
 void ratls_policy_free(ratls_policy *p) {
@@ -42,6 +52,8 @@ void ratls_policy_free(ratls_policy *p) {
     free(p->mrsigners);
     X509_STORE_free(p->trusted_store);
     X509_STORE_free(p->sim_store);
+    ratls_policy_clear_cache(p);
+    pthread_mutex_destroy(&p->cache_lock);
     free(p);
 }
 
@@ -101,11 +113,13 @@ static int set_root(X509_STORE **slot, const char *what, const uint8_t *der, siz
 
 int ratls_policy_set_trusted_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len) {
     if (!p) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy is NULL");
+    ratls_policy_clear_cache(p);
     return set_root(&p->trusted_store, "trusted", der, len, msg, msg_len);
 }
 
 int ratls_policy_set_sim_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len) {
     if (!p) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy is NULL");
+    ratls_policy_clear_cache(p);
     return set_root(&p->sim_store, "simulation", der, len, msg, msg_len);
 }
 

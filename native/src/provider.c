@@ -21,8 +21,9 @@ struct ratls_provider {
 int ratls_provider_open(const char *attest_lib_path, ratls_provider **out, char *msg, size_t msg_len) {
     *out = NULL;
     if (!attest_lib_path) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "no provider library path");
-    /* RTLD_LOCAL: the provider's symbols (and its statically linked crypto) stay out of the global scope. */
-    void *h = dlopen(attest_lib_path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_LOCAL: the provider's symbols (and its statically linked crypto) stay out of the global scope.
+     * RTLD_NODELETE: like Gramine's libraries it keeps process-wide state, which must outlive a close. */
+    void *h = dlopen(attest_lib_path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!h) return ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER, "cannot load attestation library: %s", dlerror());
     ratls_provider *p = calloc(1, sizeof *p);
     if (!p) {

@@ -298,6 +298,68 @@ static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, i
                       X509_verify_cert_error_string(trusted_err));
 }
 
+/* The cached leaf key (a new reference) of a chain that verified under this policy and is valid at now. */
+static EVP_PKEY *pck_cache_lookup(ratls_policy *p, const uint8_t hash[32], int64_t now, int *root) {
+    EVP_PKEY *key = NULL;
+    pthread_mutex_lock(&p->cache_lock);
+    for (unsigned i = 0; i < RATLS_PCK_CACHE_SIZE && !key; i++) {
+        ratls_pck_cache_entry *e = &p->cache[i];
+        if (e->leaf_key && memcmp(e->chain_sha256, hash, 32) == 0 && e->valid_from <= now && now <= e->valid_until &&
+            EVP_PKEY_up_ref(e->leaf_key)) {
+            key = e->leaf_key;
+            *root = e->root;
+        }
+    }
+    pthread_mutex_unlock(&p->cache_lock);
+    return key;
+}
+
+static void pck_cache_store(ratls_policy *p, const uint8_t hash[32], int root, STACK_OF(X509) *chain) {
+    int64_t from = INT64_MIN, until = INT64_MAX;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        int64_t nb, na;
+        X509 *c = sk_X509_value(chain, i);
+        if (!ratls_asn1_time_to_unix(X509_get0_notBefore(c), &nb) ||
+            !ratls_asn1_time_to_unix(X509_get0_notAfter(c), &na))
+            return;
+        if (nb > from) from = nb;
+        if (na < until) until = na;
+    }
+    EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(chain, 0));
+    if (!key || !EVP_PKEY_up_ref(key)) return;
+    pthread_mutex_lock(&p->cache_lock);
+    ratls_pck_cache_entry *e = &p->cache[p->cache_next++ % RATLS_PCK_CACHE_SIZE];
+    EVP_PKEY_free(e->leaf_key);
+    memcpy(e->chain_sha256, hash, 32);
+    e->root = root;
+    e->valid_from = from;
+    e->valid_until = until;
+    e->leaf_key = key;
+    pthread_mutex_unlock(&p->cache_lock);
+}
+
+/* The PCK leaf key of a quote whose chain verifies under the policy (cached per chain), as a new reference. */
+static int pck_leaf_key(const ratls_policy *policy, const uint8_t *cert_data, size_t len, int64_t now,
+                        EVP_PKEY **leaf_key, int *root, char *msg, size_t msg_len) {
+    ratls_policy *cache_owner = (ratls_policy *)policy; /* only the lock-protected cache is written */
+    uint8_t hash[32];
+    if (!ratls_sha256(cert_data, len, hash)) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "SHA-256 failed");
+    if ((*leaf_key = pck_cache_lookup(cache_owner, hash, now, root))) return RATLS_OK;
+    STACK_OF(X509) *chain = NULL;
+    int rc = parse_pck_chain(policy, cert_data, len, &chain, msg, msg_len);
+    if (rc != RATLS_OK) return rc;
+    rc = verify_pck_chain(policy, chain, now, root, msg, msg_len);
+    if (rc == RATLS_OK) {
+        *leaf_key = X509_get0_pubkey(sk_X509_value(chain, 0));
+        if (!*leaf_key || !EVP_PKEY_up_ref(*leaf_key))
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "PCK leaf key unavailable");
+        else
+            pck_cache_store(cache_owner, hash, *root, chain);
+    }
+    sk_X509_pop_free(chain, X509_free);
+    return rc;
+}
+
 int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw, size_t len,
                                   const ratls_quote *q, int64_t now, int *root, char *msg, size_t msg_len) {
     if (!policy || !raw || !q || !root)
@@ -310,14 +372,13 @@ int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA,
                           "certification data type: expected 5 (PCK certificate chain), found %u",
                           q->cert_data_type);
-    STACK_OF(X509) *chain = NULL;
-    int rc = parse_pck_chain(policy, raw + q->cert_data.off, q->cert_data.len, &chain, msg, msg_len);
-    if (rc != RATLS_OK) return rc;
+    EVP_PKEY *leaf_key = NULL;
     int chain_root = RATLS_ROOT_NONE;
-    rc = verify_pck_chain(policy, chain, now, &chain_root, msg, msg_len);
-    if (rc != RATLS_OK) goto done;
+    int rc = pck_leaf_key(policy, raw + q->cert_data.off, q->cert_data.len, now, &leaf_key, &chain_root, msg,
+                          msg_len);
+    if (rc != RATLS_OK) return rc;
 
-    int ok = ratls_ecdsa_verify_raw(X509_get0_pubkey(sk_X509_value(chain, 0)), raw + q->qe_report_raw.off,
+    int ok = ratls_ecdsa_verify_raw(leaf_key, raw + q->qe_report_raw.off,
                                     q->qe_report_raw.len, raw + q->qe_report_signature.off, 32);
     if (ok != 1) {
         rc = ratls_fail(msg, msg_len, ok < 0 ? RATLS_ERR_INTERNAL : RATLS_ERR_QE_REPORT_SIGNATURE,
@@ -359,6 +420,6 @@ int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw
     }
     *root = chain_root;
 done:
-    sk_X509_pop_free(chain, X509_free);
+    EVP_PKEY_free(leaf_key);
     return rc;
 }
