@@ -284,7 +284,7 @@ class _PlantedModel:
         missing_int = -(2**62)
         counts = np.floor(np.exp(rng.normal(self.dense_mu, self.dense_sigma, (rows, NUM_DENSE)))) - 1.0
         raw = np.maximum(counts, 0.0).astype(np.int64)
-        raw[:, 1] -= (rng.random(rows) < 0.05).astype(np.int64)  # I2 goes negative in real data
+        raw[rng.random(rows) < 0.05, 1] = -1  # I2 is -1 in some real rows
         dense_missing = rng.random((rows, NUM_DENSE)) < self.dense_missing
         seen = transform_dense(np.where(dense_missing, 0, raw)).astype(np.float64)
         logit = self.bias + ((seen - self.dense_mu) / self.dense_sigma * self.dense_slope).sum(axis=1)
