@@ -568,7 +568,7 @@ class RunningServer:
 
 
 def start_server(ps: ParameterServer, net: transport.Transport, host: str, port: int,
-                 attestation_port: int) -> RunningServer:
+                 attestation_port: int | None = None) -> RunningServer:
     threads = max(16, 4 * ps.options.workers + 8)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps"),
                          options=server_options(ps.options.chunk_bytes))
@@ -606,8 +606,9 @@ def model_config(args: argparse.Namespace) -> DLRMConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0",
                         help="host:port for the gRPC port (port 0: any free port; default 127.0.0.1:0)")
-    parser.add_argument("--attestation-port", type=int, default=0,
-                        help="ratls: the attestation port (0: any free port; default 0)")
+    parser.add_argument("--attestation-port", type=int,
+                        help="ratls: the attestation port (default: the gRPC port + 1, or any free port when "
+                             "the gRPC port is 0)")
     parser.add_argument("--ready-file", type=Path,
                         help="write {host, port, attestation_port, address, pid} as JSON here once serving")
     parser.add_argument("--report-file", type=Path, help="write the final statistics as JSON here")

@@ -76,12 +76,21 @@ def parse_endpoints(text: str) -> list[Endpoint]:
     return endpoints
 
 
+class TransportError(ConnectionError):
+    """A channel could not be opened: attestation or connection failed. `retryable`: worth trying again (the
+    peer is unreachable) as opposed to rejected."""
+
+    def __init__(self, message: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 class Transport:
     """Server ports and client channels for one security mode."""
 
     security: str
 
-    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         raise NotImplementedError
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
@@ -99,7 +108,7 @@ class InsecureTransport(Transport):
         print("warning: --security insecure: gRPC traffic is plaintext and unauthenticated", file=sys.stderr,
               flush=True)
 
-    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         bound = server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}")
@@ -161,7 +170,7 @@ class TlsTransport(Transport):
         self.key_pem = _pem_key(key)
         self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
 
-    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         creds = grpc.ssl_server_credentials([(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem,
                                             require_client_auth=True)
         bound = server.add_secure_port(f"{host}:{port}", creds)
@@ -206,17 +215,25 @@ class RatlsTransport(Transport):
         self._lock = threading.Lock()
         self.attestation_seconds: list[float] = []
 
-    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int) -> Endpoint:
+    def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         bound, bound_attestation = self.credentials.add_secure_port(server, f"{host}:{port}",
                                                                     attestation_port=attestation_port)
         return Endpoint(host, bound, bound_attestation)
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
+        import ratls
+
         attestation_port = endpoint.attestation_port or endpoint.port + 1
         started = time.perf_counter()
-        channel = self.credentials.secure_channel(endpoint.target,
-                                                  attestation_target=f"{endpoint.host}:{attestation_port}",
-                                                  options=options)
+        try:
+            channel = self.credentials.secure_channel(endpoint.target,
+                                                      attestation_target=f"{endpoint.host}:{attestation_port}",
+                                                      options=options)
+        except ratls.VerificationError as error:
+            unreachable = error.reason in (ratls.Reason.IO, ratls.Reason.TIMEOUT)
+            raise TransportError(f"attestation of {endpoint} failed: {error}", retryable=unreachable) from None
+        except ratls.RatlsError as error:
+            raise TransportError(f"RA-TLS channel to {endpoint}: {error}", retryable=False) from None
         with self._lock:
             self.attestation_seconds.append(time.perf_counter() - started)
         return channel

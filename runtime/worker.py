@@ -27,6 +27,7 @@ from runtime.model import Batch, DLRMConfig
 from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
 from runtime.ps_client import CONNECTION_CODES, ShardedPS
 from runtime.report import write_json_atomically
+from runtime.transport import TransportError
 
 EVAL_BATCH_SIZE = 4096
 
@@ -158,24 +159,29 @@ class Worker:
         self.tb: TensorBoardLog | None = None
         self.started = time.perf_counter()
 
-    def reconnect(self, reason: str) -> list[int]:
-        """Reconnect and re-join every shard; returns their versions. Raises after --reconnect-timeout."""
+    def connect(self, reason: str | None = None) -> list[int]:
+        """(Re)connect and join every shard; returns their versions. Retries while the PS is unreachable, for
+        up to --reconnect-timeout seconds; a rejection (attestation, protocol) is raised at once."""
         deadline = time.monotonic() + self.args.reconnect_timeout
         delay = 0.2
-        print(f"{self.client.worker_id}: lost the PS ({reason}); reconnecting", flush=True)
+        if reason is not None:
+            print(f"{self.client.worker_id}: lost the PS ({reason}); reconnecting", flush=True)
         while True:
             try:
                 replies = self.client.connect_and_join()
-                self.stats.reconnects += 1
-                print(f"{self.client.worker_id}: reconnected at version {[r.version for r in replies]}",
-                      flush=True)
-                return [r.version for r in replies]
-            except Exception as error:  # noqa: BLE001 - attestation and connect errors of any kind: retry
+                break
+            except (RemoteError, TransportError) as error:
+                retryable = error.retryable if isinstance(error, TransportError) else error.code in CONNECTION_CODES
+                if not retryable:
+                    raise
                 if time.monotonic() + delay > deadline:
-                    raise ConnectionError(f"could not reconnect within {self.args.reconnect_timeout} s: "
-                                          f"{error}") from error
+                    raise ConnectionError(f"PS unreachable for {self.args.reconnect_timeout} s: {error}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        if reason is not None:
+            self.stats.reconnects += 1
+            print(f"{self.client.worker_id}: reconnected at version {[r.version for r in replies]}", flush=True)
+        return [r.version for r in replies]
 
     def train(self, model: Any, batches: Iterator[Batch], min_versions: list[int], synchronous: bool) -> None:
         stats, times, client = self.stats, self.stats.times, self.client
@@ -208,7 +214,7 @@ class Worker:
                     times.push += time.perf_counter() - t3
                 except RemoteError as error:
                     if error.code in CONNECTION_CODES:
-                        min_versions = self.reconnect(str(error))
+                        min_versions = self.connect(str(error))
                         continue
                     if error.reason == "unknown_worker":
                         min_versions = [r.version for r in client.connect_and_join()]
@@ -342,13 +348,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        wire_dtype=WIRE_DTYPE_NAMES[args.wire_dtype])
     worker = Worker(client, args)
     started = time.perf_counter()
-    try:
-        replies = client.connect_and_join()
-    except RemoteError as error:
-        if error.code not in CONNECTION_CODES:
-            raise
-        worker.reconnect(str(error))
-        replies = client.join_replies
+    worker.connect()
+    replies = client.join_replies
     join_seconds = time.perf_counter() - started
     config = client.config
     assert config is not None
