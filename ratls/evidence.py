@@ -150,6 +150,11 @@ class Evidence(_JsonMixin):
     def simulated(self) -> bool:
         return self.provider == "sim"
 
+    def __repr__(self) -> str:
+        return (f"Evidence(provider={self.provider!r}, mrenclave={self.mrenclave.hex()}, "
+                f"mrsigner={self.mrsigner.hex()}, isv_prod_id={self.isv_prod_id}, isv_svn={self.isv_svn}, "
+                f"debug={self.debug}, tcb_status={self.tcb_status!r}, cert={self.cert_fingerprint.hex()[:16]}…)")
+
     @classmethod
     def _from_native(cls, ev, advisory_ids: tuple[str, ...] = ()) -> Evidence:
         return cls(
