@@ -4,11 +4,13 @@ The model owns no variables: dense parameters and the embedding rows a batch tou
 and gradients come back as arrays. That is what a parameter-server worker needs (pull rows, compute, push
 gradients) and what the single-process reference trainer uses, so both run the very same TensorFlow function.
 
-Determinism: TensorFlow runs on the CPU in float32 with its default thread pools. On CPU the ops used here
-(MatMul, BatchMatMul, gather, UnsortedSegmentSum for the gather gradient, reductions) split work over threads
-in a way fixed by the shapes and the pool size, so repeated calls in one process return bit-identical results;
-tests/test_model.py checks this. We do not call tf.config.experimental.enable_op_determinism(): it is
-process-wide and would change behaviour for unrelated code sharing the process.
+Determinism: TensorFlow runs on the CPU in float32. The ops used here (MatMul, BatchMatMul, gather,
+UnsortedSegmentSum for the gather gradient, reductions) split work over the intra-op thread pool in a way fixed by
+the shapes and the pool size, so repeated calls return bit-identical results, also across processes, as long as
+the intra-op pool has the same size (measured: 1 and 2 threads give different last bits; the inter-op pool size
+makes no difference). TensorFlow's default pool size is the machine's core count, so processes that must agree
+bit for bit on different machines should call configure_threads(n) with the same n first. We do not call
+tf.config.experimental.enable_op_determinism(): it is process-wide, and the results above did not need it.
 """
 
 from __future__ import annotations
@@ -363,6 +365,20 @@ class AdagradState:
 
 # ---------------------------------------------------------------------------------------------------------
 # The TensorFlow model
+
+
+def configure_threads(intra_op: int) -> None:
+    """Fix TensorFlow's intra-op pool size, which decides the last bits of results (see module docstring).
+
+    Must run before TensorFlow executes its first op; afterwards TensorFlow raises RuntimeError unless the
+    size is unchanged.
+    """
+    import tensorflow as tf
+
+    if isinstance(intra_op, bool) or not isinstance(intra_op, int) or intra_op < 1:
+        raise ValueError(f"intra_op: expected a positive integer, found {intra_op!r}")
+    if tf.config.threading.get_intra_op_parallelism_threads() != intra_op:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
 
 
 class _Graphs:

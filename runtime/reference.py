@@ -4,7 +4,8 @@ Each step does what a synchronous PS step does for the concatenated batch of all
 unique rows from full in-memory tables, DLRM.loss_and_grads, then the same numpy SGD helpers the PS applies.
 
 CLI (quick learning check): python -m runtime.reference [--config small|kaggle] [--steps 300] [--batch 128]
-    [--train FILE... --eval FILE...]; without files it trains on synthetic data and evaluates on a held-out part.
+    [--threads N] [--train FILE... --eval FILE...]; without files it trains on synthetic data and evaluates on a
+    held-out part.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ import numpy as np
 
 from . import metrics
 from .data import CriteoReader, synth
-from .model import DLRM, Batch, DLRMConfig, apply_sgd, apply_sgd_rows, init_dense_params, init_embedding_table
+from .model import (
+    DLRM,
+    Batch,
+    DLRMConfig,
+    apply_sgd,
+    apply_sgd_rows,
+    configure_threads,
+    init_dense_params,
+    init_embedding_table,
+)
 
 
 @dataclass
@@ -98,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-rows", type=int, default=10_000, help="held-out synthetic rows")
     parser.add_argument("--train", nargs="*", default=[], help="Criteo TSV files to train on")
     parser.add_argument("--eval", nargs="*", default=[], help="Criteo TSV files to evaluate on")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads (fixes the last bits of results); 0: TF default")
     args = parser.parse_args(argv)
+    if args.threads:
+        configure_threads(args.threads)
     config = DLRMConfig.small(seed=args.seed) if args.config == "small" else DLRMConfig.kaggle(seed=args.seed)
     if bool(args.train) != bool(args.eval):
         parser.error("--train and --eval go together")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from runtime.model import (
     DLRMConfig,
     apply_sgd,
     apply_sgd_rows,
+    configure_threads,
     init_dense_params,
     init_embedding_rows,
     init_embedding_table,
@@ -272,6 +276,40 @@ def test_bit_identical_results_and_single_trace():
         model.predict(params, pulled_rows(config, b), b)
     assert model._graphs.grad_fn.experimental_get_tracing_count() == 1
     assert model._graphs.predict_fn.experimental_get_tracing_count() == 1
+
+
+DIGEST_SCRIPT = """
+import hashlib, sys
+import numpy as np
+from runtime.model import DLRM, Batch, DLRMConfig, configure_threads, init_dense_params, init_embedding_rows
+configure_threads(int(sys.argv[1]))
+config = DLRMConfig.small(seed=4)
+rng = np.random.default_rng(6)
+cat = np.stack([rng.integers(0, n, 256) for n in config.table_sizes], axis=1)
+batch = Batch(rng.random((256, 13), dtype=np.float32) * 5, cat, (rng.random(256) < 0.3).astype(np.float32))
+rows = [init_embedding_rows(config, t, ids) for t, (ids, _) in enumerate(batch.unique_ids())]
+loss, grads, emb_grads = DLRM(config).loss_and_grads(init_dense_params(config), rows, batch)
+digest = hashlib.sha256(np.float32(loss).tobytes())
+for array in list(grads.values()) + emb_grads:
+    digest.update(array.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_bit_identical_across_processes_with_same_thread_count():
+    repo = Path(__file__).resolve().parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", DIGEST_SCRIPT, "1"], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    try:
+        digests = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert len(digests[0]) == 64 and digests[0] == digests[1]
+    with pytest.raises(ValueError, match="positive integer"):
+        configure_threads(0)
 
 
 def test_loss_and_grads_reject_mismatched_inputs():
