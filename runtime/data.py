@@ -234,6 +234,7 @@ _WORLD_TAG = 0x574F524C44
 _ROWS_TAG = 0x524F5753
 _SYNTH_BLOCK = 8192
 _CLICK_RATE = 0.25
+_MISSING_INT = -(2**62)  # marks a missing integer field between sampling and formatting
 
 
 class _PlantedModel:
@@ -280,8 +281,7 @@ class _PlantedModel:
         self.bias = (lo + hi) / 2
 
     def sample(self, rng: np.random.Generator, rows: int, noise: float) -> tuple[np.ndarray, ...]:
-        """(labels [n], ints [n, 13] with missing as -2**62, hashes [n, 26] with missing as -1, true logits)."""
-        missing_int = -(2**62)
+        """(labels [n], ints [n, 13] with missing as _MISSING_INT, hashes [n, 26] with missing as -1, true logits)."""
         counts = np.floor(np.exp(rng.normal(self.dense_mu, self.dense_sigma, (rows, NUM_DENSE)))) - 1.0
         raw = np.maximum(counts, 0.0).astype(np.int64)
         raw[rng.random(rows) < 0.05, 1] = -1  # I2 is -1 in some real rows
@@ -300,14 +300,14 @@ class _PlantedModel:
             logit += np.where(present, self.pair_factors[0][values[:, a]] * self.pair_factors[1][values[:, b]], 0)
         noisy = logit + rng.normal(0.0, noise, rows)
         labels = (rng.random(rows) < 1.0 / (1.0 + np.exp(-noisy))).astype(np.int64)
-        ints = np.where(dense_missing, missing_int, raw)
+        ints = np.where(dense_missing, _MISSING_INT, raw)
         hashes = np.stack([np.where(cat_missing[:, t], -1, self.hashes[t][values[:, t]].astype(np.int64))
                            for t in range(NUM_CATEGORICAL)], axis=1)
         return labels, ints, hashes, logit
 
 
 def _format_rows(labels: np.ndarray, ints: np.ndarray, hashes: np.ndarray) -> str:
-    int_cols = [["" if v == -(2**62) else str(v) for v in col] for col in ints.T.tolist()]
+    int_cols = [["" if v == _MISSING_INT else str(v) for v in col] for col in ints.T.tolist()]
     hash_cols = [["" if v < 0 else f"{v:08x}" for v in col] for col in hashes.T.tolist()]
     label_col = [str(v) for v in labels.tolist()]
     return "".join("\t".join(fields) + "\n" for fields in zip(label_col, *int_cols, *hash_cols, strict=True))
@@ -318,7 +318,8 @@ def synth(path: str | os.PathLike[str], rows: int, seed: int, *, noise: float = 
           max_vocab: int = 10_000) -> list[Path]:
     """Write `rows` synthetic Criteo lines with a planted logistic signal; returns the files written.
 
-    The output depends only on (rows, seed, noise, config.table_sizes, max_vocab). With partitions K > 1 the
+    The output depends only on (rows, seed, noise, config.table_sizes, max_vocab) and the numpy version
+    (numpy's Generator streams are stable within a version). With partitions K > 1 the
     same row stream is cut into K contiguous, equal files path.0 .. path.{K-1}, so their concatenation equals
     the single-file output; a sequence of row counts (summing to rows) cuts it into files of those sizes, e.g.
     a training and a held-out part. `noise` is the std of Gaussian noise added to the true logit.
@@ -337,7 +338,9 @@ def synth(path: str | os.PathLike[str], rows: int, seed: int, *, noise: float = 
                              f"found {sizes}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"synth: noise must be a finite number >= 0, found {noise}")
-    if not 0 <= seed < 2**64:
+    if isinstance(max_vocab, bool) or not isinstance(max_vocab, int) or max_vocab < 1:
+        raise ValueError(f"synth: max_vocab must be a positive integer, found {max_vocab!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"synth: seed must be in [0, 2**64), found {seed}")
     config = config if config is not None else DLRMConfig.kaggle()
     if config.num_tables != NUM_CATEGORICAL:
