@@ -234,6 +234,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--wire-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     train.add_argument("--chunk-bytes", type=int, help="chunk size for PS and workers (default 4 MiB)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="default 100")
+    train.add_argument("--threads", type=int, default=0,
+                       help="TensorFlow intra-op threads per worker (default 0: TensorFlow's default)")
     add_model_arguments(parser)
     group = parser.add_argument_group("transport security")
     group.add_argument("--security", choices=transport.SECURITY_MODES, default="ratls",
@@ -275,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
             worker_id = f"worker{i}"
             argv = [sys.executable, "-m", "runtime.worker", "--ps", ",".join(addresses), "--worker-id", worker_id,
                     "--batch-size", str(args.batch_size), "--wire-dtype", args.wire_dtype,
+                    "--threads", str(args.threads),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
                     "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]

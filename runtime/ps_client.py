@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -83,9 +83,17 @@ class PSConnection:
             reply = self._calls[method](raw, timeout=timeout)
         except grpc.RpcError as error:
             raise RemoteError.from_rpc_error(error) from None
+        except Exception as error:
+            self._raise_transport_error(error)
         self.bytes_sent += len(raw)
         self.bytes_received += len(reply)
         return reply_type.FromString(reply)
+
+    def _raise_transport_error(self, error: Exception) -> NoReturn:
+        translated = self.net.call_error(error)
+        if translated is None:
+            raise error
+        raise translated from None
 
     def bulk_raw(self, method: str, chunks: Sequence[bytes], reply_type: type, timeout: float) -> Any:
         """Send pre-serialized Chunk messages and reassemble the chunked reply; raises RemoteError."""
@@ -107,6 +115,8 @@ class PSConnection:
             raise RemoteError.from_rpc_error(error) from None
         except ProtocolError as error:
             raise RemoteError(grpc.StatusCode.INTERNAL, f"bad reply from {self.endpoint}: {error}") from None
+        except Exception as error:
+            self._raise_transport_error(error)
         finally:
             self.bytes_sent += sum(len(c) for c in chunks)
             self.bytes_received += received

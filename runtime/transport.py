@@ -100,6 +100,11 @@ class Transport:
         """Facts for run reports (mode, measurement, attestation timings)."""
         return {"security": self.security}
 
+    def call_error(self, error: Exception) -> TransportError | None:
+        """The TransportError for an exception a channel of this transport raised during a call (e.g. a failed
+        re-attestation), or None if it is not a transport error."""
+        return None
+
 
 class InsecureTransport(Transport):
     security = "insecure"
@@ -214,6 +219,7 @@ class RatlsTransport(Transport):
         self.credentials = ratls.credentials(policy=self.policy, identity=self.identity)
         self._lock = threading.Lock()
         self.attestation_seconds: list[float] = []
+        self.channels: list[Any] = []  # ratls PinnedChannels, for their re-pin counts
 
     def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         bound, bound_attestation = self.credentials.add_secure_port(server, f"{host}:{port}",
@@ -221,27 +227,37 @@ class RatlsTransport(Transport):
         return Endpoint(host, bound, bound_attestation)
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
-        import ratls
-
         attestation_port = endpoint.attestation_port or endpoint.port + 1
         started = time.perf_counter()
         try:
             channel = self.credentials.secure_channel(endpoint.target,
                                                       attestation_target=f"{endpoint.host}:{attestation_port}",
                                                       options=options)
-        except ratls.VerificationError as error:
-            unreachable = error.reason in (ratls.Reason.IO, ratls.Reason.TIMEOUT)
-            raise TransportError(f"attestation of {endpoint} failed: {error}", retryable=unreachable) from None
-        except ratls.RatlsError as error:
-            raise TransportError(f"RA-TLS channel to {endpoint}: {error}", retryable=False) from None
+        except Exception as error:
+            translated = self.call_error(error)
+            if translated is None:
+                raise
+            raise translated from None
         with self._lock:
             self.attestation_seconds.append(time.perf_counter() - started)
+            self.channels.append(channel)
         return channel
+
+    def call_error(self, error: Exception) -> TransportError | None:
+        import ratls
+
+        if isinstance(error, ratls.VerificationError):
+            unreachable = error.reason in (ratls.Reason.IO, ratls.Reason.TIMEOUT)
+            return TransportError(f"attestation failed: {error}", retryable=unreachable)
+        if isinstance(error, ratls.RatlsError):
+            return TransportError(f"RA-TLS: {error}", retryable=False)
+        return None
 
     def report(self) -> dict[str, Any]:
         with self._lock:
             times = list(self.attestation_seconds)
-        return {"security": self.security, "provider": self.identity.provider,
+            repins = sum(channel.repins for channel in self.channels)
+        return {"security": self.security, "provider": self.identity.provider, "channel_repins": repins,
                 "mrenclave": self.mrenclave.hex(), "own_mrenclave": self.identity.mrenclave.hex(),
                 "identity_seconds": round(self.identity_seconds, 6),
                 "client_attestation_seconds": [round(t, 6) for t in times]}

@@ -147,8 +147,10 @@ class Heartbeat(threading.Thread):
                         try:
                             connection.join(self.client.worker_id)
                             self.stats.rejoins += 1
-                        except RemoteError:
+                        except (RemoteError, TransportError):
                             pass  # the training loop deals with lasting failures
+                except TransportError:
+                    pass
 
 
 class Worker:
@@ -223,6 +225,11 @@ class Worker:
                     if error.reason == "training_done":
                         return
                     raise
+                except TransportError as error:
+                    if not error.retryable:
+                        raise
+                    min_versions = self.connect(str(error))
+                    continue
                 if any(pushed.stale):
                     # Our round closed without us: take the newer parameters and redo this batch.
                     stats.stale += 1
@@ -317,6 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="how long one pull may wait at the PS for the next version (default 10000)")
     wire.add_argument("--reconnect-timeout", type=float, default=120.0,
                       help="seconds to keep trying to reach a lost PS (default 120)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads; results are bit-reproducible across processes with the "
+                             "same count (default 0: TensorFlow's default, the number of cores)")
     out = parser.add_argument_group("output")
     out.add_argument("--max-steps", type=int, help="stop after this many steps even if the PS is not done")
     out.add_argument("--report-file", type=Path, help="write this worker's statistics and metrics as JSON")
@@ -362,7 +372,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     heartbeat.start()
 
     # After joining: a PS that rejects us should not cost a TensorFlow start-up.
-    from runtime.model import DLRM
+    from runtime.model import DLRM, configure_threads
+
+    if args.threads:
+        configure_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="worker-data-") as tmp:
         if args.synthetic is not None:

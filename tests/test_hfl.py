@@ -1,0 +1,129 @@
+"""End-to-end HFL runs: a PS and workers as separate processes, over RA-TLS (sim provider), TLS or plaintext.
+
+(a) RA-TLS and plaintext runs give bit-identical parameters, equal to single-process training on the
+    concatenated batches; (f) the README's main-job command; (g) real Criteo lines; worker loss with a quorum
+    (c) and a PS crash and restart (d) are in test_hfl_faults.py.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_tools import REPO, Children
+
+from runtime import checkpoint
+from runtime.data import CriteoReader
+from runtime.model import Batch, DLRMConfig, init_dense_params
+from runtime.reference import train_single_process
+
+LAUNCH_TIMEOUT = 240
+
+
+def launch(out: Path, *args: str, timeout: float = LAUNCH_TIMEOUT) -> tuple[dict, str]:
+    """Run the launcher to completion; returns its report and console output."""
+    with Children(out.parent) as children:
+        children.start(out.name, "runtime.launch", "--out", str(out), *args)
+        code = children.wait(out.name, timeout)
+        console = children.log(out.name)
+    assert code == 0, f"launcher exited with {code}:\n{console[-4000:]}"
+    return json.loads((out / "report.json").read_text()), console
+
+
+def final_checkpoint(out: Path, steps: int) -> checkpoint.Checkpoint:
+    return checkpoint.load(checkpoint.checkpoint_path(out / "checkpoints" / "ps0", steps))
+
+
+def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in glob.glob(str(logdir / "**" / "events.out.tfevents.*"), recursive=True):
+        for record in tf.data.TFRecordDataset(path):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
+    return scalars
+
+
+def test_ratls_equals_insecure_bit_for_bit_and_single_process(tmp_path):
+    steps, batch = 20, 32
+    common = ["--workers", "2", "--model", "small", "--steps", str(steps), "--batch-size", str(batch),
+              "--eval-rows", "512", "--threads", "2"]
+    reports = {}
+    for security in ("ratls", "insecure"):
+        reports[security], console = launch(tmp_path / security, *common, "--security", security)
+        assert f"over {security}" in console
+    attested = reports["ratls"]["attestation"]
+    assert attested["security"] == "ratls" and len(attested["client_attestation_seconds"]) == 2
+    assert reports["insecure"]["attestation"]["security"] == "insecure"
+
+    ratls_ckpt = final_checkpoint(tmp_path / "ratls", steps)
+    plain_ckpt = final_checkpoint(tmp_path / "insecure", steps)
+    assert ratls_ckpt.arrays.keys() == plain_ckpt.arrays.keys()
+    for name, value in ratls_ckpt.arrays.items():
+        assert np.array_equal(value, plain_ckpt.arrays[name]), f"{name} differs between ratls and insecure"
+
+    # Single process, one step per concatenated 2b batch (worker 0's examples, then worker 1's).
+    # (The thread count only moves the last bits, far below the 1e-5 tolerance, so this process keeps its own.)
+    config = DLRMConfig.from_dict(ratls_ckpt.meta["config"])
+    data = sorted((tmp_path / "insecure" / "data").glob("synthetic.tsv.[01]"))
+    readers = [iter(CriteoReader(path, config, batch)) for path in data]
+    batches = [Batch.concat([next(r) for r in readers]) for _ in range(steps)]
+    reference = train_single_process(config, batches, steps)
+
+    def close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+        scale = float(np.max(np.abs(want)))
+        err = float(np.max(np.abs(got - want)))
+        assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} > 1e-5 x max |value| {scale:.3g}"
+
+    initial = init_dense_params(config)
+    for name, value in reference.dense.items():
+        close(ratls_ckpt.arrays[f"dense/{name}"], value, name)
+        assert not np.array_equal(value, initial[name]), f"{name} did not train"
+    touched = 0
+    for t, table in enumerate(reference.tables):
+        ids = ratls_ckpt.arrays[f"rows/{t}/local_ids"]
+        touched += ids.size
+        close(ratls_ckpt.arrays[f"rows/{t}/values"], table[ids], f"table {t}")
+    assert touched > 1000
+
+
+@pytest.mark.timeout(330)
+def test_readme_main_job(tmp_path):
+    """The README's "run the main job" command, verbatim, in an empty directory: exits 0 within 5 minutes and
+    beats the constant predictor on held-out synthetic data with the planted signal."""
+    readme = (REPO / "README.md").read_text()
+    command = "python -m runtime.launch --mode hfl --workers 2"
+    assert command in readme
+    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    (report_path,) = tmp_path.glob("runs/hfl-*/report.json")
+    report = json.loads(report_path.read_text())
+    held_out = report["held_out"]
+    assert held_out["auc"] >= 0.7, held_out
+    assert held_out["log_loss"] < held_out["constant_baseline_log_loss"]
+    assert held_out["accuracy"] > held_out["constant_baseline_accuracy"]
+    assert report["attestation"]["security"] == "ratls" and report["attestation"]["provider"] == "sim"
+    assert report["samples_per_s"] > 0 and report["bytes_on_wire"] > 0 and report["short_rounds"] == 0
+    assert "== report ==" in result.stdout and "AUC" in result.stdout and "step " in result.stdout
+    scalars = tensorboard_scalars(report_path.parent / "tensorboard")
+    assert len(scalars["train/loss"]) >= 2 * 50 and "eval/auc" in scalars and "train/samples_per_s" in scalars
+
+
+def test_real_criteo_lines_over_tls(tmp_path, testdata):
+    sample = testdata / "criteo" / "kaggle_sample_100.txt"
+    report, console = launch(tmp_path / "run", "--workers", "2", "--model", "small", "--steps", "8",
+                             "--batch-size", "16", "--data", str(sample), "--security", "tls")
+    data = [w["data"] for w in report["workers"]]
+    assert sum(d["lines"] for d in data) == 100, data
+    assert all(d["bad_lines"] == 0 and d["complete_passes"] >= 1 for d in data), data
+    assert report["steps"] == 8 and report["attestation"]["security"] == "tls"
+    assert report["held_out"]["examples"] == 2 * 2 * 16  # two held-out batches per worker

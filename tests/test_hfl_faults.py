@@ -1,0 +1,93 @@
+"""Failures during HFL training: (c) a worker killed with a quorum of one, (d) the PS killed and restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+from runtime_tools import Children, wait_for_file, wait_until
+
+from runtime import checkpoint
+from runtime.model import DLRMConfig
+from runtime.worker import synthetic_partitions
+
+
+def ps_version_in_log(log: Path) -> int:
+    steps = re.findall(r"ps\[0\] step (\d+)/", log.read_text(errors="replace")) if log.exists() else []
+    return int(steps[-1]) if steps else -1
+
+
+def test_worker_killed_mid_run_with_min_workers_1(tmp_path):
+    out = tmp_path / "run"
+    steps = 300
+    with Children(tmp_path) as children:
+        launcher = children.start("launch", "runtime.launch", "--out", str(out), "--workers", "2", "--min-workers",
+                                  "1", "--worker-timeout", "3", "--model", "small", "--steps", str(steps),
+                                  "--batch-size", "32", "--eval-rows", "512")
+        pids = wait_for_file(out / "processes.json", 60, launcher)
+        wait_until(lambda: ps_version_in_log(out / "logs" / "ps0.log") >= 5 or launcher.poll() is not None, 120,
+                   "training under way")
+        assert launcher.poll() is None, children.log("launch")[-3000:]
+        os.kill(pids["worker1"], signal.SIGKILL)
+        assert children.wait("launch", 240) == 0, children.log("launch")[-4000:]
+        console = children.log("launch")
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == steps
+    assert 0 < report["short_rounds"] < steps
+    assert f"{report['short_rounds']} short rounds" in console
+    assert "worker1 exited with code -9; continuing" in console
+    assert report["ps"][0]["stats"]["workers_timed_out"] == 1
+    assert [w["worker_id"] for w in report["workers"]] == ["worker0"]
+    assert report["held_out"]["examples"] == 512
+
+
+def test_ps_killed_and_restarted_resumes_and_workers_reattest(tmp_path):
+    import ratls
+    from runtime.measure import BASE_DIR, runtime_files
+
+    sim_ca = tmp_path / "sim-ca"
+    ratls.SimCA.init(sim_ca)
+    security = ["--security", "ratls", "--provider", "sim", "--sim-ca", str(sim_ca), "--mrenclave",
+                ratls.measure(runtime_files(), root=BASE_DIR).hex()]
+    train, held_out = synthetic_partitions(tmp_path / "data", 2, 4000, 256, 1, DLRMConfig.small())
+    checkpoints = tmp_path / "checkpoints"
+    steps = 200
+    ps_args = ["runtime.ps", "--steps", str(steps), "--workers", "2", "--model", "small", "--checkpoint-dir",
+               str(checkpoints), "--checkpoint-every", "10", "--log-every", "0.5", *security]
+    with Children(tmp_path) as children:
+        first = children.start("ps-first", *ps_args, "--listen", "127.0.0.1:0",
+                               "--ready-file", str(tmp_path / "ready1.json"))
+        ready = wait_for_file(tmp_path / "ready1.json", 60, first)
+        for i in range(2):
+            children.start(f"worker{i}", "runtime.worker", "--ps", ready["address"], "--worker-id", f"worker{i}",
+                           "--data", str(train[i]), "--eval-data", str(held_out[i]), "--batch-size", "32",
+                           "--report-file", str(tmp_path / f"worker{i}.json"), *security)
+        wait_until(lambda: max(checkpoint.list_versions(checkpoints), default=0) >= 20 or first.poll() is not None,
+                   180, "a checkpoint at version 20")
+        assert first.poll() is None, children.log("ps-first")[-3000:]
+        first.kill()  # SIGKILL: no chance to write anything more
+        first.wait(10)
+        killed_at = ps_version_in_log(children.logs["ps-first"])
+        saved = max(checkpoint.list_versions(checkpoints))
+        assert 20 <= saved < steps
+
+        children.start("ps-second", *ps_args, "--listen", f"127.0.0.1:{ready['port']}",
+                                "--attestation-port", str(ready["attestation_port"]),
+                                "--report-file", str(tmp_path / "ps.json"))
+        for i in range(2):
+            assert children.wait(f"worker{i}", 240) == 0, children.log(f"worker{i}")[-4000:]
+        assert children.wait("ps-second", 60) == 0, children.log("ps-second")[-4000:]
+
+    ps_report = json.loads((tmp_path / "ps.json").read_text())
+    assert ps_report["resumed_from_version"] >= saved >= 20 and ps_report["version"] == steps
+    assert f"resumed from {checkpoints}" in children.log("ps-second")
+    assert killed_at < steps
+    for i in range(2):
+        worker = json.loads((tmp_path / f"worker{i}.json").read_text())
+        attestations = len(worker["transport"]["client_attestation_seconds"]) + worker["transport"]["channel_repins"]
+        assert attestations >= 2, worker["transport"]  # attested the first PS and again the restarted one
+        assert worker["reconnects"] + worker["rejoins"] >= 1
+        assert worker["eval"]["version"] == steps and worker["eval"]["auc"] is not None

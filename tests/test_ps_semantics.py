@@ -1,0 +1,259 @@
+"""The PS state machine without gRPC: synchronous rounds, quorum and timeouts, liveness, bounded-staleness
+asynchronous updates, checkpoints and resume, sharding and the reproducible combination of gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from runtime_tools import batch_rows, gradients, push_request
+
+from runtime import checkpoint, sharding
+from runtime.aggregation import Contribution, combine
+from runtime.model import DLRMConfig, init_embedding_rows
+from runtime.proto import ps_pb2
+from runtime.protocol import PROTOCOL_VERSION, ProtocolError
+from runtime.ps import CheckpointMismatch, ParameterServer, PSOptions
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_ps(clock=None, **overrides) -> ParameterServer:
+    options = dict(config=DLRMConfig.small(), total_steps=10, workers=2, log_every=0)
+    options.update(overrides)
+    return ParameterServer(PSOptions(**options), clock=clock or Clock())
+
+
+def join(ps, *workers):
+    for w in workers:
+        ps.join(ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=w))
+
+
+def push(ps, worker, step, seed, batch_size=16):
+    rows = batch_rows(ps.config, seed, shard=ps.options.shard, num_shards=ps.options.num_shards)
+    dense, values = gradients(ps, rows, seed)
+    return ps.push(push_request(worker, step, dense, rows, values, batch_size=batch_size))
+
+
+def test_round_waits_for_every_live_worker():
+    ps = make_ps()
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    assert ps.version == 0 and set(ps.pending) == {"a"}
+    push(ps, "b", 0, 2)
+    assert ps.version == 1 and not ps.pending and ps.stats["short_rounds"] == 0
+
+
+def test_training_starts_only_when_the_job_is_complete():
+    clock = Clock()
+    ps = make_ps(clock, workers=3, min_workers=2, start_timeout=30)
+    join(ps, "a", "b")
+    ps.tick()
+    assert not ps.started
+    with pytest.raises(ProtocolError, match="not_started"):
+        push(ps, "a", 0, 1)
+    for _ in range(4):
+        clock.now += 8
+        join(ps, "a", "b")  # joining again doubles as a sign of life
+    ps.tick()  # 32 s after the first join: start with the quorum
+    assert ps.started
+
+
+def test_quorum_and_round_timeout():
+    clock = Clock()
+    ps = make_ps(clock, workers=3, min_workers=2, round_timeout=5.0)
+    join(ps, "a", "b", "c")
+    push(ps, "a", 0, 1)
+    clock.now += 6
+    ps.tick()
+    assert ps.version == 0, "a round never closes below the quorum"
+    push(ps, "b", 0, 2)
+    assert ps.version == 1, "quorum reached after the timeout: applied at once"
+    assert ps.stats["short_rounds"] == 1
+    with pytest.raises(ProtocolError, match="stale_step"):
+        push(ps, "c", 0, 3)
+    join(ps, "a", "b", "c")
+    push(ps, "a", 1, 4)
+    clock.now += 2
+    push(ps, "b", 1, 5)
+    ps.tick()
+    assert ps.version == 1, "c is alive and 5 s have not passed since the round's first push"
+    clock.now += 3.5
+    ps.tick()
+    assert ps.version == 2 and ps.stats["short_rounds"] == 2
+
+
+def test_silent_worker_is_dropped_and_rounds_go_on_short():
+    clock = Clock()
+    ps = make_ps(clock, workers=2, min_workers=1, worker_timeout=3.0)
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    push(ps, "b", 0, 2)
+    assert ps.version == 1
+    push(ps, "a", 1, 3)
+    clock.now += 2
+    ps.heartbeat(ps_pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, worker_id="a"))
+    clock.now += 2
+    ps.tick()
+    assert list(ps.members) == ["a"] and ps.version == 2 and ps.stats["short_rounds"] == 1
+    with pytest.raises(ProtocolError, match="unknown_worker"):
+        push(ps, "b", 2, 4)
+
+
+def test_min_workers_holds_rounds_while_too_few_are_alive():
+    clock = Clock()
+    ps = make_ps(clock, workers=2, worker_timeout=3.0)  # min_workers defaults to all
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    clock.now += 2
+    ps.heartbeat(ps_pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, worker_id="a"))
+    clock.now += 2
+    ps.tick()
+    assert list(ps.members) == ["a"] and ps.version == 0
+    join(ps, "b")  # it comes back (e.g. restarted) and catches up
+    push(ps, "b", 0, 2)
+    assert ps.version == 1 and ps.stats["short_rounds"] == 0
+
+
+def test_leaving_worker_does_not_block_the_round():
+    ps = make_ps(workers=2, min_workers=1)
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    ps.leave(ps_pb2.LeaveRequest(protocol_version=PROTOCOL_VERSION, worker_id="b"))
+    assert ps.version == 1 and ps.stats["short_rounds"] == 1
+
+
+def test_asynchronous_bounded_staleness():
+    ps = make_ps(workers=2, staleness=1)
+    join(ps, "a", "b")
+    assert push(ps, "a", 0, 1).applied and ps.version == 1
+    assert push(ps, "b", 0, 2).applied and ps.version == 2  # one version old: accepted
+    push(ps, "a", 2, 3)
+    with pytest.raises(ProtocolError, match="stale_step"):
+        push(ps, "b", 1, 4)  # two versions old
+    assert ps.version == 3 and ps.stats["short_rounds"] == 0
+
+
+def test_combination_is_order_independent_and_weighted():
+    rng = np.random.default_rng(0)
+    contributions = []
+    for i, b in enumerate((3, 5, 8)):
+        ids = np.unique(rng.integers(0, 20, 10))
+        contributions.append(Contribution(f"w{i}", 0, b, {"k": rng.normal(size=(4, 3)).astype(np.float32)},
+                                          {2: (ids, rng.normal(size=(ids.size, 4)).astype(np.float32))}))
+    a = combine(contributions)
+    b = combine(contributions[::-1])
+    np.testing.assert_array_equal(a.dense["k"], b.dense["k"])
+    np.testing.assert_array_equal(a.rows[2][0], b.rows[2][0])
+    np.testing.assert_array_equal(a.rows[2][1], b.rows[2][1])
+    expected = sum(c.batch_size * c.dense["k"].astype(np.float64) for c in contributions) / 16
+    np.testing.assert_allclose(a.dense["k"], expected, rtol=1e-6, atol=1e-6)
+    dense_rows = np.zeros((20, 4))
+    for c in contributions:
+        ids, values = c.rows[2]
+        dense_rows[ids] += c.batch_size / 16 * values
+    ids = a.rows[2][0]
+    assert np.array_equal(ids, np.unique(np.concatenate([c.rows[2][0] for c in contributions])))
+    np.testing.assert_allclose(a.rows[2][1], dense_rows[ids], rtol=1e-6, atol=1e-7)
+
+
+def test_sharding_partitions_every_row_once():
+    config = DLRMConfig.small()
+    for n in (1, 2, 3):
+        owners = sharding.dense_owners(config, n)
+        assert set(owners) == {name for name, _ in config.layer_shapes()} and set(owners.values()) <= set(range(n))
+        for t, size in enumerate(config.table_sizes):
+            ids = np.arange(size)
+            shard_of = sharding.row_shards(t, ids, n)
+            for s in range(n):
+                mine = ids[shard_of == s]
+                assert mine.size == sharding.local_table_rows(size, t, s, n)
+                local = sharding.local_index(mine, n)
+                np.testing.assert_array_equal(local, np.arange(mine.size))
+                np.testing.assert_array_equal(sharding.global_ids(local, t, s, n), mine)
+
+
+def test_sharded_ps_rows_agree_with_single_process_init():
+    config = DLRMConfig.small()
+    ps = make_ps(num_shards=3, shard=2)
+    for t in (0, 8, 25):
+        ids = np.arange(config.table_sizes[t])
+        ids = ids[sharding.row_shards(t, ids, 3) == 2]
+        np.testing.assert_array_equal(ps.params.read_rows(t, ids), init_embedding_rows(config, t, ids))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
+def test_checkpoint_resume_restores_everything(tmp_path, optimizer):
+    ps = make_ps(checkpoint_dir=tmp_path, checkpoint_every=2, optimizer=optimizer, num_shards=2, shard=1)
+    join(ps, "a", "b")
+    for step in range(3):
+        push(ps, "a", step, 10 + step)
+        push(ps, "b", step, 20 + step)
+    assert ps.version == 3 and checkpoint.list_versions(tmp_path) == [2]
+    ps.options.checkpoint_every = 1
+    push(ps, "a", 3, 30)
+    push(ps, "b", 3, 31)
+    assert checkpoint.list_versions(tmp_path) == [2, 4]
+
+    resumed = make_ps(checkpoint_dir=tmp_path, optimizer=optimizer, num_shards=2, shard=1)
+    assert resumed.version == 4 and resumed.resumed_from == 4
+    assert resumed.last_step == {"a": 3, "b": 3}
+    for name in ps.params.dense:
+        np.testing.assert_array_equal(resumed.params.dense[name], ps.params.dense[name])
+    for t in range(len(ps.params.tables)):
+        np.testing.assert_array_equal(resumed.params.initialized[t], ps.params.initialized[t])
+        np.testing.assert_array_equal(resumed.params.tables[t], ps.params.tables[t])
+    if optimizer == "adagrad":
+        for key, acc in ps.params.adagrad.accumulators.items():
+            np.testing.assert_array_equal(resumed.params.adagrad.accumulators[key], acc)
+    # Both continue identically.
+    join(resumed, "a", "b")
+    for server in (ps, resumed):
+        push(server, "a", 4, 40)
+        push(server, "b", 4, 41)
+    for name in ps.params.dense:
+        np.testing.assert_array_equal(resumed.params.dense[name], ps.params.dense[name])
+    # A resend from before the checkpoint is still a duplicate.
+    assert push(resumed, "a", 3, 30).duplicate
+
+
+def test_resume_skips_a_corrupt_checkpoint(tmp_path):
+    ps = make_ps(checkpoint_dir=tmp_path, checkpoint_every=1)
+    join(ps, "a", "b")
+    for step in range(2):
+        push(ps, "a", step, step)
+        push(ps, "b", step, 10 + step)
+    newest = checkpoint.checkpoint_path(tmp_path, 2)
+    newest.write_bytes(newest.read_bytes()[:1000])  # torn write of a file that somehow got its final name
+    resumed = make_ps(checkpoint_dir=tmp_path)
+    assert resumed.version == 1
+
+
+def test_checkpoint_of_another_job_is_refused(tmp_path):
+    ps = make_ps(checkpoint_dir=tmp_path, checkpoint_every=1)
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    push(ps, "b", 0, 2)
+    with pytest.raises(CheckpointMismatch, match="config"):
+        make_ps(checkpoint_dir=tmp_path, config=DLRMConfig.small(seed=5))
+
+
+def test_final_checkpoint_and_finish(tmp_path):
+    clock = Clock()
+    ps = make_ps(clock, checkpoint_dir=tmp_path, checkpoint_every=100, total_steps=2, linger=1.0)
+    join(ps, "a", "b")
+    for step in range(2):
+        push(ps, "a", step, step)
+        push(ps, "b", step, 10 + step)
+    assert ps.done and checkpoint.list_versions(tmp_path) == [2]
+    assert not ps.finished(), "workers are still members (evaluating)"
+    for w in ("a", "b"):
+        ps.leave(ps_pb2.LeaveRequest(protocol_version=PROTOCOL_VERSION, worker_id=w))
+    assert not ps.finished()
+    clock.now += 1.5
+    assert ps.finished()
