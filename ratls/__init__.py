@@ -4,6 +4,7 @@
     evidence = ratls.verify_certificate(peer_cert, ratls.Policy(mrenclave=..., ...))
 """
 
+from ratls.credentials import Credentials, credentials, peer
 from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
 from ratls.evidence import (
     CertificateInfo,
@@ -22,6 +23,7 @@ from ratls.simca import SimCA
 __all__ = [
     "TCB_STATUSES",
     "CertificateInfo",
+    "Credentials",
     "Evidence",
     "Identity",
     "Policy",
@@ -33,10 +35,12 @@ __all__ = [
     "ReportBody",
     "SimCA",
     "VerificationError",
+    "credentials",
     "in_sgx_enclave",
     "inspect_certificate",
     "measure",
     "parse_quote",
+    "peer",
     "verify_certificate",
     "verify_quote",
 ]

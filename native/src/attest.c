@@ -50,6 +50,7 @@
 
 /* What one handshake's verify callback decided about the peer. */
 typedef struct {
+    ratls_attest_server *server; /* NULL on the client side */
     const ratls_policy *policy;
     size_t max_cert_size;
     int verdict; /* -1 = callback not run, 0 = verified, else the ratls reason code */
@@ -95,6 +96,8 @@ static void peer_check_clear(peer_check *pc) {
     pc->der_len = 0;
 }
 
+static void record_rejection(ratls_attest_server *s, const peer_check *pc);
+
 /* Replaces OpenSSL's chain building: the peer must send exactly one certificate, and that certificate must
  * pass the full RA-TLS verification (self-signature, validity, quote, key binding, policy). */
 static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
@@ -127,6 +130,7 @@ static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
                                         &pc->evidence, pc->msg, sizeof pc->msg);
     }
     if (pc->verdict == RATLS_OK) return 1;
+    if (pc->server) record_rejection(pc->server, pc);
     peer_check_clear(pc);
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
@@ -233,6 +237,15 @@ static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t d
 
 /* ---------------------------------------------------------------- server */
 
+/* Counted before the alert goes out, so a client that saw its refusal also sees it in the stats. */
+static void record_rejection(ratls_attest_server *s, const peer_check *pc) {
+    pthread_mutex_lock(&s->lock);
+    s->stats.rejected++;
+    s->stats.last_rejection = pc->verdict;
+    snprintf(s->stats.last_rejection_msg, sizeof s->stats.last_rejection_msg, "%s", pc->msg);
+    pthread_mutex_unlock(&s->lock);
+}
+
 static void enqueue(ratls_attest_server *s, peer_check *pc) {
     attested_peer *e = calloc(1, sizeof *e);
     pthread_mutex_lock(&s->lock);
@@ -265,7 +278,7 @@ static void enqueue(ratls_attest_server *s, peer_check *pc) {
 
 static void serve_connection(ratls_attest_server *s, int fd) {
     int64_t deadline = now_ms() + s->limits.handshake_timeout_ms;
-    peer_check pc = {.policy = s->policy, .max_cert_size = s->limits.max_cert_size, .verdict = -1};
+    peer_check pc = {.server = s, .policy = s->policy, .max_cert_size = s->limits.max_cert_size, .verdict = -1};
     SSL *ssl = SSL_new(s->ctx);
     const char *tls_reason;
     int rc = RATLS_ERR_INTERNAL;
@@ -282,17 +295,10 @@ static void serve_connection(ratls_attest_server *s, int fd) {
         enqueue(s, &pc);
         if (tls_run(ssl, fd, OP_WRITE, ack, sizeof ack, deadline, s->stop_fd, &tls_reason) == RATLS_OK)
             SSL_shutdown(ssl); /* best effort close_notify; the client has what it needs */
-    } else {
+    } else if (pc.verdict <= 0) { /* rejections were counted by the verify callback */
         pthread_mutex_lock(&s->lock);
-        if (pc.verdict > 0) {
-            s->stats.rejected++;
-            s->stats.last_rejection = pc.verdict;
-            snprintf(s->stats.last_rejection_msg, sizeof s->stats.last_rejection_msg, "%s", pc.msg);
-        } else if (rc == RATLS_ERR_TIMEOUT) {
-            s->stats.timed_out++;
-        } else {
-            s->stats.failed++;
-        }
+        if (rc == RATLS_ERR_TIMEOUT) s->stats.timed_out++;
+        else s->stats.failed++;
         pthread_mutex_unlock(&s->lock);
     }
     peer_check_clear(&pc);

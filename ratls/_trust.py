@@ -1,0 +1,244 @@
+"""The attestation port and the trust set behind an RA-TLS gRPC server (ARCHITECTURE.md §4).
+
+The native attestation endpoint (native/src/attest.c) runs the mutual RA-TLS handshake in its own threads and
+queues each attested client; the TrustSet drains that queue from gRPC's certificate-config fetcher, which gRPC
+calls before every new TLS handshake on the gRPC port, and serves the attested client certificates as the only
+client roots. The endpoint queues a client before acknowledging it, so a client that finished attesting is
+always seen by the next fetch: there is no window where it is attested but not yet trusted.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ratls._native import ffi, lib
+from ratls.errors import RatlsError, new_message_buffer, raise_for
+from ratls.evidence import Evidence
+from ratls.identity import Identity
+from ratls.policy import Policy
+
+
+def der_to_pem(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+def common_name(der: bytes) -> str:
+    """The subject CN of a certificate: what a pinned channel must name as the TLS target."""
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise RatlsError("the attested server certificate has no subject CN to pin the channel to")
+    return str(names[0].value)
+
+
+@dataclass(frozen=True)
+class AttestationStats:
+    """Counters of one attestation endpoint (see ratls_attest_stats in ratls_core.h)."""
+
+    connections: int
+    attested: int
+    rejected: int
+    failed: int
+    timed_out: int
+    dropped: int
+    in_flight: int
+    queued: int
+    last_rejection: int
+    last_rejection_message: str
+
+
+@dataclass(frozen=True)
+class Attested:
+    """The outcome of a client-side attestation: the server's certificate, its Evidence, and how long the server
+    said it will trust us."""
+
+    certificate_der: bytes
+    evidence: Evidence
+    trust_ttl: float
+
+
+def _stop_endpoint(ptr, _policy: Policy) -> None:
+    # _policy is an argument only to keep the C policy alive until the endpoint's threads are joined.
+    lib.ratls_attest_server_stop(ptr)
+
+
+class AttestationEndpoint:
+    """The native attestation port: a TLS 1.3 listener where clients prove their enclave before gRPC."""
+
+    def __init__(self, identity: Identity, policy: Policy, host: str, port: int, *, handshake_timeout: float,
+                 max_concurrent: int, max_cert_size: int, trust_ttl: float) -> None:
+        limits = ffi.new("ratls_attest_limits *")
+        limits.handshake_timeout_ms = max(1, int(handshake_timeout * 1000))
+        limits.max_concurrent = int(max_concurrent)
+        limits.max_cert_size = int(max_cert_size)
+        limits.trust_ttl_s = max(1, int(trust_ttl))
+        out = ffi.new("ratls_attest_server **")
+        msg = new_message_buffer()
+        key, cert = identity.private_key_der, identity.certificate_der
+        rc = lib.ratls_attest_server_start(policy._native, key, len(key), cert, len(cert), host.encode(), port,
+                                           limits, out, msg, lib.RATLS_MSG_SIZE)
+        raise_for(rc, msg, RatlsError)
+        self._ptr = out[0]
+        self.port: int = lib.ratls_attest_server_port(self._ptr)
+        self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy)
+
+    def pop(self, timeout: float = 0.0) -> tuple[bytes, Evidence] | None:
+        """The next attested client (certificate DER, Evidence), waiting up to `timeout` seconds."""
+        if not self._finalizer.alive:
+            return None
+        der = ffi.new("uint8_t **")
+        n = ffi.new("size_t *")
+        ev = ffi.new("ratls_evidence *")
+        if lib.ratls_attest_server_pop(self._ptr, int(timeout * 1000), der, n, ev) != lib.RATLS_OK:
+            return None
+        try:
+            return bytes(ffi.buffer(der[0], n[0])), Evidence._from_native(ev)
+        finally:
+            lib.ratls_free(der[0])
+
+    def stats(self) -> AttestationStats:
+        s = ffi.new("ratls_attest_stats *")
+        if self._finalizer.alive:
+            lib.ratls_attest_server_stats(self._ptr, s)
+        return AttestationStats(
+            connections=s.connections, attested=s.attested, rejected=s.rejected, failed=s.failed,
+            timed_out=s.timed_out, dropped=s.dropped, in_flight=s.in_flight, queued=s.queued,
+            last_rejection=s.last_rejection,
+            last_rejection_message=ffi.string(s.last_rejection_msg).decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        """Stops listening and joins the endpoint's threads (idempotent)."""
+        self._finalizer()
+
+
+def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float) -> Attested:
+    """Client side: the mutual RA-TLS handshake with a server's attestation port. Raises VerificationError:
+    the server's certificate failed our policy (its reason), the server refused ours (HANDSHAKE), or the port
+    did not answer (IO, TIMEOUT)."""
+    key, cert = identity.private_key_der, identity.certificate_der
+    peer = ffi.new("uint8_t **")
+    n = ffi.new("size_t *")
+    ev = ffi.new("ratls_evidence *")
+    ttl = ffi.new("uint32_t *")
+    msg = new_message_buffer()
+    rc = lib.ratls_attest_connect(policy._native, key, len(key), cert, len(cert), host.encode(), port,
+                                  max(1, int(timeout * 1000)), peer, n, ev, ttl, msg, lib.RATLS_MSG_SIZE)
+    raise_for(rc, msg)
+    try:
+        return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
+    finally:
+        lib.ratls_free(peer[0])
+
+
+def _unusable_root_pem() -> bytes:
+    """A self-signed certificate whose key is discarded at once: the client-root set of a server that trusts
+    nobody yet (gRPC needs at least one root to require client certificates). No client can present it."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS no attested client yet")])
+    now = time.time()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(dt.datetime.fromtimestamp(now - 3600, dt.timezone.utc))
+            .not_valid_after(dt.datetime.fromtimestamp(now + 3600, dt.timezone.utc))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class _Entry:
+    pem: bytes
+    evidence: Evidence
+    expires: float  # time.monotonic()
+
+
+class TrustSet:
+    """Fingerprint (SHA-256 of the certificate DER) -> Evidence of attested clients, each with an expiry.
+
+    `fetch` is the gRPC certificate-config fetcher. Expired entries are dropped there, so a client whose trust
+    expired cannot open new gRPC connections until it attests again. `evidence_for` also remembers recently
+    expired entries (bounded), because a connection opened while an entry was valid stays open after it
+    expires and its handlers still ask ratls.peer()."""
+
+    def __init__(self, endpoint: AttestationEndpoint, identity: Identity, trust_ttl: float, *,
+                 max_entries: int = 4096) -> None:
+        self._endpoint = endpoint
+        self._key_cert = [(identity.private_key_pem, identity.certificate_pem)]
+        self._ttl = float(trust_ttl)
+        self._max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[bytes, _Entry] = {}
+        self._recent: collections.OrderedDict[bytes, Evidence] = collections.OrderedDict()
+        self._served: frozenset[bytes] = frozenset()
+        self._nobody = _unusable_root_pem()
+        _registry.add(self)
+
+    def initial_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(self._key_cert, root_certificates=self._nobody)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before every new TLS handshake on the gRPC port: a new configuration when the set of
+        trusted clients changed, None when it did not (gRPC then keeps the current one)."""
+        with self._lock:
+            self._drain()
+            now = time.monotonic()
+            for fp in [fp for fp, e in self._entries.items() if e.expires <= now]:
+                del self._entries[fp]
+            current = frozenset(self._entries)
+            if current == self._served:
+                return None
+            self._served = current
+            roots = b"".join(e.pem for e in self._entries.values()) or self._nobody
+        return grpc.ssl_server_certificate_configuration(self._key_cert, root_certificates=roots)
+
+    def _drain(self) -> None:
+        while (item := self._endpoint.pop()) is not None:
+            der, evidence = item
+            expires = time.monotonic() + self._ttl
+            if evidence.not_after is not None:  # never trust past the certificate's own validity
+                expires = min(expires, time.monotonic() + evidence.not_after.timestamp() - time.time())
+            fp = evidence.cert_fingerprint
+            self._entries.pop(fp, None)
+            self._entries[fp] = _Entry(der_to_pem(der), evidence, expires)
+            if len(self._entries) > self._max_entries:  # drop the entry that expires first
+                del self._entries[min(self._entries, key=lambda k: self._entries[k].expires)]
+            self._recent[fp] = evidence
+            self._recent.move_to_end(fp)
+            while len(self._recent) > self._max_entries:
+                self._recent.popitem(last=False)
+
+    def evidence_for(self, fingerprint: bytes) -> Evidence | None:
+        with self._lock:
+            self._drain()
+            entry = self._entries.get(fingerprint)
+            return entry.evidence if entry is not None else self._recent.get(fingerprint)
+
+    def trusted(self) -> dict[bytes, Evidence]:
+        """The currently trusted clients (fingerprint -> Evidence), expired ones excluded."""
+        with self._lock:
+            self._drain()
+            now = time.monotonic()
+            return {fp: e.evidence for fp, e in self._entries.items() if e.expires > now}
+
+
+_registry: weakref.WeakSet[TrustSet] = weakref.WeakSet()
+
+
+def lookup_peer(cert_der: bytes) -> Evidence | None:
+    """The Evidence with which a client certificate was attested to any trust set of this process."""
+    fp = hashlib.sha256(cert_der).digest()
+    for trust in list(_registry):
+        ev = trust.evidence_for(fp)
+        if ev is not None:
+            return ev
+    return None

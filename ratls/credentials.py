@@ -1,0 +1,204 @@
+"""RA-TLS gRPC credentials on stock grpcio: attest, then pin (ARCHITECTURE.md §4).
+
+    creds = ratls.credentials(policy=policy, identity=identity)
+    grpc_port, attestation_port = creds.add_secure_port(server, "127.0.0.1:50051")
+    channel = creds.secure_channel("127.0.0.1:50051")          # attests 127.0.0.1:50052 first
+    ...
+    evidence = ratls.peer(context)                              # inside a handler
+
+Server: beside the gRPC port, an attestation port runs the mutual RA-TLS handshake (native, both sides verify
+under their policy); attested clients enter a trust set that gRPC's dynamic server credentials serve as the
+only client roots, with require_client_authentication. Client: attest the server, then open an ordinary gRPC
+TLS channel whose only root is the attested server certificate and whose own certificate is the one the server
+attested. TLS then proves possession of exactly the attested keys on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from ratls._grpc_channel import PinnedChannel
+from ratls._trust import (
+    AttestationEndpoint,
+    AttestationStats,
+    Attested,
+    TrustSet,
+    attest,
+    common_name,
+    der_to_pem,
+    lookup_peer,
+)
+from ratls.errors import RatlsError
+from ratls.evidence import Evidence
+from ratls.identity import Identity
+from ratls.policy import Policy, certificate_der
+
+__all__ = ["AttestationStats", "Credentials", "credentials", "peer"]
+
+DEFAULT_TRUST_TTL_S = 3600.0
+DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
+DEFAULT_MAX_CONCURRENT_HANDSHAKES = 8
+DEFAULT_MAX_CERT_SIZE = 32768
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """"host:port", "[v6]:port" or a gRPC "dns:///host:port" / "ipv4:host:port" / "ipv6:[v6]:port" target."""
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if address.startswith(scheme):
+            address = address[len(scheme):]
+            break
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise RatlsError(f"address {address!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not 0 <= int(port) <= 65535:
+        raise RatlsError(f"address {address!r}: port must be 0..65535")
+    return host, int(port)
+
+
+class Credentials:
+    """An identity and a policy, applied to gRPC servers (add_secure_port) and channels (secure_channel).
+
+    Keep it alive while its servers run: it owns their attestation endpoints (close() stops them)."""
+
+    def __init__(self, policy: Policy, identity: Identity, *, trust_ttl: float = DEFAULT_TRUST_TTL_S,
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+                 max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                 max_cert_size: int = DEFAULT_MAX_CERT_SIZE) -> None:
+        if not isinstance(policy, Policy):
+            raise TypeError("policy must be a ratls.Policy")
+        if trust_ttl < 1:
+            raise RatlsError(f"trust_ttl must be at least 1 second, got {trust_ttl}")
+        self.policy = policy
+        self.identity = identity
+        self.trust_ttl = float(trust_ttl)
+        self.handshake_timeout = float(handshake_timeout)
+        self._limits = {"handshake_timeout": self.handshake_timeout, "max_concurrent": max_concurrent_handshakes,
+                        "max_cert_size": max_cert_size, "trust_ttl": self.trust_ttl}
+        self._lock = threading.Lock()
+        self._endpoints: list[AttestationEndpoint] = []
+        self._trust_sets: dict[int, TrustSet] = {}
+
+    # -- server side
+
+    def add_secure_port(self, server: grpc.Server, address: str, *,
+                        attestation_port: int | None = None) -> tuple[int, int]:
+        """Adds an RA-TLS gRPC port and its attestation port to a grpc.Server; returns (grpc_port,
+        attestation_port). Port 0 picks free ports for both; with a fixed gRPC port the attestation port is
+        the next one unless given."""
+        host, port = split_host_port(address)
+        if attestation_port is None:
+            attestation_port = port + 1 if port else 0
+        if port and attestation_port > 65535:
+            raise RatlsError(f"attestation port {attestation_port} is out of range: pass attestation_port")
+        endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, **self._limits)
+        trust = TrustSet(endpoint, self.identity, self.trust_ttl)
+        server_credentials = grpc.dynamic_ssl_server_credentials(
+            trust.initial_configuration(), trust.fetch, require_client_authentication=True)
+        try:
+            grpc_port = server.add_secure_port(address, server_credentials)
+        except RuntimeError as e:
+            endpoint.close()
+            raise RatlsError(f"could not bind the gRPC port {address}: {e}") from None
+        if grpc_port == 0:
+            endpoint.close()
+            raise RatlsError(f"could not bind the gRPC port {address}")
+        with self._lock:
+            self._endpoints.append(endpoint)
+            self._trust_sets[grpc_port] = trust
+        return grpc_port, endpoint.port
+
+    def attestation_stats(self, grpc_port: int) -> AttestationStats:
+        """Counters of the attestation endpoint serving a gRPC port added by add_secure_port."""
+        return self._trust_sets[grpc_port]._endpoint.stats()
+
+    def trusted_clients(self, grpc_port: int) -> dict[bytes, Evidence]:
+        """Clients currently allowed on a gRPC port: certificate fingerprint -> Evidence."""
+        return self._trust_sets[grpc_port].trusted()
+
+    def close(self) -> None:
+        """Stops every attestation endpoint this object started (gRPC servers are the caller's to stop)."""
+        with self._lock:
+            endpoints, self._endpoints = self._endpoints, []
+        for endpoint in endpoints:
+            endpoint.close()
+
+    def __enter__(self) -> Credentials:
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> bool:
+        self.close()
+        return False
+
+    # -- client side
+
+    def attest(self, attestation_target: str, *, timeout: float | None = None) -> Attested:
+        """Runs the attestation handshake with a server's attestation port ("host:port"); raises
+        VerificationError when either side rejects the other."""
+        host, port = split_host_port(attestation_target)
+        return attest(self.identity, self.policy, host, port, self.handshake_timeout if timeout is None
+                      else timeout)
+
+    def channel_credentials(self, attested: Attested) -> grpc.ChannelCredentials:
+        """gRPC TLS credentials pinned to an attested server certificate, presenting our certificate."""
+        return grpc.ssl_channel_credentials(root_certificates=der_to_pem(attested.certificate_der),
+                                            private_key=self.identity.private_key_pem,
+                                            certificate_chain=self.identity.certificate_pem)
+
+    def secure_channel(self, target: str, *, attestation_target: str | None = None,
+                       options: Sequence[tuple[str, Any]] | None = None,
+                       compression: grpc.Compression | None = None) -> grpc.Channel:
+        """Attests the server, then returns a grpc.Channel pinned to its attested certificate. Raises
+        VerificationError (and opens nothing) if the server fails our policy or refuses us. The channel
+        re-attests by itself when the server restarts with a new key (see ratls._grpc_channel); its
+        reattest() method forces it."""
+        host, port = split_host_port(target)
+        if attestation_target is None:
+            attestation_target = f"[{host}]:{port + 1}" if ":" in host else f"{host}:{port + 1}"
+        user_options = list(options or ())
+
+        def open_pinned(attested: Attested) -> grpc.Channel:
+            pinned = [("grpc.ssl_target_name_override", common_name(attested.certificate_der)),
+                      # A channel of its own: never share connections with channels pinned elsewhere.
+                      ("grpc.use_local_subchannel_pool", 1)]
+            names = {name for name, _ in user_options}
+            return grpc.secure_channel(target, self.channel_credentials(attested),
+                                       options=user_options + [o for o in pinned if o[0] not in names],
+                                       compression=compression)
+
+        return PinnedChannel(lambda: self.attest(attestation_target), open_pinned)
+
+
+def credentials(policy: Policy, identity: Identity | None = None, provider: str = "auto", *,
+                sim_ca: str | os.PathLike | None = None,
+                measured_files: Iterable[str | os.PathLike] | None = None,
+                measure_root: str | os.PathLike | None = None, **options: Any) -> Credentials:
+    """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
+    `provider` (sim_ca, measured_files and measure_root are for the sim provider). `options`: trust_ttl
+    (seconds a server trusts an attested client), handshake_timeout, max_concurrent_handshakes,
+    max_cert_size."""
+    if identity is None:
+        identity = Identity.create(provider, sim_ca=sim_ca, measured_files=measured_files,
+                                   measure_root=measure_root)
+    return Credentials(policy, identity, **options)
+
+
+def peer(context: grpc.ServicerContext) -> Evidence:
+    """The verified Evidence of the client of the current RPC (inside a handler of an RA-TLS gRPC port).
+    Raises RatlsError if the call did not come over RA-TLS credentials of this process."""
+    pems = (context.auth_context() or {}).get("x509_pem_cert")
+    if not pems:
+        raise RatlsError("no RA-TLS peer: the call carries no client certificate (not an RA-TLS gRPC port?)")
+    der = certificate_der(pems[0])
+    evidence = lookup_peer(der)
+    if evidence is None:
+        raise RatlsError("the client certificate of this call was never attested here (fingerprint "
+                         f"{hashlib.sha256(der).hexdigest()[:16]}...)")
+    return evidence

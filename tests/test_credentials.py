@@ -1,0 +1,330 @@
+"""RA-TLS gRPC credentials (attest, then pin) end to end with the sim provider: mutual success, each way a peer
+is rejected, men in the middle on either port, a server restart, and trust expiry."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+
+import grpc
+import pytest
+from grpctools import (
+    Relay,
+    direct_channel,
+    forged_identity,
+    hello,
+    make_app,
+    plain_identity,
+    serve,
+    serve_insecure,
+    sim_policy,
+    tls_client_context,
+    tls_server_context,
+)
+
+import ratls
+from ratls.credentials import credentials, peer
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("apps")
+    return {name: make_app(root, name) for name in ("server", "client", "intruder")}
+
+
+@pytest.fixture(scope="module")
+def ids(sim_ca, apps):
+    def make(app: str, **kw) -> ratls.Identity:
+        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[apps[app]], measure_root=apps[app],
+                                     **kw)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def server_id(ids):
+    return ids("server")
+
+
+@pytest.fixture(scope="module")
+def client_id(ids):
+    return ids("client")
+
+
+@pytest.fixture(scope="module")
+def server_creds(sim_ca, server_id, client_id):
+    """A factory: the server trusts the client's enclave (only)."""
+    return lambda **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), server_id, **kw)
+
+
+@pytest.fixture(scope="module")
+def client_creds(sim_ca, server_id, client_id):
+    return credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)
+
+
+def assert_refused(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        hello(channel, timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_success(server_creds, client_creds, server_id, client_id):
+    with serve(server_creds()) as srv:
+        with client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+            assert isinstance(channel, grpc.Channel)
+            assert hello(channel) == b"hello world"
+            assert hello(channel, b"again") == b"hello again"
+            assert channel.server_evidence.mrenclave == server_id.mrenclave
+            assert channel.server_certificate_der == server_id.certificate_der
+        assert srv.service.peers == [client_id.mrenclave, client_id.mrenclave]
+        trusted = srv.creds.trusted_clients(srv.grpc_port)
+        assert list(trusted) == [client_id.evidence.cert_fingerprint]
+        assert trusted[client_id.evidence.cert_fingerprint].mrenclave == client_id.mrenclave
+        stats = srv.creds.attestation_stats(srv.grpc_port)
+        assert (stats.attested, stats.rejected) == (1, 0)
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 were both free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port pair on 127.0.0.1")
+
+
+def test_default_attestation_port_is_next_port(server_creds, client_creds):
+    for _ in range(5):
+        port = free_port_pair()
+        with contextlib.ExitStack() as stack:
+            try:
+                srv = stack.enter_context(serve(server_creds(), f"127.0.0.1:{port}"))
+            except ratls.RatlsError:  # someone took the pair in between: try another
+                continue
+            assert (srv.grpc_port, srv.attestation_port) == (port, port + 1)
+            with client_creds.secure_channel(srv.target) as channel:  # attests at port + 1 by default
+                assert hello(channel) == b"hello world"
+            return
+    pytest.fail("could not bind a free port pair")
+
+
+def test_server_not_in_client_policy(sim_ca, server_creds, client_id, ids):
+    intruder = ids("intruder")
+    picky = credentials(sim_policy(sim_ca, intruder.mrenclave), client_id)
+    with serve(server_creds()) as srv:
+        with pytest.raises(ratls.VerificationError) as e:
+            picky.secure_channel(srv.target, attestation_target=srv.attestation_target)
+        assert e.value.reason == ratls.Reason.MRENCLAVE
+        # No channel was made, so no RPC could leave the client; the server saw no attested client either.
+        assert srv.service.calls == 0
+        assert srv.creds.trusted_clients(srv.grpc_port) == {}
+        assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
+
+
+def test_client_not_in_server_policy(sim_ca, server_id, client_creds, client_id, ids):
+    intruder = ids("intruder")
+    with serve(credentials(sim_policy(sim_ca, intruder.mrenclave), server_id)) as srv:
+        with pytest.raises(ratls.VerificationError) as e:
+            client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target)
+        assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert "refused our certificate" in e.value.message
+        stats = srv.creds.attestation_stats(srv.grpc_port)
+        assert (stats.rejected, stats.attested, stats.last_rejection) == (1, 0, ratls.Reason.MRENCLAVE)
+        # Going to the gRPC port anyway, with a genuine RA-TLS certificate: the TLS handshake is refused.
+        with direct_channel(server_id.certificate_der, client_id, srv.target) as channel:
+            assert_refused(channel)
+        assert srv.service.calls == 0
+
+
+def test_plain_tls_client(sim_ca, server_creds, server_id):
+    plain = plain_identity()
+    with serve(server_creds()) as srv:
+        # The attestation port: a TLS client with a self-signed certificate gets no acknowledgement.
+        with socket.create_connection(("127.0.0.1", srv.attestation_port), timeout=5) as raw:
+            with tls_client_context(plain).wrap_socket(raw) as tls:
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    data = tls.recv(8)
+                    if not data:
+                        raise ConnectionError("closed without acknowledgement")
+        stats = srv.creds.attestation_stats(srv.grpc_port)
+        assert (stats.rejected, stats.last_rejection) == (1, ratls.Reason.EVIDENCE_MISSING)
+        # Through ratls' own client code too.
+        with pytest.raises(ratls.VerificationError) as e:
+            credentials(sim_policy(sim_ca, server_id.mrenclave), plain).attest(srv.attestation_target)
+        assert e.value.reason == ratls.Reason.HANDSHAKE
+        # The gRPC port.
+        with direct_channel(server_id.certificate_der, plain, srv.target) as channel:
+            assert_refused(channel)
+        assert srv.service.calls == 0
+
+
+def test_client_skipping_attestation(server_creds, server_id, client_creds, client_id):
+    with serve(server_creds()) as srv:
+        with direct_channel(server_id.certificate_der, client_id, srv.target) as channel:
+            assert_refused(channel)
+        assert srv.service.calls == 0
+        # The same direct channel works once the same certificate has attested: attestation is the gate.
+        client_creds.attest(srv.attestation_target)
+        with direct_channel(server_id.certificate_der, client_id, srv.target) as channel:
+            assert hello(channel) == b"hello world"
+        assert srv.service.calls == 1
+
+
+def test_debug_enclave_denied(sim_ca, server_creds, server_id, client_id, ids):
+    debug_client = ids("client", debug=True)
+    assert debug_client.mrenclave == client_id.mrenclave and debug_client.evidence.debug
+    with serve(server_creds()) as srv:
+        with pytest.raises(ratls.VerificationError) as e:
+            credentials(sim_policy(sim_ca, server_id.mrenclave), debug_client).secure_channel(
+                srv.target, attestation_target=srv.attestation_target)
+        assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert srv.creds.attestation_stats(srv.grpc_port).last_rejection == ratls.Reason.DEBUG_ENCLAVE
+    # A debug server, seen from the client.
+    debug_server = ids("server", debug=True)
+    with serve(credentials(sim_policy(sim_ca, client_id.mrenclave), debug_server)) as srv:
+        with pytest.raises(ratls.VerificationError) as e:
+            credentials(sim_policy(sim_ca, server_id.mrenclave), client_id).secure_channel(
+                srv.target, attestation_target=srv.attestation_target)
+        assert e.value.reason == ratls.Reason.DEBUG_ENCLAVE
+        assert srv.service.calls == 0
+
+
+def test_simulated_evidence_denied_by_production_policy(server_creds, server_id, client_id):
+    production = ratls.Policy(mrenclave=server_id.mrenclave, allowed_tcb_statuses=("UpToDate", "Unknown"))
+    with serve(server_creds()) as srv:
+        with pytest.raises(ratls.VerificationError) as e:
+            credentials(production, client_id).secure_channel(srv.target, attestation_target=srv.attestation_target)
+        assert e.value.reason == ratls.Reason.SIMULATED_DENIED
+        assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
+
+
+def test_mitm_on_attestation_port(sim_ca, server_creds, server_id, client_creds, ids):
+    """A relay that re-terminates TLS on the attestation port: with the server's genuine evidence copied onto
+    its own key, or with a genuine RA-TLS identity of its own enclave."""
+    intruder = ids("intruder")
+    with serve(server_creds()) as srv:
+        for relay_identity, reason in ((forged_identity(server_id), ratls.Reason.REPORT_DATA_MISMATCH),
+                                       (intruder, ratls.Reason.MRENCLAVE)):
+            with Relay(srv.attestation_port, server_tls=tls_server_context(relay_identity),
+                       client_tls=tls_client_context(relay_identity)) as relay:
+                with pytest.raises(ratls.VerificationError) as e:
+                    client_creds.secure_channel(srv.target, attestation_target=f"127.0.0.1:{relay.port}")
+                assert e.value.reason == reason
+                assert relay.to_upstream == b"" and relay.to_client == b""
+        assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
+        assert srv.service.calls == 0
+
+
+def test_mitm_on_grpc_port(sim_ca, server_creds, server_id, client_creds, client_id, ids):
+    """A relay in front of the gRPC port presenting its own RA-TLS certificate (a valid sim quote of the
+    server's own enclave, on a different key) after the client attested the real server."""
+    twin = ids("server")  # same MRENCLAVE as the server: passes the client's policy, but is not the pinned key
+    assert twin.mrenclave == server_id.mrenclave
+    with serve(server_creds()) as srv:
+        with Relay(srv.grpc_port, server_tls=tls_server_context(twin, ["h2"]),
+                   client_tls=tls_client_context(twin, ["h2"])) as relay:
+            with client_creds.secure_channel(f"127.0.0.1:{relay.port}",
+                                             attestation_target=srv.attestation_target) as channel:
+                assert_refused(channel)
+            assert relay.connections >= 1 and relay.handshakes_failed == relay.connections
+            assert relay.to_upstream == b"" and relay.to_client == b""
+        # And the relay's own client side toward the server: not attested, refused.
+        with direct_channel(server_id.certificate_der, twin, srv.target) as channel:
+            assert_refused(channel)
+        assert srv.service.calls == 0
+        # A transparent relay (no re-termination) is harmless: the TLS session is end to end.
+        with Relay(srv.grpc_port) as relay:
+            with client_creds.secure_channel(f"127.0.0.1:{relay.port}",
+                                             attestation_target=srv.attestation_target) as channel:
+                assert hello(channel, b"through") == b"hello through"
+            assert b"through" not in relay.to_upstream and len(relay.to_upstream) > 0
+
+
+def test_different_certificate_on_grpc_port(server_creds, server_id, client_creds, ids):
+    other = ids("client")  # a genuine identity of the allowed client enclave, never attested
+    with serve(server_creds()) as srv:
+        client_creds.attest(srv.attestation_target)
+        with direct_channel(server_id.certificate_der, other, srv.target) as channel:
+            assert_refused(channel)
+        assert srv.service.calls == 0
+        with direct_channel(server_id.certificate_der, client_creds.identity, srv.target) as channel:
+            assert hello(channel) == b"hello world"
+
+
+def test_server_restart_with_new_identity(server_creds, client_creds, ids):
+    with serve(server_creds()) as first:
+        ports = (first.grpc_port, first.attestation_port)
+        channel = client_creds.secure_channel(first.target, attestation_target=first.attestation_target)
+        stub = channel.unary_unary("/ratls.test.Echo/Hello")  # made once, used across the restart
+        assert stub(b"before", timeout=5) == b"hello before"
+        first_cert = channel.server_certificate_der
+    restarted = ids("server")
+    with serve(credentials(first.creds.policy, restarted), f"127.0.0.1:{ports[0]}",
+               attestation_port=ports[1]) as second:
+        assert stub(b"after", timeout=5) == b"hello after"
+        assert channel.repins == 1
+        assert channel.server_certificate_der == restarted.certificate_der != first_cert
+        assert second.service.calls == 1
+    channel.close()
+
+
+def test_reattest_is_the_one_call_recovery(server_creds, client_creds, ids):
+    with serve(server_creds()) as first:
+        ports = (first.grpc_port, first.attestation_port)
+        channel = client_creds.secure_channel(first.target, attestation_target=first.attestation_target)
+        assert hello(channel) == b"hello world"
+    with serve(credentials(first.creds.policy, ids("server")), f"127.0.0.1:{ports[0]}",
+               attestation_port=ports[1]):
+        assert channel.reattest() is True
+        assert channel.reattest() is False  # same server: nothing to re-pin
+        assert hello(channel) == b"hello world"
+    channel.close()
+
+
+def test_trust_expires_and_channel_refreshes(server_creds, server_id, client_creds, client_id):
+    with serve(server_creds(trust_ttl=1)) as srv:
+        with client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+            assert hello(channel) == b"hello world"
+            time.sleep(1.2)
+            # Expired entries are dropped: a fresh connection with the once-attested certificate is refused ...
+            assert srv.creds.trusted_clients(srv.grpc_port) == {}
+            with direct_channel(server_id.certificate_der, client_id, srv.target) as direct:
+                assert_refused(direct)
+            # ... while the ratls channel re-attested on its own (at half the TTL) and keeps working.
+            assert hello(channel) == b"hello world"
+            assert list(srv.creds.trusted_clients(srv.grpc_port)) == [client_id.evidence.cert_fingerprint]
+        assert srv.creds.attestation_stats(srv.grpc_port).attested >= 2
+
+
+def test_peer_requires_ratls():
+    seen = []
+
+    class Context:
+        def auth_context(self):
+            return {}
+
+    with pytest.raises(ratls.RatlsError, match="no RA-TLS peer"):
+        peer(Context())
+    with serve_insecure() as (service, port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                hello(channel)  # the handler calls ratls.peer(), which raises: the RPC fails
+            assert e.value.code() == grpc.StatusCode.UNKNOWN
+    assert service.calls == 0 and seen == []
+
+
+def test_bad_arguments(server_creds, client_creds):
+    with pytest.raises(ratls.RatlsError, match="host:port"):
+        client_creds.secure_channel("no-port-here")
+    with pytest.raises(TypeError):
+        credentials("not a policy", client_creds.identity)
+    with pytest.raises(ratls.VerificationError) as e:
+        client_creds.attest("127.0.0.1:1")
+    assert e.value.reason == ratls.Reason.IO
