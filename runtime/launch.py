@@ -165,6 +165,17 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
     wire = sum(w["bytes_sent"] + w["bytes_received"] for w in worker_reports)
     steps = max((p["version"] for p in ps_reports), default=0)
     attestation = [t for w in worker_reports for t in w["transport"].get("client_attestation_seconds", [])]
+    steady_parts = [w["steady"] for w in worker_reports if w.get("steady", {}).get("steps")]
+    steady: dict[str, Any] = {"workers": len(steady_parts)}
+    if steady_parts:
+        per_step = sum(p["bytes_per_step"] for p in steady_parts)
+        minimum = sum(p["min_bytes_per_step"] for p in steady_parts)
+        steady.update({
+            "samples_per_s": round(sum(p["samples_per_s"] for p in steady_parts), 1),
+            "step_ms": {k: round(float(np.mean([p["step_ms"][k] for p in steady_parts])), 3)
+                        for k in steady_parts[0]["step_ms"]},
+            "bytes_per_step": round(per_step, 1), "min_bytes_per_step": round(minimum, 1),
+            "wire_over_min": round(per_step / minimum, 4)})
     return {
         "held_out": held_out,
         "steps": steps,
@@ -175,6 +186,7 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
         "wall_seconds": round(wall_seconds, 2),
         "bytes_on_wire": wire,
         "bytes_on_wire_per_step": round(wire / steps, 1) if steps else 0.0,
+        "steady": steady,
         "attestation": dict(security, client_attestation_seconds=attestation,
                             identity_seconds=[w["transport"].get("identity_seconds") for w in worker_reports
                                               if "identity_seconds" in w["transport"]]),
@@ -194,8 +206,18 @@ def _summary(report: dict[str, Any]) -> str:
     lines.append(f"training: {report['steps']} steps, {report['examples']} examples, "
                  f"{report['samples_per_s']:.0f} samples/s, {report['short_rounds']} short rounds, "
                  f"wall {report['wall_seconds']:.1f} s")
-    lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total, "
-                 f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
+    steady = report["steady"]
+    if steady.get("workers"):
+        ms = steady["step_ms"]
+        lines.append(f"steady state: {steady['samples_per_s']:.0f} samples/s; per step (ms): data {ms['data_ms']:.1f}"
+                     f", pull {ms['pull_ms']:.1f}, compute {ms['compute_ms']:.1f}, push {ms['push_ms']:.1f}, wait "
+                     f"{ms['wait_ms']:.1f}")
+        lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total; per step "
+                     f"{steady['bytes_per_step'] / 1e3:.1f} kB, {steady['wire_over_min']:.3f} x the minimum "
+                     f"{steady['min_bytes_per_step'] / 1e3:.1f} kB")
+    else:
+        lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total, "
+                     f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
     att = report["attestation"]
     times = att.get("client_attestation_seconds") or []
     if att.get("security") == "ratls":
@@ -234,6 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--wire-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     train.add_argument("--chunk-bytes", type=int, help="chunk size for PS and workers (default 4 MiB)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="default 100")
+    train.add_argument("--warmup-steps", type=int, default=5,
+                       help="steps left out of the steady-state figures of the report (default 5)")
     train.add_argument("--threads", type=int, default=0,
                        help="TensorFlow intra-op threads per worker (default 0: TensorFlow's default)")
     add_model_arguments(parser)
@@ -277,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
             worker_id = f"worker{i}"
             argv = [sys.executable, "-m", "runtime.worker", "--ps", ",".join(addresses), "--worker-id", worker_id,
                     "--batch-size", str(args.batch_size), "--wire-dtype", args.wire_dtype,
-                    "--threads", str(args.threads),
+                    "--threads", str(args.threads), "--warmup-steps", str(args.warmup_steps),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
                     "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]

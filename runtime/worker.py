@@ -100,7 +100,8 @@ class WorkerStats:
     reconnects: int = 0
     rejoins: int = 0
     not_ready: int = 0
-    times: StepTimes = field(default_factory=StepTimes)
+    unique_rows: int = 0
+    times: StepTimes = field(default_factory=StepTimes)  # since the end of the warm-up
     losses: list[float] = field(default_factory=list)
 
 
@@ -159,6 +160,8 @@ class Worker:
         self.args = args
         self.stats = WorkerStats()
         self.tb: TensorBoardLog | None = None
+        # (time, steps, examples, unique rows, wire bytes) when the warm-up ended
+        self.steady_from: tuple[float, int, int, int, int] | None = None
         self.started = time.perf_counter()
 
     def connect(self, reason: str | None = None) -> list[int]:
@@ -186,7 +189,8 @@ class Worker:
         return [r.version for r in replies]
 
     def train(self, model: Any, batches: Iterator[Batch], min_versions: list[int], synchronous: bool) -> None:
-        stats, times, client = self.stats, self.stats.times, self.client
+        stats, client = self.stats, self.client
+        times = stats.times
         last_log = time.perf_counter()
         logged_examples = 0
         logged_bytes = client.bytes_sent + client.bytes_received
@@ -239,7 +243,12 @@ class Worker:
                 break
             stats.steps += 1
             stats.examples += len(batch)
+            stats.unique_rows += sum(ids.size for ids in unique_ids)
             stats.losses.append(loss)
+            if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
+                self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
+                                    client.bytes_sent + client.bytes_received)
+                times = stats.times = StepTimes()
             min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
             self._log_step(pulled.versions[0], loss)
             now = time.perf_counter()
@@ -249,6 +258,26 @@ class Worker:
                       f"{(stats.examples - logged_examples) / (now - last_log):.0f} wire MB/s "
                       f"{(wire - logged_bytes) / (now - last_log) / 1e6:.2f}", flush=True)
                 last_log, logged_examples, logged_bytes = now, stats.examples, wire
+
+    def steady_report(self, end: float) -> dict[str, Any]:
+        """Throughput, step-time breakdown and bytes per step after the warm-up steps."""
+        if self.steady_from is None:
+            return {"steps": 0}
+        start, steps0, examples0, unique0, bytes0 = self.steady_from
+        stats, config = self.stats, self.client.config
+        assert config is not None
+        steps = stats.steps - steps0
+        if steps <= 0:
+            return {"steps": 0}
+        wire = (self.client.bytes_sent + self.client.bytes_received - bytes0) / steps
+        unique = (stats.unique_rows - unique0) / steps
+        dense_values = sum(int(np.prod(shape)) for _, shape in config.layer_shapes())
+        # Rows pulled and their gradients pushed, dense weights pulled and their gradients pushed, float32.
+        minimum = 2 * unique * config.embedding_dim * 4 + 2 * dense_values * 4
+        return {"steps": steps, "samples_per_s": round((stats.examples - examples0) / (end - start), 1),
+                "step_ms": stats.times.as_dict(steps), "bytes_per_step": round(wire, 1),
+                "unique_rows_per_step": round(unique, 1), "min_bytes_per_step": round(minimum, 1),
+                "wire_over_min": round(wire / minimum, 4)}
 
     def _log_step(self, step: int, loss: float) -> None:
         if self.tb is None or self.stats.steps % self.args.tb_every:
@@ -329,6 +358,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "same count (default 0: TensorFlow's default, the number of cores)")
     out = parser.add_argument_group("output")
     out.add_argument("--max-steps", type=int, help="stop after this many steps even if the PS is not done")
+    out.add_argument("--warmup-steps", type=int, default=5,
+                     help="steps left out of the steady-state throughput and timing figures (default 5)")
     out.add_argument("--report-file", type=Path, help="write this worker's statistics and metrics as JSON")
     out.add_argument("--scores-file", type=Path, help="write held-out labels and scores (npz) here")
     out.add_argument("--logdir", type=Path, help="TensorBoard log directory (a subdirectory per worker)")
@@ -418,7 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "worker_id": args.worker_id, "steps": stats.steps, "examples": stats.examples,
         "batch_size": args.batch_size, "train_seconds": round(train_seconds, 3),
         "samples_per_s": round(stats.examples / train_seconds, 1) if train_seconds > 0 else 0.0,
-        "step_ms": stats.times.as_dict(steps),
+        "steady": worker.steady_report(worker.started + train_seconds),
         "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received,
         "bytes_per_step": round((client.bytes_sent + client.bytes_received) / steps, 1),
         "duplicates": stats.duplicates, "stale": stats.stale, "reconnects": stats.reconnects,
