@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -209,20 +211,66 @@ def _now(now: int | float | dt.datetime | None) -> int:
     return int(now)
 
 
-def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int) -> tuple[int, tuple[str, ...]]:
-    """TCB status and advisories of a quote from DCAP collateral (dcap-qvl's QuoteCollateralV3: the object, its
-    JSON text, or a path to the JSON file). dcap-qvl is a vetted offline implementation of Intel's TCB rules."""
+PCCS_SCHEMES = ("https://", "http://")
+
+
+def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = 30.0) -> Any:
+    """Fetches the DCAP collateral of a quote (TCB info, QE identity, CRLs and their issuer chains) from a PCCS or
+    Intel's PCS (dcap_qvl.INTEL_PCS_URL), as a dcap-qvl QuoteCollateralV3 to pass as `collateral=`. Network access:
+    not used by the test suite. For a certificate, pass inspect_certificate(cert).quote. Raises VerificationError
+    (COLLATERAL) when the service cannot be reached or answers with something unusable."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dcap_qvl
+
+    async def fetch() -> Any:
+        return await asyncio.wait_for(dcap_qvl.get_collateral(pccs_url, bytes(quote)), timeout)
+
+    try:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(fetch())
+        # Called from inside an event loop (e.g. grpc.aio): run the fetch on a loop of its own.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, fetch()).result()
+    except (ValueError, RuntimeError, OSError, asyncio.TimeoutError) as e:
+        raise VerificationError(Reason.COLLATERAL, f"fetching collateral from {pccs_url} failed: {e}") from None
+
+
+def _collateral_object(quote: bytes, collateral: Any) -> Any:
     import os
 
     import dcap_qvl
 
+    if isinstance(collateral, str) and collateral.startswith(PCCS_SCHEMES):
+        return fetch_collateral(collateral, quote)
     if isinstance(collateral, str | os.PathLike) and not str(collateral).lstrip().startswith("{"):
-        with open(collateral) as f:
-            collateral = f.read()
+        try:
+            with open(collateral) as f:
+                collateral = f.read()
+        except OSError as e:
+            raise VerificationError(Reason.COLLATERAL, f"cannot read collateral file {collateral}: {e.strerror}") \
+                from None
+    if isinstance(collateral, str | bytes):
+        try:
+            return dcap_qvl.QuoteCollateralV3.from_json(collateral if isinstance(collateral, str)
+                                                        else collateral.decode())
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            raise VerificationError(Reason.COLLATERAL, f"collateral is not QuoteCollateralV3 JSON: {e}") from None
+    return collateral
+
+
+def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int) -> tuple[int, tuple[str, ...]]:
+    """TCB status and advisories of a quote from DCAP collateral: dcap-qvl's QuoteCollateralV3 (the object, its
+    JSON text, a path to the JSON file) or a PCCS URL to fetch it from. The TCB rules (TCB info levels, QE
+    identity, CRLs, collateral validity at `now`) are evaluated by dcap-qvl, a vetted offline implementation of
+    Intel's QVL logic, so we do not keep a second copy of those rules; the signature chain is our C core's."""
+    import dcap_qvl
+
+    collateral = _collateral_object(quote, collateral)
     try:
-        if isinstance(collateral, str | bytes):
-            collateral = dcap_qvl.QuoteCollateralV3.from_json(collateral if isinstance(collateral, str)
-                                                              else collateral.decode())
         root = policy.trusted_root_der
         if root is None:
             report = dcap_qvl.verify(quote, collateral, now)
@@ -233,19 +281,38 @@ def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int
     return TCB_STATUSES.index(report.status), tuple(report.advisory_ids)
 
 
+def _verify(native: Callable[[int], Evidence], quote: Callable[[], bytes], policy: Policy, collateral: Any,
+            now: int) -> Evidence:
+    """Native verification with the TCB status from collateral, if given. The native checks (certificate,
+    signature chain, key binding, attributes, measurements) run first, so that a tampered quote is reported as a
+    signature failure rather than as whatever dcap-qvl says about it; the TCB status check is the native
+    verification's last step, so only it can fail with an Unknown status once the rest passed."""
+    if collateral is None:
+        return native(lib.RATLS_TCB_UNKNOWN)
+    try:
+        native(lib.RATLS_TCB_UNKNOWN)
+    except VerificationError as e:
+        if e.reason != Reason.TCB_STATUS:
+            raise
+    tcb, advisories = _evaluate_collateral(quote(), policy, collateral, now)
+    return dataclasses.replace(native(tcb), advisory_ids=advisories)
+
+
 def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | dt.datetime | None = None,
                        collateral: Any = None) -> Evidence:
     """Verifies an RA-TLS certificate (PEM or DER) against a policy and returns its Evidence, or raises
-    VerificationError with a specific reason. Without collateral the TCB status is "Unknown"."""
+    VerificationError with a specific reason. Without collateral the TCB status is "Unknown"; `collateral` is a
+    QuoteCollateralV3, its JSON text or file, or a PCCS URL (see fetch_collateral)."""
     der = certificate_der(cert)
     t = _now(now)
-    tcb, advisories = lib.RATLS_TCB_UNKNOWN, ()
-    if collateral is not None:
-        tcb, advisories = _evaluate_collateral(inspect_certificate(der).quote, policy, collateral, t)
-    ev = ffi.new("ratls_evidence *")
-    msg = new_message_buffer()
-    raise_for(lib.ratls_verify_cert(policy._native, der, len(der), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
-    return Evidence._from_native(ev, advisories)
+
+    def native(tcb: int) -> Evidence:
+        ev = ffi.new("ratls_evidence *")
+        msg = new_message_buffer()
+        raise_for(lib.ratls_verify_cert(policy._native, der, len(der), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+        return Evidence._from_native(ev)
+
+    return _verify(native, lambda: inspect_certificate(der).quote, policy, collateral, t)
 
 
 def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime | None = None,
@@ -254,10 +321,11 @@ def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime |
     There is no certificate, so no key binding: report_data is returned for the caller to check."""
     raw = bytes(raw)
     t = _now(now)
-    tcb, advisories = lib.RATLS_TCB_UNKNOWN, ()
-    if collateral is not None:
-        tcb, advisories = _evaluate_collateral(raw, policy, collateral, t)
-    ev = ffi.new("ratls_evidence *")
-    msg = new_message_buffer()
-    raise_for(lib.ratls_verify_quote(policy._native, raw, len(raw), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
-    return Evidence._from_native(ev, advisories)
+
+    def native(tcb: int) -> Evidence:
+        ev = ffi.new("ratls_evidence *")
+        msg = new_message_buffer()
+        raise_for(lib.ratls_verify_quote(policy._native, raw, len(raw), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+        return Evidence._from_native(ev)
+
+    return _verify(native, lambda: raw, policy, collateral, t)
