@@ -14,12 +14,11 @@ from cryptography.hazmat.primitives import serialization
 from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, new_message_buffer
 from ratls.evidence import Evidence, inspect_certificate, verify_certificate
+from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
 from ratls.policy import TCB_STATUSES, Policy
 from ratls.simca import SimCA
 
 SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
-GRAMINE_ATTEST_LIBRARY = "libra_tls_attest.so"
-ATTESTATION_TYPE_FILE = "/dev/attestation/attestation_type"
 _MEASUREMENT_DOMAIN = b"ratls-sim-mrenclave-v1\0"
 
 # Providers are dlopen'ed once per process and, like Gramine's libraries, hold process-wide state: identity
@@ -63,15 +62,6 @@ def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None =
         raw = name.encode()
         h.update(len(raw).to_bytes(4, "little") + raw + digest)
     return h.digest()
-
-
-def in_sgx_enclave() -> bool:
-    """True inside a Gramine SGX enclave with DCAP attestation."""
-    try:
-        with open(ATTESTATION_TYPE_FILE) as f:
-            return f.read().strip() == "dcap"
-    except OSError:
-        return False
 
 
 def _open_provider(path: str):
@@ -119,10 +109,14 @@ class Identity:
     ) -> Identity:
         """Creates a fresh identity.
 
-        provider: "gramine" (inside an SGX enclave: Gramine's libra_tls_attest.so, or `library_path`), "sim"
-        (the simulated provider: needs `sim_ca` and `measured_files`, whose measurement becomes MRENCLAVE), or
-        "auto" (gramine when /dev/attestation says dcap, else sim when sim_ca is given). not_before/not_after
-        (datetime or Unix seconds) apply to sim certificates; the default is now-1h .. now+365d."""
+        provider: "gramine" (inside an SGX enclave: Gramine's libra_tls_attest.so, found as ratls.gramine
+        describes, or `library_path`; never a fallback to sim), "sim" (the simulated provider: needs `sim_ca` and
+        `measured_files`, whose measurement becomes MRENCLAVE), or "auto" (gramine when /dev/attestation says
+        dcap, else sim when sim_ca is given). not_before/not_after (datetime or Unix seconds) apply to sim
+        certificates; the default is now-1h .. now+365d. A gramine certificate (subject CN=RATLS) is re-issued with
+        the unique CN over the same key, its quote extensions unchanged (ratls.gramine.unique_subject_certificate);
+        `sim_ca`, if given with gramine, is only a root its self-check accepts (a sim library under Gramine's
+        name, in tests)."""
         if provider == "auto":
             if in_sgx_enclave():
                 provider = "gramine"
@@ -135,7 +129,7 @@ class Identity:
             return cls._create_sim(sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before,
                                    not_after, library_path)
         if provider == "gramine":
-            return cls._create_with(library_path or GRAMINE_ATTEST_LIBRARY, "gramine", None)
+            return cls._create_with(find_library("attest", library_path), "gramine", None, sim_root=sim_ca)
         raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim' or 'gramine')")
 
     @classmethod
@@ -183,6 +177,8 @@ class Identity:
                 ffi.memmove(key[0], b"\0" * key_len[0], key_len[0])
             lib.ratls_free(key[0])
             lib.ratls_free(crt[0])
+        if provider == "gramine":
+            cert_der = unique_subject_certificate(cert_der, key_der)
         # A self-check that also yields our own Evidence: any measurement, but a fully valid chain and binding.
         own_policy = Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES,
                             allow_simulated=sim_root is not None, sim_root=sim_root)
