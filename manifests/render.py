@@ -312,9 +312,11 @@ def python_get_sys_path(interpreter: str, include_nonexisting: bool = False) -> 
 
 @functools.cache
 def _sys_path(interpreter: str) -> tuple[pathlib.Path, ...]:
-    # Asked once per interpreter: a template calls get_sys_path() twice and starting Python is slow.
+    # Asked once per interpreter: a template calls get_sys_path() twice and starting Python is slow. Without
+    # PYTHONPATH, as build.sh runs gramine-manifest: the enclave's sys.path is the interpreter's own.
     script = "import sys; print('\\0'.join(p for p in sys.path if p), end='')"
-    output = subprocess.check_output([interpreter, "-c", script])
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    output = subprocess.check_output([interpreter, "-c", script], env=env)
     return tuple(pathlib.Path(os.fsdecode(raw)) for raw in output.split(b"\0"))
 
 

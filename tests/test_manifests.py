@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -435,9 +436,12 @@ def test_cli_lists_the_measured_files_and_reports_errors():
 
 
 def test_build_script_stops_without_gramine(tmp_path):
-    assert subprocess.run(["bash", "-n", str(MANIFESTS / "build.sh")], timeout=30).returncode == 0
-    env = dict(os.environ, PATH=f"{tmp_path}:/usr/bin:/bin")
-    result = subprocess.run(["bash", str(MANIFESTS / "build.sh"), "ps", "ps"], capture_output=True, text=True,
+    bash = shutil.which("bash")
+    assert subprocess.run([bash, "-n", str(MANIFESTS / "build.sh")], timeout=30).returncode == 0
+    # A PATH with no Gramine tools on it, even on a machine that has them.
+    (tmp_path / "dirname").symlink_to(shutil.which("dirname"))
+    env = dict(os.environ, PATH=str(tmp_path))
+    result = subprocess.run([bash, str(MANIFESTS / "build.sh"), "ps", "ps"], capture_output=True, text=True,
                             timeout=60, env=env)
     assert result.returncode == 1
     assert "gramine-manifest not found" in result.stderr
