@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 import time
 
 import grpc
@@ -328,3 +329,29 @@ def test_bad_arguments(server_creds, client_creds):
     with pytest.raises(ratls.VerificationError) as e:
         client_creds.attest("127.0.0.1:1")
     assert e.value.reason == ratls.Reason.IO
+
+
+def test_handshake_releases_the_gil(client_creds):
+    """While a client handshake waits on a peer that never answers, other Python threads keep running; the
+    wait ends with TIMEOUT at the configured bound."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        target = f"127.0.0.1:{silent.getsockname()[1]}"
+        outcome = []
+
+        def attest() -> None:
+            try:
+                client_creds.attest(target, timeout=1.0)
+            except ratls.VerificationError as e:
+                outcome.append(e.reason)
+
+        worker = threading.Thread(target=attest)
+        started = time.monotonic()
+        worker.start()
+        mid_call_spins = 0  # iterations of this loop while the other thread is inside the 1 s native wait
+        while worker.is_alive():
+            if 0.3 < time.monotonic() - started < 0.7:
+                mid_call_spins += 1
+        worker.join()
+        assert outcome == [ratls.Reason.TIMEOUT]
+        assert time.monotonic() - started < 4.0
+        assert mid_call_spins > 1000  # with the GIL held during the call this thread could not run at all

@@ -289,7 +289,8 @@ void ratls_attest_server_stop(ratls_attest_server *s);
 /* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
  * under `policy` and waits for the server's acknowledgement, all within timeout_ms. Returns the server's
  * certificate DER (malloc'ed), its evidence and the server's trust TTL for us. A server that refuses our
- * certificate gives RATLS_ERR_HANDSHAKE; a server certificate that fails verification gives its reason. */
+ * certificate gives RATLS_ERR_HANDSHAKE; a server certificate that fails verification gives its reason.
+ * Writes go through OpenSSL's socket BIO: the calling process must ignore SIGPIPE (Python does). */
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                          const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
                          uint32_t timeout_ms, uint8_t **peer_cert, size_t *peer_cert_len, ratls_evidence *peer,
