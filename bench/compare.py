@@ -1,0 +1,383 @@
+"""Our runtime against native TensorFlow parameter-server training: one command, one table.
+
+    python bench/compare.py [--batch-sizes 128 2048] [--steps 400 50] [--repeats 3] [--out DIR]
+    python bench/compare.py --quick          # small model, few steps: checks the harness end to end
+
+For each batch size (per worker) and each repeat it runs, one after another on this machine and on the same data:
+  ceiling         runtime.model's DLRM step + SGD in one process on pre-parsed batches (bench/tf_ps_baseline.py)
+  tf-ps           TensorFlow ParameterServerStrategy: 1 PS + W workers + coordinator (bench/tf_ps_baseline.py)
+  ours-insecure   python -m runtime.launch --security insecure
+  ours-ratls      python -m runtime.launch --security ratls (sim provider)
+All distributed runs train on the same samples: S synchronous steps of W x B for ours, S x W asynchronous steps
+of B for tf-ps. The data is synthetic (runtime.data, planted signal) unless --train/--eval name Criteo files.
+The table shows medians over the repeats with the spread (min..max); every raw figure is in <out>/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: tf_ps_baseline sits beside us
+
+from tf_ps_baseline import TcpBytes, peak_rss_bytes, stop_process  # noqa: E402
+
+from runtime.data import synth  # noqa: E402
+from runtime.model import DLRMConfig  # noqa: E402
+from runtime.ps import add_model_arguments, model_config  # noqa: E402
+
+SYSTEMS = ("ceiling", "tf-ps", "ours-insecure", "ours-ratls")
+TF_PS_BASELINE = Path(__file__).resolve().parent / "tf_ps_baseline.py"
+SAMPLE_INTERVAL = 0.2
+# tf-ps workers take steps as they come free, so one may need more batches than S; its shard holds this many more.
+DATA_SLACK = 1.25
+TARGETS = {"ratls_vs_tfps": 1.0, "ratls_vs_insecure": 0.9, "ratls_vs_bound": 0.7, "auc_gap": 0.005}
+
+
+@dataclass
+class Run:
+    """One system's run at one batch size: the figures the table shows, or the error."""
+
+    system: str
+    batch_size: int
+    repeat: int
+    samples_per_s: float = math.nan
+    step_ms: float = math.nan
+    wire_bytes_per_step: float = math.nan
+    held_out_loss: float = math.nan
+    held_out_auc: float = math.nan
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ProcessMonitor(threading.Thread):
+    """Samples, while a launcher run is going, the TCP bytes on its PS ports and every process's peak RSS.
+
+    Both are read from the kernel about every SAMPLE_INTERVAL s; what happens in a process's or connection's
+    last interval before it closes is missed (the workers' final evaluation pulls, a short attestation
+    connection). The launcher writes the PS's ports to ps0.ready.json and all pids to processes.json."""
+
+    def __init__(self, run_dir: Path, launcher_pid: int) -> None:
+        super().__init__(name="monitor", daemon=True)
+        self.run_dir = run_dir
+        self.pids = {"launcher": launcher_pid}
+        self.rss: dict[str, int] = {}
+        self.wire: TcpBytes | None = None
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        if self.wire is None and (ready := self.run_dir / "ps0.ready.json").exists():
+            info = json.loads(ready.read_text())
+            self.wire = TcpBytes([p for p in (info["port"], info.get("attestation_port")) if p])
+        if len(self.pids) == 1 and (listing := self.run_dir / "processes.json").exists():
+            self.pids.update(json.loads(listing.read_text()))
+        if self.wire is not None:
+            self.wire.sample()
+        for role, pid in self.pids.items():
+            value = peak_rss_bytes(pid)
+            if value is not None:
+                self.rss[role] = max(self.rss.get(role, 0), value)
+
+    def run(self) -> None:
+        while not self.stop.wait(SAMPLE_INTERVAL):
+            try:
+                self.sample()
+            except (OSError, ValueError, subprocess.SubprocessError):
+                continue  # a file half-written or a process gone between listing and reading: next sample
+
+
+def _run_process(argv: list[str], log: Path, timeout: float, monitor_dir: Path | None = None
+                 ) -> tuple[int, ProcessMonitor | None]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    monitor = None
+    try:
+        if monitor_dir is not None:
+            monitor = ProcessMonitor(monitor_dir, process.pid)
+            monitor.start()
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = -1
+    finally:
+        stop_process(process)
+        if monitor is not None:
+            monitor.stop.set()
+            monitor.join(5)
+    return code, monitor
+
+
+def _failure(log: Path, code: int) -> str:
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+    what = "timed out" if code == -1 else f"exited with code {code}"
+    return f"{what}; see {log}: " + " | ".join(tail)
+
+
+def run_baseline(kind: str, args: argparse.Namespace, batch: int, steps: int, repeat: int, train: list[Path],
+                 eval_files: list[Path], run_dir: Path) -> Run:
+    system = "ceiling" if kind == "ceiling" else "tf-ps"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report_path, log = run_dir / "report.json", run_dir / "console.log"
+    argv = [sys.executable, str(TF_PS_BASELINE), kind, "--train", *map(str, train), "--batch-size", str(batch),
+            "--steps", str(steps), "--report", str(report_path), *model_argv(args)]
+    if kind == "tfps":
+        argv += ["--eval", *map(str, eval_files), "--workers", str(args.workers), "--work-dir", str(run_dir),
+                 "--timeout", str(args.timeout)]
+    code, _ = _run_process(argv, log, args.timeout + 60)
+    if code != 0 or not report_path.exists():
+        return Run(system, batch, repeat, error=_failure(log, code))
+    report = json.loads(report_path.read_text())
+    run = Run(system, batch, repeat, samples_per_s=report["samples_per_s"], step_ms=report["step_ms"],
+              peak_rss={k: v for k, v in report["peak_rss_bytes"].items() if v is not None}, details=report)
+    if kind == "tfps":
+        run.wire_bytes_per_step = report["wire_bytes_per_step"]
+        run.held_out_loss = report["held_out"]["log_loss"]
+        run.held_out_auc = report["held_out"]["auc"]
+    return run
+
+
+def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, repeat: int, train: list[Path],
+             eval_files: list[Path], run_dir: Path) -> Run:
+    system = f"ours-{security}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.console.log"
+    # --checkpoint-every steps: only the final checkpoint (TensorFlow's run writes none).
+    argv = [sys.executable, "-m", "runtime.launch", "--out", str(run_dir), "--security", security,
+            "--workers", str(args.workers), "--batch-size", str(batch), "--steps", str(steps),
+            "--data", *map(str, train), "--eval-data", *map(str, eval_files), "--checkpoint-every", str(steps),
+            "--timeout", str(args.timeout), *model_argv(args)]
+    code, monitor = _run_process(argv, log, args.timeout + 60, monitor_dir=run_dir)
+    report_path = run_dir / "report.json"
+    if code != 0 or not report_path.exists():
+        return Run(system, batch, repeat, error=_failure(log, code))
+    report = json.loads(report_path.read_text())
+    assert monitor is not None
+    # The launcher's steady-state rate leaves out each worker's warm-up steps, as tf-ps leaves out its own.
+    steady = report.get("steady", {})
+    samples_per_s = steady["samples_per_s"] if steady.get("workers") else report["samples_per_s"]
+    tcp_bytes = sum(monitor.wire.seen.values()) if monitor.wire is not None else math.nan
+    details = {"launcher_report": str(report_path), "steps": report["steps"], "examples": report["examples"],
+               "rate_basis": "steady" if steady.get("workers") else "whole run",
+               "whole_run_samples_per_s": report["samples_per_s"], "steady": steady,
+               "app_bytes_on_wire_per_step": report["bytes_on_wire_per_step"], "tcp_bytes_total": tcp_bytes,
+               "attestation": report["attestation"]}
+    return Run(system, batch, repeat, samples_per_s=samples_per_s,
+               step_ms=1000.0 * args.workers * batch / samples_per_s if samples_per_s else math.nan,
+               wire_bytes_per_step=tcp_bytes / max(report["steps"], 1),
+               held_out_loss=_number(report["held_out"].get("log_loss")),
+               held_out_auc=_number(report["held_out"].get("auc")), peak_rss=dict(monitor.rss), details=details)
+
+
+def _number(value: float | None) -> float:
+    """A report figure, NaN where the report has none (e.g. AUC of a one-class held-out set)."""
+    return math.nan if value is None else float(value)
+
+
+def model_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate",
+            str(args.learning_rate), "--seed", str(args.seed)]
+    return argv + (["--model-config", str(args.model_config)] if args.model_config else [])
+
+
+def make_data(args: argparse.Namespace, config: DLRMConfig, out: Path) -> tuple[list[Path], list[Path]]:
+    if args.train:
+        return list(args.train), list(args.eval)
+    per_worker = max(math.ceil(steps * DATA_SLACK) * batch for batch, steps in zip(args.batch_sizes, args.steps,
+                                                                                    strict=True))
+    train_rows = args.workers * per_worker
+    (out / "data").mkdir(exist_ok=True)
+    started = time.perf_counter()
+    train, held_out = synth(out / "data" / "synthetic.tsv", train_rows + args.eval_rows, args.data_seed,
+                            config=config, partitions=[train_rows, args.eval_rows])
+    print(f"data: {train_rows} synthetic training rows, {args.eval_rows} held-out rows in "
+          f"{time.perf_counter() - started:.0f} s ({out / 'data'})", flush=True)
+    return [train], [held_out]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The table
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    return (min(finite), max(finite)) if finite else (math.nan, math.nan)
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    return "-" if not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def rss_groups(run: Run) -> tuple[float, float, float]:
+    """Peak RSS in MB: (PS, largest worker, the rest: coordinator / launcher / the single process)."""
+    mb = {role: value / 2**20 for role, value in run.peak_rss.items()}
+    ps = max((v for r, v in mb.items() if r.startswith("ps")), default=math.nan)
+    worker = max((v for r, v in mb.items() if r.startswith("worker")), default=math.nan)
+    other = max((v for r, v in mb.items() if not r.startswith(("ps", "worker"))), default=math.nan)
+    return ps, worker, other
+
+
+COLUMNS = ("batch", "system", "samples/s median", "spread (min..max)", "step ms", "wire MB/step",
+           "held-out loss", "held-out AUC", "RSS MB PS", "RSS MB worker", "RSS MB other", "runs ok")
+
+
+def _per_repeat_ratio(numerators: list[Run], denominators: list[Run]) -> tuple[float, float]:
+    """Spread of the samples/s ratio over the repeats in which both runs succeeded."""
+    ok = {r.repeat: r.samples_per_s for r in denominators if r.error is None}
+    return _spread([r.samples_per_s / ok[r.repeat] for r in numerators if r.error is None and r.repeat in ok])
+
+
+def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: int) -> dict[str, Any]:
+    """Medians and spreads per (batch, system), and the ratios the issue asks for."""
+    summary: dict[str, Any] = {"rows": [], "ratios": {}}
+    for batch in batch_sizes:
+        by_system: dict[str, list[Run]] = {s: [r for r in runs if r.batch_size == batch and r.system == s]
+                                           for s in SYSTEMS}
+        for system, group in by_system.items():
+            ok = [r for r in group if r.error is None]
+            rss = [rss_groups(r) for r in ok]
+            summary["rows"].append({
+                "batch": batch, "system": system, "runs": len(group), "ok": len(ok),
+                "samples_per_s": _median([r.samples_per_s for r in ok]),
+                "samples_per_s_spread": _spread([r.samples_per_s for r in ok]),
+                "step_ms": _median([r.step_ms for r in ok]),
+                "wire_mb_per_step": _median([r.wire_bytes_per_step / 1e6 for r in ok]),
+                "held_out_loss": _median([r.held_out_loss for r in ok]),
+                "held_out_auc": _median([r.held_out_auc for r in ok]),
+                "rss_mb": [_median([g[i] for g in rss]) for i in range(3)],
+            })
+        rate = {s: _median([r.samples_per_s for r in g if r.error is None]) for s, g in by_system.items()}
+        auc = {s: _median([r.held_out_auc for r in g if r.error is None]) for s, g in by_system.items()}
+
+        bound = rate["ceiling"] * min(workers, cores) / cores
+        ratls, tfps, insecure = by_system["ours-ratls"], by_system["tf-ps"], by_system["ours-insecure"]
+        summary["ratios"][batch] = {
+            "ratls_vs_tfps": (rate["ours-ratls"] / rate["tf-ps"], _per_repeat_ratio(ratls, tfps)),
+            "ratls_vs_insecure": (rate["ours-ratls"] / rate["ours-insecure"], _per_repeat_ratio(ratls, insecure)),
+            "ratls_vs_bound": (rate["ours-ratls"] / bound, (math.nan, math.nan)),
+            "auc_gap": (abs(auc["ours-ratls"] - auc["tf-ps"]), (math.nan, math.nan)),
+            "bound_samples_per_s": bound,
+        }
+    return summary
+
+
+def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
+    rows = [COLUMNS]
+    for row in summary["rows"]:
+        lo, hi = row["samples_per_s_spread"]
+        rows.append((str(row["batch"]), row["system"], _fmt(row["samples_per_s"]), f"{_fmt(lo)}..{_fmt(hi)}",
+                     _fmt(row["step_ms"], 1), _fmt(row["wire_mb_per_step"], 2), _fmt(row["held_out_loss"], 4),
+                     _fmt(row["held_out_auc"], 4), *(_fmt(v) for v in row["rss_mb"]), f"{row['ok']}/{row['runs']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths,
+                                                                                                     strict=True)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append("")
+    lines.append(f"compute bound = ceiling x min(workers, cores) / cores, workers = {workers}, cores = {cores}")
+    names = {"ratls_vs_tfps": "ours(ratls) / tf-ps samples/s", "ratls_vs_insecure":
+             "ours(ratls) / ours(insecure) samples/s", "ratls_vs_bound": "ours(ratls) / compute bound",
+             "auc_gap": "|AUC ours(ratls) - AUC tf-ps|"}
+    for batch, ratios in summary["ratios"].items():
+        lines.append(f"batch {batch}: compute bound {_fmt(ratios['bound_samples_per_s'])} samples/s")
+        for key, name in names.items():
+            value, (lo, hi) = ratios[key]
+            target = TARGETS[key]
+            if not math.isfinite(value):
+                verdict = "no data"
+            elif key == "auc_gap":
+                verdict = f"target <= {target:g}: {'met' if value <= target else 'NOT met'}"
+            else:
+                verdict = f"target >= {target:g}: {'met' if value >= target else 'NOT met'}"
+            spread = f" (per repeat {lo:.3f}..{hi:.3f})" if math.isfinite(lo) else ""
+            lines.append(f"  {name:<42} {value:8.3f}{spread}   {verdict}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/compare.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 2048], help="per worker")
+    parser.add_argument("--steps", type=int, nargs="+", default=[400, 50],
+                        help="synchronous steps per run, one per batch size (default 400 50)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="run directory (default runs/compare-<time>)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
+    parser.add_argument("--train", type=Path, nargs="+", help="Criteo TSV training files (default: synthetic)")
+    parser.add_argument("--eval", type=Path, nargs="+", help="held-out Criteo TSV files, with --train")
+    parser.add_argument("--eval-rows", type=int, default=16384, help="synthetic held-out rows (default 16384)")
+    parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small model, batch 64, 10 steps, 1 repeat (figures meaningless)")
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.batch_sizes, args.steps, args.repeats, args.eval_rows = "small", [64], [10], 1, 2048
+    if len(args.steps) != len(args.batch_sizes):
+        parser.error(f"--steps: expected one value per batch size ({len(args.batch_sizes)}), found {len(args.steps)}")
+    if min(args.batch_sizes + args.steps) < 1 or args.repeats < 1 or args.workers < 1:
+        parser.error("batch sizes, steps, repeats and workers must be positive")
+    if bool(args.train) != bool(args.eval):
+        parser.error("--train and --eval go together")
+    config = model_config(args)
+    out = (args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    train, eval_files = make_data(args, config, out)
+    runs: list[Run] = []
+    load = [os.getloadavg()[0]]
+    for repeat in range(args.repeats):
+        for batch, steps in zip(args.batch_sizes, args.steps, strict=True):
+            base = out / f"b{batch}" / f"r{repeat}"
+            for system in SYSTEMS:
+                started = time.perf_counter()
+                if system == "ceiling":
+                    run = run_baseline("ceiling", args, batch, steps, repeat, train, eval_files, base / system)
+                elif system == "tf-ps":
+                    run = run_baseline("tfps", args, batch, steps, repeat, train, eval_files, base / system)
+                else:
+                    run = run_ours(system.split("-", 1)[1], args, batch, steps, repeat, train, eval_files,
+                                   base / system)
+                runs.append(run)
+                load.append(os.getloadavg()[0])
+                status = run.error or f"{run.samples_per_s:,.0f} samples/s"
+                print(f"batch {batch} repeat {repeat + 1}/{args.repeats} {system}: {status} "
+                      f"({time.perf_counter() - started:.0f} s, load {load[-1]:.2f})", flush=True)
+    summary = summarize(runs, args.batch_sizes, args.workers, cores)
+    table = format_table(summary, args.workers, cores)
+    results = {"command": sys.argv, "cores": cores, "workers": args.workers, "config": config.to_dict(),
+               "batch_sizes": args.batch_sizes, "steps": args.steps, "repeats": args.repeats,
+               "load_average_1min": {"min": min(load), "median": statistics.median(load), "max": max(load)},
+               "runs": [vars(r) for r in runs], "summary": summary, "table": table}
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print()
+    print(table)
+    print(f"\nload average (1 min) during the runs: min {min(load):.2f}, median {statistics.median(load):.2f}, "
+          f"max {max(load):.2f} on {cores} cores; all figures: {out / 'results.json'}", flush=True)
+    return 1 if any(r.error for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The performance comparison's harness (bench/compare.py, bench/tf_ps_baseline.py): the TensorFlow baseline
+trains the same model on the same inputs as our runtime, its byte counter counts what crossed the wire, the
+ratios are computed from the right figures, and a --quick run produces a complete table. No timed assertions:
+the figures themselves are printed by the benchmark, not checked here."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.data import CriteoReader, synth
+from runtime.model import Batch, DLRMConfig
+from runtime.reference import ModelParams, train_single_process
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import compare  # noqa: E402
+import tf_ps_baseline  # noqa: E402
+
+KAGGLE_SAMPLE = REPO.parent / "shared" / "testdata" / "criteo" / "kaggle_sample_100.txt"
+QUICK_TIMEOUT = 600
+
+
+def _tiny_config() -> DLRMConfig:
+    # Tables of 5 rows, so a batch of 32 repeats ids: the sparse update must sum repeated rows' gradients.
+    return DLRMConfig.small(table_sizes=(5,) * 26, seed=3)
+
+
+def test_tf_baseline_model_trains_like_the_runtime_model():
+    import tensorflow as tf
+
+    config = _tiny_config()
+    rng = np.random.default_rng(0)
+    batches = [Batch(dense=rng.random((32, 13), dtype=np.float32) * 3,
+                     cat=rng.integers(0, 5, size=(32, 26)).astype(np.int64),
+                     labels=(rng.random(32) < 0.3).astype(np.float32)) for _ in range(3)]
+    baseline = tf_ps_baseline.BaselineDLRM(config)
+    reference = ModelParams.initial(config)
+    start = baseline.params()
+    for name, value in reference.dense.items():
+        np.testing.assert_array_equal(start.dense[name], value, err_msg=name)
+    for t, table in enumerate(reference.tables):
+        np.testing.assert_array_equal(start.tables[t], table)
+
+    step = tf.function(baseline.sgd_step)
+    losses = []
+    for batch in batches:
+        losses.append(float(step(batch.dense, batch.cat, batch.labels)))
+    expected_losses = []
+    train_single_process(config, batches, len(batches), params=reference,
+                         on_step=lambda _, loss: expected_losses.append(loss))
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+    trained = baseline.params()
+    for name, value in reference.dense.items():
+        np.testing.assert_allclose(trained.dense[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        assert not np.array_equal(value, start.dense[name]), f"{name} did not change"
+    for t, table in enumerate(reference.tables):
+        np.testing.assert_allclose(trained.tables[t], table, rtol=1e-4, atol=1e-6, err_msg=f"table {t}")
+
+
+def _tf_batches(path: Path, config: DLRMConfig, batch_size: int) -> list[tuple[np.ndarray, ...]]:
+    import tensorflow as tf
+
+    lines = tf.data.TextLineDataset(str(path)).batch(batch_size)
+    return [tuple(t.numpy() for t in tf_ps_baseline.parse_tsv_batch(b, config.table_sizes)) for b in lines]
+
+
+@pytest.mark.parametrize("source", ["synthetic", "kaggle_sample"])
+def test_tf_input_pipeline_equals_criteo_reader(tmp_path, source):
+    config = DLRMConfig.kaggle(max_table_size=1000)
+    if source == "synthetic":
+        path = synth(tmp_path / "s.tsv", 300, seed=5, config=config)[0]
+    else:
+        path = KAGGLE_SAMPLE  # real lines: empty fields, negative I2, short hex values
+    expected = list(CriteoReader(path, config, 64))
+    got = _tf_batches(path, config, 64)
+    assert len(got) == len(expected) > 1
+    for (dense, cat, labels), batch in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(cat, batch.cat)
+        np.testing.assert_array_equal(labels, batch.labels)
+        np.testing.assert_allclose(dense, batch.dense, rtol=1e-6)
+
+
+def test_worker_shards_are_criteo_reader_shards(tmp_path):
+    config = DLRMConfig.small()
+    files = synth(tmp_path / "s.tsv", 100, seed=2, config=config, partitions=[37, 63])
+    dirs = tf_ps_baseline._split_shards(files, 3, tmp_path / "shards")
+    for i, directory in enumerate(dirs):
+        mine = list(CriteoReader(directory / tf_ps_baseline.WORKER_TRAIN_FILE, config, 1000))
+        expected = list(CriteoReader(files, config, 1000, shard=(i, 3)))
+        assert len(mine) == len(expected) == 1
+        np.testing.assert_array_equal(mine[0].cat, expected[0].cat)
+        np.testing.assert_array_equal(mine[0].labels, expected[0].labels)
+
+
+def test_tcp_bytes_counts_both_directions_of_accepted_connections():
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as other:
+        port = server.getsockname()[1]
+        counter = tf_ps_baseline.TcpBytes([port])
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        unrelated = socket.create_connection(other.getsockname())  # not on a counted port
+        unrelated_peer, _ = other.accept()
+        try:
+            client.sendall(b"x" * 100_000)
+            received = 0
+            while received < 100_000:
+                received += len(accepted.recv(1 << 16))
+            accepted.sendall(b"y" * 777)
+            assert len(client.recv(1000)) > 0
+            unrelated.sendall(b"z" * 5000)
+            unrelated_peer.recv(5000)
+            assert counter.sample() == 100_777
+            assert len(counter.seen) == 1
+        finally:
+            for s in (client, accepted, unrelated, unrelated_peer):
+                s.close()
+
+
+def _run(system: str, batch: int, repeat: int, rate: float, auc: float = 0.7) -> compare.Run:
+    return compare.Run(system, batch, repeat, samples_per_s=rate, step_ms=1.0, wire_bytes_per_step=1e6,
+                       held_out_loss=0.5, held_out_auc=auc, peak_rss={"ps0": 2**20})
+
+
+def test_summary_ratios_and_compute_bound():
+    runs = []
+    for repeat, scale in enumerate((1.0, 2.0, 3.0)):
+        runs += [_run("ceiling", 128, repeat, 1000 * scale), _run("tf-ps", 128, repeat, 400 * scale, auc=0.701),
+                 _run("ours-insecure", 128, repeat, 500 * scale), _run("ours-ratls", 128, repeat, 450 * scale)]
+    runs[-1] = compare.Run("ours-ratls", 128, 2, error="exited with code 1")
+    summary = compare.summarize(runs, [128], workers=2, cores=4)
+    ratios = summary["ratios"][128]
+    # medians: ceiling 2000, tf-ps 800, insecure 1000, ratls 675 (repeats 0 and 1 only)
+    assert ratios["bound_samples_per_s"] == pytest.approx(2000 * 2 / 4)
+    assert ratios["ratls_vs_tfps"][0] == pytest.approx(675 / 800)
+    assert ratios["ratls_vs_tfps"][1] == pytest.approx((450 / 400, 450 / 400))  # same in every repeat
+    assert ratios["ratls_vs_insecure"][0] == pytest.approx(675 / 1000)
+    assert ratios["ratls_vs_insecure"][1] == pytest.approx((0.9, 0.9))
+    assert ratios["ratls_vs_bound"][0] == pytest.approx(675 / 1000)
+    assert ratios["auc_gap"][0] == pytest.approx(0.001)
+    row = next(r for r in summary["rows"] if r["system"] == "ours-ratls")
+    assert (row["ok"], row["runs"]) == (2, 3)
+    assert row["samples_per_s_spread"] == (450, 900)
+    table = compare.format_table(summary, workers=2, cores=4)
+    assert "2/3" in table and "NOT met" in table
+
+
+def test_quick_comparison_prints_a_complete_table(tmp_path):
+    out = tmp_path / "compare"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=QUICK_TIMEOUT, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("batch  system"))
+    for column in compare.COLUMNS:
+        assert column in lines[header]
+    rows = {}
+    for line in lines[header + 2:header + 2 + len(compare.SYSTEMS)]:
+        cells = [c for c in line.split("  ") if c.strip()]
+        rows[cells[1].strip()] = [c.strip() for c in cells]
+    assert sorted(rows) == sorted(compare.SYSTEMS)
+
+    def number(text: str) -> float:
+        return float(text.replace(",", ""))
+
+    for system, cells in rows.items():
+        assert cells[0] == "64"
+        rate, step_ms = number(cells[2]), number(cells[4])
+        assert math.isfinite(rate) and rate > 0 and step_ms > 0, cells
+        assert cells[-1] == "1/1"
+        if system != "ceiling":
+            wire, loss, auc = number(cells[5]), number(cells[6]), number(cells[7])
+            assert wire > 0 and loss > 0 and 0 < auc < 1, cells
+            assert all(number(c) > 0 for c in cells[8:11]), cells
+    ratio_lines = [line for line in lines if line.startswith("  ours(ratls)") or line.startswith("  |AUC")]
+    assert len(ratio_lines) == 4
+    for line in ratio_lines:
+        match = re.match(r"  \S.*?\s{2,}(\d+\.\d+)\b", line)
+        assert match and math.isfinite(float(match.group(1))), line
+        assert "target" in line and "no data" not in line, line
+    assert any(line.startswith("compute bound = ceiling x min(workers, cores) / cores") for line in lines)
+
+    results = json.loads((out / "results.json").read_text())
+    assert [r["system"] for r in results["runs"]] == list(compare.SYSTEMS)
+    assert all(r["error"] is None for r in results["runs"])
+    tfps = next(r for r in results["runs"] if r["system"] == "tf-ps")
+    assert tfps["details"]["samples"] == 10 * 2 * 64  # the samples of 10 synchronous steps of ours
+    assert set(tfps["peak_rss"]) == {"ps0", "worker0", "worker1", "coordinator"}
