@@ -92,16 +92,19 @@ class AttestationEndpoint:
         self._ptr = out[0]
         self.port: int = lib.ratls_attest_server_port(self._ptr)
         self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy)
+        # close() may race with gRPC's fetcher calling pop(): the C server must not be freed mid-call.
+        self._lock = threading.Lock()
 
     def pop(self, timeout: float = 0.0) -> tuple[bytes, Evidence] | None:
         """The next attested client (certificate DER, Evidence), waiting up to `timeout` seconds."""
-        if not self._finalizer.alive:
-            return None
         der = ffi.new("uint8_t **")
         n = ffi.new("size_t *")
         ev = ffi.new("ratls_evidence *")
-        if lib.ratls_attest_server_pop(self._ptr, int(timeout * 1000), der, n, ev) != lib.RATLS_OK:
-            return None
+        with self._lock:
+            if not self._finalizer.alive:
+                return None
+            if lib.ratls_attest_server_pop(self._ptr, int(timeout * 1000), der, n, ev) != lib.RATLS_OK:
+                return None
         try:
             return bytes(ffi.buffer(der[0], n[0])), Evidence._from_native(ev)
         finally:
@@ -109,8 +112,9 @@ class AttestationEndpoint:
 
     def stats(self) -> AttestationStats:
         s = ffi.new("ratls_attest_stats *")
-        if self._finalizer.alive:
-            lib.ratls_attest_server_stats(self._ptr, s)
+        with self._lock:
+            if self._finalizer.alive:
+                lib.ratls_attest_server_stats(self._ptr, s)
         return AttestationStats(
             connections=s.connections, attested=s.attested, rejected=s.rejected, failed=s.failed,
             timed_out=s.timed_out, dropped=s.dropped, in_flight=s.in_flight, queued=s.queued,
@@ -119,7 +123,8 @@ class AttestationEndpoint:
 
     def close(self) -> None:
         """Stops listening and joins the endpoint's threads (idempotent)."""
-        self._finalizer()
+        with self._lock:
+            self._finalizer()
 
 
 def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float) -> Attested:

@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -355,3 +356,20 @@ def test_handshake_releases_the_gil(client_creds):
         assert outcome == [ratls.Reason.TIMEOUT]
         assert time.monotonic() - started < 4.0
         assert mid_call_spins > 1000  # with the GIL held during the call this thread could not run at all
+
+
+def test_many_clients_at_once(sim_ca, server_creds, server_id, client_id, ids):
+    """Clients attesting and calling concurrently: each is trusted under its own certificate (the trust set
+    serves all of them as roots at once) and each handler sees its caller."""
+    clients = [credentials(sim_policy(sim_ca, server_id.mrenclave), ids("client")) for _ in range(8)]
+    with serve(server_creds()) as srv:
+        def call(creds) -> bytes:
+            with creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+                return hello(channel, creds.identity.common_name.encode())
+
+        with futures.ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(call, clients))
+        assert answers == [b"hello " + c.identity.common_name.encode() for c in clients]
+        trusted = srv.creds.trusted_clients(srv.grpc_port)
+        assert set(trusted) == {c.identity.evidence.cert_fingerprint for c in clients}
+        assert srv.service.peers == [client_id.mrenclave] * len(clients)
