@@ -88,29 +88,35 @@ def bfloat16_to_float32(halves: np.ndarray) -> np.ndarray:
     return (halves.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def encode_tensor(array: np.ndarray, wire_dtype: int | None = None) -> tensor_pb2.Tensor:
-    """array -> Tensor. Float arrays go out as wire_dtype (FLOAT32 by default); integer arrays as INT32/INT64."""
+def _wire_array(array: np.ndarray, wire_dtype: int | None) -> tuple[int, np.ndarray]:
+    """(wire dtype, contiguous little-endian array holding exactly the bytes to send)."""
     array = np.asarray(array)
     if array.dtype.kind == "f":
         wire = tensor_pb2.FLOAT32 if wire_dtype in (None, tensor_pb2.DTYPE_UNSPECIFIED) else wire_dtype
         if wire == tensor_pb2.BFLOAT16:
-            raw = float32_to_bfloat16(array)
-        else:
-            raw = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[wire])
-    elif array.dtype.kind in "iu":
+            return wire, float32_to_bfloat16(array)
+        return wire, np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[wire])
+    if array.dtype.kind in "iu":
         wire = tensor_pb2.INT64 if wire_dtype is None else wire_dtype
         if wire not in INT_WIRE_DTYPES:
             raise ValueError(f"integer array cannot go out as {DType.Name(wire)}")
-        raw = np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[wire])
-    else:
-        raise ValueError(f"cannot encode arrays of dtype {array.dtype}")
-    return tensor_pb2.Tensor(dtype=wire, shape=array.shape, data=raw.tobytes())
+        return wire, np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[wire])
+    raise ValueError(f"cannot encode arrays of dtype {array.dtype}")
+
+
+def encode_tensor(array: np.ndarray, wire_dtype: int | None = None) -> tensor_pb2.Tensor:
+    """array -> Tensor. Float arrays go out as wire_dtype (FLOAT32 by default); integer arrays as INT32/INT64."""
+    wire, raw = _wire_array(array, wire_dtype)
+    return tensor_pb2.Tensor(dtype=wire, shape=raw.shape, data=raw.tobytes())
+
+
+def ids_wire_dtype(ids: np.ndarray) -> int:
+    """Row ids go out as INT32 when they fit (half the bytes), else INT64."""
+    return tensor_pb2.INT32 if ids.size == 0 or int(ids.max()) < 2**31 else tensor_pb2.INT64
 
 
 def encode_ids(ids: np.ndarray) -> tensor_pb2.Tensor:
-    """Row ids as INT32 when they fit (half the bytes), else INT64."""
-    fits = ids.size == 0 or int(ids.max()) < 2**31
-    return encode_tensor(ids, tensor_pb2.INT32 if fits else tensor_pb2.INT64)
+    return encode_tensor(ids, ids_wire_dtype(ids))
 
 
 def decode_tensor(tensor: tensor_pb2.Tensor, field: str, *, kind: str,
@@ -167,59 +173,154 @@ def decode_ids(tensor: tensor_pb2.Tensor, field: str, size: int) -> np.ndarray:
 # Chunked payloads
 
 
-def chunk_payload(message: Message, chunk_size: int) -> Iterator[tensor_pb2.Chunk]:
-    """Serialize message and yield it as Chunk messages of at most chunk_size data bytes (at least one)."""
-    payload = message.SerializeToString()
-    total = len(payload)
-    crc = zlib.crc32(payload)
-    if total <= chunk_size:
-        yield tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=total, crc32=crc,
-                               data=payload)
-        return
-    view = memoryview(payload)
-    for offset in range(0, total, chunk_size):
-        yield tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=offset, total_size=total, crc32=crc,
-                               data=bytes(view[offset:offset + chunk_size]))
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
-def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int, max_chunk_bytes: int) -> bytes:
+_LENGTH_DELIMITED = 2
+
+
+class Payload:
+    """A serialized protobuf message held as a list of byte strings, big tensor data by reference.
+
+    upb serializes large bytes fields at a few hundred MB/s; here a message is its small fields serialized by
+    upb plus length-delimited fields appended by hand (a field key, a length, the bytes), which protobuf parsers
+    read as the same message. Tensor data is copied once, when chunks are built.
+    """
+
+    def __init__(self, head: Message | bytes = b"") -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+        self.append(head if isinstance(head, bytes) else head.SerializeToString())
+
+    def append(self, data: bytes | memoryview) -> None:
+        if len(data):
+            self.parts.append(data)
+            self.size += len(data)
+
+    def add_field(self, number: int, value: Payload | bytes | memoryview) -> None:
+        """Append a length-delimited field (a nested message, bytes or string)."""
+        size = value.size if isinstance(value, Payload) else len(value)
+        self.append(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(size))
+        if isinstance(value, Payload):
+            self.parts.extend(value.parts)
+            self.size += value.size
+        else:
+            self.append(value)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
+
+    def chunks(self, chunk_size: int) -> Iterator[bytes]:
+        """Serialized Chunk messages of at most chunk_size data bytes each (at least one)."""
+        crc = 0
+        for part in self.parts:
+            crc = zlib.crc32(part, crc)
+        total = self.size
+        views = [memoryview(p).cast("B") for p in self.parts]
+        index, within = 0, 0
+        for offset in range(0, max(total, 1), chunk_size):
+            length = min(chunk_size, total - offset)
+            head = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=offset, total_size=total, crc32=crc)
+            pieces: list[bytes | memoryview] = [head.SerializeToString()]
+            if length:
+                pieces.append(_varint(tensor_pb2.Chunk.DATA_FIELD_NUMBER << 3 | _LENGTH_DELIMITED) + _varint(length))
+            need = length
+            while need:
+                take = min(need, len(views[index]) - within)
+                pieces.append(views[index][within:within + take])
+                need -= take
+                within += take
+                if within == len(views[index]):
+                    index, within = index + 1, 0
+            yield b"".join(pieces)
+
+
+def tensor_payload(array: np.ndarray, wire_dtype: int | None = None) -> Payload:
+    """A serialized Tensor whose data is `array`'s memory (no copy until chunking: do not change array)."""
+    wire, raw = _wire_array(array, wire_dtype)
+    payload = Payload(tensor_pb2.Tensor(dtype=wire, shape=raw.shape))
+    payload.add_field(tensor_pb2.Tensor.DATA_FIELD_NUMBER, memoryview(raw).cast("B"))
+    return payload
+
+
+def named_tensor_payload(name: str, array: np.ndarray, wire_dtype: int | None = None) -> Payload:
+    payload = Payload(tensor_pb2.NamedTensor(name=name))
+    payload.add_field(tensor_pb2.NamedTensor.TENSOR_FIELD_NUMBER, tensor_payload(array, wire_dtype))
+    return payload
+
+
+def table_ids_payload(table: int, ids: np.ndarray) -> Payload:
+    payload = Payload(tensor_pb2.TableIds(table=table))
+    payload.add_field(tensor_pb2.TableIds.IDS_FIELD_NUMBER, tensor_payload(ids, ids_wire_dtype(ids)))
+    return payload
+
+
+def sparse_rows_payload(table: int, ids: np.ndarray | None, values: np.ndarray,
+                        wire_dtype: int | None = None) -> Payload:
+    """SparseRows; ids None leaves them out (a pull reply's rows are those of the request, in its order)."""
+    payload = Payload(tensor_pb2.SparseRows(table=table))
+    if ids is not None:
+        payload.add_field(tensor_pb2.SparseRows.IDS_FIELD_NUMBER, tensor_payload(ids, ids_wire_dtype(ids)))
+    payload.add_field(tensor_pb2.SparseRows.VALUES_FIELD_NUMBER, tensor_payload(values, wire_dtype))
+    return payload
+
+
+def chunk_payload(message: Message | Payload, chunk_size: int) -> Iterator[tensor_pb2.Chunk]:
+    """message as Chunk messages of at most chunk_size data bytes (at least one)."""
+    payload = message if isinstance(message, Payload) else Payload(message)
+    for raw in payload.chunks(chunk_size):
+        yield tensor_pb2.Chunk.FromString(raw)
+
+
+def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int,
+                     max_chunk_bytes: int) -> bytes | bytearray:
     """Reassemble and verify one chunked payload (the whole stream). Raises ProtocolError."""
     buffer: bytearray | None = None
+    single: bytes | None = None
     first: tensor_pb2.Chunk | None = None
     received = 0
     for index, chunk in enumerate(chunks):
         check_version(chunk.protocol_version, f"chunk[{index}]")
-        if len(chunk.data) > max_chunk_bytes:
+        data = chunk.data  # (each access to a bytes field copies it)
+        if len(data) > max_chunk_bytes:
             raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
-                                f"chunk[{index}].data: expected at most {max_chunk_bytes} bytes, "
-                                f"found {len(chunk.data)}")
+                                f"chunk[{index}].data: expected at most {max_chunk_bytes} bytes, found {len(data)}")
         if first is None:
             first = chunk
             if chunk.total_size > max_bytes:
                 raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "payload_too_large",
                                     f"chunk[0].total_size: expected at most {max_bytes} bytes, "
                                     f"found {chunk.total_size}")
-            if chunk.offset == 0 and len(chunk.data) == chunk.total_size:
-                buffer = None  # the common single-chunk case: no copy
+            if chunk.offset == 0 and len(data) == chunk.total_size:
+                single = data  # the common single-chunk case: no reassembly copy
             else:
                 buffer = bytearray(chunk.total_size)
         elif chunk.total_size != first.total_size or chunk.crc32 != first.crc32:
             raise invalid("bad_chunk", f"chunk[{index}]: total_size/crc32 {chunk.total_size}/{chunk.crc32} "
                           f"differ from chunk[0]'s {first.total_size}/{first.crc32}")
+        elif single is not None:
+            raise invalid("bad_chunk", f"chunk[{index}]: data after the complete payload")
         if chunk.offset != received:
             raise invalid("bad_chunk", f"chunk[{index}].offset: expected {received}, found {chunk.offset}")
-        end = received + len(chunk.data)
+        end = received + len(data)
         if end > first.total_size:
             raise invalid("bad_chunk", f"chunk[{index}]: data runs to byte {end}, past total_size "
                           f"{first.total_size}")
         if buffer is not None:
-            buffer[received:end] = chunk.data
+            buffer[received:end] = data
         received = end
     if first is None:
         raise invalid("empty_stream", "expected at least one chunk, found none")
     if received != first.total_size:
         raise invalid("truncated_payload", f"chunks: expected {first.total_size} bytes, found {received}")
-    payload = first.data if buffer is None else bytes(buffer)
+    payload = single if single is not None else buffer
+    assert payload is not None
     crc = zlib.crc32(payload)
     if crc != first.crc32:
         raise invalid("bad_checksum", f"payload crc32: expected {first.crc32:#010x}, found {crc:#010x}")
@@ -229,7 +330,7 @@ def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int, max_
 M = TypeVar("M", bound=Message)
 
 
-def parse_payload(message_type: type[M], payload: bytes) -> M:
+def parse_payload(message_type: type[M], payload: bytes | bytearray) -> M:
     try:
         return message_type.FromString(payload)
     except DecodeError as error:

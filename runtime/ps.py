@@ -43,16 +43,18 @@ from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import (
     CHUNK_OVERHEAD,
     DEFAULT_CHUNK_SIZE,
+    FLOAT_WIRE_DTYPES,
     PROTOCOL_VERSION,
+    Payload,
     ProtocolError,
     assemble_payload,
     check_version,
-    chunk_payload,
     decode_ids,
     decode_tensor,
-    encode_tensor,
     invalid,
+    named_tensor_payload,
     parse_payload,
+    sparse_rows_payload,
 )
 from runtime.report import write_json_atomically
 
@@ -140,6 +142,7 @@ class ParameterServer:
         self.rejections: Counter[str] = Counter()
         self.resumed_from = 0
         self.checkpoint_seconds: list[float] = []
+        self._dense_cache: dict[int, tuple[int, list[Payload]]] = {}  # wire dtype -> (version, tensors)
         self.final_checkpoint_written = options.checkpoint_dir is None
         self._progress = _Progress(clock())
         if options.checkpoint_dir is not None:
@@ -221,10 +224,11 @@ class ParameterServer:
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
+    def pull(self, request: ps_pb2.PullRequest) -> Payload:
+        """The serialized PullReply. Rows come back in request order, values only (the ids are the request's)."""
         _check_worker_id(request.worker_id)
-        if request.wire_dtype not in (tensor_pb2.DTYPE_UNSPECIFIED, tensor_pb2.FLOAT32, tensor_pb2.FLOAT16,
-                                      tensor_pb2.BFLOAT16):
+        wire = request.wire_dtype or tensor_pb2.FLOAT32
+        if wire not in FLOAT_WIRE_DTYPES:
             raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
                           f"{request.wire_dtype}")
         wanted = self._decode_table_ids(request.rows, "PullRequest.rows")
@@ -235,21 +239,31 @@ class ParameterServer:
             while not self.done and not (self.started and self.version >= request.min_version):
                 remaining = started + wait - self.clock()
                 if remaining <= 0:
-                    return ps_pb2.PullReply(version=self.version, done=False, ready=False,
-                                            waited_seconds=self.clock() - started)
+                    return Payload(ps_pb2.PullReply(version=self.version, done=False, ready=False,
+                                                    waited_seconds=self.clock() - started))
                 self.cond.wait(remaining)
                 self._member(request.worker_id)  # dropped while waiting?
             waited = self.clock() - started
             version, done = self.version, self.done
-            dense = [(name, self.params.dense[name].copy()) for name in self.dense_names] if request.dense else []
-            rows = [(table, ids, self.params.read_rows(table, ids)) for table, ids in wanted]
-        reply = ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited)
-        wire = request.wire_dtype
-        for name, value in dense:
-            reply.dense.add(name=name, tensor=encode_tensor(value, wire))
-        for (table, _ids, values), requested in zip(rows, request.rows, strict=True):
-            reply.rows.add(table=table, ids=requested.ids, values=encode_tensor(values, wire))
+            dense = self._dense_payloads(wire) if request.dense else []
+            rows = [(table, self.params.read_rows(table, ids)) for table, ids in wanted]
+        reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
+        for named in dense:
+            reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, named)
+        for table, values in rows:
+            reply.add_field(ps_pb2.PullReply.ROWS_FIELD_NUMBER, sparse_rows_payload(table, None, values, wire))
         return reply
+
+    def _dense_payloads(self, wire: int) -> list[Payload]:
+        """This version's dense tensors, serialized once for every worker that pulls them (caller holds the lock).
+        They reference a snapshot, not the live arrays the optimizer updates in place."""
+        cached = self._dense_cache.get(wire)
+        if cached is None or cached[0] != self.version:
+            snapshot = [(name, self.params.dense[name].copy()) for name in self.dense_names]
+            payloads = [named_tensor_payload(name, value, wire) for name, value in snapshot]
+            self._dense_cache = {w: c for w, c in self._dense_cache.items() if c[0] == self.version}
+            self._dense_cache[wire] = (self.version, payloads)
+        return self._dense_cache[wire][1]
 
     def _decode_table_ids(self, entries: Iterable[Any], field: str) -> list[tuple[int, np.ndarray]]:
         out = []
@@ -534,8 +548,7 @@ class ParameterServerService:
                 ps.count(bytes_received=received)
                 self._fail(context, error)
             sent = 0
-            for chunk in chunk_payload(reply, self.chunk_bytes):
-                raw = chunk.SerializeToString()
+            for raw in (reply if isinstance(reply, Payload) else Payload(reply)).chunks(self.chunk_bytes):
                 sent += len(raw)
                 yield raw
             ps.count(bytes_received=received, bytes_sent=sent)

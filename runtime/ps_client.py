@@ -7,7 +7,6 @@ ShardedPS splits pulls and pushes over the shards by runtime.sharding and merges
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from runtime import sharding
 from runtime.model import DLRMConfig
@@ -23,14 +23,15 @@ from runtime.protocol import (
     CHUNK_OVERHEAD,
     DEFAULT_CHUNK_SIZE,
     PROTOCOL_VERSION,
+    Payload,
     ProtocolError,
     RemoteError,
     assemble_payload,
-    chunk_payload,
     decode_tensor,
-    encode_ids,
-    encode_tensor,
+    named_tensor_payload,
     parse_payload,
+    sparse_rows_payload,
+    table_ids_payload,
 )
 from runtime.transport import Endpoint, Transport
 
@@ -122,9 +123,9 @@ class PSConnection:
             self.bytes_received += received
         return reply
 
-    def bulk(self, method: str, request: Any, reply_type: type, timeout: float) -> Any:
-        chunks = [c.SerializeToString() for c in chunk_payload(request, self.chunk_bytes)]
-        return self.bulk_raw(method, chunks, reply_type, timeout)
+    def bulk(self, method: str, request: Message | Payload, reply_type: type, timeout: float) -> Any:
+        payload = request if isinstance(request, Payload) else Payload(request)
+        return self.bulk_raw(method, list(payload.chunks(self.chunk_bytes)), reply_type, timeout)
 
     def join(self, worker_id: str) -> ps_pb2.JoinReply:
         return self.unary("Join", ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=worker_id),
@@ -141,10 +142,10 @@ class PSConnection:
     def status(self) -> ps_pb2.StatusReply:
         return self.unary("Status", ps_pb2.StatusRequest(protocol_version=PROTOCOL_VERSION), ps_pb2.StatusReply)
 
-    def pull(self, request: ps_pb2.PullRequest) -> ps_pb2.PullReply:
-        return self.bulk("Pull", request, ps_pb2.PullReply, timeout=request.wait_ms / 1000.0 + UNARY_TIMEOUT)
+    def pull(self, request: Payload, wait_ms: int) -> ps_pb2.PullReply:
+        return self.bulk("Pull", request, ps_pb2.PullReply, timeout=wait_ms / 1000.0 + UNARY_TIMEOUT)
 
-    def push(self, request: ps_pb2.PushRequest) -> ps_pb2.PushReply:
+    def push(self, request: Payload) -> ps_pb2.PushReply:
         return self.bulk("Push", request, ps_pb2.PushReply, timeout=4 * UNARY_TIMEOUT)
 
 
@@ -177,6 +178,7 @@ class ShardedPS:
         self.wire_dtype = wire_dtype
         self.num_shards = len(endpoints)
         self.config: DLRMConfig | None = None
+        self.dense_owners: dict[str, int] = {}
         self.join_replies: list[ps_pb2.JoinReply] = []
         self._pool = futures.ThreadPoolExecutor(max_workers=self.num_shards) if self.num_shards > 1 else None
 
@@ -213,6 +215,7 @@ class ShardedPS:
         if self.config is not None and config != self.config:
             raise ValueError("the PS model config changed across a reconnect")
         self.config = config
+        self.dense_owners = sharding.dense_owners(config, self.num_shards)
         for c, reply in zip(self.connections, replies, strict=True):
             c.chunk_bytes = min(c.chunk_bytes, reply.max_chunk_bytes)
         self.join_replies = replies
@@ -238,13 +241,14 @@ class ShardedPS:
         positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
 
         def pull_one(shard: int, connection: PSConnection) -> ps_pb2.PullReply:
-            request = ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard], dense=dense,
-                                         wire_dtype=self.wire_dtype, wait_ms=wait_ms)
+            request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
+                                                 dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
             for t, ids in enumerate(unique_ids):
                 mine = positions[t][shard]
                 if mine.size:
-                    request.rows.add(table=t, ids=encode_ids(ids[mine]))
-            return connection.pull(request)
+                    request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
+                                      table_ids_payload(t, ids if mine.size == ids.size else ids[mine]))
+            return connection.pull(request, wait_ms)
 
         replies = self._each(pull_one)
         pulled = Pulled(versions=[r.version for r in replies], done=any(r.done for r in replies),
@@ -254,7 +258,7 @@ class ShardedPS:
             return pulled
         dim = config.embedding_dim
         shapes = dict(config.layer_shapes())
-        rows = [np.empty((ids.size, dim), dtype=np.float32) for ids in unique_ids]
+        rows: list[np.ndarray] = [np.empty((ids.size, dim), dtype=np.float32) for ids in unique_ids]
         for shard, reply in enumerate(replies):
             for entry in reply.dense:
                 if entry.name not in shapes:
@@ -265,8 +269,11 @@ class ShardedPS:
                 mine = positions[entry.table][shard] if entry.table < len(positions) else None
                 if mine is None:
                     raise RemoteError(grpc.StatusCode.INTERNAL, f"shard {shard} sent rows of table {entry.table}")
-                rows[entry.table][mine] = decode_tensor(entry.values, f"rows[{entry.table}]", kind="float",
-                                                        shape=(mine.size, dim))
+                values = decode_tensor(entry.values, f"rows[{entry.table}]", kind="float", shape=(mine.size, dim))
+                if mine.size == rows[entry.table].shape[0]:
+                    rows[entry.table] = values
+                else:
+                    rows[entry.table][mine] = values
         if dense and set(pulled.dense) != set(shapes):
             raise RemoteError(grpc.StatusCode.INTERNAL, "the shards did not send every dense tensor")
         pulled.rows = rows
@@ -277,21 +284,23 @@ class ShardedPS:
         """Push gradients computed at `versions` (per shard). Stale shards are reported, not raised."""
         config = self.config
         assert config is not None, "connect_and_join first"
-        owners = sharding.dense_owners(config, self.num_shards)
+        owners = self.dense_owners
         positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
 
         def push_one(shard: int, connection: PSConnection) -> tuple[ps_pb2.PushReply | None, bool]:
-            request = ps_pb2.PushRequest(worker_id=self.worker_id, step=versions[shard], batch_size=batch_size,
-                                         loss=loss)
+            request = Payload(ps_pb2.PushRequest(worker_id=self.worker_id, step=versions[shard],
+                                                 batch_size=batch_size, loss=loss))
             for name, grad in dense_grads.items():
                 if owners[name] == shard:
-                    request.dense_grads.add(name=name, tensor=encode_tensor(grad, self.wire_dtype))
+                    request.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER,
+                                      named_tensor_payload(name, grad, self.wire_dtype))
             for t, (ids, grads) in enumerate(zip(unique_ids, row_grads, strict=True)):
                 mine = positions[t][shard]
                 if mine.size:
-                    values = grads if mine.size == ids.size else grads[mine]
-                    request.row_grads.add(table=t, ids=encode_ids(ids[mine]),
-                                          values=encode_tensor(values, self.wire_dtype))
+                    whole = mine.size == ids.size
+                    request.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
+                                      sparse_rows_payload(t, ids if whole else ids[mine],
+                                                          grads if whole else grads[mine], self.wire_dtype))
             try:
                 return connection.push(request), False
             except RemoteError as error:
@@ -303,12 +312,3 @@ class ShardedPS:
         return Pushed(versions=[r.version if r is not None else -1 for r, _ in results],
                       duplicate=[bool(r is not None and r.duplicate) for r, _ in results],
                       stale=[stale for _, stale in results])
-
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

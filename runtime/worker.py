@@ -10,6 +10,7 @@ If a PS goes away the worker reconnects (re-attesting under ratls) and joins aga
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import tempfile
 import threading
@@ -76,6 +77,49 @@ class TrainingStream:
         lines, bad = self.first_pass_lines or (self.reader.lines, self.reader.bad_lines)
         return {"lines": lines, "bad_lines": bad, "complete_passes": self.passes,
                 "bad_examples": [f"{p}:{n}: {r}" for p, n, r in self.bad_examples]}
+
+
+class Prefetcher:
+    """Reads batches (and their unique ids) on a background thread, `depth` ahead, so parsing overlaps with
+    pulling, computing and pushing. Errors of the reader reach the consumer in order."""
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[Batch], depth: int = 2) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(batches,), name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, batches: Iterator[Batch]) -> None:
+        try:
+            for batch in batches:
+                item = (batch, [ids for ids, _ in batch.unique_ids()])
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._queue.put(error)
+
+    def __iter__(self) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+        return self
+
+    def __next__(self) -> tuple[Batch, list[np.ndarray]]:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 @dataclass
@@ -188,7 +232,9 @@ class Worker:
             print(f"{self.client.worker_id}: reconnected at version {[r.version for r in replies]}", flush=True)
         return [r.version for r in replies]
 
-    def train(self, model: Any, batches: Iterator[Batch], min_versions: list[int], synchronous: bool) -> None:
+    def train(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]], min_versions: list[int],
+              synchronous: bool) -> None:
+        """Train on (batch, unique ids per table) until the PS says done (or --max-steps)."""
         stats, client = self.stats, self.client
         times = stats.times
         last_log = time.perf_counter()
@@ -196,9 +242,7 @@ class Worker:
         logged_bytes = client.bytes_sent + client.bytes_received
         while self.args.max_steps is None or stats.steps < self.args.max_steps:
             t0 = time.perf_counter()
-            batch = next(batches)
-            unique = batch.unique_ids()
-            unique_ids = [ids for ids, _ in unique]
+            batch, unique_ids = next(batches)
             t1 = time.perf_counter()
             times.data += t1 - t0
             while True:  # until this batch's gradients are in (or training is done)
@@ -425,7 +469,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.logdir is not None:
             worker.tb = TensorBoardLog(args.logdir / args.worker_id)
         worker.started = time.perf_counter()
-        worker.train(model, iter(stream), [r.version for r in replies], synchronous)
+        prefetcher = Prefetcher(iter(stream))
+        try:
+            worker.train(model, prefetcher, [r.version for r in replies], synchronous)
+        finally:
+            prefetcher.close()
         train_seconds = time.perf_counter() - worker.started
         heartbeat.stop.set()
         heartbeat.join(timeout=5)
