@@ -1,8 +1,8 @@
 """End-to-end HFL runs: a PS and workers as separate processes, over RA-TLS (sim provider), TLS or plaintext.
 
 (a) RA-TLS and plaintext runs give bit-identical parameters, equal to single-process training on the
-    concatenated batches; (f) the README's main-job command; (g) real Criteo lines; worker loss with a quorum
-    (c) and a PS crash and restart (d) are in test_hfl_faults.py.
+    concatenated batches; (f) the README's main-job command; (g) real Criteo lines (over TLS, two PS shards).
+    Worker loss with a quorum (c) and a PS crash and restart (d) are in test_hfl_faults.py.
 """
 
 from __future__ import annotations
@@ -118,10 +118,11 @@ def test_readme_main_job(tmp_path):
     assert len(scalars["train/loss"]) >= 2 * 50 and "eval/auc" in scalars and "train/samples_per_s" in scalars
 
 
-def test_real_criteo_lines_over_tls(tmp_path, testdata):
+def test_real_criteo_lines_over_tls_with_two_ps_shards(tmp_path, testdata):
     sample = testdata / "criteo" / "kaggle_sample_100.txt"
     report, console = launch(tmp_path / "run", "--workers", "2", "--model", "small", "--steps", "8",
-                             "--batch-size", "16", "--data", str(sample), "--security", "tls")
+                             "--batch-size", "16", "--data", str(sample), "--security", "tls", "--ps-shards", "2")
+    assert [(p["shard"], p["num_shards"], p["version"]) for p in report["ps"]] == [(0, 2, 8), (1, 2, 8)]
     data = [w["data"] for w in report["workers"]]
     assert sum(d["lines"] for d in data) == 100, data
     assert all(d["bad_lines"] == 0 and d["complete_passes"] >= 1 for d in data), data
