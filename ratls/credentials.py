@@ -78,6 +78,7 @@ class Credentials:
             raise RatlsError(f"trust_ttl must be at least 1 second, got {trust_ttl}")
         self.policy = policy
         self.identity = identity
+        self._own_pem = (identity.private_key_pem, identity.certificate_pem)  # encoded once, used per channel
         self.trust_ttl = float(trust_ttl)
         self.handshake_timeout = float(handshake_timeout)
         self._limits = {"handshake_timeout": self.handshake_timeout, "max_concurrent": max_concurrent_handshakes,
@@ -148,9 +149,9 @@ class Credentials:
 
     def channel_credentials(self, attested: Attested) -> grpc.ChannelCredentials:
         """gRPC TLS credentials pinned to an attested server certificate, presenting our certificate."""
+        key_pem, cert_pem = self._own_pem
         return grpc.ssl_channel_credentials(root_certificates=der_to_pem(attested.certificate_der),
-                                            private_key=self.identity.private_key_pem,
-                                            certificate_chain=self.identity.certificate_pem)
+                                            private_key=key_pem, certificate_chain=cert_pem)
 
     def secure_channel(self, target: str, *, attestation_target: str | None = None,
                        options: Sequence[tuple[str, Any]] | None = None,
