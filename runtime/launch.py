@@ -218,6 +218,10 @@ def _summary(report: dict[str, Any]) -> str:
     else:
         lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total, "
                      f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
+    data = [w["data"] for w in report["workers"]]
+    if data:
+        lines.append(f"data: {sum(d['lines'] for d in data)} lines read in each worker's first pass, "
+                     f"{sum(d['bad_lines'] for d in data)} bad (skipped)")
     att = report["attestation"]
     times = att.get("client_attestation_seconds") or []
     if att.get("security") == "ratls":

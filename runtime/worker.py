@@ -525,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomically(args.report_file, report)
     e = report["eval"]
     auc_text = f"{e['auc']:.4f}" if e.get("auc") is not None else "n/a"
+    data = report["data"]
+    print(f"{args.worker_id}: data: {data['lines']} lines, {data['bad_lines']} bad (skipped)", flush=True)
     print(f"{args.worker_id}: done: {report['steps']} steps, {report['samples_per_s']:.0f} samples/s; held-out "
           f"{e.get('examples', 0)} examples: loss {e.get('log_loss', float('nan')):.4f} accuracy "
           f"{e.get('accuracy', float('nan')):.4f} AUC {auc_text}", flush=True)
