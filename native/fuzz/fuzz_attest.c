@@ -1,0 +1,296 @@
+/* libFuzzer target: the attestation handshake (attest.c) as a peer drives it, over loopback TCP against the real
+ * server and client code. The first input byte picks what the rest is:
+ *   0  raw bytes a client sends to the attestation server (TLS records, garbage, truncations), then half-close;
+ *   1  u16le key length, a DER private key, a DER certificate: the identity a client attests with. A certificate
+ *      whose key is not that key is re-keyed and re-signed with it (so TLS accepts it), which breaks its binding;
+ *      a matching pair (the seeds) passes verification and is queued.
+ *   2  a script for a malicious attestation server talking to ratls_attest_connect after the handshake: each op
+ *      byte b is b&3 = 0: write the next (b>>2)+1 bytes, 1: KeyUpdate, 2: close_notify and end, 3: end.
+ * Invariants beyond "no crash, no sanitizer report": raw bytes never attest a peer; a connect succeeds exactly when
+ * the server queued that very certificate and it verifies under the policy; the client accepts an
+ * acknowledgement exactly when the first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL.
+ *
+ * Environment: RATLS_SIM_LIB (libratls_sim.so) and RATLS_SIM_CA_DIR (a sim-ca directory; mode-1 seeds must come
+ * from the same CA to verify). native/fuzz/run.py sets both. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "fuzz_common.h"
+
+/* Generous: the same inputs also run under valgrind (replay_attest), ~50x slower. */
+#define IO_TIMEOUT_MS 10000
+#define CONNECT_TIMEOUT_MS 10000
+
+static ratls_policy *policy;
+static uint8_t *id_key, *id_cert;
+static size_t id_key_len, id_cert_len;
+static ratls_attest_server *server;
+static int evil_listen_fd = -1;
+static uint16_t evil_port;
+static SSL_CTX *evil_ctx;
+
+static int listen_loopback(uint16_t *port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof a;
+    FUZZ_REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 16) == 0 &&
+                 getsockname(fd, (struct sockaddr *)&a, &sl) == 0);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void set_timeouts(int fd) {
+    struct timeval tv = {.tv_sec = IO_TIMEOUT_MS / 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static void make_identity(void) {
+    const char *lib = getenv("RATLS_SIM_LIB"), *ca = getenv("RATLS_SIM_CA_DIR");
+    if (!lib || !ca) {
+        fprintf(stderr, "fuzz_attest needs RATLS_SIM_LIB (libratls_sim.so) and RATLS_SIM_CA_DIR (a sim-ca "
+                        "directory); native/fuzz/run.py sets them\n");
+        exit(2);
+    }
+    char msg[RATLS_MSG_SIZE] = "";
+    ratls_provider *p = NULL;
+    uint8_t mrenclave[32];
+    memset(mrenclave, 0x5a, sizeof mrenclave);
+    int rc = ratls_provider_open(lib, &p, msg, sizeof msg);
+    if (rc == RATLS_OK) rc = ratls_provider_sim_configure(p, ca, mrenclave, 0, 0, 0, 0, 0, msg, sizeof msg);
+    if (rc == RATLS_OK) rc = ratls_provider_create(p, &id_key, &id_key_len, &id_cert, &id_cert_len, msg, sizeof msg);
+    if (rc != RATLS_OK) {
+        fprintf(stderr, "fuzz_attest: sim identity: %s\n", msg);
+        exit(2);
+    }
+    ratls_provider_close(p);
+}
+
+/* At exit the server's workers are joined and everything is freed, so valgrind sees a clean end. */
+static void cleanup(void) {
+    ratls_attest_server_stop(server);
+    SSL_CTX_free(evil_ctx);
+    if (evil_listen_fd >= 0) close(evil_listen_fd);
+    ratls_policy_free(policy);
+    ratls_free(id_key);
+    ratls_free(id_cert);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    signal(SIGPIPE, SIG_IGN); /* a peer closing first must be an error return, not a signal */
+    policy = fuzz_permissive_policy();
+    make_identity();
+    char msg[RATLS_MSG_SIZE] = "";
+    ratls_attest_limits limits = {.handshake_timeout_ms = IO_TIMEOUT_MS, .max_concurrent = 1};
+    if (ratls_attest_server_start(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", 0, &limits,
+                                  &server, msg, sizeof msg) != RATLS_OK) {
+        fprintf(stderr, "fuzz_attest: server: %s\n", msg);
+        exit(2);
+    }
+    evil_listen_fd = listen_loopback(&evil_port);
+    evil_ctx = SSL_CTX_new(TLS_server_method());
+    const uint8_t *k = id_key, *c = id_cert;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &k, (long)id_key_len);
+    X509 *cert = d2i_X509(NULL, &c, (long)id_cert_len);
+    FUZZ_REQUIRE(evil_ctx && key && cert && SSL_CTX_set_min_proto_version(evil_ctx, TLS1_3_VERSION) &&
+                 SSL_CTX_use_certificate(evil_ctx, cert) == 1 && SSL_CTX_use_PrivateKey(evil_ctx, key) == 1);
+    SSL_CTX_set_num_tickets(evil_ctx, 0);
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    atexit(cleanup);
+    return 0;
+}
+
+/* Waits until the server has finished every connection it accepted, and at least `connections` in all. */
+static ratls_attest_stats server_settled(uint64_t connections) {
+    ratls_attest_stats st;
+    for (int waited_ms = 0;; waited_ms++) {
+        ratls_attest_server_stats(server, &st);
+        if (st.connections >= connections && st.in_flight == 0) return st;
+        FUZZ_REQUIRE(waited_ms < 2 * IO_TIMEOUT_MS); /* the server must end every connection by its deadline */
+        poll(NULL, 0, 1);
+    }
+}
+
+static int connect_loopback(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    FUZZ_REQUIRE(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    set_timeouts(fd);
+    return fd;
+}
+
+static void drain_until_eof(int fd) {
+    uint8_t buf[4096];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+}
+
+/* Mode 0. */
+static void raw_client(const uint8_t *data, size_t len) {
+    ratls_attest_stats before;
+    ratls_attest_server_stats(server, &before);
+    int fd = connect_loopback(ratls_attest_server_port(server));
+    for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n <= 0) break; /* the server may refuse and close before reading everything */
+        done += (size_t)n;
+    }
+    shutdown(fd, SHUT_WR);
+    drain_until_eof(fd);
+    close(fd);
+    ratls_attest_stats after = server_settled(before.connections + 1);
+    FUZZ_REQUIRE(after.attested == before.attested);
+}
+
+/* Mode 1. */
+static void attesting_client(const uint8_t *data, size_t len) {
+    if (len < 2) return;
+    size_t key_len = (size_t)data[0] | (size_t)data[1] << 8;
+    if (key_len > len - 2) return;
+    const uint8_t *p = data + 2;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &p, (long)key_len);
+    if (key && EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) { /* RA-TLS keys are EC; a huge RSA key only burns time */
+        EVP_PKEY_free(key);
+        key = NULL;
+    }
+    const uint8_t *cert_in = data + 2 + key_len;
+    size_t cert_in_len = len - 2 - key_len;
+    p = cert_in;
+    X509 *x = key ? d2i_X509(NULL, &p, (long)cert_in_len) : NULL;
+    uint8_t *key_der = NULL, *cert_der = NULL;
+    int key_der_len = key ? i2d_PrivateKey(key, &key_der) : -1;
+    int cert_der_len = -1;
+    if (x && key_der_len > 0) {
+        if (X509_check_private_key(x, key) != 1 && (!X509_set_pubkey(x, key) || X509_sign(x, key, EVP_sha256()) <= 0))
+            cert_der_len = -1;
+        else
+            cert_der_len = i2d_X509(x, &cert_der);
+    }
+    ERR_clear_error();
+    X509_free(x);
+    EVP_PKEY_free(key);
+    if (cert_der_len > 0) {
+        ratls_attest_stats before;
+        ratls_attest_server_stats(server, &before);
+        char msg[RATLS_MSG_SIZE] = "";
+        uint8_t *peer = NULL, *queued = NULL;
+        size_t peer_len = 0, queued_len = 0;
+        uint32_t ttl = 0;
+        ratls_evidence ev, queued_ev;
+        int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len,
+                                      "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, &peer,
+                                      &peer_len, &ev, &ttl, msg, sizeof msg);
+        server_settled(before.connections + 1);
+        int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_ev);
+        if (rc == RATLS_OK) {
+            FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
+            FUZZ_REQUIRE(popped == RATLS_OK && queued_len == (size_t)cert_der_len &&
+                         memcmp(queued, cert_der, queued_len) == 0);
+            ratls_evidence check;
+            FUZZ_REQUIRE(ratls_verify_cert(policy, cert_der, (size_t)cert_der_len, (int64_t)time(NULL),
+                                           RATLS_TCB_UNKNOWN, &check, NULL, 0) == RATLS_OK);
+        } else {
+            fuzz_check_failure(rc, msg);
+            FUZZ_REQUIRE(popped == RATLS_ERR_TIMEOUT); /* a refused client is never queued */
+        }
+        ratls_free(peer);
+        ratls_free(queued);
+    }
+    OPENSSL_free(key_der);
+    OPENSSL_free(cert_der);
+}
+
+/* Mode 2: what the malicious server did, for the client's expected verdict. */
+typedef struct {
+    const uint8_t *ops;
+    size_t n_ops;
+    int handshake_done;
+    uint8_t sent[8];
+    size_t n_sent; /* the first bytes written, up to 8 */
+} evil_script;
+
+static void *evil_server(void *arg) {
+    evil_script *s = arg;
+    struct pollfd pfd = {evil_listen_fd, POLLIN, 0};
+    if (poll(&pfd, 1, IO_TIMEOUT_MS) != 1) return NULL;
+    int fd = accept4(evil_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) return NULL;
+    set_timeouts(fd);
+    SSL *ssl = SSL_new(evil_ctx);
+    if (ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1) {
+        s->handshake_done = 1;
+        int graceful = 1;
+        for (size_t i = 0; i < s->n_ops;) {
+            uint8_t op = s->ops[i++];
+            if ((op & 3) == 0) {
+                size_t k = (size_t)(op >> 2) + 1;
+                if (k > s->n_ops - i) k = s->n_ops - i;
+                if (k == 0 || SSL_write(ssl, s->ops + i, (int)k) != (int)k) break;
+                for (size_t j = 0; j < k && s->n_sent < sizeof s->sent; j++) s->sent[s->n_sent++] = s->ops[i + j];
+                i += k;
+            } else if ((op & 3) == 1) {
+                SSL_key_update(ssl, op & 4 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED);
+            } else {
+                graceful = (op & 3) == 2;
+                break;
+            }
+        }
+        if (graceful) SSL_shutdown(ssl);
+    }
+    ERR_clear_error();
+    /* A clean TCP close (no reset that could destroy data the client has not read yet). */
+    shutdown(fd, SHUT_WR);
+    drain_until_eof(fd);
+    SSL_free(ssl);
+    close(fd);
+    return NULL;
+}
+
+static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
+    evil_script script = {.ops = ops, .n_ops = n_ops};
+    pthread_t t;
+    FUZZ_REQUIRE(pthread_create(&t, NULL, evil_server, &script) == 0);
+    char msg[RATLS_MSG_SIZE] = "";
+    uint8_t *peer = NULL;
+    size_t peer_len = 0;
+    uint32_t ttl = 0;
+    ratls_evidence ev;
+    int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", evil_port,
+                                  CONNECT_TIMEOUT_MS, &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
+    pthread_join(t, NULL);
+    FUZZ_REQUIRE(script.handshake_done);
+    int valid_ack = script.n_sent == 8 && memcmp(script.sent, "RAT1", 4) == 0;
+    if (rc == RATLS_OK) {
+        FUZZ_REQUIRE(valid_ack);
+        uint32_t want = (uint32_t)script.sent[4] << 24 | (uint32_t)script.sent[5] << 16 |
+                        (uint32_t)script.sent[6] << 8 | script.sent[7];
+        FUZZ_REQUIRE(ttl == want);
+        FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
+    } else {
+        fuzz_check_failure(rc, msg);
+        FUZZ_REQUIRE(!valid_ack);
+    }
+    ratls_free(peer);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
+    if (len == 0) return 0;
+    switch (data[0] % 3) {
+    case 0: raw_client(data + 1, len - 1); break;
+    case 1: attesting_client(data + 1, len - 1); break;
+    default: acknowledged_client(data + 1, len - 1); break;
+    }
+    return 0;
+}
