@@ -475,10 +475,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             prefetcher.close()
         train_seconds = time.perf_counter() - worker.started
-        heartbeat.stop.set()
-        heartbeat.join(timeout=5)
         held_out = eval_batches if eval_batches is not None else stream.heldout
         evaluation, labels, scores = worker.evaluate(model, held_out)
+    heartbeat.stop.set()
+    heartbeat.join(timeout=5)
     try:
         client.leave()
     except RemoteError as error:
