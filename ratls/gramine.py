@@ -237,7 +237,8 @@ class GramineVerifier:
     evidence, roots) applies exactly as in ratls.verify_certificate, and the Evidence is the same. Gramine's
     library still applies its own RA_TLS_ALLOW_* variables (debug enclaves and non-UpToDate TCB statuses are
     refused unless they say otherwise): a certificate must pass both. A rejection is explained by our native checks
-    when they find the problem, else by Gramine's results (TCB status, DCAP failure, attributes)."""
+    when they find the problem, else by Gramine's results (TCB status, DCAP failure, attributes). Gramine's ABI
+    gives no advisory ids, and its library checks at the current time whatever `now` says."""
 
     def __init__(self, library_path: str | os.PathLike | None = None) -> None:
         self.library_path = find_library("verify", library_path)
