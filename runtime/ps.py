@@ -91,6 +91,10 @@ class PSOptions:
     log_every: float = 2.0  # seconds between progress lines; 0: none
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers: expected >= 1, found {self.workers}")
+        if self.num_shards < 1:
+            raise ValueError(f"--num-shards: expected >= 1, found {self.num_shards}")
         if self.min_workers is None:
             self.min_workers = self.workers
         if not 1 <= self.min_workers <= self.workers:
@@ -105,6 +109,17 @@ class PSOptions:
             raise ValueError(f"--staleness: expected >= 0, found {self.staleness}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer: expected one of {OPTIMIZERS}, found {self.optimizer}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every: expected >= 1, found {self.checkpoint_every}")
+        if not self.worker_timeout >= 2 * self.heartbeat_interval:
+            raise ValueError(f"--worker-timeout: expected at least two heartbeat intervals "
+                             f"({2 * self.heartbeat_interval:g} s), found {self.worker_timeout}")
+        for name, value in (("--round-timeout", self.round_timeout), ("--start-timeout", self.start_timeout),
+                            ("--linger", self.linger), ("--log-every", self.log_every)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, found {value}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"--max-message-bytes: expected >= 1, found {self.max_message_bytes}")
 
 
 def _failed(reason: str, detail: str) -> ProtocolError:

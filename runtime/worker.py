@@ -26,7 +26,7 @@ from runtime import metrics, transport
 from runtime.data import CriteoReader, DataError, synth
 from runtime.model import Batch, DLRMConfig
 from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
-from runtime.ps_client import CONNECTION_CODES, ShardedPS
+from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, ShardedPS
 from runtime.report import write_json_atomically
 from runtime.transport import TransportError
 
@@ -427,6 +427,13 @@ def _parse_shard(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if (args.data is None) == (args.synthetic is None):
         raise ValueError("give exactly one of --data and --synthetic")
+    for name, value, low, high in (("--chunk-bytes", args.chunk_bytes, 1, MAX_REPLY_CHUNK),
+                                   ("--batch-size", args.batch_size, 1, 1 << 24),
+                                   ("--pull-wait-ms", args.pull_wait_ms, 0, 600_000),
+                                   ("--warmup-steps", args.warmup_steps, 0, 1 << 30),
+                                   ("--tb-every", args.tb_every, 1, 1 << 30)):
+        if not low <= value <= high:
+            raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     shard = _parse_shard(args.data_shard)
     net = transport.from_args(args)
     client = ShardedPS(transport.parse_endpoints(args.ps), net, args.worker_id, chunk_bytes=args.chunk_bytes,
