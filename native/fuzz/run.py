@@ -8,8 +8,9 @@ fuzz_attest (the attestation handshake over loopback: raw client bytes, attestin
 acknowledgement). Seeds come from ../shared/testdata plus sim identities made with a sim CA kept in the work
 directory (so a growing corpus stays valid across runs). Before fuzzing, every saved crash input in
 native/fuzz/regressions/<target>/ is replayed and must pass. Prints one JSON line per target: executions,
-coverage (libFuzzer's `cov` edges and `ft` features), corpus size, and crash files (the exit status is non-zero
-if there are any). One fuzzer runs at a time, single-threaded, under `nice`.
+coverage (libFuzzer's `cov` edges and `ft` features), corpus size, CPU seconds used, and crash files (the exit
+status is non-zero if there are any). One fuzzer runs at a time, single-threaded, under `nice`; --seconds is wall
+time, so on a busy machine repeat runs (the corpus is kept in --work-dir) until the CPU time adds up.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import ssl
 import struct
@@ -158,13 +160,17 @@ def run_target(binary: Path, seeds: Path, work: Path, seconds: int, env: dict[st
     cmd = ["nice", "-n", "10", str(binary), str(corpus), str(seeds), f"-max_total_time={seconds}", "-timeout=30",
            "-rss_limit_mb=4096", f"-max_len={MAX_LEN[binary.name]}", "-print_final_stats=1",
            f"-artifact_prefix={crashes}/"]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 600)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     (work / binary.name / "last-run.log").write_text(out.stderr)
     done = re.findall(r"#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+) corp: (\d+)", out.stderr)
     stats = dict(re.findall(r"stat::(\w+):\s+(\d+)", out.stderr))
     runs, cov, ft, corp = (int(x) for x in done[-1]) if done else (int(stats.get("number_of_executed_units", 0)),
                                                                   0, 0, 0)
-    return {"target": binary.name, "seconds": seconds, "exit": out.returncode, "runs": runs, "cov": cov, "ft": ft,
+    return {"target": binary.name, "seconds": seconds, "cpu_seconds": round(cpu), "exit": out.returncode,
+            "runs": runs, "cov": cov, "ft": ft,
             "corpus": corp, "execs_per_sec": int(stats.get("average_exec_per_sec", 0)),
             "new_units": int(stats.get("new_units_added", 0)), "peak_rss_mb": int(stats.get("peak_rss_mb", 0)),
             "crashes": sorted(str(p) for p in set(crashes.iterdir()) - before)}
