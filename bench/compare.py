@@ -9,7 +9,9 @@ For each batch size (per worker) and each repeat it runs, one after another on t
   ours-insecure   python -m runtime.launch --security insecure
   ours-ratls      python -m runtime.launch --security ratls (sim provider)
 All distributed runs train on the same samples: S synchronous steps of W x B for ours, S x W asynchronous steps
-of B for tf-ps. The data is synthetic (runtime.data, planted signal) unless --train/--eval name Criteo files.
+of B for tf-ps (ParameterServerStrategy has no synchronous mode), tf-ps at learning rate lr / W so that both take
+the same SGD step per sample. The data is synthetic (runtime.data, planted signal) unless --train/--eval name
+Criteo files.
 The table shows medians over the repeats with the spread (min..max); every raw figure is in <out>/results.json.
 """
 
@@ -131,8 +133,9 @@ def run_baseline(kind: str, args: argparse.Namespace, batch: int, steps: int, re
     system = "ceiling" if kind == "ceiling" else "tf-ps"
     run_dir.mkdir(parents=True, exist_ok=True)
     report_path, log = run_dir / "report.json", run_dir / "console.log"
+    learning_rate = tfps_learning_rate(args) if kind == "tfps" else None
     argv = [sys.executable, str(TF_PS_BASELINE), kind, "--train", *map(str, train), "--batch-size", str(batch),
-            "--steps", str(steps), "--report", str(report_path), *model_argv(args)]
+            "--steps", str(steps), "--report", str(report_path), *model_argv(args, learning_rate)]
     if kind == "tfps":
         argv += ["--eval", *map(str, eval_files), "--workers", str(args.workers), "--work-dir", str(run_dir),
                  "--timeout", str(args.timeout)]
@@ -186,10 +189,17 @@ def _number(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def model_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate",
-            str(args.learning_rate), "--seed", str(args.seed)]
+def model_argv(args: argparse.Namespace, learning_rate: float | None = None) -> list[str]:
+    rate = args.learning_rate if learning_rate is None else learning_rate
+    argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate", str(rate),
+            "--seed", str(args.seed)]
     return argv + (["--model-config", str(args.model_config)] if args.model_config else [])
+
+
+def tfps_learning_rate(args: argparse.Namespace) -> float:
+    """tf-ps applies each worker's B-sample gradient on its own; at lr / W its W updates move the parameters as
+    far per sample as one synchronous step of ours (lr x the mean gradient of W x B samples)."""
+    return args.tfps_learning_rate if args.tfps_learning_rate is not None else args.learning_rate / args.workers
 
 
 def make_data(args: argparse.Namespace, config: DLRMConfig, out: Path) -> tuple[list[Path], list[Path]]:
@@ -292,6 +302,8 @@ def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     lines.append(f"compute bound = ceiling x min(workers, cores) / cores, workers = {workers}, cores = {cores}")
+    lines.append(f"learning rate: ours {summary['learning_rate']:g} per synchronous step of {workers} x B samples; "
+                 f"tf-ps {summary['tfps_learning_rate']:g} per asynchronous step of B samples")
     names = {"ratls_vs_tfps": "ours(ratls) / tf-ps samples/s", "ratls_vs_insecure":
              "ours(ratls) / ours(insecure) samples/s", "ratls_vs_bound": "ours(ratls) / compute bound",
              "auc_gap": "|AUC ours(ratls) - AUC tf-ps|"}
@@ -329,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval", type=Path, nargs="+", help="held-out Criteo TSV files, with --train")
     parser.add_argument("--eval-rows", type=int, default=16384, help="synthetic held-out rows (default 16384)")
     parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--tfps-learning-rate", type=float,
+                        help="tf-ps SGD learning rate per worker step (default: --learning-rate / --workers, the "
+                             "same step per sample as our synchronous SGD)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small model, batch 64, 10 steps, 1 repeat (figures meaningless)")
     add_model_arguments(parser)
@@ -366,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"batch {batch} repeat {repeat + 1}/{args.repeats} {system}: {status} "
                       f"({time.perf_counter() - started:.0f} s, load {load[-1]:.2f})", flush=True)
     summary = summarize(runs, args.batch_sizes, args.workers, cores)
+    summary.update(learning_rate=args.learning_rate, tfps_learning_rate=tfps_learning_rate(args))
     table = format_table(summary, args.workers, cores)
     results = {"command": sys.argv, "cores": cores, "workers": args.workers, "config": config.to_dict(),
                "batch_sizes": args.batch_sizes, "steps": args.steps, "repeats": args.repeats,

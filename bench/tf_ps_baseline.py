@@ -7,11 +7,12 @@
 tfps: TensorFlow's own tf.distribute.experimental.ParameterServerStrategy with a ClusterCoordinator (this
 process), one PS and --workers workers, each a tf.distribute.Server in its own local process. There is no
 security: TensorFlow's distributed runtime offers none. The model is the same DLRM as runtime.model (same
-architecture, same initial values from runtime.model's init functions, mean BCE, plain SGD at the config's
-learning rate), written as native TensorFlow: variables on the PS, tf.nn.embedding_lookup (the PS gathers the
-rows, the gradients are IndexedSlices applied with scatter_sub on the PS). ParameterServerStrategy trains
-asynchronously: every scheduled step is one worker's batch, read against the current variables and applied on
-its own, so S x workers steps of B samples are scheduled (the samples of S synchronous steps of our runtime).
+architecture, same initial values from runtime.model's init functions, mean BCE, plain SGD at --learning-rate),
+written as native TensorFlow: variables on the PS, tf.nn.embedding_lookup (the PS gathers the rows, the
+gradients are IndexedSlices applied with scatter_sub on the PS). ParameterServerStrategy trains asynchronously:
+every scheduled step is one worker's batch, read against the current variables and applied on its own, so
+S x workers steps of B samples are scheduled (the samples of S synchronous steps of our runtime; compare.py
+passes --learning-rate lr / workers, which makes the SGD step per sample the same as ours).
 Each worker reads its own line shard of the TSV files (lines i, i+W, ... as CriteoReader's shard=(i, W)) with a
 tf.data pipeline on the worker (TextLineDataset, decode_csv, hex decoding in TensorFlow ops; the same
 preprocessing as runtime.data). Held-out metrics: the final variables are read back and scored with

@@ -150,6 +150,7 @@ def test_summary_ratios_and_compute_bound():
     row = next(r for r in summary["rows"] if r["system"] == "ours-ratls")
     assert (row["ok"], row["runs"]) == (2, 3)
     assert row["samples_per_s_spread"] == (450, 900)
+    summary.update(learning_rate=0.1, tfps_learning_rate=0.05)
     table = compare.format_table(summary, workers=2, cores=4)
     assert "2/3" in table and "NOT met" in table
 
@@ -194,4 +195,5 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
     assert all(r["error"] is None for r in results["runs"])
     tfps = next(r for r in results["runs"] if r["system"] == "tf-ps")
     assert tfps["details"]["samples"] == 10 * 2 * 64  # the samples of 10 synchronous steps of ours
+    assert tfps["details"]["config"]["learning_rate"] == pytest.approx(0.1 / 2)
     assert set(tfps["peak_rss"]) == {"ps0", "worker0", "worker1", "coordinator"}
