@@ -189,9 +189,11 @@ static void attesting_client(const uint8_t *data, size_t len) {
         size_t peer_len = 0, queued_len = 0;
         uint32_t ttl = 0;
         ratls_evidence ev, queued_ev;
+        ERR_clear_error();
         int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len,
                                       "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, &peer,
                                       &peer_len, &ev, &ttl, msg, sizeof msg);
+        FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
         /* BAD_ARGUMENT: the client refused its own identity (say, a key TLS will not use) and never connected. */
         if (rc != RATLS_ERR_BAD_ARGUMENT) server_settled(before.connections + 1);
         int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_ev);
@@ -270,6 +272,7 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
     ratls_evidence ev;
     int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", evil_port,
                                   CONNECT_TIMEOUT_MS, &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     pthread_join(t, NULL);
     FUZZ_REQUIRE(script.handshake_done);
     int valid_ack = script.n_sent == 8 && memcmp(script.sent, "RAT1", 4) == 0;
@@ -293,5 +296,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     case 1: attesting_client(data + 1, len - 1); break;
     default: acknowledged_client(data + 1, len - 1); break;
     }
+    ERR_clear_error(); /* this thread's own OpenSSL calls above (key and certificate re-encoding) */
     return 0;
 }

@@ -39,9 +39,11 @@ static void check_evidence(const uint8_t *der, const ratls_cert_info *info) {
     }
     int root = -1;
     rc = ratls_quote_verify_signatures(permissive, raw, info->quote.len, &q, fuzz_now(), &root, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (rc != RATLS_OK) fuzz_check_failure(rc, msg);
     else FUZZ_REQUIRE(root == RATLS_ROOT_TRUSTED || root == RATLS_ROOT_SIMULATED);
     rc = ratls_cert_check_binding(der, info, q.body.report_data, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (rc != RATLS_OK) fuzz_check_failure(rc, msg);
 }
 
@@ -50,6 +52,7 @@ static int verify_under(const ratls_policy *policy, const uint8_t *der, size_t l
     char msg[RATLS_MSG_SIZE] = "";
     ratls_evidence ev;
     int rc = ratls_verify_cert(policy, der, len, fuzz_now(), RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (inspect_rc != RATLS_OK) {
         FUZZ_REQUIRE(rc == inspect_rc); /* parsing is the first step of verification */
         return rc;
@@ -76,6 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     ratls_cert_info info;
     char msg[RATLS_MSG_SIZE] = "";
     int rc = ratls_cert_inspect(der, len, &info, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (rc == RATLS_OK) {
         check_info(&info, len);
         check_evidence(der, &info);

@@ -7,6 +7,7 @@
 #ifndef RATLS_FUZZ_COMMON_H
 #define RATLS_FUZZ_COMMON_H
 
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,10 @@
 
 /* A span lies inside a buffer of `len` bytes. */
 static inline int fuzz_span_ok(ratls_span s, size_t len) { return s.off <= len && s.len <= len - s.off; }
+
+/* The core leaves OpenSSL's (per-thread) error queue empty: its messages say what failed, and errors left behind
+ * hold memory and mislead the next OpenSSL call's error report on the thread. */
+#define FUZZ_REQUIRE_NO_OPENSSL_ERRORS() FUZZ_REQUIRE(ERR_peek_error() == 0)
 
 /* A failing call returned a known reason and wrote a non-empty, NUL-terminated message. */
 static inline void fuzz_check_failure(int rc, const char *msg) {

@@ -32,6 +32,7 @@ static void verify_under(const ratls_policy *policy, const uint8_t *data, size_t
     char msg[RATLS_MSG_SIZE] = "";
     ratls_evidence ev;
     int rc = ratls_verify_quote(policy, data, len, fuzz_now(), RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg);
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (parse_rc != RATLS_OK) {
         FUZZ_REQUIRE(rc == parse_rc); /* parsing is the first step of verification */
         return;

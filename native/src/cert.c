@@ -1,5 +1,6 @@
 /* RA-TLS certificates in Gramine's format (tools/sgx/ra-tls/ra_tls_attest.c, ra_tls_verify_common.c):
  * building them around quotes, and finding and checking the evidence in them. */
+#include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +254,7 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
     X509 *x = d2i_X509(NULL, &p, (long)len);
     if (!x || p != der + len) {
         X509_free(x);
+        ERR_clear_error(); /* our message says it; OpenSSL's queue would only hold the thread's memory */
         return ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "not a DER X.509 certificate%s",
                           x ? " (trailing bytes)" : "");
     }
@@ -329,9 +331,11 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
         *x509 = x;
     else
         X509_free(x);
+    ERR_clear_error();
     return RATLS_OK;
 fail:
     X509_free(x);
+    ERR_clear_error();
     return rc;
 }
 

@@ -1,5 +1,6 @@
 /* The whole RA-TLS verification: certificate, evidence, quote signature chain, then the policy. Checks run from
  * the cheapest and most basic to the policy, so the reason reported is the most fundamental one. */
+#include <openssl/err.h>
 #include <string.h>
 
 #include "internal.h"
@@ -110,6 +111,7 @@ int ratls_verify_cert(const ratls_policy *policy, const uint8_t *der, size_t len
                         (long long)info.not_after, (long long)now);
     } else if (X509_verify(x, X509_get0_pubkey(x)) != 1) {
         rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_SIGNATURE, "certificate self-signature is invalid");
+        ERR_clear_error();
     }
     X509_free(x);
     if (rc != RATLS_OK) return rc;
