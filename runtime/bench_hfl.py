@@ -40,6 +40,13 @@ def run_one(out: Path, *, batch: int, security: str, steps: int, max_table_size:
     return json.loads((out / "report.json").read_text())
 
 
+def median_run(runs: int, run: Any) -> dict[str, Any]:
+    """Run `runs` times; the report with the median steady-state throughput (other load on the machine moves
+    single runs a lot)."""
+    reports = sorted((run(i) for i in range(runs)), key=lambda r: r["steady"]["samples_per_s"])
+    return reports[len(reports) // 2]
+
+
 def row(batch: int, security: str, cap: int, report: dict[str, Any]) -> str:
     s = report["steady"]
     ms = s["step_ms"]
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="table cap multipliers for the growth runs at the first batch size over ratls "
                              "(default 10,100; empty for none)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads per worker")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per configuration; the median one is shown (default 1)")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     args = parser.parse_args(argv)
@@ -76,20 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         base = args.out or Path(tmp)
         results: list[dict[str, Any]] = []
         print(f"1 PS + 2 workers, Kaggle DLRM, tables capped at {args.max_table_size}, "
-              f"{args.warmup_steps} warm-up steps excluded; times are per step per worker (ms)", flush=True)
+              f"{args.warmup_steps} warm-up steps excluded, median of {args.repeats} run(s); times are per step "
+              f"per worker (ms)", flush=True)
         print(HEADER, flush=True)
         started = time.monotonic()
         for batch, count in zip(batches, steps, strict=True):
             for security in transports:
-                report = run_one(base / f"b{batch}-{security}", batch=batch, security=security, steps=count,
-                                 max_table_size=args.max_table_size, warmup=args.warmup_steps, extra=extra)
+                report = median_run(args.repeats, lambda i, batch=batch, security=security, count=count: run_one(
+                    base / f"b{batch}-{security}-{i}", batch=batch, security=security, steps=count,
+                    max_table_size=args.max_table_size, warmup=args.warmup_steps, extra=extra))
                 results.append({"batch": batch, "security": security, "max_table_size": args.max_table_size,
                                 "steady": report["steady"], "held_out": report["held_out"]})
                 print(row(batch, security, args.max_table_size, report), flush=True)
         for factor in growth:
             cap = args.max_table_size * factor
-            report = run_one(base / f"b{batches[0]}-ratls-cap{cap}", batch=batches[0], security="ratls",
-                             steps=steps[0], max_table_size=cap, warmup=args.warmup_steps, extra=extra)
+            report = median_run(args.repeats, lambda i, cap=cap: run_one(
+                base / f"b{batches[0]}-ratls-cap{cap}-{i}", batch=batches[0], security="ratls", steps=steps[0],
+                max_table_size=cap, warmup=args.warmup_steps, extra=extra))
             results.append({"batch": batches[0], "security": "ratls", "max_table_size": cap,
                             "steady": report["steady"], "held_out": report["held_out"]})
             print(row(batches[0], "ratls", cap, report), flush=True)

@@ -482,6 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             prefetcher.close()
         train_seconds = time.perf_counter() - worker.started
+        steady = worker.steady_report(worker.started + train_seconds)  # before evaluation adds traffic
         held_out = eval_batches if eval_batches is not None else stream.heldout
         evaluation, labels, scores = worker.evaluate(model, held_out)
     heartbeat.stop.set()
@@ -504,7 +505,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "worker_id": args.worker_id, "steps": stats.steps, "examples": stats.examples,
         "batch_size": args.batch_size, "train_seconds": round(train_seconds, 3),
         "samples_per_s": round(stats.examples / train_seconds, 1) if train_seconds > 0 else 0.0,
-        "steady": worker.steady_report(worker.started + train_seconds),
+        "steady": steady,
         "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received,
         "bytes_per_step": round((client.bytes_sent + client.bytes_received) / steps, 1),
         "duplicates": stats.duplicates, "stale": stats.stale, "reconnects": stats.reconnects,
