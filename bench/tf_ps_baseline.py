@@ -53,7 +53,7 @@ from runtime.model import (
 from runtime.ps import add_model_arguments, model_config
 from runtime.reference import ModelParams, evaluate, train_single_process
 
-SERVER_START_TIMEOUT = 60.0
+SERVER_START_TIMEOUT = 180.0  # three TensorFlow imports at once are slow on a busy 2-core machine
 STOP_TIMEOUT = 5.0
 WORKER_TRAIN_FILE = "train.tsv"  # relative: each worker server runs in its own directory (see _split_shards)
 EVAL_BATCH_SIZE = 4096
