@@ -220,7 +220,7 @@ def _summary(report: dict[str, Any]) -> str:
                      f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
     data = [w["data"] for w in report["workers"]]
     if data:
-        lines.append(f"data: {sum(d['lines'] for d in data)} lines read in each worker's first pass, "
+        lines.append(f"data: {sum(d['lines'] for d in data)} lines in one pass over the workers' data, "
                      f"{sum(d['bad_lines'] for d in data)} bad (skipped)")
     att = report["attestation"]
     times = att.get("client_attestation_seconds") or []
@@ -237,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hfl: PS + workers, each worker training on its own data (default)")
     parser.add_argument("--workers", type=int, default=2, help="default 2")
     parser.add_argument("--ps-shards", type=int, default=1, help="PS processes sharing the parameters (default 1)")
-    parser.add_argument("--steps", type=int, default=600, help="synchronous steps (default 600)")
+    parser.add_argument("--steps", type=int, default=400, help="synchronous steps (default 400)")
     parser.add_argument("--batch-size", type=int, default=128, help="per worker (default 128)")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<mode>-<time>)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="stop everything after this many seconds")

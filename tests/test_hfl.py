@@ -115,7 +115,9 @@ def test_readme_main_job(tmp_path):
     assert report["samples_per_s"] > 0 and report["bytes_on_wire"] > 0 and report["short_rounds"] == 0
     assert "== report ==" in result.stdout and "AUC" in result.stdout and "step " in result.stdout
     scalars = tensorboard_scalars(report_path.parent / "tensorboard")
-    assert len(scalars["train/loss"]) >= 2 * 50 and "eval/auc" in scalars and "train/samples_per_s" in scalars
+    points = report["steps"] // 10  # one point every 10 steps per worker
+    assert len(scalars["train/loss"]) >= 2 * (points - 1)
+    assert "eval/auc" in scalars and "train/samples_per_s" in scalars and "wire/bytes_per_step" in scalars
 
 
 def test_real_criteo_lines_over_tls_with_two_ps_shards(tmp_path, testdata):
