@@ -213,9 +213,14 @@ class RatlsTransport(Transport):
         if simulated:
             print(f"warning: SIMULATED SGX attestation (sim CA {sim_ca}): evidence proves nothing about a real "
                   "enclave", file=sys.stderr, flush=True)
-        self.policy = ratls.Policy(mrenclave=self.mrenclave, allow_simulated=simulated,
-                                   sim_root=sim_ca if simulated else None,
-                                   allowed_tcb_statuses=("UpToDate", "Unknown") if simulated else ("UpToDate",))
+        if simulated:
+            self.policy = ratls.Policy(mrenclave=self.mrenclave, allow_simulated=True, sim_root=sim_ca,
+                                       allowed_tcb_statuses=("UpToDate", "Unknown"))
+        else:
+            # In an enclave the peers' policy is the manifest's fixed RA_TLS_* values (never the host's): every
+            # role and instance has its own MRENCLAVE there, so the manifest pins MRSIGNER instead.
+            overrides = {"mrenclave": mrenclave} if mrenclave is not None else {}
+            self.policy = ratls.Policy.from_env(**overrides)
         self.credentials = ratls.credentials(policy=self.policy, identity=self.identity)
         self._lock = threading.Lock()
         self.attestation_seconds: list[float] = []
