@@ -20,14 +20,15 @@
 
 extern const uint8_t ratls_intel_qe_vendor_id[16];
 
-/* A PCK chain that verified under this policy's roots: the same platform sends the same chain in every quote,
- * so its parse and chain check (most of a quote's verification time) are done once per window of validity. */
+/* Platform evidence that verified under this policy's roots: the PCK chain, the QE report and its signature and the
+ * attestation key are the same in every quote of one platform, so their checks (most of a quote's verification
+ * time) run once per policy and window of validity; each quote's own ISV signature is always checked. */
 #define RATLS_PCK_CACHE_SIZE 8
 typedef struct {
-    uint8_t chain_sha256[32]; /* of the certification data bytes */
+    uint8_t platform_sha256[32]; /* of the quote bytes from the attestation key to the end */
     int root;
     int64_t valid_from, valid_until; /* intersection of the chain certificates' validity */
-    EVP_PKEY *leaf_key;
+    EVP_PKEY *attestation_key;
 } ratls_pck_cache_entry;
 
 struct ratls_policy {

@@ -40,7 +40,7 @@ ratls_policy *ratls_policy_new(void) {
 void ratls_policy_clear_cache(ratls_policy *p) {
     pthread_mutex_lock(&p->cache_lock);
     for (unsigned i = 0; i < RATLS_PCK_CACHE_SIZE; i++) {
-        EVP_PKEY_free(p->cache[i].leaf_key);
+        EVP_PKEY_free(p->cache[i].attestation_key);
         memset(&p->cache[i], 0, sizeof p->cache[i]);
     }
     pthread_mutex_unlock(&p->cache_lock);

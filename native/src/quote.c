@@ -298,15 +298,16 @@ static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, i
                       X509_verify_cert_error_string(trusted_err));
 }
 
-/* The cached leaf key (a new reference) of a chain that verified under this policy and is valid at now. */
-static EVP_PKEY *pck_cache_lookup(ratls_policy *p, const uint8_t hash[32], int64_t now, int *root) {
+/* The cached attestation key (a new reference) of platform evidence that verified under this policy and is
+ * valid at now. */
+static EVP_PKEY *platform_cache_lookup(ratls_policy *p, const uint8_t hash[32], int64_t now, int *root) {
     EVP_PKEY *key = NULL;
     pthread_mutex_lock(&p->cache_lock);
     for (unsigned i = 0; i < RATLS_PCK_CACHE_SIZE && !key; i++) {
         ratls_pck_cache_entry *e = &p->cache[i];
-        if (e->leaf_key && memcmp(e->chain_sha256, hash, 32) == 0 && e->valid_from <= now && now <= e->valid_until &&
-            EVP_PKEY_up_ref(e->leaf_key)) {
-            key = e->leaf_key;
+        if (e->attestation_key && memcmp(e->platform_sha256, hash, 32) == 0 && e->valid_from <= now &&
+            now <= e->valid_until && EVP_PKEY_up_ref(e->attestation_key)) {
+            key = e->attestation_key;
             *root = e->root;
         }
     }
@@ -314,7 +315,8 @@ static EVP_PKEY *pck_cache_lookup(ratls_policy *p, const uint8_t hash[32], int64
     return key;
 }
 
-static void pck_cache_store(ratls_policy *p, const uint8_t hash[32], int root, STACK_OF(X509) *chain) {
+static void platform_cache_store(ratls_policy *p, const uint8_t hash[32], int root, STACK_OF(X509) *chain,
+                                 EVP_PKEY *attestation_key) {
     int64_t from = INT64_MIN, until = INT64_MAX;
     for (int i = 0; i < sk_X509_num(chain); i++) {
         int64_t nb, na;
@@ -325,60 +327,30 @@ static void pck_cache_store(ratls_policy *p, const uint8_t hash[32], int root, S
         if (nb > from) from = nb;
         if (na < until) until = na;
     }
-    EVP_PKEY *key = X509_get0_pubkey(sk_X509_value(chain, 0));
-    if (!key || !EVP_PKEY_up_ref(key)) return;
+    if (!EVP_PKEY_up_ref(attestation_key)) return;
     pthread_mutex_lock(&p->cache_lock);
     ratls_pck_cache_entry *e = &p->cache[p->cache_next++ % RATLS_PCK_CACHE_SIZE];
-    EVP_PKEY_free(e->leaf_key);
-    memcpy(e->chain_sha256, hash, 32);
+    EVP_PKEY_free(e->attestation_key);
+    memcpy(e->platform_sha256, hash, 32);
     e->root = root;
     e->valid_from = from;
     e->valid_until = until;
-    e->leaf_key = key;
+    e->attestation_key = attestation_key;
     pthread_mutex_unlock(&p->cache_lock);
 }
 
-/* The PCK leaf key of a quote whose chain verifies under the policy (cached per chain), as a new reference. */
-static int pck_leaf_key(const ratls_policy *policy, const uint8_t *cert_data, size_t len, int64_t now,
-                        EVP_PKEY **leaf_key, int *root, char *msg, size_t msg_len) {
-    ratls_policy *cache_owner = (ratls_policy *)policy; /* only the lock-protected cache is written */
-    uint8_t hash[32];
-    if (!ratls_sha256(cert_data, len, hash)) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "SHA-256 failed");
-    if ((*leaf_key = pck_cache_lookup(cache_owner, hash, now, root))) return RATLS_OK;
+/* What the platform vouches for, checked in order: PCK chain to a root of the policy, QE report signed by the PCK
+ * leaf, QE report_data binding the attestation key. On success *attestation_key is a new reference. */
+static int verify_platform(const ratls_policy *policy, const uint8_t *raw, const ratls_quote *q, int64_t now,
+                           STACK_OF(X509) **chain_out, EVP_PKEY **attestation_key, int *root, char *msg,
+                           size_t msg_len) {
     STACK_OF(X509) *chain = NULL;
-    int rc = parse_pck_chain(policy, cert_data, len, &chain, msg, msg_len);
+    int rc = parse_pck_chain(policy, raw + q->cert_data.off, q->cert_data.len, &chain, msg, msg_len);
     if (rc != RATLS_OK) return rc;
     rc = verify_pck_chain(policy, chain, now, root, msg, msg_len);
-    if (rc == RATLS_OK) {
-        *leaf_key = X509_get0_pubkey(sk_X509_value(chain, 0));
-        if (!*leaf_key || !EVP_PKEY_up_ref(*leaf_key))
-            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "PCK leaf key unavailable");
-        else
-            pck_cache_store(cache_owner, hash, *root, chain);
-    }
-    sk_X509_pop_free(chain, X509_free);
-    return rc;
-}
+    if (rc != RATLS_OK) goto done;
 
-int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw, size_t len,
-                                  const ratls_quote *q, int64_t now, int *root, char *msg, size_t msg_len) {
-    if (!policy || !raw || !q || !root)
-        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy, quote or output is NULL");
-    if (q->total_len != len)
-        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "parsed quote is %zu bytes, buffer is %zu",
-                          q->total_len, len);
-    *root = RATLS_ROOT_NONE;
-    if (q->cert_data_type != SGX_CERT_DATA_PCK_CHAIN)
-        return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA,
-                          "certification data type: expected 5 (PCK certificate chain), found %u",
-                          q->cert_data_type);
-    EVP_PKEY *leaf_key = NULL;
-    int chain_root = RATLS_ROOT_NONE;
-    int rc = pck_leaf_key(policy, raw + q->cert_data.off, q->cert_data.len, now, &leaf_key, &chain_root, msg,
-                          msg_len);
-    if (rc != RATLS_OK) return rc;
-
-    int ok = ratls_ecdsa_verify_raw(leaf_key, raw + q->qe_report_raw.off,
+    int ok = ratls_ecdsa_verify_raw(X509_get0_pubkey(sk_X509_value(chain, 0)), raw + q->qe_report_raw.off,
                                     q->qe_report_raw.len, raw + q->qe_report_signature.off, 32);
     if (ok != 1) {
         rc = ratls_fail(msg, msg_len, ok < 0 ? RATLS_ERR_INTERNAL : RATLS_ERR_QE_REPORT_SIGNATURE,
@@ -404,22 +376,51 @@ int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw
                         "QE report_data[0:32] is not SHA-256(attestation key || qe_auth_data)");
         goto done;
     }
-
-    EVP_PKEY *att_key = ratls_p256_from_raw(raw + q->attestation_key.off);
-    if (!att_key) {
+    if (!(*attestation_key = ratls_p256_from_raw(raw + q->attestation_key.off)))
         rc = ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_SIGNATURE, "attestation key is not a P-256 point");
-        goto done;
-    }
-    ok = ratls_ecdsa_verify_raw(att_key, raw + q->signed_region.off, q->signed_region.len,
-                                raw + q->isv_signature.off, 32);
-    EVP_PKEY_free(att_key);
-    if (ok != 1) {
-        rc = ratls_fail(msg, msg_len, ok < 0 ? RATLS_ERR_INTERNAL : RATLS_ERR_QUOTE_SIGNATURE,
-                        "ISV report signature does not verify under the attestation key");
-        goto done;
-    }
-    *root = chain_root;
 done:
-    EVP_PKEY_free(leaf_key);
+    if (rc == RATLS_OK)
+        *chain_out = chain;
+    else
+        sk_X509_pop_free(chain, X509_free);
     return rc;
+}
+
+int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw, size_t len,
+                                  const ratls_quote *q, int64_t now, int *root, char *msg, size_t msg_len) {
+    if (!policy || !raw || !q || !root)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy, quote or output is NULL");
+    if (q->total_len != len)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "parsed quote is %zu bytes, buffer is %zu",
+                          q->total_len, len);
+    *root = RATLS_ROOT_NONE;
+    if (q->cert_data_type != SGX_CERT_DATA_PCK_CHAIN)
+        return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA,
+                          "certification data type: expected 5 (PCK certificate chain), found %u",
+                          q->cert_data_type);
+    /* The platform's part (attestation key, QE report and signature, auth data, PCK chain) is the same in every
+     * quote of one platform and is contiguous after the ISV signature: verified once per policy and validity
+     * window, then only the per-quote ISV signature is checked. The policy is const to callers; only its
+     * lock-protected cache is written. */
+    ratls_policy *cache_owner = (ratls_policy *)policy;
+    uint8_t platform_hash[32];
+    if (!ratls_sha256(raw + q->attestation_key.off, len - q->attestation_key.off, platform_hash))
+        return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "SHA-256 failed");
+    int chain_root = RATLS_ROOT_NONE;
+    EVP_PKEY *att_key = platform_cache_lookup(cache_owner, platform_hash, now, &chain_root);
+    if (!att_key) {
+        STACK_OF(X509) *chain = NULL;
+        int rc = verify_platform(policy, raw, q, now, &chain, &att_key, &chain_root, msg, msg_len);
+        if (rc != RATLS_OK) return rc;
+        platform_cache_store(cache_owner, platform_hash, chain_root, chain, att_key);
+        sk_X509_pop_free(chain, X509_free);
+    }
+    int ok = ratls_ecdsa_verify_raw(att_key, raw + q->signed_region.off, q->signed_region.len,
+                                    raw + q->isv_signature.off, 32);
+    EVP_PKEY_free(att_key);
+    if (ok != 1)
+        return ratls_fail(msg, msg_len, ok < 0 ? RATLS_ERR_INTERNAL : RATLS_ERR_QUOTE_SIGNATURE,
+                          "ISV report signature does not verify under the attestation key");
+    *root = chain_root;
+    return RATLS_OK;
 }
