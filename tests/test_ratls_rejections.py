@@ -210,3 +210,28 @@ def test_no_crash_on_mutated_inputs(identity, sim_policy, testdata):
                 ratls.verify_quote(bytes(base), sim_policy)
         except ratls.VerificationError as e:
             assert isinstance(e.reason, ratls.Reason)
+
+
+def test_platform_cache_never_skips_a_check(identity, sim_policy, sim_ca):
+    """A policy caches platform evidence it verified; tampered platform bytes, a quote outside the chain's
+    validity and another policy's roots are still checked in full."""
+    quote = ratls.inspect_certificate(identity.certificate_der).quote
+    assert ratls.verify_quote(quote, sim_policy).mrenclave == identity.mrenclave  # now cached
+    for offset, reason in ((QE_REPORT + 64, R.QE_REPORT_SIGNATURE), (ATT_KEY, R.QE_REPORT_DATA),
+                           (BODY + 128, R.QUOTE_SIGNATURE)):
+        with pytest.raises(ratls.VerificationError) as e:
+            ratls.verify_quote(flip_bit(quote, offset * 8), sim_policy)
+        assert e.value.reason == reason
+    pck_not_after = min(c.not_valid_after_utc for c in _pck_chain(quote))
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_quote(quote, sim_policy, now=pck_not_after.timestamp() + 1)
+    assert e.value.reason == R.PCK_CHAIN_UNTRUSTED
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_quote(quote, sim_policy.replace(allow_simulated=False))
+    assert e.value.reason == R.SIMULATED_DENIED
+
+
+def _pck_chain(quote: bytes):
+    from cryptography import x509
+
+    return [x509.load_pem_x509_certificate(pem) for pem in ratls.parse_quote(quote).pck_chain_pem]
