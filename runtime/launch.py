@@ -29,7 +29,7 @@ from runtime.report import write_json_atomically
 
 READY_TIMEOUT = 60.0
 # The console shows the lines our processes print themselves; TensorFlow's start-up chatter stays in the logs.
-_CONSOLE_PREFIXES = ("ps[", "worker", "warning:", "error:", "Traceback")
+_CONSOLE_PREFIXES = ("ps[", "chief", "worker", "warning:", "error:", "Traceback")
 
 
 @dataclass
@@ -137,6 +137,21 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
     return [["--data", str(t), "--eval-data", str(e)] for t, e in zip(train, held_out, strict=True)]
 
 
+def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security_argv: list[str]) -> Child:
+    """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief)."""
+    data = (["--data", *map(str, args.data), "--layout", args.layout] if args.data else
+            ["--synthetic", str(args.synthetic_rows or args.steps * args.batch_size), "--data-seed",
+             str(args.data_seed)])
+    argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
+            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out / "chief"),
+            "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
+            "--timeout", str(args.timeout), *data, *_model_argv(args), *security_argv]
+    child = Child("chief", argv, out / "logs" / "chief.log")
+    (out / "chief.ready.json").unlink(missing_ok=True)
+    child.start()
+    return child
+
+
 def _model_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate",
             str(args.learning_rate), "--seed", str(args.seed)]
@@ -233,8 +248,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("hfl",), default="hfl",
-                        help="hfl: PS + workers, each worker training on its own data (default)")
+    parser.add_argument("--mode", choices=("hfl", "sdt"), default="hfl",
+                        help="hfl: PS + workers, each worker training on its own data (default); sdt: PS + chief "
+                             "+ workers, the chief holding the data and streaming each worker its shard")
     parser.add_argument("--workers", type=int, default=2, help="default 2")
     parser.add_argument("--ps-shards", type=int, default=1, help="PS processes sharing the parameters (default 1)")
     parser.add_argument("--steps", type=int, default=400, help="synchronous steps (default 400)")
@@ -280,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     children: list[Child] = []
     try:
         security_argv, security = _security_setup(args, out)
-        worker_data = _data_setup(args, out)
+        worker_data = _data_setup(args, out) if args.mode == "hfl" else []
         ps_children = []
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
                      str(args.ps_shards), "--worker-timeout", str(args.worker_timeout), "--optimizer",
@@ -289,6 +305,8 @@ def run(args: argparse.Namespace) -> int:
                             ("--staleness", args.staleness), ("--chunk-bytes", args.chunk_bytes)):
             if value is not None:
                 common_ps += [flag, str(value)]
+        if args.mode == "sdt":
+            common_ps += ["--linger", "10"]  # time for the chief to join and pull the final model
         for shard in range(args.ps_shards):
             argv = [sys.executable, "-m", "runtime.ps", *common_ps, "--shard", str(shard),
                     "--ready-file", str(out / f"ps{shard}.ready.json"), "--report-file",
@@ -300,11 +318,20 @@ def run(args: argparse.Namespace) -> int:
             children.append(child)
             ps_children.append(child)
         addresses = [_wait_ready(c, out / f"{c.role}.ready.json", READY_TIMEOUT)["address"] for c in ps_children]
+        chief_children = []
+        if args.mode == "sdt":
+            chief = _start_chief(args, out, addresses, security_argv)
+            children.append(chief)
+            chief_children.append(chief)
+            chief_address = _wait_ready(chief, out / "chief.ready.json", READY_TIMEOUT)["address"]
+            worker_data = [["--chief", chief_address]] * args.workers
         worker_children = []
         for i in range(args.workers):
             worker_id = f"worker{i}"
-            argv = [sys.executable, "-m", "runtime.worker", "--ps", ",".join(addresses), "--worker-id", worker_id,
-                    "--batch-size", str(args.batch_size), "--wire-dtype", args.wire_dtype,
+            job = (["--ps", ",".join(addresses), "--batch-size", str(args.batch_size)] if args.mode == "hfl"
+                   else [])
+            argv = [sys.executable, "-m", "runtime.worker", *job, "--worker-id", worker_id,
+                    "--wire-dtype", args.wire_dtype,
                     "--threads", str(args.threads), "--warmup-steps", str(args.warmup_steps),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
@@ -316,8 +343,9 @@ def run(args: argparse.Namespace) -> int:
             children.append(child)
             worker_children.append(child)
         write_json_atomically(out / "processes.json", {c.role: c.process.pid for c in children if c.process})
-        print(f"launch: {args.ps_shards} PS + {args.workers} workers over {args.security}, {args.steps} steps; "
-              f"run directory {out}", flush=True)
+        chief_part = " + chief" if chief_children else ""
+        print(f"launch: {args.ps_shards} PS{chief_part} + {args.workers} workers over {args.security}, {args.steps} "
+              f"steps; run directory {out}", flush=True)
         failures = _supervise(children, worker_children, args, started)
         if failures:
             return 1
@@ -325,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         worker_reports = [json.loads(p.read_text()) for c in worker_children
                           if (p := out / f"{c.role}.report.json").exists()]
         report = combined_report(out, ps_reports, worker_reports, time.monotonic() - started, security)
+        if chief_children:
+            report["chief"] = json.loads((out / "chief.report.json").read_text())
         report["command"] = sys.argv
         write_json_atomically(out / "report.json", report)
         print(_summary(report), flush=True)

@@ -10,22 +10,26 @@ If a PS goes away the worker reconnects (re-attesting under ratls) and joins aga
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import queue
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from runtime import metrics, transport
 from runtime.data import CriteoReader, DataError, synth
 from runtime.model import Batch, DLRMConfig
-from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
+from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WIRE_DTYPE_NAMES, RemoteError
 from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, ShardedPS
 from runtime.report import write_json_atomically
 from runtime.transport import TransportError
@@ -364,8 +368,10 @@ def _eval_batches(paths: Sequence[Path], config: DLRMConfig, args: argparse.Name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ps", required=True,
-                        help="the PS shards, in shard order: host:port[/attestation_port],...")
+    parser.add_argument("--ps", help="the PS shards, in shard order: host:port[/attestation_port],...")
+    parser.add_argument("--chief", help="SDT: take the job spec (PS addresses, batch size, model) and this "
+                                        "worker's data shard from the chief at host:port[/attestation_port] "
+                                        "instead of --ps and --data; the shard is held in memory only")
     parser.add_argument("--worker-id", required=True,
                         help="this worker's stable name (1-128 of [A-Za-z0-9_.-]); pushes are de-duplicated "
                              "by (worker id, step), and rounds combine workers in worker-id order")
@@ -424,7 +430,103 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return shard
 
 
+class ChiefClient:
+    """SDT: this worker's link to the chief (attested like every other link)."""
+
+    def __init__(self, endpoint: transport.Endpoint, net: transport.Transport, worker_id: str) -> None:
+        from runtime.proto import chief_pb2_grpc
+
+        self.worker_id = worker_id
+        self.channel = net.channel(endpoint, [("grpc.max_receive_message_length", 96 << 20)])
+        self.stub = chief_pb2_grpc.ChiefStub(self.channel)
+        self.shard_bytes = 0
+
+    def _call(self, method: Any, request: Any, timeout: float = 60.0) -> Any:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise RemoteError.from_rpc_error(error) from None
+
+    def join_and_spec(self) -> Any:
+        from runtime.proto import chief_pb2
+
+        self._call(self.stub.Join, chief_pb2.ChiefJoinRequest(protocol_version=PROTOCOL_VERSION,
+                                                               worker_id=self.worker_id))
+        return self._call(self.stub.GetJobSpec, chief_pb2.JobSpecRequest(protocol_version=PROTOCOL_VERSION,
+                                                                          worker_id=self.worker_id))
+
+    def shard_to_memory(self, timeout: float = 600.0) -> int:
+        """Streams this worker's shard into an anonymous in-memory file (memfd: never on disk); returns its
+        descriptor, open for reading at /proc/self/fd/<fd>. Every chunk's offset and CRC-32 are checked."""
+        from runtime.proto import chief_pb2
+
+        fd = os.memfd_create(f"shard-{self.worker_id}", os.MFD_CLOEXEC)
+        expected = 0
+        try:
+            chunks = self.stub.StreamShard(chief_pb2.ShardRequest(protocol_version=PROTOCOL_VERSION,
+                                                                  worker_id=self.worker_id), timeout=timeout)
+            last = None
+            for chunk in chunks:
+                if chunk.offset != expected:
+                    raise DataError(f"shard chunk: offset expected {expected}, found {chunk.offset}")
+                if zlib.crc32(chunk.data) != chunk.crc32:
+                    raise DataError(f"shard chunk at offset {chunk.offset}: crc32 expected {chunk.crc32:#010x}, "
+                                    f"found {zlib.crc32(chunk.data):#010x}")
+                os.write(fd, chunk.data)
+                expected += len(chunk.data)
+                if chunk.last:
+                    last = chunk
+                    break
+            if last is None or last.total_bytes != expected:
+                raise DataError(f"shard ended after {expected} bytes without its last chunk")
+        except grpc.RpcError as error:
+            os.close(fd)
+            raise RemoteError.from_rpc_error(error) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.shard_bytes = expected
+        return fd
+
+    def report_metrics(self, report: dict[str, Any]) -> None:
+        from runtime.proto import chief_pb2
+
+        self._call(self.stub.ReportMetrics, chief_pb2.MetricsReport(
+            protocol_version=PROTOCOL_VERSION, worker_id=self.worker_id, report_json=json.dumps(report)))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    net = transport.from_args(args)
+    chief: ChiefClient | None = None
+    shard_fd: int | None = None
+    if args.chief is not None:
+        if args.data is not None or args.synthetic is not None or args.ps is not None:
+            raise ValueError("--chief gives the PS addresses and the data: no --ps, --data or --synthetic with it")
+        chief = ChiefClient(transport.Endpoint.parse(args.chief), net, args.worker_id)
+        spec = chief.join_and_spec()
+        args.ps, args.batch_size, args.layout = spec.ps_addresses, spec.batch_size, spec.layout
+        args.eval_batches, args.max_bad_fraction = spec.eval_batches, spec.max_bad_fraction
+        shard_fd = chief.shard_to_memory()
+        args.data = [Path(f"/proc/self/fd/{shard_fd}")]
+        print(f"{args.worker_id}: SDT: job spec and {chief.shard_bytes} shard bytes from the chief (in memory)",
+              flush=True)
+    try:
+        report = _train(args, net)
+    finally:
+        if shard_fd is not None:
+            os.close(shard_fd)
+    if chief is not None:
+        chief.report_metrics(report)
+        chief.close()
+    return report
+
+
+def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]:
+    if args.ps is None:
+        raise ValueError("give --ps (or --chief)")
     if (args.data is None) == (args.synthetic is None):
         raise ValueError("give exactly one of --data and --synthetic")
     for name, value, low, high in (("--chunk-bytes", args.chunk_bytes, 1, MAX_REPLY_CHUNK),
@@ -435,7 +537,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not low <= value <= high:
             raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     shard = _parse_shard(args.data_shard)
-    net = transport.from_args(args)
     client = ShardedPS(transport.parse_endpoints(args.ps), net, args.worker_id, chunk_bytes=args.chunk_bytes,
                        wire_dtype=WIRE_DTYPE_NAMES[args.wire_dtype])
     worker = Worker(client, args)

@@ -1,0 +1,376 @@
+"""The SDT chief: python -m runtime.chief --ps ADDRESSES --workers N (--data FILES | --synthetic ROWS).
+
+Holds the dataset and the job definition. Workers attest (RA-TLS, the same measured-MRENCLAVE policy as every
+other link), join under one of the job's worker ids, take the job spec (PS addresses, batch size, data layout,
+model config) and stream their data shard: shard i of --data is every n-th line starting at line i over all
+files (as `runtime.worker --data-shard i/n`); shard i of --synthetic is the i-th synthetic partition (as the HFL
+launcher gives worker i). The chief reads its files as it streams, in chunks of whole lines of at most
+--chunk-bytes, each with a CRC-32, so it never holds a whole shard; a worker that asks again (e.g. after a
+restart) gets its shard again from the beginning. Once every worker has reported its metrics, the chief pulls
+the final parameters from the PS and writes the model (a SavedModel and the raw parameters) to its --out only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runtime import transport
+from runtime.data import LAYOUTS, _lines
+from runtime.model import DLRMConfig
+from runtime.proto import chief_pb2, chief_pb2_grpc
+from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
+from runtime.ps import add_model_arguments, model_config
+from runtime.report import write_json_atomically
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+@dataclass
+class ShardSource:
+    """Where shard `index` of `count` comes from: every count-th line of `paths` (taken together) from line
+    `index`, or (line_sharded False) all lines of `paths`."""
+
+    paths: list[Path]
+    index: int
+    count: int
+    line_sharded: bool
+
+    def lines(self) -> Iterator[bytes]:
+        """The shard's lines, streamed; a line too long for the reader is skipped here as the reader would."""
+        global_line = -1
+        for path in self.paths:
+            for raw in _lines(path):
+                global_line += 1
+                if self.line_sharded and global_line % self.count != self.index:
+                    continue
+                if raw is None:
+                    continue
+                yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def shard_chunks(source: ShardSource, chunk_bytes: int) -> Iterator[chief_pb2.ShardChunk]:
+    """Chunks of whole lines, each at most chunk_bytes (or one line if a line is longer), then a last chunk."""
+    offset = lines = 0
+    pending: list[bytes] = []
+    size = 0
+    for line in source.lines():
+        if pending and size + len(line) > chunk_bytes:
+            data = b"".join(pending)
+            yield chief_pb2.ShardChunk(offset=offset, data=data, crc32=zlib.crc32(data))
+            offset += len(data)
+            pending, size = [], 0
+        pending.append(line)
+        size += len(line)
+        lines += 1
+    data = b"".join(pending)
+    yield chief_pb2.ShardChunk(offset=offset, data=data, crc32=zlib.crc32(data), last=True,
+                               total_bytes=offset + len(data), lines=lines)
+
+
+@dataclass
+class WorkerState:
+    shard: int
+    joins: int = 0
+    shard_starts: int = 0
+    shard_completions: int = 0
+    shard_bytes_sent: int = 0
+    metrics: dict[str, Any] | None = None
+    mrenclave: str | None = None
+
+
+@dataclass
+class Chief:
+    spec: chief_pb2.JobSpec
+    sources: list[ShardSource]
+    worker_ids: list[str]
+    net: transport.Transport
+    chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    workers: dict[str, WorkerState] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.workers = {wid: WorkerState(shard=i) for i, wid in enumerate(self.worker_ids)}
+
+    def _peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
+        """ratls: the caller's verified MRENCLAVE, checked against the policy's pin (the handshake checked it
+        already; this keeps the chief's admission explicit). None for tls/insecure."""
+        if not isinstance(self.net, transport.RatlsTransport):
+            return None
+        import ratls
+
+        try:
+            evidence = ratls.peer(context)
+        except ratls.RatlsError as error:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"not_attested: {error}")
+        if evidence.mrenclave != self.net.mrenclave:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"bad_mrenclave: expected {self.net.mrenclave.hex()}, found {evidence.mrenclave.hex()}")
+        return evidence.mrenclave.hex()
+
+    def _member(self, request: Any, context: grpc.ServicerContext, joined: bool = True) -> WorkerState:
+        if request.protocol_version != PROTOCOL_VERSION:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"bad_version: protocol_version expected "
+                                                               f"{PROTOCOL_VERSION}, found {request.protocol_version}")
+        mrenclave = self._peer_mrenclave(context)
+        state = self.workers.get(request.worker_id)
+        if state is None:
+            with self.lock:
+                self.refused.append(request.worker_id[:128])
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"unknown_worker: worker_id {request.worker_id[:128]!r} is not one of {self.worker_ids}")
+        if joined and state.joins == 0:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not_joined: {request.worker_id} must Join first")
+        if mrenclave is not None:
+            state.mrenclave = mrenclave
+        return state
+
+    def Join(self, request: chief_pb2.ChiefJoinRequest, context: grpc.ServicerContext) -> chief_pb2.ChiefJoinReply:
+        state = self._member(request, context, joined=False)
+        with self.lock:
+            state.joins += 1
+        print(f"chief: {request.worker_id} joined (shard {state.shard}/{len(self.sources)}, join {state.joins})",
+              flush=True)
+        return chief_pb2.ChiefJoinReply(shard_index=state.shard, num_shards=len(self.sources))
+
+    def GetJobSpec(self, request: chief_pb2.JobSpecRequest, context: grpc.ServicerContext) -> chief_pb2.JobSpec:
+        self._member(request, context)
+        return self.spec
+
+    def StreamShard(self, request: chief_pb2.ShardRequest,
+                    context: grpc.ServicerContext) -> Iterator[chief_pb2.ShardChunk]:
+        state = self._member(request, context)
+        with self.lock:
+            state.shard_starts += 1
+        for chunk in shard_chunks(self.sources[state.shard], self.chunk_bytes):
+            if not context.is_active():
+                return
+            yield chunk
+            with self.lock:
+                state.shard_bytes_sent += len(chunk.data)
+        with self.lock:
+            state.shard_completions += 1
+
+    def ReportMetrics(self, request: chief_pb2.MetricsReport,
+                      context: grpc.ServicerContext) -> chief_pb2.MetricsReply:
+        state = self._member(request, context)
+        try:
+            metrics = json.loads(request.report_json)
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad_report: report_json is not JSON ({error})")
+        with self.lock:
+            state.metrics = metrics
+            if all(s.metrics is not None for s in self.workers.values()):
+                self.done.set()
+        return chief_pb2.MetricsReply()
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            workers = {wid: {"shard": s.shard, "joins": s.joins, "shard_starts": s.shard_starts,
+                             "shard_completions": s.shard_completions, "shard_bytes_sent": s.shard_bytes_sent,
+                             "mrenclave": s.mrenclave, "metrics": s.metrics} for wid, s in self.workers.items()}
+            return {"workers": workers, "refused_worker_ids": list(self.refused), "transport": self.net.report()}
+
+
+def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: int) -> tuple[
+        DLRMConfig, dict[str, np.ndarray], list[np.ndarray]]:
+    """Every parameter from the PS after training: the chief joins (only once the PS is done, so it never
+    counts in a round), pulls the dense weights and each table's rows one table at a time, and leaves."""
+    from runtime.ps_client import ShardedPS
+
+    client = ShardedPS(transport.parse_endpoints(ps_addresses), net, "chief")
+    try:
+        client.connect_and_join()
+        config = client.config
+        assert config is not None
+        dense: dict[str, np.ndarray] = {}
+        tables: list[np.ndarray] = []
+        empty = [np.zeros(0, np.int64)] * config.num_tables
+        for t, size in enumerate(config.table_sizes):
+            ids = list(empty)
+            ids[t] = np.arange(size, dtype=np.int64)
+            pulled = client.pull([steps] * client.num_shards, ids, dense=t == 0, wait_ms=0)
+            if not pulled.ready or min(pulled.versions) < steps:
+                raise RuntimeError(f"PS not done: versions {pulled.versions}, expected {steps}")
+            dense = dense or pulled.dense
+            tables.append(pulled.rows[t])
+        client.leave()
+    finally:
+        client.close()
+    return config, dense, tables
+
+
+def export_model(config: DLRMConfig, dense: dict[str, np.ndarray], tables: Sequence[np.ndarray],
+                 out_dir: Path) -> Path:
+    """Writes the trained DLRM to out_dir: a TensorFlow SavedModel (out_dir/saved_model; its `serve` function and
+    serving signature map dense float32 [B, 13] and cat int64 [B, 26] (row ids, as Batch.cat) to click
+    probabilities [B]) and the raw parameters (out_dir/parameters.npz). Returns the SavedModel directory."""
+    import tensorflow as tf
+
+    from runtime.model import DLRM
+
+    names = [name for name, _ in config.layer_shapes()]
+    for t, table in enumerate(tables):
+        if table.shape != (config.table_sizes[t], config.embedding_dim) or table.dtype != np.float32:
+            raise ValueError(f"table {t}: expected float32 {(config.table_sizes[t], config.embedding_dim)}, "
+                             f"found {table.dtype} {table.shape}")
+    graphs = DLRM(config)._graphs
+    offsets = np.cumsum([0, *config.table_sizes[:-1]]).astype(np.int64)
+
+    class Served(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flat_params = tf.Variable(np.concatenate([dense[n].reshape(-1) for n in names]), trainable=False)
+            self.rows = tf.Variable(np.concatenate(list(tables)), trainable=False)
+            self.offsets = tf.constant(offsets)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, config.num_dense], tf.float32, name="dense"),
+                                      tf.TensorSpec([None, config.num_tables], tf.int64, name="cat")])
+        def serve(self, dense_features: tf.Tensor, cat: tf.Tensor) -> tf.Tensor:
+            return graphs._probabilities(self.flat_params, self.rows, cat + self.offsets, dense_features)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module = Served()
+    saved = out_dir / "saved_model"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+    np.savez(out_dir / "parameters.npz", **{f"dense/{n}": dense[n] for n in names},
+             **{f"table/{t}": table for t, table in enumerate(tables)})
+    return saved
+
+
+def start_server(chief: Chief, host: str, port: int, attestation_port: int | None = None) -> tuple[grpc.Server,
+                                                                                                    transport.Endpoint]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * len(chief.worker_ids) + 8,
+                                                    thread_name_prefix="chief"))
+    chief_pb2_grpc.add_ChiefServicer_to_server(chief, server)
+    endpoint = chief.net.add_port(server, host, port, attestation_port)
+    server.start()
+    return server, endpoint
+
+
+def shard_sources(data: Sequence[Path] | None, synthetic_files: Sequence[Path] | None, workers: int) -> list[
+        ShardSource]:
+    if synthetic_files is not None:
+        return [ShardSource([path], i, workers, line_sharded=False) for i, path in enumerate(synthetic_files)]
+    assert data is not None
+    return [ShardSource(list(data), i, workers, line_sharded=True) for i in range(workers)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ps", required=True, help="the PS shards, in shard order: host:port[/attestation_port],...")
+    parser.add_argument("--workers", type=int, required=True, help="the job's number of workers (= data shards)")
+    parser.add_argument("--worker-ids", help="comma-separated worker ids, shard i to the i-th "
+                                             "(default worker0,...,worker{N-1})")
+    parser.add_argument("--steps", type=int, required=True, help="the job's steps (as given to the PS)")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: any free port)")
+    parser.add_argument("--attestation-port", type=int, help="ratls: the attestation port")
+    parser.add_argument("--ready-file", type=Path, help="write {address, pid} as JSON here once serving")
+    parser.add_argument("--report-file", type=Path, help="write the per-worker shard counters and metrics here")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the chief's directory: synthetic data and the final model (<out>/model: "
+                             "saved_model/, parameters.npz)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", type=Path, nargs="+", help="Criteo TSV files (plain or gzip)")
+    data.add_argument("--synthetic", type=int, metavar="ROWS", help="instead: ROWS synthetic rows per worker")
+    data.add_argument("--data-seed", type=int, default=1, help="synthetic data seed (default 1)")
+    data.add_argument("--layout", choices=LAYOUTS, default="kaggle")
+    data.add_argument("--batch-size", type=int, default=128)
+    data.add_argument("--eval-batches", type=int, default=2,
+                      help="held-out batches at the start of each pass over a shard (default 2)")
+    data.add_argument("--max-bad-fraction", type=float, default=0.01)
+    data.add_argument("--chunk-bytes", type=int, default=1 << 20, help="largest shard chunk (default 1 MiB)")
+    add_model_arguments(parser)
+    transport.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.data is None) == (args.synthetic is None):
+        raise ValueError("give exactly one of --data and --synthetic")
+    for name, value, low, high in (("--workers", args.workers, 1, 4096), ("--batch-size", args.batch_size, 1, 1 << 24),
+                                   ("--chunk-bytes", args.chunk_bytes, 1024, 64 << 20),
+                                   ("--eval-batches", args.eval_batches, 0, 1 << 20)):
+        if not low <= value <= high:
+            raise ValueError(f"{name}: expected {low}..{high}, found {value}")
+    worker_ids = args.worker_ids.split(",") if args.worker_ids else [f"worker{i}" for i in range(args.workers)]
+    if len(worker_ids) != args.workers or len(set(worker_ids)) != len(worker_ids) or \
+            not all(_WORKER_ID.fullmatch(w) for w in worker_ids):
+        raise ValueError(f"--worker-ids: expected {args.workers} distinct ids of [A-Za-z0-9_.-], found {worker_ids}")
+    transport.parse_endpoints(args.ps)
+    config = model_config(args)
+    synthetic_files = None
+    if args.synthetic is not None:
+        from runtime.worker import synthetic_partitions
+
+        synthetic_files, _ = synthetic_partitions(args.out / "data", args.workers, args.synthetic, 1,
+                                                  args.data_seed, config)
+    sources = shard_sources(args.data, synthetic_files, args.workers)
+    spec = chief_pb2.JobSpec(ps_addresses=args.ps, batch_size=args.batch_size, eval_batches=args.eval_batches,
+                             layout=args.layout, max_bad_fraction=args.max_bad_fraction,
+                             model_config_json=json.dumps(config.to_dict()), steps=args.steps)
+    net = transport.from_args(args)
+    chief = Chief(spec, sources, worker_ids, net, chunk_bytes=args.chunk_bytes)
+    host, _, port = args.listen.rpartition(":")
+    server, endpoint = start_server(chief, host, int(port), args.attestation_port)
+    print(f"chief: serving {net.security} on {endpoint}; {args.workers} workers, shards "
+          f"{'of ' + ' '.join(map(str, args.data)) if args.data else 'synthetic'}", flush=True)
+    if args.ready_file is not None:
+        write_json_atomically(args.ready_file, {"address": str(endpoint), "pid": os.getpid()})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _n, _f: stop.set())
+    deadline = time.monotonic() + args.timeout
+    while not chief.done.wait(0.2) and not stop.is_set() and time.monotonic() < deadline:
+        pass
+    server.stop(grace=1.0).wait(5)
+    report = chief.report()
+    if args.report_file is not None:
+        write_json_atomically(args.report_file, report)
+    if not chief.done.is_set():
+        print("chief: stopped before every worker reported", flush=True)
+        return 1
+    started = time.perf_counter()
+    config, dense, tables = pull_final_parameters(args.ps, net, args.steps)
+    saved = export_model(config, dense, tables, args.out / "model")
+    report["model"] = {"saved_model": str(saved), "parameters": str(saved.parent / "parameters.npz"),
+                       "export_seconds": round(time.perf_counter() - started, 3)}
+    if args.report_file is not None:
+        write_json_atomically(args.report_file, report)
+    print(f"chief: final model in {saved.parent} (SavedModel and parameters.npz)", flush=True)
+    print(f"chief: done; shard bytes sent: "
+          f"{ {w: s['shard_bytes_sent'] for w, s in report['workers'].items()} }", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtime.chief", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1] + "\n" + transport.__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, ConnectionError, RuntimeError, RemoteError) as error:
+        print(f"chief: error: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
