@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from runtime_tools import REPO, Children, wait_for_file
+from runtime_tools import REPO, Children, wait_for_file, wait_until
 from test_hfl import final_checkpoint, launch
 
 from runtime import chief as chief_module
@@ -196,3 +196,58 @@ def test_saved_model_predicts_as_the_training_model(tmp_path, testdata):
     with np.load(tmp_path / "model" / "parameters.npz") as raw:
         assert all(np.array_equal(raw[f"table/{t}"], tables[t]) for t in range(config.num_tables))
         assert all(np.array_equal(raw[f"dense/{n}"], v) for n, v in dense.items())
+
+
+def _memfd_size(pid: int) -> int | None:
+    """Size of the process's in-memory shard file (memfd), or None while it has none."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:shard-"):
+                    return os.stat(f"/proc/{pid}/fd/{fd}").st_size
+            except OSError:
+                continue
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.timeout(300)
+def test_worker_killed_mid_shard_gets_its_shard_again(tmp_path):
+    security = ["--security", "insecure"]
+    with Children(tmp_path) as children:
+        ps = children.start("ps", "runtime.ps", "--steps", "3", "--workers", "1", "--model", "small",
+                            "--ready-file", str(tmp_path / "ps.json"), "--log-every", "0", *security)
+        ps_address = wait_for_file(tmp_path / "ps.json", WAIT, ps)["address"]
+        chief = children.start("chief", "runtime.chief", "--ps", ps_address, "--workers", "1", "--steps", "3",
+                               "--model", "small", "--batch-size", "64", "--synthetic", "40000",
+                               "--chunk-bytes", "1024", "--ready-file", str(tmp_path / "c.json"),
+                               "--report-file", str(tmp_path / "chief.report.json"), "--out",
+                               str(tmp_path / "chief"), *security)
+        chief_address = wait_for_file(tmp_path / "c.json", WAIT, chief)["address"]
+        first = children.start("first", "runtime.worker", "--worker-id", "worker0", "--chief", chief_address,
+                               *security)
+        received: list[int] = []
+
+        def partly_received() -> bool:
+            size = _memfd_size(first.pid)
+            if size:
+                received.append(size)
+            return bool(size) or first.poll() is not None
+
+        wait_until(partly_received, WAIT, "the first worker's shard to start arriving", interval=0.005)
+        first.kill()  # mid-shard
+        first.wait(10)
+        assert received, "the worker exited before receiving any shard byte:\n" + children.log("first")[-2000:]
+        children.start("second", "runtime.worker", "--worker-id", "worker0", "--chief", chief_address,
+                                "--threads", "1", *security)
+        assert children.wait("second", WAIT) == 0, children.log("second")[-3000:]
+        assert children.wait("chief", WAIT) == 0, children.log("chief")[-3000:]
+        report = wait_for_file(tmp_path / "chief.report.json", 5)
+    shard_size = (tmp_path / "chief" / "data" / "synthetic.tsv.0").stat().st_size
+    assert received[-1] < shard_size, "the first worker was killed after its whole shard had arrived"
+    worker = report["workers"]["worker0"]
+    assert worker["joins"] == worker["shard_starts"] == 2 and worker["shard_completions"] == 1, worker
+    assert shard_size < worker["shard_bytes_sent"] < 2 * shard_size
+    assert f"SDT: job spec and {shard_size} shard bytes" in children.log("second")
+    assert worker["metrics"]["steps"] == 3
