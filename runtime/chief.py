@@ -110,8 +110,9 @@ class Chief:
         self.workers = {wid: WorkerState(shard=i) for i, wid in enumerate(self.worker_ids)}
 
     def _peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
-        """ratls: the caller's verified MRENCLAVE, checked against the policy's pin (the handshake checked it
-        already; this keeps the chief's admission explicit). None for tls/insecure."""
+        """ratls: the caller's verified MRENCLAVE, checked against the policy's MRENCLAVE pin when it has one
+        (the handshake checked the whole policy already; this keeps the chief's admission explicit; in an
+        enclave the policy may pin MRSIGNER instead). None for tls/insecure."""
         if not isinstance(self.net, transport.RatlsTransport):
             return None
         import ratls
@@ -120,9 +121,11 @@ class Chief:
             evidence = ratls.peer(context)
         except ratls.RatlsError as error:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"not_attested: {error}")
-        if evidence.mrenclave != self.net.mrenclave:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"bad_mrenclave: expected {self.net.mrenclave.hex()}, found {evidence.mrenclave.hex()}")
+        allowed = self.net.policy.mrenclave
+        if allowed and evidence.mrenclave not in allowed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"bad_mrenclave: expected one of "
+                                                             f"{[m.hex() for m in allowed]}, found "
+                                                             f"{evidence.mrenclave.hex()}")
         return evidence.mrenclave.hex()
 
     def _member(self, request: Any, context: grpc.ServicerContext, joined: bool = True) -> WorkerState:
