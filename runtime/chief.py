@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from runtime import transport
-from runtime.data import LAYOUTS, _lines
+from runtime.data import LAYOUTS, DataError, _lines
 from runtime.model import DLRMConfig
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
@@ -165,11 +165,11 @@ class Chief:
         for chunk in shard_chunks(self.sources[state.shard], self.chunk_bytes):
             if not context.is_active():
                 return
-            yield chunk
+            # Counted as handed to gRPC, before the worker can have seen them.
             with self.lock:
                 state.shard_bytes_sent += len(chunk.data)
-        with self.lock:
-            state.shard_completions += 1
+                state.shard_completions += chunk.last
+            yield chunk
 
     def ReportMetrics(self, request: chief_pb2.MetricsReport,
                       context: grpc.ServicerContext) -> chief_pb2.MetricsReply:
@@ -258,6 +258,25 @@ def export_model(config: DLRMConfig, dense: dict[str, np.ndarray], tables: Seque
     return saved
 
 
+def evaluate_saved_model(saved: Path, paths: Sequence[Path], config: DLRMConfig, layout: str) -> dict[str, Any]:
+    """The final evaluation, on the chief's held-out data, of the model exactly as exported (loaded back)."""
+    import tensorflow as tf
+
+    from runtime import metrics
+    from runtime.data import CriteoReader
+
+    model = tf.saved_model.load(str(saved))
+    labels, scores = [], []
+    for batch in CriteoReader(list(paths), config, 4096, layout=layout):
+        scores.append(model.serve(tf.constant(batch.dense), tf.constant(batch.cat.astype(np.int64))).numpy())
+        labels.append(batch.labels)
+    if not labels:
+        return {"examples": 0}
+    y, p = np.concatenate(labels), np.concatenate(scores)
+    return {"examples": int(y.size), "log_loss": metrics.log_loss(y, p), "accuracy": metrics.accuracy(y, p),
+            "auc": metrics.auc(y, p) if 0 < y.sum() < y.size else None}
+
+
 def start_server(chief: Chief, host: str, port: int, attestation_port: int | None = None) -> tuple[grpc.Server,
                                                                                                     transport.Endpoint]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * len(chief.worker_ids) + 8,
@@ -294,6 +313,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", type=Path, nargs="+", help="Criteo TSV files (plain or gzip)")
     data.add_argument("--synthetic", type=int, metavar="ROWS", help="instead: ROWS synthetic rows per worker")
     data.add_argument("--data-seed", type=int, default=1, help="synthetic data seed (default 1)")
+    data.add_argument("--eval-data", type=Path, nargs="+",
+                      help="held-out Criteo TSV files for the chief's final evaluation of the saved model")
+    data.add_argument("--eval-rows", type=int, default=2048,
+                      help="with --synthetic: held-out rows per worker for the final evaluation (default 2048)")
     data.add_argument("--layout", choices=LAYOUTS, default="kaggle")
     data.add_argument("--batch-size", type=int, default=128)
     data.add_argument("--eval-batches", type=int, default=2,
@@ -309,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --data and --synthetic")
     for name, value, low, high in (("--workers", args.workers, 1, 4096), ("--batch-size", args.batch_size, 1, 1 << 24),
                                    ("--chunk-bytes", args.chunk_bytes, 1024, 64 << 20),
-                                   ("--eval-batches", args.eval_batches, 0, 1 << 20)):
+                                   ("--eval-batches", args.eval_batches, 0, 1 << 20),
+                                   ("--eval-rows", args.eval_rows, 1, 1 << 30)):
         if not low <= value <= high:
             raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     worker_ids = args.worker_ids.split(",") if args.worker_ids else [f"worker{i}" for i in range(args.workers)]
@@ -322,8 +346,11 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic is not None:
         from runtime.worker import synthetic_partitions
 
-        synthetic_files, _ = synthetic_partitions(args.out / "data", args.workers, args.synthetic, 1,
-                                                  args.data_seed, config)
+        synthetic_files, eval_files = synthetic_partitions(args.out / "data", args.workers, args.synthetic,
+                                                           args.eval_rows, args.data_seed, config)
+        eval_paths: list[Path] = list(eval_files)
+    else:
+        eval_paths = list(args.eval_data or [])
     sources = shard_sources(args.data, synthetic_files, args.workers)
     spec = chief_pb2.JobSpec(ps_addresses=args.ps, batch_size=args.batch_size, eval_batches=args.eval_batches,
                              layout=args.layout, max_bad_fraction=args.max_bad_fraction,
@@ -357,6 +384,15 @@ def run(args: argparse.Namespace) -> int:
     if args.report_file is not None:
         write_json_atomically(args.report_file, report)
     print(f"chief: final model in {saved.parent} (SavedModel and parameters.npz)", flush=True)
+    if eval_paths:
+        report["final_eval"] = evaluate_saved_model(saved, eval_paths, config, args.layout)
+        if args.report_file is not None:
+            write_json_atomically(args.report_file, report)
+        e = report["final_eval"]
+        if e["examples"]:
+            auc = f"{e['auc']:.4f}" if e.get("auc") is not None else "n/a"
+            print(f"chief: final evaluation of the saved model on {e['examples']} held-out examples: loss "
+                  f"{e['log_loss']:.4f} accuracy {e['accuracy']:.4f} AUC {auc}", flush=True)
     print(f"chief: done; shard bytes sent: "
           f"{ {w: s['shard_bytes_sent'] for w, s in report['workers'].items()} }", flush=True)
     return 0
@@ -370,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, OSError, ConnectionError, RuntimeError, RemoteError) as error:
+    except (ValueError, OSError, ConnectionError, RuntimeError, RemoteError, DataError) as error:
         print(f"chief: error: {error}", file=sys.stderr, flush=True)
         return 2
 

@@ -138,10 +138,14 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
 
 
 def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security_argv: list[str]) -> Child:
-    """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief)."""
-    data = (["--data", *map(str, args.data), "--layout", args.layout] if args.data else
-            ["--synthetic", str(args.synthetic_rows or args.steps * args.batch_size), "--data-seed",
-             str(args.data_seed)])
+    """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief) and, at the
+    end, the model (<out>/chief/model) and its final evaluation on the held-out data (--eval-data, or synthetic)."""
+    if args.data:
+        data = ["--data", *map(str, args.data), "--layout", args.layout]
+        data += ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
+    else:
+        data = ["--synthetic", str(args.synthetic_rows or args.steps * args.batch_size), "--data-seed",
+                str(args.data_seed), "--eval-rows", str(args.eval_rows)]
     argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out / "chief"),
             "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
