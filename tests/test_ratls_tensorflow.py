@@ -27,6 +27,7 @@ def test_ratls_suite_passes_after_importing_tensorflow():
 
 def test_native_libraries_do_not_link_openssl_dynamically():
     import ratls._native
+
     from ratls.identity import SIM_LIBRARY
 
     for lib in (Path(ratls._native.__file__), SIM_LIBRARY):
