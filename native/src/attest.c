@@ -198,8 +198,8 @@ static int wait_io(int fd, int want_write, int64_t deadline, int stop_fd) {
 enum { OP_ACCEPT, OP_CONNECT, OP_READ, OP_WRITE };
 
 /* Runs one TLS operation on a non-blocking socket to completion. READ and WRITE transfer exactly `len`
- * bytes. Returns RATLS_OK, RATLS_ERR_TIMEOUT, RATLS_ERR_IO (stopped or socket error) or RATLS_ERR_HANDSHAKE
- * (TLS error; *tls_reason gets OpenSSL's reason string for the message). */
+ * bytes. Returns RATLS_OK, RATLS_ERR_TIMEOUT, RATLS_ERR_IO (stopped, socket error, or the server closing while we
+ * connect) or RATLS_ERR_HANDSHAKE (TLS error; *tls_reason gets OpenSSL's reason string for the message). */
 static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t deadline, int stop_fd,
                    const char **tls_reason) {
     size_t done = 0;
@@ -225,6 +225,14 @@ static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t d
         else if (e == SSL_ERROR_WANT_WRITE) w = wait_io(fd, 1, deadline, stop_fd);
         else {
             unsigned long err = ERR_peek_last_error();
+            int closed = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && !err) ||
+                         (ERR_GET_LIB(err) == ERR_LIB_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING);
+            if (closed && op == OP_CONNECT) {
+                /* Closed before our side of the handshake was done and without an alert: the server went
+                 * away (a restart, a full queue), which is worth retrying, not a verdict on us. */
+                *tls_reason = "connection closed by peer";
+                return RATLS_ERR_IO;
+            }
             *tls_reason = err ? ERR_reason_error_string(err) : NULL;
             if (!*tls_reason) *tls_reason = e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SYSCALL
                                                 ? "connection closed by peer" : "TLS error";

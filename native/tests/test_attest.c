@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -480,6 +481,40 @@ static void test_bounds_and_errors(const sim_env *env) {
     free_identity(&cli);
 }
 
+/* A TCP server that reads the client's first flight and closes without a word (a peer going away mid-handshake,
+ * e.g. a PS being restarted). */
+static void *read_then_close(void *arg) {
+    int listener = *(int *)arg;
+    int fd = accept(listener, NULL, NULL);
+    if (fd >= 0) {
+        uint8_t hello[512];
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 5000) == 1) (void)!read(fd, hello, sizeof hello);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void test_server_closing_mid_handshake(const sim_env *env) {
+    identity cli = make_identity(env, 0xC5, 0);
+    ratls_policy *pol = policy_for(env, 0xA5);
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t addr_len = sizeof addr;
+    CHECK(bind(listener, (struct sockaddr *)&addr, sizeof addr) == 0 && listen(listener, 1) == 0);
+    CHECK(getsockname(listener, (struct sockaddr *)&addr, &addr_len) == 0);
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, read_then_close, &listener) == 0);
+    /* Retryable I/O, not a handshake verdict: the caller may try again once the server is back. */
+    attempt a = attest(pol, &cli, ntohs(addr.sin_port), 5000);
+    CHECK(a.rc == RATLS_ERR_IO && a.peer == NULL);
+    CHECK(strstr(a.msg, "connection closed by peer") != NULL);
+    pthread_join(thread, NULL);
+    close(listener);
+    ratls_policy_free(pol);
+    free_identity(&cli);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sim_env env;
@@ -488,6 +523,7 @@ int main(void) {
     test_rejections(&env);
     test_bad_input(&env);
     test_bounds_and_errors(&env);
+    test_server_closing_mid_handshake(&env);
     sim_env_cleanup(&env);
     return test_summary();
 }
