@@ -257,7 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "+ workers, the chief holding the data and streaming each worker its shard")
     parser.add_argument("--workers", type=int, default=2, help="default 2")
     parser.add_argument("--ps-shards", type=int, default=1, help="PS processes sharing the parameters (default 1)")
-    parser.add_argument("--steps", type=int, default=400, help="synchronous steps (default 400)")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="parameter updates: synchronous rounds, or asynchronous pushes (default 400)")
     parser.add_argument("--batch-size", type=int, default=128, help="per worker (default 128)")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<mode>-<time>)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="stop everything after this many seconds")
@@ -274,6 +275,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--min-workers", type=int, help="synchronous quorum (default: all workers)")
     train.add_argument("--round-timeout", type=float, help="seconds before a round closes with the quorum")
     train.add_argument("--staleness", type=int, help="asynchronous updates with this staleness bound")
+    train.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                       help="asynchronous: workers do not overlap pushing and pulling with computing")
     train.add_argument("--worker-timeout", type=float, default=10.0, help="seconds before a silent worker is "
                                                                           "dropped (default 10)")
     train.add_argument("--optimizer", choices=("sgd", "adagrad"), default="sgd")
@@ -342,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
                     "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]
             if args.chunk_bytes is not None:
                 argv += ["--chunk-bytes", str(args.chunk_bytes)]
+            if not args.pipeline:
+                argv.append("--no-pipeline")
             child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log")
             child.start()
             children.append(child)

@@ -10,6 +10,7 @@ If a PS goes away the worker reconnects (re-attesting under ratls) and joins aga
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
@@ -19,6 +20,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from runtime import metrics, transport
 from runtime.data import CriteoReader, DataError, synth
 from runtime.model import Batch, DLRMConfig
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WIRE_DTYPE_NAMES, RemoteError
-from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, ShardedPS
+from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
 from runtime.report import write_json_atomically
 from runtime.transport import TransportError
 
@@ -211,6 +213,7 @@ class Worker:
         # (time, steps, examples, unique rows, wire bytes) when the warm-up ended
         self.steady_from: tuple[float, int, int, int, int] | None = None
         self.started = time.perf_counter()
+        self._last_log = (self.started, 0, 0)  # (time, examples, wire bytes) of the last progress line
 
     def connect(self, reason: str | None = None) -> list[int]:
         """(Re)connect and join every shard; returns their versions. Retries while the PS is unreachable, for
@@ -239,73 +242,178 @@ class Worker:
     def train(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]], min_versions: list[int],
               synchronous: bool) -> None:
         """Train on (batch, unique ids per table) until the PS says done (or --max-steps)."""
-        stats, client = self.stats, self.client
-        times = stats.times
-        last_log = time.perf_counter()
-        logged_examples = 0
-        logged_bytes = client.bytes_sent + client.bytes_received
-        while self.args.max_steps is None or stats.steps < self.args.max_steps:
+        self._last_log = (time.perf_counter(), 0, self.client.bytes_sent + self.client.bytes_received)
+        if synchronous or not self.args.pipeline:
+            self._train_serial(model, batches, min_versions, synchronous)
+        else:
+            self._train_pipelined(model, batches)
+
+    def _train_serial(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]], min_versions: list[int],
+                      synchronous: bool) -> None:
+        """One step at a time: pull, compute, push."""
+        while self.args.max_steps is None or self.stats.steps < self.args.max_steps:
             t0 = time.perf_counter()
             batch, unique_ids = next(batches)
-            t1 = time.perf_counter()
-            times.data += t1 - t0
-            while True:  # until this batch's gradients are in (or training is done)
-                try:
-                    t1 = time.perf_counter()
-                    pulled = client.pull(min_versions, unique_ids, wait_ms=self.args.pull_wait_ms)
-                    t2 = time.perf_counter()
-                    times.pull += (t2 - t1) - pulled.waited_seconds
-                    times.wait += pulled.waited_seconds
-                    if pulled.done:
-                        return
-                    if not pulled.ready:
-                        stats.not_ready += 1
-                        continue
-                    loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
-                    t3 = time.perf_counter()
-                    times.compute += t3 - t2
-                    pushed = client.push(pulled.versions, len(batch), loss, dense_grads, unique_ids, row_grads)
-                    times.push += time.perf_counter() - t3
-                except RemoteError as error:
-                    if error.code in CONNECTION_CODES:
-                        min_versions = self.connect(str(error))
-                        continue
-                    if error.reason == "unknown_worker":
-                        min_versions = [r.version for r in client.connect_and_join()]
-                        stats.rejoins += 1
-                        continue
-                    if error.reason == "training_done":
-                        return
-                    raise
-                except TransportError as error:
-                    if not error.retryable:
-                        raise
+            self.stats.times.data += time.perf_counter() - t0
+            step = self._step(model, batch, unique_ids, min_versions)
+            if step is None:
+                return
+            pulled, loss = step
+            self._count_step(batch, unique_ids, pulled.versions[0], loss)
+            min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
+
+    def _step(self, model: Any, batch: Batch, unique_ids: list[np.ndarray],
+              min_versions: list[int]) -> tuple[Pulled, float] | None:
+        """Pull, compute and push one batch until its gradients are in: reconnects (re-attesting) when a PS is
+        lost, re-joins when dropped, recomputes when the round closed without us. None: training is done."""
+        stats, client, times = self.stats, self.client, self.stats.times
+        while True:
+            try:
+                t1 = time.perf_counter()
+                pulled = client.pull(min_versions, unique_ids, wait_ms=self.args.pull_wait_ms)
+                t2 = time.perf_counter()
+                times.pull += (t2 - t1) - pulled.waited_seconds
+                times.wait += pulled.waited_seconds
+                if pulled.done:
+                    return None
+                if not pulled.ready:
+                    stats.not_ready += 1
+                    continue
+                loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
+                t3 = time.perf_counter()
+                times.compute += t3 - t2
+                pushed = client.push(pulled.versions, len(batch), loss, dense_grads, unique_ids, row_grads)
+                times.push += time.perf_counter() - t3
+            except RemoteError as error:
+                if error.code in CONNECTION_CODES:
                     min_versions = self.connect(str(error))
                     continue
-                if any(pushed.stale):
-                    # Our round closed without us: take the newer parameters and redo this batch.
-                    stats.stale += 1
-                    min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
+                if error.reason == "unknown_worker":
+                    min_versions = [r.version for r in client.connect_and_join()]
+                    stats.rejoins += 1
                     continue
-                stats.duplicates += sum(pushed.duplicate)
-                break
-            stats.steps += 1
-            stats.examples += len(batch)
-            stats.unique_rows += sum(ids.size for ids in unique_ids)
-            stats.losses.append(loss)
-            if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
-                self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
-                                    client.bytes_sent + client.bytes_received)
-                times = stats.times = StepTimes()
-            min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
-            self._log_step(pulled.versions[0], loss)
-            now = time.perf_counter()
-            if self.args.log_every > 0 and now - last_log >= self.args.log_every:
-                wire = client.bytes_sent + client.bytes_received
-                print(f"{client.worker_id} step {pulled.versions[0]} loss {loss:.4f} samples/s "
-                      f"{(stats.examples - logged_examples) / (now - last_log):.0f} wire MB/s "
-                      f"{(wire - logged_bytes) / (now - last_log) / 1e6:.2f}", flush=True)
-                last_log, logged_examples, logged_bytes = now, stats.examples, wire
+                if error.reason == "training_done":
+                    return None
+                raise
+            except TransportError as error:
+                if not error.retryable:
+                    raise
+                min_versions = self.connect(str(error))
+                continue
+            if any(pushed.stale):
+                # Our round closed without us (or, asynchronous, we fell too far behind): take the newer
+                # parameters and redo this batch.
+                stats.stale += 1
+                min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
+                continue
+            stats.duplicates += sum(pushed.duplicate)
+            return pulled, loss
+
+    def _train_pipelined(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]]) -> None:
+        """Asynchronous mode: while batch t is computed, a communication thread pushes the gradients of batch
+        t-1 and pulls the parameters for batch t+1, so a step costs about max(compute, push + pull) instead
+        of their sum. The parameters of batch t+1 lack this worker's update t (one more version of staleness;
+        the PS's bound still applies). A batch whose pipelined call fails, whose push the PS finds too stale,
+        or whose parameters are no newer than those of the push before it (the PS de-duplicates pushes by
+        step) is redone through _step, which reconnects, re-joins and recomputes as the serial loop does.
+        Step times count only the waits the training thread sees: pull is the wait for the next parameters."""
+        stats, client = self.stats, self.client
+        latest = [0] * client.num_shards  # asynchronous pulls do not wait for a version
+        sent = [-1] * client.num_shards  # per shard, the step of the newest push handed to the thread
+        max_steps = self.args.max_steps
+
+        def pull(ids: list[np.ndarray]) -> Pulled:
+            return client.pull(latest, ids, wait_ms=self.args.pull_wait_ms)
+
+        def redo(batch: Batch, ids: list[np.ndarray]) -> bool:
+            """The serial step for one batch; False when training is done."""
+            step = self._step(model, batch, ids, latest)
+            if step is None:
+                return False
+            sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
+            self._count_step(batch, ids, step[0].versions[0], step[1])
+            return True
+
+        def settle(push: tuple[futures.Future, Batch, list[np.ndarray], Pulled, float]) -> bool:
+            """Count a finished push, or redo its batch; False when training is done."""
+            future, batch, ids, pulled, loss = push
+            try:
+                pushed = future.result()
+            except (RemoteError, TransportError) as error:
+                if isinstance(error, RemoteError) and error.reason == "training_done":
+                    return False
+                return redo(batch, ids)
+            if any(pushed.stale) or any(pushed.duplicate):
+                stats.stale += any(pushed.stale)
+                stats.duplicates += any(pushed.duplicate)
+                return redo(batch, ids)
+            self._count_step(batch, ids, pulled.versions[0], loss)
+            return True
+
+        pushes: collections.deque[tuple[futures.Future, Batch, list[np.ndarray], Pulled, float]] = \
+            collections.deque()
+        with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="comm") as comm:
+            t0 = time.perf_counter()
+            current = next(batches)
+            stats.times.data += time.perf_counter() - t0
+            pulling = comm.submit(pull, current[1])
+            while max_steps is None or stats.steps + len(pushes) < max_steps:
+                t1 = time.perf_counter()
+                try:
+                    pulled: Pulled | None = pulling.result()
+                except (RemoteError, TransportError):
+                    pulled = None  # the batch is redone below
+                stats.times.pull += time.perf_counter() - t1
+                # Every push but the newest was queued before this pull, so it has finished.
+                while len(pushes) > 1:
+                    if not settle(pushes.popleft()):
+                        return
+                if pulled is not None and pulled.done:
+                    break
+                batch, ids = current
+                t2 = time.perf_counter()
+                current = next(batches)
+                t3 = time.perf_counter()
+                stats.times.data += t3 - t2
+                if pulled is None or not pulled.ready or any(v <= s for v, s in zip(pulled.versions, sent,
+                                                                                      strict=True)):
+                    while pushes:
+                        if not settle(pushes.popleft()):
+                            return
+                    if not redo(batch, ids):
+                        return
+                    pulling = comm.submit(pull, current[1])
+                    continue
+                pulling = comm.submit(pull, current[1])
+                loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
+                stats.times.compute += time.perf_counter() - t3
+                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grads, ids,
+                                           row_grads), batch, ids, pulled, loss))
+                sent[:] = pulled.versions
+            while pushes:
+                if not settle(pushes.popleft()):
+                    return
+
+    def _count_step(self, batch: Batch, unique_ids: list[np.ndarray], version: int, loss: float) -> None:
+        """A batch whose gradients the PS accepted: statistics, the end of the warm-up, progress output."""
+        stats, client = self.stats, self.client
+        stats.steps += 1
+        stats.examples += len(batch)
+        stats.unique_rows += sum(ids.size for ids in unique_ids)
+        stats.losses.append(loss)
+        if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
+            self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
+                                client.bytes_sent + client.bytes_received)
+            stats.times = StepTimes()
+        self._log_step(version, loss)
+        now = time.perf_counter()
+        last_log, logged_examples, logged_bytes = self._last_log
+        if self.args.log_every > 0 and now - last_log >= self.args.log_every:
+            wire = client.bytes_sent + client.bytes_received
+            print(f"{client.worker_id} step {version} loss {loss:.4f} samples/s "
+                  f"{(stats.examples - logged_examples) / (now - last_log):.0f} wire MB/s "
+                  f"{(wire - logged_bytes) / (now - last_log) / 1e6:.2f}", flush=True)
+            self._last_log = (now, stats.examples, wire)
 
     def steady_report(self, end: float) -> dict[str, Any]:
         """Throughput, step-time breakdown and bytes per step after the warm-up steps."""
@@ -401,6 +509,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"largest chunk sent (default {DEFAULT_CHUNK_SIZE}; the PS's limit applies too)")
     wire.add_argument("--pull-wait-ms", type=int, default=10_000,
                       help="how long one pull may wait at the PS for the next version (default 10000)")
+    wire.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                      help="asynchronous mode: do not overlap the push of batch t-1 and the pull for batch t+1 "
+                           "with the computation of batch t (default: overlap)")
     wire.add_argument("--reconnect-timeout", type=float, default=120.0,
                       help="seconds to keep trying to reach a lost PS (default 120)")
     parser.add_argument("--threads", type=int, default=0,
@@ -614,6 +725,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         "first_loss": stats.losses[0] if stats.losses else None,
         "last_loss": stats.losses[-1] if stats.losses else None,
         "data": stream.line_counts(), "eval": evaluation, "wire_dtype": args.wire_dtype,
+        "pipelined": args.pipeline and not synchronous,
         "transport": net.report(),
     }
     return report

@@ -130,3 +130,22 @@ def test_real_criteo_lines_over_tls_with_two_ps_shards(tmp_path, testdata):
     assert all(d["bad_lines"] == 0 and d["complete_passes"] >= 1 for d in data), data
     assert report["steps"] == 8 and report["attestation"]["security"] == "tls"
     assert report["held_out"]["examples"] == 2 * 2 * 16  # two held-out batches per worker
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
+def test_asynchronous_training_applies_every_batch_once(tmp_path, pipeline):
+    """Bounded-staleness asynchronous mode, with the workers overlapping push and pull with compute (the
+    default) or one step at a time: every update the PS applies is one worker batch, none is applied twice
+    or dropped as a duplicate, and the model learns."""
+    steps = 120
+    report, console = launch(tmp_path / "run", "--workers", "2", "--model", "small", "--steps", str(steps),
+                             "--batch-size", "32", "--eval-rows", "512", "--staleness", "4", "--security",
+                             "insecure", "--threads", "1", *([] if pipeline else ["--no-pipeline"]))
+    ps = report["ps"][0]
+    assert ps["version"] == steps and not ps["synchronous"]
+    workers = report["workers"]
+    assert all(w["pipelined"] is pipeline for w in workers)
+    assert sum(w["steps"] for w in workers) == steps
+    assert ps["stats"].get("duplicate_pushes", 0) == 0 and all(w["duplicates"] == 0 for w in workers)
+    assert ps["stats"]["pushes"] == steps
+    assert report["held_out"]["auc"] > 0.6, report["held_out"]  # the planted signal is being learned
