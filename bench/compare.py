@@ -8,10 +8,12 @@ For each batch size (per worker) and each repeat it runs, one after another on t
   tf-ps           TensorFlow ParameterServerStrategy: 1 PS + W workers + coordinator (bench/tf_ps_baseline.py)
   ours-insecure   python -m runtime.launch --security insecure
   ours-ratls      python -m runtime.launch --security ratls (sim provider)
-All distributed runs train on the same samples: S synchronous steps of W x B for ours, S x W asynchronous steps
-of B for tf-ps (ParameterServerStrategy has no synchronous mode), tf-ps at learning rate lr / W so that both take
-the same SGD step per sample. The data is synthetic (runtime.data, planted signal) unless --train/--eval name
-Criteo files.
+All distributed runs train on the same samples, S x W x B. By default ours runs the way tf-ps does: asynchronous
+SGD, S x W steps of B at learning rate lr / W, every worker's gradient applied on its own (ours with a staleness
+bound, --staleness, and workers overlapping push and pull with compute). --ours-mode sync runs ours as S
+synchronous steps of W x B at lr instead (ParameterServerStrategy has no synchronous mode); lr / W per B-sample
+step is the same SGD step per sample as lr per W x B-sample step. The data is synthetic (runtime.data, planted
+signal) unless --train/--eval name Criteo files.
 The table shows medians over the repeats with the spread (min..max); every raw figure is in <out>/results.json.
 """
 
@@ -157,11 +159,16 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
     system = f"ours-{security}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.console.log"
-    # --checkpoint-every steps: only the final checkpoint (TensorFlow's run writes none).
+    if args.ours_mode == "async":
+        updates, mode_argv = steps * args.workers, ["--staleness", str(args.staleness)]
+        learning_rate: float | None = tfps_learning_rate(args)
+    else:
+        updates, mode_argv, learning_rate = steps, [], None
+    # --checkpoint-every updates: only the final checkpoint (TensorFlow's run writes none).
     argv = [sys.executable, "-m", "runtime.launch", "--out", str(run_dir), "--security", security,
-            "--workers", str(args.workers), "--batch-size", str(batch), "--steps", str(steps),
-            "--data", *map(str, train), "--eval-data", *map(str, eval_files), "--checkpoint-every", str(steps),
-            "--timeout", str(args.timeout), *model_argv(args)]
+            "--workers", str(args.workers), "--batch-size", str(batch), "--steps", str(updates), *mode_argv,
+            "--data", *map(str, train), "--eval-data", *map(str, eval_files), "--checkpoint-every", str(updates),
+            "--timeout", str(args.timeout), *model_argv(args, learning_rate)]
     code, monitor = _run_process(argv, log, args.timeout + 60, monitor_dir=run_dir)
     report_path = run_dir / "report.json"
     if code != 0 or not report_path.exists():
@@ -179,7 +186,8 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
                "attestation": report["attestation"]}
     return Run(system, batch, repeat, samples_per_s=samples_per_s,
                step_ms=1000.0 * args.workers * batch / samples_per_s if samples_per_s else math.nan,
-               wire_bytes_per_step=tcp_bytes / max(report["steps"], 1),
+               wire_bytes_per_step=tcp_bytes / max(report["steps"], 1) * (args.workers if args.ours_mode == "async"
+                                                                         else 1),
                held_out_loss=_number(report["held_out"].get("log_loss")),
                held_out_auc=_number(report["held_out"].get("auc")), peak_rss=dict(monitor.rss), details=details)
 
@@ -197,8 +205,8 @@ def model_argv(args: argparse.Namespace, learning_rate: float | None = None) -> 
 
 
 def tfps_learning_rate(args: argparse.Namespace) -> float:
-    """tf-ps applies each worker's B-sample gradient on its own; at lr / W its W updates move the parameters as
-    far per sample as one synchronous step of ours (lr x the mean gradient of W x B samples)."""
+    """Asynchronous runs apply each worker's B-sample gradient on its own; at lr / W, W updates move the
+    parameters as far per sample as one synchronous step (lr x the mean gradient of W x B samples)."""
     return args.tfps_learning_rate if args.tfps_learning_rate is not None else args.learning_rate / args.workers
 
 
@@ -302,8 +310,13 @@ def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     lines.append(f"compute bound = ceiling x min(workers, cores) / cores, workers = {workers}, cores = {cores}")
-    lines.append(f"learning rate: ours {summary['learning_rate']:g} per synchronous step of {workers} x B samples; "
-                 f"tf-ps {summary['tfps_learning_rate']:g} per asynchronous step of B samples")
+    if summary["ours_mode"] == "async":
+        lines.append(f"ours and tf-ps: asynchronous SGD at learning rate {summary['tfps_learning_rate']:g} per step "
+                     f"of B samples (ours: staleness bound {summary['staleness']}); step ms and wire MB/step per "
+                     f"{workers} x B samples")
+    else:
+        lines.append(f"learning rate: ours {summary['learning_rate']:g} per synchronous step of {workers} x B "
+                     f"samples; tf-ps {summary['tfps_learning_rate']:g} per asynchronous step of B samples")
     names = {"ratls_vs_tfps": "ours(ratls) / tf-ps samples/s", "ratls_vs_insecure":
              "ours(ratls) / ours(insecure) samples/s", "ratls_vs_bound": "ours(ratls) / compute bound",
              "auc_gap": "|AUC ours(ratls) - AUC tf-ps|"}
@@ -332,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 2048], help="per worker")
     parser.add_argument("--steps", type=int, nargs="+", default=[400, 50],
-                        help="synchronous steps per run, one per batch size (default 400 50)")
+                        help="S per run, one per batch size (default 400 50): S x W steps of B asynchronous, S of "
+                             "W x B synchronous")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="run directory (default runs/compare-<time>)")
@@ -344,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tfps-learning-rate", type=float,
                         help="tf-ps SGD learning rate per worker step (default: --learning-rate / --workers, the "
                              "same step per sample as our synchronous SGD)")
+    parser.add_argument("--ours-mode", choices=("async", "sync"), default="async",
+                        help="async (default): ours trains as tf-ps does, asynchronous steps of B at lr / W; sync: "
+                             "synchronous steps of W x B at lr")
+    parser.add_argument("--staleness", type=int, default=8,
+                        help="ours, async: largest accepted (version - step) of a push (default 8)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small model, batch 64, 10 steps, 1 repeat (figures meaningless)")
     add_model_arguments(parser)
@@ -381,7 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"batch {batch} repeat {repeat + 1}/{args.repeats} {system}: {status} "
                       f"({time.perf_counter() - started:.0f} s, load {load[-1]:.2f})", flush=True)
     summary = summarize(runs, args.batch_sizes, args.workers, cores)
-    summary.update(learning_rate=args.learning_rate, tfps_learning_rate=tfps_learning_rate(args))
+    summary.update(learning_rate=args.learning_rate, tfps_learning_rate=tfps_learning_rate(args),
+                   ours_mode=args.ours_mode, staleness=args.staleness)
     table = format_table(summary, args.workers, cores)
     results = {"command": sys.argv, "cores": cores, "workers": args.workers, "config": config.to_dict(),
                "batch_sizes": args.batch_sizes, "steps": args.steps, "repeats": args.repeats,

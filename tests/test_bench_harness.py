@@ -150,7 +150,7 @@ def test_summary_ratios_and_compute_bound():
     row = next(r for r in summary["rows"] if r["system"] == "ours-ratls")
     assert (row["ok"], row["runs"]) == (2, 3)
     assert row["samples_per_s_spread"] == (450, 900)
-    summary.update(learning_rate=0.1, tfps_learning_rate=0.05)
+    summary.update(learning_rate=0.1, tfps_learning_rate=0.05, ours_mode="async", staleness=8)
     table = compare.format_table(summary, workers=2, cores=4)
     assert "2/3" in table and "NOT met" in table
 
