@@ -10,7 +10,7 @@ For each batch size (per worker) and each repeat it runs, one after another on t
   ours-ratls      python -m runtime.launch --security ratls (sim provider)
 All distributed runs train on the same samples, S x W x B. By default ours runs the way tf-ps does: asynchronous
 SGD, S x W steps of B at learning rate lr / W, every worker's gradient applied on its own (ours with a staleness
-bound, --staleness, and workers overlapping push and pull with compute). --ours-mode sync runs ours as S
+bound, --staleness). --ours-mode sync runs ours as S
 synchronous steps of W x B at lr instead (ParameterServerStrategy has no synchronous mode); lr / W per B-sample
 step is the same SGD step per sample as lr per W x B-sample step. The data is synthetic (runtime.data, planted
 signal) unless --train/--eval name Criteo files.

@@ -275,8 +275,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--min-workers", type=int, help="synchronous quorum (default: all workers)")
     train.add_argument("--round-timeout", type=float, help="seconds before a round closes with the quorum")
     train.add_argument("--staleness", type=int, help="asynchronous updates with this staleness bound")
-    train.add_argument("--no-pipeline", dest="pipeline", action="store_false",
-                       help="asynchronous: workers do not overlap pushing and pulling with computing")
+    train.add_argument("--pipeline", action="store_true",
+                       help="asynchronous: workers overlap pushing and pulling with computing (see runtime.worker)")
     train.add_argument("--worker-timeout", type=float, default=10.0, help="seconds before a silent worker is "
                                                                           "dropped (default 10)")
     train.add_argument("--optimizer", choices=("sgd", "adagrad"), default="sgd")
@@ -345,8 +345,8 @@ def run(args: argparse.Namespace) -> int:
                     "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]
             if args.chunk_bytes is not None:
                 argv += ["--chunk-bytes", str(args.chunk_bytes)]
-            if not args.pipeline:
-                argv.append("--no-pipeline")
+            if args.pipeline:
+                argv.append("--pipeline")
             child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log")
             child.start()
             children.append(child)

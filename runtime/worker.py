@@ -509,9 +509,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"largest chunk sent (default {DEFAULT_CHUNK_SIZE}; the PS's limit applies too)")
     wire.add_argument("--pull-wait-ms", type=int, default=10_000,
                       help="how long one pull may wait at the PS for the next version (default 10000)")
-    wire.add_argument("--no-pipeline", dest="pipeline", action="store_false",
-                      help="asynchronous mode: do not overlap the push of batch t-1 and the pull for batch t+1 "
-                           "with the computation of batch t (default: overlap)")
+    wire.add_argument("--pipeline", action="store_true",
+                      help="asynchronous mode: overlap the push of batch t-1 and the pull for batch t+1 with the "
+                           "computation of batch t. Hides network latency (PS across a WAN) at the price of one "
+                           "more version of staleness; no gain where the CPU is the bottleneck (default: off)")
     wire.add_argument("--reconnect-timeout", type=float, default=120.0,
                       help="seconds to keep trying to reach a lost PS (default 120)")
     parser.add_argument("--threads", type=int, default=0,

@@ -134,13 +134,13 @@ def test_real_criteo_lines_over_tls_with_two_ps_shards(tmp_path, testdata):
 
 @pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "serial"])
 def test_asynchronous_training_applies_every_batch_once(tmp_path, pipeline):
-    """Bounded-staleness asynchronous mode, with the workers overlapping push and pull with compute (the
-    default) or one step at a time: every update the PS applies is one worker batch, none is applied twice
-    or dropped as a duplicate, and the model learns."""
+    """Bounded-staleness asynchronous mode, with the workers overlapping push and pull with compute
+    (--pipeline) or one step at a time (the default): every update the PS applies is one worker batch, none is
+    applied twice or dropped as a duplicate, and the model learns."""
     steps = 120
     report, console = launch(tmp_path / "run", "--workers", "2", "--model", "small", "--steps", str(steps),
                              "--batch-size", "32", "--eval-rows", "512", "--staleness", "4", "--security",
-                             "insecure", "--threads", "1", *([] if pipeline else ["--no-pipeline"]))
+                             "insecure", "--threads", "1", *(["--pipeline"] if pipeline else []))
     ps = report["ps"][0]
     assert ps["version"] == steps and not ps["synchronous"]
     workers = report["workers"]
