@@ -285,8 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--checkpoint-every", type=int, default=100, help="default 100")
     train.add_argument("--warmup-steps", type=int, default=5,
                        help="steps left out of the steady-state figures of the report (default 5)")
-    train.add_argument("--threads", type=int, default=0,
-                       help="TensorFlow intra-op threads per worker (default 0: TensorFlow's default)")
+    train.add_argument("--threads", type=int,
+                       help="TensorFlow intra-op threads per worker; 0: TensorFlow's default, the number of cores "
+                            "(default: cores / workers, at least 1, as the workers share this machine's cores)")
     add_model_arguments(parser)
     group = parser.add_argument_group("transport security")
     group.add_argument("--security", choices=transport.SECURITY_MODES, default="ratls",
@@ -333,13 +334,14 @@ def run(args: argparse.Namespace) -> int:
             chief_address = _wait_ready(chief, out / "chief.ready.json", READY_TIMEOUT)["address"]
             worker_data = [["--chief", chief_address]] * args.workers
         worker_children = []
+        threads = args.threads if args.threads is not None else max(1, len(os.sched_getaffinity(0)) // args.workers)
         for i in range(args.workers):
             worker_id = f"worker{i}"
             job = (["--ps", ",".join(addresses), "--batch-size", str(args.batch_size)] if args.mode == "hfl"
                    else [])
             argv = [sys.executable, "-m", "runtime.worker", *job, "--worker-id", worker_id,
                     "--wire-dtype", args.wire_dtype,
-                    "--threads", str(args.threads), "--warmup-steps", str(args.warmup_steps),
+                    "--threads", str(threads), "--warmup-steps", str(args.warmup_steps),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
                     "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]

@@ -40,6 +40,8 @@ class ShardParameters:
         self.adagrad = AdagradState(adagrad_initial_accumulator) if optimizer == "adagrad" else None
 
     def owns_rows(self, table: int, ids: np.ndarray) -> bool:
+        if self.num_shards == 1:
+            return True
         return bool((sharding.row_shards(table, ids, self.num_shards) == self.shard).all())
 
     def _ensure(self, table: int, local: np.ndarray) -> None:

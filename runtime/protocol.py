@@ -110,6 +110,20 @@ def encode_tensor(array: np.ndarray, wire_dtype: int | None = None) -> tensor_pb
     return tensor_pb2.Tensor(dtype=wire, shape=raw.shape, data=raw.tobytes())
 
 
+def wire_itemsize(wire_dtype: int) -> int:
+    """Bytes per float value sent as wire_dtype (FLOAT32 when unspecified)."""
+    return 2 if wire_dtype in (tensor_pb2.FLOAT16, tensor_pb2.BFLOAT16) else 4
+
+
+# A serialized tensor's framing (field keys, lengths, dtype, shape, a tensor name) is well under this.
+TENSOR_FRAMING_BOUND = 256
+
+
+def reply_size_bound(values: int, itemsize: int, tensors: int) -> int:
+    """The most bytes a reply carrying `values` float values in `tensors` tensors can serialize to."""
+    return values * itemsize + (tensors + 1) * TENSOR_FRAMING_BOUND
+
+
 def ids_wire_dtype(ids: np.ndarray) -> int:
     """Row ids go out as INT32 when they fit (half the bytes), else INT64."""
     return tensor_pb2.INT32 if ids.size == 0 or int(ids.max()) < 2**31 else tensor_pb2.INT64

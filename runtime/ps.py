@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -54,7 +55,9 @@ from runtime.protocol import (
     invalid,
     named_tensor_payload,
     parse_payload,
+    reply_size_bound,
     sparse_rows_payload,
+    wire_itemsize,
 )
 from runtime.report import write_json_atomically
 
@@ -239,14 +242,26 @@ class ParameterServer:
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    def pull(self, request: ps_pb2.PullRequest) -> Payload:
-        """The serialized PullReply. Rows come back in request order, values only (the ids are the request's)."""
+    def pull(self, request: ps_pb2.PullRequest, max_reply_bytes: int | None = None) -> Payload:
+        """The serialized PullReply. Rows come back in request order, values only (the ids are the request's).
+        max_reply_bytes: refuse (before reading anything) a request whose reply could be larger."""
         _check_worker_id(request.worker_id)
         wire = request.wire_dtype or tensor_pb2.FLOAT32
         if wire not in FLOAT_WIRE_DTYPES:
             raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
                           f"{request.wire_dtype}")
         wanted = self._decode_table_ids(request.rows, "PullRequest.rows")
+        if max_reply_bytes is not None:
+            values = sum(ids.size for _, ids in wanted) * self.config.embedding_dim
+            tensors = len(wanted)
+            if request.dense:
+                values += sum(int(np.prod(shape)) for shape in self.params.dense_shapes.values())
+                tensors += len(self.params.dense_shapes)
+            bound = reply_size_bound(values, wire_itemsize(wire), tensors)
+            if bound > max_reply_bytes:
+                raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
+                                    f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
+                                    f"the streaming call")
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
         with self.cond:
             self._touch(request.worker_id)
@@ -539,34 +554,49 @@ class ParameterServerService:
             return out
         return call
 
-    def _bulk(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+    def _bulk_reply(self, message_type: type, handler: Callable[[Any, int], Any], chunks: Iterator[bytes],
+                    context: grpc.ServicerContext) -> tuple[Payload, int]:
+        """Reassemble, parse and handle one chunked request; returns the reply and the request's bytes."""
         ps = self.ps
+        received = 0
 
+        def parsed() -> Iterator[tensor_pb2.Chunk]:
+            nonlocal received
+            for raw in chunks:
+                received += len(raw)
+                if len(raw) > self.chunk_bytes + CHUNK_OVERHEAD:
+                    raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
+                                        f"chunk message: expected at most {self.chunk_bytes + CHUNK_OVERHEAD}"
+                                        f" bytes, found {len(raw)}")
+                yield parse_payload(tensor_pb2.Chunk, raw)
+
+        try:
+            payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
+                                       max_chunk_bytes=self.chunk_bytes)
+            reply = handler(parse_payload(message_type, payload), received)
+        except ProtocolError as error:
+            ps.count(bytes_received=received)
+            self._fail(context, error)
+        return (reply if isinstance(reply, Payload) else Payload(reply)), received
+
+    def _bulk(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+        """Pull / Push: request and reply streamed in chunks."""
         def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            received = 0
-
-            def parsed() -> Iterator[tensor_pb2.Chunk]:
-                nonlocal received
-                for raw in chunks:
-                    received += len(raw)
-                    if len(raw) > self.chunk_bytes + CHUNK_OVERHEAD:
-                        raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
-                                            f"chunk message: expected at most {self.chunk_bytes + CHUNK_OVERHEAD}"
-                                            f" bytes, found {len(raw)}")
-                    yield parse_payload(tensor_pb2.Chunk, raw)
-
-            try:
-                payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
-                                           max_chunk_bytes=self.chunk_bytes)
-                reply = handler(parse_payload(message_type, payload), received)
-            except ProtocolError as error:
-                ps.count(bytes_received=received)
-                self._fail(context, error)
+            reply, received = self._bulk_reply(message_type, handler, chunks, context)
             sent = 0
-            for raw in (reply if isinstance(reply, Payload) else Payload(reply)).chunks(self.chunk_bytes):
+            for raw in reply.chunks(self.chunk_bytes):
                 sent += len(raw)
                 yield raw
-            ps.count(bytes_received=received, bytes_sent=sent)
+            self.ps.count(bytes_received=received, bytes_sent=sent)
+        return call
+
+    def _bulk_one(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+        """PullOne / PushOne: one chunk each way, without a stream's per-call threads and iterators."""
+        def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            reply, received = self._bulk_reply(message_type, handler, iter((raw,)), context)
+            (only,) = reply.chunks(max(reply.size, 1))  # within one chunk: the handler bounds the reply
+            self.ps.count(bytes_received=received, bytes_sent=len(only))
+            return only
         return call
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -579,6 +609,9 @@ class ParameterServerService:
             "Pull": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PullRequest,
                                                                      lambda r, _n: ps.pull(r))),
             "Push": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PushRequest, ps.push)),
+            "PullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
+                ps_pb2.PullRequest, lambda r, _n: ps.pull(r, max_reply_bytes=self.chunk_bytes))),
+            "PushOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(ps_pb2.PushRequest, ps.push)),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
@@ -698,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         net = transport.from_args(args)
         ps = ParameterServer(options)
         running = start_server(ps, net, host, int(port), args.attestation_port)
+        gc.freeze()  # the start-up objects are long-lived: keep them out of every full collection
     except (ValueError, OSError, CheckpointMismatch) as error:
         print(f"ps: error: {error}", file=sys.stderr, flush=True)
         return 2

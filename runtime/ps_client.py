@@ -7,7 +7,7 @@ ShardedPS splits pulls and pushes over the shards by runtime.sharding and merges
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -30,8 +30,10 @@ from runtime.protocol import (
     decode_tensor,
     named_tensor_payload,
     parse_payload,
+    reply_size_bound,
     sparse_rows_payload,
     table_ids_payload,
+    wire_itemsize,
 )
 from runtime.transport import Endpoint, Transport
 
@@ -39,6 +41,7 @@ SERVICE = "/runtime.v1.ParameterServer/"
 # The largest chunk a server may send us (its --chunk-bytes is at most this).
 MAX_REPLY_CHUNK = 64 * 1024 * 1024
 UNARY_TIMEOUT = 30.0
+PUSH_REPLY_BOUND = 256  # a PushReply is a few varints
 # Failures that mean "the server is gone or unreachable": reconnect (re-attesting) and join again.
 CONNECTION_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
@@ -65,7 +68,7 @@ class PSConnection:
         self.channel = self.net.channel(self.endpoint, options)
         self._calls = {name: self.channel.unary_unary(SERVICE + name, request_serializer=_identity,
                                                       response_deserializer=_identity)
-                       for name in ("Join", "Heartbeat", "Leave", "Status")}
+                       for name in ("Join", "Heartbeat", "Leave", "Status", "PullOne", "PushOne")}
         self._calls.update({name: self.channel.stream_stream(SERVICE + name, request_serializer=_identity,
                                                              response_deserializer=_identity)
                             for name in ("Pull", "Push")})
@@ -96,21 +99,27 @@ class PSConnection:
             raise error
         raise translated from None
 
-    def bulk_raw(self, method: str, chunks: Sequence[bytes], reply_type: type, timeout: float) -> Any:
-        """Send pre-serialized Chunk messages and reassemble the chunked reply; raises RemoteError."""
+    def bulk_raw(self, method: str, chunks: Sequence[bytes], reply_type: type, timeout: float,
+                 reply_bound: int | None = None) -> Any:
+        """Send pre-serialized Chunk messages and reassemble the chunked reply; raises RemoteError.
+        reply_bound: the most bytes the reply can have, if known; a one-chunk request whose reply fits in one
+        chunk goes as the unary <method>One call."""
         if self.channel is None:
             raise RemoteError(grpc.StatusCode.UNAVAILABLE, "not connected")
         received = 0
 
-        def replies(stream: Iterator[bytes]) -> Iterator[tensor_pb2.Chunk]:
+        def replies(stream: Iterable[bytes]) -> Iterator[tensor_pb2.Chunk]:
             nonlocal received
             for raw in stream:
                 received += len(raw)
                 yield tensor_pb2.Chunk.FromString(raw)
 
         try:
-            payload = assemble_payload(replies(self._calls[method](iter(chunks), timeout=timeout)),
-                                       max_bytes=1 << 34, max_chunk_bytes=MAX_REPLY_CHUNK)
+            if len(chunks) == 1 and reply_bound is not None and reply_bound <= self.chunk_bytes:
+                stream: Iterable[bytes] = (self._calls[method + "One"](chunks[0], timeout=timeout),)
+            else:
+                stream = self._calls[method](iter(chunks), timeout=timeout)
+            payload = assemble_payload(replies(stream), max_bytes=1 << 34, max_chunk_bytes=MAX_REPLY_CHUNK)
             reply = parse_payload(reply_type, payload)
         except grpc.RpcError as error:
             raise RemoteError.from_rpc_error(error) from None
@@ -123,9 +132,10 @@ class PSConnection:
             self.bytes_received += received
         return reply
 
-    def bulk(self, method: str, request: Message | Payload, reply_type: type, timeout: float) -> Any:
+    def bulk(self, method: str, request: Message | Payload, reply_type: type, timeout: float,
+             reply_bound: int | None = None) -> Any:
         payload = request if isinstance(request, Payload) else Payload(request)
-        return self.bulk_raw(method, list(payload.chunks(self.chunk_bytes)), reply_type, timeout)
+        return self.bulk_raw(method, list(payload.chunks(self.chunk_bytes)), reply_type, timeout, reply_bound)
 
     def join(self, worker_id: str) -> ps_pb2.JoinReply:
         return self.unary("Join", ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=worker_id),
@@ -142,11 +152,12 @@ class PSConnection:
     def status(self) -> ps_pb2.StatusReply:
         return self.unary("Status", ps_pb2.StatusRequest(protocol_version=PROTOCOL_VERSION), ps_pb2.StatusReply)
 
-    def pull(self, request: Payload, wait_ms: int) -> ps_pb2.PullReply:
-        return self.bulk("Pull", request, ps_pb2.PullReply, timeout=wait_ms / 1000.0 + UNARY_TIMEOUT)
+    def pull(self, request: Payload, wait_ms: int, reply_bound: int | None = None) -> ps_pb2.PullReply:
+        return self.bulk("Pull", request, ps_pb2.PullReply, timeout=wait_ms / 1000.0 + UNARY_TIMEOUT,
+                         reply_bound=reply_bound)
 
     def push(self, request: Payload) -> ps_pb2.PushReply:
-        return self.bulk("Push", request, ps_pb2.PushReply, timeout=4 * UNARY_TIMEOUT)
+        return self.bulk("Push", request, ps_pb2.PushReply, timeout=4 * UNARY_TIMEOUT, reply_bound=PUSH_REPLY_BOUND)
 
 
 @dataclass
@@ -239,16 +250,23 @@ class ShardedPS:
         config = self.config
         assert config is not None, "connect_and_join first"
         positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
+        value_bytes = wire_itemsize(self.wire_dtype)
 
         def pull_one(shard: int, connection: PSConnection) -> ps_pb2.PullReply:
             request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
                                                  dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
+            values = tensors = 0
+            if dense:
+                shapes = [shape for name, shape in config.layer_shapes() if self.dense_owners[name] == shard]
+                values, tensors = sum(int(np.prod(shape)) for shape in shapes), len(shapes)
             for t, ids in enumerate(unique_ids):
                 mine = positions[t][shard]
                 if mine.size:
                     request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
                                       table_ids_payload(t, ids if mine.size == ids.size else ids[mine]))
-            return connection.pull(request, wait_ms)
+                    values, tensors = values + mine.size * config.embedding_dim, tensors + 1
+            bound = reply_size_bound(values, value_bytes, tensors)
+            return connection.pull(request, wait_ms, reply_bound=bound)
 
         replies = self._each(pull_one)
         pulled = Pulled(versions=[r.version for r in replies], done=any(r.done for r in replies),

@@ -23,7 +23,7 @@ def row_shards(table: int, ids: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 def local_index(ids: np.ndarray, num_shards: int) -> np.ndarray:
-    return ids // num_shards
+    return ids if num_shards == 1 else ids // num_shards
 
 
 def local_table_rows(table_size: int, table: int, shard: int, num_shards: int) -> int:

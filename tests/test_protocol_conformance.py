@@ -336,6 +336,66 @@ def test_pull_not_ready_before_min_version(served):
     assert state_fingerprint(served.ps) == before
 
 
+
+# ----------------------------------------------------------------------------------------------------------
+# PullOne / PushOne: the same calls, one chunk each way
+
+
+@pytest.fixture
+def served_1mib():
+    """As `served`, with 1 MiB chunks: a push of the small model fits in one."""
+    with raw_ps(chunk_bytes=1 << 20) as raw:
+        raw.join("w0")
+        raw.join("w1")
+        yield raw
+
+
+def one_chunk(message) -> bytes:
+    (chunk,) = chunks_of(message, 1 << 20)
+    return chunk
+
+
+def test_pull_one_equals_pull_and_push_one_applies(served_1mib):
+    served = served_1mib
+    request = pull_request(served, dense=False)
+    streamed = ps_pb2.PullReply.FromString(served.stream("Pull", chunks_of(request)))
+    reply = tensor_pb2.Chunk.FromString(served.unary("PullOne", one_chunk(request)))
+    assert (reply.offset, reply.total_size, reply.crc32) == (0, len(reply.data), zlib.crc32(reply.data))
+    one = ps_pb2.PullReply.FromString(reply.data)
+    one.ClearField("waited_seconds")
+    streamed.ClearField("waited_seconds")
+    assert one == streamed and len(streamed.rows) > 0
+    pushed = tensor_pb2.Chunk.FromString(served.unary("PushOne", one_chunk(valid_push(served))))
+    assert not ps_pb2.PushReply.FromString(pushed.data).duplicate
+    assert set(served.ps.pending) == {"w0"}
+
+
+def test_pull_one_whose_reply_needs_more_than_one_chunk(served):
+    """The small model's dense tensors are ~110 kB, more than the PS's 64 KiB chunks: refused before any row
+    is read, and the streaming call serves the same request."""
+    request = pull_request(served)
+    assert len(chunks_of(request)) == 1
+    details = expect_rejected(served, lambda: served.unary("PullOne", one_chunk(request)), EXHAUSTED,
+                              "reply_too_large")
+    assert f"more than one chunk of {CHUNK}" in details
+    assert served.bulk("Pull", request).ready
+
+
+@pytest.mark.parametrize("method", ["PullOne", "PushOne"])
+def test_one_chunk_calls_check_framing(served_1mib, method):
+    served = served_1mib
+    message = valid_push(served) if method == "PushOne" else pull_request(served, dense=False)
+    chunk = tensor_pb2.Chunk.FromString(one_chunk(message))
+    expect_rejected(served, lambda: served.unary(method, b"\x0a\xff\xff\xff\xff\x0f"), INVALID,
+                    "malformed_message")
+    partial = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=chunk.total_size,
+                               crc32=chunk.crc32, data=chunk.data[:-1])
+    expect_rejected(served, lambda: served.unary(method, partial.SerializeToString()), INVALID,
+                    "truncated_payload")
+    chunk.protocol_version = PROTOCOL_VERSION + 1
+    expect_rejected(served, lambda: served.unary(method, chunk.SerializeToString()), PRECONDITION,
+                    "bad_protocol_version")
+
 def _pull_mutation(mutate):
     def build(raw):
         request = pull_request(raw)
