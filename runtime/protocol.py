@@ -9,6 +9,7 @@ with a stable reason word.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -110,17 +111,20 @@ def encode_tensor(array: np.ndarray, wire_dtype: int | None = None) -> tensor_pb
     return tensor_pb2.Tensor(dtype=wire, shape=raw.shape, data=raw.tobytes())
 
 
-def wire_itemsize(wire_dtype: int) -> int:
-    """Bytes per float value sent as wire_dtype (FLOAT32 when unspecified)."""
-    return 2 if wire_dtype in (tensor_pb2.FLOAT16, tensor_pb2.BFLOAT16) else 4
-
-
 # A serialized tensor's framing (field keys, lengths, dtype, shape, a tensor name) is well under this.
 TENSOR_FRAMING_BOUND = 256
 
 
-def reply_size_bound(values: int, itemsize: int, tensors: int) -> int:
-    """The most bytes a reply carrying `values` float values in `tensors` tensors can serialize to."""
+def pull_reply_bound(dense_shapes: Iterable[tuple[int, ...]], row_counts: Iterable[int], embedding_dim: int,
+                     wire_dtype: int) -> int:
+    """The most bytes a PullReply can serialize to: the dense tensors of these shapes and, per requested table,
+    that many rows, as wire_dtype floats. Client and PS use it to tell whether a reply fits in one chunk."""
+    itemsize = 2 if wire_dtype in (tensor_pb2.FLOAT16, tensor_pb2.BFLOAT16) else 4
+    tensors = values = 0
+    for shape in dense_shapes:
+        tensors, values = tensors + 1, values + math.prod(shape)
+    for count in row_counts:
+        tensors, values = tensors + 1, values + count * embedding_dim
     return values * itemsize + (tensors + 1) * TENSOR_FRAMING_BOUND
 
 

@@ -55,9 +55,8 @@ from runtime.protocol import (
     invalid,
     named_tensor_payload,
     parse_payload,
-    reply_size_bound,
+    pull_reply_bound,
     sparse_rows_payload,
-    wire_itemsize,
 )
 from runtime.report import write_json_atomically
 
@@ -252,12 +251,8 @@ class ParameterServer:
                           f"{request.wire_dtype}")
         wanted = self._decode_table_ids(request.rows, "PullRequest.rows")
         if max_reply_bytes is not None:
-            values = sum(ids.size for _, ids in wanted) * self.config.embedding_dim
-            tensors = len(wanted)
-            if request.dense:
-                values += sum(int(np.prod(shape)) for shape in self.params.dense_shapes.values())
-                tensors += len(self.params.dense_shapes)
-            bound = reply_size_bound(values, wire_itemsize(wire), tensors)
+            bound = pull_reply_bound(self.params.dense_shapes.values() if request.dense else (),
+                                     (ids.size for _, ids in wanted), self.config.embedding_dim, wire)
             if bound > max_reply_bytes:
                 raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
                                     f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
@@ -594,7 +589,8 @@ class ParameterServerService:
         """PullOne / PushOne: one chunk each way, without a stream's per-call threads and iterators."""
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
             reply, received = self._bulk_reply(message_type, handler, iter((raw,)), context)
-            (only,) = reply.chunks(max(reply.size, 1))  # within one chunk: the handler bounds the reply
+            # One chunk: the PullOne handler refuses larger replies, and a PushReply is a few bytes.
+            (only,) = reply.chunks(max(reply.size, 1))
             self.ps.count(bytes_received=received, bytes_sent=len(only))
             return only
         return call

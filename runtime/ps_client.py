@@ -30,10 +30,9 @@ from runtime.protocol import (
     decode_tensor,
     named_tensor_payload,
     parse_payload,
-    reply_size_bound,
+    pull_reply_bound,
     sparse_rows_payload,
     table_ids_payload,
-    wire_itemsize,
 )
 from runtime.transport import Endpoint, Transport
 
@@ -250,22 +249,19 @@ class ShardedPS:
         config = self.config
         assert config is not None, "connect_and_join first"
         positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
-        value_bytes = wire_itemsize(self.wire_dtype)
 
         def pull_one(shard: int, connection: PSConnection) -> ps_pb2.PullReply:
             request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
                                                  dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
-            values = tensors = 0
-            if dense:
-                shapes = [shape for name, shape in config.layer_shapes() if self.dense_owners[name] == shard]
-                values, tensors = sum(int(np.prod(shape)) for shape in shapes), len(shapes)
+            counts = []
             for t, ids in enumerate(unique_ids):
                 mine = positions[t][shard]
                 if mine.size:
                     request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
                                       table_ids_payload(t, ids if mine.size == ids.size else ids[mine]))
-                    values, tensors = values + mine.size * config.embedding_dim, tensors + 1
-            bound = reply_size_bound(values, value_bytes, tensors)
+                    counts.append(mine.size)
+            shapes = [shape for name, shape in config.layer_shapes() if dense and self.dense_owners[name] == shard]
+            bound = pull_reply_bound(shapes, counts, config.embedding_dim, self.wire_dtype)
             return connection.pull(request, wait_ms, reply_bound=bound)
 
         replies = self._each(pull_one)
