@@ -353,6 +353,14 @@ class Worker:
 
         pushes: collections.deque[tuple[futures.Future, Batch, list[np.ndarray], Pulled, float]] = \
             collections.deque()
+
+        def settle_until(left: int) -> bool:
+            """Settle the oldest pushes until `left` remain; False when training is done."""
+            while len(pushes) > left:
+                if not settle(pushes.popleft()):
+                    return False
+            return True
+
         with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="comm") as comm:
             t0 = time.perf_counter()
             current = next(batches)
@@ -366,9 +374,8 @@ class Worker:
                     pulled = None  # the batch is redone below
                 stats.times.pull += time.perf_counter() - t1
                 # Every push but the newest was queued before this pull, so it has finished.
-                while len(pushes) > 1:
-                    if not settle(pushes.popleft()):
-                        return
+                if not settle_until(1):
+                    return
                 if pulled is not None and pulled.done:
                     break
                 batch, ids = current
@@ -378,10 +385,7 @@ class Worker:
                 stats.times.data += t3 - t2
                 if pulled is None or not pulled.ready or any(v <= s for v, s in zip(pulled.versions, sent,
                                                                                       strict=True)):
-                    while pushes:
-                        if not settle(pushes.popleft()):
-                            return
-                    if not redo(batch, ids):
+                    if not settle_until(0) or not redo(batch, ids):
                         return
                     pulling = comm.submit(pull, current[1])
                     continue
@@ -391,9 +395,7 @@ class Worker:
                 pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grads, ids,
                                            row_grads), batch, ids, pulled, loss))
                 sent[:] = pulled.versions
-            while pushes:
-                if not settle(pushes.popleft()):
-                    return
+            settle_until(0)
 
     def _count_step(self, batch: Batch, unique_ids: list[np.ndarray], version: int, loss: float) -> None:
         """A batch whose gradients the PS accepted: statistics, the end of the warm-up, progress output."""
