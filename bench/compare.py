@@ -10,9 +10,9 @@ For each batch size (per worker) and each repeat it runs, one after another on t
   ours-ratls      python -m runtime.launch --security ratls (sim provider)
 All distributed runs train on the same samples, S x W x B. By default ours runs the way tf-ps does: asynchronous
 SGD, S x W steps of B at learning rate lr / W, every worker's gradient applied on its own (ours with a staleness
-bound, --staleness). --ours-mode sync runs ours as S
-synchronous steps of W x B at lr instead (ParameterServerStrategy has no synchronous mode); lr / W per B-sample
-step is the same SGD step per sample as lr per W x B-sample step. The data is synthetic (runtime.data, planted
+bound, --staleness). --ours-mode sync runs ours as S synchronous steps of W x B at lr instead
+(ParameterServerStrategy has no synchronous mode); lr / W per B-sample step is the same SGD step per sample as lr
+per W x B-sample step. The data is synthetic (runtime.data, planted
 signal) unless --train/--eval name Criteo files.
 The table shows medians over the repeats with the spread (min..max); every raw figure is in <out>/results.json.
 """
@@ -159,11 +159,13 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
     system = f"ours-{security}"
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir.parent / f"{run_dir.name}.console.log"
+    # Parameter updates per step of W x B samples: one per worker batch asynchronously, one per round otherwise.
     if args.ours_mode == "async":
-        updates, mode_argv = steps * args.workers, ["--staleness", str(args.staleness)]
+        updates_per_step, mode_argv = args.workers, ["--staleness", str(args.staleness)]
         learning_rate: float | None = tfps_learning_rate(args)
     else:
-        updates, mode_argv, learning_rate = steps, [], None
+        updates_per_step, mode_argv, learning_rate = 1, [], None
+    updates = steps * updates_per_step
     # --checkpoint-every updates: only the final checkpoint (TensorFlow's run writes none).
     argv = [sys.executable, "-m", "runtime.launch", "--out", str(run_dir), "--security", security,
             "--workers", str(args.workers), "--batch-size", str(batch), "--steps", str(updates), *mode_argv,
@@ -186,8 +188,7 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
                "attestation": report["attestation"]}
     return Run(system, batch, repeat, samples_per_s=samples_per_s,
                step_ms=1000.0 * args.workers * batch / samples_per_s if samples_per_s else math.nan,
-               wire_bytes_per_step=tcp_bytes / max(report["steps"], 1) * (args.workers if args.ours_mode == "async"
-                                                                         else 1),
+               wire_bytes_per_step=tcp_bytes / max(report["steps"], 1) * updates_per_step,
                held_out_loss=_number(report["held_out"].get("log_loss")),
                held_out_auc=_number(report["held_out"].get("auc")), peak_rss=dict(monitor.rss), details=details)
 
