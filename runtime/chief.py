@@ -399,9 +399,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.chief", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1] + "\n" + transport.__doc__)
+    parser = transport.command_parser("python -m runtime.chief", __doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

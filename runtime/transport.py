@@ -272,6 +272,14 @@ class RatlsTransport(Transport):
 # command line
 
 
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a runtime command that talks over this transport: description from the first paragraph of
+    its module docstring, the rest and this module's security notes as epilog."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=doc.split("\n\n", 1)[1] + "\n" + __doc__)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("transport security")
     group.add_argument("--security", choices=SECURITY_MODES, default="ratls",

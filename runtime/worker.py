@@ -738,9 +738,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.worker", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1] + "\n" + transport.__doc__)
+    parser = transport.command_parser("python -m runtime.worker", __doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
