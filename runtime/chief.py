@@ -32,7 +32,7 @@ import numpy as np
 
 from runtime import transport
 from runtime.data import LAYOUTS, DataError, _lines
-from runtime.model import DLRMConfig
+from runtime.model import DLRMConfig, split_flat
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
 from runtime.ps import add_model_arguments, model_config
@@ -212,8 +212,9 @@ def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: in
             pulled = client.pull([steps] * client.num_shards, ids, dense=t == 0, wait_ms=0)
             if not pulled.ready or min(pulled.versions) < steps:
                 raise RuntimeError(f"PS not done: versions {pulled.versions}, expected {steps}")
-            dense = dense or pulled.dense
-            tables.append(pulled.rows[t])
+            if pulled.dense is not None:
+                dense = split_flat(pulled.dense, config.layer_shapes())
+            tables.append(pulled.rows)
         client.leave()
     finally:
         client.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -127,6 +127,11 @@ class DLRMConfig:
                 shapes.append((f"{prefix}/{i}/bias", (fan_out,)))
                 fan_in = fan_out
         return shapes
+
+    @property
+    def dense_size(self) -> int:
+        """Number of dense parameters: the length of the flat vector that holds them all in canonical order."""
+        return sum(math.prod(shape) for _, shape in self.layer_shapes())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -272,11 +277,19 @@ class Batch:
 
     def unique_ids(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per table: (sorted unique row ids, int64 index of each example's id in them)."""
-        result = []
-        for t in range(self.cat.shape[1]):
-            uniq, inverse = np.unique(self.cat[:, t], return_inverse=True)
-            result.append((uniq.astype(np.int64), inverse.astype(np.int64).reshape(-1)))
-        return result
+        lookup = self.lookup()
+        starts = np.cumsum([0] + [ids.size for ids in lookup.ids[:-1]])
+        return [(ids, lookup.index[:, t] - starts[t]) for t, ids in enumerate(lookup.ids)]
+
+    def lookup(self) -> Lookup:
+        # One sort for all tables: key (table, id) as table * span + id keeps tables apart and in order.
+        tables = self.cat.shape[1]
+        span = int(self.cat.max()) + 1
+        keys = self.cat + np.arange(tables, dtype=np.int64) * span
+        unique, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(unique // span, minlength=tables)
+        ids = np.split(unique % span, np.cumsum(counts)[:-1])
+        return Lookup(ids, inverse.reshape(self.cat.shape).astype(np.int64, copy=False))
 
     @staticmethod
     def concat(batches: Sequence[Batch]) -> Batch:
@@ -286,6 +299,32 @@ class Batch:
         return Batch(dense=np.concatenate([b.dense for b in batches]),
                      cat=np.concatenate([b.cat for b in batches]),
                      labels=np.concatenate([b.labels for b in batches]))
+
+
+def split_flat(flat: np.ndarray, shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Named views of a flat vector holding tensors of these (name, shape)s one after another, in order."""
+    views, start = {}, 0
+    for name, shape in shapes:
+        end = start + math.prod(shape)
+        views[name] = flat[start:end].reshape(shape)
+        start = end
+    if start != flat.size:
+        raise ValueError(f"flat vector: expected {start} values, found {flat.size}")
+    return views
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The embedding rows a batch touches, as a worker pulls them: every table's sorted unique ids, and for each
+    example and table the position of its row in the stack of those rows (table 0's rows, then table 1's, ...).
+    The stack is what the model takes and what the PS sends back, so no per-table copies are made."""
+
+    ids: list[np.ndarray]  # per table: sorted unique row ids
+    index: np.ndarray  # [B, T] int64 positions in the stacked rows
+
+    @property
+    def rows(self) -> int:
+        return sum(ids.size for ids in self.ids)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -470,8 +509,7 @@ class DLRM:
         self._layers = graphs.layers
         self._sizes = graphs.sizes
 
-    def _inputs(self, dense_params: Mapping[str, np.ndarray], emb_rows: Sequence[np.ndarray], batch: Batch):
-        config = self.config
+    def _flat_params(self, dense_params: Mapping[str, np.ndarray]) -> np.ndarray:
         names = [name for name, _ in self._layers]
         if set(dense_params) != set(names):
             missing = sorted(set(names) - set(dense_params))
@@ -482,43 +520,61 @@ class DLRM:
             if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != shape:
                 found = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
                 raise ValueError(f"dense param {name}: expected float32 {shape}, found {found}")
-        if batch.dense.shape[1] != config.num_dense or batch.cat.shape[1] != config.num_tables:
-            raise ValueError(f"batch: expected {config.num_dense} dense and {config.num_tables} categorical "
-                             f"columns, found {batch.dense.shape[1]} and {batch.cat.shape[1]}")
+        return np.concatenate([dense_params[name].reshape(-1) for name in names])
+
+    def _stacked_rows(self, emb_rows: Sequence[np.ndarray], lookup: Lookup) -> np.ndarray:
+        config = self.config
         if len(emb_rows) != config.num_tables:
             raise ValueError(f"emb_rows: expected {config.num_tables} tables, found {len(emb_rows)}")
-        index = np.empty(batch.cat.shape, dtype=np.int64)
-        offsets = []
-        offset = 0
-        for t, ((uniq, inverse), rows) in enumerate(zip(batch.unique_ids(), emb_rows, strict=True)):
-            want = (uniq.shape[0], config.embedding_dim)
+        for t, (ids, rows) in enumerate(zip(lookup.ids, emb_rows, strict=True)):
+            want = (ids.shape[0], config.embedding_dim)
             if not isinstance(rows, np.ndarray) or rows.dtype != np.float32 or rows.shape != want:
                 found = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
                 raise ValueError(f"emb_rows[{t}]: expected float32 {want} (one row per unique id), "
                                  f"found {found}")
-            index[:, t] = inverse + offset
-            offsets.append(offset)
-            offset += uniq.shape[0]
-        offsets.append(offset)
-        flat_params = np.concatenate([dense_params[name].reshape(-1) for name in names])
-        return flat_params, np.concatenate(emb_rows), index, offsets
+        return np.concatenate(emb_rows)
+
+    def _check_flat(self, flat_params: np.ndarray, rows: np.ndarray, lookup: Lookup, batch: Batch) -> None:
+        config = self.config
+        if batch.dense.shape[1] != config.num_dense or batch.cat.shape[1] != config.num_tables:
+            raise ValueError(f"batch: expected {config.num_dense} dense and {config.num_tables} categorical "
+                             f"columns, found {batch.dense.shape[1]} and {batch.cat.shape[1]}")
+        for what, arr, want in (("flat params", flat_params, (config.dense_size,)),
+                                ("rows", rows, (lookup.rows, config.embedding_dim))):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != want:
+                found = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise ValueError(f"{what}: expected float32 {want}, found {found}")
+        if lookup.index.shape != batch.cat.shape:
+            raise ValueError(f"lookup: expected an index of shape {batch.cat.shape}, found {lookup.index.shape}")
+
+    def loss_and_grads_flat(self, flat_params: np.ndarray, rows: np.ndarray, lookup: Lookup,
+                            batch: Batch) -> tuple[float, np.ndarray, np.ndarray]:
+        """Mean BCE loss and its gradients, parameters as they travel: all dense parameters in one vector
+        (canonical order) and the stacked rows of batch.lookup(). Returns (loss, flat gradient, row gradients)."""
+        self._check_flat(flat_params, rows, lookup, batch)
+        loss, flat_grad, row_grad = self._graphs.grad_fn(flat_params, rows, lookup.index, batch.dense,
+                                                         batch.labels)
+        return float(loss), flat_grad.numpy(), row_grad.numpy()
+
+    def predict_flat(self, flat_params: np.ndarray, rows: np.ndarray, lookup: Lookup, batch: Batch) -> np.ndarray:
+        """Click probabilities, float32 [B], parameters as in loss_and_grads_flat."""
+        self._check_flat(flat_params, rows, lookup, batch)
+        return self._graphs.predict_fn(flat_params, rows, lookup.index, batch.dense).numpy()
 
     def loss_and_grads(self, dense_params: Mapping[str, np.ndarray], emb_rows: Sequence[np.ndarray],
                        batch: Batch) -> tuple[float, dict[str, np.ndarray], list[np.ndarray]]:
         """Mean BCE loss and its gradients w.r.t. the dense params and the unique rows of each table."""
-        flat_params, rows, index, offsets = self._inputs(dense_params, emb_rows, batch)
-        loss, flat_grad, row_grad = self._graphs.grad_fn(flat_params, rows, index, batch.dense, batch.labels)
-        flat_grad, row_grad = flat_grad.numpy(), row_grad.numpy()
-        grads = {}
-        start = 0
-        for (name, shape), size in zip(self._layers, self._sizes, strict=True):
-            grads[name] = flat_grad[start:start + size].reshape(shape)
-            start += size
+        lookup = batch.lookup()
+        loss, flat_grad, row_grad = self.loss_and_grads_flat(
+            self._flat_params(dense_params), self._stacked_rows(emb_rows, lookup), lookup, batch)
+        grads = split_flat(flat_grad, self._layers)
+        offsets = np.cumsum([0] + [ids.size for ids in lookup.ids])
         emb_grads = [row_grad[offsets[t]:offsets[t + 1]] for t in range(self.config.num_tables)]
-        return float(loss.numpy()), grads, emb_grads
+        return loss, grads, emb_grads
 
     def predict(self, dense_params: Mapping[str, np.ndarray], emb_rows: Sequence[np.ndarray],
                 batch: Batch) -> np.ndarray:
         """Click probabilities, float32 [B]."""
-        flat_params, rows, index, _ = self._inputs(dense_params, emb_rows, batch)
-        return self._graphs.predict_fn(flat_params, rows, index, batch.dense).numpy()
+        lookup = batch.lookup()
+        return self.predict_flat(self._flat_params(dense_params), self._stacked_rows(emb_rows, lookup), lookup,
+                                 batch)

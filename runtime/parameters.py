@@ -7,13 +7,21 @@ since the zero-filled table arrays are only materialised page by page, little me
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from runtime import sharding
 from runtime.aggregation import Update
-from runtime.model import AdagradState, DLRMConfig, apply_sgd, apply_sgd_rows, init_dense_params, init_embedding_rows
+from runtime.model import (
+    AdagradState,
+    DLRMConfig,
+    apply_sgd,
+    apply_sgd_rows,
+    init_dense_params,
+    init_embedding_rows,
+    split_flat,
+)
 
 OPTIMIZERS = ("sgd", "adagrad")
 
@@ -31,8 +39,14 @@ class ShardParameters:
         self.optimizer = optimizer
         owners = sharding.dense_owners(config, num_shards)
         self.dense_shapes = {name: shape for name, shape in config.layer_shapes() if owners[name] == shard}
+        # One flat vector (what travels on the wire) with a named view per tensor (what optimizers and
+        # checkpoints use): a pull snapshots it with one copy.
+        self.dense_size = sum(int(np.prod(shape)) for shape in self.dense_shapes.values())
+        self.dense_flat = np.zeros(self.dense_size, dtype=np.float32)
+        self.dense = self.dense_views(self.dense_flat)
         initial = init_dense_params(config)
-        self.dense = {name: initial[name] for name in self.dense_shapes}
+        for name, view in self.dense.items():
+            view[...] = initial[name]
         self.local_rows = [sharding.local_table_rows(size, t, shard, num_shards)
                            for t, size in enumerate(config.table_sizes)]
         self.tables = [np.zeros((n, config.embedding_dim), dtype=np.float32) for n in self.local_rows]
@@ -52,11 +66,24 @@ class ShardParameters:
             self.tables[table][fresh] = init_embedding_rows(self.config, table, ids)
             mask[fresh] = True
 
+    def dense_views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views of a flat vector laid out as dense_flat (dense_size float32 values)."""
+        return split_flat(flat, self.dense_shapes.items())
+
     def read_rows(self, table: int, ids: np.ndarray) -> np.ndarray:
         """A copy of rows `ids` (global ids this shard owns)."""
         local = sharding.local_index(ids, self.num_shards)
         self._ensure(table, local)
         return self.tables[table][local]
+
+    def read_stacked(self, tables: Sequence[int], starts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Rows of several tables in one [len(ids), dim] array: ids[starts[i]:starts[i + 1]] of tables[i]."""
+        out = np.empty((ids.size, self.config.embedding_dim), dtype=np.float32)
+        for table, start, end in zip(tables, starts[:-1], starts[1:], strict=True):
+            local = sharding.local_index(ids[start:end], self.num_shards)
+            self._ensure(table, local)
+            np.take(self.tables[table], local, axis=0, out=out[start:end])
+        return out
 
     def apply(self, update: Update) -> None:
         lr = self.config.learning_rate
@@ -104,7 +131,7 @@ class ShardParameters:
                                  f"{array.dtype} {array.shape}")
             return array
 
-        dense = {name: get(f"dense/{name}", shape, np.float32).copy() for name, shape in self.dense_shapes.items()}
+        dense = {name: get(f"dense/{name}", shape, np.float32) for name, shape in self.dense_shapes.items()}
         rows = []
         for t, n in enumerate(self.local_rows):
             local = get(f"rows/{t}/local_ids", (None,), np.int64)
@@ -120,7 +147,8 @@ class ShardParameters:
             dense_acc = {name: get(f"adagrad/dense/{name}", shape, np.float32).copy()
                          for name, shape in self.dense_shapes.items() if f"adagrad/dense/{name}" in arrays}
         # Everything checked: now replace.
-        self.dense = dense
+        for name, value in dense.items():
+            self.dense[name][...] = value
         for t, (local, values, acc) in enumerate(rows):
             self.tables[t] = np.zeros((self.local_rows[t], dim), dtype=np.float32)
             self.initialized[t] = np.zeros(self.local_rows[t], dtype=bool)

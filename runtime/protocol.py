@@ -1,26 +1,26 @@
-"""Wire format of the runtime protocol (protos/tensor.proto, protos/ps.proto), version 1.
+"""Wire format of the runtime protocol (protos/tensor.proto, protos/ps.proto), version 2.
 
 Tensors travel as dtype + shape + raw little-endian bytes and are turned into numpy arrays without per-element
 Python work. Bulk payloads (Pull and Push) are a serialized message split into Chunk messages of at most the
-chunk size, each repeating the payload's size and CRC-32. Everything a peer sends is checked here before any
+chunk size, each repeating the payload's size and CRC-32C. Everything a peer sends is checked here before any
 state changes; a violation raises ProtocolError, which a server turns into a gRPC status whose details start
 with a stable reason word.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
+import google_crc32c
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from runtime.proto import tensor_pb2
+from runtime.proto import ps_pb2, tensor_pb2
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 # Per-chunk framing (offset, sizes, CRC, tags) is well under this; gRPC's receive limit is chunk size + this.
 CHUNK_OVERHEAD = 1024
@@ -111,21 +111,15 @@ def encode_tensor(array: np.ndarray, wire_dtype: int | None = None) -> tensor_pb
     return tensor_pb2.Tensor(dtype=wire, shape=raw.shape, data=raw.tobytes())
 
 
-# A serialized tensor's framing (field keys, lengths, dtype, shape, a tensor name) is well under this.
+# A serialized tensor's framing (field keys, lengths, dtype, shape) is well under this.
 TENSOR_FRAMING_BOUND = 256
 
 
-def pull_reply_bound(dense_shapes: Iterable[tuple[int, ...]], row_counts: Iterable[int], embedding_dim: int,
-                     wire_dtype: int) -> int:
-    """The most bytes a PullReply can serialize to: the dense tensors of these shapes and, per requested table,
-    that many rows, as wire_dtype floats. Client and PS use it to tell whether a reply fits in one chunk."""
+def pull_reply_bound(dense_values: int, rows: int, embedding_dim: int, wire_dtype: int) -> int:
+    """The most bytes a PullReply can serialize to: dense_values dense parameters and that many rows, as
+    wire_dtype floats. Client and PS use it to tell whether a reply fits in one chunk."""
     itemsize = 2 if wire_dtype in (tensor_pb2.FLOAT16, tensor_pb2.BFLOAT16) else 4
-    tensors = values = 0
-    for shape in dense_shapes:
-        tensors, values = tensors + 1, values + math.prod(shape)
-    for count in row_counts:
-        tensors, values = tensors + 1, values + count * embedding_dim
-    return values * itemsize + (tensors + 1) * TENSOR_FRAMING_BOUND
+    return (dense_values + rows * embedding_dim) * itemsize + 3 * TENSOR_FRAMING_BOUND
 
 
 def ids_wire_dtype(ids: np.ndarray) -> int:
@@ -175,16 +169,79 @@ def decode_tensor(tensor: tensor_pb2.Tensor, field: str, *, kind: str,
     return array
 
 
-def decode_ids(tensor: tensor_pb2.Tensor, field: str, size: int) -> np.ndarray:
-    """Row ids of a table with `size` rows: 1-D, strictly increasing, in [0, size)."""
-    ids = decode_tensor(tensor, field, kind="int", shape=(None,))
-    if ids.size:
-        if ids[0] < 0 or ids[-1] >= size:
-            raise invalid("bad_row_id", f"{field}: expected ids in [0, {size}), found range "
-                          f"[{int(ids.min())}, {int(ids.max())}]")
-        if ids.size > 1 and not (ids[1:] > ids[:-1]).all():
-            raise invalid("unsorted_ids", f"{field}: expected strictly increasing ids (sorted, no repeats)")
-    return ids
+@dataclass(frozen=True)
+class TableRowsView:
+    """A decoded TableRows: table numbers, their row counts, all ids (int64) and values (float32 or None), in the
+    message's order. Rows of table tables[i] are ids[starts[i]:starts[i + 1]]."""
+
+    tables: list[int]
+    counts: np.ndarray
+    ids: np.ndarray
+    values: np.ndarray | None
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate(([0], np.cumsum(self.counts)))
+
+
+def decode_table_rows(message: ps_pb2.TableRows, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
+                      values: bool) -> TableRowsView:
+    """Check and decode a TableRows: distinct tables in range, one count >= 1 per table, ids strictly increasing
+    within each table and in [0, size of the table); with values, [sum(counts), embedding_dim] finite floats;
+    without, no values. Raises ProtocolError."""
+    tables = list(message.tables)
+    seen: set[int] = set()
+    for i, table in enumerate(tables):
+        if table >= len(table_sizes):
+            raise invalid("bad_table", f"{field}.tables[{i}]: expected 0..{len(table_sizes) - 1}, found {table}")
+        if table in seen:
+            raise invalid("repeated_table", f"{field}.tables[{i}]: table {table} appears twice")
+        seen.add(table)
+    if len(message.counts) != len(tables):
+        raise invalid("bad_counts", f"{field}.counts: expected one per table ({len(tables)}), found "
+                      f"{len(message.counts)}")
+    # A table's ids are distinct, so it has at most as many as its rows (which also keeps the sum small).
+    counts = np.array(message.counts, dtype=np.uint64)
+    sizes = np.asarray(table_sizes, dtype=np.uint64)[tables]
+    bad = (counts == 0) | (counts > sizes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise invalid("bad_counts", f"{field}.counts[{i}]: expected 1..{int(sizes[i])} (table {tables[i]}), "
+                      f"found {int(counts[i])}")
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    ids = decode_tensor(message.ids, f"{field}.ids", kind="int", shape=(total,)) if message.HasField("ids") \
+        else _missing_tensor(f"{field}.ids", total)
+    if total:
+        # Bounds and order of every table's run, checked in one pass over all ids.
+        limit = np.repeat(np.asarray(table_sizes, dtype=np.int64)[tables], counts)
+        bad = (ids < 0) | (ids >= limit)
+        if bad.any():
+            k = int(np.argmax(bad))
+            table = tables[int(np.searchsorted(np.cumsum(counts), k, side="right"))]
+            raise invalid("bad_row_id", f"{field}.ids[{k}]: table {table} has ids in [0, {table_sizes[table]}), "
+                          f"found {int(ids[k])}")
+        rising = ids[1:] > ids[:-1]
+        rising[np.cumsum(counts)[:-1] - 1] = True  # a new table may start lower
+        if not rising.all():
+            k = int(np.argmin(rising)) + 1
+            table = tables[int(np.searchsorted(np.cumsum(counts), k, side="right"))]
+            raise invalid("unsorted_ids", f"{field}.ids[{k}]: expected strictly increasing ids within table "
+                          f"{table} (sorted, no repeats)")
+    if not values:
+        if message.HasField("values"):
+            raise invalid("unexpected_values", f"{field}.values: expected none (ids only)")
+        return TableRowsView(tables, counts, ids, None)
+    if not message.HasField("values"):
+        raise invalid("missing_tensor", f"{field}.values: expected [{total}, {embedding_dim}] values, found none")
+    rows = decode_tensor(message.values, f"{field}.values", kind="float", shape=(total, embedding_dim), finite=True)
+    return TableRowsView(tables, counts, ids, rows)
+
+
+def _missing_tensor(field: str, count: int) -> np.ndarray:
+    if count:
+        raise invalid("missing_tensor", f"{field}: expected {count} ids, found none")
+    return np.zeros(0, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,11 +257,16 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-_LENGTH_DELIMITED = 2
+_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
+
+
+def crc32c(data: bytes | memoryview | np.ndarray, crc: int = 0) -> int:
+    """CRC-32C of data (any contiguous buffer), continuing from crc."""
+    return google_crc32c.extend(crc, np.frombuffer(data, dtype=np.uint8))
 
 
 class Payload:
-    """A serialized protobuf message held as a list of byte strings, big tensor data by reference.
+    """A serialized protobuf message held as a list of buffers, big tensor data by reference.
 
     upb serializes large bytes fields at a few hundred MB/s; here a message is its small fields serialized by
     upb plus length-delimited fields appended by hand (a field key, a length, the bytes), which protobuf parsers
@@ -212,17 +274,17 @@ class Payload:
     """
 
     def __init__(self, head: Message | bytes = b"") -> None:
-        self.parts: list[bytes | memoryview] = []
+        self.parts: list[bytes | np.ndarray] = []
         self.size = 0
         self.append(head if isinstance(head, bytes) else head.SerializeToString())
 
-    def append(self, data: bytes | memoryview) -> None:
+    def append(self, data: bytes | np.ndarray) -> None:
         if len(data):
             self.parts.append(data)
             self.size += len(data)
 
-    def add_field(self, number: int, value: Payload | bytes | memoryview) -> None:
-        """Append a length-delimited field (a nested message, bytes or string)."""
+    def add_field(self, number: int, value: Payload | bytes | np.ndarray) -> None:
+        """Append a length-delimited field (a nested message, bytes or string; an array as its raw bytes)."""
         size = value.size if isinstance(value, Payload) else len(value)
         self.append(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(size))
         if isinstance(value, Payload):
@@ -238,23 +300,23 @@ class Payload:
         """Serialized Chunk messages of at most chunk_size data bytes each (at least one)."""
         crc = 0
         for part in self.parts:
-            crc = zlib.crc32(part, crc)
+            crc = crc32c(part, crc)
         total = self.size
-        views = [memoryview(p).cast("B") for p in self.parts]
         index, within = 0, 0
         for offset in range(0, max(total, 1), chunk_size):
             length = min(chunk_size, total - offset)
-            head = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=offset, total_size=total, crc32=crc)
-            pieces: list[bytes | memoryview] = [head.SerializeToString()]
+            head = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=offset, total_size=total, crc32c=crc)
+            pieces: list[bytes | np.ndarray] = [head.SerializeToString()]
             if length:
                 pieces.append(_varint(tensor_pb2.Chunk.DATA_FIELD_NUMBER << 3 | _LENGTH_DELIMITED) + _varint(length))
             need = length
             while need:
-                take = min(need, len(views[index]) - within)
-                pieces.append(views[index][within:within + take])
+                part = self.parts[index]
+                take = min(need, len(part) - within)
+                pieces.append(part if take == len(part) else part[within:within + take])
                 need -= take
                 within += take
-                if within == len(views[index]):
+                if within == len(part):
                     index, within = index + 1, 0
             yield b"".join(pieces)
 
@@ -263,29 +325,17 @@ def tensor_payload(array: np.ndarray, wire_dtype: int | None = None) -> Payload:
     """A serialized Tensor whose data is `array`'s memory (no copy until chunking: do not change array)."""
     wire, raw = _wire_array(array, wire_dtype)
     payload = Payload(tensor_pb2.Tensor(dtype=wire, shape=raw.shape))
-    payload.add_field(tensor_pb2.Tensor.DATA_FIELD_NUMBER, memoryview(raw).cast("B"))
+    payload.add_field(tensor_pb2.Tensor.DATA_FIELD_NUMBER, raw.reshape(-1).view(np.uint8))
     return payload
 
 
-def named_tensor_payload(name: str, array: np.ndarray, wire_dtype: int | None = None) -> Payload:
-    payload = Payload(tensor_pb2.NamedTensor(name=name))
-    payload.add_field(tensor_pb2.NamedTensor.TENSOR_FIELD_NUMBER, tensor_payload(array, wire_dtype))
-    return payload
-
-
-def table_ids_payload(table: int, ids: np.ndarray) -> Payload:
-    payload = Payload(tensor_pb2.TableIds(table=table))
-    payload.add_field(tensor_pb2.TableIds.IDS_FIELD_NUMBER, tensor_payload(ids, ids_wire_dtype(ids)))
-    return payload
-
-
-def sparse_rows_payload(table: int, ids: np.ndarray | None, values: np.ndarray,
-                        wire_dtype: int | None = None) -> Payload:
-    """SparseRows; ids None leaves them out (a pull reply's rows are those of the request, in its order)."""
-    payload = Payload(tensor_pb2.SparseRows(table=table))
-    if ids is not None:
-        payload.add_field(tensor_pb2.SparseRows.IDS_FIELD_NUMBER, tensor_payload(ids, ids_wire_dtype(ids)))
-    payload.add_field(tensor_pb2.SparseRows.VALUES_FIELD_NUMBER, tensor_payload(values, wire_dtype))
+def table_rows_payload(tables: Sequence[int], counts: Sequence[int], ids: np.ndarray,
+                       values: np.ndarray | None = None, wire_dtype: int | None = None) -> Payload:
+    """A serialized TableRows (ids of all tables concatenated, and their values if given)."""
+    payload = Payload(ps_pb2.TableRows(tables=tables, counts=counts))
+    payload.add_field(ps_pb2.TableRows.IDS_FIELD_NUMBER, tensor_payload(ids, ids_wire_dtype(ids)))
+    if values is not None:
+        payload.add_field(ps_pb2.TableRows.VALUES_FIELD_NUMBER, tensor_payload(values, wire_dtype))
     return payload
 
 
@@ -296,16 +346,70 @@ def chunk_payload(message: Message | Payload, chunk_size: int) -> Iterator[tenso
         yield tensor_pb2.Chunk.FromString(raw)
 
 
-def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int,
-                     max_chunk_bytes: int) -> bytes | bytearray:
+class ChunkView(NamedTuple):
+    """A parsed Chunk whose data is a view into the received bytes (protobuf's parser would copy it twice)."""
+
+    protocol_version: int
+    offset: int
+    total_size: int
+    crc32c: int
+    data: memoryview
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(raw) and shift < 64:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise invalid("malformed_message", f"Chunk: {'truncated' if pos >= len(raw) else 'over-long'} varint at byte {pos}")
+
+
+def parse_chunk(raw: bytes) -> ChunkView:
+    """Parse a serialized Chunk as protobuf does (any field order, last value wins, unknown fields skipped),
+    every read bounds-checked. Raises ProtocolError."""
+    fields = {1: 0, 2: 0, 3: 0, 4: 0}
+    data = memoryview(b"")
+    view = memoryview(raw)
+    pos = 0
+    while pos < len(raw):
+        key, pos = _read_varint(raw, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise invalid("malformed_message", f"Chunk: field number 0 at byte {pos}")
+        if wire == _VARINT:
+            value, pos = _read_varint(raw, pos)
+            if number in fields:
+                fields[number] = value & 0xFFFFFFFF if number in (1, 4) else value
+        elif wire == _LENGTH_DELIMITED:
+            length, pos = _read_varint(raw, pos)
+            if length > len(raw) - pos:
+                raise invalid("malformed_message", f"Chunk: field {number} runs {length} bytes past the end")
+            if number == tensor_pb2.Chunk.DATA_FIELD_NUMBER:
+                data = view[pos:pos + length]
+            pos += length
+        elif wire in (_FIXED64, _FIXED32):
+            pos += 8 if wire == _FIXED64 else 4
+            if pos > len(raw):
+                raise invalid("malformed_message", f"Chunk: field {number} runs past the end")
+        else:
+            raise invalid("malformed_message", f"Chunk: field {number} has wire type {wire} (groups are not used)")
+    return ChunkView(fields[1], fields[2], fields[3], fields[4], data)
+
+
+def assemble_payload(chunks: Iterable[ChunkView], *, max_bytes: int,
+                     max_chunk_bytes: int) -> memoryview | bytearray:
     """Reassemble and verify one chunked payload (the whole stream). Raises ProtocolError."""
     buffer: bytearray | None = None
-    single: bytes | None = None
-    first: tensor_pb2.Chunk | None = None
+    single: memoryview | None = None
+    first: ChunkView | None = None
     received = 0
     for index, chunk in enumerate(chunks):
         check_version(chunk.protocol_version, f"chunk[{index}]")
-        data = chunk.data  # (each access to a bytes field copies it)
+        data = chunk.data
         if len(data) > max_chunk_bytes:
             raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
                                 f"chunk[{index}].data: expected at most {max_chunk_bytes} bytes, found {len(data)}")
@@ -319,9 +423,9 @@ def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int,
                 single = data  # the common single-chunk case: no reassembly copy
             else:
                 buffer = bytearray(chunk.total_size)
-        elif chunk.total_size != first.total_size or chunk.crc32 != first.crc32:
-            raise invalid("bad_chunk", f"chunk[{index}]: total_size/crc32 {chunk.total_size}/{chunk.crc32} "
-                          f"differ from chunk[0]'s {first.total_size}/{first.crc32}")
+        elif chunk.total_size != first.total_size or chunk.crc32c != first.crc32c:
+            raise invalid("bad_chunk", f"chunk[{index}]: total_size/crc32c {chunk.total_size}/{chunk.crc32c} "
+                          f"differ from chunk[0]'s {first.total_size}/{first.crc32c}")
         elif single is not None:
             raise invalid("bad_chunk", f"chunk[{index}]: data after the complete payload")
         if chunk.offset != received:
@@ -339,16 +443,16 @@ def assemble_payload(chunks: Iterable[tensor_pb2.Chunk], *, max_bytes: int,
         raise invalid("truncated_payload", f"chunks: expected {first.total_size} bytes, found {received}")
     payload = single if single is not None else buffer
     assert payload is not None
-    crc = zlib.crc32(payload)
-    if crc != first.crc32:
-        raise invalid("bad_checksum", f"payload crc32: expected {first.crc32:#010x}, found {crc:#010x}")
+    crc = crc32c(payload)
+    if crc != first.crc32c:
+        raise invalid("bad_checksum", f"payload crc32c: expected {first.crc32c:#010x}, found {crc:#010x}")
     return payload
 
 
 M = TypeVar("M", bound=Message)
 
 
-def parse_payload(message_type: type[M], payload: bytes | bytearray) -> M:
+def parse_payload(message_type: type[M], payload: bytes | bytearray | memoryview) -> M:
     try:
         return message_type.FromString(payload)
     except DecodeError as error:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,17 +46,19 @@ from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
     FLOAT_WIRE_DTYPES,
     PROTOCOL_VERSION,
+    ChunkView,
     Payload,
     ProtocolError,
+    TableRowsView,
     assemble_payload,
     check_version,
-    decode_ids,
+    decode_table_rows,
     decode_tensor,
     invalid,
-    named_tensor_payload,
+    parse_chunk,
     parse_payload,
     pull_reply_bound,
-    sparse_rows_payload,
+    tensor_payload,
 )
 from runtime.report import write_json_atomically
 
@@ -145,7 +147,6 @@ class ParameterServer:
         self.config = options.config
         self.clock = clock
         self.params = ShardParameters(options.config, options.shard, options.num_shards, options.optimizer)
-        self.dense_names = list(self.params.dense_shapes)
         self.cond = threading.Condition()
         self.version = 0
         self.members: dict[str, float] = {}  # live worker -> last time heard from
@@ -159,7 +160,7 @@ class ParameterServer:
         self.rejections: Counter[str] = Counter()
         self.resumed_from = 0
         self.checkpoint_seconds: list[float] = []
-        self._dense_cache: dict[int, tuple[int, list[Payload]]] = {}  # wire dtype -> (version, tensors)
+        self._dense_cache: dict[int, tuple[int, Payload]] = {}  # wire dtype -> (version, dense tensor)
         self.final_checkpoint_written = options.checkpoint_dir is None
         self._progress = _Progress(clock())
         if options.checkpoint_dir is not None:
@@ -249,10 +250,10 @@ class ParameterServer:
         if wire not in FLOAT_WIRE_DTYPES:
             raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
                           f"{request.wire_dtype}")
-        wanted = self._decode_table_ids(request.rows, "PullRequest.rows")
+        wanted = self._decode_rows(request.rows, "PullRequest.rows", values=False)
         if max_reply_bytes is not None:
-            bound = pull_reply_bound(self.params.dense_shapes.values() if request.dense else (),
-                                     (ids.size for _, ids in wanted), self.config.embedding_dim, wire)
+            bound = pull_reply_bound(self.params.dense_size if request.dense else 0, wanted.ids.size,
+                                     self.config.embedding_dim, wire)
             if bound > max_reply_bytes:
                 raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
                                     f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
@@ -270,43 +271,32 @@ class ParameterServer:
                 self._member(request.worker_id)  # dropped while waiting?
             waited = self.clock() - started
             version, done = self.version, self.done
-            dense = self._dense_payloads(wire) if request.dense else []
-            rows = [(table, self.params.read_rows(table, ids)) for table, ids in wanted]
+            dense = self._dense_payload(wire) if request.dense else None
+            rows = self.params.read_stacked(wanted.tables, wanted.starts, wanted.ids) if wanted.ids.size else None
         reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
-        for named in dense:
-            reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, named)
-        for table, values in rows:
-            reply.add_field(ps_pb2.PullReply.ROWS_FIELD_NUMBER, sparse_rows_payload(table, None, values, wire))
+        if dense is not None:
+            reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
+        if rows is not None:
+            reply.add_field(ps_pb2.PullReply.ROWS_FIELD_NUMBER, tensor_payload(rows, wire))
         return reply
 
-    def _dense_payloads(self, wire: int) -> list[Payload]:
-        """This version's dense tensors, serialized once for every worker that pulls them (caller holds the lock).
-        They reference a snapshot, not the live arrays the optimizer updates in place."""
+    def _dense_payload(self, wire: int) -> Payload:
+        """This version's dense parameters as one flat tensor, serialized once for every worker that pulls them
+        (caller holds the lock). It references a snapshot, not the live arrays the optimizer updates in place."""
         cached = self._dense_cache.get(wire)
         if cached is None or cached[0] != self.version:
-            snapshot = [(name, self.params.dense[name].copy()) for name in self.dense_names]
-            payloads = [named_tensor_payload(name, value, wire) for name, value in snapshot]
+            payload = tensor_payload(self.params.dense_flat.copy(), wire)
             self._dense_cache = {w: c for w, c in self._dense_cache.items() if c[0] == self.version}
-            self._dense_cache[wire] = (self.version, payloads)
+            self._dense_cache[wire] = (self.version, payload)
         return self._dense_cache[wire][1]
 
-    def _decode_table_ids(self, entries: Iterable[Any], field: str) -> list[tuple[int, np.ndarray]]:
-        out = []
-        seen = set()
-        for i, entry in enumerate(entries):
-            where = f"{field}[{i}]"
-            if entry.table >= self.config.num_tables:
-                raise invalid("bad_table", f"{where}.table: expected 0..{self.config.num_tables - 1}, "
-                              f"found {entry.table}")
-            if entry.table in seen:
-                raise invalid("repeated_table", f"{where}.table: table {entry.table} appears twice")
-            seen.add(entry.table)
-            ids = decode_ids(entry.ids, f"{where}.ids", self.config.table_sizes[entry.table])
-            if not self.params.owns_rows(entry.table, ids):
-                raise invalid("wrong_shard", f"{where}.ids: some rows of table {entry.table} belong to another "
-                              f"shard than {self.options.shard} of {self.options.num_shards}")
-            out.append((entry.table, ids))
-        return out
+    def _decode_rows(self, message: ps_pb2.TableRows, field: str, *, values: bool) -> TableRowsView:
+        rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
+        for table, start, end in zip(rows.tables, rows.starts[:-1], rows.starts[1:], strict=True):
+            if not self.params.owns_rows(table, rows.ids[start:end]):
+                raise invalid("wrong_shard", f"{field}: some rows of table {table} belong to another shard than "
+                              f"{self.options.shard} of {self.options.num_shards}")
+        return rows
 
     # -- push ----------------------------------------------------------------------------------------------
 
@@ -350,26 +340,20 @@ class ParameterServer:
                           f"found {request.batch_size}")
         if not math.isfinite(request.loss):
             raise invalid("non_finite", f"PushRequest.loss: expected a finite number, found {request.loss}")
-        dense: dict[str, np.ndarray] = {}
-        for i, entry in enumerate(request.dense_grads):
-            where = f"PushRequest.dense_grads[{i}]"
-            if entry.name not in self.params.dense_shapes:
-                raise invalid("unknown_tensor", f"{where}.name: {entry.name[:100]!r} is not a dense tensor of "
-                              f"shard {self.options.shard}")
-            if entry.name in dense:
-                raise invalid("repeated_tensor", f"{where}.name: {entry.name!r} appears twice")
-            dense[entry.name] = decode_tensor(entry.tensor, f"{where} ({entry.name})", kind="float",
-                                              shape=self.params.dense_shapes[entry.name], finite=True)
-        missing = [name for name in self.dense_names if name not in dense]
-        if missing:
-            raise invalid("missing_tensor", f"PushRequest.dense_grads: expected every dense tensor of shard "
-                          f"{self.options.shard}, missing {', '.join(missing)}")
-        wanted = self._decode_table_ids(request.row_grads, "PushRequest.row_grads")
-        rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for i, ((table, ids), entry) in enumerate(zip(wanted, request.row_grads, strict=True)):
-            values = decode_tensor(entry.values, f"PushRequest.row_grads[{i}].values", kind="float",
-                                   shape=(ids.size, self.config.embedding_dim), finite=True)
-            rows[table] = (ids, values)
+        size = self.params.dense_size
+        if request.HasField("dense_grads"):
+            flat = decode_tensor(request.dense_grads, "PushRequest.dense_grads", kind="float", shape=(size,),
+                                 finite=True)
+        elif size:
+            raise invalid("missing_tensor", f"PushRequest.dense_grads: expected the {size} dense gradients of "
+                          f"shard {self.options.shard}, found none")
+        else:
+            flat = np.zeros(0, dtype=np.float32)
+        dense = self.params.dense_views(flat)
+        pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
+        assert pushed.values is not None
+        rows = {table: (pushed.ids[start:end], pushed.values[start:end])
+                for table, start, end in zip(pushed.tables, pushed.starts[:-1], pushed.starts[1:], strict=True)}
         return Contribution(request.worker_id, request.step, request.batch_size, dense, rows, request.loss,
                             wire_bytes)
 
@@ -555,7 +539,7 @@ class ParameterServerService:
         ps = self.ps
         received = 0
 
-        def parsed() -> Iterator[tensor_pb2.Chunk]:
+        def parsed() -> Iterator[ChunkView]:
             nonlocal received
             for raw in chunks:
                 received += len(raw)
@@ -563,7 +547,7 @@ class ParameterServerService:
                     raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
                                         f"chunk message: expected at most {self.chunk_bytes + CHUNK_OVERHEAD}"
                                         f" bytes, found {len(raw)}")
-                yield parse_payload(tensor_pb2.Chunk, raw)
+                yield parse_chunk(raw)
 
         try:
             payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,

@@ -7,6 +7,7 @@ ShardedPS splits pulls and pushes over the shards by runtime.sharding and merges
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -23,16 +24,17 @@ from runtime.protocol import (
     CHUNK_OVERHEAD,
     DEFAULT_CHUNK_SIZE,
     PROTOCOL_VERSION,
+    ChunkView,
     Payload,
     ProtocolError,
     RemoteError,
     assemble_payload,
     decode_tensor,
-    named_tensor_payload,
+    parse_chunk,
     parse_payload,
     pull_reply_bound,
-    sparse_rows_payload,
-    table_ids_payload,
+    table_rows_payload,
+    tensor_payload,
 )
 from runtime.transport import Endpoint, Transport
 
@@ -107,11 +109,11 @@ class PSConnection:
             raise RemoteError(grpc.StatusCode.UNAVAILABLE, "not connected")
         received = 0
 
-        def replies(stream: Iterable[bytes]) -> Iterator[tensor_pb2.Chunk]:
+        def replies(stream: Iterable[bytes]) -> Iterator[ChunkView]:
             nonlocal received
             for raw in stream:
                 received += len(raw)
-                yield tensor_pb2.Chunk.FromString(raw)
+                yield parse_chunk(raw)
 
         try:
             if len(chunks) == 1 and reply_bound is not None and reply_bound <= self.chunk_bytes:
@@ -161,13 +163,14 @@ class PSConnection:
 
 @dataclass
 class Pulled:
-    """Merged pull replies: per-shard versions, dense parameters, rows per table in the requested order."""
+    """Merged pull replies: per-shard versions, all dense parameters as one flat vector (canonical order; None
+    when not requested or not ready) and the requested rows stacked [U, dim] (tables in order, ids in order)."""
 
     versions: list[int]
     done: bool
     ready: bool
-    dense: dict[str, np.ndarray]
-    rows: list[np.ndarray]
+    dense: np.ndarray | None
+    rows: np.ndarray
     waited_seconds: float = 0.0
 
 
@@ -176,6 +179,17 @@ class Pushed:
     versions: list[int]
     duplicate: list[bool]
     stale: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class _ShardRows:
+    """The part of a stacked row set one shard owns: its TableRows fields and where its rows sit in the stack
+    (None: all of them, in order)."""
+
+    tables: list[int]
+    counts: list[int]
+    ids: np.ndarray
+    positions: np.ndarray | None
 
 
 class ShardedPS:
@@ -188,7 +202,7 @@ class ShardedPS:
         self.wire_dtype = wire_dtype
         self.num_shards = len(endpoints)
         self.config: DLRMConfig | None = None
-        self.dense_owners: dict[str, int] = {}
+        self.dense_slices: list[list[tuple[int, int]]] = []
         self.join_replies: list[ps_pb2.JoinReply] = []
         self._pool = futures.ThreadPoolExecutor(max_workers=self.num_shards) if self.num_shards > 1 else None
 
@@ -225,7 +239,7 @@ class ShardedPS:
         if self.config is not None and config != self.config:
             raise ValueError("the PS model config changed across a reconnect")
         self.config = config
-        self.dense_owners = sharding.dense_owners(config, self.num_shards)
+        self.dense_slices = sharding.dense_slices(config, self.num_shards)
         for c, reply in zip(self.connections, replies, strict=True):
             c.chunk_bytes = min(c.chunk_bytes, reply.max_chunk_bytes)
         self.join_replies = replies
@@ -243,78 +257,108 @@ class ShardedPS:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
+    def _split(self, unique_ids: Sequence[np.ndarray]) -> list[_ShardRows]:
+        """The rows of each table's unique_ids (sorted, distinct), stacked table after table, split by shard."""
+        if self.num_shards == 1:
+            tables = [t for t, ids in enumerate(unique_ids) if ids.size]
+            ids = np.concatenate(unique_ids) if unique_ids else np.zeros(0, np.int64)
+            return [_ShardRows(tables, [unique_ids[t].size for t in tables], ids, None)]
+        parts = [_ShardRows([], [], np.zeros(0, np.int64), None) for _ in range(self.num_shards)]
+        pieces: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(self.num_shards)]
+        offset = 0
+        for t, ids in enumerate(unique_ids):
+            for shard, mine in enumerate(sharding.split_rows(t, ids, self.num_shards)):
+                if mine.size:
+                    parts[shard].tables.append(t)
+                    parts[shard].counts.append(mine.size)
+                    pieces[shard].append((ids[mine], mine + offset))
+            offset += ids.size
+        for part, shard_pieces in zip(parts, pieces, strict=True):
+            if shard_pieces:
+                part.ids = np.concatenate([ids for ids, _ in shard_pieces])
+                part.positions = np.concatenate([where for _, where in shard_pieces])
+            else:
+                part.positions = np.zeros(0, np.int64)
+        return parts
+
     def pull(self, min_versions: Sequence[int], unique_ids: Sequence[np.ndarray], *, dense: bool = True,
              wait_ms: int = 10_000) -> Pulled:
         """Dense parameters and rows unique_ids[t] of every table t (each sorted, distinct)."""
         config = self.config
         assert config is not None, "connect_and_join first"
-        positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
+        parts = self._split(unique_ids)
 
         def pull_one(shard: int, connection: PSConnection) -> ps_pb2.PullReply:
+            part = parts[shard]
             request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
                                                  dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
-            counts = []
-            for t, ids in enumerate(unique_ids):
-                mine = positions[t][shard]
-                if mine.size:
-                    request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
-                                      table_ids_payload(t, ids if mine.size == ids.size else ids[mine]))
-                    counts.append(mine.size)
-            shapes = [shape for name, shape in config.layer_shapes() if dense and self.dense_owners[name] == shard]
-            bound = pull_reply_bound(shapes, counts, config.embedding_dim, self.wire_dtype)
+            if part.tables:
+                request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
+                                  table_rows_payload(part.tables, part.counts, part.ids))
+            dense_values = sum(end - start for start, end in self.dense_slices[shard]) if dense else 0
+            bound = pull_reply_bound(dense_values, part.ids.size, config.embedding_dim, self.wire_dtype)
             return connection.pull(request, wait_ms, reply_bound=bound)
 
         replies = self._each(pull_one)
-        pulled = Pulled(versions=[r.version for r in replies], done=any(r.done for r in replies),
-                        ready=all(r.ready for r in replies), dense={},
-                        rows=[], waited_seconds=max(r.waited_seconds for r in replies))
-        if not pulled.ready or (pulled.done and not dense and not any(len(u) for u in unique_ids)):
-            return pulled
+        total_rows = sum(ids.size for ids in unique_ids)
         dim = config.embedding_dim
-        shapes = dict(config.layer_shapes())
-        rows: list[np.ndarray] = [np.empty((ids.size, dim), dtype=np.float32) for ids in unique_ids]
-        for shard, reply in enumerate(replies):
-            for entry in reply.dense:
-                if entry.name not in shapes:
-                    raise RemoteError(grpc.StatusCode.INTERNAL, f"shard {shard} sent unknown tensor {entry.name}")
-                pulled.dense[entry.name] = decode_tensor(entry.tensor, entry.name, kind="float",
-                                                         shape=shapes[entry.name])
-            for entry in reply.rows:
-                mine = positions[entry.table][shard] if entry.table < len(positions) else None
-                if mine is None:
-                    raise RemoteError(grpc.StatusCode.INTERNAL, f"shard {shard} sent rows of table {entry.table}")
-                values = decode_tensor(entry.values, f"rows[{entry.table}]", kind="float", shape=(mine.size, dim))
-                if mine.size == rows[entry.table].shape[0]:
-                    rows[entry.table] = values
-                else:
-                    rows[entry.table][mine] = values
-        if dense and set(pulled.dense) != set(shapes):
-            raise RemoteError(grpc.StatusCode.INTERNAL, "the shards did not send every dense tensor")
-        pulled.rows = rows
+        pulled = Pulled(versions=[r.version for r in replies], done=any(r.done for r in replies),
+                        ready=all(r.ready for r in replies), dense=None, rows=np.zeros((0, dim), np.float32),
+                        waited_seconds=max(r.waited_seconds for r in replies))
+        if not pulled.ready or (pulled.done and not dense and not total_rows):
+            return pulled
+        if self.num_shards == 1:
+            reply = replies[0]
+            if dense:
+                pulled.dense = self._reply_tensor(reply, "dense", (config.dense_size,), 0)
+            pulled.rows = self._reply_tensor(reply, "rows", (total_rows, dim), 0)
+            return pulled
+        pulled.dense = np.empty(config.dense_size, dtype=np.float32) if dense else None
+        pulled.rows = np.empty((total_rows, dim), dtype=np.float32)
+        for shard, (reply, part) in enumerate(zip(replies, parts, strict=True)):
+            if dense:
+                slices = self.dense_slices[shard]
+                flat = self._reply_tensor(reply, "dense", (sum(e - s for s, e in slices),), shard)
+                offset = 0
+                for start, end in slices:
+                    pulled.dense[start:end] = flat[offset:offset + end - start]
+                    offset += end - start
+            pulled.rows[part.positions] = self._reply_tensor(reply, "rows", (part.ids.size, dim), shard)
         return pulled
 
-    def push(self, versions: Sequence[int], batch_size: int, loss: float, dense_grads: dict[str, np.ndarray],
-             unique_ids: Sequence[np.ndarray], row_grads: Sequence[np.ndarray]) -> Pushed:
-        """Push gradients computed at `versions` (per shard). Stale shards are reported, not raised."""
-        config = self.config
-        assert config is not None, "connect_and_join first"
-        owners = self.dense_owners
-        positions = [sharding.split_rows(t, ids, self.num_shards) for t, ids in enumerate(unique_ids)]
+    @staticmethod
+    def _reply_tensor(reply: ps_pb2.PullReply, name: str, shape: tuple[int, ...], shard: int) -> np.ndarray:
+        if not reply.HasField(name):
+            if math.prod(shape) == 0:
+                return np.zeros(shape, dtype=np.float32)
+            raise RemoteError(grpc.StatusCode.INTERNAL, f"shard {shard} sent no {name} tensor")
+        try:
+            return decode_tensor(getattr(reply, name), f"shard {shard} PullReply.{name}", kind="float", shape=shape)
+        except ProtocolError as error:
+            raise RemoteError(grpc.StatusCode.INTERNAL, str(error)) from None
+
+    def push(self, versions: Sequence[int], batch_size: int, loss: float, dense_grad: np.ndarray,
+             unique_ids: Sequence[np.ndarray], row_grads: np.ndarray) -> Pushed:
+        """Push gradients computed at `versions` (per shard): dense_grad flat (canonical order), row_grads
+        stacked as the rows of pull. Stale shards are reported, not raised."""
+        assert self.config is not None, "connect_and_join first"
+        parts = self._split(unique_ids)
 
         def push_one(shard: int, connection: PSConnection) -> tuple[ps_pb2.PushReply | None, bool]:
+            part = parts[shard]
             request = Payload(ps_pb2.PushRequest(worker_id=self.worker_id, step=versions[shard],
                                                  batch_size=batch_size, loss=loss))
-            for name, grad in dense_grads.items():
-                if owners[name] == shard:
-                    request.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER,
-                                      named_tensor_payload(name, grad, self.wire_dtype))
-            for t, (ids, grads) in enumerate(zip(unique_ids, row_grads, strict=True)):
-                mine = positions[t][shard]
-                if mine.size:
-                    whole = mine.size == ids.size
-                    request.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
-                                      sparse_rows_payload(t, ids if whole else ids[mine],
-                                                          grads if whole else grads[mine], self.wire_dtype))
+            slices = self.dense_slices[shard]
+            if self.num_shards == 1:
+                mine = dense_grad
+            else:
+                mine = np.concatenate([dense_grad[start:end] for start, end in slices]) if slices \
+                    else np.zeros(0, np.float32)
+            request.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, tensor_payload(mine, self.wire_dtype))
+            if part.tables:
+                values = row_grads if part.positions is None else row_grads[part.positions]
+                request.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
+                                  table_rows_payload(part.tables, part.counts, part.ids, values, self.wire_dtype))
             try:
                 return connection.push(request), False
             except RemoteError as error:

@@ -50,6 +50,19 @@ def dense_owners(config: DLRMConfig, num_shards: int) -> dict[str, int]:
     return {name: owners[name] for name, _ in shapes}
 
 
+def dense_slices(config: DLRMConfig, num_shards: int) -> list[list[tuple[int, int]]]:
+    """Per shard, where its dense tensors lie in the flat vector of all of them: [start, end) ranges in canonical
+    order. A shard's own flat vector (what it sends and receives) is these ranges concatenated."""
+    owners = dense_owners(config, num_shards)
+    slices: list[list[tuple[int, int]]] = [[] for _ in range(num_shards)]
+    start = 0
+    for name, shape in config.layer_shapes():
+        end = start + int(np.prod(shape))
+        slices[owners[name]].append((start, end))
+        start = end
+    return slices
+
+
 def split_rows(table: int, ids: np.ndarray, num_shards: int) -> list[np.ndarray]:
     """Positions in `ids` of the rows each shard owns (positions keep the order of ids)."""
     if num_shards == 1:

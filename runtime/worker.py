@@ -31,7 +31,7 @@ import numpy as np
 
 from runtime import metrics, transport
 from runtime.data import CriteoReader, DataError, synth
-from runtime.model import Batch, DLRMConfig
+from runtime.model import Batch, DLRMConfig, Lookup
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WIRE_DTYPE_NAMES, RemoteError
 from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
 from runtime.report import write_json_atomically
@@ -87,7 +87,7 @@ class TrainingStream:
 
 
 class Prefetcher:
-    """Reads batches (and their unique ids) on a background thread, `depth` ahead, so parsing overlaps with
+    """Reads batches (and their row lookups) on a background thread, `depth` ahead, so parsing overlaps with
     pulling, computing and pushing. Errors of the reader reach the consumer in order."""
 
     _END = object()
@@ -101,7 +101,7 @@ class Prefetcher:
     def _run(self, batches: Iterator[Batch]) -> None:
         try:
             for batch in batches:
-                item = (batch, [ids for ids, _ in batch.unique_ids()])
+                item = (batch, batch.lookup())
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -114,10 +114,10 @@ class Prefetcher:
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
             self._queue.put(error)
 
-    def __iter__(self) -> Iterator[tuple[Batch, list[np.ndarray]]]:
+    def __iter__(self) -> Iterator[tuple[Batch, Lookup]]:
         return self
 
-    def __next__(self) -> tuple[Batch, list[np.ndarray]]:
+    def __next__(self) -> tuple[Batch, Lookup]:
         item = self._queue.get()
         if item is self._END:
             raise StopIteration
@@ -240,30 +240,30 @@ class Worker:
             print(f"{self.client.worker_id}: reconnected at version {[r.version for r in replies]}", flush=True)
         return [r.version for r in replies]
 
-    def train(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]], min_versions: list[int],
+    def train(self, model: Any, batches: Iterator[tuple[Batch, Lookup]], min_versions: list[int],
               synchronous: bool) -> None:
-        """Train on (batch, unique ids per table) until the PS says done (or --max-steps)."""
+        """Train on (batch, its row lookup) until the PS says done (or --max-steps)."""
         self._last_log = (time.perf_counter(), 0, self.client.bytes_sent + self.client.bytes_received)
         if synchronous or not self.args.pipeline:
             self._train_serial(model, batches, min_versions, synchronous)
         else:
             self._train_pipelined(model, batches)
 
-    def _train_serial(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]], min_versions: list[int],
+    def _train_serial(self, model: Any, batches: Iterator[tuple[Batch, Lookup]], min_versions: list[int],
                       synchronous: bool) -> None:
         """One step at a time: pull, compute, push."""
         while self.args.max_steps is None or self.stats.steps < self.args.max_steps:
             t0 = time.perf_counter()
-            batch, unique_ids = next(batches)
+            batch, lookup = next(batches)
             self.stats.times.data += time.perf_counter() - t0
-            step = self._step(model, batch, unique_ids, min_versions)
+            step = self._step(model, batch, lookup, min_versions)
             if step is None:
                 return
             pulled, loss = step
-            self._count_step(batch, unique_ids, pulled.versions[0], loss)
+            self._count_step(batch, lookup, pulled.versions[0], loss)
             min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
 
-    def _step(self, model: Any, batch: Batch, unique_ids: list[np.ndarray],
+    def _step(self, model: Any, batch: Batch, lookup: Lookup,
               min_versions: list[int]) -> tuple[Pulled, float] | None:
         """Pull, compute and push one batch until its gradients are in: reconnects (re-attesting) when a PS is
         lost, re-joins when dropped, recomputes when the round closed without us. None: training is done."""
@@ -271,7 +271,7 @@ class Worker:
         while True:
             try:
                 t1 = time.perf_counter()
-                pulled = client.pull(min_versions, unique_ids, wait_ms=self.args.pull_wait_ms)
+                pulled = client.pull(min_versions, lookup.ids, wait_ms=self.args.pull_wait_ms)
                 t2 = time.perf_counter()
                 times.pull += (t2 - t1) - pulled.waited_seconds
                 times.wait += pulled.waited_seconds
@@ -280,10 +280,10 @@ class Worker:
                 if not pulled.ready:
                     stats.not_ready += 1
                     continue
-                loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
+                loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
                 t3 = time.perf_counter()
                 times.compute += t3 - t2
-                pushed = client.push(pulled.versions, len(batch), loss, dense_grads, unique_ids, row_grads)
+                pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.ids, row_grads)
                 times.push += time.perf_counter() - t3
             except RemoteError as error:
                 if error.code in CONNECTION_CODES:
@@ -310,7 +310,7 @@ class Worker:
             stats.duplicates += sum(pushed.duplicate)
             return pulled, loss
 
-    def _train_pipelined(self, model: Any, batches: Iterator[tuple[Batch, list[np.ndarray]]]) -> None:
+    def _train_pipelined(self, model: Any, batches: Iterator[tuple[Batch, Lookup]]) -> None:
         """Asynchronous mode: while batch t is computed, a communication thread pushes the gradients of batch
         t-1 and pulls the parameters for batch t+1, so a step costs about max(compute, push + pull) instead
         of their sum. The parameters of batch t+1 lack this worker's update t (one more version of staleness;
@@ -323,36 +323,35 @@ class Worker:
         sent = [-1] * client.num_shards  # per shard, the step of the newest push handed to the thread
         max_steps = self.args.max_steps
 
-        def pull(ids: list[np.ndarray]) -> Pulled:
-            return client.pull(latest, ids, wait_ms=self.args.pull_wait_ms)
+        def pull(lookup: Lookup) -> Pulled:
+            return client.pull(latest, lookup.ids, wait_ms=self.args.pull_wait_ms)
 
-        def redo(batch: Batch, ids: list[np.ndarray]) -> bool:
+        def redo(batch: Batch, lookup: Lookup) -> bool:
             """The serial step for one batch; False when training is done."""
-            step = self._step(model, batch, ids, latest)
+            step = self._step(model, batch, lookup, latest)
             if step is None:
                 return False
             sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
-            self._count_step(batch, ids, step[0].versions[0], step[1])
+            self._count_step(batch, lookup, step[0].versions[0], step[1])
             return True
 
-        def settle(push: tuple[futures.Future, Batch, list[np.ndarray], Pulled, float]) -> bool:
+        def settle(push: tuple[futures.Future, Batch, Lookup, Pulled, float]) -> bool:
             """Count a finished push, or redo its batch; False when training is done."""
-            future, batch, ids, pulled, loss = push
+            future, batch, lookup, pulled, loss = push
             try:
                 pushed = future.result()
             except (RemoteError, TransportError) as error:
                 if isinstance(error, RemoteError) and error.reason == "training_done":
                     return False
-                return redo(batch, ids)
+                return redo(batch, lookup)
             if any(pushed.stale) or any(pushed.duplicate):
                 stats.stale += any(pushed.stale)
                 stats.duplicates += any(pushed.duplicate)
-                return redo(batch, ids)
-            self._count_step(batch, ids, pulled.versions[0], loss)
+                return redo(batch, lookup)
+            self._count_step(batch, lookup, pulled.versions[0], loss)
             return True
 
-        pushes: collections.deque[tuple[futures.Future, Batch, list[np.ndarray], Pulled, float]] = \
-            collections.deque()
+        pushes: collections.deque[tuple[futures.Future, Batch, Lookup, Pulled, float]] = collections.deque()
 
         def settle_until(left: int) -> bool:
             """Settle the oldest pushes until `left` remain; False when training is done."""
@@ -378,31 +377,31 @@ class Worker:
                     return
                 if pulled is not None and pulled.done:
                     break
-                batch, ids = current
+                batch, lookup = current
                 t2 = time.perf_counter()
                 current = next(batches)
                 t3 = time.perf_counter()
                 stats.times.data += t3 - t2
                 if pulled is None or not pulled.ready or any(v <= s for v, s in zip(pulled.versions, sent,
                                                                                       strict=True)):
-                    if not settle_until(0) or not redo(batch, ids):
+                    if not settle_until(0) or not redo(batch, lookup):
                         return
                     pulling = comm.submit(pull, current[1])
                     continue
                 pulling = comm.submit(pull, current[1])
-                loss, dense_grads, row_grads = model.loss_and_grads(pulled.dense, pulled.rows, batch)
+                loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
                 stats.times.compute += time.perf_counter() - t3
-                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grads, ids,
-                                           row_grads), batch, ids, pulled, loss))
+                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grad, lookup.ids,
+                                           row_grads), batch, lookup, pulled, loss))
                 sent[:] = pulled.versions
             settle_until(0)
 
-    def _count_step(self, batch: Batch, unique_ids: list[np.ndarray], version: int, loss: float) -> None:
+    def _count_step(self, batch: Batch, lookup: Lookup, version: int, loss: float) -> None:
         """A batch whose gradients the PS accepted: statistics, the end of the warm-up, progress output."""
         stats, client = self.stats, self.client
         stats.steps += 1
         stats.examples += len(batch)
-        stats.unique_rows += sum(ids.size for ids in unique_ids)
+        stats.unique_rows += lookup.rows
         stats.losses.append(loss)
         if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
             self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
@@ -448,16 +447,17 @@ class Worker:
 
     def evaluate(self, model: Any, batches: Sequence[Batch]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         labels, probs = [], []
-        dense: dict[str, np.ndarray] | None = None
+        dense: np.ndarray | None = None
         version = -1
         for batch in batches:
-            unique_ids = [ids for ids, _ in batch.unique_ids()]
-            pulled = self.client.pull([0] * self.client.num_shards, unique_ids, dense=dense is None, wait_ms=0)
+            lookup = batch.lookup()
+            pulled = self.client.pull([0] * self.client.num_shards, lookup.ids, dense=dense is None, wait_ms=0)
             if not pulled.ready:
                 raise RuntimeError("evaluation pull was not served")
-            dense = dense or pulled.dense
+            dense = dense if pulled.dense is None else pulled.dense
+            assert dense is not None
             version = pulled.versions[0]
-            probs.append(model.predict(dense, pulled.rows, batch))
+            probs.append(model.predict_flat(dense, pulled.rows, lookup, batch))
             labels.append(batch.labels)
         if not labels:
             return {"examples": 0}, np.zeros(0, np.float32), np.zeros(0, np.float32)

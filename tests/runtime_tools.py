@@ -67,9 +67,7 @@ class RawPS:
     def pull(self, worker_id: str, rows: dict[int, np.ndarray], min_version: int = 0, dense: bool = True,
              wait_ms: int = 5000, wire_dtype: int = tensor_pb2.FLOAT32) -> ps_pb2.PullReply:
         request = ps_pb2.PullRequest(worker_id=worker_id, min_version=min_version, dense=dense, wait_ms=wait_ms,
-                                     wire_dtype=wire_dtype)
-        for table, ids in rows.items():
-            request.rows.add(table=table, ids=encode_ids(ids))
+                                     wire_dtype=wire_dtype, rows=table_rows(rows))
         return self.bulk("Pull", request)
 
     def push(self, request: ps_pb2.PushRequest, chunk_size: int = 1 << 20) -> ps_pb2.PushReply:
@@ -114,14 +112,22 @@ def gradients(ps: ParameterServer, rows: dict[int, np.ndarray], seed: int) -> tu
     return dense, values
 
 
+def table_rows(rows: dict[int, np.ndarray], values: dict[int, np.ndarray] | None = None) -> ps_pb2.TableRows:
+    """A TableRows message of these tables' ids (and values), in dict order."""
+    message = ps_pb2.TableRows(tables=list(rows), counts=[ids.size for ids in rows.values()])
+    if rows:
+        message.ids.CopyFrom(encode_ids(np.concatenate(list(rows.values()))))
+    if values is not None and rows:
+        message.values.CopyFrom(encode_tensor(np.concatenate([values[t] for t in rows])))
+    return message
+
+
 def push_request(worker_id: str, step: int, dense: dict, rows: dict, values: dict, batch_size: int = 16,
                  loss: float = 0.5) -> ps_pb2.PushRequest:
-    request = ps_pb2.PushRequest(worker_id=worker_id, step=step, batch_size=batch_size, loss=loss)
-    for name, grad in dense.items():
-        request.dense_grads.add(name=name, tensor=encode_tensor(grad))
-    for t, ids in rows.items():
-        request.row_grads.add(table=t, ids=encode_ids(ids), values=encode_tensor(values[t]))
-    return request
+    """dense: gradients by name, flattened in dict order (give them in the shard's canonical order)."""
+    flat = np.concatenate([grad.reshape(-1) for grad in dense.values()]) if dense else np.zeros(0, np.float32)
+    return ps_pb2.PushRequest(worker_id=worker_id, step=step, batch_size=batch_size, loss=loss,
+                              dense_grads=encode_tensor(flat), row_grads=table_rows(rows, values))
 
 
 def state_fingerprint(ps: ParameterServer) -> str:

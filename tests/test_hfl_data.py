@@ -48,9 +48,10 @@ def test_prefetcher_keeps_order_and_passes_errors_on(tmp_path):
     prefetched = Prefetcher(iter(CriteoReader(train, config, 64)))
     got = list(prefetched)
     assert len(got) == len(expected) == 5
-    for (batch, unique), want in zip(got, expected, strict=True):
+    for (batch, lookup), want in zip(got, expected, strict=True):
         assert (batch.cat == want.cat).all() and (batch.labels == want.labels).all()
-        assert all((u == ids).all() for u, (ids, _) in zip(unique, want.unique_ids(), strict=True))
+        assert all((u == ids).all() for u, (ids, _) in zip(lookup.ids, want.unique_ids(), strict=True))
+        assert (lookup.index == want.lookup().index).all()
 
     def failing():
         yield expected[0]

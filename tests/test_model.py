@@ -145,6 +145,20 @@ def test_embedding_rows_reject_bad_ids():
 # --- batches ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("size", [1, 7, 128])
+def test_batch_lookup_stacks_each_tables_unique_ids(size):
+    config = DLRMConfig.kaggle(max_table_size=None)  # ids up to 10^7: the (table, id) keys must stay apart
+    batch = random_batch(config, size, size)
+    lookup = batch.lookup()
+    start = 0
+    for t, ids in enumerate(lookup.ids):
+        want, inverse = np.unique(batch.cat[:, t], return_inverse=True)
+        assert ids.dtype == np.int64 and np.array_equal(ids, want)
+        assert np.array_equal(lookup.index[:, t], inverse.reshape(-1) + start)
+        start += ids.size
+    assert lookup.rows == start and lookup.index.dtype == np.int64
+
+
 def test_batch_unique_ids_and_validation():
     config = DLRMConfig.small()
     batch = random_batch(config, 64, 0)

@@ -7,16 +7,15 @@ version, membership, pending pushes, de-duplication record) exactly as it was.
 from __future__ import annotations
 
 import json
-import zlib
 
 import grpc
 import numpy as np
 import pytest
-from runtime_tools import batch_rows, gradients, push_request, raw_ps, state_fingerprint
+from runtime_tools import batch_rows, gradients, push_request, raw_ps, state_fingerprint, table_rows
 
-from runtime.model import DLRMConfig, init_dense_params, init_embedding_rows
+from runtime.model import DLRMConfig, init_dense_params, init_embedding_rows, split_flat
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import PROTOCOL_VERSION, chunk_payload, decode_tensor, encode_ids, encode_tensor
+from runtime.protocol import PROTOCOL_VERSION, chunk_payload, crc32c, decode_tensor, encode_tensor
 
 CHUNK = 64 * 1024  # the PS under test accepts chunks of at most this many data bytes
 
@@ -107,7 +106,7 @@ def test_chunk_message_malformed(served, method):
 def test_payload_malformed_with_valid_framing(served, method):
     payload = b"\x0a\x05ab"  # field 1, length 5, only 2 bytes follow
     chunk = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=len(payload),
-                             crc32=zlib.crc32(payload), data=payload)
+                             crc32c=crc32c(payload), data=payload)
     expect_rejected(served, lambda: served.stream(method, [chunk.SerializeToString()]), INVALID,
                     "malformed_message")
 
@@ -120,7 +119,7 @@ def mutate_chunks(raw, mutation):
 
 def _bad_crc(chunks):
     for c in chunks:
-        c.crc32 ^= 1
+        c.crc32c ^= 1
     return chunks
 
 
@@ -173,7 +172,7 @@ def test_chunk_over_the_servers_chunk_size(served):
 
 def test_payload_over_the_message_limit(served):
     limit = served.ps.options.max_message_bytes
-    chunk = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=limit + 1, crc32=0,
+    chunk = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=limit + 1, crc32c=0,
                              data=b"\0" * 100)
     details = expect_rejected(served, lambda: served.stream("Push", [chunk.SerializeToString()]), EXHAUSTED,
                               "payload_too_large")
@@ -184,44 +183,45 @@ def test_payload_over_the_message_limit(served):
 # push content
 
 
-def _set_dense(name_index, tensor):
-    def mutate(request):
-        request.dense_grads[name_index].tensor.CopyFrom(tensor)
-    return mutate
+DENSE_SIZE = DLRMConfig.small().dense_size
 
 
-def _rows_entry(mutate_entry):
+def _set_dense(tensor):
     def mutate(request):
-        mutate_entry(request.row_grads[0])
+        request.dense_grads.CopyFrom(tensor)
     return mutate
 
 
 def _nan_dense(request):
-    array = np.frombuffer(request.dense_grads[3].tensor.data, np.float32).copy()
+    array = np.frombuffer(request.dense_grads.data, np.float32).copy()
     array[len(array) // 2] = np.nan
-    request.dense_grads[3].tensor.data = array.tobytes()
+    request.dense_grads.data = array.tobytes()
 
 
 def _inf_rows(request):
-    array = np.frombuffer(request.row_grads[5].values.data, np.float32).copy()
-    array[0] = -np.inf
-    request.row_grads[5].values.data = array.tobytes()
+    array = np.frombuffer(request.row_grads.values.data, np.float32).copy()
+    array[-1] = -np.inf
+    request.row_grads.values.data = array.tobytes()
 
 
-def _reverse_ids(entry):
-    ids = np.frombuffer(entry.ids.data, np.int32)
-    entry.ids.CopyFrom(encode_tensor(ids[::-1].copy(), tensor_pb2.INT32))
+def _set_ids(rows, edit):
+    ids = np.frombuffer(rows.ids.data, np.int32).copy()
+    edit(ids, int(rows.counts[0]))
+    rows.ids.CopyFrom(encode_tensor(ids, tensor_pb2.INT32))
 
 
-def _id_out_of_range(entry):
-    ids = np.frombuffer(entry.ids.data, np.int32).copy()
-    ids[-1] = 1_000_000
-    entry.ids.CopyFrom(encode_tensor(ids, tensor_pb2.INT32))
+def _reverse_ids(rows):
+    """Table rows.tables[0]'s ids in decreasing order."""
+    _set_ids(rows, lambda ids, first: ids.__setitem__(slice(0, first), ids[:first][::-1].copy()))
 
 
-def _wrong_row_width(entry):
-    n = entry.values.shape[0]
-    entry.values.CopyFrom(encode_tensor(np.zeros((n, 17), np.float32)))
+def _id_out_of_range(rows):
+    _set_ids(rows, lambda ids, first: ids.__setitem__(first - 1, 1_000_000))
+
+
+def _wrong_row_width(rows):
+    n = rows.values.shape[0]
+    rows.values.CopyFrom(encode_tensor(np.zeros((n, 17), np.float32)))
 
 
 @pytest.mark.parametrize("mutate,reason", [
@@ -229,26 +229,26 @@ def _wrong_row_width(entry):
     (lambda r: setattr(r, "worker_id", "../etc/passwd"), "bad_worker_id"),
     (lambda r: setattr(r, "batch_size", 0), "bad_batch_size"),
     (lambda r: setattr(r, "loss", float("nan")), "non_finite"),
-    (lambda r: r.dense_grads.add(name="bottom/9/kernel", tensor=encode_tensor(np.zeros(3, np.float32))),
-     "unknown_tensor"),
-    (lambda r: r.dense_grads.append(r.dense_grads[0]), "repeated_tensor"),
-    (lambda r: r.dense_grads.pop(), "missing_tensor"),
-    (_set_dense(0, encode_tensor(np.zeros((64, 13), np.float32))), "bad_shape"),
-    (_set_dense(1, encode_tensor(np.zeros((64, 1), np.float32))), "bad_shape"),
-    (_set_dense(0, tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[13, 64], data=b"\0" * (13 * 64 * 4 - 4))),
+    (lambda r: r.ClearField("dense_grads"), "missing_tensor"),
+    (_set_dense(encode_tensor(np.zeros(DENSE_SIZE - 1, np.float32))), "bad_shape"),
+    (_set_dense(encode_tensor(np.zeros((DENSE_SIZE, 1), np.float32))), "bad_shape"),
+    (_set_dense(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[DENSE_SIZE], data=b"\0" * (DENSE_SIZE * 4 - 4))),
      "bad_size"),
-    (_set_dense(0, tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[13, 64, 1, 1, 1, 1, 1, 1, 1],
-                                     data=b"\0" * (13 * 64 * 4))), "bad_shape"),
-    (_set_dense(0, encode_tensor(np.zeros((13, 64), np.int32), tensor_pb2.INT32)), "bad_dtype"),
-    (_set_dense(0, tensor_pb2.Tensor(dtype=99, shape=[13, 64], data=b"\0" * (13 * 64 * 4))), "bad_dtype"),
+    (_set_dense(tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[DENSE_SIZE, 1, 1, 1, 1, 1, 1, 1, 1],
+                                  data=b"\0" * (DENSE_SIZE * 4))), "bad_shape"),
+    (_set_dense(encode_tensor(np.zeros(DENSE_SIZE, np.int32), tensor_pb2.INT32)), "bad_dtype"),
+    (_set_dense(tensor_pb2.Tensor(dtype=99, shape=[DENSE_SIZE], data=b"\0" * (DENSE_SIZE * 4))), "bad_dtype"),
     (_nan_dense, "non_finite"),
     (_inf_rows, "non_finite"),
-    (_rows_entry(lambda e: setattr(e, "table", 26)), "bad_table"),
-    (lambda r: r.row_grads.append(r.row_grads[0]), "repeated_table"),
-    (_rows_entry(_reverse_ids), "unsorted_ids"),
-    (_rows_entry(_id_out_of_range), "bad_row_id"),
-    (_rows_entry(_wrong_row_width), "bad_shape"),
-    (_rows_entry(lambda e: e.ids.CopyFrom(encode_tensor(np.arange(3, dtype=np.float32)))), "bad_dtype"),
+    (lambda r: r.row_grads.tables.__setitem__(0, 26), "bad_table"),
+    (lambda r: r.row_grads.tables.__setitem__(1, r.row_grads.tables[0]), "repeated_table"),
+    (lambda r: r.row_grads.counts.append(1), "bad_counts"),
+    (lambda r: r.row_grads.counts.__setitem__(0, r.row_grads.counts[0] + 1), "bad_shape"),
+    (lambda r: r.row_grads.ClearField("values"), "missing_tensor"),
+    (lambda r: _reverse_ids(r.row_grads), "unsorted_ids"),
+    (lambda r: _id_out_of_range(r.row_grads), "bad_row_id"),
+    (lambda r: _wrong_row_width(r.row_grads), "bad_shape"),
+    (lambda r: r.row_grads.ids.CopyFrom(encode_tensor(np.arange(3, dtype=np.float32))), "bad_dtype"),
     (lambda r: setattr(r, "step", 1), "future_step"),
 ])
 def test_bad_push_content(served, mutate, reason):
@@ -294,9 +294,8 @@ def test_push_after_training_is_done():
 
 
 def pull_request(raw, rows=None, **fields):
-    request = ps_pb2.PullRequest(worker_id="w0", dense=True, wait_ms=100)
-    for t, ids in (rows if rows is not None else batch_rows(raw.ps.config, 3)).items():
-        request.rows.add(table=t, ids=encode_ids(ids))
+    request = ps_pb2.PullRequest(worker_id="w0", dense=True, wait_ms=100,
+                                 rows=table_rows(rows if rows is not None else batch_rows(raw.ps.config, 3)))
     for key, value in fields.items():
         setattr(request, key, value)
     return request
@@ -306,32 +305,34 @@ def test_pull_serves_initial_parameters(served):
     rows = batch_rows(served.ps.config, 3)
     reply = served.pull("w0", rows)
     assert reply.ready and reply.version == 0 and not reply.done
-    assert [e.name for e in reply.dense] == list(served.ps.params.dense_shapes)
-    initial = init_dense_params(served.ps.config)
-    for entry in reply.dense:
-        got = np.frombuffer(entry.tensor.data, np.float32).reshape(tuple(entry.tensor.shape))
-        np.testing.assert_array_equal(got, initial[entry.name])
-    for entry, (t, ids) in zip(reply.rows, rows.items(), strict=True):
-        got = np.frombuffer(entry.values.data, np.float32).reshape(ids.size, 16)
-        np.testing.assert_array_equal(got, init_embedding_rows(served.ps.config, t, ids))
+    config = served.ps.config
+    dense = decode_tensor(reply.dense, "dense", kind="float", shape=(config.dense_size,))
+    initial = init_dense_params(config)
+    for name, value in split_flat(dense, config.layer_shapes()).items():
+        np.testing.assert_array_equal(value, initial[name])
+    values = decode_tensor(reply.rows, "rows", kind="float", shape=(sum(ids.size for ids in rows.values()), 16))
+    start = 0
+    for t, ids in rows.items():
+        np.testing.assert_array_equal(values[start:start + ids.size], init_embedding_rows(config, t, ids))
+        start += ids.size
 
 
 @pytest.mark.parametrize("wire,tolerance", [(tensor_pb2.FLOAT16, 1e-3), (tensor_pb2.BFLOAT16, 8e-3)])
 def test_pull_compressed(served, wire, tolerance):
     exact = served.pull("w0", batch_rows(served.ps.config, 3))
     reply = served.pull("w0", batch_rows(served.ps.config, 3), wire_dtype=wire)
-    assert all(e.tensor.dtype == wire for e in reply.dense)
+    assert reply.dense.dtype == reply.rows.dtype == wire
     assert reply.ByteSize() < 0.6 * exact.ByteSize()
-    for a, b in zip(exact.dense, reply.dense, strict=True):
-        x = decode_tensor(a.tensor, a.name, kind="float")
-        y = decode_tensor(b.tensor, b.name, kind="float")
+    for name in ("dense", "rows"):
+        x = decode_tensor(getattr(exact, name), name, kind="float")
+        y = decode_tensor(getattr(reply, name), name, kind="float")
         assert np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-2)) < tolerance
 
 
 def test_pull_not_ready_before_min_version(served):
     before = state_fingerprint(served.ps)
     reply = served.bulk("Pull", pull_request(served, min_version=5, wait_ms=200))
-    assert not reply.ready and reply.version == 0 and len(reply.dense) == 0 and len(reply.rows) == 0
+    assert not reply.ready and reply.version == 0 and not reply.HasField("dense") and not reply.HasField("rows")
     assert reply.waited_seconds >= 0.19
     assert state_fingerprint(served.ps) == before
 
@@ -360,11 +361,11 @@ def test_pull_one_equals_pull_and_push_one_applies(served_1mib):
     request = pull_request(served, dense=False)
     streamed = ps_pb2.PullReply.FromString(served.stream("Pull", chunks_of(request)))
     reply = tensor_pb2.Chunk.FromString(served.unary("PullOne", one_chunk(request)))
-    assert (reply.offset, reply.total_size, reply.crc32) == (0, len(reply.data), zlib.crc32(reply.data))
+    assert (reply.offset, reply.total_size, reply.crc32c) == (0, len(reply.data), crc32c(reply.data))
     one = ps_pb2.PullReply.FromString(reply.data)
     one.ClearField("waited_seconds")
     streamed.ClearField("waited_seconds")
-    assert one == streamed and len(streamed.rows) > 0
+    assert one == streamed and streamed.rows.shape[0] > 0
     pushed = tensor_pb2.Chunk.FromString(served.unary("PushOne", one_chunk(valid_push(served))))
     assert not ps_pb2.PushReply.FromString(pushed.data).duplicate
     assert set(served.ps.pending) == {"w0"}
@@ -389,7 +390,7 @@ def test_one_chunk_calls_check_framing(served_1mib, method):
     expect_rejected(served, lambda: served.unary(method, b"\x0a\xff\xff\xff\xff\x0f"), INVALID,
                     "malformed_message")
     partial = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=chunk.total_size,
-                               crc32=chunk.crc32, data=chunk.data[:-1])
+                               crc32c=chunk.crc32c, data=chunk.data[:-1])
     expect_rejected(served, lambda: served.unary(method, partial.SerializeToString()), INVALID,
                     "truncated_payload")
     chunk.protocol_version = PROTOCOL_VERSION + 1
@@ -407,12 +408,15 @@ def _pull_mutation(mutate):
 @pytest.mark.parametrize("build,code,reason", [
     (_pull_mutation(lambda r: setattr(r, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
     (_pull_mutation(lambda r: setattr(r, "wire_dtype", 42)), INVALID, "bad_dtype"),
-    (_pull_mutation(lambda r: setattr(r.rows[0], "table", 100)), INVALID, "bad_table"),
-    (_pull_mutation(lambda r: r.rows.append(r.rows[1])), INVALID, "repeated_table"),
-    (_pull_mutation(lambda r: _reverse_ids(r.rows[0])), INVALID, "unsorted_ids"),
-    (_pull_mutation(lambda r: _id_out_of_range(r.rows[0])), INVALID, "bad_row_id"),
-    (_pull_mutation(lambda r: r.rows[0].ids.CopyFrom(tensor_pb2.Tensor(dtype=tensor_pb2.INT64, shape=[2],
-                                                                       data=b"\0" * 12))), INVALID, "bad_size"),
+    (_pull_mutation(lambda r: r.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
+    (_pull_mutation(lambda r: r.rows.tables.__setitem__(1, r.rows.tables[0])), INVALID, "repeated_table"),
+    (_pull_mutation(lambda r: r.rows.counts.pop()), INVALID, "bad_counts"),
+    (_pull_mutation(lambda r: _reverse_ids(r.rows)), INVALID, "unsorted_ids"),
+    (_pull_mutation(lambda r: _id_out_of_range(r.rows)), INVALID, "bad_row_id"),
+    (_pull_mutation(lambda r: r.rows.values.CopyFrom(encode_tensor(np.zeros((1, 16), np.float32)))), INVALID,
+     "unexpected_values"),
+    (_pull_mutation(lambda r: r.rows.ids.CopyFrom(tensor_pb2.Tensor(
+        dtype=tensor_pb2.INT64, shape=[sum(r.rows.counts)], data=b"\0" * 12))), INVALID, "bad_size"),
     (_pull_mutation(lambda r: setattr(r, "worker_id", "nobody")), PRECONDITION, "unknown_worker"),
     (_pull_mutation(lambda r: setattr(r, "worker_id", "bad id")), INVALID, "bad_worker_id"),
 ])

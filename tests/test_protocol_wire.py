@@ -1,4 +1,5 @@
-"""The wire format helpers: tensors (all dtypes, fp16/bf16 compression), hand-spliced messages, chunking."""
+"""The wire format helpers: tensors (all dtypes, fp16/bf16 compression), table rows, hand-spliced messages,
+chunking and the zero-copy Chunk parser."""
 
 from __future__ import annotations
 
@@ -7,20 +8,22 @@ import pytest
 
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import (
+    PROTOCOL_VERSION,
     Payload,
     ProtocolError,
     assemble_payload,
     bfloat16_to_float32,
     chunk_payload,
-    decode_ids,
+    crc32c,
+    decode_table_rows,
     decode_tensor,
     encode_ids,
     encode_tensor,
     float32_to_bfloat16,
-    named_tensor_payload,
+    parse_chunk,
     parse_payload,
-    sparse_rows_payload,
-    table_ids_payload,
+    table_rows_payload,
+    tensor_payload,
 )
 
 
@@ -30,10 +33,10 @@ def test_tensor_round_trip_is_exact_for_float32_and_ints():
     np.testing.assert_array_equal(decode_tensor(encode_tensor(values), "v", kind="float", shape=(7, None)), values)
     ids = np.array([0, 5, 2**31 - 1], dtype=np.int64)
     assert encode_ids(ids).dtype == tensor_pb2.INT32
-    np.testing.assert_array_equal(decode_ids(encode_ids(ids), "ids", 2**31), ids)
+    np.testing.assert_array_equal(decode_tensor(encode_ids(ids), "ids", kind="int"), ids)
     big = np.array([3, 2**40], dtype=np.int64)
     assert encode_ids(big).dtype == tensor_pb2.INT64
-    np.testing.assert_array_equal(decode_ids(encode_ids(big), "ids", 2**41), big)
+    np.testing.assert_array_equal(decode_tensor(encode_ids(big), "ids", kind="int"), big)
 
 
 def test_bfloat16_rounds_to_nearest_even():
@@ -59,32 +62,116 @@ def test_compressed_floats_halve_the_bytes(wire, bits):
 
 def test_spliced_messages_parse_as_the_same_message():
     rng = np.random.default_rng(2)
-    dense = {"a/kernel": rng.normal(size=(3, 4)).astype(np.float32), "a/bias": np.zeros(4, np.float32)}
-    ids = np.array([1, 4, 9])
-    values = rng.normal(size=(3, 16)).astype(np.float32)
+    dense = rng.normal(size=20).astype(np.float32)
+    ids = np.array([1, 4, 9, 0, 2])
+    values = rng.normal(size=(5, 16)).astype(np.float32)
     spliced = Payload(ps_pb2.PushRequest(worker_id="w", step=7, batch_size=32, loss=0.25))
-    for name, grad in dense.items():
-        spliced.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, named_tensor_payload(name, grad))
-    spliced.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER, sparse_rows_payload(3, ids, values))
-    built = ps_pb2.PushRequest(worker_id="w", step=7, batch_size=32, loss=0.25)
-    for name, grad in dense.items():
-        built.dense_grads.add(name=name, tensor=encode_tensor(grad))
-    built.row_grads.add(table=3, ids=encode_ids(ids), values=encode_tensor(values))
+    spliced.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, tensor_payload(dense))
+    spliced.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER, table_rows_payload([3, 5], [3, 2], ids, values))
+    built = ps_pb2.PushRequest(worker_id="w", step=7, batch_size=32, loss=0.25, dense_grads=encode_tensor(dense),
+                               row_grads=ps_pb2.TableRows(tables=[3, 5], counts=[3, 2], ids=encode_ids(ids),
+                                                          values=encode_tensor(values)))
     assert ps_pb2.PushRequest.FromString(spliced.tobytes()) == built
     assert spliced.size == len(spliced.tobytes()) == built.ByteSize()
 
     pull = Payload(ps_pb2.PullRequest(worker_id="w", dense=True))
-    pull.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER, table_ids_payload(0, ids))
+    pull.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER, table_rows_payload([0], [3], ids[:3]))
     assert ps_pb2.PullRequest.FromString(pull.tobytes()) == ps_pb2.PullRequest(
-        worker_id="w", dense=True, rows=[tensor_pb2.TableIds(table=0, ids=encode_ids(ids))])
+        worker_id="w", dense=True, rows=ps_pb2.TableRows(tables=[0], counts=[3], ids=encode_ids(ids[:3])))
+
+
+SIZES = (10, 3, 1000)
+
+
+def table_rows(tables, counts, ids, values=None) -> ps_pb2.TableRows:
+    message = ps_pb2.TableRows(tables=tables, counts=counts, ids=encode_tensor(np.asarray(ids, np.int64)))
+    if values is not None:
+        message.values.CopyFrom(encode_tensor(np.asarray(values, np.float32)))
+    return message
+
+
+def test_table_rows_decode_table_after_table():
+    values = np.arange(10, dtype=np.float32).reshape(5, 2)
+    rows = decode_table_rows(table_rows([2, 0], [3, 2], [5, 6, 999, 0, 9], values), "r", SIZES, 2, values=True)
+    assert rows.tables == [2, 0]
+    np.testing.assert_array_equal(rows.starts, [0, 3, 5])
+    np.testing.assert_array_equal(rows.ids, [5, 6, 999, 0, 9])  # a new table may start lower
+    np.testing.assert_array_equal(rows.values, values)
+    empty = decode_table_rows(ps_pb2.TableRows(), "r", SIZES, 2, values=False)
+    assert empty.tables == [] and empty.ids.size == 0
+
+
+@pytest.mark.parametrize("message,want_values,reason,where", [
+    (table_rows([3], [1], [0]), False, "bad_table", "r.tables[0]"),
+    (table_rows([1, 1], [1, 1], [0, 1]), False, "repeated_table", "r.tables[1]"),
+    (table_rows([0, 1], [2], [0, 1]), False, "bad_counts", "r.counts"),
+    (table_rows([0, 1], [2, 0], [0, 1]), False, "bad_counts", "r.counts[1]"),
+    (table_rows([1], [4], [0, 1, 2, 3]), False, "bad_counts", "r.counts[0]"),  # more ids than the table's rows
+    (ps_pb2.TableRows(tables=[0], counts=[2**64 - 1]), False, "bad_counts", "r.counts[0]"),
+    (table_rows([0], [2], [0, 1, 2]), False, "bad_shape", "r.ids"),
+    (ps_pb2.TableRows(tables=[0], counts=[1]), False, "missing_tensor", "r.ids"),
+    (table_rows([0, 1], [1, 2], [9, 0, 3]), False, "bad_row_id", "r.ids[2]"),
+    (table_rows([0], [2], [-1, 3]), False, "bad_row_id", "r.ids[0]"),
+    (table_rows([0, 2], [2, 2], [1, 2, 7, 7]), False, "unsorted_ids", "r.ids[3]"),
+    (table_rows([0], [2], [4, 3]), False, "unsorted_ids", "r.ids[1]"),
+    (table_rows([0], [1], [4], [[1.0, 2.0]]), False, "unexpected_values", "r.values"),
+    (table_rows([0], [1], [4]), True, "missing_tensor", "r.values"),
+    (table_rows([0], [1], [4], [[1.0, 2.0, 3.0]]), True, "bad_shape", "r.values"),
+    (table_rows([0], [1], [4], [[1.0, np.nan]]), True, "non_finite", "r.values"),
+])
+def test_table_rows_are_checked(message, want_values, reason, where):
+    with pytest.raises(ProtocolError) as caught:
+        decode_table_rows(message, "r", SIZES, 2, values=want_values)
+    assert caught.value.reason == reason
+    assert caught.value.detail.startswith(where), caught.value.detail
+
+
+def test_chunk_parser_reads_what_protobuf_reads():
+    chunk = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=3, total_size=2**40, crc32c=2**32 - 1,
+                             data=b"payload")
+    raw = chunk.SerializeToString()
+    unknown = b"\x30\x05" + b"\x39" + b"\0" * 8 + b"\x3a\x02hi" + b"\x45" + b"\0" * 4  # fields 6 and 7, all types
+    reordered = (tensor_pb2.Chunk(data=b"old", offset=1).SerializeToString() + unknown
+                 + tensor_pb2.Chunk(data=b"payload", crc32c=2**32 - 1).SerializeToString()
+                 + tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=3, total_size=2**40).SerializeToString())
+    for encoding in (raw, reordered):
+        reference = tensor_pb2.Chunk.FromString(encoding)
+        reference.DiscardUnknownFields()
+        assert reference == chunk  # protobuf's parser reads the same from both
+        view = parse_chunk(encoding)
+        assert (view.protocol_version, view.offset, view.total_size, view.crc32c, bytes(view.data)) == \
+            (PROTOCOL_VERSION, 3, 2**40, 2**32 - 1, b"payload")
+    assert parse_chunk(raw).data.obj is raw  # a view, not a copy
+    assert parse_chunk(b"") == (0, 0, 0, 0, b"")
+
+
+@pytest.mark.parametrize("raw,what", [
+    (b"\x08", "truncated varint"),
+    (b"\x08" + b"\xff" * 10 + b"\x01", "over-long varint"),
+    (b"\x2a\x05abc", "runs 5 bytes past the end"),
+    (b"\x39\0\0", "runs past the end"),
+    (b"\x0b", "wire type 3"),
+    (b"\x00\x01", "field number 0"),
+])
+def test_chunk_parser_rejects_malformed_bytes(raw, what):
+    with pytest.raises(ProtocolError, match=what) as caught:
+        parse_chunk(raw)
+    assert caught.value.reason == "malformed_message"
+
+
+def test_checksum_is_crc32c():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"56789", crc32c(b"1234")) == 0xE3069283
+    assert crc32c(np.frombuffer(b"123456789", np.uint8)) == crc32c(memoryview(b"123456789")) == 0xE3069283
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 100, 1 << 20])
 def test_chunks_reassemble_across_part_boundaries(chunk_size):
     payload = Payload(ps_pb2.PushRequest(worker_id="w", step=1, batch_size=2))
-    payload.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER,
-                      named_tensor_payload("x", np.arange(50, dtype=np.float32)))
-    chunks = list(chunk_payload(payload, chunk_size))
+    payload.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, tensor_payload(np.arange(50, dtype=np.float32)))
+    payload.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
+                      table_rows_payload([0], [3], np.arange(3), np.ones((3, 4), np.float32)))
+    chunks = [parse_chunk(c.SerializeToString()) for c in chunk_payload(payload, chunk_size)]
     assert all(len(c.data) <= chunk_size for c in chunks)
     assert len(chunks) == -(-payload.size // chunk_size)
     joined = assemble_payload(iter(chunks), max_bytes=1 << 20, max_chunk_bytes=chunk_size)
@@ -94,7 +181,8 @@ def test_chunks_reassemble_across_part_boundaries(chunk_size):
 def test_empty_payload_is_one_chunk():
     (chunk,) = chunk_payload(ps_pb2.PullRequest(), 16)
     assert chunk.total_size == 0
-    assert parse_payload(ps_pb2.PullRequest, assemble_payload(iter([chunk]), max_bytes=1, max_chunk_bytes=1)) == \
+    view = parse_chunk(chunk.SerializeToString())
+    assert parse_payload(ps_pb2.PullRequest, assemble_payload(iter([view]), max_bytes=1, max_chunk_bytes=1)) == \
         ps_pb2.PullRequest()
 
 
