@@ -10,8 +10,8 @@ with a stable reason word.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
 import google_crc32c
 import grpc
@@ -131,7 +131,7 @@ def encode_ids(ids: np.ndarray) -> tensor_pb2.Tensor:
     return encode_tensor(ids, ids_wire_dtype(ids))
 
 
-def decode_tensor(tensor: tensor_pb2.Tensor, field: str, *, kind: str,
+def decode_tensor(tensor: tensor_pb2.Tensor | TensorView, field: str, *, kind: str,
                   shape: tuple[int | None, ...] | None = None, finite: bool = False) -> np.ndarray:
     """Tensor -> read-only numpy array (float32 for kind "float", int64 for kind "int").
 
@@ -170,7 +170,7 @@ def decode_tensor(tensor: tensor_pb2.Tensor, field: str, *, kind: str,
 
 
 @dataclass(frozen=True)
-class TableRowsView:
+class TableRowArrays:
     """A decoded TableRows: table numbers, their row counts, all ids (int64) and values (float32 or None), in the
     message's order. Rows of table tables[i] are ids[starts[i]:starts[i + 1]]."""
 
@@ -184,8 +184,8 @@ class TableRowsView:
         return np.concatenate(([0], np.cumsum(self.counts)))
 
 
-def decode_table_rows(message: ps_pb2.TableRows, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
-                      values: bool) -> TableRowsView:
+def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
+                      values: bool) -> TableRowArrays:
     """Check and decode a TableRows: distinct tables in range, one count >= 1 per table, ids strictly increasing
     within each table and in [0, size of the table); with values, [sum(counts), embedding_dim] finite floats;
     without, no values. Raises ProtocolError."""
@@ -210,7 +210,7 @@ def decode_table_rows(message: ps_pb2.TableRows, field: str, table_sizes: Sequen
                       f"found {int(counts[i])}")
     counts = counts.astype(np.int64)
     total = int(counts.sum())
-    ids = decode_tensor(message.ids, f"{field}.ids", kind="int", shape=(total,)) if message.HasField("ids") \
+    ids = decode_tensor(message.ids, f"{field}.ids", kind="int", shape=(total,)) if message.ids is not None \
         else _missing_tensor(f"{field}.ids", total)
     if total:
         # Bounds and order of every table's run, checked in one pass over all ids.
@@ -229,13 +229,13 @@ def decode_table_rows(message: ps_pb2.TableRows, field: str, table_sizes: Sequen
             raise invalid("unsorted_ids", f"{field}.ids[{k}]: expected strictly increasing ids within table "
                           f"{table} (sorted, no repeats)")
     if not values:
-        if message.HasField("values"):
+        if message.values is not None:
             raise invalid("unexpected_values", f"{field}.values: expected none (ids only)")
-        return TableRowsView(tables, counts, ids, None)
-    if not message.HasField("values"):
+        return TableRowArrays(tables, counts, ids, None)
+    if message.values is None:
         raise invalid("missing_tensor", f"{field}.values: expected [{total}, {embedding_dim}] values, found none")
     rows = decode_tensor(message.values, f"{field}.values", kind="float", shape=(total, embedding_dim), finite=True)
-    return TableRowsView(tables, counts, ids, rows)
+    return TableRowArrays(tables, counts, ids, rows)
 
 
 def _missing_tensor(field: str, count: int) -> np.ndarray:
@@ -346,8 +346,239 @@ def chunk_payload(message: Message | Payload, chunk_size: int) -> Iterator[tenso
         yield tensor_pb2.Chunk.FromString(raw)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Zero-copy readers for the bulk messages
+#
+# protobuf's parser copies every bytes field into its arena and again on each access; for a few MB of tensor data
+# per call that is most of the receive cost. These readers walk the wire format by hand (BoringSSL CBS style:
+# every read bounds-checked, lengths explicit) and hand tensor data out as views of the received buffer. They
+# follow protobuf's rules: fields in any order, the last value of a scalar wins, repeated scalars packed or not,
+# unknown fields and fields of an unexpected wire type skipped. A singular message field sent twice (which
+# protobuf would merge) is refused as malformed: no sender of ours does that.
+
+
+def _malformed(what: str, detail: str) -> ProtocolError:
+    return invalid("malformed_message", f"{what}: {detail}")
+
+
+def _read_varint(raw: bytes | memoryview, pos: int, what: str = "Chunk") -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(raw) and shift < 64:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value & 0xFFFFFFFFFFFFFFFF, pos
+        shift += 7
+    raise _malformed(what, f"{'truncated' if pos >= len(raw) else 'over-long'} varint at byte {pos}")
+
+
+def _fields(raw: bytes | memoryview, what: str) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of each field: an int for varints, a memoryview otherwise."""
+    view = memoryview(raw)
+    pos, end = 0, len(view)
+    while pos < end:
+        key, pos = _read_varint(view, pos, what)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _malformed(what, f"field number 0 at byte {pos}")
+        if wire == _VARINT:
+            value, pos = _read_varint(view, pos, what)
+            yield number, wire, value
+            continue
+        if wire == _LENGTH_DELIMITED:
+            length, pos = _read_varint(view, pos, what)
+        elif wire in (_FIXED64, _FIXED32):
+            length = 8 if wire == _FIXED64 else 4
+        else:
+            raise _malformed(what, f"field {number} has wire type {wire} (groups are not used)")
+        if length > end - pos:
+            raise _malformed(what, f"field {number} runs {length} bytes past the end")
+        yield number, wire, view[pos:pos + length]
+        pos += length
+
+
+def _varints(value: Any, wire: int, what: str) -> list[int]:
+    """A repeated integer field's entries from one occurrence, packed or not."""
+    if wire == _VARINT:
+        return [value]
+    out, pos = [], 0
+    while pos < len(value):
+        entry, pos = _read_varint(value, pos, what)
+        out.append(entry)
+    return out
+
+
+def _string(value: memoryview, what: str) -> str:
+    try:
+        return str(value, "utf-8")
+    except UnicodeDecodeError:
+        raise _malformed(what, "string field is not valid UTF-8") from None
+
+
+def _double(value: memoryview) -> float:
+    return float(np.frombuffer(value, dtype="<f8")[0])
+
+
+def _int32(value: int) -> int:
+    """An int32/enum field: protobuf keeps the low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _once(seen: set[int], number: int, what: str) -> None:
+    if number in seen:
+        raise _malformed(what, f"message field {number} appears twice")
+    seen.add(number)
+
+
+class TensorView(NamedTuple):
+    """A Tensor as read from the wire; data is a view of the received bytes. decode_tensor takes it."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    data: memoryview | bytes
+
+
+def read_tensor(raw: bytes | memoryview, what: str) -> TensorView:
+    dtype, shape, data = 0, [], memoryview(b"")
+    for number, wire, value in _fields(raw, what):
+        if number == 1 and wire == _VARINT:
+            dtype = _int32(value)
+        elif number == 2 and wire in (_VARINT, _LENGTH_DELIMITED):
+            shape += _varints(value, wire, what)
+        elif number == 3 and wire == _LENGTH_DELIMITED:
+            data = value
+    return TensorView(dtype, tuple(shape), data)
+
+
+@dataclass
+class TableRowsFields:
+    """A TableRows as read from the wire (tensors None when absent)."""
+
+    tables: list[int] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    ids: TensorView | None = None
+    values: TensorView | None = None
+
+
+def read_table_rows(raw: bytes | memoryview, what: str) -> TableRowsFields:
+    rows, seen = TableRowsFields(), set()
+    for number, wire, value in _fields(raw, what):
+        if number in (1, 2) and wire in (_VARINT, _LENGTH_DELIMITED):
+            entries = _varints(value, wire, what)
+            if number == 1:
+                rows.tables += [entry & 0xFFFFFFFF for entry in entries]
+            else:
+                rows.counts += entries
+        elif number in (3, 4) and wire == _LENGTH_DELIMITED:
+            _once(seen, number, what)
+            tensor = read_tensor(value, f"{what}.{'ids' if number == 3 else 'values'}")
+            if number == 3:
+                rows.ids = tensor
+            else:
+                rows.values = tensor
+    return rows
+
+
+@dataclass
+class PullRequestFields:
+    worker_id: str = ""
+    min_version: int = 0
+    dense: bool = False
+    rows: TableRowsFields = field(default_factory=TableRowsFields)
+    wire_dtype: int = 0
+    wait_ms: int = 0
+
+
+def read_pull_request(raw: bytes | memoryview) -> PullRequestFields:
+    what = "PullRequest"
+    request, seen = PullRequestFields(), set()
+    for number, wire, value in _fields(raw, what):
+        if wire == _VARINT and number in (2, 3, 5, 6):
+            if number == 2:
+                request.min_version = value
+            elif number == 3:
+                request.dense = value != 0
+            elif number == 5:
+                request.wire_dtype = _int32(value)
+            else:
+                request.wait_ms = value & 0xFFFFFFFF
+        elif wire == _LENGTH_DELIMITED and number == 1:
+            request.worker_id = _string(value, what)
+        elif wire == _LENGTH_DELIMITED and number == 4:
+            _once(seen, number, what)
+            request.rows = read_table_rows(value, f"{what}.rows")
+    return request
+
+
+@dataclass
+class PullReplyFields:
+    version: int = 0
+    done: bool = False
+    ready: bool = False
+    dense: TensorView | None = None
+    rows: TensorView | None = None
+    waited_seconds: float = 0.0
+
+
+def read_pull_reply(raw: bytes | memoryview) -> PullReplyFields:
+    what = "PullReply"
+    reply, seen = PullReplyFields(), set()
+    for number, wire, value in _fields(raw, what):
+        if wire == _VARINT and number in (1, 2, 3):
+            if number == 1:
+                reply.version = value
+            elif number == 2:
+                reply.done = value != 0
+            else:
+                reply.ready = value != 0
+        elif wire == _LENGTH_DELIMITED and number in (4, 5):
+            _once(seen, number, what)
+            tensor = read_tensor(value, f"{what}.{'dense' if number == 4 else 'rows'}")
+            if number == 4:
+                reply.dense = tensor
+            else:
+                reply.rows = tensor
+        elif wire == _FIXED64 and number == 6:
+            reply.waited_seconds = _double(value)
+    return reply
+
+
+@dataclass
+class PushRequestFields:
+    worker_id: str = ""
+    step: int = 0
+    batch_size: int = 0
+    dense_grads: TensorView | None = None
+    row_grads: TableRowsFields = field(default_factory=TableRowsFields)
+    loss: float = 0.0
+
+
+def read_push_request(raw: bytes | memoryview) -> PushRequestFields:
+    what = "PushRequest"
+    request, seen = PushRequestFields(), set()
+    for number, wire, value in _fields(raw, what):
+        if wire == _VARINT and number in (2, 3):
+            if number == 2:
+                request.step = value
+            else:
+                request.batch_size = value & 0xFFFFFFFF
+        elif wire == _LENGTH_DELIMITED and number == 1:
+            request.worker_id = _string(value, what)
+        elif wire == _LENGTH_DELIMITED and number in (4, 5):
+            _once(seen, number, what)
+            if number == 4:
+                request.dense_grads = read_tensor(value, f"{what}.dense_grads")
+            else:
+                request.row_grads = read_table_rows(value, f"{what}.row_grads")
+        elif wire == _FIXED64 and number == 6:
+            request.loss = _double(value)
+    return request
+
+
 class ChunkView(NamedTuple):
-    """A parsed Chunk whose data is a view into the received bytes (protobuf's parser would copy it twice)."""
+    """A parsed Chunk whose data is a view into the received bytes."""
 
     protocol_version: int
     offset: int
@@ -356,47 +587,15 @@ class ChunkView(NamedTuple):
     data: memoryview
 
 
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(raw) and shift < 64:
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise invalid("malformed_message", f"Chunk: {'truncated' if pos >= len(raw) else 'over-long'} varint at byte {pos}")
-
-
 def parse_chunk(raw: bytes) -> ChunkView:
-    """Parse a serialized Chunk as protobuf does (any field order, last value wins, unknown fields skipped),
-    every read bounds-checked. Raises ProtocolError."""
+    """Read a serialized Chunk (see the readers above). Raises ProtocolError."""
     fields = {1: 0, 2: 0, 3: 0, 4: 0}
     data = memoryview(b"")
-    view = memoryview(raw)
-    pos = 0
-    while pos < len(raw):
-        key, pos = _read_varint(raw, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise invalid("malformed_message", f"Chunk: field number 0 at byte {pos}")
-        if wire == _VARINT:
-            value, pos = _read_varint(raw, pos)
-            if number in fields:
-                fields[number] = value & 0xFFFFFFFF if number in (1, 4) else value
-        elif wire == _LENGTH_DELIMITED:
-            length, pos = _read_varint(raw, pos)
-            if length > len(raw) - pos:
-                raise invalid("malformed_message", f"Chunk: field {number} runs {length} bytes past the end")
-            if number == tensor_pb2.Chunk.DATA_FIELD_NUMBER:
-                data = view[pos:pos + length]
-            pos += length
-        elif wire in (_FIXED64, _FIXED32):
-            pos += 8 if wire == _FIXED64 else 4
-            if pos > len(raw):
-                raise invalid("malformed_message", f"Chunk: field {number} runs past the end")
-        else:
-            raise invalid("malformed_message", f"Chunk: field {number} has wire type {wire} (groups are not used)")
+    for number, wire, value in _fields(raw, "Chunk"):
+        if wire == _VARINT and number in fields:
+            fields[number] = value & 0xFFFFFFFF if number in (1, 4) else value
+        elif wire == _LENGTH_DELIMITED and number == tensor_pb2.Chunk.DATA_FIELD_NUMBER:
+            data = value
     return ChunkView(fields[1], fields[2], fields[3], fields[4], data)
 
 

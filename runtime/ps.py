@@ -49,7 +49,10 @@ from runtime.protocol import (
     ChunkView,
     Payload,
     ProtocolError,
-    TableRowsView,
+    PullRequestFields,
+    PushRequestFields,
+    TableRowArrays,
+    TableRowsFields,
     assemble_payload,
     check_version,
     decode_table_rows,
@@ -58,6 +61,8 @@ from runtime.protocol import (
     parse_chunk,
     parse_payload,
     pull_reply_bound,
+    read_pull_request,
+    read_push_request,
     tensor_payload,
 )
 from runtime.report import write_json_atomically
@@ -242,7 +247,7 @@ class ParameterServer:
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    def pull(self, request: ps_pb2.PullRequest, max_reply_bytes: int | None = None) -> Payload:
+    def pull(self, request: PullRequestFields, max_reply_bytes: int | None = None) -> Payload:
         """The serialized PullReply. Rows come back in request order, values only (the ids are the request's).
         max_reply_bytes: refuse (before reading anything) a request whose reply could be larger."""
         _check_worker_id(request.worker_id)
@@ -290,7 +295,7 @@ class ParameterServer:
             self._dense_cache[wire] = (self.version, payload)
         return self._dense_cache[wire][1]
 
-    def _decode_rows(self, message: ps_pb2.TableRows, field: str, *, values: bool) -> TableRowsView:
+    def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
         rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
         for table, start, end in zip(rows.tables, rows.starts[:-1], rows.starts[1:], strict=True):
             if not self.params.owns_rows(table, rows.ids[start:end]):
@@ -300,7 +305,7 @@ class ParameterServer:
 
     # -- push ----------------------------------------------------------------------------------------------
 
-    def push(self, request: ps_pb2.PushRequest, wire_bytes: int = 0) -> ps_pb2.PushReply:
+    def push(self, request: PushRequestFields, wire_bytes: int = 0) -> ps_pb2.PushReply:
         contribution = self._decode_push(request, wire_bytes)
         worker = contribution.worker_id
         with self.cond:
@@ -333,7 +338,7 @@ class ParameterServer:
                 self._apply([contribution])
             return ps_pb2.PushReply(version=self.version, duplicate=False, applied=self.version > step)
 
-    def _decode_push(self, request: ps_pb2.PushRequest, wire_bytes: int) -> Contribution:
+    def _decode_push(self, request: PushRequestFields, wire_bytes: int) -> Contribution:
         _check_worker_id(request.worker_id)
         if not 1 <= request.batch_size <= MAX_BATCH_SIZE:
             raise invalid("bad_batch_size", f"PushRequest.batch_size: expected 1..{MAX_BATCH_SIZE}, "
@@ -341,7 +346,7 @@ class ParameterServer:
         if not math.isfinite(request.loss):
             raise invalid("non_finite", f"PushRequest.loss: expected a finite number, found {request.loss}")
         size = self.params.dense_size
-        if request.HasField("dense_grads"):
+        if request.dense_grads is not None:
             flat = decode_tensor(request.dense_grads, "PushRequest.dense_grads", kind="float", shape=(size,),
                                  finite=True)
         elif size:
@@ -533,7 +538,7 @@ class ParameterServerService:
             return out
         return call
 
-    def _bulk_reply(self, message_type: type, handler: Callable[[Any, int], Any], chunks: Iterator[bytes],
+    def _bulk_reply(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any], chunks: Iterator[bytes],
                     context: grpc.ServicerContext) -> tuple[Payload, int]:
         """Reassemble, parse and handle one chunked request; returns the reply and the request's bytes."""
         ps = self.ps
@@ -552,16 +557,16 @@ class ParameterServerService:
         try:
             payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
                                        max_chunk_bytes=self.chunk_bytes)
-            reply = handler(parse_payload(message_type, payload), received)
+            reply = handler(read(payload), received)
         except ProtocolError as error:
             ps.count(bytes_received=received)
             self._fail(context, error)
         return (reply if isinstance(reply, Payload) else Payload(reply)), received
 
-    def _bulk(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+    def _bulk(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any]) -> Callable:
         """Pull / Push: request and reply streamed in chunks."""
         def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            reply, received = self._bulk_reply(message_type, handler, chunks, context)
+            reply, received = self._bulk_reply(read, handler, chunks, context)
             sent = 0
             for raw in reply.chunks(self.chunk_bytes):
                 sent += len(raw)
@@ -569,10 +574,10 @@ class ParameterServerService:
             self.ps.count(bytes_received=received, bytes_sent=sent)
         return call
 
-    def _bulk_one(self, message_type: type, handler: Callable[[Any, int], Any]) -> Callable:
+    def _bulk_one(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any]) -> Callable:
         """PullOne / PushOne: one chunk each way, without a stream's per-call threads and iterators."""
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            reply, received = self._bulk_reply(message_type, handler, iter((raw,)), context)
+            reply, received = self._bulk_reply(read, handler, iter((raw,)), context)
             # One chunk: the PullOne handler refuses larger replies, and a PushReply is a few bytes.
             (only,) = reply.chunks(max(reply.size, 1))
             self.ps.count(bytes_received=received, bytes_sent=len(only))
@@ -586,12 +591,12 @@ class ParameterServerService:
             "Heartbeat": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.HeartbeatRequest, ps.heartbeat)),
             "Leave": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.LeaveRequest, ps.leave)),
             "Status": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.StatusRequest, ps.status)),
-            "Pull": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PullRequest,
+            "Pull": grpc.stream_stream_rpc_method_handler(self._bulk(read_pull_request,
                                                                      lambda r, _n: ps.pull(r))),
-            "Push": grpc.stream_stream_rpc_method_handler(self._bulk(ps_pb2.PushRequest, ps.push)),
+            "Push": grpc.stream_stream_rpc_method_handler(self._bulk(read_push_request, ps.push)),
             "PullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
-                ps_pb2.PullRequest, lambda r, _n: ps.pull(r, max_reply_bytes=self.chunk_bytes))),
-            "PushOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(ps_pb2.PushRequest, ps.push)),
+                read_pull_request, lambda r, _n: ps.pull(r, max_reply_bytes=self.chunk_bytes))),
+            "PushOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(read_push_request, ps.push)),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -27,12 +27,14 @@ from runtime.protocol import (
     ChunkView,
     Payload,
     ProtocolError,
+    PullReplyFields,
     RemoteError,
     assemble_payload,
     decode_tensor,
     parse_chunk,
     parse_payload,
     pull_reply_bound,
+    read_pull_reply,
     table_rows_payload,
     tensor_payload,
 )
@@ -49,6 +51,10 @@ CONNECTION_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 
 def _identity(value: bytes) -> bytes:
     return value
+
+
+def _parse_push_reply(payload: Any) -> ps_pb2.PushReply:
+    return parse_payload(ps_pb2.PushReply, payload)
 
 
 class PSConnection:
@@ -100,7 +106,7 @@ class PSConnection:
             raise error
         raise translated from None
 
-    def bulk_raw(self, method: str, chunks: Sequence[bytes], reply_type: type, timeout: float,
+    def bulk_raw(self, method: str, chunks: Sequence[bytes], read: Callable[[Any], Any], timeout: float,
                  reply_bound: int | None = None) -> Any:
         """Send pre-serialized Chunk messages and reassemble the chunked reply; raises RemoteError.
         reply_bound: the most bytes the reply can have, if known; a one-chunk request whose reply fits in one
@@ -121,7 +127,7 @@ class PSConnection:
             else:
                 stream = self._calls[method](iter(chunks), timeout=timeout)
             payload = assemble_payload(replies(stream), max_bytes=1 << 34, max_chunk_bytes=MAX_REPLY_CHUNK)
-            reply = parse_payload(reply_type, payload)
+            reply = read(payload)
         except grpc.RpcError as error:
             raise RemoteError.from_rpc_error(error) from None
         except ProtocolError as error:
@@ -133,10 +139,11 @@ class PSConnection:
             self.bytes_received += received
         return reply
 
-    def bulk(self, method: str, request: Message | Payload, reply_type: type, timeout: float,
+    def bulk(self, method: str, request: Message | Payload, read: Callable[[Any], Any], timeout: float,
              reply_bound: int | None = None) -> Any:
+        """As bulk_raw; read parses the reassembled reply (a protobuf FromString or a protocol reader)."""
         payload = request if isinstance(request, Payload) else Payload(request)
-        return self.bulk_raw(method, list(payload.chunks(self.chunk_bytes)), reply_type, timeout, reply_bound)
+        return self.bulk_raw(method, list(payload.chunks(self.chunk_bytes)), read, timeout, reply_bound)
 
     def join(self, worker_id: str) -> ps_pb2.JoinReply:
         return self.unary("Join", ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=worker_id),
@@ -153,12 +160,13 @@ class PSConnection:
     def status(self) -> ps_pb2.StatusReply:
         return self.unary("Status", ps_pb2.StatusRequest(protocol_version=PROTOCOL_VERSION), ps_pb2.StatusReply)
 
-    def pull(self, request: Payload, wait_ms: int, reply_bound: int | None = None) -> ps_pb2.PullReply:
-        return self.bulk("Pull", request, ps_pb2.PullReply, timeout=wait_ms / 1000.0 + UNARY_TIMEOUT,
+    def pull(self, request: Payload, wait_ms: int, reply_bound: int | None = None) -> PullReplyFields:
+        return self.bulk("Pull", request, read_pull_reply, timeout=wait_ms / 1000.0 + UNARY_TIMEOUT,
                          reply_bound=reply_bound)
 
     def push(self, request: Payload) -> ps_pb2.PushReply:
-        return self.bulk("Push", request, ps_pb2.PushReply, timeout=4 * UNARY_TIMEOUT, reply_bound=PUSH_REPLY_BOUND)
+        return self.bulk("Push", request, _parse_push_reply, timeout=4 * UNARY_TIMEOUT,
+                         reply_bound=PUSH_REPLY_BOUND)
 
 
 @dataclass
@@ -288,7 +296,7 @@ class ShardedPS:
         assert config is not None, "connect_and_join first"
         parts = self._split(unique_ids)
 
-        def pull_one(shard: int, connection: PSConnection) -> ps_pb2.PullReply:
+        def pull_one(shard: int, connection: PSConnection) -> PullReplyFields:
             part = parts[shard]
             request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
                                                  dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
@@ -327,13 +335,14 @@ class ShardedPS:
         return pulled
 
     @staticmethod
-    def _reply_tensor(reply: ps_pb2.PullReply, name: str, shape: tuple[int, ...], shard: int) -> np.ndarray:
-        if not reply.HasField(name):
+    def _reply_tensor(reply: PullReplyFields, name: str, shape: tuple[int, ...], shard: int) -> np.ndarray:
+        tensor = getattr(reply, name)
+        if tensor is None:
             if math.prod(shape) == 0:
                 return np.zeros(shape, dtype=np.float32)
             raise RemoteError(grpc.StatusCode.INTERNAL, f"shard {shard} sent no {name} tensor")
         try:
-            return decode_tensor(getattr(reply, name), f"shard {shard} PullReply.{name}", kind="float", shape=shape)
+            return decode_tensor(tensor, f"shard {shard} PullReply.{name}", kind="float", shape=shape)
         except ProtocolError as error:
             raise RemoteError(grpc.StatusCode.INTERNAL, str(error)) from None
 

@@ -22,6 +22,10 @@ from runtime.protocol import (
     float32_to_bfloat16,
     parse_chunk,
     parse_payload,
+    read_pull_reply,
+    read_pull_request,
+    read_push_request,
+    read_table_rows,
     table_rows_payload,
     tensor_payload,
 )
@@ -83,6 +87,11 @@ def test_spliced_messages_parse_as_the_same_message():
 SIZES = (10, 3, 1000)
 
 
+def wire(message: ps_pb2.TableRows):
+    """The message as the PS reads it off the wire."""
+    return read_table_rows(message.SerializeToString(), "r")
+
+
 def table_rows(tables, counts, ids, values=None) -> ps_pb2.TableRows:
     message = ps_pb2.TableRows(tables=tables, counts=counts, ids=encode_tensor(np.asarray(ids, np.int64)))
     if values is not None:
@@ -92,12 +101,13 @@ def table_rows(tables, counts, ids, values=None) -> ps_pb2.TableRows:
 
 def test_table_rows_decode_table_after_table():
     values = np.arange(10, dtype=np.float32).reshape(5, 2)
-    rows = decode_table_rows(table_rows([2, 0], [3, 2], [5, 6, 999, 0, 9], values), "r", SIZES, 2, values=True)
+    rows = decode_table_rows(wire(table_rows([2, 0], [3, 2], [5, 6, 999, 0, 9], values)), "r", SIZES, 2,
+                             values=True)
     assert rows.tables == [2, 0]
     np.testing.assert_array_equal(rows.starts, [0, 3, 5])
     np.testing.assert_array_equal(rows.ids, [5, 6, 999, 0, 9])  # a new table may start lower
     np.testing.assert_array_equal(rows.values, values)
-    empty = decode_table_rows(ps_pb2.TableRows(), "r", SIZES, 2, values=False)
+    empty = decode_table_rows(wire(ps_pb2.TableRows()), "r", SIZES, 2, values=False)
     assert empty.tables == [] and empty.ids.size == 0
 
 
@@ -121,7 +131,7 @@ def test_table_rows_decode_table_after_table():
 ])
 def test_table_rows_are_checked(message, want_values, reason, where):
     with pytest.raises(ProtocolError) as caught:
-        decode_table_rows(message, "r", SIZES, 2, values=want_values)
+        decode_table_rows(wire(message), "r", SIZES, 2, values=want_values)
     assert caught.value.reason == reason
     assert caught.value.detail.startswith(where), caught.value.detail
 
@@ -149,13 +159,56 @@ def test_chunk_parser_reads_what_protobuf_reads():
     (b"\x08", "truncated varint"),
     (b"\x08" + b"\xff" * 10 + b"\x01", "over-long varint"),
     (b"\x2a\x05abc", "runs 5 bytes past the end"),
-    (b"\x39\0\0", "runs past the end"),
+    (b"\x39\0\0", "runs 8 bytes past the end"),
     (b"\x0b", "wire type 3"),
     (b"\x00\x01", "field number 0"),
 ])
 def test_chunk_parser_rejects_malformed_bytes(raw, what):
     with pytest.raises(ProtocolError, match=what) as caught:
         parse_chunk(raw)
+    assert caught.value.reason == "malformed_message"
+
+
+def test_message_readers_read_what_protobuf_reads():
+    rng = np.random.default_rng(5)
+    push = ps_pb2.PushRequest(worker_id="wörker", step=2**40, batch_size=2**32 - 1, loss=-0.125,
+                              dense_grads=encode_tensor(rng.normal(size=(3, 4)).astype(np.float32)),
+                              row_grads=ps_pb2.TableRows(tables=[7, 2], counts=[1, 2], ids=encode_ids(np.arange(3)),
+                                                         values=encode_tensor(np.ones((3, 2), np.float32))))
+    unknown = b"\x98\x06\x01" + b"\xa2\x06\x01x"  # fields 99 and 100
+    got = read_push_request(push.SerializeToString() + unknown)
+    assert (got.worker_id, got.step, got.batch_size, got.loss) == ("wörker", 2**40, 2**32 - 1, -0.125)
+    assert got.row_grads.tables == [7, 2] and got.row_grads.counts == [1, 2]
+    assert (got.dense_grads.dtype, got.dense_grads.shape) == (tensor_pb2.FLOAT32, (3, 4))
+    assert bytes(got.dense_grads.data) == push.dense_grads.data
+    assert bytes(got.row_grads.values.data) == push.row_grads.values.data
+    # Repeated integers not packed (protobuf's parser accepts both forms; so must we).
+    unpacked = b"\x08\x07\x08\x02\x10\x01\x10\x02"
+    assert read_table_rows(unpacked, "r").tables == [7, 2] and read_table_rows(unpacked, "r").counts == [1, 2]
+    reply = ps_pb2.PullReply(version=9, done=True, ready=True, waited_seconds=0.5,
+                             dense=encode_tensor(np.arange(4, dtype=np.float32)),
+                             rows=encode_tensor(np.zeros((2, 2), np.float32), tensor_pb2.BFLOAT16))
+    got = read_pull_reply(reply.SerializeToString())
+    assert (got.version, got.done, got.ready, got.waited_seconds) == (9, True, True, 0.5)
+    assert got.rows.dtype == tensor_pb2.BFLOAT16 and got.rows.shape == (2, 2) and got.dense.shape == (4,)
+    assert read_pull_reply(b"").dense is None
+    pull = ps_pb2.PullRequest(worker_id="w", min_version=3, dense=True, wire_dtype=tensor_pb2.FLOAT16, wait_ms=7,
+                              rows=ps_pb2.TableRows(tables=[1], counts=[1], ids=encode_ids(np.array([4]))))
+    got = read_pull_request(pull.SerializeToString())
+    assert (got.worker_id, got.min_version, got.dense, got.wire_dtype, got.wait_ms) == ("w", 3, True, 2, 7)
+    assert got.rows.tables == [1] and got.rows.values is None
+
+
+@pytest.mark.parametrize("raw,what", [
+    (ps_pb2.PushRequest(worker_id="w").SerializeToString()[:-1], "runs 1 bytes past the end"),
+    (b"\x0a\x02\xff\xfe", "not valid UTF-8"),
+    (b"\x22\x00\x22\x00", "message field 4 appears twice"),
+    (b"\x2a\x02\x1a\x00\x2a\x00", "message field 5 appears twice"),
+    (b"\x2a\x04\x1a\x02\x0b\x00", "PushRequest.row_grads.ids: field 1 has wire type 3"),
+])
+def test_message_readers_reject_malformed_bytes(raw, what):
+    with pytest.raises(ProtocolError, match=what) as caught:
+        read_push_request(raw)
     assert caught.value.reason == "malformed_message"
 
 

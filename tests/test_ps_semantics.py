@@ -11,7 +11,7 @@ from runtime import checkpoint, sharding
 from runtime.aggregation import Contribution, combine
 from runtime.model import DLRMConfig, init_embedding_rows
 from runtime.proto import ps_pb2
-from runtime.protocol import PROTOCOL_VERSION, ProtocolError
+from runtime.protocol import PROTOCOL_VERSION, ProtocolError, read_push_request
 from runtime.ps import CheckpointMismatch, ParameterServer, PSOptions
 
 
@@ -37,7 +37,8 @@ def join(ps, *workers):
 def push(ps, worker, step, seed, batch_size=16):
     rows = batch_rows(ps.config, seed, shard=ps.options.shard, num_shards=ps.options.num_shards)
     dense, values = gradients(ps, rows, seed)
-    return ps.push(push_request(worker, step, dense, rows, values, batch_size=batch_size))
+    request = push_request(worker, step, dense, rows, values, batch_size=batch_size)
+    return ps.push(read_push_request(request.SerializeToString()))
 
 
 def test_round_waits_for_every_live_worker():
