@@ -378,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--train and --eval go together")
     config = model_config(args)
     out = (args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if out.exists() and any(out.iterdir()):
+        # A launcher run resumes from a checkpoint it finds in its directory: old runs would pass as new ones.
+        parser.error(f"--out {out}: not empty; give a new directory")
     out.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
     train, eval_files = make_data(args, config, out)

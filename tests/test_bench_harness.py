@@ -197,3 +197,8 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
     assert tfps["details"]["samples"] == 10 * 2 * 64  # the samples of 10 synchronous steps of ours
     assert tfps["details"]["config"]["learning_rate"] == pytest.approx(0.1 / 2)
     assert set(tfps["peak_rss"]) == {"ps0", "worker0", "worker1", "coordinator"}
+
+    # Running again into the same directory would resume the old runs' checkpoints: refused.
+    again = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--quick", "--out", str(out)],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert again.returncode == 2 and "not empty; give a new directory" in again.stderr
