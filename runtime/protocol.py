@@ -462,6 +462,10 @@ class TableRowsFields:
     values: TensorView | None = None
 
 
+_TABLE_ROWS_TENSORS = {3: "ids", 4: "values"}  # field number -> TableRowsFields attribute
+_PULL_REPLY_TENSORS = {4: "dense", 5: "rows"}
+
+
 def read_table_rows(raw: bytes | memoryview, what: str) -> TableRowsFields:
     rows, seen = TableRowsFields(), set()
     for number, wire, value in _fields(raw, what):
@@ -471,13 +475,10 @@ def read_table_rows(raw: bytes | memoryview, what: str) -> TableRowsFields:
                 rows.tables += [entry & 0xFFFFFFFF for entry in entries]
             else:
                 rows.counts += entries
-        elif number in (3, 4) and wire == _LENGTH_DELIMITED:
+        elif number in _TABLE_ROWS_TENSORS and wire == _LENGTH_DELIMITED:
             _once(seen, number, what)
-            tensor = read_tensor(value, f"{what}.{'ids' if number == 3 else 'values'}")
-            if number == 3:
-                rows.ids = tensor
-            else:
-                rows.values = tensor
+            name = _TABLE_ROWS_TENSORS[number]
+            setattr(rows, name, read_tensor(value, f"{what}.{name}"))
     return rows
 
 
@@ -533,13 +534,10 @@ def read_pull_reply(raw: bytes | memoryview) -> PullReplyFields:
                 reply.done = value != 0
             else:
                 reply.ready = value != 0
-        elif wire == _LENGTH_DELIMITED and number in (4, 5):
+        elif wire == _LENGTH_DELIMITED and number in _PULL_REPLY_TENSORS:
             _once(seen, number, what)
-            tensor = read_tensor(value, f"{what}.{'dense' if number == 4 else 'rows'}")
-            if number == 4:
-                reply.dense = tensor
-            else:
-                reply.rows = tensor
+            name = _PULL_REPLY_TENSORS[number]
+            setattr(reply, name, read_tensor(value, f"{what}.{name}"))
         elif wire == _FIXED64 and number == 6:
             reply.waited_seconds = _double(value)
     return reply

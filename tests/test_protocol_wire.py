@@ -155,20 +155,6 @@ def test_chunk_parser_reads_what_protobuf_reads():
     assert parse_chunk(b"") == (0, 0, 0, 0, b"")
 
 
-@pytest.mark.parametrize("raw,what", [
-    (b"\x08", "truncated varint"),
-    (b"\x08" + b"\xff" * 10 + b"\x01", "over-long varint"),
-    (b"\x2a\x05abc", "runs 5 bytes past the end"),
-    (b"\x39\0\0", "runs 8 bytes past the end"),
-    (b"\x0b", "wire type 3"),
-    (b"\x00\x01", "field number 0"),
-])
-def test_chunk_parser_rejects_malformed_bytes(raw, what):
-    with pytest.raises(ProtocolError, match=what) as caught:
-        parse_chunk(raw)
-    assert caught.value.reason == "malformed_message"
-
-
 def test_message_readers_read_what_protobuf_reads():
     rng = np.random.default_rng(5)
     push = ps_pb2.PushRequest(worker_id="wörker", step=2**40, batch_size=2**32 - 1, loss=-0.125,
@@ -199,16 +185,23 @@ def test_message_readers_read_what_protobuf_reads():
     assert got.rows.tables == [1] and got.rows.values is None
 
 
-@pytest.mark.parametrize("raw,what", [
-    (ps_pb2.PushRequest(worker_id="w").SerializeToString()[:-1], "runs 1 bytes past the end"),
-    (b"\x0a\x02\xff\xfe", "not valid UTF-8"),
-    (b"\x22\x00\x22\x00", "message field 4 appears twice"),
-    (b"\x2a\x02\x1a\x00\x2a\x00", "message field 5 appears twice"),
-    (b"\x2a\x04\x1a\x02\x0b\x00", "PushRequest.row_grads.ids: field 1 has wire type 3"),
+@pytest.mark.parametrize("read,raw,what", [
+    (parse_chunk, b"\x08", "truncated varint"),
+    (parse_chunk, b"\x08" + b"\xff" * 10 + b"\x01", "over-long varint"),
+    (parse_chunk, b"\x2a\x05abc", "runs 5 bytes past the end"),
+    (parse_chunk, b"\x39\0\0", "runs 8 bytes past the end"),
+    (parse_chunk, b"\x0b", "wire type 3"),
+    (parse_chunk, b"\x00\x01", "field number 0"),
+    (read_push_request, ps_pb2.PushRequest(worker_id="w").SerializeToString()[:-1], "runs 1 bytes past the end"),
+    (read_push_request, b"\x0a\x02\xff\xfe", "not valid UTF-8"),
+    (read_push_request, b"\x22\x00\x22\x00", "message field 4 appears twice"),
+    (read_push_request, b"\x2a\x02\x1a\x00\x2a\x00", "message field 5 appears twice"),
+    (read_push_request, b"\x2a\x04\x1a\x02\x0b\x00", "PushRequest.row_grads.ids: field 1 has wire type 3"),
+    (read_pull_reply, b"\x22\x00\x2a\x00\x22\x00", "message field 4 appears twice"),
 ])
-def test_message_readers_reject_malformed_bytes(raw, what):
+def test_readers_reject_malformed_bytes(read, raw, what):
     with pytest.raises(ProtocolError, match=what) as caught:
-        read_push_request(raw)
+        read(raw)
     assert caught.value.reason == "malformed_message"
 
 
