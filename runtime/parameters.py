@@ -7,7 +7,7 @@ since the zero-filled table arrays are only materialised page by page, little me
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -76,10 +76,10 @@ class ShardParameters:
         self._ensure(table, local)
         return self.tables[table][local]
 
-    def read_stacked(self, tables: Sequence[int], starts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Rows of several tables in one [len(ids), dim] array: ids[starts[i]:starts[i + 1]] of tables[i]."""
+    def read_stacked(self, runs: Iterable[tuple[int, int, int]], ids: np.ndarray) -> np.ndarray:
+        """Rows of several tables in one [len(ids), dim] array: for each (table, start, end), ids[start:end]."""
         out = np.empty((ids.size, self.config.embedding_dim), dtype=np.float32)
-        for table, start, end in zip(tables, starts[:-1], starts[1:], strict=True):
+        for table, start, end in runs:
             local = sharding.local_index(ids[start:end], self.num_shards)
             self._ensure(table, local)
             np.take(self.tables[table], local, axis=0, out=out[start:end])

@@ -172,16 +172,17 @@ def decode_tensor(tensor: tensor_pb2.Tensor | TensorView, field: str, *, kind: s
 @dataclass(frozen=True)
 class TableRowArrays:
     """A decoded TableRows: table numbers, their row counts, all ids (int64) and values (float32 or None), in the
-    message's order. Rows of table tables[i] are ids[starts[i]:starts[i + 1]]."""
+    message's order."""
 
     tables: list[int]
     counts: np.ndarray
     ids: np.ndarray
     values: np.ndarray | None
 
-    @property
-    def starts(self) -> np.ndarray:
-        return np.concatenate(([0], np.cumsum(self.counts)))
+    def runs(self) -> Iterator[tuple[int, int, int]]:
+        """(table, start, end): the table's rows are ids[start:end] (and values[start:end])."""
+        ends = np.cumsum(self.counts).tolist()
+        return zip(self.tables, [0] + ends[:-1], ends, strict=True)
 
 
 def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
@@ -209,23 +210,24 @@ def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequenc
         raise invalid("bad_counts", f"{field}.counts[{i}]: expected 1..{int(sizes[i])} (table {tables[i]}), "
                       f"found {int(counts[i])}")
     counts = counts.astype(np.int64)
-    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if ends.size else 0
     ids = decode_tensor(message.ids, f"{field}.ids", kind="int", shape=(total,)) if message.ids is not None \
         else _missing_tensor(f"{field}.ids", total)
     if total:
         # Bounds and order of every table's run, checked in one pass over all ids.
-        limit = np.repeat(np.asarray(table_sizes, dtype=np.int64)[tables], counts)
+        limit = np.repeat(sizes.astype(np.int64), counts)
         bad = (ids < 0) | (ids >= limit)
         if bad.any():
             k = int(np.argmax(bad))
-            table = tables[int(np.searchsorted(np.cumsum(counts), k, side="right"))]
+            table = tables[int(np.searchsorted(ends, k, side="right"))]
             raise invalid("bad_row_id", f"{field}.ids[{k}]: table {table} has ids in [0, {table_sizes[table]}), "
                           f"found {int(ids[k])}")
         rising = ids[1:] > ids[:-1]
-        rising[np.cumsum(counts)[:-1] - 1] = True  # a new table may start lower
+        rising[ends[:-1] - 1] = True  # a new table may start lower
         if not rising.all():
             k = int(np.argmin(rising)) + 1
-            table = tables[int(np.searchsorted(np.cumsum(counts), k, side="right"))]
+            table = tables[int(np.searchsorted(ends, k, side="right"))]
             raise invalid("unsorted_ids", f"{field}.ids[{k}]: expected strictly increasing ids within table "
                           f"{table} (sorted, no repeats)")
     if not values:

@@ -277,7 +277,7 @@ class ParameterServer:
             waited = self.clock() - started
             version, done = self.version, self.done
             dense = self._dense_payload(wire) if request.dense else None
-            rows = self.params.read_stacked(wanted.tables, wanted.starts, wanted.ids) if wanted.ids.size else None
+            rows = self.params.read_stacked(wanted.runs(), wanted.ids) if wanted.ids.size else None
         reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
         if dense is not None:
             reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
@@ -297,7 +297,7 @@ class ParameterServer:
 
     def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
         rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
-        for table, start, end in zip(rows.tables, rows.starts[:-1], rows.starts[1:], strict=True):
+        for table, start, end in rows.runs():
             if not self.params.owns_rows(table, rows.ids[start:end]):
                 raise invalid("wrong_shard", f"{field}: some rows of table {table} belong to another shard than "
                               f"{self.options.shard} of {self.options.num_shards}")
@@ -358,7 +358,7 @@ class ParameterServer:
         pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
         assert pushed.values is not None
         rows = {table: (pushed.ids[start:end], pushed.values[start:end])
-                for table, start, end in zip(pushed.tables, pushed.starts[:-1], pushed.starts[1:], strict=True)}
+                for table, start, end in pushed.runs()}
         return Contribution(request.worker_id, request.step, request.batch_size, dense, rows, request.loss,
                             wire_bytes)
 
