@@ -122,6 +122,12 @@ def pull_reply_bound(dense_values: int, rows: int, embedding_dim: int, wire_dtyp
     return (dense_values + rows * embedding_dim) * itemsize + 3 * TENSOR_FRAMING_BOUND
 
 
+def push_pull_reply_bound(pull_bound: int) -> int:
+    """The most bytes a PushPullReply can serialize to, given its PullReply's bound: a PushReply (three
+    varints) and two field headers more."""
+    return pull_bound + 64
+
+
 def ids_wire_dtype(ids: np.ndarray) -> int:
     """Row ids go out as INT32 when they fit (half the bytes), else INT64."""
     return tensor_pb2.INT32 if ids.size == 0 or int(ids.max()) < 2**31 else tensor_pb2.INT64
@@ -494,8 +500,7 @@ class PullRequestFields:
     wait_ms: int = 0
 
 
-def read_pull_request(raw: bytes | memoryview) -> PullRequestFields:
-    what = "PullRequest"
+def read_pull_request(raw: bytes | memoryview, what: str = "PullRequest") -> PullRequestFields:
     request, seen = PullRequestFields(), set()
     for number, wire, value in _fields(raw, what):
         if wire == _VARINT and number in (2, 3, 5, 6):
@@ -525,8 +530,7 @@ class PullReplyFields:
     waited_seconds: float = 0.0
 
 
-def read_pull_reply(raw: bytes | memoryview) -> PullReplyFields:
-    what = "PullReply"
+def read_pull_reply(raw: bytes | memoryview, what: str = "PullReply") -> PullReplyFields:
     reply, seen = PullReplyFields(), set()
     for number, wire, value in _fields(raw, what):
         if wire == _VARINT and number in (1, 2, 3):
@@ -555,8 +559,7 @@ class PushRequestFields:
     loss: float = 0.0
 
 
-def read_push_request(raw: bytes | memoryview) -> PushRequestFields:
-    what = "PushRequest"
+def read_push_request(raw: bytes | memoryview, what: str = "PushRequest") -> PushRequestFields:
     request, seen = PushRequestFields(), set()
     for number, wire, value in _fields(raw, what):
         if wire == _VARINT and number in (2, 3):
@@ -575,6 +578,30 @@ def read_push_request(raw: bytes | memoryview) -> PushRequestFields:
         elif wire == _FIXED64 and number == 6:
             request.loss = _double(value)
     return request
+
+
+def _read_pair(raw: bytes | memoryview, what: str, names: tuple[str, str]) -> tuple[memoryview, memoryview]:
+    """The two required message fields (numbers 1 and 2) of a PushPullRequest or PushPullReply, unparsed."""
+    found: dict[int, memoryview] = {}
+    seen: set[int] = set()
+    for number, wire, value in _fields(raw, what):
+        if wire == _LENGTH_DELIMITED and number in (1, 2):
+            _once(seen, number, what)
+            found[number] = value
+    for number, name in enumerate(names, start=1):
+        if number not in found:
+            raise invalid("missing_field", f"{what}.{name}: expected a message, found none")
+    return found[1], found[2]
+
+
+def read_push_pull_request(raw: bytes | memoryview) -> tuple[PushRequestFields, PullRequestFields]:
+    push, pull = _read_pair(raw, "PushPullRequest", ("push", "pull"))
+    return read_push_request(push, "PushPullRequest.push"), read_pull_request(pull, "PushPullRequest.pull")
+
+
+def read_push_pull_reply(raw: bytes | memoryview) -> tuple[ps_pb2.PushReply, PullReplyFields]:
+    push, pull = _read_pair(raw, "PushPullReply", ("push", "pull"))
+    return parse_payload(ps_pb2.PushReply, push), read_pull_reply(pull, "PushPullReply.pull")
 
 
 class ChunkView(NamedTuple):

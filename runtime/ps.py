@@ -61,7 +61,9 @@ from runtime.protocol import (
     parse_chunk,
     parse_payload,
     pull_reply_bound,
+    push_pull_reply_bound,
     read_pull_request,
+    read_push_pull_request,
     read_push_request,
     tensor_payload,
 )
@@ -250,6 +252,27 @@ class ParameterServer:
     def pull(self, request: PullRequestFields, max_reply_bytes: int | None = None) -> Payload:
         """The serialized PullReply. Rows come back in request order, values only (the ids are the request's).
         max_reply_bytes: refuse (before reading anything) a request whose reply could be larger."""
+        wanted, wire = self._check_pull(request, max_reply_bytes)
+        return self._serve_pull(request, wanted, wire)
+
+    def push_pull(self, request: tuple[PushRequestFields, PullRequestFields], wire_bytes: int = 0,
+                  max_reply_bytes: int | None = None) -> Payload:
+        """The serialized PushPullReply: the push handled as push() does, then the pull served as pull() does.
+        The pull is checked first, so a call refused for either part changes nothing."""
+        push, pull = request
+        if pull.worker_id != push.worker_id:
+            raise invalid("worker_mismatch", f"PushPullRequest.pull.worker_id: expected the push's "
+                          f"{push.worker_id!r}, found {pull.worker_id!r}")
+        # The PushReply and framing around the PullReply must fit in the one chunk too.
+        pull_limit = None if max_reply_bytes is None else max_reply_bytes - push_pull_reply_bound(0)
+        wanted, wire = self._check_pull(pull, pull_limit)
+        pushed = self.push(push, wire_bytes)
+        reply = Payload(ps_pb2.PushPullReply(push=pushed))
+        reply.add_field(ps_pb2.PushPullReply.PULL_FIELD_NUMBER, self._serve_pull(pull, wanted, wire))
+        return reply
+
+    def _check_pull(self, request: PullRequestFields, max_reply_bytes: int | None) -> tuple[TableRowArrays, int]:
+        """The rows a pull wants and its wire dtype, or ProtocolError; reads no state that changes."""
         _check_worker_id(request.worker_id)
         wire = request.wire_dtype or tensor_pb2.FLOAT32
         if wire not in FLOAT_WIRE_DTYPES:
@@ -263,6 +286,9 @@ class ParameterServer:
                 raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
                                     f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
                                     f"the streaming call")
+        return wanted, wire
+
+    def _serve_pull(self, request: PullRequestFields, wanted: TableRowArrays, wire: int) -> Payload:
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
         with self.cond:
             self._touch(request.worker_id)
@@ -597,6 +623,9 @@ class ParameterServerService:
             "PullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
                 read_pull_request, lambda r, _n: ps.pull(r, max_reply_bytes=self.chunk_bytes))),
             "PushOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(read_push_request, ps.push)),
+            "PushPull": grpc.stream_stream_rpc_method_handler(self._bulk(read_push_pull_request, ps.push_pull)),
+            "PushPullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
+                read_push_pull_request, lambda r, n: ps.push_pull(r, n, max_reply_bytes=self.chunk_bytes))),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -34,12 +34,15 @@ from runtime.protocol import (
     parse_chunk,
     parse_payload,
     pull_reply_bound,
+    push_pull_reply_bound,
     read_pull_reply,
+    read_push_pull_reply,
     table_rows_payload,
     tensor_payload,
 )
 from runtime.transport import Endpoint, Transport
 
+T = TypeVar("T")
 SERVICE = "/runtime.v1.ParameterServer/"
 # The largest chunk a server may send us (its --chunk-bytes is at most this).
 MAX_REPLY_CHUNK = 64 * 1024 * 1024
@@ -75,7 +78,7 @@ class PSConnection:
         self.channel = self.net.channel(self.endpoint, options)
         self._calls = {name: self.channel.unary_unary(SERVICE + name, request_serializer=_identity,
                                                       response_deserializer=_identity)
-                       for name in ("Join", "Heartbeat", "Leave", "Status", "PullOne", "PushOne")}
+                       for name in ("Join", "Heartbeat", "Leave", "Status", "PullOne", "PushOne", "PushPullOne")}
         self._calls.update({name: self.channel.stream_stream(SERVICE + name, request_serializer=_identity,
                                                              response_deserializer=_identity)
                             for name in ("Pull", "Push")})
@@ -167,6 +170,11 @@ class PSConnection:
     def push(self, request: Payload) -> ps_pb2.PushReply:
         return self.bulk("Push", request, _parse_push_reply, timeout=4 * UNARY_TIMEOUT,
                          reply_bound=PUSH_REPLY_BOUND)
+
+    def push_pull(self, request: Payload, wait_ms: int,
+                  reply_bound: int | None = None) -> tuple[ps_pb2.PushReply, PullReplyFields]:
+        return self.bulk("PushPull", request, read_push_pull_reply, timeout=wait_ms / 1000.0 + 4 * UNARY_TIMEOUT,
+                         reply_bound=reply_bound)
 
 
 @dataclass
@@ -292,23 +300,32 @@ class ShardedPS:
     def pull(self, min_versions: Sequence[int], unique_ids: Sequence[np.ndarray], *, dense: bool = True,
              wait_ms: int = 10_000) -> Pulled:
         """Dense parameters and rows unique_ids[t] of every table t (each sorted, distinct)."""
-        config = self.config
-        assert config is not None, "connect_and_join first"
+        assert self.config is not None, "connect_and_join first"
         parts = self._split(unique_ids)
 
         def pull_one(shard: int, connection: PSConnection) -> PullReplyFields:
-            part = parts[shard]
-            request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_versions[shard],
-                                                 dense=dense, wire_dtype=self.wire_dtype, wait_ms=wait_ms))
-            if part.tables:
-                request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
-                                  table_rows_payload(part.tables, part.counts, part.ids))
-            dense_values = sum(end - start for start, end in self.dense_slices[shard]) if dense else 0
-            bound = pull_reply_bound(dense_values, part.ids.size, config.embedding_dim, self.wire_dtype)
+            request, bound = self._pull_request(shard, parts[shard], min_versions[shard], dense, wait_ms)
             return connection.pull(request, wait_ms, reply_bound=bound)
 
-        replies = self._each(pull_one)
-        total_rows = sum(ids.size for ids in unique_ids)
+        return self._merge_pulls(self._each(pull_one), parts, dense)
+
+    def _pull_request(self, shard: int, part: _ShardRows, min_version: int, dense: bool,
+                      wait_ms: int) -> tuple[Payload, int]:
+        """A shard's PullRequest and the most bytes its reply can have."""
+        assert self.config is not None
+        request = Payload(ps_pb2.PullRequest(worker_id=self.worker_id, min_version=min_version, dense=dense,
+                                             wire_dtype=self.wire_dtype, wait_ms=wait_ms))
+        if part.tables:
+            request.add_field(ps_pb2.PullRequest.ROWS_FIELD_NUMBER,
+                              table_rows_payload(part.tables, part.counts, part.ids))
+        dense_values = sum(end - start for start, end in self.dense_slices[shard]) if dense else 0
+        return request, pull_reply_bound(dense_values, part.ids.size, self.config.embedding_dim, self.wire_dtype)
+
+    def _merge_pulls(self, replies: Sequence[PullReplyFields], parts: Sequence[_ShardRows], dense: bool) -> Pulled:
+        """The shards' PullReplies as one Pulled: dense vector in canonical order, rows in request order."""
+        config = self.config
+        assert config is not None
+        total_rows = sum(part.ids.size for part in parts)
         dim = config.embedding_dim
         pulled = Pulled(versions=[r.version for r in replies], done=any(r.done for r in replies),
                         ready=all(r.ready for r in replies), dense=None, rows=np.zeros((0, dim), np.float32),
@@ -353,29 +370,66 @@ class ShardedPS:
         assert self.config is not None, "connect_and_join first"
         parts = self._split(unique_ids)
 
-        def push_one(shard: int, connection: PSConnection) -> tuple[ps_pb2.PushReply | None, bool]:
-            part = parts[shard]
-            request = Payload(ps_pb2.PushRequest(worker_id=self.worker_id, step=versions[shard],
-                                                 batch_size=batch_size, loss=loss))
-            slices = self.dense_slices[shard]
-            if self.num_shards == 1:
-                mine = dense_grad
-            else:
-                mine = np.concatenate([dense_grad[start:end] for start, end in slices]) if slices \
-                    else np.zeros(0, np.float32)
-            request.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, tensor_payload(mine, self.wire_dtype))
-            if part.tables:
-                values = row_grads if part.positions is None else row_grads[part.positions]
-                request.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
-                                  table_rows_payload(part.tables, part.counts, part.ids, values, self.wire_dtype))
-            try:
-                return connection.push(request), False
-            except RemoteError as error:
-                if error.reason == "stale_step":
-                    return None, True
-                raise
+        def push_one(shard: int, connection: PSConnection) -> ps_pb2.PushReply | None:
+            request = self._push_request(shard, parts[shard], versions[shard], batch_size, loss, dense_grad,
+                                         row_grads)
+            return _unless_stale(lambda: connection.push(request))
 
-        results = self._each(push_one)
-        return Pushed(versions=[r.version if r is not None else -1 for r, _ in results],
-                      duplicate=[bool(r is not None and r.duplicate) for r, _ in results],
-                      stale=[stale for _, stale in results])
+        return _pushed(self._each(push_one))
+
+    def push_pull(self, versions: Sequence[int], batch_size: int, loss: float, dense_grad: np.ndarray,
+                  unique_ids: Sequence[np.ndarray], row_grads: np.ndarray, next_ids: Sequence[np.ndarray],
+                  min_versions: Sequence[int], wait_ms: int = 10_000) -> tuple[Pushed, Pulled | None]:
+        """push(...), then pull(min_versions, next_ids), in one round trip per shard. The pull is None when a
+        shard found the push stale (that shard served no pull)."""
+        assert self.config is not None, "connect_and_join first"
+        parts, next_parts = self._split(unique_ids), self._split(next_ids)
+
+        def push_pull_one(shard: int, connection: PSConnection) -> tuple[ps_pb2.PushReply, PullReplyFields] | None:
+            request = Payload()
+            request.add_field(ps_pb2.PushPullRequest.PUSH_FIELD_NUMBER, self._push_request(
+                shard, parts[shard], versions[shard], batch_size, loss, dense_grad, row_grads))
+            pull, bound = self._pull_request(shard, next_parts[shard], min_versions[shard], True, wait_ms)
+            request.add_field(ps_pb2.PushPullRequest.PULL_FIELD_NUMBER, pull)
+            return _unless_stale(lambda: connection.push_pull(request, wait_ms, push_pull_reply_bound(bound)))
+
+        results = self._each(push_pull_one)
+        pushed = _pushed([None if r is None else r[0] for r in results])
+        if any(r is None for r in results):
+            return pushed, None
+        return pushed, self._merge_pulls([r[1] for r in results if r is not None], next_parts, True)
+
+    def _push_request(self, shard: int, part: _ShardRows, version: int, batch_size: int, loss: float,
+                      dense_grad: np.ndarray, row_grads: np.ndarray) -> Payload:
+        """A shard's PushRequest: its slices of dense_grad and its rows of row_grads."""
+        request = Payload(ps_pb2.PushRequest(worker_id=self.worker_id, step=version, batch_size=batch_size,
+                                             loss=loss))
+        slices = self.dense_slices[shard]
+        if self.num_shards == 1:
+            mine = dense_grad
+        else:
+            mine = np.concatenate([dense_grad[start:end] for start, end in slices]) if slices \
+                else np.zeros(0, np.float32)
+        request.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER, tensor_payload(mine, self.wire_dtype))
+        if part.tables:
+            values = row_grads if part.positions is None else row_grads[part.positions]
+            request.add_field(ps_pb2.PushRequest.ROW_GRADS_FIELD_NUMBER,
+                              table_rows_payload(part.tables, part.counts, part.ids, values, self.wire_dtype))
+        return request
+
+
+def _unless_stale(call: Callable[[], T]) -> T | None:
+    """call(), or None when the shard refused the push as stale."""
+    try:
+        return call()
+    except RemoteError as error:
+        if error.reason == "stale_step":
+            return None
+        raise
+
+
+def _pushed(replies: Sequence[ps_pb2.PushReply | None]) -> Pushed:
+    """The shards' PushReplies (None: stale) as one Pushed."""
+    return Pushed(versions=[r.version if r is not None else -1 for r in replies],
+                  duplicate=[bool(r is not None and r.duplicate) for r in replies],
+                  stale=[r is None for r in replies])

@@ -251,41 +251,72 @@ class Worker:
 
     def _train_serial(self, model: Any, batches: Iterator[tuple[Batch, Lookup]], min_versions: list[int],
                       synchronous: bool) -> None:
-        """One step at a time: pull, compute, push."""
+        """One step at a time: pull, compute, push. Each push also brings the parameters for the next batch
+        (one PushPull round trip), so a step costs one call, not two; what a pull sees is unchanged."""
+        pulled: Pulled | None = None  # the parameters for `current`, when the last push brought them
+        t0 = time.perf_counter()
+        current = next(batches)
+        self.stats.times.data += time.perf_counter() - t0
         while self.args.max_steps is None or self.stats.steps < self.args.max_steps:
-            t0 = time.perf_counter()
-            batch, lookup = next(batches)
-            self.stats.times.data += time.perf_counter() - t0
-            step = self._step(model, batch, lookup, min_versions)
+            following = None
+            if self.args.max_steps is None or self.stats.steps + 1 < self.args.max_steps:
+                t0 = time.perf_counter()
+                following = next(batches)
+                self.stats.times.data += time.perf_counter() - t0
+            batch, lookup = current
+            step = self._step(model, batch, lookup, min_versions, pulled,
+                              following[1] if following is not None else None, synchronous)
             if step is None:
                 return
-            pulled, loss = step
-            self._count_step(batch, lookup, pulled.versions[0], loss)
-            min_versions = [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
+            used, loss, pulled = step
+            self._count_step(batch, lookup, used.versions[0], loss)
+            min_versions = self._next_min_versions(used, synchronous)
+            if following is None:
+                return
+            current = following
 
-    def _step(self, model: Any, batch: Batch, lookup: Lookup,
-              min_versions: list[int]) -> tuple[Pulled, float] | None:
-        """Pull, compute and push one batch until its gradients are in: reconnects (re-attesting) when a PS is
-        lost, re-joins when dropped, recomputes when the round closed without us. None: training is done."""
+    @staticmethod
+    def _next_min_versions(pulled: Pulled, synchronous: bool) -> list[int]:
+        """What the next pull waits for: synchronous, the round this step's push is in; else nothing."""
+        return [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
+
+    def _step(self, model: Any, batch: Batch, lookup: Lookup, min_versions: list[int],
+              pulled: Pulled | None = None, following: Lookup | None = None,
+              synchronous: bool = False) -> tuple[Pulled, float, Pulled | None] | None:
+        """Pull (unless `pulled` already holds this batch's parameters), compute and push one batch until its
+        gradients are in: reconnects (re-attesting) when a PS is lost, re-joins when dropped, recomputes when
+        the round closed without us. With `following`, the push also pulls the following batch's parameters.
+        Returns (the parameters used, the loss, the following batch's parameters or None); None when training
+        is done."""
         stats, client, times = self.stats, self.client, self.stats.times
+        wait_ms = self.args.pull_wait_ms
         while True:
             try:
                 t1 = time.perf_counter()
-                pulled = client.pull(min_versions, lookup.ids, wait_ms=self.args.pull_wait_ms)
-                t2 = time.perf_counter()
-                times.pull += (t2 - t1) - pulled.waited_seconds
+                if pulled is None:
+                    pulled = client.pull(min_versions, lookup.ids, wait_ms=wait_ms)
+                    times.pull += (time.perf_counter() - t1) - pulled.waited_seconds
                 times.wait += pulled.waited_seconds
+                t2 = time.perf_counter()
                 if pulled.done:
                     return None
                 if not pulled.ready:
                     stats.not_ready += 1
+                    pulled = None
                     continue
                 loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
                 t3 = time.perf_counter()
                 times.compute += t3 - t2
-                pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.ids, row_grads)
-                times.push += time.perf_counter() - t3
+                ahead = None
+                if following is None:
+                    pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.ids, row_grads)
+                else:
+                    pushed, ahead = client.push_pull(pulled.versions, len(batch), loss, dense_grad, lookup.ids,
+                                                     row_grads, following.ids,
+                                                     self._next_min_versions(pulled, synchronous), wait_ms)
+                times.push += time.perf_counter() - t3 - (ahead.waited_seconds if ahead is not None else 0.0)
             except RemoteError as error:
+                pulled = None
                 if error.code in CONNECTION_CODES:
                     min_versions = self.connect(str(error))
                     continue
@@ -299,6 +330,7 @@ class Worker:
             except TransportError as error:
                 if not error.retryable:
                     raise
+                pulled = None
                 min_versions = self.connect(str(error))
                 continue
             if any(pushed.stale):
@@ -306,9 +338,10 @@ class Worker:
                 # parameters and redo this batch.
                 stats.stale += 1
                 min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
+                pulled = None
                 continue
             stats.duplicates += sum(pushed.duplicate)
-            return pulled, loss
+            return pulled, loss, ahead
 
     def _train_pipelined(self, model: Any, batches: Iterator[tuple[Batch, Lookup]]) -> None:
         """Asynchronous mode: while batch t is computed, a communication thread pushes the gradients of batch

@@ -53,7 +53,7 @@ class RawPS:
 
     def bulk(self, method: str, message, chunk_size: int = 1 << 20):
         chunks = [c.SerializeToString() for c in chunk_payload(message, chunk_size)]
-        reply_type = ps_pb2.PullReply if method == "Pull" else ps_pb2.PushReply
+        reply_type = {"Pull": ps_pb2.PullReply, "Push": ps_pb2.PushReply, "PushPull": ps_pb2.PushPullReply}[method]
         return reply_type.FromString(self.stream(method, chunks))
 
     def join(self, worker_id: str) -> ps_pb2.JoinReply:

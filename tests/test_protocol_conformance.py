@@ -397,6 +397,85 @@ def test_one_chunk_calls_check_framing(served_1mib, method):
     expect_rejected(served, lambda: served.unary(method, chunk.SerializeToString()), PRECONDITION,
                     "bad_protocol_version")
 
+# ----------------------------------------------------------------------------------------------------------
+# PushPull: a push and the pull of the next batch in one call
+
+
+def push_pull_request(raw, worker="w0", step=0, seed=1, **pull_fields):
+    return ps_pb2.PushPullRequest(push=valid_push(raw, worker, step, seed),
+                                  pull=pull_request(raw, worker_id=worker, **pull_fields))
+
+
+def test_push_pull_is_a_push_then_a_pull(served):
+    first = served.bulk("PushPull", push_pull_request(served, "w0", seed=1, min_version=1, wait_ms=100), CHUNK)
+    assert not first.push.duplicate and not first.push.applied and set(served.ps.pending) == {"w0"}
+    assert not first.pull.ready and first.pull.waited_seconds >= 0.09  # the round waits for w1's push
+    second = served.bulk("PushPull", push_pull_request(served, "w1", seed=2, min_version=1), CHUNK)
+    assert second.push.applied and second.pull.ready and second.pull.version == 1
+    plain = served.bulk("Pull", pull_request(served, worker_id="w1"), CHUNK)
+    second.pull.ClearField("waited_seconds")
+    plain.ClearField("waited_seconds")
+    assert second.pull == plain  # what Push then Pull would have given
+    assert served.bulk("PushPull", push_pull_request(served, "w1", seed=2), CHUNK).push.duplicate
+
+
+def _push_pull_mutation(mutate):
+    def build(raw):
+        request = push_pull_request(raw)
+        mutate(request)
+        return request
+    return build
+
+
+@pytest.mark.parametrize("build,code,reason", [
+    (_push_pull_mutation(lambda r: setattr(r.pull, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
+    (_push_pull_mutation(lambda r: r.pull.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
+    (_push_pull_mutation(lambda r: setattr(r.pull, "worker_id", "w1")), INVALID, "worker_mismatch"),
+    (_push_pull_mutation(lambda r: r.ClearField("pull")), INVALID, "missing_field"),
+    (_push_pull_mutation(lambda r: r.ClearField("push")), INVALID, "missing_field"),
+    (_push_pull_mutation(lambda r: setattr(r.push, "batch_size", 0)), INVALID, "bad_batch_size"),
+    (lambda raw: push_pull_request(raw, "nobody"), PRECONDITION, "unknown_worker"),
+])
+def test_bad_push_pull_changes_nothing(served, build, code, reason):
+    """Either part bad: refused before the push is applied."""
+    request = build(served)
+    expect_rejected(served, lambda: served.bulk("PushPull", request, CHUNK), code, reason)
+
+
+def test_stale_push_pull_serves_no_pull(served):
+    served.push(valid_push(served, "w0", 0, seed=1), CHUNK)
+    served.push(valid_push(served, "w1", 0, seed=2), CHUNK)
+    served.join("w2")
+    expect_rejected(served, lambda: served.bulk("PushPull", push_pull_request(served, "w2", 0), CHUNK),
+                    grpc.StatusCode.ABORTED, "stale_step")
+
+
+def test_push_pull_one_equals_push_pull(served_1mib):
+    served = served_1mib
+    request = push_pull_request(served, dense=False)
+    reply = tensor_pb2.Chunk.FromString(served.unary("PushPullOne", one_chunk(request)))
+    one = ps_pb2.PushPullReply.FromString(reply.data)
+    assert not one.push.duplicate and one.pull.ready and one.pull.rows.shape[0] > 0
+    assert set(served.ps.pending) == {"w0"}
+    again = served.bulk("PushPull", request, CHUNK)  # the same push again: a duplicate, the same pull
+    assert again.push.duplicate
+    one.pull.ClearField("waited_seconds")
+    again.pull.ClearField("waited_seconds")
+    assert one.pull == again.pull
+
+
+def test_push_pull_one_whose_reply_needs_more_than_one_chunk():
+    """The request fits in one chunk, the reply cannot: refused before the push is applied, and the streaming
+    call does the same work."""
+    with raw_ps(chunk_bytes=200 * 1024) as raw:
+        raw.join("w0")
+        raw.join("w1")
+        # ~150 kB of request (the ~117 kB push, 3,397 row ids), ~334 kB of reply (dense and 3,397 rows).
+        request = push_pull_request(raw, rows=batch_rows(raw.ps.config, 7, count=200))
+        expect_rejected(raw, lambda: raw.unary("PushPullOne", one_chunk(request)), EXHAUSTED, "reply_too_large")
+        assert not raw.bulk("PushPull", request, 200 * 1024).push.duplicate
+
+
 def _pull_mutation(mutate):
     def build(raw):
         request = pull_request(raw)

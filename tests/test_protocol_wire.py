@@ -24,6 +24,8 @@ from runtime.protocol import (
     parse_payload,
     read_pull_reply,
     read_pull_request,
+    read_push_pull_reply,
+    read_push_pull_request,
     read_push_request,
     read_table_rows,
     table_rows_payload,
@@ -183,6 +185,24 @@ def test_message_readers_read_what_protobuf_reads():
     got = read_pull_request(pull.SerializeToString())
     assert (got.worker_id, got.min_version, got.dense, got.wire_dtype, got.wait_ms) == ("w", 3, True, 2, 7)
     assert got.rows.tables == [1] and got.rows.values is None
+    got_push, got_pull = read_push_pull_request(ps_pb2.PushPullRequest(push=push, pull=pull).SerializeToString())
+    assert got_push == read_push_request(push.SerializeToString())
+    assert got_pull == read_pull_request(pull.SerializeToString())
+    pushed = ps_pb2.PushReply(version=5, duplicate=True, applied=True)
+    got_reply, got_pulled = read_push_pull_reply(ps_pb2.PushPullReply(push=pushed, pull=reply).SerializeToString())
+    assert got_reply == pushed and got_pulled == read_pull_reply(reply.SerializeToString())
+
+
+@pytest.mark.parametrize("message,missing", [
+    (ps_pb2.PushPullRequest(push=ps_pb2.PushRequest(worker_id="w")), "PushPullRequest.pull"),
+    (ps_pb2.PushPullRequest(pull=ps_pb2.PullRequest()), "PushPullRequest.push"),
+    (ps_pb2.PushPullReply(push=ps_pb2.PushReply()), "PushPullReply.pull"),
+])
+def test_push_pull_needs_both_parts(message, missing):
+    read = read_push_pull_request if isinstance(message, ps_pb2.PushPullRequest) else read_push_pull_reply
+    with pytest.raises(ProtocolError, match=f"{missing}: expected a message, found none") as caught:
+        read(message.SerializeToString())
+    assert caught.value.reason == "missing_field"
 
 
 @pytest.mark.parametrize("read,raw,what", [
@@ -198,6 +218,10 @@ def test_message_readers_read_what_protobuf_reads():
     (read_push_request, b"\x2a\x02\x1a\x00\x2a\x00", "message field 5 appears twice"),
     (read_push_request, b"\x2a\x04\x1a\x02\x0b\x00", "PushRequest.row_grads.ids: field 1 has wire type 3"),
     (read_pull_reply, b"\x22\x00\x2a\x00\x22\x00", "message field 4 appears twice"),
+    (read_push_pull_request, b"\x0a\x00\x12\x00\x0a\x00", "PushPullRequest: message field 1 appears twice"),
+    (read_push_pull_request, b"\x0a\x02\x0a\x05\x12\x00", "PushPullRequest.push: field 1 runs 5 bytes past"),
+    (read_push_pull_request, b"\x0a\x00\x12\x04\x22\x00\x22\x00", "PushPullRequest.pull: message field 4"),
+    (read_push_pull_reply, b"\x0a\x00\x12\x01\x0b", "PushPullReply.pull: field 1 has wire type 3"),
 ])
 def test_readers_reject_malformed_bytes(read, raw, what):
     with pytest.raises(ProtocolError, match=what) as caught:
