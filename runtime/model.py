@@ -426,8 +426,9 @@ class _Graphs:
 
     They take five tensors: all dense parameters flattened into one vector (canonical order), the unique rows
     of all tables stacked into one [U, dim] matrix, per-example indices into that matrix [B, T], the dense
-    features and the labels. Few, large arguments keep tf.function's per-call Python overhead small, and the
-    None batch dimensions mean one trace serves every batch size.
+    features and the labels. Few, large arguments keep the per-call Python overhead small, calling the traced
+    (concrete) functions skips tf.function's argument binding (about 0.7 ms of a 7.4 ms b128 step of the Kaggle
+    model), and the None batch dimensions mean one trace serves every batch size.
     """
 
     def __init__(self, config: DLRMConfig) -> None:
@@ -448,8 +449,13 @@ class _Graphs:
             tf.TensorSpec([None, config.num_tables], tf.int64),
             tf.TensorSpec([None, config.num_dense], f32),
         ]
-        self.grad_fn = tf.function(self._loss_and_grads, input_signature=signature + [tf.TensorSpec([None], f32)])
-        self.predict_fn = tf.function(self._probabilities, input_signature=signature)
+        self.grad_fn = tf.function(self._loss_and_grads, input_signature=signature + [tf.TensorSpec([None], f32)]
+                                   ).get_concrete_function()
+        self.predict_fn = tf.function(self._probabilities, input_signature=signature).get_concrete_function()
+
+    def tensors(self, *arrays: np.ndarray) -> list:
+        """numpy arrays as the tensors the concrete functions take (which, unlike tf.function, do not convert)."""
+        return [self._tf.constant(array) for array in arrays]
 
     def _mlp(self, x, params, prefix: str, layers: int, relu_last: bool):
         tf = self._tf
@@ -552,14 +558,16 @@ class DLRM:
         """Mean BCE loss and its gradients, parameters as they travel: all dense parameters in one vector
         (canonical order) and the stacked rows of batch.lookup(). Returns (loss, flat gradient, row gradients)."""
         self._check_flat(flat_params, rows, lookup, batch)
-        loss, flat_grad, row_grad = self._graphs.grad_fn(flat_params, rows, lookup.index, batch.dense,
-                                                         batch.labels)
+        graphs = self._graphs
+        loss, flat_grad, row_grad = graphs.grad_fn(*graphs.tensors(flat_params, rows, lookup.index, batch.dense,
+                                                                   batch.labels))
         return float(loss), flat_grad.numpy(), row_grad.numpy()
 
     def predict_flat(self, flat_params: np.ndarray, rows: np.ndarray, lookup: Lookup, batch: Batch) -> np.ndarray:
         """Click probabilities, float32 [B], parameters as in loss_and_grads_flat."""
         self._check_flat(flat_params, rows, lookup, batch)
-        return self._graphs.predict_fn(flat_params, rows, lookup.index, batch.dense).numpy()
+        graphs = self._graphs
+        return graphs.predict_fn(*graphs.tensors(flat_params, rows, lookup.index, batch.dense)).numpy()
 
     def loss_and_grads(self, dense_params: Mapping[str, np.ndarray], emb_rows: Sequence[np.ndarray],
                        batch: Batch) -> tuple[float, dict[str, np.ndarray], list[np.ndarray]]:
