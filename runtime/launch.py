@@ -286,7 +286,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warmup-steps", type=int, default=5,
                        help="steps left out of the steady-state figures of the report (default 5)")
     train.add_argument("--threads", type=int,
-                       help="TensorFlow intra-op threads per worker; 0: TensorFlow's default, the number of cores "
+                       help="TensorFlow threads per worker (intra-op and inter-op pools); 0: TensorFlow's default, "
+                            "the number of cores "
                             "(default: cores / workers, at least 1, as the workers share this machine's cores)")
     add_model_arguments(parser)
     group = parser.add_argument_group("transport security")

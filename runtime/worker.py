@@ -552,8 +552,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     wire.add_argument("--reconnect-timeout", type=float, default=120.0,
                       help="seconds to keep trying to reach a lost PS (default 120)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="TensorFlow intra-op threads; results are bit-reproducible across processes with the "
-                             "same count (default 0: TensorFlow's default, the number of cores)")
+                        help="TensorFlow threads (intra-op and inter-op pools); results are bit-reproducible "
+                             "across processes with the same count (default 0: TensorFlow's default, the number "
+                             "of cores)")
     out = parser.add_argument_group("output")
     out.add_argument("--max-steps", type=int, help="stop after this many steps even if the PS is not done")
     out.add_argument("--warmup-steps", type=int, default=5,
@@ -706,7 +707,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
     from runtime.model import DLRM, configure_threads
 
     if args.threads:
-        configure_threads(args.threads)
+        configure_threads(args.threads, inter_op=args.threads)
 
     with tempfile.TemporaryDirectory(prefix="worker-data-") as tmp:
         if args.synthetic is not None:
