@@ -326,6 +326,8 @@ def test_bit_identical_across_processes_with_same_thread_count():
     assert len(digests[0]) == 64 and digests[0] == digests[1]
     with pytest.raises(ValueError, match="positive integer"):
         configure_threads(0)
+    with pytest.raises(ValueError, match="inter_op: expected a positive integer"):
+        configure_threads(1, inter_op=0)  # refused before either pool is touched
 
 
 def test_loss_and_grads_reject_mismatched_inputs():
