@@ -419,21 +419,22 @@ def test_push_pull_is_a_push_then_a_pull(served):
     assert served.bulk("PushPull", push_pull_request(served, "w1", seed=2), CHUNK).push.duplicate
 
 
-def _push_pull_mutation(mutate):
+def _mutated(make, mutate):
+    """A request builder for parametrize: make(raw), then mutate(request)."""
     def build(raw):
-        request = push_pull_request(raw)
+        request = make(raw)
         mutate(request)
         return request
     return build
 
 
 @pytest.mark.parametrize("build,code,reason", [
-    (_push_pull_mutation(lambda r: setattr(r.pull, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
-    (_push_pull_mutation(lambda r: r.pull.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
-    (_push_pull_mutation(lambda r: setattr(r.pull, "worker_id", "w1")), INVALID, "worker_mismatch"),
-    (_push_pull_mutation(lambda r: r.ClearField("pull")), INVALID, "missing_field"),
-    (_push_pull_mutation(lambda r: r.ClearField("push")), INVALID, "missing_field"),
-    (_push_pull_mutation(lambda r: setattr(r.push, "batch_size", 0)), INVALID, "bad_batch_size"),
+    (_mutated(push_pull_request, lambda r: setattr(r.pull, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
+    (_mutated(push_pull_request, lambda r: r.pull.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
+    (_mutated(push_pull_request, lambda r: setattr(r.pull, "worker_id", "w1")), INVALID, "worker_mismatch"),
+    (_mutated(push_pull_request, lambda r: r.ClearField("pull")), INVALID, "missing_field"),
+    (_mutated(push_pull_request, lambda r: r.ClearField("push")), INVALID, "missing_field"),
+    (_mutated(push_pull_request, lambda r: setattr(r.push, "batch_size", 0)), INVALID, "bad_batch_size"),
     (lambda raw: push_pull_request(raw, "nobody"), PRECONDITION, "unknown_worker"),
 ])
 def test_bad_push_pull_changes_nothing(served, build, code, reason):
@@ -476,28 +477,20 @@ def test_push_pull_one_whose_reply_needs_more_than_one_chunk():
         assert not raw.bulk("PushPull", request, 200 * 1024).push.duplicate
 
 
-def _pull_mutation(mutate):
-    def build(raw):
-        request = pull_request(raw)
-        mutate(request)
-        return request
-    return build
-
-
 @pytest.mark.parametrize("build,code,reason", [
-    (_pull_mutation(lambda r: setattr(r, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
-    (_pull_mutation(lambda r: setattr(r, "wire_dtype", 42)), INVALID, "bad_dtype"),
-    (_pull_mutation(lambda r: r.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
-    (_pull_mutation(lambda r: r.rows.tables.__setitem__(1, r.rows.tables[0])), INVALID, "repeated_table"),
-    (_pull_mutation(lambda r: r.rows.counts.pop()), INVALID, "bad_counts"),
-    (_pull_mutation(lambda r: _reverse_ids(r.rows)), INVALID, "unsorted_ids"),
-    (_pull_mutation(lambda r: _id_out_of_range(r.rows)), INVALID, "bad_row_id"),
-    (_pull_mutation(lambda r: r.rows.values.CopyFrom(encode_tensor(np.zeros((1, 16), np.float32)))), INVALID,
+    (_mutated(pull_request, lambda r: setattr(r, "wire_dtype", tensor_pb2.INT64)), INVALID, "bad_dtype"),
+    (_mutated(pull_request, lambda r: setattr(r, "wire_dtype", 42)), INVALID, "bad_dtype"),
+    (_mutated(pull_request, lambda r: r.rows.tables.__setitem__(0, 100)), INVALID, "bad_table"),
+    (_mutated(pull_request, lambda r: r.rows.tables.__setitem__(1, r.rows.tables[0])), INVALID, "repeated_table"),
+    (_mutated(pull_request, lambda r: r.rows.counts.pop()), INVALID, "bad_counts"),
+    (_mutated(pull_request, lambda r: _reverse_ids(r.rows)), INVALID, "unsorted_ids"),
+    (_mutated(pull_request, lambda r: _id_out_of_range(r.rows)), INVALID, "bad_row_id"),
+    (_mutated(pull_request, lambda r: r.rows.values.CopyFrom(encode_tensor(np.zeros((1, 16), np.float32)))), INVALID,
      "unexpected_values"),
-    (_pull_mutation(lambda r: r.rows.ids.CopyFrom(tensor_pb2.Tensor(
+    (_mutated(pull_request, lambda r: r.rows.ids.CopyFrom(tensor_pb2.Tensor(
         dtype=tensor_pb2.INT64, shape=[sum(r.rows.counts)], data=b"\0" * 12))), INVALID, "bad_size"),
-    (_pull_mutation(lambda r: setattr(r, "worker_id", "nobody")), PRECONDITION, "unknown_worker"),
-    (_pull_mutation(lambda r: setattr(r, "worker_id", "bad id")), INVALID, "bad_worker_id"),
+    (_mutated(pull_request, lambda r: setattr(r, "worker_id", "nobody")), PRECONDITION, "unknown_worker"),
+    (_mutated(pull_request, lambda r: setattr(r, "worker_id", "bad id")), INVALID, "bad_worker_id"),
 ])
 def test_bad_pull(served, build, code, reason):
     request = build(served)
