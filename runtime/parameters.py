@@ -72,9 +72,7 @@ class ShardParameters:
 
     def read_rows(self, table: int, ids: np.ndarray) -> np.ndarray:
         """A copy of rows `ids` (global ids this shard owns)."""
-        local = sharding.local_index(ids, self.num_shards)
-        self._ensure(table, local)
-        return self.tables[table][local]
+        return self.read_stacked([(table, 0, ids.size)], ids)
 
     def read_stacked(self, runs: Iterable[tuple[int, int, int]], ids: np.ndarray) -> np.ndarray:
         """Rows of several tables in one [len(ids), dim] array: for each (table, start, end), ids[start:end]."""

@@ -122,10 +122,8 @@ def pull_reply_bound(dense_values: int, rows: int, embedding_dim: int, wire_dtyp
     return (dense_values + rows * embedding_dim) * itemsize + 3 * TENSOR_FRAMING_BOUND
 
 
-def push_pull_reply_bound(pull_bound: int) -> int:
-    """The most bytes a PushPullReply can serialize to, given its PullReply's bound: a PushReply (three
-    varints) and two field headers more."""
-    return pull_bound + 64
+# A PushPullReply is its PullReply plus a PushReply (three varints) and two field headers: at most this more.
+PUSH_PULL_REPLY_EXTRA = 64
 
 
 def ids_wire_dtype(ids: np.ndarray) -> int:

@@ -46,6 +46,7 @@ from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
     FLOAT_WIRE_DTYPES,
     PROTOCOL_VERSION,
+    PUSH_PULL_REPLY_EXTRA,
     ChunkView,
     Payload,
     ProtocolError,
@@ -61,7 +62,6 @@ from runtime.protocol import (
     parse_chunk,
     parse_payload,
     pull_reply_bound,
-    push_pull_reply_bound,
     read_pull_request,
     read_push_pull_request,
     read_push_request,
@@ -264,7 +264,7 @@ class ParameterServer:
             raise invalid("worker_mismatch", f"PushPullRequest.pull.worker_id: expected the push's "
                           f"{push.worker_id!r}, found {pull.worker_id!r}")
         # The PushReply and framing around the PullReply must fit in the one chunk too.
-        pull_limit = None if max_reply_bytes is None else max_reply_bytes - push_pull_reply_bound(0)
+        pull_limit = None if max_reply_bytes is None else max_reply_bytes - PUSH_PULL_REPLY_EXTRA
         wanted, wire = self._check_pull(pull, pull_limit)
         pushed = self.push(push, wire_bytes)
         reply = Payload(ps_pb2.PushPullReply(push=pushed))

@@ -24,6 +24,7 @@ from runtime.protocol import (
     CHUNK_OVERHEAD,
     DEFAULT_CHUNK_SIZE,
     PROTOCOL_VERSION,
+    PUSH_PULL_REPLY_EXTRA,
     ChunkView,
     Payload,
     ProtocolError,
@@ -34,7 +35,6 @@ from runtime.protocol import (
     parse_chunk,
     parse_payload,
     pull_reply_bound,
-    push_pull_reply_bound,
     read_pull_reply,
     read_push_pull_reply,
     table_rows_payload,
@@ -391,7 +391,7 @@ class ShardedPS:
                 shard, parts[shard], versions[shard], batch_size, loss, dense_grad, row_grads))
             pull, bound = self._pull_request(shard, next_parts[shard], min_versions[shard], True, wait_ms)
             request.add_field(ps_pb2.PushPullRequest.PULL_FIELD_NUMBER, pull)
-            return _unless_stale(lambda: connection.push_pull(request, wait_ms, push_pull_reply_bound(bound)))
+            return _unless_stale(lambda: connection.push_pull(request, wait_ms, bound + PUSH_PULL_REPLY_EXTRA))
 
         results = self._each(push_pull_one)
         pushed = _pushed([None if r is None else r[0] for r in results])
