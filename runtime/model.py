@@ -278,8 +278,8 @@ class Batch:
     def unique_ids(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per table: (sorted unique row ids, int64 index of each example's id in them)."""
         lookup = self.lookup()
-        starts = np.cumsum([0] + [ids.size for ids in lookup.ids[:-1]])
-        return [(ids, lookup.index[:, t] - starts[t]) for t, ids in enumerate(lookup.ids)]
+        offsets = lookup.offsets
+        return [(ids, lookup.index[:, t] - offsets[t]) for t, ids in enumerate(lookup.ids)]
 
     def lookup(self) -> Lookup:
         # One sort for all tables: key (table, id) as table * span + id keeps tables apart and in order.
@@ -325,6 +325,11 @@ class Lookup:
     @property
     def rows(self) -> int:
         return sum(ids.size for ids in self.ids)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Where each table's rows start in the stack, and (last entry) their total: T + 1 values."""
+        return np.cumsum([0] + [ids.size for ids in self.ids])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -501,6 +506,13 @@ class _Graphs:
         return loss, flat_grad, tf.convert_to_tensor(row_grad)
 
 
+def _check_float32(what: str, array: Any, shape: tuple[int, ...], note: str = "") -> None:
+    """ValueError unless array is a float32 numpy array of this shape."""
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32 or array.shape != shape:
+        found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise ValueError(f"{what}: expected float32 {shape}{note}, found {found}")
+
+
 _GRAPHS: dict[tuple, _Graphs] = {}
 _GRAPHS_LOCK = threading.Lock()
 
@@ -521,7 +533,6 @@ class DLRM:
                 graphs = _GRAPHS[key] = _Graphs(config)
         self._graphs = graphs
         self._layers = graphs.layers
-        self._sizes = graphs.sizes
 
     def _flat_params(self, dense_params: Mapping[str, np.ndarray]) -> np.ndarray:
         names = [name for name, _ in self._layers]
@@ -530,10 +541,7 @@ class DLRM:
             extra = sorted(set(dense_params) - set(names))
             raise ValueError(f"dense params: missing {missing}, unexpected {extra}")
         for name, shape in self._layers:
-            arr = dense_params[name]
-            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != shape:
-                found = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
-                raise ValueError(f"dense param {name}: expected float32 {shape}, found {found}")
+            _check_float32(f"dense param {name}", dense_params[name], shape)
         return np.concatenate([dense_params[name].reshape(-1) for name in names])
 
     def _stacked_rows(self, emb_rows: Sequence[np.ndarray], lookup: Lookup) -> np.ndarray:
@@ -541,11 +549,7 @@ class DLRM:
         if len(emb_rows) != config.num_tables:
             raise ValueError(f"emb_rows: expected {config.num_tables} tables, found {len(emb_rows)}")
         for t, (ids, rows) in enumerate(zip(lookup.ids, emb_rows, strict=True)):
-            want = (ids.shape[0], config.embedding_dim)
-            if not isinstance(rows, np.ndarray) or rows.dtype != np.float32 or rows.shape != want:
-                found = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else type(rows).__name__
-                raise ValueError(f"emb_rows[{t}]: expected float32 {want} (one row per unique id), "
-                                 f"found {found}")
+            _check_float32(f"emb_rows[{t}]", rows, (ids.shape[0], config.embedding_dim), " (one row per unique id)")
         return np.concatenate(emb_rows)
 
     def _check_flat(self, flat_params: np.ndarray, rows: np.ndarray, lookup: Lookup, batch: Batch) -> None:
@@ -553,11 +557,8 @@ class DLRM:
         if batch.dense.shape[1] != config.num_dense or batch.cat.shape[1] != config.num_tables:
             raise ValueError(f"batch: expected {config.num_dense} dense and {config.num_tables} categorical "
                              f"columns, found {batch.dense.shape[1]} and {batch.cat.shape[1]}")
-        for what, arr, want in (("flat params", flat_params, (config.dense_size,)),
-                                ("rows", rows, (lookup.rows, config.embedding_dim))):
-            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != want:
-                found = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
-                raise ValueError(f"{what}: expected float32 {want}, found {found}")
+        _check_float32("flat params", flat_params, (config.dense_size,))
+        _check_float32("rows", rows, (lookup.rows, config.embedding_dim))
         if lookup.index.shape != batch.cat.shape:
             raise ValueError(f"lookup: expected an index of shape {batch.cat.shape}, found {lookup.index.shape}")
 
@@ -584,7 +585,7 @@ class DLRM:
         loss, flat_grad, row_grad = self.loss_and_grads_flat(
             self._flat_params(dense_params), self._stacked_rows(emb_rows, lookup), lookup, batch)
         grads = split_flat(flat_grad, self._layers)
-        offsets = np.cumsum([0] + [ids.size for ids in lookup.ids])
+        offsets = lookup.offsets
         emb_grads = [row_grad[offsets[t]:offsets[t + 1]] for t in range(self.config.num_tables)]
         return loss, grads, emb_grads
 
