@@ -254,15 +254,11 @@ class Worker:
         """One step at a time: pull, compute, push. Each push also brings the parameters for the next batch
         (one PushPull round trip), so a step costs one call, not two; what a pull sees is unchanged."""
         pulled: Pulled | None = None  # the parameters for `current`, when the last push brought them
-        t0 = time.perf_counter()
-        current = next(batches)
-        self.stats.times.data += time.perf_counter() - t0
+        current = self._next_batch(batches)
         while self.args.max_steps is None or self.stats.steps < self.args.max_steps:
             following = None
             if self.args.max_steps is None or self.stats.steps + 1 < self.args.max_steps:
-                t0 = time.perf_counter()
-                following = next(batches)
-                self.stats.times.data += time.perf_counter() - t0
+                following = self._next_batch(batches)
             batch, lookup = current
             step = self._step(model, batch, lookup, min_versions, pulled,
                               following[1] if following is not None else None, synchronous)
@@ -274,6 +270,13 @@ class Worker:
             if following is None:
                 return
             current = following
+
+    def _next_batch(self, batches: Iterator[tuple[Batch, Lookup]]) -> tuple[Batch, Lookup]:
+        """The next (batch, lookup), its wait counted as data time."""
+        started = time.perf_counter()
+        item = next(batches)
+        self.stats.times.data += time.perf_counter() - started
+        return item
 
     @staticmethod
     def _next_min_versions(pulled: Pulled, synchronous: bool) -> list[int]:
@@ -394,9 +397,7 @@ class Worker:
             return True
 
         with futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="comm") as comm:
-            t0 = time.perf_counter()
-            current = next(batches)
-            stats.times.data += time.perf_counter() - t0
+            current = self._next_batch(batches)
             pulling = comm.submit(pull, current[1])
             while max_steps is None or stats.steps + len(pushes) < max_steps:
                 t1 = time.perf_counter()
@@ -411,10 +412,8 @@ class Worker:
                 if pulled is not None and pulled.done:
                     break
                 batch, lookup = current
-                t2 = time.perf_counter()
-                current = next(batches)
+                current = self._next_batch(batches)
                 t3 = time.perf_counter()
-                stats.times.data += t3 - t2
                 if pulled is None or not pulled.ready or any(v <= s for v, s in zip(pulled.versions, sent,
                                                                                       strict=True)):
                     if not settle_until(0) or not redo(batch, lookup):
