@@ -126,6 +126,12 @@ def _strip_newline(line: bytes) -> bytes:
     return line
 
 
+def _joined_fields(bodies: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The lines' bytes, each line ended by a newline, and the position of every field's end (tab or newline)."""
+    data = np.frombuffer(b"\n".join(bodies) + b"\n", dtype=np.uint8)
+    return data, np.flatnonzero((data == _TAB) | (data == _NEWLINE))
+
+
 def parse_lines(lines: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """parse_raw for many lines at once, in a few numpy passes over their bytes instead of a regex per line.
 
@@ -140,9 +146,7 @@ def parse_lines(lines: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndar
     cats = np.zeros((n, NUM_CATEGORICAL), np.int64)
     bodies = [_strip_newline(line) for line in lines]
     keep = np.arange(n)
-    data = np.frombuffer(b"\n".join(bodies) + b"\n", dtype=np.uint8)
-    separator = (data == _TAB) | (data == _NEWLINE)
-    field_end = np.flatnonzero(separator)
+    data, field_end = _joined_fields(bodies)
     # Structure: only grammar bytes, and every line exactly NUM_FIELDS fields.
     if not (_GRAMMAR[data].all() and field_end.size == n * NUM_FIELDS
             and (data[field_end[NUM_FIELDS - 1::NUM_FIELDS]] == _NEWLINE).all()):
@@ -151,9 +155,7 @@ def parse_lines(lines: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndar
         if not shaped:
             return ok, labels, ints, cats
         keep = np.array(shaped)
-        data = np.frombuffer(b"\n".join(bodies[i] for i in shaped) + b"\n", dtype=np.uint8)
-        separator = (data == _TAB) | (data == _NEWLINE)
-        field_end = np.flatnonzero(separator)
+        data, field_end = _joined_fields([bodies[i] for i in shaped])
     field_start = np.empty_like(field_end)
     field_start[0] = 0
     field_start[1:] = field_end[:-1] + 1
@@ -317,7 +319,7 @@ class CriteoReader:
             pending.append(tuple(parsed))
             pending_rows += len(parsed[0])
             if pending_rows >= self.batch_size:
-                labels, ints, cats = (np.concatenate(columns) for columns in zip(*pending, strict=True))
+                labels, ints, cats = _concat_columns(pending)
                 full = pending_rows - pending_rows % self.batch_size
                 for start in range(0, full, self.batch_size):
                     end = start + self.batch_size
@@ -326,8 +328,14 @@ class CriteoReader:
                 pending_rows -= full
         self._check_fraction(last_bad, at_end=True)
         if pending_rows and not self.drop_remainder:
-            labels, ints, cats = (np.concatenate(columns) for columns in zip(*pending, strict=True))
-            yield self._make_batch(labels, ints, cats)
+            yield self._make_batch(*_concat_columns(pending))
+
+
+def _concat_columns(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, ints, cats) of parsed blocks, concatenated in order."""
+    labels, ints, cats = (np.concatenate(columns) for columns in zip(*parts, strict=True))
+    return labels, ints, cats
 
 
 def _bad_line_reason(raw: bytes | None) -> str:
