@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.protocol import TableRowArrays
+
 
 @dataclass
 class Contribution:
-    """One worker's validated push: dense gradients by name, row gradients by table as (ids, values)."""
+    """One worker's validated push: dense gradients by name, row gradients of all tables (ids strictly
+    increasing within each table, tables distinct)."""
 
     worker_id: str
     step: int
     batch_size: int
     dense: dict[str, np.ndarray]
-    rows: dict[int, tuple[np.ndarray, np.ndarray]]
+    rows: TableRowArrays
     loss: float = 0.0
     wire_bytes: int = field(default=0, compare=False)
 
@@ -29,7 +32,7 @@ class Contribution:
 @dataclass
 class Update:
     dense: dict[str, np.ndarray]
-    rows: dict[int, tuple[np.ndarray, np.ndarray]]  # table -> (strictly increasing ids, summed gradients)
+    rows: TableRowArrays  # distinct tables, strictly increasing ids within each, summed gradients
     examples: int
     loss: float  # example-weighted mean of the workers' reported losses
 
@@ -43,7 +46,7 @@ def combine(contributions: Sequence[Contribution]) -> Update:
     loss = sum(c.loss * c.batch_size for c in ordered) / total
     if len(ordered) == 1:
         only = ordered[0]
-        return Update(dict(only.dense), dict(only.rows), total, loss)
+        return Update(dict(only.dense), only.rows, total, loss)
 
     dense: dict[str, np.ndarray] = {}
     for name in ordered[0].dense:
@@ -52,15 +55,28 @@ def combine(contributions: Sequence[Contribution]) -> Update:
             acc += c.dense[name] * w
         dense[name] = acc
 
-    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    tables = sorted({t for c in ordered for t in c.rows})
-    for table in tables:
-        parts = [(c.rows[table], w) for c, w in zip(ordered, weights, strict=True) if table in c.rows]
-        ids = np.concatenate([table_ids for (table_ids, _), _ in parts])
-        values = np.concatenate([table_values * w for (_, table_values), w in parts])
-        # A stable sort keeps equal ids in worker order, so reduceat sums them in a fixed order.
-        order = np.argsort(ids, kind="stable")
-        ids_sorted = ids[order]
-        starts = np.flatnonzero(np.r_[True, ids_sorted[1:] != ids_sorted[:-1]])
-        rows[table] = (ids_sorted[starts], np.add.reduceat(values[order], starts, axis=0))
-    return Update(dense, rows, total, loss)
+    return Update(dense, _sum_rows([(c.rows, w) for c, w in zip(ordered, weights, strict=True)]), total, loss)
+
+
+def _sum_rows(parts: Sequence[tuple[TableRowArrays, np.float32]]) -> TableRowArrays:
+    """sum of weight * rows over parts, by (table, id); tables and ids come out in increasing order."""
+    row_tables = np.concatenate([np.repeat(np.asarray(rows.tables, dtype=np.int64), rows.counts) for rows, _ in parts])
+    ids = np.concatenate([rows.ids for rows, _ in parts]).astype(np.int64, copy=False)
+    values = np.concatenate([_values(rows) * w for rows, w in parts])
+    if not ids.size:
+        return TableRowArrays([], np.zeros(0, dtype=np.int64), ids, values)
+    keys = (row_tables << 32) | ids  # ids < MAX_TABLE_SIZE = 2**32
+    # A stable sort keeps equal rows in worker order, so reduceat sums them in a fixed order.
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    summed = keys[starts]
+    tables, counts = np.unique(summed >> 32, return_counts=True)
+    return TableRowArrays(tables.tolist(), counts.astype(np.int64), summed & 0xFFFFFFFF,
+                          np.add.reduceat(values[order], starts, axis=0))
+
+
+def _values(rows: TableRowArrays) -> np.ndarray:
+    if rows.values is None:
+        raise ValueError("combine: a contribution's rows carry no values")
+    return rows.values

@@ -190,40 +190,56 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _table_key(seed: int, table: int) -> np.ndarray:
+def _table_keys(seed: int, tables: np.ndarray) -> np.ndarray:
+    """The SplitMix64 stream key of each table in `tables` (uint64)."""
     key = _mix64(np.array([seed], dtype=np.uint64) + _GOLDEN_GAMMA)
-    return _mix64(key + np.array([table + 1], dtype=np.uint64) * _GOLDEN_GAMMA)
+    return _mix64(key + (tables.astype(np.uint64) + np.uint64(1)) * _GOLDEN_GAMMA)
 
 
-def init_embedding_rows(config: DLRMConfig, table: int, ids: np.ndarray) -> np.ndarray:
-    """Initial values of rows `ids` of table `table`: U(-sqrt(1/n), sqrt(1/n)), n = table size.
+def init_embedding_rows(config: DLRMConfig, tables: int | np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Initial values of rows `ids`: U(-sqrt(1/n), sqrt(1/n)), n = size of the row's table.
 
-    Each value is a pure function of (seed, table, id, column): element k = id*dim + column of the SplitMix64
-    stream keyed by (seed, table). Any process holding any subset of rows therefore initialises the same
-    values as a process holding the whole table.
+    `tables` is one table index for all ids, or an array with each id's table (so a PS initialises the fresh
+    rows of all tables of a request in one pass). Each value is a pure function of (seed, table, id, column):
+    element k = id*dim + column of the SplitMix64 stream keyed by (seed, table). Any process holding any subset
+    of rows therefore initialises the same values as a process holding the whole table.
     """
-    if isinstance(table, bool) or not isinstance(table, (int, np.integer)) \
-            or not 0 <= table < config.num_tables:
-        raise ValueError(f"table index: expected 0 <= table < {config.num_tables}, found {table!r}")
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(f"ids: expected a 1-D integer array, found dtype {ids.dtype} with shape {ids.shape}")
-    n = config.table_sizes[table]
-    if ids.size and (ids.min() < 0 or ids.max() >= n):
-        raise ValueError(f"ids for table {table}: expected values in [0, {n}), found range "
-                         f"[{ids.min()}, {ids.max()}]")
+    sizes = np.asarray(config.table_sizes, dtype=np.int64)
+    if isinstance(tables, (int, np.integer)) and not isinstance(tables, bool):
+        if not 0 <= tables < config.num_tables:
+            raise ValueError(f"table index: expected 0 <= table < {config.num_tables}, found {tables!r}")
+        if ids.size and (ids.min() < 0 or ids.max() >= sizes[tables]):
+            raise ValueError(f"ids for table {tables}: expected values in [0, {sizes[tables]}), found range "
+                             f"[{ids.min()}, {ids.max()}]")
+        tables = np.broadcast_to(np.int64(tables), ids.shape)
+    elif not (isinstance(tables, np.ndarray) and tables.dtype.kind in "iu" and tables.shape == ids.shape):
+        raise ValueError(f"tables: expected a table index or an integer array shaped like ids {ids.shape}, "
+                         f"found {tables!r}")
+    elif tables.size:
+        if tables.min() < 0 or tables.max() >= config.num_tables:
+            raise ValueError(f"tables: expected values in [0, {config.num_tables}), found range "
+                             f"[{tables.min()}, {tables.max()}]")
+        outside = (ids < 0) | (ids >= sizes[tables])
+        if outside.any():
+            k = int(np.argmax(outside))
+            raise ValueError(f"ids for table {int(tables[k])}: expected values in [0, {int(sizes[tables[k]])}), "
+                             f"found {int(ids[k])}")
     dim = config.embedding_dim
-    bound = math.sqrt(1.0 / n)
-    key = _table_key(config.seed, int(table))
+    keys = _table_keys(config.seed, np.arange(config.num_tables))
+    bounds = np.sqrt(1.0 / sizes)
     out = np.empty((ids.size, dim), dtype=np.float32)
     columns = np.arange(dim, dtype=np.uint64)
     for start in range(0, ids.size, _INIT_CHUNK_ROWS):
-        chunk = ids[start:start + _INIT_CHUNK_ROWS].astype(np.uint64)
-        counter = chunk[:, None] * np.uint64(dim) + columns[None, :]
-        bits = _mix64(key + (counter + np.uint64(1)) * _GOLDEN_GAMMA)
+        end = start + _INIT_CHUNK_ROWS
+        chunk_tables = tables[start:end]
+        counter = ids[start:end].astype(np.uint64)[:, None] * np.uint64(dim) + columns[None, :]
+        bits = _mix64(keys[chunk_tables, None] + (counter + np.uint64(1)) * _GOLDEN_GAMMA)
         # The top 24 bits give a float in [0, 1) that float32 holds exactly.
         unit = (bits >> np.uint64(40)).astype(np.float64) * (1.0 / (1 << 24))
-        out[start:start + chunk.size] = ((2.0 * unit - 1.0) * bound).astype(np.float32)
+        out[start:end] = ((2.0 * unit - 1.0) * bounds[chunk_tables, None]).astype(np.float32)
     return out
 
 

@@ -3,11 +3,14 @@
 Embedding rows are initialised lazily, on first pull or update, with the same deterministic values a
 single-process run gives them (runtime.model.init_embedding_rows), so an untouched row costs no work and,
 since the zero-filled table arrays are only materialised page by page, little memory.
+
+The rows of all tables live in one stacked array (table t's local rows from row_offsets[t]), so reading,
+initialising or updating the rows of a request takes a fixed number of numpy calls, not some per table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -49,39 +52,41 @@ class ShardParameters:
             view[...] = initial[name]
         self.local_rows = [sharding.local_table_rows(size, t, shard, num_shards)
                            for t, size in enumerate(config.table_sizes)]
-        self.tables = [np.zeros((n, config.embedding_dim), dtype=np.float32) for n in self.local_rows]
-        self.initialized = [np.zeros(n, dtype=bool) for n in self.local_rows]
+        self.row_offsets = np.concatenate([[0], np.cumsum(self.local_rows)]).astype(np.int64)
+        total = int(self.row_offsets[-1])
+        self.rows = np.zeros((total, config.embedding_dim), dtype=np.float32)
+        self.row_initialized = np.zeros(total, dtype=bool)
+        # Per-table views of the stacked arrays, for checkpoints and inspection.
+        self.tables = [self.rows[a:b] for a, b in zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True)]
+        self.initialized = [self.row_initialized[a:b]
+                            for a, b in zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True)]
         self.adagrad = AdagradState(adagrad_initial_accumulator) if optimizer == "adagrad" else None
 
-    def owns_rows(self, table: int, ids: np.ndarray) -> bool:
+    def owns_rows(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> bool:
+        """Whether this shard holds every row: ids[...] of tables[i], counts[i] ids per table, in order."""
         if self.num_shards == 1:
             return True
-        return bool((sharding.row_shards(table, ids, self.num_shards) == self.shard).all())
+        row_tables = np.repeat(np.asarray(tables, dtype=np.int64), counts)
+        return bool((sharding.row_shards(row_tables, ids, self.num_shards) == self.shard).all())
 
-    def _ensure(self, table: int, local: np.ndarray) -> None:
-        mask = self.initialized[table]
-        fresh = local[~mask[local]]
-        if fresh.size:
-            ids = sharding.global_ids(fresh, table, self.shard, self.num_shards)
-            self.tables[table][fresh] = init_embedding_rows(self.config, table, ids)
-            mask[fresh] = True
+    def _stacked(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Indices into self.rows of global ids this shard owns, initialising the fresh ones."""
+        row_tables = np.repeat(np.asarray(tables, dtype=np.int64), counts)
+        index = sharding.local_index(ids, self.num_shards) + self.row_offsets[row_tables]
+        fresh = ~self.row_initialized[index]
+        if fresh.any():
+            self.rows[index[fresh]] = init_embedding_rows(self.config, row_tables[fresh], ids[fresh])
+            self.row_initialized[index[fresh]] = True
+        return index
 
     def dense_views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named views of a flat vector laid out as dense_flat (dense_size float32 values)."""
         return split_flat(flat, self.dense_shapes.items())
 
-    def read_rows(self, table: int, ids: np.ndarray) -> np.ndarray:
-        """A copy of rows `ids` (global ids this shard owns)."""
-        return self.read_stacked([(table, 0, ids.size)], ids)
-
-    def read_stacked(self, runs: Iterable[tuple[int, int, int]], ids: np.ndarray) -> np.ndarray:
-        """Rows of several tables in one [len(ids), dim] array: for each (table, start, end), ids[start:end]."""
-        out = np.empty((ids.size, self.config.embedding_dim), dtype=np.float32)
-        for table, start, end in runs:
-            local = sharding.local_index(ids[start:end], self.num_shards)
-            self._ensure(table, local)
-            np.take(self.tables[table], local, axis=0, out=out[start:end])
-        return out
+    def read_rows(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """A copy of rows `ids` (global ids this shard owns) in one [len(ids), dim] array: the first counts[0]
+        ids are of tables[0], the next counts[1] of tables[1], and so on."""
+        return self.rows[self._stacked(tables, counts, ids)]
 
     def apply(self, update: Update) -> None:
         lr = self.config.learning_rate
@@ -89,13 +94,14 @@ class ShardParameters:
             apply_sgd(self.dense, update.dense, lr)
         else:
             self.adagrad.apply(self.dense, update.dense, lr)
-        for table, (ids, grads) in update.rows.items():
-            local = sharding.local_index(ids, self.num_shards)
-            self._ensure(table, local)
-            if self.adagrad is None:
-                apply_sgd_rows(self.tables[table], local, grads, lr)
-            else:
-                self.adagrad.apply_rows(f"table/{table}", self.tables[table], local, grads, lr)
+        rows = update.rows
+        if not rows.ids.size:
+            return
+        index = self._stacked(rows.tables, rows.counts, rows.ids)
+        if self.adagrad is None:
+            apply_sgd_rows(self.rows, index, rows.values, lr)
+        else:
+            self.adagrad.apply_rows("rows", self.rows, index, rows.values, lr)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
@@ -106,8 +112,8 @@ class ShardParameters:
             local = np.flatnonzero(self.initialized[t])
             arrays[f"rows/{t}/local_ids"] = local
             arrays[f"rows/{t}/values"] = table[local]
-            if self.adagrad is not None and f"table/{t}" in self.adagrad.accumulators:
-                arrays[f"adagrad/rows/{t}"] = self.adagrad.accumulators[f"table/{t}"][local]
+            if self.adagrad is not None and "rows" in self.adagrad.accumulators:
+                arrays[f"adagrad/rows/{t}"] = self.adagrad.accumulators["rows"][self.row_offsets[t] + local]
         if self.adagrad is not None:
             for name in self.dense:
                 if name in self.adagrad.accumulators:
@@ -147,17 +153,20 @@ class ShardParameters:
         # Everything checked: now replace.
         for name, value in dense.items():
             self.dense[name][...] = value
+        self.rows[self.row_initialized] = 0.0  # an uninitialised row is zero, as in a new PS
+        self.row_initialized[...] = False
+        row_acc = None
+        if self.adagrad is not None:
+            self.adagrad.accumulators.pop("rows", None)
+            if any(acc is not None for _, _, acc in rows):
+                row_acc = np.full(self.rows.shape, self.adagrad.initial_accumulator, dtype=np.float32)
+                self.adagrad.accumulators["rows"] = row_acc
         for t, (local, values, acc) in enumerate(rows):
-            self.tables[t] = np.zeros((self.local_rows[t], dim), dtype=np.float32)
-            self.initialized[t] = np.zeros(self.local_rows[t], dtype=bool)
-            self.tables[t][local] = values
-            self.initialized[t][local] = True
-            if self.adagrad is not None:
-                self.adagrad.accumulators.pop(f"table/{t}", None)
-                if acc is not None:
-                    full = np.full((self.local_rows[t], dim), self.adagrad.initial_accumulator, dtype=np.float32)
-                    full[local] = acc
-                    self.adagrad.accumulators[f"table/{t}"] = full
+            index = self.row_offsets[t] + local
+            self.rows[index] = values
+            self.row_initialized[index] = True
+            if acc is not None and row_acc is not None:
+                row_acc[index] = acc
         if self.adagrad is not None:
             for name in self.dense_shapes:
                 self.adagrad.accumulators.pop(name, None)

@@ -183,11 +183,6 @@ class TableRowArrays:
     ids: np.ndarray
     values: np.ndarray | None
 
-    def runs(self) -> Iterator[tuple[int, int, int]]:
-        """(table, start, end): the table's rows are ids[start:end] (and values[start:end])."""
-        ends = np.cumsum(self.counts).tolist()
-        return zip(self.tables, [0] + ends[:-1], ends, strict=True)
-
 
 def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
                       values: bool) -> TableRowArrays:

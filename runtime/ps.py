@@ -303,7 +303,7 @@ class ParameterServer:
             waited = self.clock() - started
             version, done = self.version, self.done
             dense = self._dense_payload(wire) if request.dense else None
-            rows = self.params.read_stacked(wanted.runs(), wanted.ids) if wanted.ids.size else None
+            rows = self.params.read_rows(wanted.tables, wanted.counts, wanted.ids) if wanted.ids.size else None
         reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
         if dense is not None:
             reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
@@ -323,10 +323,9 @@ class ParameterServer:
 
     def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
         rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
-        for table, start, end in rows.runs():
-            if not self.params.owns_rows(table, rows.ids[start:end]):
-                raise invalid("wrong_shard", f"{field}: some rows of table {table} belong to another shard than "
-                              f"{self.options.shard} of {self.options.num_shards}")
+        if not self.params.owns_rows(rows.tables, rows.counts, rows.ids):
+            raise invalid("wrong_shard", f"{field}: some rows belong to another shard than {self.options.shard} of "
+                          f"{self.options.num_shards}")
         return rows
 
     # -- push ----------------------------------------------------------------------------------------------
@@ -382,10 +381,7 @@ class ParameterServer:
             flat = np.zeros(0, dtype=np.float32)
         dense = self.params.dense_views(flat)
         pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
-        assert pushed.values is not None
-        rows = {table: (pushed.ids[start:end], pushed.values[start:end])
-                for table, start, end in pushed.runs()}
-        return Contribution(request.worker_id, request.step, request.batch_size, dense, rows, request.loss,
+        return Contribution(request.worker_id, request.step, request.batch_size, dense, pushed, request.loss,
                             wire_bytes)
 
     # -- rounds --------------------------------------------------------------------------------------------

@@ -132,6 +132,29 @@ def test_embedding_rows_identical_for_any_subset():
     assert len({tuple(r) for r in big[:1000]}) == 1000
 
 
+def test_embedding_rows_of_several_tables_in_one_call():
+    config = DLRMConfig.small(seed=3)
+    rng = np.random.default_rng(7)
+    tables = rng.integers(0, config.num_tables, 300)
+    ids = np.array([rng.integers(0, config.table_sizes[t]) for t in tables])
+    one_call = init_embedding_rows(config, tables, ids)
+    for k in (0, 17, 299):
+        assert np.array_equal(one_call[k], init_embedding_rows(config, int(tables[k]), ids[k:k + 1])[0])
+    assert init_embedding_rows(config, tables[:0], ids[:0]).shape == (0, 16)
+
+
+@pytest.mark.parametrize("tables, ids, message", [
+    (np.array([0, 26]), np.array([0, 0]), r"tables: expected values in \[0, 26\)"),
+    (np.array([0, 1]), np.array([0, 1000]), r"ids for table 1: expected values in \[0, \d+\), found 1000"),
+    (np.array([0]), np.array([0, 1]), "shaped like ids"),
+    (np.array([0.0, 1.0]), np.array([0, 1]), "integer array shaped like ids"),
+    (True, np.array([0]), "integer array shaped like ids"),
+])
+def test_embedding_rows_reject_bad_tables(tables, ids, message):
+    with pytest.raises(ValueError, match=message):
+        init_embedding_rows(DLRMConfig.small(), tables, ids)
+
+
 def test_embedding_rows_reject_bad_ids():
     config = DLRMConfig.small()
     with pytest.raises(ValueError, match=r"\[0, 1000\)"):

@@ -11,7 +11,7 @@ from runtime import checkpoint, sharding
 from runtime.aggregation import Contribution, combine
 from runtime.model import DLRMConfig, init_embedding_rows
 from runtime.proto import ps_pb2
-from runtime.protocol import PROTOCOL_VERSION, ProtocolError, read_push_request
+from runtime.protocol import PROTOCOL_VERSION, ProtocolError, TableRowArrays, read_push_request
 from runtime.ps import CheckpointMismatch, ParameterServer, PSOptions
 
 
@@ -144,23 +144,40 @@ def test_combination_is_order_independent_and_weighted():
     rng = np.random.default_rng(0)
     contributions = []
     for i, b in enumerate((3, 5, 8)):
-        ids = np.unique(rng.integers(0, 20, 10))
-        contributions.append(Contribution(f"w{i}", 0, b, {"k": rng.normal(size=(4, 3)).astype(np.float32)},
-                                          {2: (ids, rng.normal(size=(ids.size, 4)).astype(np.float32))}))
+        # Each worker has rows of tables 2 and 0 (in that order, as a push may list them) and worker 1 of table 4.
+        tables = [2, 0, 4] if i == 1 else [2, 0]
+        ids = [np.unique(rng.integers(0, 20, 10)) for _ in tables]
+        rows = TableRowArrays(tables, np.array([x.size for x in ids]), np.concatenate(ids),
+                              rng.normal(size=(sum(x.size for x in ids), 4)).astype(np.float32))
+        contributions.append(Contribution(f"w{i}", 0, b, {"k": rng.normal(size=(4, 3)).astype(np.float32)}, rows))
     a = combine(contributions)
     b = combine(contributions[::-1])
     np.testing.assert_array_equal(a.dense["k"], b.dense["k"])
-    np.testing.assert_array_equal(a.rows[2][0], b.rows[2][0])
-    np.testing.assert_array_equal(a.rows[2][1], b.rows[2][1])
+    assert a.rows.tables == b.rows.tables == [0, 2, 4]
+    for field in ("counts", "ids", "values"):
+        np.testing.assert_array_equal(getattr(a.rows, field), getattr(b.rows, field))
     expected = sum(c.batch_size * c.dense["k"].astype(np.float64) for c in contributions) / 16
     np.testing.assert_allclose(a.dense["k"], expected, rtol=1e-6, atol=1e-6)
-    dense_rows = np.zeros((20, 4))
+    dense_rows = np.zeros((5, 20, 4))
     for c in contributions:
-        ids, values = c.rows[2]
-        dense_rows[ids] += c.batch_size / 16 * values
-    ids = a.rows[2][0]
-    assert np.array_equal(ids, np.unique(np.concatenate([c.rows[2][0] for c in contributions])))
-    np.testing.assert_allclose(a.rows[2][1], dense_rows[ids], rtol=1e-6, atol=1e-7)
+        row_tables = np.repeat(c.rows.tables, c.rows.counts)
+        np.add.at(dense_rows, (row_tables, c.rows.ids), c.batch_size / 16 * c.rows.values)
+    start = 0
+    for table, count in zip(a.rows.tables, a.rows.counts, strict=True):
+        ids = a.rows.ids[start:start + count]
+        touched = np.unique(np.concatenate([c.rows.ids[np.repeat(c.rows.tables, c.rows.counts) == table]
+                                            for c in contributions]))
+        np.testing.assert_array_equal(ids, touched)
+        np.testing.assert_allclose(a.rows.values[start:start + count], dense_rows[table, ids], rtol=1e-6, atol=1e-7)
+        start += count
+
+
+def test_combination_of_contributions_without_rows():
+    empty = TableRowArrays([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    dense = {"k": np.ones(3, np.float32)}
+    update = combine([Contribution("w0", 0, 2, dense, empty), Contribution("w1", 0, 2, dense, empty)])
+    assert update.rows.tables == [] and update.rows.ids.size == 0 and update.rows.values.shape == (0, 4)
+    np.testing.assert_array_equal(update.dense["k"], dense["k"])
 
 
 def test_sharding_partitions_every_row_once():
@@ -182,10 +199,21 @@ def test_sharding_partitions_every_row_once():
 def test_sharded_ps_rows_agree_with_single_process_init():
     config = DLRMConfig.small()
     ps = make_ps(num_shards=3, shard=2)
-    for t in (0, 8, 25):
+    tables = (8, 0, 25)
+    owned = []
+    for t in tables:
         ids = np.arange(config.table_sizes[t])
-        ids = ids[sharding.row_shards(t, ids, 3) == 2]
-        np.testing.assert_array_equal(ps.params.read_rows(t, ids), init_embedding_rows(config, t, ids))
+        owned.append(ids[sharding.row_shards(t, ids, 3) == 2])
+        np.testing.assert_array_equal(ps.params.read_rows([t], [owned[-1].size], owned[-1]),
+                                      init_embedding_rows(config, t, owned[-1]))
+    # Several tables in one read, some rows already initialised and some fresh.
+    ps = make_ps(num_shards=3, shard=2)
+    ps.params.read_rows([0], [5], owned[1][:5])
+    got = ps.params.read_rows(list(tables), np.array([x.size for x in owned]), np.concatenate(owned))
+    want = np.concatenate([init_embedding_rows(config, t, ids) for t, ids in zip(tables, owned, strict=True)])
+    np.testing.assert_array_equal(got, want)
+    assert ps.params.owns_rows(list(tables), np.array([x.size for x in owned]), np.concatenate(owned))
+    assert not ps.params.owns_rows([0], np.array([2]), owned[1][:2] + 1)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])
