@@ -23,7 +23,7 @@ class Contribution:
     worker_id: str
     step: int
     batch_size: int
-    dense: dict[str, np.ndarray]
+    dense: np.ndarray  # the shard's dense gradients, one flat vector
     rows: TableRowArrays
     loss: float = 0.0
     wire_bytes: int = field(default=0, compare=False)
@@ -31,7 +31,7 @@ class Contribution:
 
 @dataclass
 class Update:
-    dense: dict[str, np.ndarray]
+    dense: np.ndarray  # flat, as Contribution.dense
     rows: TableRowArrays  # distinct tables, strictly increasing ids within each, summed gradients
     examples: int
     loss: float  # example-weighted mean of the workers' reported losses
@@ -46,15 +46,11 @@ def combine(contributions: Sequence[Contribution]) -> Update:
     loss = sum(c.loss * c.batch_size for c in ordered) / total
     if len(ordered) == 1:
         only = ordered[0]
-        return Update(dict(only.dense), only.rows, total, loss)
+        return Update(only.dense, only.rows, total, loss)
 
-    dense: dict[str, np.ndarray] = {}
-    for name in ordered[0].dense:
-        acc = ordered[0].dense[name] * weights[0]
-        for c, w in zip(ordered[1:], weights[1:], strict=True):
-            acc += c.dense[name] * w
-        dense[name] = acc
-
+    dense = ordered[0].dense * weights[0]
+    for c, w in zip(ordered[1:], weights[1:], strict=True):
+        dense += c.dense * w
     return Update(dense, _sum_rows([(c.rows, w) for c, w in zip(ordered, weights, strict=True)]), total, loss)
 
 

@@ -19,7 +19,6 @@ from runtime.aggregation import Update
 from runtime.model import (
     AdagradState,
     DLRMConfig,
-    apply_sgd,
     apply_sgd_rows,
     init_dense_params,
     init_embedding_rows,
@@ -43,13 +42,11 @@ class ShardParameters:
         owners = sharding.dense_owners(config, num_shards)
         self.dense_shapes = {name: shape for name, shape in config.layer_shapes() if owners[name] == shard}
         # One flat vector (what travels on the wire) with a named view per tensor (what optimizers and
-        # checkpoints use): a pull snapshots it with one copy.
+        # checkpoints use). Each version's vector is a new array, never written once published, so a pull
+        # reply references it without a copy while later updates are applied.
         self.dense_size = sum(int(np.prod(shape)) for shape in self.dense_shapes.values())
-        self.dense_flat = np.zeros(self.dense_size, dtype=np.float32)
-        self.dense = self.dense_views(self.dense_flat)
         initial = init_dense_params(config)
-        for name, view in self.dense.items():
-            view[...] = initial[name]
+        self._publish_dense(self._flatten(initial))
         self.local_rows = [sharding.local_table_rows(size, t, shard, num_shards)
                            for t, size in enumerate(config.table_sizes)]
         self.row_offsets = np.concatenate([[0], np.cumsum(self.local_rows)]).astype(np.int64)
@@ -88,12 +85,28 @@ class ShardParameters:
         ids are of tables[0], the next counts[1] of tables[1], and so on."""
         return self.rows[self._stacked(tables, counts, ids)]
 
+    def _flatten(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """This shard's tensors (by name, possibly more) as one flat float32 vector laid out as dense_flat."""
+        flat = np.empty(self.dense_size, dtype=np.float32)
+        for name, view in self.dense_views(flat).items():
+            view[...] = tensors[name]
+        return flat
+
+    def _publish_dense(self, flat: np.ndarray) -> None:
+        self.dense_flat = flat
+        self.dense = self.dense_views(flat)
+
     def apply(self, update: Update) -> None:
+        if update.dense.shape != (self.dense_size,) or update.dense.dtype != np.float32:
+            raise ValueError(f"update: expected {self.dense_size} float32 dense gradients, found "
+                             f"{update.dense.dtype} {update.dense.shape}")
         lr = self.config.learning_rate
         if self.adagrad is None:
-            apply_sgd(self.dense, update.dense, lr)
+            self._publish_dense(self.dense_flat - np.float32(lr) * update.dense)
         else:
-            self.adagrad.apply(self.dense, update.dense, lr)
+            dense = self.dense_flat.copy()
+            self.adagrad.apply(self.dense_views(dense), self.dense_views(update.dense), lr)
+            self._publish_dense(dense)
         rows = update.rows
         if not rows.ids.size:
             return
@@ -151,8 +164,7 @@ class ShardParameters:
             dense_acc = {name: get(f"adagrad/dense/{name}", shape, np.float32).copy()
                          for name, shape in self.dense_shapes.items() if f"adagrad/dense/{name}" in arrays}
         # Everything checked: now replace.
-        for name, value in dense.items():
-            self.dense[name][...] = value
+        self._publish_dense(self._flatten(dense))
         self.rows[self.row_initialized] = 0.0  # an uninitialised row is zero, as in a new PS
         self.row_initialized[...] = False
         row_acc = None

@@ -313,10 +313,10 @@ class ParameterServer:
 
     def _dense_payload(self, wire: int) -> Payload:
         """This version's dense parameters as one flat tensor, serialized once for every worker that pulls them
-        (caller holds the lock). It references a snapshot, not the live arrays the optimizer updates in place."""
+        (caller holds the lock). It references this version's array, which updates replace, never write."""
         cached = self._dense_cache.get(wire)
         if cached is None or cached[0] != self.version:
-            payload = tensor_payload(self.params.dense_flat.copy(), wire)
+            payload = tensor_payload(self.params.dense_flat, wire)
             self._dense_cache = {w: c for w, c in self._dense_cache.items() if c[0] == self.version}
             self._dense_cache[wire] = (self.version, payload)
         return self._dense_cache[wire][1]
@@ -379,9 +379,8 @@ class ParameterServer:
                           f"shard {self.options.shard}, found none")
         else:
             flat = np.zeros(0, dtype=np.float32)
-        dense = self.params.dense_views(flat)
         pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
-        return Contribution(request.worker_id, request.step, request.batch_size, dense, pushed, request.loss,
+        return Contribution(request.worker_id, request.step, request.batch_size, flat, pushed, request.loss,
                             wire_bytes)
 
     # -- rounds --------------------------------------------------------------------------------------------

@@ -11,7 +11,15 @@ from runtime import checkpoint, sharding
 from runtime.aggregation import Contribution, combine
 from runtime.model import DLRMConfig, init_embedding_rows
 from runtime.proto import ps_pb2
-from runtime.protocol import PROTOCOL_VERSION, ProtocolError, TableRowArrays, read_push_request
+from runtime.protocol import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    TableRowArrays,
+    decode_tensor,
+    read_pull_reply,
+    read_pull_request,
+    read_push_request,
+)
 from runtime.ps import CheckpointMismatch, ParameterServer, PSOptions
 
 
@@ -140,6 +148,23 @@ def test_asynchronous_bounded_staleness():
     assert ps.version == 3 and ps.stats["short_rounds"] == 0
 
 
+def test_a_pull_reply_keeps_its_version_while_later_updates_apply():
+    # The PS serves a version's dense parameters without copying them: an update must publish a new array.
+    ps = make_ps(staleness=4)
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1)
+    request = ps_pb2.PullRequest(worker_id="b", dense=True, min_version=1)
+    reply = ps.pull(read_pull_request(request.SerializeToString()))
+    served = reply.tobytes()
+    served_dense = ps.params.dense_flat.copy()
+    push(ps, "b", 1, 2)
+    push(ps, "a", 1, 3)
+    assert ps.version == 3 and not np.array_equal(ps.params.dense_flat, served_dense)
+    assert reply.tobytes() == served
+    decoded = read_pull_reply(served)
+    np.testing.assert_array_equal(decode_tensor(decoded.dense, "dense", kind="float"), served_dense)
+
+
 def test_combination_is_order_independent_and_weighted():
     rng = np.random.default_rng(0)
     contributions = []
@@ -149,15 +174,15 @@ def test_combination_is_order_independent_and_weighted():
         ids = [np.unique(rng.integers(0, 20, 10)) for _ in tables]
         rows = TableRowArrays(tables, np.array([x.size for x in ids]), np.concatenate(ids),
                               rng.normal(size=(sum(x.size for x in ids), 4)).astype(np.float32))
-        contributions.append(Contribution(f"w{i}", 0, b, {"k": rng.normal(size=(4, 3)).astype(np.float32)}, rows))
+        contributions.append(Contribution(f"w{i}", 0, b, rng.normal(size=12).astype(np.float32), rows))
     a = combine(contributions)
     b = combine(contributions[::-1])
-    np.testing.assert_array_equal(a.dense["k"], b.dense["k"])
+    np.testing.assert_array_equal(a.dense, b.dense)
     assert a.rows.tables == b.rows.tables == [0, 2, 4]
     for field in ("counts", "ids", "values"):
         np.testing.assert_array_equal(getattr(a.rows, field), getattr(b.rows, field))
-    expected = sum(c.batch_size * c.dense["k"].astype(np.float64) for c in contributions) / 16
-    np.testing.assert_allclose(a.dense["k"], expected, rtol=1e-6, atol=1e-6)
+    expected = sum(c.batch_size * c.dense.astype(np.float64) for c in contributions) / 16
+    np.testing.assert_allclose(a.dense, expected, rtol=1e-6, atol=1e-6)
     dense_rows = np.zeros((5, 20, 4))
     for c in contributions:
         row_tables = np.repeat(c.rows.tables, c.rows.counts)
@@ -174,10 +199,10 @@ def test_combination_is_order_independent_and_weighted():
 
 def test_combination_of_contributions_without_rows():
     empty = TableRowArrays([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
-    dense = {"k": np.ones(3, np.float32)}
+    dense = np.ones(3, np.float32)
     update = combine([Contribution("w0", 0, 2, dense, empty), Contribution("w1", 0, 2, dense, empty)])
     assert update.rows.tables == [] and update.rows.ids.size == 0 and update.rows.values.shape == (0, 4)
-    np.testing.assert_array_equal(update.dense["k"], dense["k"])
+    np.testing.assert_array_equal(update.dense, dense)
 
 
 def test_sharding_partitions_every_row_once():
