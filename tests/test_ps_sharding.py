@@ -68,6 +68,7 @@ def test_two_and_three_shards_equal_one():
             ids = np.arange(size)
             for s, ps in enumerate(shards):
                 mine = ids[sharding.row_shards(t, ids, n) == s]
-                np.testing.assert_array_equal(ps.params.read_rows(t, mine), single[0].params.read_rows(t, mine))
+                np.testing.assert_array_equal(ps.params.read_rows([t], [mine.size], mine),
+                                              single[0].params.read_rows([t], [mine.size], mine))
         assert sum(ps.params.initialized[t].sum() for ps in shards for t in range(config.num_tables)) == \
             sum(single[0].params.initialized[t].sum() for t in range(config.num_tables))
