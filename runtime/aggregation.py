@@ -17,7 +17,7 @@ from runtime.protocol import TableRowArrays
 
 @dataclass
 class Contribution:
-    """One worker's validated push: dense gradients by name, row gradients of all tables (ids strictly
+    """One worker's validated push: the shard's dense gradients and row gradients of all tables (ids strictly
     increasing within each table, tables distinct)."""
 
     worker_id: str
@@ -56,7 +56,7 @@ def combine(contributions: Sequence[Contribution]) -> Update:
 
 def _sum_rows(parts: Sequence[tuple[TableRowArrays, np.float32]]) -> TableRowArrays:
     """sum of weight * rows over parts, by (table, id); tables and ids come out in increasing order."""
-    row_tables = np.concatenate([np.repeat(np.asarray(rows.tables, dtype=np.int64), rows.counts) for rows, _ in parts])
+    row_tables = np.concatenate([rows.row_tables() for rows, _ in parts])
     ids = np.concatenate([rows.ids for rows, _ in parts]).astype(np.int64, copy=False)
     values = np.concatenate([_values(rows) * w for rows, w in parts])
     if not ids.size:

@@ -2,7 +2,7 @@
 
 Embedding rows are initialised lazily, on first pull or update, with the same deterministic values a
 single-process run gives them (runtime.model.init_embedding_rows), so an untouched row costs no work and,
-since the zero-filled table arrays are only materialised page by page, little memory.
+since the zero-filled row array is only materialised page by page, little memory.
 
 The rows of all tables live in one stacked array (table t's local rows from row_offsets[t]), so reading,
 initialising or updating the rows of a request takes a fixed number of numpy calls, not some per table.
@@ -10,7 +10,7 @@ initialising or updating the rows of a request takes a fixed number of numpy cal
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from runtime.model import (
     init_embedding_rows,
     split_flat,
 )
+from runtime.protocol import TableRowArrays
 
 OPTIMIZERS = ("sgd", "adagrad")
 
@@ -59,20 +60,19 @@ class ShardParameters:
                             for a, b in zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True)]
         self.adagrad = AdagradState(adagrad_initial_accumulator) if optimizer == "adagrad" else None
 
-    def owns_rows(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> bool:
-        """Whether this shard holds every row: ids[...] of tables[i], counts[i] ids per table, in order."""
+    def owns_rows(self, rows: TableRowArrays) -> bool:
+        """Whether this shard holds every row (ids are global)."""
         if self.num_shards == 1:
             return True
-        row_tables = np.repeat(np.asarray(tables, dtype=np.int64), counts)
-        return bool((sharding.row_shards(row_tables, ids, self.num_shards) == self.shard).all())
+        return bool((sharding.row_shards(rows.row_tables(), rows.ids, self.num_shards) == self.shard).all())
 
-    def _stacked(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Indices into self.rows of global ids this shard owns, initialising the fresh ones."""
-        row_tables = np.repeat(np.asarray(tables, dtype=np.int64), counts)
-        index = sharding.local_index(ids, self.num_shards) + self.row_offsets[row_tables]
+    def _stacked(self, rows: TableRowArrays) -> np.ndarray:
+        """Indices into self.rows of rows this shard owns, initialising the fresh ones."""
+        row_tables = rows.row_tables()
+        index = sharding.local_index(rows.ids, self.num_shards) + self.row_offsets[row_tables]
         fresh = ~self.row_initialized[index]
         if fresh.any():
-            self.rows[index[fresh]] = init_embedding_rows(self.config, row_tables[fresh], ids[fresh])
+            self.rows[index[fresh]] = init_embedding_rows(self.config, row_tables[fresh], rows.ids[fresh])
             self.row_initialized[index[fresh]] = True
         return index
 
@@ -80,10 +80,9 @@ class ShardParameters:
         """Named views of a flat vector laid out as dense_flat (dense_size float32 values)."""
         return split_flat(flat, self.dense_shapes.items())
 
-    def read_rows(self, tables: Sequence[int], counts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """A copy of rows `ids` (global ids this shard owns) in one [len(ids), dim] array: the first counts[0]
-        ids are of tables[0], the next counts[1] of tables[1], and so on."""
-        return self.rows[self._stacked(tables, counts, ids)]
+    def read_rows(self, rows: TableRowArrays) -> np.ndarray:
+        """A copy of the values of rows this shard owns, in their order, as one [len(rows.ids), dim] array."""
+        return self.rows[self._stacked(rows)]
 
     def _flatten(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         """This shard's tensors (by name, possibly more) as one flat float32 vector laid out as dense_flat."""
@@ -110,7 +109,7 @@ class ShardParameters:
         rows = update.rows
         if not rows.ids.size:
             return
-        index = self._stacked(rows.tables, rows.counts, rows.ids)
+        index = self._stacked(rows)
         if self.adagrad is None:
             apply_sgd_rows(self.rows, index, rows.values, lr)
         else:

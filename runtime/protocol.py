@@ -183,6 +183,10 @@ class TableRowArrays:
     ids: np.ndarray
     values: np.ndarray | None
 
+    def row_tables(self) -> np.ndarray:
+        """The table of each id (int64, one per id)."""
+        return np.repeat(np.asarray(self.tables, dtype=np.int64), self.counts)
+
 
 def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
                       values: bool) -> TableRowArrays:

@@ -303,7 +303,7 @@ class ParameterServer:
             waited = self.clock() - started
             version, done = self.version, self.done
             dense = self._dense_payload(wire) if request.dense else None
-            rows = self.params.read_rows(wanted.tables, wanted.counts, wanted.ids) if wanted.ids.size else None
+            rows = self.params.read_rows(wanted) if wanted.ids.size else None
         reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
         if dense is not None:
             reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
@@ -323,7 +323,7 @@ class ParameterServer:
 
     def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
         rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
-        if not self.params.owns_rows(rows.tables, rows.counts, rows.ids):
+        if not self.params.owns_rows(rows):
             raise invalid("wrong_shard", f"{field}: some rows belong to another shard than {self.options.shard} of "
                           f"{self.options.num_shards}")
         return rows

@@ -20,7 +20,7 @@ import numpy as np
 from runtime import sharding
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import PROTOCOL_VERSION, chunk_payload, encode_ids, encode_tensor
+from runtime.protocol import PROTOCOL_VERSION, TableRowArrays, chunk_payload, encode_ids, encode_tensor
 from runtime.ps import ParameterServer, PSOptions, start_server
 from runtime.transport import InsecureTransport
 
@@ -110,6 +110,12 @@ def gradients(ps: ParameterServer, rows: dict[int, np.ndarray], seed: int) -> tu
     values = {t: rng.normal(0, 0.01, (ids.size, ps.config.embedding_dim)).astype(np.float32)
               for t, ids in rows.items()}
     return dense, values
+
+
+def row_arrays(rows: dict[int, np.ndarray]) -> TableRowArrays:
+    """Decoded rows of tables in the dict's order (ids only), as a PS passes them to its parameters."""
+    return TableRowArrays(list(rows), np.array([ids.size for ids in rows.values()], dtype=np.int64),
+                          np.concatenate([np.asarray(ids, dtype=np.int64) for ids in rows.values()]), None)
 
 
 def table_rows(rows: dict[int, np.ndarray], values: dict[int, np.ndarray] | None = None) -> ps_pb2.TableRows:

@@ -11,7 +11,7 @@ import json
 import grpc
 import numpy as np
 import pytest
-from runtime_tools import batch_rows, gradients, push_request, raw_ps, state_fingerprint, table_rows
+from runtime_tools import batch_rows, gradients, push_request, raw_ps, row_arrays, state_fingerprint, table_rows
 
 from runtime.model import DLRMConfig, init_dense_params, init_embedding_rows, split_flat
 from runtime.proto import ps_pb2, tensor_pb2
@@ -540,7 +540,7 @@ def test_resent_push_is_applied_once(served):
     push0 = push_request("w0", 0, dense0, rows0, values0, batch_size=16)
     push1 = push_request("w1", 0, dense1, rows1, values1, batch_size=48)
     initial_dense = {k: v.copy() for k, v in ps.params.dense.items()}
-    initial_rows = {t: ps.params.read_rows([t], [ids.size], ids) for t, ids in rows0.items()}
+    initial_rows = {t: ps.params.read_rows(row_arrays({t: ids})) for t, ids in rows0.items()}
 
     assert not served.push(push0, CHUNK).duplicate
     after_first = state_fingerprint(ps)
@@ -567,4 +567,4 @@ def test_resent_push_is_applied_once(served):
         if t in rows1:
             common, i0, i1 = np.intersect1d(ids, rows1[t], return_indices=True)
             grad[i0] = values0[t][i0] * w0 + values1[t][i1] * w1
-        np.testing.assert_array_equal(ps.params.read_rows([t], [ids.size], ids), initial_rows[t] - lr * grad)
+        np.testing.assert_array_equal(ps.params.read_rows(row_arrays({t: ids})), initial_rows[t] - lr * grad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime_tools import batch_rows, gradients, push_request
+from runtime_tools import batch_rows, gradients, push_request, row_arrays
 
 from runtime import checkpoint, sharding
 from runtime.aggregation import Contribution, combine
@@ -229,16 +229,17 @@ def test_sharded_ps_rows_agree_with_single_process_init():
     for t in tables:
         ids = np.arange(config.table_sizes[t])
         owned.append(ids[sharding.row_shards(t, ids, 3) == 2])
-        np.testing.assert_array_equal(ps.params.read_rows([t], [owned[-1].size], owned[-1]),
+        np.testing.assert_array_equal(ps.params.read_rows(row_arrays({t: owned[-1]})),
                                       init_embedding_rows(config, t, owned[-1]))
     # Several tables in one read, some rows already initialised and some fresh.
     ps = make_ps(num_shards=3, shard=2)
-    ps.params.read_rows([0], [5], owned[1][:5])
-    got = ps.params.read_rows(list(tables), np.array([x.size for x in owned]), np.concatenate(owned))
+    ps.params.read_rows(row_arrays({0: owned[1][:5]}))
+    every = row_arrays(dict(zip(tables, owned, strict=True)))
+    got = ps.params.read_rows(every)
     want = np.concatenate([init_embedding_rows(config, t, ids) for t, ids in zip(tables, owned, strict=True)])
     np.testing.assert_array_equal(got, want)
-    assert ps.params.owns_rows(list(tables), np.array([x.size for x in owned]), np.concatenate(owned))
-    assert not ps.params.owns_rows([0], np.array([2]), owned[1][:2] + 1)
+    assert ps.params.owns_rows(every)
+    assert not ps.params.owns_rows(row_arrays({0: owned[1][:2] + 1}))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad"])

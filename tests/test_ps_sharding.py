@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from runtime_tools import row_arrays
 
 from runtime import sharding
 from runtime.model import DLRMConfig
@@ -68,7 +69,7 @@ def test_two_and_three_shards_equal_one():
             ids = np.arange(size)
             for s, ps in enumerate(shards):
                 mine = ids[sharding.row_shards(t, ids, n) == s]
-                np.testing.assert_array_equal(ps.params.read_rows([t], [mine.size], mine),
-                                              single[0].params.read_rows([t], [mine.size], mine))
+                np.testing.assert_array_equal(ps.params.read_rows(row_arrays({t: mine})),
+                                              single[0].params.read_rows(row_arrays({t: mine})))
         assert sum(ps.params.initialized[t].sum() for ps in shards for t in range(config.num_tables)) == \
             sum(single[0].params.initialized[t].sum() for t in range(config.num_tables))
