@@ -237,6 +237,10 @@ def _summary(report: dict[str, Any]) -> str:
     else:
         lines.append(f"wire: {report['bytes_on_wire'] / 1e6:.1f} MB total, "
                      f"{report['bytes_on_wire_per_step'] / 1e3:.1f} kB per step")
+    first_shard = report["ps"][0] if report["ps"] else {}
+    if first_shard.get("synchronous") is False:
+        lines.append("asynchronous: pushes accepted by ps[0], by versions behind: " + ", ".join(
+            f"{behind}: {count}" for behind, count in first_shard.get("push_staleness", {}).items()))
     data = [w["data"] for w in report["workers"]]
     if data:
         lines.append(f"data: {sum(d['lines'] for d in data)} lines in one pass over the workers' data, "

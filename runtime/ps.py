@@ -165,6 +165,9 @@ class ParameterServer:
         self.idle_since = clock()
         self.stats: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
+        # Accepted pushes by staleness (versions applied since the one they were computed on): how stale
+        # asynchronous training actually runs, against the bound.
+        self.push_staleness: Counter[int] = Counter()
         self.resumed_from = 0
         self.checkpoint_seconds: list[float] = []
         self._dense_cache: dict[int, tuple[int, Payload]] = {}  # wire dtype -> (version, dense tensor)
@@ -354,6 +357,7 @@ class ParameterServer:
                                     f"found {step}; pull again")
             self.last_step[worker] = step
             self.stats["pushes"] += 1
+            self.push_staleness[self.version - step] += 1
             if self.synchronous:
                 if not self.pending:
                     self.round_first_push = self.clock()
@@ -505,6 +509,7 @@ class ParameterServer:
                 "total_steps": self.options.total_steps, "done": self.done,
                 "synchronous": self.synchronous, "resumed_from_version": self.resumed_from,
                 "stats": dict(self.stats), "rejections": dict(self.rejections),
+                "push_staleness": {str(k): v for k, v in sorted(self.push_staleness.items())},
                 "checkpoint_seconds": [round(t, 4) for t in self.checkpoint_seconds],
             }
 

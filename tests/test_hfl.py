@@ -148,4 +148,7 @@ def test_asynchronous_training_applies_every_batch_once(tmp_path, pipeline):
     assert sum(w["steps"] for w in workers) == steps
     assert ps["stats"].get("duplicate_pushes", 0) == 0 and all(w["duplicates"] == 0 for w in workers)
     assert ps["stats"]["pushes"] == steps
+    behind = {int(k): v for k, v in ps["push_staleness"].items()}
+    assert sum(behind.values()) == steps and max(behind) <= 4, behind  # every push within the bound
+    assert "asynchronous: pushes accepted by ps[0], by versions behind: " in console
     assert report["held_out"]["auc"] > 0.6, report["held_out"]  # the planted signal is being learned

@@ -146,6 +146,7 @@ def test_asynchronous_bounded_staleness():
     with pytest.raises(ProtocolError, match="stale_step"):
         push(ps, "b", 1, 4)  # two versions old
     assert ps.version == 3 and ps.stats["short_rounds"] == 0
+    assert ps.report()["push_staleness"] == {"0": 2, "1": 1}  # accepted pushes only
 
 
 def test_a_pull_reply_keeps_its_version_while_later_updates_apply():
