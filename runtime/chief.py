@@ -32,7 +32,7 @@ import numpy as np
 
 from runtime import transport
 from runtime.data import LAYOUTS, DataError, _lines
-from runtime.model import DLRMConfig, split_flat
+from runtime.model import DLRMConfig, join_flat, split_flat
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
 from runtime.ps import add_model_arguments, model_config
@@ -241,7 +241,7 @@ def export_model(config: DLRMConfig, dense: dict[str, np.ndarray], tables: Seque
     class Served(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.flat_params = tf.Variable(np.concatenate([dense[n].reshape(-1) for n in names]), trainable=False)
+            self.flat_params = tf.Variable(join_flat(dense, config.layer_shapes()), trainable=False)
             self.rows = tf.Variable(np.concatenate(list(tables)), trainable=False)
             self.offsets = tf.constant(offsets)
 

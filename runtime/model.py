@@ -329,6 +329,15 @@ def split_flat(flat: np.ndarray, shapes: Iterable[tuple[str, tuple[int, ...]]]) 
     return views
 
 
+def join_flat(tensors: Mapping[str, np.ndarray], shapes: Iterable[tuple[str, tuple[int, ...]]]) -> np.ndarray:
+    """The inverse of split_flat: tensors[name] for each (name, shape), in order, in one float32 vector."""
+    shapes = list(shapes)
+    flat = np.empty(sum(math.prod(shape) for _, shape in shapes), dtype=np.float32)
+    for name, view in split_flat(flat, shapes).items():
+        view[...] = tensors[name]
+    return flat
+
+
 @dataclass(frozen=True)
 class Lookup:
     """The embedding rows a batch touches, as a worker pulls them: every table's sorted unique ids, and for each
@@ -558,7 +567,7 @@ class DLRM:
             raise ValueError(f"dense params: missing {missing}, unexpected {extra}")
         for name, shape in self._layers:
             _check_float32(f"dense param {name}", dense_params[name], shape)
-        return np.concatenate([dense_params[name].reshape(-1) for name in names])
+        return join_flat(dense_params, self._layers)
 
     def _stacked_rows(self, emb_rows: Sequence[np.ndarray], lookup: Lookup) -> np.ndarray:
         config = self.config

@@ -22,6 +22,7 @@ from runtime.model import (
     apply_sgd_rows,
     init_dense_params,
     init_embedding_rows,
+    join_flat,
     split_flat,
 )
 from runtime.protocol import TableRowArrays
@@ -47,7 +48,7 @@ class ShardParameters:
         # reply references it without a copy while later updates are applied.
         self.dense_size = sum(int(np.prod(shape)) for shape in self.dense_shapes.values())
         initial = init_dense_params(config)
-        self._publish_dense(self._flatten(initial))
+        self._publish_dense(join_flat(initial, self.dense_shapes.items()))
         self.local_rows = [sharding.local_table_rows(size, t, shard, num_shards)
                            for t, size in enumerate(config.table_sizes)]
         self.row_offsets = np.concatenate([[0], np.cumsum(self.local_rows)]).astype(np.int64)
@@ -83,13 +84,6 @@ class ShardParameters:
     def read_rows(self, rows: TableRowArrays) -> np.ndarray:
         """A copy of the values of rows this shard owns, in their order, as one [len(rows.ids), dim] array."""
         return self.rows[self._stacked(rows)]
-
-    def _flatten(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        """This shard's tensors (by name, possibly more) as one flat float32 vector laid out as dense_flat."""
-        flat = np.empty(self.dense_size, dtype=np.float32)
-        for name, view in self.dense_views(flat).items():
-            view[...] = tensors[name]
-        return flat
 
     def _publish_dense(self, flat: np.ndarray) -> None:
         self.dense_flat = flat
@@ -163,7 +157,7 @@ class ShardParameters:
             dense_acc = {name: get(f"adagrad/dense/{name}", shape, np.float32).copy()
                          for name, shape in self.dense_shapes.items() if f"adagrad/dense/{name}" in arrays}
         # Everything checked: now replace.
-        self._publish_dense(self._flatten(dense))
+        self._publish_dense(join_flat(dense, self.dense_shapes.items()))
         self.rows[self.row_initialized] = 0.0  # an uninitialised row is zero, as in a new PS
         self.row_initialized[...] = False
         row_acc = None

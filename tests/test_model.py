@@ -24,6 +24,8 @@ from runtime.model import (
     init_dense_params,
     init_embedding_rows,
     init_embedding_table,
+    join_flat,
+    split_flat,
 )
 from runtime.reference import ModelParams, train_single_process
 
@@ -107,6 +109,17 @@ def test_dense_init_is_seeded_and_follows_reference_scales():
     assert abs(kernel.std() / math.sqrt(2 / (367 + 512)) - 1) < 0.02
     assert abs(kernel.mean()) < 0.002
     assert abs(a["top/0/bias"].std() / math.sqrt(1 / 512) - 1) < 0.15
+
+
+def test_join_flat_is_the_inverse_of_split_flat():
+    config = DLRMConfig.small()
+    params = init_dense_params(config)
+    flat = join_flat(params, config.layer_shapes())
+    assert flat.dtype == np.float32 and flat.shape == (config.dense_size,)
+    assert np.array_equal(flat, np.concatenate([params[name].ravel() for name, _ in config.layer_shapes()]))
+    back = split_flat(flat, config.layer_shapes())
+    assert list(back) == list(params) and all(np.array_equal(back[k], params[k]) for k in params)
+    assert join_flat({}, []).shape == (0,)  # a PS shard may hold no dense tensor
 
 
 def test_embedding_rows_identical_for_any_subset():
