@@ -211,22 +211,21 @@ def init_embedding_rows(config: DLRMConfig, tables: int | np.ndarray, ids: np.nd
     if isinstance(tables, (int, np.integer)) and not isinstance(tables, bool):
         if not 0 <= tables < config.num_tables:
             raise ValueError(f"table index: expected 0 <= table < {config.num_tables}, found {tables!r}")
-        if ids.size and (ids.min() < 0 or ids.max() >= sizes[tables]):
-            raise ValueError(f"ids for table {tables}: expected values in [0, {sizes[tables]}), found range "
-                             f"[{ids.min()}, {ids.max()}]")
+        limit = sizes[tables]  # one number, not one per id: a whole table can be large
         tables = np.broadcast_to(np.int64(tables), ids.shape)
     elif not (isinstance(tables, np.ndarray) and tables.dtype.kind in "iu" and tables.shape == ids.shape):
         raise ValueError(f"tables: expected a table index or an integer array shaped like ids {ids.shape}, "
                          f"found {tables!r}")
-    elif tables.size:
-        if tables.min() < 0 or tables.max() >= config.num_tables:
+    else:
+        if tables.size and (tables.min() < 0 or tables.max() >= config.num_tables):
             raise ValueError(f"tables: expected values in [0, {config.num_tables}), found range "
                              f"[{tables.min()}, {tables.max()}]")
-        outside = (ids < 0) | (ids >= sizes[tables])
-        if outside.any():
-            k = int(np.argmax(outside))
-            raise ValueError(f"ids for table {int(tables[k])}: expected values in [0, {int(sizes[tables[k]])}), "
-                             f"found {int(ids[k])}")
+        limit = sizes[tables]
+    outside = (ids < 0) | (ids >= limit)
+    if outside.any():
+        k = int(np.argmax(outside))
+        raise ValueError(f"ids for table {int(tables[k])}: expected values in [0, {int(sizes[tables[k]])}), "
+                         f"found {int(ids[k])}")
     dim = config.embedding_dim
     keys = _table_keys(config.seed, np.arange(config.num_tables))
     bounds = np.sqrt(1.0 / sizes)

@@ -56,9 +56,9 @@ class ShardParameters:
         self.rows = np.zeros((total, config.embedding_dim), dtype=np.float32)
         self.row_initialized = np.zeros(total, dtype=bool)
         # Per-table views of the stacked arrays, for checkpoints and inspection.
-        self.tables = [self.rows[a:b] for a, b in zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True)]
-        self.initialized = [self.row_initialized[a:b]
-                            for a, b in zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True)]
+        spans = list(zip(self.row_offsets[:-1], self.row_offsets[1:], strict=True))
+        self.tables = [self.rows[a:b] for a, b in spans]
+        self.initialized = [self.row_initialized[a:b] for a, b in spans]
         self.adagrad = AdagradState(adagrad_initial_accumulator) if optimizer == "adagrad" else None
 
     def owns_rows(self, rows: TableRowArrays) -> bool:
@@ -73,8 +73,9 @@ class ShardParameters:
         index = sharding.local_index(rows.ids, self.num_shards) + self.row_offsets[row_tables]
         fresh = ~self.row_initialized[index]
         if fresh.any():
-            self.rows[index[fresh]] = init_embedding_rows(self.config, row_tables[fresh], rows.ids[fresh])
-            self.row_initialized[index[fresh]] = True
+            fresh_index = index[fresh]
+            self.rows[fresh_index] = init_embedding_rows(self.config, row_tables[fresh], rows.ids[fresh])
+            self.row_initialized[fresh_index] = True
         return index
 
     def dense_views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
