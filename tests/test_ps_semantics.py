@@ -186,12 +186,12 @@ def test_combination_is_order_independent_and_weighted():
     np.testing.assert_allclose(a.dense, expected, rtol=1e-6, atol=1e-6)
     dense_rows = np.zeros((5, 20, 4))
     for c in contributions:
-        row_tables = np.repeat(c.rows.tables, c.rows.counts)
+        row_tables = c.rows.row_tables()
         np.add.at(dense_rows, (row_tables, c.rows.ids), c.batch_size / 16 * c.rows.values)
     start = 0
     for table, count in zip(a.rows.tables, a.rows.counts, strict=True):
         ids = a.rows.ids[start:start + count]
-        touched = np.unique(np.concatenate([c.rows.ids[np.repeat(c.rows.tables, c.rows.counts) == table]
+        touched = np.unique(np.concatenate([c.rows.ids[c.rows.row_tables() == table]
                                             for c in contributions]))
         np.testing.assert_array_equal(ids, touched)
         np.testing.assert_allclose(a.rows.values[start:start + count], dense_rows[table, ids], rtol=1e-6, atol=1e-7)
