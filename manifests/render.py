@@ -27,13 +27,13 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import tomllib
 
 MANIFEST_DIR = Path(__file__).resolve().parent
 REPO = MANIFEST_DIR.parent

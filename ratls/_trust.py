@@ -154,8 +154,8 @@ def _unusable_root_pem() -> bytes:
     now = time.time()
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(dt.datetime.fromtimestamp(now - 3600, dt.timezone.utc))
-            .not_valid_after(dt.datetime.fromtimestamp(now + 3600, dt.timezone.utc))
+            .not_valid_before(dt.datetime.fromtimestamp(now - 3600, dt.UTC))
+            .not_valid_after(dt.datetime.fromtimestamp(now + 3600, dt.UTC))
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
 

@@ -120,7 +120,7 @@ def parse_quote(raw: bytes) -> Quote:
 
 
 def _time(ts: int) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc) if ts else None
+    return dt.datetime.fromtimestamp(ts, dt.UTC) if ts else None
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = 30.0) -> A
         # Called from inside an event loop (e.g. grpc.aio): run the fetch on a loop of its own.
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, fetch()).result()
-    except (ValueError, RuntimeError, OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, ValueError, RuntimeError, OSError) as e:
         raise VerificationError(Reason.COLLATERAL, f"fetching collateral from {pccs_url} failed: {e}") from None
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import os
 import re
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ratls._native import ffi, lib
 from ratls.errors import PolicyError, new_message_buffer

@@ -137,7 +137,7 @@ def create_tls_ca(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runtime throwaway TLS CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=30))
@@ -163,7 +163,7 @@ class TlsTransport(Transport):
         except (OSError, ValueError) as error:
             raise ValueError(f"--tls-ca {ca_dir}: not a CA made by create_tls_ca ({error})") from None
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         san = x509.SubjectAlternativeName([x509.DNSName(_TLS_SERVER_NAME),
                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
         cert = (x509.CertificateBuilder()

@@ -11,11 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import jinja2
 import pytest
-import tomllib
 from jinja2 import nodes
 
 import ratls
