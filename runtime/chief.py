@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from runtime import transport
-from runtime.data import LAYOUTS, DataError, _lines
+from runtime.data import DataError, add_format_arguments, add_max_bad_fraction_argument, check_format, criteo_lines
 from runtime.model import DLRMConfig, join_flat, split_flat
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
@@ -44,23 +44,19 @@ _WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 @dataclass
 class ShardSource:
     """Where shard `index` of `count` comes from: every count-th line of `paths` (taken together) from line
-    `index`, or (line_sharded False) all lines of `paths`."""
+    `index`, or (line_sharded False) all lines of `paths`, in `file_format`; workers always get Criteo TSV."""
 
     paths: list[Path]
     index: int
     count: int
     line_sharded: bool
+    file_format: str = "tsv"
 
     def lines(self) -> Iterator[bytes]:
         """The shard's lines, streamed; a line too long for the reader is skipped here as the reader would."""
-        global_line = -1
-        for path in self.paths:
-            for raw in _lines(path):
-                global_line += 1
-                if self.line_sharded and global_line % self.count != self.index:
-                    continue
-                if raw is None:
-                    continue
+        shard = (self.index, self.count) if self.line_sharded else None
+        for raw, _, _ in criteo_lines(self.paths, file_format=self.file_format, shard=shard):
+            if raw is not None:
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
@@ -259,7 +255,8 @@ def export_model(config: DLRMConfig, dense: dict[str, np.ndarray], tables: Seque
     return saved
 
 
-def evaluate_saved_model(saved: Path, paths: Sequence[Path], config: DLRMConfig, layout: str) -> dict[str, Any]:
+def evaluate_saved_model(saved: Path, paths: Sequence[Path], config: DLRMConfig, layout: str,
+                         file_format: str = "tsv") -> dict[str, Any]:
     """The final evaluation, on the chief's held-out data, of the model exactly as exported (loaded back)."""
     import tensorflow as tf
 
@@ -268,7 +265,7 @@ def evaluate_saved_model(saved: Path, paths: Sequence[Path], config: DLRMConfig,
 
     model = tf.saved_model.load(str(saved))
     labels, scores = [], []
-    for batch in CriteoReader(list(paths), config, 4096, layout=layout):
+    for batch in CriteoReader(list(paths), config, 4096, layout=layout, file_format=file_format):
         scores.append(model.serve(tf.constant(batch.dense), tf.constant(batch.cat.astype(np.int64))).numpy())
         labels.append(batch.labels)
     if not labels:
@@ -288,12 +285,13 @@ def start_server(chief: Chief, host: str, port: int, attestation_port: int | Non
     return server, endpoint
 
 
-def shard_sources(data: Sequence[Path] | None, synthetic_files: Sequence[Path] | None, workers: int) -> list[
-        ShardSource]:
+def shard_sources(data: Sequence[Path] | None, synthetic_files: Sequence[Path] | None, workers: int,
+                  file_format: str = "tsv") -> list[ShardSource]:
     if synthetic_files is not None:
         return [ShardSource([path], i, workers, line_sharded=False) for i, path in enumerate(synthetic_files)]
     assert data is not None
-    return [ShardSource(list(data), i, workers, line_sharded=True) for i in range(workers)]
+    check_format(data, file_format)  # now, not in each worker's shard stream
+    return [ShardSource(list(data), i, workers, line_sharded=True, file_format=file_format) for i in range(workers)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -318,11 +316,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="held-out Criteo TSV files for the chief's final evaluation of the saved model")
     data.add_argument("--eval-rows", type=int, default=2048,
                       help="with --synthetic: held-out rows per worker for the final evaluation (default 2048)")
-    data.add_argument("--layout", choices=LAYOUTS, default="kaggle")
+    add_format_arguments(data)
     data.add_argument("--batch-size", type=int, default=128)
     data.add_argument("--eval-batches", type=int, default=2,
                       help="held-out batches at the start of each pass over a shard (default 2)")
-    data.add_argument("--max-bad-fraction", type=float, default=0.01)
+    add_max_bad_fraction_argument(data)
     data.add_argument("--chunk-bytes", type=int, default=1 << 20, help="largest shard chunk (default 1 MiB)")
     add_model_arguments(parser)
     transport.add_arguments(parser)
@@ -350,9 +348,11 @@ def run(args: argparse.Namespace) -> int:
         synthetic_files, eval_files = synthetic_partitions(args.out / "data", args.workers, args.synthetic,
                                                            args.eval_rows, args.data_seed, config)
         eval_paths: list[Path] = list(eval_files)
+        eval_format = "tsv"
     else:
         eval_paths = list(args.eval_data or [])
-    sources = shard_sources(args.data, synthetic_files, args.workers)
+        eval_format = args.file_format
+    sources = shard_sources(args.data, synthetic_files, args.workers, args.file_format)
     spec = chief_pb2.JobSpec(ps_addresses=args.ps, batch_size=args.batch_size, eval_batches=args.eval_batches,
                              layout=args.layout, max_bad_fraction=args.max_bad_fraction,
                              model_config_json=json.dumps(config.to_dict()), steps=args.steps)
@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomically(args.report_file, report)
     print(f"chief: final model in {saved.parent} (SavedModel and parameters.npz)", flush=True)
     if eval_paths:
-        report["final_eval"] = evaluate_saved_model(saved, eval_paths, config, args.layout)
+        report["final_eval"] = evaluate_saved_model(saved, eval_paths, config, args.layout, eval_format)
         if args.report_file is not None:
             write_json_atomically(args.report_file, report)
         e = report["final_eval"]

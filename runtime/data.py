@@ -35,6 +35,7 @@ NUM_FIELDS = 1 + NUM_DENSE + NUM_CATEGORICAL
 MAX_LINE_BYTES = 4096
 MIN_LINES_FOR_THRESHOLD = 100
 LAYOUTS = ("kaggle", "terabyte")
+FORMATS = ("tsv", "csv")  # Criteo's own tab-separated lines; comma-separated with a `label,I1,...,C26` header
 
 _INT = r"(-?[0-9]{1,18})?"  # 18 digits always fit in int64
 _HEX = r"([0-9a-fA-F]{1,8})?"
@@ -194,7 +195,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     return raw
 
 
-def _lines(path: Path) -> Iterator[bytes | None]:
+def _raw_lines(path: Path) -> Iterator[bytes | None]:
     """Lines as bytes; None for a line longer than MAX_LINE_BYTES (whose rest is skipped, not kept in memory)."""
     try:
         with _open_binary(path) as stream:
@@ -214,6 +215,48 @@ def _lines(path: Path) -> Iterator[bytes | None]:
         raise DataError(f"{path}: cannot read: {exc}") from exc
 
 
+def _is_csv_header(raw: bytes) -> bool:
+    return raw.split(b",", 1)[0].strip().lower() == b"label"
+
+
+def _looks_like_csv(raw: bytes | None) -> bool:
+    """A first line with commas where Criteo's TSV has tabs: DeepCTR's `label,I1,...,C26` layout and its kin."""
+    return raw is not None and b"\t" not in raw and raw.count(b",") >= NUM_FIELDS - 1
+
+
+def criteo_lines(paths: Sequence[Path], *, file_format: str = "tsv", shard: tuple[int, int] | None = None
+                 ) -> Iterator[tuple[bytes | None, str, int]]:
+    """(line, path, line number) of every count-th line of `paths` taken together, from line `index`
+    (shard=(index, count); all lines without it). Lines come as Criteo TSV whatever `file_format`: a "csv" file's
+    commas become tabs (Criteo fields hold neither) and its header line, if any, is skipped and not counted.
+    None stands for a line longer than MAX_LINE_BYTES. A "tsv" file whose first line is comma-separated raises one
+    DataError saying so, rather than one bad line per line."""
+    if file_format not in FORMATS:
+        raise ValueError(f"file format must be one of {FORMATS}, found {file_format!r}")
+    index, count = shard if shard is not None else (0, 1)
+    global_line = -1
+    for path in paths:
+        for line_no, raw in enumerate(_raw_lines(path), start=1):
+            if line_no == 1 and file_format == "tsv" and _looks_like_csv(raw):
+                header = " with a header" if raw is not None and _is_csv_header(raw) else ""
+                raise DataError(f"{path}:1: this looks like CSV{header} (comma-separated fields), not Criteo's "
+                                "tab-separated layout; read it with --format csv")
+            if file_format == "csv" and raw is not None:
+                if line_no == 1 and _is_csv_header(raw):
+                    continue
+                raw = raw.replace(b",", b"\t")
+            global_line += 1
+            if global_line % count == index:
+                yield raw, str(path), line_no
+
+
+def check_format(paths: Sequence[Path], file_format: str) -> None:
+    """Raises criteo_lines' DataError now for a file whose first line shows it is in another format, so that a
+    command reading many shards of it fails once, before any work."""
+    for path in paths:
+        next(criteo_lines([path], file_format=file_format), None)
+
+
 class CriteoReader:
     """Streams Batches from Criteo TSV files (plain or gzip), one pass per iteration.
 
@@ -225,7 +268,8 @@ class CriteoReader:
 
     def __init__(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], config: DLRMConfig,
                  batch_size: int, *, max_bad_fraction: float = 0.01, layout: str = "kaggle",
-                 shard: tuple[int, int] | None = None, drop_remainder: bool = False) -> None:
+                 file_format: str = "tsv", shard: tuple[int, int] | None = None, drop_remainder: bool = False
+                 ) -> None:
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self.paths = [Path(p) for p in paths]
@@ -240,6 +284,8 @@ class CriteoReader:
             raise ValueError(f"CriteoReader: max_bad_fraction must be in [0, 1], found {max_bad_fraction}")
         if layout not in LAYOUTS:
             raise ValueError(f"CriteoReader: layout must be one of {LAYOUTS}, found {layout!r}")
+        if file_format not in FORMATS:
+            raise ValueError(f"CriteoReader: file_format must be one of {FORMATS}, found {file_format!r}")
         if shard is not None:
             index, count = shard
             if count < 1 or not 0 <= index < count:
@@ -248,6 +294,7 @@ class CriteoReader:
         self.batch_size = batch_size
         self.max_bad_fraction = max_bad_fraction
         self.layout = layout
+        self.file_format = file_format
         self.shard = shard
         self.drop_remainder = drop_remainder
         self.lines = 0
@@ -260,21 +307,11 @@ class CriteoReader:
         if self.bad_lines / self.lines > self.max_bad_fraction:
             where = f"{last_bad[0]}:{last_bad[1]}: {last_bad[2]}" if last_bad else "bad lines"
             raise DataError(f"{where} ({self.bad_lines} of {self.lines} {self.layout} lines bad, more than "
-                            f"max_bad_fraction {self.max_bad_fraction})")
+                            f"max_bad_fraction {self.max_bad_fraction}; --max-bad-fraction raises it)")
 
     def _make_batch(self, labels: np.ndarray, ints: np.ndarray, cats: np.ndarray) -> Batch:
         return Batch(dense=transform_dense(ints), cat=hash_to_rows(cats, self.config.table_sizes),
                      labels=labels.astype(np.float32))
-
-    def _selected_lines(self) -> Iterator[tuple[bytes | None, str, int]]:
-        """(line, path, line number) of this shard's lines, in order."""
-        index, count = self.shard if self.shard is not None else (0, 1)
-        global_line = -1
-        for path in self.paths:
-            for line_no, raw in enumerate(_lines(path), start=1):
-                global_line += 1
-                if global_line % count == index:
-                    yield raw, str(path), line_no
 
     def _parse_block(self, block: list[tuple[bytes | None, str, int]], last_bad: tuple[str, int, str] | None
                      ) -> tuple[tuple[str, int, str] | None, np.ndarray, np.ndarray, np.ndarray]:
@@ -306,7 +343,7 @@ class CriteoReader:
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         pending_rows = 0
         block: list[tuple[bytes | None, str, int]] = []
-        lines = self._selected_lines()
+        lines = criteo_lines(self.paths, file_format=self.file_format, shard=self.shard)
         while True:
             block.clear()
             for item in lines:
@@ -492,6 +529,30 @@ def synth(path: str | os.PathLike[str], rows: int, seed: int, *, noise: float = 
 # CLI
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {text}")
+    return value
+
+
+def add_format_arguments(group: argparse._ActionsContainer) -> None:
+    """--layout and --format, for every command that reads Criteo files."""
+    group.add_argument("--layout", choices=LAYOUTS, default="kaggle", help="Criteo layout (default kaggle)")
+    group.add_argument("--format", dest="file_format", choices=FORMATS, default="tsv",
+                       help="tsv: Criteo's tab-separated lines (default); csv: comma-separated fields, with or "
+                            "without a `label,I1,...,C26` header line (as DeepCTR ships its Criteo sample)")
+
+
+def add_max_bad_fraction_argument(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--max-bad-fraction", type=_fraction, default=0.01,
+                       help="stop with an error when more than this fraction of lines is malformed "
+                            "(default 0.01); bad lines below it are skipped, counted and reported")
+
+
 def _config_from_args(args: argparse.Namespace) -> DLRMConfig:
     if args.config == "small":
         return DLRMConfig.small()
@@ -499,7 +560,8 @@ def _config_from_args(args: argparse.Namespace) -> DLRMConfig:
 
 
 def _check(args: argparse.Namespace) -> int:
-    reader = CriteoReader(args.files, _config_from_args(args), 4096, max_bad_fraction=1.0, layout=args.layout)
+    reader = CriteoReader(args.files, _config_from_args(args), 4096, max_bad_fraction=1.0, layout=args.layout,
+                          file_format=args.file_format)
     examples = positives = 0
     for batch in reader:
         examples += len(batch)
@@ -545,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p_check = sub.add_parser("check", help="count lines, bad lines (with reasons) and the label rate")
     p_check.add_argument("files", nargs="+")
-    p_check.add_argument("--layout", choices=LAYOUTS, default="kaggle")
+    add_format_arguments(p_check)
     add_config_args(p_check)
     p_check.set_defaults(run=_check)
 

@@ -11,8 +11,10 @@ launcher exits, fails or is interrupted. Child logs are in <out>/logs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from runtime import metrics, transport
+from runtime.data import DataError, add_format_arguments, add_max_bad_fraction_argument, check_format
 from runtime.ps import add_model_arguments, model_config
 from runtime.report import write_json_atomically
 
@@ -124,7 +127,7 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
     """Per-worker data options: own synthetic partitions, or shards of --data."""
     if args.data:
         eval_args = ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
-        return [["--data", *map(str, args.data), "--data-shard", f"{i}/{args.workers}", "--layout", args.layout,
+        return [["--data", *map(str, args.data), "--data-shard", f"{i}/{args.workers}", *_reader_argv(args),
                  *eval_args] for i in range(args.workers)]
     from runtime.worker import synthetic_partitions
 
@@ -134,18 +137,25 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
                                            model_config(args))
     print(f"launch: synthetic data: {args.workers} x {rows} training rows + {args.workers} x {args.eval_rows} "
           f"held-out rows in {time.perf_counter() - started:.1f} s ({out / 'data'})", flush=True)
-    return [["--data", str(t), "--eval-data", str(e)] for t, e in zip(train, held_out, strict=True)]
+    return [["--data", str(t), "--eval-data", str(e), "--max-bad-fraction", str(args.max_bad_fraction)]
+            for t, e in zip(train, held_out, strict=True)]
+
+
+def _reader_argv(args: argparse.Namespace) -> list[str]:
+    """How workers (HFL) or the chief (SDT) read --data: layout, format and the bad-line bound."""
+    return ["--layout", args.layout, "--format", args.file_format, "--max-bad-fraction", str(args.max_bad_fraction)]
 
 
 def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security_argv: list[str]) -> Child:
     """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief) and, at the
     end, the model (<out>/chief/model) and its final evaluation on the held-out data (--eval-data, or synthetic)."""
     if args.data:
-        data = ["--data", *map(str, args.data), "--layout", args.layout]
+        data = ["--data", *map(str, args.data), *_reader_argv(args)]
         data += ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
     else:
         data = ["--synthetic", str(args.synthetic_rows or args.steps * args.batch_size), "--data-seed",
-                str(args.data_seed), "--eval-rows", str(args.eval_rows)]
+                str(args.data_seed), "--eval-rows", str(args.eval_rows), "--max-bad-fraction",
+                str(args.max_bad_fraction)]
     argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out / "chief"),
             "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
@@ -214,6 +224,16 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
     }
 
 
+def tensorboard_command(logdir: Path) -> str:
+    """The command that shows a run's logs, as it works here: TensorFlow no longer brings TensorBoard (the project's
+    viz extra does), and a virtual environment's scripts are not on PATH unless it is activated."""
+    if shutil.which("tensorboard"):
+        return f"tensorboard --logdir {logdir}"
+    if importlib.util.find_spec("tensorboard") is not None:
+        return f"{sys.executable} -m tensorboard.main --logdir {logdir}"
+    return f'tensorboard --logdir {logdir} (not installed here: python -m pip install -e ".[viz]" first)'
+
+
 def _summary(report: dict[str, Any]) -> str:
     h = report["held_out"]
     lines = ["== report =="]
@@ -270,7 +290,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", type=Path, nargs="+",
                       help="Criteo TSV files, line-sharded over the workers (default: synthetic partitions)")
     data.add_argument("--eval-data", type=Path, nargs="+", help="held-out Criteo TSV files for every worker")
-    data.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle")
+    add_format_arguments(data)
+    add_max_bad_fraction_argument(data)
     data.add_argument("--synthetic-rows", type=int, help="synthetic training rows per worker "
                                                          "(default: steps x batch size)")
     data.add_argument("--eval-rows", type=int, default=8192, help="synthetic held-out rows per worker")
@@ -308,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     children: list[Child] = []
     try:
+        if args.data:  # one error now, not one per worker or shard stream later
+            check_format([*args.data, *(args.eval_data or [])], args.file_format)
         security_argv, security = _security_setup(args, out)
         worker_data = _data_setup(args, out) if args.mode == "hfl" else []
         ps_children = []
@@ -374,9 +397,9 @@ def run(args: argparse.Namespace) -> int:
         report["command"] = sys.argv
         write_json_atomically(out / "report.json", report)
         print(_summary(report), flush=True)
-        print(f"report: {out / 'report.json'}  TensorBoard: tensorboard --logdir {out / 'tensorboard'}", flush=True)
+        print(f"report: {out / 'report.json'}  TensorBoard: {tensorboard_command(out / 'tensorboard')}", flush=True)
         return 0
-    except (LaunchError, OSError, ValueError) as error:
+    except (LaunchError, OSError, ValueError, DataError) as error:
         print(f"launch: error: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -431,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.min_workers is not None and not 1 <= args.min_workers <= args.workers:
         parser.error(f"--min-workers must be in 1..{args.workers}")
+    if args.file_format != "tsv" and not args.data:
+        parser.error("--format applies to --data files (the built-in synthetic data is TSV)")
     # Ctrl-C and SIGTERM unwind through run()'s finally, which stops every child.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from runtime import metrics, transport
-from runtime.data import CriteoReader, DataError, synth
+from runtime.data import CriteoReader, DataError, add_format_arguments, add_max_bad_fraction_argument, synth
 from runtime.model import Batch, DLRMConfig, Lookup
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WIRE_DTYPE_NAMES, RemoteError
 from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
@@ -512,9 +512,10 @@ class Worker:
         return result, y, p
 
 
-def _eval_batches(paths: Sequence[Path], config: DLRMConfig, args: argparse.Namespace) -> list[Batch]:
+def _eval_batches(paths: Sequence[Path], config: DLRMConfig, args: argparse.Namespace, file_format: str
+                  ) -> list[Batch]:
     reader = CriteoReader(paths, config, EVAL_BATCH_SIZE, max_bad_fraction=args.max_bad_fraction,
-                          layout=args.layout)
+                          layout=args.layout, file_format=file_format)
     return list(reader)
 
 
@@ -528,7 +529,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "by (worker id, step), and rounds combine workers in worker-id order")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, nargs="+", help="Criteo TSV files (plain or gzip) to train on")
-    data.add_argument("--layout", choices=("kaggle", "terabyte"), default="kaggle", help="default kaggle")
+    add_format_arguments(data)
     data.add_argument("--data-shard", default="0/1",
                       help="i/n: train on lines i, i+n, i+2n, ... of --data, or on synthetic partition i of n "
                            "(default 0/1)")
@@ -542,9 +543,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="without --eval-data: hold out the first K batches of each pass over --data "
                            "(default 2)")
     data.add_argument("--batch-size", type=int, default=128, help="default 128")
-    data.add_argument("--max-bad-fraction", type=float, default=0.01,
-                      help="stop with an error when more than this fraction of lines is malformed "
-                           "(default 0.01); bad lines below it are skipped, counted and reported")
+    add_max_bad_fraction_argument(data)
     wire = parser.add_argument_group("wire")
     wire.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPE_NAMES), default="fp32",
                       help="float format of weights and gradients on the wire (default fp32: exact)")
@@ -665,6 +664,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec = chief.join_and_spec()
         args.ps, args.batch_size, args.layout = spec.ps_addresses, spec.batch_size, spec.layout
         args.eval_batches, args.max_bad_fraction = spec.eval_batches, spec.max_bad_fraction
+        args.file_format = "tsv"  # the chief streams every shard as Criteo TSV, whatever its own files are
         shard_fd = chief.shard_to_memory()
         args.data = [Path(f"/proc/self/fd/{shard_fd}")]
         print(f"{args.worker_id}: SDT: job spec and {chief.shard_bytes} shard bytes from the chief (in memory)",
@@ -725,10 +725,10 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
             eval_paths: list[Path] | None = [eval_files[shard[0]]]
         else:
             reader = CriteoReader(args.data, config, args.batch_size, max_bad_fraction=args.max_bad_fraction,
-                                  layout=args.layout, shard=shard)
+                                  layout=args.layout, file_format=args.file_format, shard=shard)
             eval_paths = args.eval_data
         stream = TrainingStream(reader, 0 if eval_paths else args.eval_batches)
-        eval_batches = _eval_batches(eval_paths, config, args) if eval_paths else None
+        eval_batches = _eval_batches(eval_paths, config, args, reader.file_format) if eval_paths else None
         model = DLRM(config)
         # TensorFlow leaves ~300k long-lived objects, which every full collection walks (~250 ms): exempt them.
         gc.freeze()

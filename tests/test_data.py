@@ -259,3 +259,56 @@ def test_parse_lines_agrees_with_parse_raw_on_mutated_lines():
             assert ok[i], raw
             assert (labels[i], list(ints[i]), list(cats[i])) == want, raw
     assert len(good) < accepted < len(lines) - 1000  # both outcomes well represented
+
+
+CSV_HEADER = ",".join(["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]) + "\n"
+
+
+def csv_lines() -> list[str]:
+    """The sample in DeepCTR's layout: comma-separated, CRLF line ends as a spreadsheet writes them."""
+    return [line.rstrip("\n").replace("\t", ",") + "\r\n" for line in sample_lines()]
+
+
+def test_csv_with_a_header_read_as_tsv_is_one_error_that_names_the_fix(tmp_path):
+    path = write(tmp_path / "criteo_sample.txt", [CSV_HEADER, *csv_lines()])
+    with pytest.raises(DataError) as raised:
+        list(CriteoReader(path, CONFIG, 32))
+    message = str(raised.value)
+    assert message == (f"{path}:1: this looks like CSV with a header (comma-separated fields), not Criteo's "
+                       "tab-separated layout; read it with --format csv")
+    headless = write(tmp_path / "headless.csv", csv_lines())
+    with pytest.raises(DataError, match=r"headless.csv:1: this looks like CSV \(comma-separated"):
+        list(CriteoReader(headless, CONFIG, 32))
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["header", "no-header"])
+def test_csv_format_reads_the_same_examples_as_tsv(tmp_path, header):
+    csv_path = write(tmp_path / "sample.csv", [CSV_HEADER] * header + csv_lines())
+    want = list(CriteoReader(SAMPLE, CONFIG, 32, shard=(1, 3)))
+    reader = CriteoReader(csv_path, CONFIG, 32, file_format="csv", shard=(1, 3))
+    got = list(reader)
+    assert (reader.lines, reader.bad_lines) == (33, 0)  # lines 1, 4, ..., 97: the header is not a line of data
+    assert [len(b) for b in got] == [len(b) for b in want]
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.dense, w.dense) and np.array_equal(g.cat, w.cat)
+        assert np.array_equal(g.labels, w.labels)
+
+
+def test_csv_bad_lines_are_named_and_a_bad_format_is_refused(tmp_path):
+    path = write(tmp_path / "bad.csv", [CSV_HEADER, *csv_lines()[:5], "1,2,3\n"])
+    reader = CriteoReader(path, CONFIG, 32, file_format="csv", max_bad_fraction=1.0)
+    assert sum(len(b) for b in reader) == 5 and reader.bad_lines == 1
+    assert reader.bad_examples == [(str(path), 7, "expected 40 tab-separated fields, found 3")]
+    with pytest.raises(ValueError, match="file_format must be one of"):
+        CriteoReader(path, CONFIG, 32, file_format="parquet")
+
+
+def test_data_check_reads_csv(tmp_path):
+    path = write(tmp_path / "sample.csv", [CSV_HEADER, *csv_lines()])
+    check = [sys.executable, "-m", "runtime.data", "check", "--config", "small", str(path)]
+    refused = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "this looks like CSV with a header" in refused.stderr
+    assert refused.stderr.count("\n") == 1  # one message, not one per line
+    read = subprocess.run([*check, "--format", "csv"], capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0, read.stderr
+    assert "lines: 100\nbad lines: 0\nlabel rate: 0.2900 (29 of 100)" in read.stdout

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import glob
 import json
+import re
+import shlex
 import subprocess
 import sys
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_tools import REPO, Children
+from runtime_tools import REPO, Children, wait_until
 
 from runtime import checkpoint
 from runtime.data import CriteoReader
@@ -95,29 +99,95 @@ def test_ratls_equals_insecure_bit_for_bit_and_single_process(tmp_path):
     assert touched > 1000
 
 
-@pytest.mark.timeout(330)
-def test_readme_main_job(tmp_path):
-    """The README's "run the main job" command, verbatim, in an empty directory: exits 0 within 5 minutes and
-    beats the constant predictor on held-out synthetic data with the planted signal."""
+@dataclass
+class MainJob:
+    report_path: Path
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def readme_main_job(tmp_path_factory) -> MainJob:
+    """The README's "run the main job" command, verbatim, in an empty directory, run once for the tests below."""
     readme = (REPO / "README.md").read_text()
     command = "python -m runtime.launch --mode hfl --workers 2"
     assert command in readme
-    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True,
+    cwd = tmp_path_factory.mktemp("main-job")
+    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=cwd, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    (report_path,) = tmp_path.glob("runs/hfl-*/report.json")
-    report = json.loads(report_path.read_text())
+    (report_path,) = cwd.glob("runs/hfl-*/report.json")
+    return MainJob(report_path, result.stdout)
+
+
+@pytest.mark.timeout(330)
+def test_readme_main_job(readme_main_job):
+    """Exits 0 within 5 minutes and beats the constant predictor on held-out synthetic data with the planted
+    signal."""
+    report = json.loads(readme_main_job.report_path.read_text())
     held_out = report["held_out"]
     assert held_out["auc"] >= 0.7, held_out
     assert held_out["log_loss"] < held_out["constant_baseline_log_loss"]
     assert held_out["accuracy"] > held_out["constant_baseline_accuracy"]
     assert report["attestation"]["security"] == "ratls" and report["attestation"]["provider"] == "sim"
     assert report["samples_per_s"] > 0 and report["bytes_on_wire"] > 0 and report["short_rounds"] == 0
-    assert "== report ==" in result.stdout and "AUC" in result.stdout and "step " in result.stdout
-    scalars = tensorboard_scalars(report_path.parent / "tensorboard")
+    stdout = readme_main_job.stdout
+    assert "== report ==" in stdout and "AUC" in stdout and "step " in stdout
+    scalars = tensorboard_scalars(readme_main_job.report_path.parent / "tensorboard")
     points = report["steps"] // 10  # one point every 10 steps per worker
     assert len(scalars["train/loss"]) >= 2 * (points - 1)
     assert "eval/auc" in scalars and "train/samples_per_s" in scalars and "wire/bytes_per_step" in scalars
+
+
+TENSORBOARD_TIMEOUT = 90.0
+
+
+@pytest.mark.timeout(330 + TENSORBOARD_TIMEOUT)
+def test_the_reported_tensorboard_command_serves_the_runs_scalars(readme_main_job):
+    """The TensorBoard command the report prints, run as printed on a free loopback port, serves the workers'
+    scalars through its HTTP API."""
+    (line,) = [x for x in readme_main_job.stdout.splitlines() if x.startswith("report: ")]
+    command = line.split("TensorBoard: ", 1)[1]
+    assert "not installed" not in command, command  # the dev extra brings TensorBoard
+    argv = [sys.executable if word == "python" else word for word in shlex.split(command)]
+    log = readme_main_job.report_path.parent / "tensorboard.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", "0", "--reload_interval", "1"],
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        found: dict[str, int] = {}
+
+        def serving() -> bool:
+            assert process.poll() is None, f"tensorboard exited with {process.returncode}:\n{log.read_text()}"
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
+            if match:
+                found["port"] = int(match.group(1))
+            return bool(match)
+
+        wait_until(serving, TENSORBOARD_TIMEOUT, "TensorBoard to serve", interval=0.2)
+        url = f"http://127.0.0.1:{found['port']}/data/plugin/scalars/tags"
+        tags: dict[str, dict] = {}
+
+        def loaded() -> bool:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                tags.update(json.load(reply))
+            return sorted(tags) == ["worker0", "worker1"] and all("eval/auc" in t for t in tags.values())
+
+        wait_until(loaded, TENSORBOARD_TIMEOUT, "TensorBoard to load both workers' logs", interval=0.5)
+        for run, run_tags in tags.items():
+            assert {"train/loss", "train/samples_per_s", "wire/bytes_per_step", "eval/auc"} <= set(run_tags), run
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_tensorboard_command_says_how_to_install_it_where_it_is_missing(monkeypatch):
+    from runtime import launch as launch_module
+
+    monkeypatch.setattr(launch_module.shutil, "which", lambda name: None)
+    assert launch_module.tensorboard_command(Path("/r/tb")).startswith(f"{sys.executable} -m tensorboard.main ")
+    monkeypatch.setattr(launch_module.importlib.util, "find_spec", lambda name: None)
+    assert launch_module.tensorboard_command(Path("/r/tb")) == (
+        'tensorboard --logdir /r/tb (not installed here: python -m pip install -e ".[viz]" first)')
 
 
 def test_real_criteo_lines_over_tls_with_two_ps_shards(tmp_path, testdata):
