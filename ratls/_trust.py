@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ratls._native import ffi, lib
-from ratls.errors import RatlsError, new_message_buffer, raise_for
+from ratls.errors import RatlsError, check_call
 from ratls.evidence import Evidence
 from ratls.identity import Identity
 from ratls.policy import Policy
@@ -84,11 +84,9 @@ class AttestationEndpoint:
         limits.max_cert_size = int(max_cert_size)
         limits.trust_ttl_s = max(1, int(trust_ttl))
         out = ffi.new("ratls_attest_server **")
-        msg = new_message_buffer()
         key, cert = identity.private_key_der, identity.certificate_der
-        rc = lib.ratls_attest_server_start(policy._native, key, len(key), cert, len(cert), host.encode(), port,
-                                           limits, out, msg, lib.RATLS_MSG_SIZE)
-        raise_for(rc, msg, RatlsError)
+        check_call(lib.ratls_attest_server_start, policy._native, key, len(key), cert, len(cert), host.encode(), port,
+                   limits, out, error=RatlsError)
         self._ptr = out[0]
         self.port: int = lib.ratls_attest_server_port(self._ptr)
         self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy)
@@ -136,10 +134,8 @@ def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: fl
     n = ffi.new("size_t *")
     ev = ffi.new("ratls_evidence *")
     ttl = ffi.new("uint32_t *")
-    msg = new_message_buffer()
-    rc = lib.ratls_attest_connect(policy._native, key, len(key), cert, len(cert), host.encode(), port,
-                                  max(1, int(timeout * 1000)), peer, n, ev, ttl, msg, lib.RATLS_MSG_SIZE)
-    raise_for(rc, msg)
+    check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), host.encode(), port,
+               max(1, int(timeout * 1000)), peer, n, ev, ttl)
     try:
         return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import Any
 
 from ratls._native import ffi, lib
 
@@ -69,15 +71,18 @@ class ProviderError(RatlsError):
     """An attestation provider could not be loaded or could not produce an identity."""
 
 
-def new_message_buffer():
-    return ffi.new("char[]", lib.RATLS_MSG_SIZE)
-
-
-def raise_for(rc: int, msg, error: type[RatlsError] = VerificationError) -> None:
-    """Turns a C return code and its message buffer into the matching exception."""
+def check_call(function: Callable[..., int], *args: Any, error: type[RatlsError] = VerificationError,
+               context: str | None = None) -> None:
+    """Calls a C core function whose last two parameters are a message buffer and its size, and raises `error`
+    with the C message unless it returns RATLS_OK. A VerificationError takes the return code as its Reason (the
+    C codes are the Reason values); `context`, if given, prefixes the message."""
+    msg = ffi.new("char[]", lib.RATLS_MSG_SIZE)
+    rc = function(*args, msg, lib.RATLS_MSG_SIZE)
     if rc == lib.RATLS_OK:
         return
-    text = ffi.string(msg).decode("utf-8", "replace") if msg is not None else ""
+    text = ffi.string(msg).decode("utf-8", "replace")
+    if context is not None:
+        text = f"{context}: {text}"
     if error is VerificationError:
         try:
             reason = Reason(rc)

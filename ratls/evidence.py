@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ratls._native import ffi, lib
-from ratls.errors import Reason, VerificationError, new_message_buffer, raise_for
+from ratls.errors import Reason, VerificationError, check_call
 from ratls.policy import TCB_STATUSES, Policy, certificate_der
 
 _FORMATS = {lib.RATLS_FORMAT_BARE_QUOTE: "quote", lib.RATLS_FORMAT_DICE: "dice", lib.RATLS_FORMAT_LEGACY: "legacy"}
@@ -104,8 +104,7 @@ def parse_quote(raw: bytes) -> Quote:
     """Parses an SGX ECDSA quote v3. Raises VerificationError (QUOTE_MALFORMED, ...) on bad input."""
     raw = bytes(raw)
     q = ffi.new("ratls_quote *")
-    msg = new_message_buffer()
-    raise_for(lib.ratls_quote_parse(raw, len(raw), q, msg, lib.RATLS_MSG_SIZE), msg)
+    check_call(lib.ratls_quote_parse, raw, len(raw), q)
 
     def span(s) -> bytes:
         return raw[s.off:s.off + s.len]
@@ -189,8 +188,7 @@ def inspect_certificate(cert: bytes | str) -> CertificateInfo:
     preferred, as Gramine), the legacy quote and DICE claims when present. Raises VerificationError."""
     der = certificate_der(cert)
     info = ffi.new("ratls_cert_info *")
-    msg = new_message_buffer()
-    raise_for(lib.ratls_cert_inspect(der, len(der), info, msg, lib.RATLS_MSG_SIZE), msg)
+    check_call(lib.ratls_cert_inspect, der, len(der), info)
 
     def span(s) -> bytes:
         return der[s.off:s.off + s.len]
@@ -308,8 +306,7 @@ def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | 
 
     def native(tcb: int) -> Evidence:
         ev = ffi.new("ratls_evidence *")
-        msg = new_message_buffer()
-        raise_for(lib.ratls_verify_cert(policy._native, der, len(der), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+        check_call(lib.ratls_verify_cert, policy._native, der, len(der), t, tcb, ev)
         return Evidence._from_native(ev)
 
     return _verify(native, lambda: inspect_certificate(der).quote, policy, collateral, t)
@@ -324,8 +321,7 @@ def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime |
 
     def native(tcb: int) -> Evidence:
         ev = ffi.new("ratls_evidence *")
-        msg = new_message_buffer()
-        raise_for(lib.ratls_verify_quote(policy._native, raw, len(raw), t, tcb, ev, msg, lib.RATLS_MSG_SIZE), msg)
+        check_call(lib.ratls_verify_quote, policy._native, raw, len(raw), t, tcb, ev)
         return Evidence._from_native(ev)
 
     return _verify(native, lambda: raw, policy, collateral, t)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ratls._native import ffi, lib
-from ratls.errors import ProviderError, Reason, VerificationError, new_message_buffer, raise_for
+from ratls.errors import ProviderError, Reason, VerificationError, check_call
 from ratls.evidence import Evidence, _now, inspect_certificate, parse_quote, verify_certificate
 from ratls.policy import TCB_STATUSES, Policy, certificate_der
 
@@ -217,13 +217,15 @@ def _load(path: str) -> tuple[ctypes.CDLL, threading.Lock]:
 
 def _native_verify(der: bytes, policy: Policy, now: int, tcb: int) -> Evidence:
     ev = ffi.new("ratls_evidence *")
-    msg = new_message_buffer()
-    rc = lib.ratls_verify_cert(policy._native, der, len(der), now, tcb, ev, msg, lib.RATLS_MSG_SIZE)
-    if rc in (lib.RATLS_OK, lib.RATLS_ERR_TCB_STATUS) and ev.root == lib.RATLS_ROOT_SIMULATED \
-            and tcb != lib.RATLS_TCB_UNKNOWN:
+    try:
+        check_call(lib.ratls_verify_cert, policy._native, der, len(der), now, tcb, ev)
+    except VerificationError as e:
+        # The TCB status is the last check: the evidence's root is known when only it failed.
+        if e.reason != Reason.TCB_STATUS or ev.root != lib.RATLS_ROOT_SIMULATED or tcb == lib.RATLS_TCB_UNKNOWN:
+            raise
+    if ev.root == lib.RATLS_ROOT_SIMULATED and tcb != lib.RATLS_TCB_UNKNOWN:
         # A simulated provider evaluated no collateral, whatever its results struct says.
         return _native_verify(der, policy, now, lib.RATLS_TCB_UNKNOWN)
-    raise_for(rc, msg)
     return Evidence._from_native(ev)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from ratls._native import ffi, lib
-from ratls.errors import ProviderError, RatlsError, new_message_buffer
+from ratls.errors import ProviderError, RatlsError, check_call
 from ratls.evidence import Evidence, inspect_certificate, verify_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
 from ratls.policy import TCB_STATUSES, Policy
@@ -68,9 +68,7 @@ def _open_provider(path: str):
     with _provider_lock:
         if path not in _providers:
             out = ffi.new("ratls_provider **")
-            msg = new_message_buffer()
-            if lib.ratls_provider_open(path.encode(), out, msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
-                raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+            check_call(lib.ratls_provider_open, path.encode(), out, error=ProviderError)
             _providers[path] = out[0]
         return _providers[path]
 
@@ -146,12 +144,9 @@ class Identity:
         mrenclave = measure(measured_files, measure_root)
 
         def configure(p) -> None:
-            msg = new_message_buffer()
-            rc = lib.ratls_provider_sim_configure(p, str(ca.path).encode(), mrenclave, int(isv_prod_id),
-                                                  int(isv_svn), int(bool(debug)), _timestamp(not_before),
-                                                  _timestamp(not_after), msg, lib.RATLS_MSG_SIZE)
-            if rc != lib.RATLS_OK:
-                raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+            check_call(lib.ratls_provider_sim_configure, p, str(ca.path).encode(), mrenclave, int(isv_prod_id),
+                       int(isv_svn), int(bool(debug)), _timestamp(not_before), _timestamp(not_after),
+                       error=ProviderError)
 
         return cls._create_with(library_path or str(SIM_LIBRARY), "sim", configure, sim_root=ca.path)
 
@@ -162,13 +157,10 @@ class Identity:
         crt = ffi.new("uint8_t **")
         key_len = ffi.new("size_t *")
         crt_len = ffi.new("size_t *")
-        msg = new_message_buffer()
         with _provider_lock:
             if configure is not None:
                 configure(p)
-            rc = lib.ratls_provider_create(p, key, key_len, crt, crt_len, msg, lib.RATLS_MSG_SIZE)
-        if rc != lib.RATLS_OK:
-            raise ProviderError(ffi.string(msg).decode("utf-8", "replace"))
+            check_call(lib.ratls_provider_create, p, key, key_len, crt, crt_len, error=ProviderError)
         try:
             key_der = bytes(ffi.buffer(key[0], key_len[0]))
             cert_der = bytes(ffi.buffer(crt[0], crt_len[0]))

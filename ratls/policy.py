@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ratls._native import ffi, lib
-from ratls.errors import PolicyError, new_message_buffer
+from ratls.errors import PolicyError, check_call
 
 TCB_STATUSES: tuple[str, ...] = tuple(ffi.string(lib.ratls_tcb_status_name(i)).decode() for i in range(8))
 """Intel's TCB status names (index = the C code), "Unknown" first: the status when no collateral was given."""
@@ -166,11 +166,10 @@ class Policy:
         for s in self.allowed_tcb_statuses:
             mask |= 1 << TCB_STATUSES.index(s)
         lib.ratls_policy_set_allowed_tcb_mask(ptr, mask)
-        msg = new_message_buffer()
         for der, setter, field in ((self.trusted_root_der, lib.ratls_policy_set_trusted_root, "trusted_root"),
                                    (self.sim_root_der, lib.ratls_policy_set_sim_root, "sim_root")):
-            if der is not None and setter(ptr, der, len(der), msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
-                raise PolicyError(f"{field}: {ffi.string(msg).decode('utf-8', 'replace')}")
+            if der is not None:
+                check_call(setter, ptr, der, len(der), error=PolicyError, context=field)
         return ptr
 
     @property
@@ -212,9 +211,7 @@ class Policy:
         on only when exactly "1". In an enclave, these must come from the manifest, never from the host.
         Keyword overrides (e.g. sim_root, allow_simulated) are applied on top."""
         env = ffi.new("ratls_env_policy *")
-        msg = new_message_buffer()
-        if lib.ratls_env_policy_read(env, msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
-            raise PolicyError(ffi.string(msg).decode("utf-8", "replace"))
+        check_call(lib.ratls_env_policy_read, env, error=PolicyError)
         mask = lib.ratls_env_policy_tcb_mask(env)
         fields: dict[str, Any] = {
             "mrenclave": None if env.mrenclave_any else bytes(env.mrenclave),
