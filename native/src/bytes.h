@@ -16,6 +16,10 @@ static inline void cbs_init(cbs *s, const uint8_t *data, size_t len) {
     s->len = len;
 }
 
+/* Users read a cbs through these, so the representation stays bytes.c's business. */
+static inline size_t cbs_len(const cbs *s) { return s->len; }
+static inline const uint8_t *cbs_data(const cbs *s) { return s->data; }
+
 /* Each returns 1 on success and 0 (consuming nothing) when fewer bytes remain than needed. */
 int cbs_skip(cbs *s, size_t n);
 int cbs_get_u8(cbs *s, uint8_t *out);

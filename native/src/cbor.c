@@ -39,7 +39,7 @@ int cbor_get_string(cbs *s, uint8_t major, cbs *out) {
     cbs save = *s;
     uint8_t m;
     uint64_t len;
-    if (!cbor_get_head(s, &m, &len) || m != major || len > s->len || !cbs_get_bytes(s, out, (size_t)len)) {
+    if (!cbor_get_head(s, &m, &len) || m != major || len > cbs_len(s) || !cbs_get_bytes(s, out, (size_t)len)) {
         *s = save;
         return 0;
     }

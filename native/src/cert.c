@@ -194,17 +194,17 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
                           "DICE evidence: expected CBOR tag %d (TEE quote)", TEE_QUOTE_CBOR_TAG);
     if (!cbor_get_head(&value, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
         !cbor_get_string(&value, CBOR_BYTES, &quote) || !cbor_get_string(&value, CBOR_BYTES, &claims) ||
-        value.len != 0)
+        cbs_len(&value) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                           "DICE evidence: expected exactly [bstr quote, bstr claims]");
-    if (quote.len < SGX_QUOTE_MIN_SIZE || quote.len > SGX_QUOTE_MAX_SIZE)
+    if (cbs_len(&quote) < SGX_QUOTE_MIN_SIZE || cbs_len(&quote) > SGX_QUOTE_MAX_SIZE)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
-                          "DICE evidence: quote is %zu bytes, expected %d..%d", quote.len, SGX_QUOTE_MIN_SIZE,
+                          "DICE evidence: quote is %zu bytes, expected %d..%d", cbs_len(&quote), SGX_QUOTE_MIN_SIZE,
                           SGX_QUOTE_MAX_SIZE);
     out->quote.off = cbs_offset(&quote, der);
-    out->quote.len = quote.len;
+    out->quote.len = cbs_len(&quote);
     out->claims.off = cbs_offset(&claims, der);
-    out->claims.len = claims.len;
+    out->claims.len = cbs_len(&claims);
 
     uint64_t pairs;
     if (!cbor_get_head(&claims, &major, &pairs) || major != CBOR_MAP || pairs == 0)
@@ -215,27 +215,29 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
         if (!cbor_get_string(&claims, CBOR_TEXT, &key) || !cbor_get_string(&claims, CBOR_BYTES, &val))
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                               "DICE claims: entry %llu is not text key -> byte string", (unsigned long long)i);
-        if (key.len != strlen(PUBKEY_HASH_CLAIM) || memcmp(key.data, PUBKEY_HASH_CLAIM, key.len) != 0) continue;
+        if (cbs_len(&key) != strlen(PUBKEY_HASH_CLAIM) ||
+            memcmp(cbs_data(&key), PUBKEY_HASH_CLAIM, cbs_len(&key)) != 0)
+            continue;
         if (found++)
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: duplicate pubkey-hash");
         uint64_t alg;
         cbs hash;
         if (!cbor_get_head(&val, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
             !cbor_get_head(&val, &major, &alg) || major != CBOR_UINT ||
-            !cbor_get_string(&val, CBOR_BYTES, &hash) || val.len != 0)
+            !cbor_get_string(&val, CBOR_BYTES, &hash) || cbs_len(&val) != 0)
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                               "DICE claims: pubkey-hash is not [uint alg, bstr hash]");
         size_t want = alg == HASH_ALG_SHA256 ? 32 : alg == HASH_ALG_SHA384 ? 48 : alg == HASH_ALG_SHA512 ? 64 : 0;
-        if (!want || hash.len != want)
+        if (!want || cbs_len(&hash) != want)
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                               "DICE claims: pubkey-hash algorithm %llu with a %zu-byte hash is not supported "
                               "(expected 1/SHA-256, 7/SHA-384 or 8/SHA-512)",
-                              (unsigned long long)alg, hash.len);
+                              (unsigned long long)alg, cbs_len(&hash));
         out->pubkey_hash_alg = (int)alg;
         out->pubkey_hash.off = cbs_offset(&hash, der);
-        out->pubkey_hash.len = hash.len;
+        out->pubkey_hash.len = cbs_len(&hash);
     }
-    if (claims.len != 0)
+    if (cbs_len(&claims) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: trailing bytes after the map");
     if (!found)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: no pubkey-hash claim");

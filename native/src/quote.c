@@ -80,7 +80,7 @@ int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *ms
     memset(&q, 0, sizeof(q));
     cbs s;
     cbs_init(&s, raw, len);
-    if (s.len < SGX_QUOTE_HEADER_SIZE) return TRUNCATED("header", SGX_QUOTE_HEADER_SIZE, s.len);
+    if (cbs_len(&s) < SGX_QUOTE_HEADER_SIZE) return TRUNCATED("header", SGX_QUOTE_HEADER_SIZE, cbs_len(&s));
     cbs_get_u16le(&s, &q.version);
     cbs_get_u16le(&s, &q.att_key_type);
     cbs_get_u32le(&s, &q.tee_type);
@@ -104,38 +104,41 @@ int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *ms
                           "QE vendor id: expected Intel's 939a7233f79c4ca9940a0db3957f0607, found %s", hex);
     }
 
-    if (!ratls_report_body_decode(&s, &q.body)) return TRUNCATED("ISV report body", SGX_REPORT_BODY_SIZE, s.len);
+    if (!ratls_report_body_decode(&s, &q.body)) return TRUNCATED("ISV report body", SGX_REPORT_BODY_SIZE, cbs_len(&s));
     q.signed_region.off = 0;
     q.signed_region.len = cbs_offset(&s, raw);
 
     uint32_t sig_len;
-    if (!cbs_get_u32le(&s, &sig_len)) return TRUNCATED("signature_data_len", 4, s.len);
-    if (sig_len > s.len)
+    if (!cbs_get_u32le(&s, &sig_len)) return TRUNCATED("signature_data_len", 4, cbs_len(&s));
+    if (sig_len > cbs_len(&s))
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
-                          "signature_data_len %u points past the end of the quote (%zu bytes remain)", sig_len, s.len);
-    if (sig_len < s.len)
+                          "signature_data_len %u points past the end of the quote (%zu bytes remain)", sig_len,
+                          cbs_len(&s));
+    if (sig_len < cbs_len(&s))
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
-                          "%zu trailing bytes after signature_data_len (%u) ends the quote", s.len - sig_len, sig_len);
+                          "%zu trailing bytes after signature_data_len (%u) ends the quote", cbs_len(&s) - sig_len,
+                          sig_len);
     cbs sig;
     cbs_get_bytes(&s, &sig, sig_len);
 
-    if (!get_span(&sig, raw, 64, &q.isv_signature)) return TRUNCATED("ISV report signature", 64, sig.len);
-    if (!get_span(&sig, raw, 64, &q.attestation_key)) return TRUNCATED("attestation key", 64, sig.len);
+    if (!get_span(&sig, raw, 64, &q.isv_signature)) return TRUNCATED("ISV report signature", 64, cbs_len(&sig));
+    if (!get_span(&sig, raw, 64, &q.attestation_key)) return TRUNCATED("attestation key", 64, cbs_len(&sig));
     cbs qe_report = sig;
-    if (!ratls_report_body_decode(&sig, &q.qe_report)) return TRUNCATED("QE report", SGX_REPORT_BODY_SIZE, sig.len);
+    if (!ratls_report_body_decode(&sig, &q.qe_report))
+        return TRUNCATED("QE report", SGX_REPORT_BODY_SIZE, cbs_len(&sig));
     q.qe_report_raw.off = cbs_offset(&qe_report, raw);
     q.qe_report_raw.len = SGX_REPORT_BODY_SIZE;
-    if (!get_span(&sig, raw, 64, &q.qe_report_signature)) return TRUNCATED("QE report signature", 64, sig.len);
+    if (!get_span(&sig, raw, 64, &q.qe_report_signature)) return TRUNCATED("QE report signature", 64, cbs_len(&sig));
     uint16_t auth_len;
-    if (!cbs_get_u16le(&sig, &auth_len)) return TRUNCATED("qe_auth_data size", 2, sig.len);
-    if (!get_span(&sig, raw, auth_len, &q.qe_auth_data)) return TRUNCATED("qe_auth_data", auth_len, sig.len);
-    if (!cbs_get_u16le(&sig, &q.cert_data_type)) return TRUNCATED("certification data type", 2, sig.len);
+    if (!cbs_get_u16le(&sig, &auth_len)) return TRUNCATED("qe_auth_data size", 2, cbs_len(&sig));
+    if (!get_span(&sig, raw, auth_len, &q.qe_auth_data)) return TRUNCATED("qe_auth_data", auth_len, cbs_len(&sig));
+    if (!cbs_get_u16le(&sig, &q.cert_data_type)) return TRUNCATED("certification data type", 2, cbs_len(&sig));
     uint32_t cert_len;
-    if (!cbs_get_u32le(&sig, &cert_len)) return TRUNCATED("certification data size", 4, sig.len);
-    if (!get_span(&sig, raw, cert_len, &q.cert_data)) return TRUNCATED("certification data", cert_len, sig.len);
-    if (sig.len != 0)
+    if (!cbs_get_u32le(&sig, &cert_len)) return TRUNCATED("certification data size", 4, cbs_len(&sig));
+    if (!get_span(&sig, raw, cert_len, &q.cert_data)) return TRUNCATED("certification data", cert_len, cbs_len(&sig));
+    if (cbs_len(&sig) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
-                          "%zu bytes left in the signature data after the certification data", sig.len);
+                          "%zu bytes left in the signature data after the certification data", cbs_len(&sig));
     q.total_len = len;
     *out = q;
     return RATLS_OK;

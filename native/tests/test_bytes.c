@@ -15,14 +15,14 @@ static void test_reads(void) {
     CHECK(cbs_get_u16le(&s, &u16) && u16 == 0x0302);
     CHECK(cbs_get_u16be(&s, &u16) && u16 == 0x0405);
     CHECK_EQ(cbs_offset(&s, data), 5);
-    CHECK_EQ(s.len, 4);
+    CHECK_EQ(cbs_len(&s), 4);
     /* Too short: fails and consumes nothing. */
     u64 = 42;
     CHECK(!cbs_get_u64le(&s, &u64) && u64 == 42);
     CHECK(!cbs_get_u64be(&s, &u64));
-    CHECK_EQ(s.len, 4);
+    CHECK_EQ(cbs_len(&s), 4);
     CHECK(cbs_get_u32be(&s, &u32) && u32 == 0x06070809);
-    CHECK_EQ(s.len, 0);
+    CHECK_EQ(cbs_len(&s), 0);
     CHECK(!cbs_get_u8(&s, &u8));
     CHECK(!cbs_skip(&s, 1));
     CHECK(cbs_skip(&s, 0));
@@ -43,24 +43,24 @@ static void test_reads(void) {
     cbs_init(&s, data, sizeof(data));
     cbs part;
     CHECK(cbs_get_bytes(&s, &part, 3));
-    CHECK(part.data == data && part.len == 3 && s.len == 6);
+    CHECK(cbs_data(&part) == data && cbs_len(&part) == 3 && cbs_len(&s) == 6);
     CHECK(!cbs_get_u32le(&part, &u32));
     CHECK(!cbs_get_bytes(&s, &part, 7));
-    CHECK(part.data == data && part.len == 3 && s.len == 6); /* untouched on failure */
-    CHECK(cbs_get_bytes(&s, &part, 6) && s.len == 0 && cbs_offset(&part, data) == 3);
+    CHECK(cbs_data(&part) == data && cbs_len(&part) == 3 && cbs_len(&s) == 6); /* untouched on failure */
+    CHECK(cbs_get_bytes(&s, &part, 6) && cbs_len(&s) == 0 && cbs_offset(&part, data) == 3);
     uint8_t buf[4] = {9, 9, 9, 9};
     cbs_init(&s, data, 3);
-    CHECK(!cbs_copy(&s, buf, 4) && buf[0] == 9 && s.len == 3);
+    CHECK(!cbs_copy(&s, buf, 4) && buf[0] == 9 && cbs_len(&s) == 3);
     CHECK(cbs_copy(&s, buf, 3) && memcmp(buf, data, 3) == 0 && buf[3] == 9);
     /* A huge length never wraps around. */
     cbs_init(&s, data, sizeof(data));
     CHECK(!cbs_skip(&s, SIZE_MAX));
     CHECK(!cbs_get_bytes(&s, &part, SIZE_MAX));
-    CHECK_EQ(s.len, sizeof(data));
+    CHECK_EQ(cbs_len(&s), sizeof(data));
 
     cbs_init(&s, NULL, 0);
     CHECK(!cbs_get_u8(&s, &u8));
-    CHECK(cbs_get_bytes(&s, &part, 0) && part.len == 0);
+    CHECK(cbs_get_bytes(&s, &part, 0) && cbs_len(&part) == 0);
 }
 
 static void test_writes(void) {

@@ -15,11 +15,11 @@ static void round_trip(uint8_t major, uint64_t v, size_t encoded_len) {
     CHECK(cbor_get_head(&s, &m, &got));
     CHECK_EQ(m, major);
     CHECK(got == v);
-    CHECK_EQ(s.len, 0);
+    CHECK_EQ(cbs_len(&s), 0);
     for (size_t cut = 0; cut < b.len; cut++) { /* every truncation fails and consumes nothing */
         cbs_init(&s, b.data, cut);
         CHECK(!cbor_get_head(&s, &m, &got));
-        CHECK_EQ(s.len, cut);
+        CHECK_EQ(cbs_len(&s), cut);
     }
     cbb_cleanup(&b);
 }
@@ -53,9 +53,9 @@ int main(void) {
     cbs s, out;
     cbs_init(&s, b.data, b.len);
     CHECK(!cbor_get_string(&s, CBOR_BYTES, &out));
-    CHECK_EQ(s.len, b.len);
+    CHECK_EQ(cbs_len(&s), b.len);
     CHECK(cbor_get_string(&s, CBOR_TEXT, &out));
-    CHECK(out.len == 11 && memcmp(out.data, "pubkey-hash", 11) == 0);
+    CHECK(cbs_len(&out) == 11 && memcmp(cbs_data(&out), "pubkey-hash", 11) == 0);
     cbs_init(&s, b.data, b.len - 1);
     CHECK(!cbor_get_string(&s, CBOR_TEXT, &out));
     static const uint8_t huge[] = {0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
