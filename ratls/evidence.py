@@ -279,21 +279,39 @@ def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int
     return TCB_STATUSES.index(report.status), tuple(report.advisory_ids)
 
 
-def _verify(native: Callable[[int], Evidence], quote: Callable[[], bytes], policy: Policy, collateral: Any,
+def _native_verify(verify: Callable[..., int], data: bytes, policy: Policy, now: int, tcb: int, *,
+                   simulated_tcb: int | None = None) -> Evidence:
+    """The C core's verification with a given TCB status: lib.ratls_verify_cert of a certificate's DER or
+    lib.ratls_verify_quote of a bare quote. `simulated_tcb`, if given, is the TCB status used instead when the
+    evidence chains to the simulation root (whose provider evaluated no collateral)."""
+    ev = ffi.new("ratls_evidence *")
+    resimulate = simulated_tcb is not None and simulated_tcb != tcb
+    try:
+        check_call(verify, policy._native, data, len(data), now, tcb, ev)
+    except VerificationError as e:
+        # The TCB status is the last check: when only it failed, the evidence's root is known.
+        if not (resimulate and e.reason == Reason.TCB_STATUS and ev.root == lib.RATLS_ROOT_SIMULATED):
+            raise
+    if resimulate and ev.root == lib.RATLS_ROOT_SIMULATED:
+        return _native_verify(verify, data, policy, now, simulated_tcb)
+    return Evidence._from_native(ev)
+
+
+def _verify(verify: Callable[..., int], data: bytes, quote: Callable[[], bytes], policy: Policy, collateral: Any,
             now: int) -> Evidence:
     """Native verification with the TCB status from collateral, if given. The native checks (certificate,
     signature chain, key binding, attributes, measurements) run first, so that a tampered quote is reported as a
     signature failure rather than as whatever dcap-qvl says about it; the TCB status check is the native
     verification's last step, so only it can fail with an Unknown status once the rest passed."""
     if collateral is None:
-        return native(lib.RATLS_TCB_UNKNOWN)
+        return _native_verify(verify, data, policy, now, lib.RATLS_TCB_UNKNOWN)
     try:
-        native(lib.RATLS_TCB_UNKNOWN)
+        _native_verify(verify, data, policy, now, lib.RATLS_TCB_UNKNOWN)
     except VerificationError as e:
         if e.reason != Reason.TCB_STATUS:
             raise
     tcb, advisories = _evaluate_collateral(quote(), policy, collateral, now)
-    return dataclasses.replace(native(tcb), advisory_ids=advisories)
+    return dataclasses.replace(_native_verify(verify, data, policy, now, tcb), advisory_ids=advisories)
 
 
 def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | dt.datetime | None = None,
@@ -302,14 +320,7 @@ def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | 
     VerificationError with a specific reason. Without collateral the TCB status is "Unknown"; `collateral` is a
     QuoteCollateralV3, its JSON text or file, or a PCCS URL (see fetch_collateral)."""
     der = certificate_der(cert)
-    t = _now(now)
-
-    def native(tcb: int) -> Evidence:
-        ev = ffi.new("ratls_evidence *")
-        check_call(lib.ratls_verify_cert, policy._native, der, len(der), t, tcb, ev)
-        return Evidence._from_native(ev)
-
-    return _verify(native, lambda: inspect_certificate(der).quote, policy, collateral, t)
+    return _verify(lib.ratls_verify_cert, der, lambda: inspect_certificate(der).quote, policy, collateral, _now(now))
 
 
 def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime | None = None,
@@ -317,11 +328,4 @@ def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime |
     """Verifies a bare SGX quote (signature chain, attributes, measurements, TCB status if collateral is given).
     There is no certificate, so no key binding: report_data is returned for the caller to check."""
     raw = bytes(raw)
-    t = _now(now)
-
-    def native(tcb: int) -> Evidence:
-        ev = ffi.new("ratls_evidence *")
-        check_call(lib.ratls_verify_quote, policy._native, raw, len(raw), t, tcb, ev)
-        return Evidence._from_native(ev)
-
-    return _verify(native, lambda: raw, policy, collateral, t)
+    return _verify(lib.ratls_verify_quote, raw, lambda: raw, policy, collateral, _now(now))

@@ -22,9 +22,9 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from ratls._native import ffi, lib
-from ratls.errors import ProviderError, Reason, VerificationError, check_call
-from ratls.evidence import Evidence, _now, inspect_certificate, parse_quote, verify_certificate
+from ratls._native import lib
+from ratls.errors import ProviderError, Reason, VerificationError
+from ratls.evidence import Evidence, _native_verify, _now, inspect_certificate, parse_quote, verify_certificate
 from ratls.policy import TCB_STATUSES, Policy, certificate_der
 
 ATTESTATION_TYPE_FILE = "/dev/attestation/attestation_type"
@@ -215,20 +215,6 @@ def _load(path: str) -> tuple[ctypes.CDLL, threading.Lock]:
         return _libraries[path]
 
 
-def _native_verify(der: bytes, policy: Policy, now: int, tcb: int) -> Evidence:
-    ev = ffi.new("ratls_evidence *")
-    try:
-        check_call(lib.ratls_verify_cert, policy._native, der, len(der), now, tcb, ev)
-    except VerificationError as e:
-        # The TCB status is the last check: the evidence's root is known when only it failed.
-        if e.reason != Reason.TCB_STATUS or ev.root != lib.RATLS_ROOT_SIMULATED or tcb == lib.RATLS_TCB_UNKNOWN:
-            raise
-    if ev.root == lib.RATLS_ROOT_SIMULATED and tcb != lib.RATLS_TCB_UNKNOWN:
-        # A simulated provider evaluated no collateral, whatever its results struct says.
-        return _native_verify(der, policy, now, lib.RATLS_TCB_UNKNOWN)
-    return Evidence._from_native(ev)
-
-
 class GramineVerifier:
     """Verifies RA-TLS certificates with Gramine's libra_tls_verify_dcap.so, applying our Policy.
 
@@ -269,7 +255,9 @@ class GramineVerifier:
         if status is None:
             raise ProviderError(f"{self.library_path} accepted a certificate with quote verification result "
                                 f"0x{results.u.dcap.quote_verification_result:X}, which is not a TCB status")
-        return _native_verify(der, policy, t, TCB_STATUSES.index(status))
+        # A simulated provider evaluated no collateral, whatever its results struct says.
+        return _native_verify(lib.ratls_verify_cert, der, policy, t, TCB_STATUSES.index(status),
+                              simulated_tcb=lib.RATLS_TCB_UNKNOWN)
 
     def _rejection(self, rc: int, results: _Results, check: _MeasurementCheck, der: bytes, policy: Policy,
                    now: int) -> VerificationError:
