@@ -245,11 +245,18 @@ def manifest_variables(role: str, options: Options) -> dict[str, str]:
         input_dir = _verbatim(options.input_dir.rstrip("/"), "--input-dir")
         if not Path(input_dir).is_dir():
             raise ManifestError(f"--input-dir: {input_dir} is not a directory (its files are hashed at signing)")
-    entrypoint = os.path.realpath(options.python or sys.executable)
+    # The interpreter as invoked: a virtual environment's python reports the environment's site-packages, while
+    # the binary it links to (the entrypoint) would find no pyvenv.cfg in the enclave, so those go on PYTHONPATH.
+    interpreter = os.path.abspath(options.python or sys.executable)
+    entrypoint = os.path.realpath(interpreter)
+    base_paths = set(python_get_sys_path(entrypoint))
+    environment_paths = [str(p) for p in python_get_sys_path(interpreter) if p not in base_paths]
 
     variables = {
         "build_mode": options.build_mode,
         "entrypoint": _verbatim(entrypoint, "python interpreter"),
+        "invoked_python": _verbatim(interpreter, "python interpreter"),
+        "python_path": ":".join(["/app", *(_verbatim(path, "site-packages directory") for path in environment_paths)]),
         "arch_libdir": _verbatim(arch_libdir(), "arch_libdir"),
         "app_files": " ".join(application_files(options.base_dir)),
         "runtime_args": runtime_args_toml(options.runtime_args),

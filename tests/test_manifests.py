@@ -145,7 +145,10 @@ def test_manifest_has_the_required_keys(manifests, signing_key, role, mode):
         assert isinstance(env[name], str), f"{name} must be a fixed string, found {env[name]!r}"
     assert env["RA_TLS_MRSIGNER"] == render.mrsigner_of_key(signing_key)
     assert env["RA_TLS_ALLOW_DEBUG_ENCLAVE_INSECURE"] == ("1" if mode == "debug" else "0")
-    assert env["PYTHONPATH"] == "/app" and env["PYTHONSAFEPATH"] == "1"
+    # /app, then (when the suite runs in a virtual environment) the environment's own site-packages.
+    environment = [p for p in sys.path if sys.prefix != sys.base_prefix and p.startswith(sys.prefix + "/")
+                   and p.endswith("site-packages")]
+    assert env["PYTHONPATH"].split(":") == ["/app", *environment] and env["PYTHONSAFEPATH"] == "1"
     assert int(env["TF_NUM_INTRAOP_THREADS"]) + int(env["TF_NUM_INTEROP_THREADS"]) < sgx["max_threads"]
 
 
