@@ -23,15 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ratls._certs import certificate_pem
 from ratls._native import ffi, lib
 from ratls.errors import RatlsError, check_call
 from ratls.evidence import Evidence
 from ratls.identity import Identity
 from ratls.policy import Policy
-
-
-def der_to_pem(der: bytes) -> bytes:
-    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 
 def common_name(der: bytes) -> str:
@@ -210,7 +207,7 @@ class TrustSet:
                 expires = min(expires, time.monotonic() + evidence.not_after.timestamp() - time.time())
             fp = evidence.cert_fingerprint
             self._entries.pop(fp, None)
-            self._entries[fp] = _Entry(der_to_pem(der), evidence, expires)
+            self._entries[fp] = _Entry(certificate_pem(der), evidence, expires)
             if len(self._entries) > self._max_entries:  # drop the entry that expires first
                 del self._entries[min(self._entries, key=lambda k: self._entries[k].expires)]
             self._recent[fp] = evidence

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from ratls._certs import certificate_der, certificate_pem
 from ratls._grpc_channel import PinnedChannel
 from ratls._trust import (
     AttestationEndpoint,
@@ -31,13 +32,12 @@ from ratls._trust import (
     TrustSet,
     attest,
     common_name,
-    der_to_pem,
     lookup_peer,
 )
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
 from ratls.identity import Identity
-from ratls.policy import Policy, certificate_der
+from ratls.policy import Policy
 
 __all__ = ["AttestationStats", "Credentials", "credentials", "peer"]
 
@@ -150,7 +150,7 @@ class Credentials:
     def channel_credentials(self, attested: Attested) -> grpc.ChannelCredentials:
         """gRPC TLS credentials pinned to an attested server certificate, presenting our certificate."""
         key_pem, cert_pem = self._own_pem
-        return grpc.ssl_channel_credentials(root_certificates=der_to_pem(attested.certificate_der),
+        return grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
                                             private_key=key_pem, certificate_chain=cert_pem)
 
     def secure_channel(self, target: str, *, attestation_target: str | None = None,

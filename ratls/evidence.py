@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ratls._certs import certificate_der
 from ratls._native import ffi, lib
 from ratls.errors import Reason, VerificationError, check_call
-from ratls.policy import TCB_STATUSES, Policy, certificate_der
+from ratls.policy import TCB_STATUSES, Policy
 
 _FORMATS = {lib.RATLS_FORMAT_BARE_QUOTE: "quote", lib.RATLS_FORMAT_DICE: "dice", lib.RATLS_FORMAT_LEGACY: "legacy"}
 _PROVIDERS = {lib.RATLS_ROOT_NONE: "none", lib.RATLS_ROOT_TRUSTED: "sgx", lib.RATLS_ROOT_SIMULATED: "sim"}

@@ -22,10 +22,11 @@ import threading
 from pathlib import Path
 from typing import Literal
 
+from ratls._certs import certificate_der
 from ratls._native import lib
 from ratls.errors import ProviderError, Reason, VerificationError
 from ratls.evidence import Evidence, _native_verify, _now, inspect_certificate, parse_quote, verify_certificate
-from ratls.policy import TCB_STATUSES, Policy, certificate_der
+from ratls.policy import TCB_STATUSES, Policy
 
 ATTESTATION_TYPE_FILE = "/dev/attestation/attestation_type"
 ATTEST_LIBRARY = "libra_tls_attest.so"

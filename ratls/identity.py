@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from ratls._certs import certificate_pem
 from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, check_call
 from ratls.evidence import Evidence, inspect_certificate, verify_certificate
@@ -186,11 +187,7 @@ class Identity:
 
     @property
     def certificate_pem(self) -> bytes:
-        import base64
-        import textwrap
-
-        body = "\n".join(textwrap.wrap(base64.b64encode(self.certificate_der).decode(), 64))
-        return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
+        return certificate_pem(self.certificate_der)
 
     @property
     def private_key_pem(self) -> bytes:

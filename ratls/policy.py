@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import re
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ratls._certs import certificate_der
 from ratls._native import ffi, lib
 from ratls.errors import PolicyError, check_call
 
@@ -18,33 +17,6 @@ TCB_STATUSES: tuple[str, ...] = tuple(ffi.string(lib.ratls_tcb_status_name(i)).d
 
 Measurement = str | bytes
 MeasurementSet = Measurement | Iterable[Measurement] | None
-
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.S)
-
-
-def pem_blocks(data: bytes, labels: tuple[str, ...] = ("CERTIFICATE", "TRUSTED CERTIFICATE")) -> list[bytes]:
-    """DER bodies of the PEM blocks in data with one of the labels (gramine-ratls writes TRUSTED CERTIFICATE)."""
-    out = []
-    for label, body in _PEM_BLOCK.findall(data):
-        if label.decode() in labels:
-            out.append(base64.b64decode(b"".join(body.split()), validate=True))
-    return out
-
-
-def certificate_der(cert: bytes | str) -> bytes:
-    """A certificate given as DER bytes, PEM bytes or PEM text, as DER."""
-    if isinstance(cert, str):
-        cert = cert.encode()
-    if b"-----BEGIN" in cert[:64]:
-        try:
-            blocks = pem_blocks(cert)
-        except ValueError as e:
-            raise PolicyError(f"bad base64 in PEM certificate: {e}") from e
-        if not blocks:
-            raise PolicyError("PEM input holds no CERTIFICATE block")
-        return blocks[0]
-    return cert
-
 
 def _measurements(value: MeasurementSet, field: str) -> tuple[bytes, ...]:
     if value is None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import ratls
+from ratls._certs import certificate_pem
 from ratls.credentials import Credentials, peer
 
 SERVICE = "ratls.test.Echo"
@@ -140,7 +141,7 @@ class FakeIdentity:
 
     @property
     def certificate_pem(self) -> bytes:
-        return x509.load_der_x509_certificate(self.certificate_der).public_bytes(serialization.Encoding.PEM)
+        return certificate_pem(self.certificate_der)
 
 
 def _self_signed(key, cn: str, extensions=()) -> FakeIdentity:
@@ -175,7 +176,7 @@ def direct_channel(server_cert_der: bytes, client, target: str) -> grpc.Channel:
     attesting anything first."""
     names = x509.load_der_x509_certificate(server_cert_der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=x509.load_der_x509_certificate(server_cert_der).public_bytes(serialization.Encoding.PEM),
+        root_certificates=certificate_pem(server_cert_der),
         private_key=client.private_key_pem, certificate_chain=client.certificate_pem)
     return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", str(names[0].value)),
                                                        ("grpc.use_local_subchannel_pool", 1)])

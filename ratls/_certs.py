@@ -1,0 +1,42 @@
+"""The one DER <-> PEM conversion of certificates: policies, verification, identities and gRPC credentials all
+take or give PEM where callers (and grpcio) want it, and the C core works on DER."""
+
+from __future__ import annotations
+
+import base64
+import re
+import textwrap
+
+from ratls.errors import PolicyError
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.S)
+
+
+def pem_blocks(data: bytes, labels: tuple[str, ...] = ("CERTIFICATE", "TRUSTED CERTIFICATE")) -> list[bytes]:
+    """DER bodies of the PEM blocks in data with one of the labels (gramine-ratls writes TRUSTED CERTIFICATE)."""
+    out = []
+    for label, body in _PEM_BLOCK.findall(data):
+        if label.decode() in labels:
+            out.append(base64.b64decode(b"".join(body.split()), validate=True))
+    return out
+
+
+def certificate_der(cert: bytes | str) -> bytes:
+    """A certificate given as DER bytes, PEM bytes or PEM text, as DER."""
+    if isinstance(cert, str):
+        cert = cert.encode()
+    if b"-----BEGIN" in cert[:64]:
+        try:
+            blocks = pem_blocks(cert)
+        except ValueError as e:
+            raise PolicyError(f"bad base64 in PEM certificate: {e}") from e
+        if not blocks:
+            raise PolicyError("PEM input holds no CERTIFICATE block")
+        return blocks[0]
+    return cert
+
+
+def certificate_pem(der: bytes) -> bytes:
+    """A DER certificate as one PEM CERTIFICATE block (64-column base64, as OpenSSL and cryptography write it)."""
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
