@@ -4,7 +4,8 @@
     evidence = ratls.verify_certificate(peer_cert, ratls.Policy(mrenclave=..., ...))
 """
 
-from ratls.credentials import Credentials, credentials, peer
+from ratls._grpc_channel import PinnedChannel
+from ratls.credentials import AttestationStats, Credentials, credentials, peer
 from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
 from ratls.evidence import (
     CertificateInfo,
@@ -22,10 +23,12 @@ from ratls.simca import SimCA
 
 __all__ = [
     "TCB_STATUSES",
+    "AttestationStats",
     "CertificateInfo",
     "Credentials",
     "Evidence",
     "Identity",
+    "PinnedChannel",
     "Policy",
     "PolicyError",
     "ProviderError",

@@ -28,10 +28,13 @@ _LOGGER = logging.getLogger("ratls")
 RETRY_BACKOFF_S = 1.0
 # How gRPC reports an RPC that never got a connection (so it was never sent to any server).
 _NOT_CONNECTED = "failed to connect to all addresses"
+_Serializer = Callable[[Any], bytes] | None
+_Deserializer = Callable[[bytes], Any] | None
 
 
 class PinnedChannel(grpc.Channel):
-    """A grpc.Channel to an attested server (see the module docstring)."""
+    """What Credentials.secure_channel returns: a grpc.Channel to an attested server (see the module docstring),
+    with the attestation state: server_evidence, server_certificate_der, repins, and reattest() to force one."""
 
     def __init__(self, attest: Callable[[], Attested], open_pinned: Callable[[Attested], grpc.Channel]) -> None:
         self._attest = attest
@@ -56,6 +59,7 @@ class PinnedChannel(grpc.Channel):
 
     @property
     def server_certificate_der(self) -> bytes:
+        """The attested server certificate this channel is pinned to (DER)."""
         assert self._attested is not None
         return self._attested.certificate_der
 
@@ -146,17 +150,25 @@ class PinnedChannel(grpc.Channel):
             assert self._inner is not None
             self._inner.unsubscribe(callback)
 
-    def unary_unary(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+    def unary_unary(self, method: str, request_serializer: _Serializer = None,
+                    response_deserializer: _Deserializer = None,
+                    _registered_method: bool = False) -> grpc.UnaryUnaryMultiCallable:
         return _UnaryUnary(self, "unary_unary", method, request_serializer, response_deserializer, _registered_method)
 
-    def unary_stream(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+    def unary_stream(self, method: str, request_serializer: _Serializer = None,
+                     response_deserializer: _Deserializer = None,
+                     _registered_method: bool = False) -> grpc.UnaryStreamMultiCallable:
         return _Streaming(self, "unary_stream", method, request_serializer, response_deserializer, _registered_method)
 
-    def stream_unary(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+    def stream_unary(self, method: str, request_serializer: _Serializer = None,
+                     response_deserializer: _Deserializer = None,
+                     _registered_method: bool = False) -> grpc.StreamUnaryMultiCallable:
         return _StreamUnary(self, "stream_unary", method, request_serializer, response_deserializer,
                             _registered_method)
 
-    def stream_stream(self, method, request_serializer=None, response_deserializer=None, _registered_method=False):
+    def stream_stream(self, method: str, request_serializer: _Serializer = None,
+                      response_deserializer: _Deserializer = None,
+                      _registered_method: bool = False) -> grpc.StreamStreamMultiCallable:
         return _Streaming(self, "stream_stream", method, request_serializer, response_deserializer,
                           _registered_method)
 

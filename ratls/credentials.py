@@ -155,11 +155,11 @@ class Credentials:
 
     def secure_channel(self, target: str, *, attestation_target: str | None = None,
                        options: Sequence[tuple[str, Any]] | None = None,
-                       compression: grpc.Compression | None = None) -> grpc.Channel:
-        """Attests the server, then returns a grpc.Channel pinned to its attested certificate. Raises
-        VerificationError (and opens nothing) if the server fails our policy or refuses us. The channel
-        re-attests by itself when the server restarts with a new key (see ratls._grpc_channel); its
-        reattest() method forces it."""
+                       compression: grpc.Compression | None = None) -> PinnedChannel:
+        """Attests the server, then returns a grpc.Channel (a PinnedChannel) pinned to its attested certificate.
+        Raises VerificationError (and opens nothing) if the server fails our policy or refuses us. The channel
+        re-attests by itself when the server restarts with a new key (see ratls._grpc_channel); its reattest()
+        method forces it, and its server_evidence is the server's Evidence."""
         host, port = split_host_port(target)
         if attestation_target is None:
             attestation_target = f"[{host}]:{port + 1}" if ":" in host else f"{host}:{port + 1}"
@@ -180,15 +180,22 @@ class Credentials:
 def credentials(policy: Policy, identity: Identity | None = None, provider: str = "auto", *,
                 sim_ca: str | os.PathLike | None = None,
                 measured_files: Iterable[str | os.PathLike] | None = None,
-                measure_root: str | os.PathLike | None = None, **options: Any) -> Credentials:
+                measure_root: str | os.PathLike | None = None,
+                trust_ttl: float = DEFAULT_TRUST_TTL_S,
+                handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+                max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+                max_cert_size: int = DEFAULT_MAX_CERT_SIZE) -> Credentials:
     """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
-    `provider` (sim_ca, measured_files and measure_root are for the sim provider). `options`: trust_ttl
-    (seconds a server trusts an attested client), handshake_timeout, max_concurrent_handshakes,
-    max_cert_size."""
+    `provider` (sim_ca, measured_files and measure_root are for the sim provider).
+
+    trust_ttl: seconds a server trusts an attested client. handshake_timeout: seconds one attestation handshake
+    may take (either side). max_concurrent_handshakes: handshakes an attestation port serves at once (a worker
+    thread each). max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts."""
     if identity is None:
         identity = Identity.create(provider, sim_ca=sim_ca, measured_files=measured_files,
                                    measure_root=measure_root)
-    return Credentials(policy, identity, **options)
+    return Credentials(policy, identity, trust_ttl=trust_ttl, handshake_timeout=handshake_timeout,
+                       max_concurrent_handshakes=max_concurrent_handshakes, max_cert_size=max_cert_size)
 
 
 def peer(context: grpc.ServicerContext) -> Evidence:
