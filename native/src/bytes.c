@@ -62,7 +62,10 @@ void cbb_cleanup(cbb *b) {
 }
 
 static int cbb_reserve(cbb *b, size_t n) {
-    if (b->failed) return 0;
+    if (b->failed || b->child_open) { /* bytes written now would land before the open child's */
+        b->failed = 1;
+        return 0;
+    }
     if (n > SIZE_MAX - b->len) {
         b->failed = 1;
         return 0;
@@ -90,7 +93,7 @@ int cbb_add(cbb *b, const void *data, size_t n) {
 
 int cbb_add_zeros(cbb *b, size_t n) {
     if (!cbb_reserve(b, n)) return 0;
-    memset(b->data + b->len, 0, n);
+    if (n) memset(b->data + b->len, 0, n); /* data is still NULL when nothing was ever written */
     b->len += n;
     return 1;
 }
@@ -106,8 +109,63 @@ int cbb_add_u16le(cbb *b, uint16_t v) { return add_le(b, v, 2); }
 int cbb_add_u32le(cbb *b, uint32_t v) { return add_le(b, v, 4); }
 int cbb_add_u64le(cbb *b, uint64_t v) { return add_le(b, v, 8); }
 
+static int open_child(cbb *parent, cbb *child, uint8_t prefix, uint8_t tag) {
+    cbb_init(child);
+    if (parent->failed || parent->child_open || (tag & 0x1f) == 0x1f) { /* 0x1f: a multi-byte tag follows */
+        parent->failed = 1;
+        child->failed = 1;
+        return 0;
+    }
+    parent->child_open = 1;
+    child->parent = parent;
+    child->prefix = prefix;
+    child->tag = tag;
+    return 1;
+}
+
+int cbb_add_u16le_prefixed(cbb *parent, cbb *child) { return open_child(parent, child, CBB_PREFIX_U16LE, 0); }
+int cbb_add_u32le_prefixed(cbb *parent, cbb *child) { return open_child(parent, child, CBB_PREFIX_U32LE, 0); }
+int cbb_add_der(cbb *parent, cbb *child, uint8_t tag) { return open_child(parent, child, CBB_PREFIX_DER, tag); }
+
+static int add_der_head(cbb *b, uint8_t tag, size_t len) {
+    uint8_t head[2 + sizeof(size_t)] = {tag};
+    size_t n = 1;
+    if (len < 0x80) {
+        head[n++] = (uint8_t)len;
+    } else {
+        size_t bytes = 0;
+        for (size_t v = len; v; v >>= 8) bytes++;
+        head[n++] = (uint8_t)(0x80 | bytes);
+        while (bytes--) head[n++] = (uint8_t)(len >> (8 * bytes));
+    }
+    return cbb_add(b, head, n);
+}
+
+static int add_prefix(cbb *parent, const cbb *child) {
+    switch (child->prefix) {
+    case CBB_PREFIX_U16LE:
+        return child->len <= UINT16_MAX && cbb_add_u16le(parent, (uint16_t)child->len);
+    case CBB_PREFIX_U32LE:
+        return child->len <= UINT32_MAX && cbb_add_u32le(parent, (uint32_t)child->len);
+    default:
+        return add_der_head(parent, child->tag, child->len);
+    }
+}
+
+int cbb_close(cbb *child) {
+    cbb *parent = child->parent;
+    int ok = parent && parent->child_open;
+    if (ok) {
+        parent->child_open = 0;
+        ok = !child->failed && add_prefix(parent, child) && cbb_add(parent, child->data, child->len);
+        if (!ok) parent->failed = 1;
+    }
+    cbb_cleanup(child);
+    return ok;
+}
+
 uint8_t *cbb_finish(cbb *b, size_t *len) {
-    if (b->failed) {
+    if (b->failed || b->child_open) {
         cbb_cleanup(b);
         return NULL;
     }

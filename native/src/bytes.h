@@ -35,12 +35,26 @@ int cbs_get_bytes(cbs *s, cbs *out, size_t n);
 /* Offset of the cursor relative to `base` (the start of the buffer it was cut from). */
 static inline size_t cbs_offset(const cbs *s, const uint8_t *base) { return (size_t)(s->data - base); }
 
+/* DER (X.690) tags in their one-byte form: universal, or context-specific [n] as DER_CONTEXT | n. */
+#define DER_CONSTRUCTED 0x20
+#define DER_CONTEXT 0x80
+#define DER_OCTET_STRING 0x04
+#define DER_OID 0x06
+#define DER_SEQUENCE (0x10 | DER_CONSTRUCTED)
+
+/* The length prefix a child builder's contents get when it is closed. */
+enum { CBB_PREFIX_U16LE, CBB_PREFIX_U32LE, CBB_PREFIX_DER };
+
 /* A growable output buffer. On allocation failure `failed` is set and further writes are no-ops. */
-typedef struct {
+typedef struct cbb {
     uint8_t *data;
     size_t len;
     size_t cap;
     int failed;
+    int child_open;     /* a parent: takes no writes until its child is closed */
+    struct cbb *parent; /* a child: where cbb_close puts its length and contents */
+    uint8_t prefix;     /* a child: CBB_PREFIX_* */
+    uint8_t tag;        /* a child: its DER tag, for CBB_PREFIX_DER */
 } cbb;
 
 void cbb_init(cbb *b);
@@ -51,7 +65,20 @@ int cbb_add_u16le(cbb *b, uint16_t v);
 int cbb_add_u32le(cbb *b, uint32_t v);
 int cbb_add_u64le(cbb *b, uint64_t v);
 int cbb_add_zeros(cbb *b, size_t n);
-/* Hands the buffer to the caller (malloc'ed; free with ratls_free) and resets b. NULL if it failed. */
+/* Length-prefixed children, after BoringSSL's CBB_add_u16_length_prefixed and CBB_add_asn1: `child` collects
+ * contents that cbb_close appends to `parent` behind their length, so no caller counts bytes by hand. `child` is
+ * always initialised (failed if `parent` has failed or already has an open child, or the tag is not one byte);
+ * close it on every path, which also frees it. Writes to `parent` before then fail it. */
+int cbb_add_u16le_prefixed(cbb *parent, cbb *child);
+int cbb_add_u32le_prefixed(cbb *parent, cbb *child);
+/* As the DER element `tag`: definite length, in the minimal form. */
+int cbb_add_der(cbb *parent, cbb *child, uint8_t tag);
+/* Appends the child's length and contents to its parent and frees the child. 0, with the parent failed, if the
+ * child failed or its contents are too long for the prefix; 0 and nothing written if the child is not open (closed
+ * already, or its parent was finished or cleaned up first). */
+int cbb_close(cbb *child);
+/* Hands the buffer to the caller (malloc'ed; free with ratls_free) and resets b. NULL if it failed or has a child
+ * still open. */
 uint8_t *cbb_finish(cbb *b, size_t *len);
 
 #endif

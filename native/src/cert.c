@@ -21,12 +21,15 @@ static const uint8_t dice_oid_content[] = {0x67, 0x81, 0x05, 0x05, 0x04, 0x09};
 #define LEGACY_QUOTE_MIN 128
 
 static ASN1_OBJECT *oid_from_content(const uint8_t *content, size_t len) {
-    uint8_t tlv[16];
-    tlv[0] = 0x06;
-    tlv[1] = (uint8_t)len;
-    memcpy(tlv + 2, content, len);
-    const unsigned char *p = tlv;
-    return d2i_ASN1_OBJECT(NULL, &p, (long)len + 2);
+    cbb tlv, oid;
+    cbb_init(&tlv);
+    cbb_add_der(&tlv, &oid, DER_OID);
+    cbb_add(&oid, content, len);
+    int ok = cbb_close(&oid);
+    const unsigned char *p = tlv.data;
+    ASN1_OBJECT *obj = ok ? d2i_ASN1_OBJECT(NULL, &p, (long)tlv.len) : NULL;
+    cbb_cleanup(&tlv);
+    return obj;
 }
 
 int ratls_spki_der(EVP_PKEY *key, uint8_t **der, size_t *len) {
@@ -85,13 +88,26 @@ static int add_key_extensions(X509 *x, EVP_PKEY *key) {
     unsigned int sha1_len = 0;
     int ok = EVP_Digest(pub, (size_t)n, sha1, &sha1_len, EVP_sha1(), NULL) && sha1_len == 20;
     OPENSSL_free(pub);
-    uint8_t ski[22] = {0x04, 0x14}, aki[24] = {0x30, 0x16, 0x80, 0x14};
-    memcpy(ski + 2, sha1, 20);
-    memcpy(aki + 4, sha1, 20);
+    /* SKI: OCTET STRING keyIdentifier; AKI: SEQUENCE { [0] keyIdentifier }. */
+    cbb ski, aki, seq, id;
+    cbb_init(&ski);
+    cbb_init(&aki);
+    cbb_add_der(&ski, &id, DER_OCTET_STRING);
+    cbb_add(&id, sha1, sizeof sha1);
+    cbb_close(&id);
+    cbb_add_der(&aki, &seq, DER_SEQUENCE);
+    cbb_add_der(&seq, &id, DER_CONTEXT | 0);
+    cbb_add(&id, sha1, sizeof sha1);
+    cbb_close(&id);
+    cbb_close(&seq);
     static const uint8_t basic_constraints[] = {0x30, 0x00};
-    return ok && add_raw_extension(x, OBJ_nid2obj(NID_basic_constraints), basic_constraints, 2) &&
-           add_raw_extension(x, OBJ_nid2obj(NID_subject_key_identifier), ski, sizeof ski) &&
-           add_raw_extension(x, OBJ_nid2obj(NID_authority_key_identifier), aki, sizeof aki);
+    ok = ok && !ski.failed && !aki.failed &&
+         add_raw_extension(x, OBJ_nid2obj(NID_basic_constraints), basic_constraints, 2) &&
+         add_raw_extension(x, OBJ_nid2obj(NID_subject_key_identifier), ski.data, ski.len) &&
+         add_raw_extension(x, OBJ_nid2obj(NID_authority_key_identifier), aki.data, aki.len);
+    cbb_cleanup(&ski);
+    cbb_cleanup(&aki);
+    return ok;
 }
 
 int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote, void *ctx,

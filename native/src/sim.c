@@ -238,13 +238,24 @@ static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, 
     ratls_report_body_encode(&qe_raw, &qe);
     int ok = !qe_raw.failed && qe_raw.len == SGX_REPORT_BODY_SIZE &&
              ratls_ecdsa_sign_raw(c->pck_key, qe_raw.data, qe_raw.len, qe_sig, 32);
-
-    size_t sig_len = 64 + 64 + SGX_REPORT_BODY_SIZE + 64 + 2 + sizeof qe_auth_data + 2 + 4 + c->chain_len;
-    ok = ok && cbb_add_u32le(&b, (uint32_t)sig_len) && cbb_add(&b, isv_sig, 64) &&
-         cbb_add(&b, c->attestation_pub, 64) && cbb_add(&b, qe_raw.data, qe_raw.len) && cbb_add(&b, qe_sig, 64) &&
-         cbb_add_u16le(&b, sizeof qe_auth_data) && cbb_add(&b, qe_auth_data, sizeof qe_auth_data) &&
-         cbb_add_u16le(&b, SGX_CERT_DATA_PCK_CHAIN) && cbb_add_u32le(&b, (uint32_t)c->chain_len) &&
-         cbb_add(&b, c->chain_pem, c->chain_len);
+    if (ok) {
+        /* The signature data, and in it the QE auth data and the certification data, each behind its length.
+         * A failed write fails the children and, as they close, the quote; so only the last close is checked. */
+        cbb sig, auth, chain;
+        cbb_add_u32le_prefixed(&b, &sig);
+        cbb_add(&sig, isv_sig, 64);
+        cbb_add(&sig, c->attestation_pub, 64);
+        cbb_add(&sig, qe_raw.data, qe_raw.len);
+        cbb_add(&sig, qe_sig, 64);
+        cbb_add_u16le_prefixed(&sig, &auth);
+        cbb_add(&auth, qe_auth_data, sizeof qe_auth_data);
+        cbb_close(&auth);
+        cbb_add_u16le(&sig, SGX_CERT_DATA_PCK_CHAIN);
+        cbb_add_u32le_prefixed(&sig, &chain);
+        cbb_add(&chain, c->chain_pem, c->chain_len);
+        cbb_close(&chain);
+        ok = cbb_close(&sig);
+    }
     cbb_cleanup(&qe_raw);
     if (!ok) goto fail;
     *quote = cbb_finish(&b, quote_len);

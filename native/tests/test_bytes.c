@@ -1,5 +1,5 @@
 /* cbs/cbb edge cases: short reads consume nothing, endianness, splitting, offsets, buffer growth,
- * size overflow, and the empty buffer. */
+ * size overflow, the empty buffer, and length-prefixed children (nesting, limits, misuse). */
 #include "bytes.h"
 #include "testutil.h"
 
@@ -112,8 +112,128 @@ static void test_writes(void) {
     CHECK(b.data == NULL && !b.failed);
 }
 
+/* The child's bytes, as its parent holds them once closed. */
+static int holds(const cbb *b, const void *expected, size_t n) {
+    return !b->failed && b->len == n && memcmp(b->data, expected, n) == 0;
+}
+
+static void test_children(void) {
+    cbb b, child, grandchild;
+    cbb_init(&b);
+    CHECK(cbb_add_u8(&b, 0xaa));
+    CHECK(cbb_add_u32le_prefixed(&b, &child));
+    CHECK(cbb_add(&child, "ab", 2));
+    CHECK(cbb_add_u16le_prefixed(&child, &grandchild));
+    CHECK(cbb_add(&grandchild, "xyz", 3));
+    CHECK(cbb_close(&grandchild));
+    CHECK(cbb_add_u16le_prefixed(&child, &grandchild)); /* empty */
+    CHECK(cbb_close(&grandchild));
+    CHECK(cbb_close(&child));
+    CHECK(cbb_add_u8(&b, 0xbb)); /* the parent takes writes again */
+    const uint8_t nested[] = {0xaa, 9, 0, 0, 0, 'a', 'b', 3, 0, 'x', 'y', 'z', 0, 0, 0xbb};
+    CHECK(holds(&b, nested, sizeof nested));
+    CHECK(!cbb_close(&child)); /* closed already: nothing written */
+    CHECK(holds(&b, nested, sizeof nested));
+    cbb_cleanup(&b);
+
+    /* The longest u16le contents fit; one byte more fails the parent. */
+    cbb_init(&b);
+    CHECK(cbb_add_u16le_prefixed(&b, &child));
+    CHECK(cbb_add_zeros(&child, UINT16_MAX));
+    CHECK(cbb_close(&child));
+    CHECK(!b.failed && b.len == 2 + UINT16_MAX && b.data[0] == 0xff && b.data[1] == 0xff);
+    CHECK(cbb_add_u16le_prefixed(&b, &child));
+    CHECK(cbb_add_zeros(&child, UINT16_MAX + 1));
+    CHECK(!cbb_close(&child));
+    CHECK(b.failed);
+    cbb_cleanup(&b);
+
+    /* A failed child fails its parent when closed. */
+    cbb_init(&b);
+    CHECK(cbb_add_u32le_prefixed(&b, &child));
+    CHECK(cbb_add_u8(&child, 1));
+    CHECK(!cbb_add_zeros(&child, SIZE_MAX)); /* an impossible size, not an allocation attempt */
+    CHECK(!cbb_close(&child));
+    CHECK(b.failed);
+    size_t len;
+    CHECK(cbb_finish(&b, &len) == NULL);
+
+    /* Writing to the parent, or opening a second child, while a child is open fails the parent. */
+    cbb_init(&b);
+    CHECK(cbb_add_u16le_prefixed(&b, &child));
+    CHECK(!cbb_add_u8(&b, 1));
+    CHECK(b.failed);
+    CHECK(!cbb_close(&child));
+    cbb_cleanup(&b);
+    cbb_init(&b);
+    CHECK(cbb_add_u16le_prefixed(&b, &child));
+    CHECK(!cbb_add_u16le_prefixed(&b, &grandchild));
+    CHECK(grandchild.failed && b.failed);
+    CHECK(!cbb_close(&grandchild));
+    CHECK(!cbb_close(&child));
+    CHECK(cbb_finish(&b, &len) == NULL);
+    /* A failed parent gives failed children. */
+    cbb_init(&b);
+    CHECK(cbb_add_u8(&b, 1));
+    CHECK(!cbb_add_zeros(&b, SIZE_MAX));
+    CHECK(!cbb_add_u32le_prefixed(&b, &child));
+    CHECK(child.failed && !cbb_add_u8(&child, 1));
+    CHECK(!cbb_close(&child));
+    cbb_cleanup(&b);
+
+    /* Finishing a parent with an open child fails; the child then closes into nothing (and is freed). */
+    cbb_init(&b);
+    CHECK(cbb_add_u8(&b, 1));
+    CHECK(cbb_add_u16le_prefixed(&b, &child));
+    CHECK(cbb_add_u8(&child, 2));
+    CHECK(cbb_finish(&b, &len) == NULL);
+    CHECK(!cbb_close(&child));
+    CHECK(b.data == NULL && b.len == 0);
+}
+
+/* A DER child's head: the tag, then the length in the shortest form. */
+static void check_der_head(size_t n, const uint8_t *head, size_t head_len) {
+    cbb b, child;
+    cbb_init(&b);
+    CHECK(cbb_add_der(&b, &child, DER_OCTET_STRING));
+    CHECK(cbb_add_zeros(&child, n));
+    CHECK(cbb_close(&child));
+    CHECK(!b.failed && b.len == head_len + n && memcmp(b.data, head, head_len) == 0);
+    cbb_cleanup(&b);
+}
+
+static void test_der_children(void) {
+    check_der_head(0, (const uint8_t[]){0x04, 0x00}, 2);
+    check_der_head(0x7f, (const uint8_t[]){0x04, 0x7f}, 2);
+    check_der_head(0x80, (const uint8_t[]){0x04, 0x81, 0x80}, 3);
+    check_der_head(0xff, (const uint8_t[]){0x04, 0x81, 0xff}, 3);
+    check_der_head(0x100, (const uint8_t[]){0x04, 0x82, 0x01, 0x00}, 4);
+    check_der_head(0x10000, (const uint8_t[]){0x04, 0x83, 0x01, 0x00, 0x00}, 5);
+
+    /* SEQUENCE { [0] 'k' }, as an authority key identifier is built. */
+    cbb b, seq, id;
+    cbb_init(&b);
+    CHECK(cbb_add_der(&b, &seq, DER_SEQUENCE));
+    CHECK(cbb_add_der(&seq, &id, DER_CONTEXT | 0));
+    CHECK(cbb_add_u8(&id, 'k'));
+    CHECK(cbb_close(&id));
+    CHECK(cbb_close(&seq));
+    const uint8_t aki[] = {0x30, 0x03, 0x80, 0x01, 'k'};
+    CHECK(holds(&b, aki, sizeof aki));
+    cbb_cleanup(&b);
+
+    /* A tag number of 31 or more needs the multi-byte form, which is not written. */
+    cbb_init(&b);
+    CHECK(!cbb_add_der(&b, &id, DER_CONTEXT | 0x1f));
+    CHECK(id.failed && b.failed);
+    CHECK(!cbb_close(&id));
+    cbb_cleanup(&b);
+}
+
 int main(void) {
     test_reads();
     test_writes();
+    test_children();
+    test_der_children();
     return test_summary();
 }

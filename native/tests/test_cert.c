@@ -2,6 +2,7 @@
  * carrying the requested report_data, so the certificate layout, the evidence extraction and both key
  * bindings can be checked in C (signature chains are covered by test_quote and the Python suite). */
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 
 #include "internal.h"
 #include "testutil.h"
@@ -50,6 +51,18 @@ int main(void) {
              RATLS_ERR_REPORT_DATA_MISMATCH);
     CHECK_EQ(ratls_cert_check_binding(der, &legacy, der + info.quote.off + 368, msg, sizeof msg),
              RATLS_ERR_REPORT_DATA_MISMATCH);
+
+    /* The key identifiers as mbedTLS writes them: SKI 04 14 <SHA-1>, AKI 30 16 80 14 <the same SHA-1>. */
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    CHECK(x != NULL);
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(x), *aki = X509_get0_authority_key_id(x);
+    CHECK(ski && aki && ASN1_STRING_length(ski) == 20 && ASN1_OCTET_STRING_cmp(ski, aki) == 0);
+    X509_EXTENSION *ext = X509_get_ext(x, X509_get_ext_by_NID(x, NID_subject_key_identifier, -1));
+    CHECK(ext && ASN1_STRING_length(X509_EXTENSION_get_data(ext)) == 22);
+    ext = X509_get_ext(x, X509_get_ext_by_NID(x, NID_authority_key_identifier, -1));
+    CHECK(ext && ASN1_STRING_length(X509_EXTENSION_get_data(ext)) == 24);
+    X509_free(x);
 
     /* Every truncation of the certificate is rejected cleanly. */
     int all_rejected = 1;
