@@ -10,13 +10,15 @@ import textwrap
 from ratls.errors import PolicyError
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.S)
+# gramine-ratls writes TRUSTED CERTIFICATE.
+_CERTIFICATE_LABELS = (b"CERTIFICATE", b"TRUSTED CERTIFICATE")
 
 
-def pem_blocks(data: bytes, labels: tuple[str, ...] = ("CERTIFICATE", "TRUSTED CERTIFICATE")) -> list[bytes]:
-    """DER bodies of the PEM blocks in data with one of the labels (gramine-ratls writes TRUSTED CERTIFICATE)."""
+def pem_blocks(data: bytes) -> list[bytes]:
+    """DER bodies of the certificate PEM blocks in data."""
     out = []
     for label, body in _PEM_BLOCK.findall(data):
-        if label.decode() in labels:
+        if label in _CERTIFICATE_LABELS:
             out.append(base64.b64decode(b"".join(body.split()), validate=True))
     return out
 

@@ -90,15 +90,16 @@ class AttestationEndpoint:
         # close() may race with gRPC's fetcher calling pop(): the C server must not be freed mid-call.
         self._lock = threading.Lock()
 
-    def pop(self, timeout: float = 0.0) -> tuple[bytes, Evidence] | None:
-        """The next attested client (certificate DER, Evidence), waiting up to `timeout` seconds."""
+    def pop(self) -> tuple[bytes, Evidence] | None:
+        """The next attested client (certificate DER, Evidence), or None at once when there is none: it is called
+        from gRPC's certificate-config fetcher, which must not wait."""
         der = ffi.new("uint8_t **")
         n = ffi.new("size_t *")
         ev = ffi.new("ratls_evidence *")
         with self._lock:
             if not self._finalizer.alive:
                 return None
-            if lib.ratls_attest_server_pop(self._ptr, int(timeout * 1000), der, n, ev) != lib.RATLS_OK:
+            if lib.ratls_attest_server_pop(self._ptr, 0, der, n, ev) != lib.RATLS_OK:
                 return None
         try:
             return bytes(ffi.buffer(der[0], n[0])), Evidence._from_native(ev)

@@ -158,13 +158,13 @@ class Evidence(_JsonMixin):
                 f"debug={self.debug}, tcb_status={self.tcb_status!r}, cert={self.cert_fingerprint.hex()[:16]}…)")
 
     @classmethod
-    def _from_native(cls, ev, advisory_ids: tuple[str, ...] = ()) -> Evidence:
+    def _from_native(cls, ev) -> Evidence:
         return cls(
             provider=_PROVIDERS.get(ev.root, "none"), format=_FORMATS.get(ev.format, "quote"),
             mrenclave=bytes(ev.mrenclave), mrsigner=bytes(ev.mrsigner), isv_prod_id=ev.isv_prod_id,
             isv_svn=ev.isv_svn, debug=bool(ev.flags & lib.RATLS_SGX_FLAGS_DEBUG), attributes_flags=ev.flags,
             attributes_xfrm=ev.xfrm, cpu_svn=bytes(ev.cpu_svn), qe_svn=ev.qe_svn, pce_svn=ev.pce_svn,
-            report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status], advisory_ids=advisory_ids,
+            report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status], advisory_ids=(),
             cert_fingerprint=bytes(ev.cert_sha256), spki_sha256=bytes(ev.spki_sha256),
             not_before=_time(ev.not_before), not_after=_time(ev.not_after),
         )
