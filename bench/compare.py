@@ -38,8 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: tf_
 from tf_ps_baseline import TcpBytes, peak_rss_bytes, stop_process  # noqa: E402
 
 from runtime.data import synth  # noqa: E402
-from runtime.model import DLRMConfig  # noqa: E402
-from runtime.ps import add_model_arguments, model_config  # noqa: E402
+from runtime.model import (  # noqa: E402
+    DLRMConfig,  # noqa: E402
+    add_model_arguments,
+    model_config,
+)
 
 SYSTEMS = ("ceiling", "tf-ps", "ours-insecure", "ours-ratls")
 TF_PS_BASELINE = Path(__file__).resolve().parent / "tf_ps_baseline.py"

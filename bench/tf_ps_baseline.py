@@ -16,9 +16,9 @@ passes --learning-rate lr / workers, which makes the SGD step per sample the sam
 Each worker reads its own line shard of the TSV files (lines i, i+W, ... as CriteoReader's shard=(i, W)) with a
 tf.data pipeline on the worker (TextLineDataset, decode_csv, hex decoding in TensorFlow ops; the same
 preprocessing as runtime.data). Held-out metrics: the final variables are read back and scored with
-runtime.reference.evaluate, the code our runtime's numbers are compared with.
+runtime.model.reference.evaluate, the code our runtime's numbers are compared with.
 
-ceiling: runtime.model.DLRM loss_and_grads plus the numpy SGD of runtime.reference in one process, on batches
+ceiling: runtime.model.DLRM loss_and_grads plus the numpy SGD of runtime.model.reference in one process, on batches
 parsed before the clock starts: the compute rate of one training process with TensorFlow's default thread pool.
 
 Both print one JSON report (also written to --report): samples/s, step time, peak RSS per process and, for
@@ -47,11 +47,12 @@ from runtime.model import (
     NUM_CATEGORICAL,
     NUM_DENSE,
     DLRMConfig,
+    add_model_arguments,
     init_dense_params,
     init_embedding_table,
+    model_config,
 )
-from runtime.ps import add_model_arguments, model_config
-from runtime.reference import ModelParams, evaluate, train_single_process
+from runtime.model.reference import ModelParams, evaluate, train_single_process
 
 SERVER_START_TIMEOUT = 180.0  # three TensorFlow imports at once are slow on a busy 2-core machine
 STOP_TIMEOUT = 5.0

@@ -21,43 +21,31 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from runtime import transport
-from runtime.data import DataError, add_format_arguments, add_max_bad_fraction_argument, check_format, criteo_lines
-from runtime.model import DLRMConfig, join_flat, split_flat
+from runtime.client.chief import pull_final_parameters
+from runtime.data import (
+    DataError,
+    ShardSource,
+    add_format_arguments,
+    add_max_bad_fraction_argument,
+    shard_sources,
+    synthetic_partitions,
+)
+from runtime.model import add_model_arguments, model_config
+from runtime.model.export import evaluate_saved_model, export_model
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
-from runtime.ps import add_model_arguments, model_config
 from runtime.report import write_json_atomically
 
 _WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-
-
-@dataclass
-class ShardSource:
-    """Where shard `index` of `count` comes from: every count-th line of `paths` (taken together) from line
-    `index`, or (line_sharded False) all lines of `paths`, in `file_format`; workers always get Criteo TSV."""
-
-    paths: list[Path]
-    index: int
-    count: int
-    line_sharded: bool
-    file_format: str = "tsv"
-
-    def lines(self) -> Iterator[bytes]:
-        """The shard's lines, streamed; a line too long for the reader is skipped here as the reader would."""
-        shard = (self.index, self.count) if self.line_sharded else None
-        for raw, _, _ in criteo_lines(self.paths, file_format=self.file_format, shard=shard):
-            if raw is not None:
-                yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
 def shard_chunks(source: ShardSource, chunk_bytes: int) -> Iterator[chief_pb2.ShardChunk]:
@@ -188,93 +176,6 @@ class Chief:
             return {"workers": workers, "refused_worker_ids": list(self.refused), "transport": self.net.report()}
 
 
-def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: int) -> tuple[
-        DLRMConfig, dict[str, np.ndarray], list[np.ndarray]]:
-    """Every parameter from the PS after training: the chief joins (only once the PS is done, so it never
-    counts in a round), pulls the dense weights and each table's rows one table at a time, and leaves."""
-    from runtime.ps_client import ShardedPS
-
-    client = ShardedPS(transport.parse_endpoints(ps_addresses), net, "chief")
-    try:
-        client.connect_and_join()
-        config = client.config
-        assert config is not None
-        dense: dict[str, np.ndarray] = {}
-        tables: list[np.ndarray] = []
-        empty = [np.zeros(0, np.int64)] * config.num_tables
-        for t, size in enumerate(config.table_sizes):
-            ids = list(empty)
-            ids[t] = np.arange(size, dtype=np.int64)
-            pulled = client.pull([steps] * client.num_shards, ids, dense=t == 0, wait_ms=0)
-            if not pulled.ready or min(pulled.versions) < steps:
-                raise RuntimeError(f"PS not done: versions {pulled.versions}, expected {steps}")
-            if pulled.dense is not None:
-                dense = split_flat(pulled.dense, config.layer_shapes())
-            tables.append(pulled.rows)
-        client.leave()
-    finally:
-        client.close()
-    return config, dense, tables
-
-
-def export_model(config: DLRMConfig, dense: dict[str, np.ndarray], tables: Sequence[np.ndarray],
-                 out_dir: Path) -> Path:
-    """Writes the trained DLRM to out_dir: a TensorFlow SavedModel (out_dir/saved_model; its `serve` function and
-    serving signature map dense float32 [B, 13] and cat int64 [B, 26] (row ids, as Batch.cat) to click
-    probabilities [B]) and the raw parameters (out_dir/parameters.npz). Returns the SavedModel directory."""
-    import tensorflow as tf
-
-    from runtime.model import DLRM
-
-    names = [name for name, _ in config.layer_shapes()]
-    for t, table in enumerate(tables):
-        if table.shape != (config.table_sizes[t], config.embedding_dim) or table.dtype != np.float32:
-            raise ValueError(f"table {t}: expected float32 {(config.table_sizes[t], config.embedding_dim)}, "
-                             f"found {table.dtype} {table.shape}")
-    graphs = DLRM(config)._graphs
-    offsets = np.cumsum([0, *config.table_sizes[:-1]]).astype(np.int64)
-
-    class Served(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.flat_params = tf.Variable(join_flat(dense, config.layer_shapes()), trainable=False)
-            self.rows = tf.Variable(np.concatenate(list(tables)), trainable=False)
-            self.offsets = tf.constant(offsets)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, config.num_dense], tf.float32, name="dense"),
-                                      tf.TensorSpec([None, config.num_tables], tf.int64, name="cat")])
-        def serve(self, dense_features: tf.Tensor, cat: tf.Tensor) -> tf.Tensor:
-            return graphs._probabilities(self.flat_params, self.rows, cat + self.offsets, dense_features)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    module = Served()
-    saved = out_dir / "saved_model"
-    tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
-    np.savez(out_dir / "parameters.npz", **{f"dense/{n}": dense[n] for n in names},
-             **{f"table/{t}": table for t, table in enumerate(tables)})
-    return saved
-
-
-def evaluate_saved_model(saved: Path, paths: Sequence[Path], config: DLRMConfig, layout: str,
-                         file_format: str = "tsv") -> dict[str, Any]:
-    """The final evaluation, on the chief's held-out data, of the model exactly as exported (loaded back)."""
-    import tensorflow as tf
-
-    from runtime import metrics
-    from runtime.data import CriteoReader
-
-    model = tf.saved_model.load(str(saved))
-    labels, scores = [], []
-    for batch in CriteoReader(list(paths), config, 4096, layout=layout, file_format=file_format):
-        scores.append(model.serve(tf.constant(batch.dense), tf.constant(batch.cat.astype(np.int64))).numpy())
-        labels.append(batch.labels)
-    if not labels:
-        return {"examples": 0}
-    y, p = np.concatenate(labels), np.concatenate(scores)
-    return {"examples": int(y.size), "log_loss": metrics.log_loss(y, p), "accuracy": metrics.accuracy(y, p),
-            "auc": metrics.auc(y, p) if 0 < y.sum() < y.size else None}
-
-
 def start_server(chief: Chief, host: str, port: int, attestation_port: int | None = None) -> tuple[grpc.Server,
                                                                                                     transport.Endpoint]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * len(chief.worker_ids) + 8,
@@ -283,15 +184,6 @@ def start_server(chief: Chief, host: str, port: int, attestation_port: int | Non
     endpoint = chief.net.add_port(server, host, port, attestation_port)
     server.start()
     return server, endpoint
-
-
-def shard_sources(data: Sequence[Path] | None, synthetic_files: Sequence[Path] | None, workers: int,
-                  file_format: str = "tsv") -> list[ShardSource]:
-    if synthetic_files is not None:
-        return [ShardSource([path], i, workers, line_sharded=False) for i, path in enumerate(synthetic_files)]
-    assert data is not None
-    check_format(data, file_format)  # now, not in each worker's shard stream
-    return [ShardSource(list(data), i, workers, line_sharded=True, file_format=file_format) for i in range(workers)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -343,8 +235,6 @@ def run(args: argparse.Namespace) -> int:
     config = model_config(args)
     synthetic_files = None
     if args.synthetic is not None:
-        from runtime.worker import synthetic_partitions
-
         synthetic_files, eval_files = synthetic_partitions(args.out / "data", args.workers, args.synthetic,
                                                            args.eval_rows, args.data_seed, config)
         eval_paths: list[Path] = list(eval_files)

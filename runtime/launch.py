@@ -26,8 +26,14 @@ from typing import IO, Any
 import numpy as np
 
 from runtime import metrics, transport
-from runtime.data import DataError, add_format_arguments, add_max_bad_fraction_argument, check_format
-from runtime.ps import add_model_arguments, model_config
+from runtime.data import (
+    DataError,
+    add_format_arguments,
+    add_max_bad_fraction_argument,
+    check_format,
+    synthetic_partitions,
+)
+from runtime.model import add_model_arguments, model_config
 from runtime.report import write_json_atomically
 
 READY_TIMEOUT = 60.0
@@ -129,8 +135,6 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
         eval_args = ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
         return [["--data", *map(str, args.data), "--data-shard", f"{i}/{args.workers}", *_reader_argv(args),
                  *eval_args] for i in range(args.workers)]
-    from runtime.worker import synthetic_partitions
-
     rows = args.synthetic_rows or args.steps * args.batch_size
     started = time.perf_counter()
     train, held_out = synthetic_partitions(out / "data", args.workers, rows, args.eval_rows, args.data_seed,

@@ -12,121 +12,37 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
-import json
 import os
-import queue
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from runtime import metrics, transport
-from runtime.data import CriteoReader, DataError, add_format_arguments, add_max_bad_fraction_argument, synth
+from runtime.client.chief import ChiefClient
+from runtime.client.ps import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
+from runtime.data import (
+    CriteoReader,
+    DataError,
+    Prefetcher,
+    TrainingStream,
+    add_format_arguments,
+    add_max_bad_fraction_argument,
+    synthetic_partitions,
+)
 from runtime.model import Batch, DLRMConfig, Lookup
-from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WIRE_DTYPE_NAMES, RemoteError
-from runtime.ps_client import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
+from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
 from runtime.report import write_json_atomically
 from runtime.transport import TransportError
 
 EVAL_BATCH_SIZE = 4096
-
-
-def synthetic_partitions(directory: Path, workers: int, train_rows: int, eval_rows: int, seed: int,
-                         config: DLRMConfig) -> tuple[list[Path], list[Path]]:
-    """One synthetic stream (one planted signal) cut into a training and a held-out file per worker."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = synth(directory / "synthetic.tsv", workers * (train_rows + eval_rows), seed, config=config,
-                  partitions=[train_rows] * workers + [eval_rows] * workers)
-    return files[:workers], files[workers:]
-
-
-class TrainingStream:
-    """Training batches forever (pass after pass over the reader), holding out the first `holdout` batches of
-    every pass as evaluation data. Records the line counts of the first complete pass."""
-
-    def __init__(self, reader: CriteoReader, holdout: int) -> None:
-        self.reader = reader
-        self.holdout = holdout
-        self.heldout: list[Batch] = []
-        self.passes = 0
-        self.first_pass_lines: tuple[int, int] | None = None
-        self.bad_examples: list[tuple[str, int, str]] = []
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            trained = batches = 0
-            for index, batch in enumerate(self.reader):
-                batches += 1
-                if index < self.holdout:
-                    if self.passes == 0:
-                        self.heldout.append(batch)
-                    continue
-                trained += 1
-                yield batch
-            if self.passes == 0:
-                self.first_pass_lines = (self.reader.lines, self.reader.bad_lines)
-                self.bad_examples = list(self.reader.bad_examples)
-            self.passes += 1
-            if trained == 0:
-                raise DataError(f"no training batches: the data gives {batches} batches and {self.holdout} "
-                                f"are held out for evaluation")
-
-    def line_counts(self) -> dict[str, Any]:
-        lines, bad = self.first_pass_lines or (self.reader.lines, self.reader.bad_lines)
-        return {"lines": lines, "bad_lines": bad, "complete_passes": self.passes,
-                "bad_examples": [f"{p}:{n}: {r}" for p, n, r in self.bad_examples]}
-
-
-class Prefetcher:
-    """Reads batches (and their row lookups) on a background thread, `depth` ahead, so parsing overlaps with
-    pulling, computing and pushing. Errors of the reader reach the consumer in order."""
-
-    _END = object()
-
-    def __init__(self, batches: Iterator[Batch], depth: int = 2) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(batches,), name="prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self, batches: Iterator[Batch]) -> None:
-        try:
-            for batch in batches:
-                item = (batch, batch.lookup())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._queue.put(self._END)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._queue.put(error)
-
-    def __iter__(self) -> Iterator[tuple[Batch, Lookup]]:
-        return self
-
-    def __next__(self) -> tuple[Batch, Lookup]:
-        item = self._queue.get()
-        if item is self._END:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 @dataclass
@@ -583,74 +499,6 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not sep or not 0 <= shard[0] < shard[1]:
         raise ValueError(f"--data-shard: expected i/n with 0 <= i < n, found {text!r}")
     return shard
-
-
-class ChiefClient:
-    """SDT: this worker's link to the chief (attested like every other link)."""
-
-    def __init__(self, endpoint: transport.Endpoint, net: transport.Transport, worker_id: str) -> None:
-        from runtime.proto import chief_pb2_grpc
-
-        self.worker_id = worker_id
-        self.channel = net.channel(endpoint, [("grpc.max_receive_message_length", 96 << 20)])
-        self.stub = chief_pb2_grpc.ChiefStub(self.channel)
-        self.shard_bytes = 0
-
-    def _call(self, method: Any, request: Any, timeout: float = 60.0) -> Any:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as error:
-            raise RemoteError.from_rpc_error(error) from None
-
-    def join_and_spec(self) -> Any:
-        from runtime.proto import chief_pb2
-
-        self._call(self.stub.Join, chief_pb2.ChiefJoinRequest(protocol_version=PROTOCOL_VERSION,
-                                                               worker_id=self.worker_id))
-        return self._call(self.stub.GetJobSpec, chief_pb2.JobSpecRequest(protocol_version=PROTOCOL_VERSION,
-                                                                          worker_id=self.worker_id))
-
-    def shard_to_memory(self, timeout: float = 600.0) -> int:
-        """Streams this worker's shard into an anonymous in-memory file (memfd: never on disk); returns its
-        descriptor, open for reading at /proc/self/fd/<fd>. Every chunk's offset and CRC-32 are checked."""
-        from runtime.proto import chief_pb2
-
-        fd = os.memfd_create(f"shard-{self.worker_id}", os.MFD_CLOEXEC)
-        expected = 0
-        try:
-            chunks = self.stub.StreamShard(chief_pb2.ShardRequest(protocol_version=PROTOCOL_VERSION,
-                                                                  worker_id=self.worker_id), timeout=timeout)
-            last = None
-            for chunk in chunks:
-                if chunk.offset != expected:
-                    raise DataError(f"shard chunk: offset expected {expected}, found {chunk.offset}")
-                if zlib.crc32(chunk.data) != chunk.crc32:
-                    raise DataError(f"shard chunk at offset {chunk.offset}: crc32 expected {chunk.crc32:#010x}, "
-                                    f"found {zlib.crc32(chunk.data):#010x}")
-                os.write(fd, chunk.data)
-                expected += len(chunk.data)
-                if chunk.last:
-                    last = chunk
-                    break
-            if last is None or last.total_bytes != expected:
-                raise DataError(f"shard ended after {expected} bytes without its last chunk")
-        except grpc.RpcError as error:
-            os.close(fd)
-            raise RemoteError.from_rpc_error(error) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self.shard_bytes = expected
-        return fd
-
-    def report_metrics(self, report: dict[str, Any]) -> None:
-        from runtime.proto import chief_pb2
-
-        self._call(self.stub.ReportMetrics, chief_pb2.MetricsReport(
-            protocol_version=PROTOCOL_VERSION, worker_id=self.worker_id, report_json=json.dumps(report)))
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

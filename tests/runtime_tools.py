@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from runtime import sharding
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import PROTOCOL_VERSION, TableRowArrays, chunk_payload, encode_ids, encode_tensor
-from runtime.ps import ParameterServer, PSOptions, start_server
+from runtime.server import sharding
+from runtime.server.service import start_server
+from runtime.server.state import ParameterServer, PSOptions
 from runtime.transport import InsecureTransport
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import pytest
 
 from runtime.data import CriteoReader, synth
 from runtime.model import Batch, DLRMConfig
-from runtime.reference import ModelParams, train_single_process
+from runtime.model.reference import ModelParams, train_single_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))

@@ -192,7 +192,7 @@ def test_synth_is_reproducible_and_partitions_concatenate(tmp_path):
 
 
 def test_synth_signal_is_learnable_by_reference_trainer(tmp_path):
-    from runtime.reference import evaluate, train_single_process
+    from runtime.model.reference import evaluate, train_single_process
 
     steps, batch, held_out = 300, 128, 8192
     train, test = synth(tmp_path / "s.tsv", steps * batch + held_out, 0, config=CONFIG,

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from runtime_tools import REPO, Children, wait_until
 
-from runtime import checkpoint
 from runtime.data import CriteoReader
 from runtime.model import Batch, DLRMConfig, init_dense_params
-from runtime.reference import train_single_process
+from runtime.model.reference import train_single_process
+from runtime.server import checkpoints
 
 LAUNCH_TIMEOUT = 240
 
@@ -39,8 +39,8 @@ def launch(out: Path, *args: str, timeout: float = LAUNCH_TIMEOUT) -> tuple[dict
     return json.loads((out / "report.json").read_text()), console
 
 
-def final_checkpoint(out: Path, steps: int) -> checkpoint.Checkpoint:
-    return checkpoint.load(checkpoint.checkpoint_path(out / "checkpoints" / "ps0", steps))
+def final_checkpoint(out: Path, steps: int) -> checkpoints.Checkpoint:
+    return checkpoints.load(checkpoints.checkpoint_path(out / "checkpoints" / "ps0", steps))
 
 
 def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 
-from runtime.data import CriteoReader, DataError
+from runtime.data import CriteoReader, DataError, Prefetcher, TrainingStream, synthetic_partitions
 from runtime.model import DLRMConfig
-from runtime.worker import Prefetcher, TrainingStream, synthetic_partitions
 
 
 def test_bad_lines_are_counted_and_skipped_below_the_threshold(tmp_path, testdata):

@@ -56,8 +56,7 @@ def test_launcher_refuses_csv_once_with_the_fix_and_trains_it_with_format_csv(tm
 
 
 def test_chief_reads_csv_and_ships_tsv_shards(tmp_path):
-    from runtime.chief import shard_sources
-    from runtime.data import DataError
+    from runtime.data import DataError, shard_sources
 
     data = write(tmp_path / "criteo_sample.txt", [CSV_HEADER, *csv_lines()])
     with pytest.raises(DataError, match="read it with --format csv"):

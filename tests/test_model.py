@@ -27,7 +27,7 @@ from runtime.model import (
     join_flat,
     split_flat,
 )
-from runtime.reference import ModelParams, train_single_process
+from runtime.model.reference import ModelParams, train_single_process
 
 
 def random_batch(config: DLRMConfig, size: int, seed: int) -> Batch:

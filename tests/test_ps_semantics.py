@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from runtime_tools import batch_rows, gradients, push_request, row_arrays
 
-from runtime import checkpoint, sharding
-from runtime.aggregation import Contribution, combine
 from runtime.model import DLRMConfig, init_embedding_rows
 from runtime.proto import ps_pb2
 from runtime.protocol import (
@@ -20,7 +18,9 @@ from runtime.protocol import (
     read_pull_request,
     read_push_request,
 )
-from runtime.ps import CheckpointMismatch, ParameterServer, PSOptions
+from runtime.server import checkpoints, sharding
+from runtime.server.aggregation import Contribution, combine
+from runtime.server.state import CheckpointMismatch, ParameterServer, PSOptions
 
 
 class Clock:
@@ -250,11 +250,11 @@ def test_checkpoint_resume_restores_everything(tmp_path, optimizer):
     for step in range(3):
         push(ps, "a", step, 10 + step)
         push(ps, "b", step, 20 + step)
-    assert ps.version == 3 and checkpoint.list_versions(tmp_path) == [2]
+    assert ps.version == 3 and checkpoints.list_versions(tmp_path) == [2]
     ps.options.checkpoint_every = 1
     push(ps, "a", 3, 30)
     push(ps, "b", 3, 31)
-    assert checkpoint.list_versions(tmp_path) == [2, 4]
+    assert checkpoints.list_versions(tmp_path) == [2, 4]
 
     resumed = make_ps(checkpoint_dir=tmp_path, optimizer=optimizer, num_shards=2, shard=1)
     assert resumed.version == 4 and resumed.resumed_from == 4
@@ -284,7 +284,7 @@ def test_resume_skips_a_corrupt_checkpoint(tmp_path):
     for step in range(2):
         push(ps, "a", step, step)
         push(ps, "b", step, 10 + step)
-    newest = checkpoint.checkpoint_path(tmp_path, 2)
+    newest = checkpoints.checkpoint_path(tmp_path, 2)
     newest.write_bytes(newest.read_bytes()[:1000])  # torn write of a file that somehow got its final name
     resumed = make_ps(checkpoint_dir=tmp_path)
     assert resumed.version == 1
@@ -306,7 +306,7 @@ def test_final_checkpoint_and_finish(tmp_path):
     for step in range(2):
         push(ps, "a", step, step)
         push(ps, "b", step, 10 + step)
-    assert ps.done and checkpoint.list_versions(tmp_path) == [2]
+    assert ps.done and checkpoints.list_versions(tmp_path) == [2]
     assert not ps.finished(), "workers are still members (evaluating)"
     for w in ("a", "b"):
         ps.leave(ps_pb2.LeaveRequest(protocol_version=PROTOCOL_VERSION, worker_id=w))

@@ -8,10 +8,11 @@ import contextlib
 import numpy as np
 from runtime_tools import row_arrays
 
-from runtime import sharding
+from runtime.client.ps import ShardedPS
 from runtime.model import DLRMConfig
-from runtime.ps import ParameterServer, PSOptions, start_server
-from runtime.ps_client import ShardedPS
+from runtime.server import sharding
+from runtime.server.service import start_server
+from runtime.server.state import ParameterServer, PSOptions
 from runtime.transport import InsecureTransport
 
 

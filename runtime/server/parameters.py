@@ -14,8 +14,6 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from runtime import sharding
-from runtime.aggregation import Update
 from runtime.model import (
     AdagradState,
     DLRMConfig,
@@ -26,6 +24,8 @@ from runtime.model import (
     split_flat,
 )
 from runtime.protocol import TableRowArrays
+from runtime.server import sharding
+from runtime.server.aggregation import Update
 
 OPTIMIZERS = ("sgd", "adagrad")
 

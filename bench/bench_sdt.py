@@ -1,4 +1,4 @@
-"""SDT benchmark: python -m runtime.bench_sdt (a benchmark, not a test: it prints figures and asserts nothing).
+"""SDT benchmark: python bench/bench_sdt.py (a benchmark, not a test: it prints figures and asserts nothing).
 
 1. SDT vs HFL: the same job (1 PS + 2 workers, Kaggle architecture, capped tables, synthetic data) launched in
    each mode over ratls; steady-state samples/s of each (SDT adds the chief and the shard streaming before
@@ -10,14 +10,18 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: bench_hfl sits beside us
+
+from bench_hfl import run_one  # noqa: E402
+
 from runtime import chief as chief_module
 from runtime import transport
-from runtime.bench_hfl import run_one
 from runtime.model import DLRMConfig
 from runtime.proto import chief_pb2, chief_pb2_grpc
 from runtime.protocol import PROTOCOL_VERSION
@@ -47,7 +51,7 @@ def stream_rate(net: transport.Transport, shard: Path, chunk_bytes: int) -> tupl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench_sdt", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python bench/bench_sdt.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--batch-size", type=int, default=128, help="per worker (default 128)")

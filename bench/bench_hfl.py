@@ -1,4 +1,4 @@
-"""HFL benchmark: python -m runtime.bench_hfl (a benchmark, not a test: it prints figures and asserts nothing).
+"""HFL benchmark: python bench/bench_hfl.py (a benchmark, not a test: it prints figures and asserts nothing).
 
 Runs 1 PS + 2 workers (separate processes, via runtime.launch) with the Kaggle architecture and capped tables, at
 each batch size and for each transport (ratls, tls, insecure), and prints in one table the steady-state
@@ -56,7 +56,7 @@ def row(batch: int, security: str, cap: int, report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench_hfl", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python bench/bench_hfl.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--batch-sizes", default="128,2048", help="per worker (default 128,2048)")

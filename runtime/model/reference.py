@@ -3,7 +3,7 @@
 Each step does what a synchronous PS step does for the concatenated batch of all workers: pull the batch's
 unique rows from full in-memory tables, DLRM.loss_and_grads, then the same numpy SGD helpers the PS applies.
 
-CLI (quick learning check): python -m runtime.reference [--config small|kaggle] [--steps 300] [--batch 128]
+CLI (quick learning check): python -m runtime.model.reference [--config small|kaggle] [--steps 300] [--batch 128]
     [--threads N] [--train FILE... --eval FILE...]; without files it trains on synthetic data and evaluates on a
     held-out part.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .data import CriteoReader, synth
-from .model import (
+from runtime import metrics
+from runtime.data import CriteoReader, synth
+from runtime.model import (
     DLRM,
     Batch,
     DLRMConfig,
@@ -99,7 +99,7 @@ def evaluate(config: DLRMConfig, params: ModelParams, batches: Iterable[Batch],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtime.reference",
+    parser = argparse.ArgumentParser(prog="python -m runtime.model.reference",
                                      description="Train DLRM in one process and report held-out metrics.")
     parser.add_argument("--config", choices=("small", "kaggle"), default="small")
     parser.add_argument("--steps", type=int, default=300)

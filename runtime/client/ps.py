@@ -1,7 +1,7 @@
 """Client side of the parameter-server protocol: one connection per PS shard, and the sharded view a worker uses.
 
 PSConnection speaks the raw protocol to one shard (chunking, byte counts, errors as RemoteError).
-ShardedPS splits pulls and pushes over the shards by runtime.sharding and merges the replies.
+ShardedPS splits pulls and pushes over the shards by runtime.server.sharding and merges the replies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from runtime import sharding
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import (
@@ -40,6 +39,7 @@ from runtime.protocol import (
     table_rows_payload,
     tensor_payload,
 )
+from runtime.server import sharding
 from runtime.transport import Endpoint, Transport
 
 T = TypeVar("T")
@@ -209,7 +209,7 @@ class _ShardRows:
 
 
 class ShardedPS:
-    """A worker's view of all PS shards: join, heartbeat, leave, pull and push split by runtime.sharding."""
+    """A worker's view of all PS shards: join, heartbeat, leave, pull and push split by runtime.server.sharding."""
 
     def __init__(self, endpoints: Sequence[Endpoint], net: Transport, worker_id: str,
                  chunk_bytes: int = DEFAULT_CHUNK_SIZE, wire_dtype: int = tensor_pb2.FLOAT32) -> None:

@@ -1,0 +1,523 @@
+"""The parameter server's state machine, independent of gRPC.
+
+Holds one shard of the DLRM parameters (runtime.server.sharding), tracks which workers are alive, combines their
+pushes and applies the optimizer, serves pulls, writes checkpoints and resumes from them.
+
+Update rules:
+- synchronous (default): step s is applied once every live worker has pushed s, combined in worker-id order
+  (runtime.server.aggregation), so the result equals single-process training on the concatenated batches. With
+  --min-workers M and --round-timeout T a round also closes T seconds after its first push if at least M
+  pushes are in; a worker silent for --worker-timeout seconds is dropped from the live set. Rounds applied
+  with fewer pushes than --workers are counted as short.
+- asynchronous (--staleness K): each push is applied on arrival if it was computed at most K versions ago.
+Training starts once --workers workers have joined (or, after --start-timeout, at least --min-workers).
+
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from runtime.model import DLRMConfig
+from runtime.proto import ps_pb2, tensor_pb2
+from runtime.protocol import (
+    DEFAULT_CHUNK_SIZE,
+    FLOAT_WIRE_DTYPES,
+    PROTOCOL_VERSION,
+    PUSH_PULL_REPLY_EXTRA,
+    Payload,
+    ProtocolError,
+    PullRequestFields,
+    PushRequestFields,
+    TableRowArrays,
+    TableRowsFields,
+    check_version,
+    decode_table_rows,
+    decode_tensor,
+    invalid,
+    pull_reply_bound,
+    tensor_payload,
+)
+from runtime.server import checkpoints
+from runtime.server.aggregation import Contribution, Update, combine
+from runtime.server.parameters import OPTIMIZERS, ShardParameters
+
+SERVICE = "runtime.v1.ParameterServer"
+_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+MAX_BATCH_SIZE = 1 << 24
+MAX_WAIT_MS = 60_000
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+class CheckpointMismatch(Exception):
+    """The checkpoint directory belongs to a different job (model, shard layout or optimizer)."""
+
+
+@dataclass
+class PSOptions:
+    config: DLRMConfig
+    total_steps: int
+    workers: int
+    shard: int = 0
+    num_shards: int = 1
+    min_workers: int | None = None  # default: workers
+    round_timeout: float | None = None
+    staleness: int | None = None  # None: synchronous
+    worker_timeout: float = 10.0
+    start_timeout: float = 60.0
+    heartbeat_interval: float = 1.0
+    optimizer: str = "sgd"
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 100
+    chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    max_message_bytes: int = 1 << 30
+    linger: float = 5.0
+    log_every: float = 2.0  # seconds between progress lines; 0: none
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers: expected >= 1, found {self.workers}")
+        if self.num_shards < 1:
+            raise ValueError(f"--num-shards: expected >= 1, found {self.num_shards}")
+        if self.min_workers is None:
+            self.min_workers = self.workers
+        if not 1 <= self.min_workers <= self.workers:
+            raise ValueError(f"--min-workers: expected 1..{self.workers} (--workers), found {self.min_workers}")
+        if self.total_steps < 1:
+            raise ValueError(f"--steps: expected >= 1, found {self.total_steps}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"--shard: expected 0..{self.num_shards - 1}, found {self.shard}")
+        if not 1 <= self.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"--chunk-bytes: expected 1..{MAX_CHUNK_BYTES}, found {self.chunk_bytes}")
+        if self.staleness is not None and self.staleness < 0:
+            raise ValueError(f"--staleness: expected >= 0, found {self.staleness}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer: expected one of {OPTIMIZERS}, found {self.optimizer}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every: expected >= 1, found {self.checkpoint_every}")
+        if not self.worker_timeout >= 2 * self.heartbeat_interval:
+            raise ValueError(f"--worker-timeout: expected at least two heartbeat intervals "
+                             f"({2 * self.heartbeat_interval:g} s), found {self.worker_timeout}")
+        for name, value in (("--round-timeout", self.round_timeout), ("--start-timeout", self.start_timeout),
+                            ("--linger", self.linger), ("--log-every", self.log_every)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name}: expected a number >= 0, found {value}")
+        if self.max_message_bytes < 1:
+            raise ValueError(f"--max-message-bytes: expected >= 1, found {self.max_message_bytes}")
+
+
+def _failed(reason: str, detail: str) -> ProtocolError:
+    return ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, reason, detail)
+
+
+def _check_worker_id(worker_id: str) -> None:
+    if not _WORKER_ID.fullmatch(worker_id):
+        raise invalid("bad_worker_id", f"worker_id: expected 1-128 characters [A-Za-z0-9_.-] not starting with "
+                      f"a punctuation mark, found {worker_id[:140]!r}")
+
+
+class ParameterServer:
+    """The PS state machine, independent of gRPC: methods take requests, return replies, raise ProtocolError.
+
+    All state is guarded by one condition variable; a rejected request changes nothing.
+    """
+
+    def __init__(self, options: PSOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.config = options.config
+        self.clock = clock
+        self.params = ShardParameters(options.config, options.shard, options.num_shards, options.optimizer)
+        self.cond = threading.Condition()
+        self.version = 0
+        self.members: dict[str, float] = {}  # live worker -> last time heard from
+        self.pending: dict[str, Contribution] = {}  # synchronous mode: pushes for step == version
+        self.round_first_push: float | None = None
+        self.last_step: dict[str, int] = {}  # highest step received per worker (resends are duplicates)
+        self.started = False
+        self.first_join: float | None = None
+        self.idle_since = clock()
+        self.stats: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+        # Accepted pushes by staleness (versions applied since the one they were computed on): how stale
+        # asynchronous training actually runs, against the bound.
+        self.push_staleness: Counter[int] = Counter()
+        self.resumed_from = 0
+        self.checkpoint_seconds: list[float] = []
+        self._dense_cache: dict[int, tuple[int, Payload]] = {}  # wire dtype -> (version, dense tensor)
+        self.final_checkpoint_written = options.checkpoint_dir is None
+        self._progress = _Progress(clock())
+        if options.checkpoint_dir is not None:
+            found = checkpoints.restore_latest(options.checkpoint_dir, self._restore)
+            if found is not None:
+                self.resumed_from = found.version
+                print(f"ps[{options.shard}]: resumed from {found.path} at version {found.version}", flush=True)
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    @property
+    def synchronous(self) -> bool:
+        return self.options.staleness is None
+
+    @property
+    def done(self) -> bool:
+        return self.version >= self.options.total_steps
+
+    # -- membership ----------------------------------------------------------------------------------------
+
+    def join(self, request: ps_pb2.JoinRequest) -> ps_pb2.JoinReply:
+        check_version(request.protocol_version, "JoinRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            now = self.clock()
+            if request.worker_id not in self.members:
+                self.stats["joins"] += 1
+            self.members[request.worker_id] = now
+            if self.first_join is None:
+                self.first_join = now
+            self._update_started(now)
+            self.cond.notify_all()
+            version = self.version
+        o = self.options
+        return ps_pb2.JoinReply(
+            protocol_version=PROTOCOL_VERSION, version=version, total_steps=o.total_steps, shard_index=o.shard,
+            num_shards=o.num_shards, model_config_json=json.dumps(self.config.to_dict(), sort_keys=True),
+            synchronous=self.synchronous, staleness=o.staleness or 0,
+            heartbeat_interval_ms=int(o.heartbeat_interval * 1000), max_chunk_bytes=o.chunk_bytes)
+
+    def heartbeat(self, request: ps_pb2.HeartbeatRequest) -> ps_pb2.HeartbeatReply:
+        check_version(request.protocol_version, "HeartbeatRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            self._touch(request.worker_id)
+            return ps_pb2.HeartbeatReply(version=self.version, done=self.done)
+
+    def leave(self, request: ps_pb2.LeaveRequest) -> ps_pb2.LeaveReply:
+        check_version(request.protocol_version, "LeaveRequest")
+        _check_worker_id(request.worker_id)
+        with self.cond:
+            self._member(request.worker_id)
+            del self.members[request.worker_id]
+            self.stats["leaves"] += 1
+            if not self.members:
+                self.idle_since = self.clock()
+            self._maybe_close_round(self.clock())
+            self.cond.notify_all()
+            return ps_pb2.LeaveReply(version=self.version)
+
+    def _member(self, worker_id: str) -> None:
+        if worker_id not in self.members:
+            raise _failed("unknown_worker", f"worker_id {worker_id!r} is not a live member: Join first")
+
+    def _touch(self, worker_id: str) -> None:
+        self._member(worker_id)
+        self.members[worker_id] = self.clock()
+
+    def _update_started(self, now: float) -> None:
+        if self.started or self.first_join is None:
+            return
+        o = self.options
+        if len(self.members) >= o.workers or (len(self.members) >= o.min_workers
+                                              and now - self.first_join >= o.start_timeout):
+            self.started = True
+            self._progress = _Progress(now, self.wire_bytes())
+            print(f"ps[{o.shard}]: training starts at version {self.version} with workers "
+                  f"{', '.join(sorted(self.members))}", flush=True)
+
+    # -- pull ----------------------------------------------------------------------------------------------
+
+    def pull(self, request: PullRequestFields, max_reply_bytes: int | None = None) -> Payload:
+        """The serialized PullReply. Rows come back in request order, values only (the ids are the request's).
+        max_reply_bytes: refuse (before reading anything) a request whose reply could be larger."""
+        wanted, wire = self._check_pull(request, max_reply_bytes)
+        return self._serve_pull(request, wanted, wire)
+
+    def push_pull(self, request: tuple[PushRequestFields, PullRequestFields], wire_bytes: int = 0,
+                  max_reply_bytes: int | None = None) -> Payload:
+        """The serialized PushPullReply: the push handled as push() does, then the pull served as pull() does.
+        The pull is checked first, so a call refused for either part changes nothing."""
+        push, pull = request
+        if pull.worker_id != push.worker_id:
+            raise invalid("worker_mismatch", f"PushPullRequest.pull.worker_id: expected the push's "
+                          f"{push.worker_id!r}, found {pull.worker_id!r}")
+        # The PushReply and framing around the PullReply must fit in the one chunk too.
+        pull_limit = None if max_reply_bytes is None else max_reply_bytes - PUSH_PULL_REPLY_EXTRA
+        wanted, wire = self._check_pull(pull, pull_limit)
+        pushed = self.push(push, wire_bytes)
+        reply = Payload(ps_pb2.PushPullReply(push=pushed))
+        reply.add_field(ps_pb2.PushPullReply.PULL_FIELD_NUMBER, self._serve_pull(pull, wanted, wire))
+        return reply
+
+    def _check_pull(self, request: PullRequestFields, max_reply_bytes: int | None) -> tuple[TableRowArrays, int]:
+        """The rows a pull wants and its wire dtype, or ProtocolError; reads no state that changes."""
+        _check_worker_id(request.worker_id)
+        wire = request.wire_dtype or tensor_pb2.FLOAT32
+        if wire not in FLOAT_WIRE_DTYPES:
+            raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
+                          f"{request.wire_dtype}")
+        wanted = self._decode_rows(request.rows, "PullRequest.rows", values=False)
+        if max_reply_bytes is not None:
+            bound = pull_reply_bound(self.params.dense_size if request.dense else 0, wanted.ids.size,
+                                     self.config.embedding_dim, wire)
+            if bound > max_reply_bytes:
+                raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
+                                    f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
+                                    f"the streaming call")
+        return wanted, wire
+
+    def _serve_pull(self, request: PullRequestFields, wanted: TableRowArrays, wire: int) -> Payload:
+        wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
+        with self.cond:
+            self._touch(request.worker_id)
+            started = self.clock()
+            while not self.done and not (self.started and self.version >= request.min_version):
+                remaining = started + wait - self.clock()
+                if remaining <= 0:
+                    return Payload(ps_pb2.PullReply(version=self.version, done=False, ready=False,
+                                                    waited_seconds=self.clock() - started))
+                self.cond.wait(remaining)
+                self._member(request.worker_id)  # dropped while waiting?
+            waited = self.clock() - started
+            version, done = self.version, self.done
+            dense = self._dense_payload(wire) if request.dense else None
+            rows = self.params.read_rows(wanted) if wanted.ids.size else None
+        reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
+        if dense is not None:
+            reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
+        if rows is not None:
+            reply.add_field(ps_pb2.PullReply.ROWS_FIELD_NUMBER, tensor_payload(rows, wire))
+        return reply
+
+    def _dense_payload(self, wire: int) -> Payload:
+        """This version's dense parameters as one flat tensor, serialized once for every worker that pulls them
+        (caller holds the lock). It references this version's array, which updates replace, never write."""
+        cached = self._dense_cache.get(wire)
+        if cached is None or cached[0] != self.version:
+            payload = tensor_payload(self.params.dense_flat, wire)
+            self._dense_cache = {w: c for w, c in self._dense_cache.items() if c[0] == self.version}
+            self._dense_cache[wire] = (self.version, payload)
+        return self._dense_cache[wire][1]
+
+    def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
+        rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
+        if not self.params.owns_rows(rows):
+            raise invalid("wrong_shard", f"{field}: some rows belong to another shard than {self.options.shard} of "
+                          f"{self.options.num_shards}")
+        return rows
+
+    # -- push ----------------------------------------------------------------------------------------------
+
+    def push(self, request: PushRequestFields, wire_bytes: int = 0) -> ps_pb2.PushReply:
+        contribution = self._decode_push(request, wire_bytes)
+        worker = contribution.worker_id
+        with self.cond:
+            self._touch(worker)
+            step = contribution.step
+            if step <= self.last_step.get(worker, -1):
+                self.stats["duplicate_pushes"] += 1
+                return ps_pb2.PushReply(version=self.version, duplicate=True, applied=step < self.version)
+            if not self.started:
+                raise _failed("not_started", f"training has not started ({len(self.members)} of "
+                              f"{self.options.workers} workers joined)")
+            if self.done:
+                raise _failed("training_done", f"training finished at version {self.version}")
+            if step > self.version:
+                raise invalid("future_step", f"PushRequest.step: expected at most the current version "
+                              f"{self.version}, found {step}")
+            oldest = self.version if self.synchronous else self.version - self.options.staleness
+            if step < oldest:
+                raise ProtocolError(grpc.StatusCode.ABORTED, "stale_step",
+                                    f"PushRequest.step: expected at least {oldest} (version {self.version}), "
+                                    f"found {step}; pull again")
+            self.last_step[worker] = step
+            self.stats["pushes"] += 1
+            self.push_staleness[self.version - step] += 1
+            if self.synchronous:
+                if not self.pending:
+                    self.round_first_push = self.clock()
+                self.pending[worker] = contribution
+                self._maybe_close_round(self.clock())
+            else:
+                self._apply([contribution])
+            return ps_pb2.PushReply(version=self.version, duplicate=False, applied=self.version > step)
+
+    def _decode_push(self, request: PushRequestFields, wire_bytes: int) -> Contribution:
+        _check_worker_id(request.worker_id)
+        if not 1 <= request.batch_size <= MAX_BATCH_SIZE:
+            raise invalid("bad_batch_size", f"PushRequest.batch_size: expected 1..{MAX_BATCH_SIZE}, "
+                          f"found {request.batch_size}")
+        if not math.isfinite(request.loss):
+            raise invalid("non_finite", f"PushRequest.loss: expected a finite number, found {request.loss}")
+        size = self.params.dense_size
+        if request.dense_grads is not None:
+            flat = decode_tensor(request.dense_grads, "PushRequest.dense_grads", kind="float", shape=(size,),
+                                 finite=True)
+        elif size:
+            raise invalid("missing_tensor", f"PushRequest.dense_grads: expected the {size} dense gradients of "
+                          f"shard {self.options.shard}, found none")
+        else:
+            flat = np.zeros(0, dtype=np.float32)
+        pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
+        return Contribution(request.worker_id, request.step, request.batch_size, flat, pushed, request.loss,
+                            wire_bytes)
+
+    # -- rounds --------------------------------------------------------------------------------------------
+
+    def _maybe_close_round(self, now: float) -> None:
+        if not self.synchronous or not self.pending or self.done:
+            return
+        quorum = len(self.pending) >= self.options.min_workers
+        complete = all(worker in self.pending for worker in self.members)
+        timeout = self.options.round_timeout
+        timed_out = timeout is not None and now - (self.round_first_push or now) >= timeout
+        if quorum and (complete or timed_out):
+            contributions = list(self.pending.values())
+            self.pending.clear()
+            self.round_first_push = None
+            self._apply(contributions)
+
+    def _apply(self, contributions: list[Contribution]) -> None:
+        update = combine(contributions)
+        self.params.apply(update)
+        self.version += 1
+        self.stats["rounds"] += 1
+        if self.synchronous and len(contributions) < self.options.workers:
+            self.stats["short_rounds"] += 1
+        self._progress.add(update, len(contributions))
+        o = self.options
+        if o.checkpoint_dir is not None and (self.done or self.version % o.checkpoint_every == 0):
+            self._write_checkpoint()
+        self.cond.notify_all()
+
+    def tick(self) -> None:
+        """Periodic work: drop silent workers, start training, close timed-out rounds, print progress."""
+        with self.cond:
+            now = self.clock()
+            for worker, seen in list(self.members.items()):
+                if now - seen > self.options.worker_timeout:
+                    del self.members[worker]
+                    self.stats["workers_timed_out"] += 1
+                    print(f"ps[{self.options.shard}]: worker {worker} silent for "
+                          f"{self.options.worker_timeout:g} s: dropped from the live set", flush=True)
+                    if not self.members:
+                        self.idle_since = now
+            self._update_started(now)
+            self._maybe_close_round(now)
+            self.cond.notify_all()
+            if self.options.log_every > 0 and now - self._progress.since >= self.options.log_every \
+                    and self._progress.updates:
+                print(self._progress.line(self, now), flush=True)
+                self._progress = _Progress(now, self.wire_bytes())
+
+    def finished(self) -> bool:
+        """Training is done, the final checkpoint written and every worker has left (or timed out)."""
+        with self.cond:
+            return (self.done and self.final_checkpoint_written and not self.members
+                    and self.clock() - self.idle_since >= self.options.linger)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def _job_meta(self) -> dict[str, Any]:
+        o = self.options
+        return {"config": self.config.to_dict(), "shard": o.shard, "num_shards": o.num_shards,
+                "optimizer": o.optimizer}
+
+    def _write_checkpoint(self) -> None:
+        assert self.options.checkpoint_dir is not None
+        started = time.perf_counter()
+        meta = dict(self._job_meta(), last_step=self.last_step, rounds=self.stats["rounds"],
+                    short_rounds=self.stats["short_rounds"])
+        checkpoints.save(self.options.checkpoint_dir, self.version, self.params.state_arrays(), meta)
+        self.checkpoint_seconds.append(time.perf_counter() - started)
+        if self.done:
+            self.final_checkpoint_written = True
+
+    def _restore(self, found: checkpoints.Checkpoint) -> None:
+        meta = found.meta
+        job = self._job_meta()
+        for key, value in job.items():
+            if meta.get(key) != value:
+                raise CheckpointMismatch(f"checkpoint {found.path} belongs to another job: {key} is "
+                                         f"{meta.get(key)!r}, this PS has {value!r}")
+        last_step = meta.get("last_step")
+        if not isinstance(last_step, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) for k, v in last_step.items()):
+            raise ValueError(f"checkpoint {found.path}: bad last_step")
+        self.params.load_state_arrays(found.arrays)
+        self.version = found.version
+        self.last_step = dict(last_step)
+        self.stats["rounds"] = int(meta.get("rounds", 0))
+        self.stats["short_rounds"] = int(meta.get("short_rounds", 0))
+        self.final_checkpoint_written = self.options.checkpoint_dir is None or self.done
+
+    # -- status --------------------------------------------------------------------------------------------
+
+    def status(self, request: ps_pb2.StatusRequest | None = None) -> ps_pb2.StatusReply:
+        if request is not None:
+            check_version(request.protocol_version, "StatusRequest")
+        with self.cond:
+            return ps_pb2.StatusReply(
+                protocol_version=PROTOCOL_VERSION, version=self.version, total_steps=self.options.total_steps,
+                done=self.done, shard_index=self.options.shard, num_shards=self.options.num_shards,
+                live_workers=sorted(self.members), rounds=self.stats["rounds"],
+                short_rounds=self.stats["short_rounds"], pushes=self.stats["pushes"],
+                duplicate_pushes=self.stats["duplicate_pushes"], rejected_calls=sum(self.rejections.values()),
+                bytes_received=self.stats["bytes_received"], bytes_sent=self.stats["bytes_sent"],
+                resumed_from_version=self.resumed_from)
+
+    def wire_bytes(self) -> int:
+        return self.stats["bytes_received"] + self.stats["bytes_sent"]
+
+    def count(self, **amounts: int) -> None:
+        with self.cond:
+            self.stats.update(amounts)
+
+    def reject(self, reason: str) -> None:
+        with self.cond:
+            self.rejections[reason] += 1
+
+    def report(self) -> dict[str, Any]:
+        with self.cond:
+            return {
+                "shard": self.options.shard, "num_shards": self.options.num_shards, "version": self.version,
+                "total_steps": self.options.total_steps, "done": self.done,
+                "synchronous": self.synchronous, "resumed_from_version": self.resumed_from,
+                "stats": dict(self.stats), "rejections": dict(self.rejections),
+                "push_staleness": {str(k): v for k, v in sorted(self.push_staleness.items())},
+                "checkpoint_seconds": [round(t, 4) for t in self.checkpoint_seconds],
+            }
+
+
+class _Progress:
+    """What happened since the last progress line."""
+
+    def __init__(self, since: float, wire_bytes: int = 0) -> None:
+        self.since = since
+        self.wire_bytes = wire_bytes
+        self.updates = 0
+        self.examples = 0
+        self.loss_sum = 0.0
+        self.short = 0
+
+    def add(self, update: Update, contributions: int) -> None:
+        self.updates += 1
+        self.examples += update.examples
+        self.loss_sum += update.loss * update.examples
+
+    def line(self, ps: ParameterServer, now: float) -> str:
+        elapsed = max(now - self.since, 1e-9)
+        rate_bytes = (ps.wire_bytes() - self.wire_bytes) / elapsed
+        return (f"ps[{ps.options.shard}] step {ps.version}/{ps.options.total_steps} "
+                f"loss {self.loss_sum / max(self.examples, 1):.4f} samples/s {self.examples / elapsed:.0f} "
+                f"wire MB/s {rate_bytes / 1e6:.2f} workers {len(ps.members)} short {ps.stats['short_rounds']}")
