@@ -54,6 +54,38 @@ DEFINE_GET(cbs_get_u16be, uint16_t, 2, 0)
 DEFINE_GET(cbs_get_u32be, uint32_t, 4, 0)
 DEFINE_GET(cbs_get_u64be, uint64_t, 8, 0)
 
+/* Reads a DER tag and length, leaving `s` at the contents; 0 (with `s` partly read) when they are not DER. */
+static int get_der_head(cbs *s, uint8_t *tag, size_t *len) {
+    uint8_t first;
+    if (!cbs_get_u8(s, tag) || (*tag & 0x1f) == 0x1f || !cbs_get_u8(s, &first)) return 0;
+    if (first < 0x80) {
+        *len = first;
+        return 1;
+    }
+    size_t n = first & 0x7f; /* 0 is the indefinite form; more than 4 bytes is far beyond anything parsed here */
+    if (n == 0 || n > 4) return 0;
+    uint64_t v;
+    if (!get_uint(s, n, 0, &v)) return 0;
+    /* DER: the long form only from 0x80 on, without leading zero bytes. */
+    if (v < 0x80 || v >> (8 * (n - 1)) == 0) return 0;
+    *len = (size_t)v;
+    return 1;
+}
+
+static int get_der(cbs *s, uint8_t tag, cbs *out, int whole) {
+    cbs contents = *s;
+    uint8_t t;
+    size_t len;
+    if (!get_der_head(&contents, &t, &len) || t != tag || len > contents.len) return 0;
+    size_t header = (size_t)(contents.data - s->data);
+    cbs_get_bytes(s, out, header + len); /* cannot fail: the header and len bytes are there */
+    if (!whole) cbs_skip(out, header);
+    return 1;
+}
+
+int cbs_get_der(cbs *s, uint8_t tag, cbs *contents) { return get_der(s, tag, contents, 0); }
+int cbs_get_der_element(cbs *s, uint8_t tag, cbs *element) { return get_der(s, tag, element, 1); }
+
 void cbb_init(cbb *b) { memset(b, 0, sizeof(*b)); }
 
 void cbb_cleanup(cbb *b) {

@@ -38,9 +38,19 @@ static inline size_t cbs_offset(const cbs *s, const uint8_t *base) { return (siz
 /* DER (X.690) tags in their one-byte form: universal, or context-specific [n] as DER_CONTEXT | n. */
 #define DER_CONSTRUCTED 0x20
 #define DER_CONTEXT 0x80
+#define DER_BOOLEAN 0x01
+#define DER_INTEGER 0x02
 #define DER_OCTET_STRING 0x04
 #define DER_OID 0x06
 #define DER_SEQUENCE (0x10 | DER_CONSTRUCTED)
+
+/* The next DER element, if its tag is `tag`: its contents, or the whole element (tag and length included). Each
+ * returns 0, consuming nothing, on another tag, a multi-byte tag, an indefinite length (BER only), a length in
+ * more bytes than it needs (not DER) or more than 4, or one that runs past the end. */
+int cbs_get_der(cbs *s, uint8_t tag, cbs *contents);
+int cbs_get_der_element(cbs *s, uint8_t tag, cbs *element);
+/* Whether the next element's tag is `tag`, for OPTIONAL and DEFAULT fields. */
+static inline int cbs_peek_der_tag(const cbs *s, uint8_t tag) { return s->len > 0 && s->data[0] == tag; }
 
 /* The length prefix a child builder's contents get when it is closed. */
 enum { CBB_PREFIX_U16LE, CBB_PREFIX_U32LE, CBB_PREFIX_DER };

@@ -182,14 +182,62 @@ out:
 /* ---------------------------------------------------------------------------------------------------- */
 /* Parsing                                                                                               */
 
-static ratls_span span_of(const uint8_t *der, size_t len, const uint8_t *part, size_t part_len) {
-    ratls_span s = {0, 0};
-    const uint8_t *p = memmem(der, len, part, part_len);
-    if (p) {
-        s.off = (size_t)(p - der);
-        s.len = part_len;
-    }
+static ratls_span span_in(const uint8_t *der, const cbs *part) {
+    ratls_span s = {cbs_offset(part, der), cbs_len(part)};
     return s;
+}
+
+/* An OPTIONAL element: absent, or well-formed. */
+static int skip_optional(cbs *s, uint8_t tag) {
+    cbs unused;
+    return !cbs_peek_der_tag(s, tag) || cbs_get_der(s, tag, &unused);
+}
+
+/* The SubjectPublicKeyInfo element and the Extensions' contents (empty when absent) where they lie in `der`, by
+ * walking the TBSCertificate (RFC 5280 4.1): OpenSSL hands back decoded copies, and the bindings must hash and read
+ * the certificate's own bytes. 0 when the walk finds BER that OpenSSL accepted. */
+static int tbs_parts(const uint8_t *der, size_t len, cbs *spki, cbs *extensions) {
+    cbs in, cert, tbs, skipped, wrapper;
+    cbs_init(&in, der, len);
+    cbs_init(extensions, NULL, 0);
+    if (!cbs_get_der(&in, DER_SEQUENCE, &cert) || cbs_len(&in) != 0 || !cbs_get_der(&cert, DER_SEQUENCE, &tbs) ||
+        !skip_optional(&tbs, DER_CONTEXT | DER_CONSTRUCTED | 0) /* version */ ||
+        !cbs_get_der(&tbs, DER_INTEGER, &skipped) /* serialNumber */)
+        return 0;
+    for (int i = 0; i < 4; i++) /* signature, issuer, validity, subject */
+        if (!cbs_get_der(&tbs, DER_SEQUENCE, &skipped)) return 0;
+    if (!cbs_get_der_element(&tbs, DER_SEQUENCE, spki) || !skip_optional(&tbs, DER_CONTEXT | 1) /* issuerUID */ ||
+        !skip_optional(&tbs, DER_CONTEXT | 2) /* subjectUID */)
+        return 0;
+    if (cbs_peek_der_tag(&tbs, DER_CONTEXT | DER_CONSTRUCTED | 3) &&
+        (!cbs_get_der(&tbs, DER_CONTEXT | DER_CONSTRUCTED | 3, &wrapper) ||
+         !cbs_get_der(&wrapper, DER_SEQUENCE, extensions) || cbs_len(&wrapper) != 0))
+        return 0;
+    return cbs_len(&tbs) == 0;
+}
+
+/* Extension ::= SEQUENCE { extnID OID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING }. Like OpenSSL
+ * and mbedTLS, any non-zero BOOLEAN is true and an explicit FALSE is accepted. */
+static int get_extension(cbs *extensions, cbs *oid, int *critical, cbs *value) {
+    cbs ext, flag;
+    *critical = 0;
+    if (!cbs_get_der(extensions, DER_SEQUENCE, &ext) || !cbs_get_der(&ext, DER_OID, oid)) return 0;
+    if (cbs_peek_der_tag(&ext, DER_BOOLEAN)) {
+        if (!cbs_get_der(&ext, DER_BOOLEAN, &flag) || cbs_len(&flag) != 1) return 0;
+        *critical = cbs_data(&flag)[0] != 0;
+    }
+    return cbs_get_der(&ext, DER_OCTET_STRING, value) && cbs_len(&ext) == 0;
+}
+
+/* OpenSSL reads BER too; RA-TLS evidence is read from the DER. */
+static int not_der(char *msg, size_t msg_len) {
+    return ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED,
+                      "not a DER X.509 certificate (BER: an indefinite or non-minimal length, or a constructed "
+                      "string)");
+}
+
+static int is_oid(const cbs *oid, const uint8_t *content, size_t len) {
+    return cbs_len(oid) == len && memcmp(cbs_data(oid), content, len) == 0;
 }
 
 static int key_is_supported(EVP_PKEY *key) {
@@ -217,10 +265,8 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                           "DICE evidence: quote is %zu bytes, expected %d..%d", cbs_len(&quote), SGX_QUOTE_MIN_SIZE,
                           SGX_QUOTE_MAX_SIZE);
-    out->quote.off = cbs_offset(&quote, der);
-    out->quote.len = cbs_len(&quote);
-    out->claims.off = cbs_offset(&claims, der);
-    out->claims.len = cbs_len(&claims);
+    out->quote = span_in(der, &quote);
+    out->claims = span_in(der, &claims);
 
     uint64_t pairs;
     if (!cbor_get_head(&claims, &major, &pairs) || major != CBOR_MAP || pairs == 0)
@@ -250,8 +296,7 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
                               "(expected 1/SHA-256, 7/SHA-384 or 8/SHA-512)",
                               (unsigned long long)alg, cbs_len(&hash));
         out->pubkey_hash_alg = (int)alg;
-        out->pubkey_hash.off = cbs_offset(&hash, der);
-        out->pubkey_hash.len = cbs_len(&hash);
+        out->pubkey_hash = span_in(der, &hash);
     }
     if (cbs_len(&claims) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: trailing bytes after the map");
@@ -277,6 +322,11 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
                           x ? " (trailing bytes)" : "");
     }
     int rc;
+    cbs spki, extensions;
+    if (!tbs_parts(der, len, &spki, &extensions)) {
+        rc = not_der(msg, msg_len);
+        goto fail;
+    }
     ratls_sha256(der, len, out->cert_sha256);
     if (!ratls_asn1_time_to_unix(X509_get0_notBefore(x), &out->not_before) ||
         !ratls_asn1_time_to_unix(X509_get0_notAfter(x), &out->not_after)) {
@@ -289,50 +339,49 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
                         "certificate key must be EC P-256 or P-384 (as Gramine's verifier requires)");
         goto fail;
     }
-    unsigned char *spki = NULL;
-    int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &spki);
-    if (spki_len <= 0) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_MALFORMED, "unreadable SubjectPublicKeyInfo");
-        goto fail;
-    }
-    ratls_sha256(spki, (size_t)spki_len, out->spki_sha256);
-    out->spki = span_of(der, len, spki, (size_t)spki_len);
-    OPENSSL_free(spki);
+    out->spki = span_in(der, &spki);
+    ratls_sha256(cbs_data(&spki), cbs_len(&spki), out->spki_sha256);
 
-    const ASN1_OCTET_STRING *legacy = NULL, *dice = NULL;
-    for (int i = 0; i < X509_get_ext_count(x); i++) {
-        X509_EXTENSION *ext = X509_get_ext(x, i);
-        const ASN1_OBJECT *obj = X509_EXTENSION_get_object(ext);
-        size_t oid_len = (size_t)OBJ_length(obj);
-        const unsigned char *oid = OBJ_get0_data(obj);
-        const ASN1_OCTET_STRING **slot = NULL;
-        if (oid_len == sizeof legacy_oid_content && memcmp(oid, legacy_oid_content, oid_len) == 0) slot = &legacy;
-        if (oid_len == sizeof dice_oid_content && memcmp(oid, dice_oid_content, oid_len) == 0) slot = &dice;
-        if (!slot) continue;
+    struct {
+        int present;
+        cbs value;
+    } legacy = {0}, dice = {0}, *slot;
+    while (cbs_len(&extensions) > 0) {
+        cbs oid, value;
+        int critical;
+        if (!get_extension(&extensions, &oid, &critical, &value)) {
+            rc = not_der(msg, msg_len);
+            goto fail;
+        }
+        if (is_oid(&oid, legacy_oid_content, sizeof legacy_oid_content))
+            slot = &legacy;
+        else if (is_oid(&oid, dice_oid_content, sizeof dice_oid_content))
+            slot = &dice;
+        else
+            continue;
         const char *which = slot == &dice ? "DICE tagged-evidence (2.23.133.5.4.9)" : "legacy SGX quote";
-        if (*slot) {
+        if (slot->present) {
             rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "the %s extension appears twice", which);
             goto fail;
         }
-        if (X509_EXTENSION_get_critical(ext)) {
+        if (critical) {
             rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_CRITICAL,
                             "the %s extension is marked critical; RA-TLS evidence must be non-critical", which);
             goto fail;
         }
-        *slot = X509_EXTENSION_get_data(ext);
+        slot->present = 1;
+        slot->value = value;
     }
-    out->has_dice = dice != NULL;
-    out->has_legacy = legacy != NULL;
-    if (legacy) out->legacy_quote = span_of(der, len, legacy->data, (size_t)legacy->length);
-    if (dice) {
+    out->has_dice = dice.present;
+    out->has_legacy = legacy.present;
+    if (legacy.present) out->legacy_quote = span_in(der, &legacy.value);
+    if (dice.present) {
         /* Gramine: DICE is preferred, and a present but invalid DICE extension is not rescued by the legacy one. */
         out->format = RATLS_FORMAT_DICE;
-        cbs value;
-        cbs_init(&value, der + span_of(der, len, dice->data, (size_t)dice->length).off, (size_t)dice->length);
-        if ((rc = parse_dice(der, value, out, msg, msg_len)) != RATLS_OK) goto fail;
-    } else if (legacy) {
+        if ((rc = parse_dice(der, dice.value, out, msg, msg_len)) != RATLS_OK) goto fail;
+    } else if (legacy.present) {
         out->format = RATLS_FORMAT_LEGACY;
-        size_t qlen = (size_t)legacy->length;
+        size_t qlen = cbs_len(&legacy.value);
         if (qlen < LEGACY_QUOTE_MIN || qlen > SGX_QUOTE_MAX_SIZE) {
             rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
                             "legacy quote extension is %zu bytes, expected %d..%d", qlen, LEGACY_QUOTE_MIN,

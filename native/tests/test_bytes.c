@@ -1,5 +1,6 @@
 /* cbs/cbb edge cases: short reads consume nothing, endianness, splitting, offsets, buffer growth,
- * size overflow, the empty buffer, and length-prefixed children (nesting, limits, misuse). */
+ * size overflow, the empty buffer, length-prefixed children (nesting, limits, misuse), and DER elements
+ * (every length form, and each way a length is not DER). */
 #include "bytes.h"
 #include "testutil.h"
 
@@ -230,10 +231,77 @@ static void test_der_children(void) {
     cbb_cleanup(&b);
 }
 
+/* Reads `bytes` as one DER OCTET STRING: 1 if it reads, 0 if it fails consuming nothing, -1 if it fails having
+ * consumed some. */
+static int der_read(const uint8_t *bytes, size_t n) {
+    cbs s, contents;
+    cbs_init(&s, bytes, n);
+    if (cbs_get_der(&s, DER_OCTET_STRING, &contents)) return 1;
+    return cbs_len(&s) == n ? 0 : -1;
+}
+
+static void test_der_reads(void) {
+    static const uint8_t two[] = {0x04, 0x03, 'a', 'b', 'c', 0x30, 0x00};
+    cbs s, part;
+    cbs_init(&s, two, sizeof two);
+    CHECK(cbs_peek_der_tag(&s, DER_OCTET_STRING) && !cbs_peek_der_tag(&s, DER_SEQUENCE));
+    CHECK(!cbs_get_der(&s, DER_SEQUENCE, &part) && cbs_len(&s) == sizeof two); /* another tag */
+    CHECK(cbs_get_der(&s, DER_OCTET_STRING, &part));
+    CHECK(cbs_len(&part) == 3 && memcmp(cbs_data(&part), "abc", 3) == 0 && cbs_offset(&part, two) == 2);
+    CHECK(cbs_get_der_element(&s, DER_SEQUENCE, &part));
+    CHECK(cbs_len(&part) == 2 && cbs_offset(&part, two) == 5 && cbs_len(&s) == 0);
+    CHECK(!cbs_peek_der_tag(&s, DER_SEQUENCE));
+    CHECK(!cbs_get_der(&s, DER_SEQUENCE, &part));
+
+    /* Every length form a builder writes reads back, and the whole element spans head and contents. */
+    const size_t lens[] = {0, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000};
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++) {
+        cbb b, child;
+        cbb_init(&b);
+        CHECK(cbb_add_der(&b, &child, DER_OCTET_STRING));
+        CHECK(cbb_add_zeros(&child, lens[i]));
+        CHECK(cbb_close(&child));
+        cbs_init(&s, b.data, b.len);
+        CHECK(cbs_get_der(&s, DER_OCTET_STRING, &part) && cbs_len(&part) == lens[i] && cbs_len(&s) == 0);
+        cbs_init(&s, b.data, b.len);
+        CHECK(cbs_get_der_element(&s, DER_OCTET_STRING, &part) && cbs_len(&part) == b.len);
+        int truncations_fail = 1;
+        for (size_t cut = 0; cut < b.len; cut++) truncations_fail &= der_read(b.data, cut) == 0;
+        CHECK(truncations_fail);
+        cbb_cleanup(&b);
+    }
+
+    static const uint8_t long_128[3 + 0x80] = {0x04, 0x81, 0x80};
+    CHECK_EQ(der_read(long_128, sizeof long_128), 1);
+    /* Not DER: the indefinite form, a long form where the short one fits, a leading zero length byte. */
+    static const uint8_t indefinite[] = {0x04, 0x80, 'a', 0x00, 0x00}, long_for_short[] = {0x04, 0x81, 0x01, 'a'},
+                         leading_zero[4 + 0x80] = {0x04, 0x82, 0x00, 0x80};
+    CHECK_EQ(der_read(indefinite, sizeof indefinite), 0);
+    CHECK_EQ(der_read(long_for_short, sizeof long_for_short), 0);
+    CHECK_EQ(der_read(leading_zero, sizeof leading_zero), 0);
+    /* Lengths in more than 4 bytes, the reserved 0xff, and ones past the end (without wrapping around). */
+    static const uint8_t five_bytes[] = {0x04, 0x85, 0x01, 0x00, 0x00, 0x00, 0x00}, reserved[] = {0x04, 0xff},
+                         past_end[] = {0x04, 0x02, 'a'}, huge[] = {0x04, 0x84, 0xff, 0xff, 0xff, 0xff, 'a'},
+                         cut_length[] = {0x04, 0x82, 0x01};
+    CHECK_EQ(der_read(five_bytes, sizeof five_bytes), 0);
+    CHECK_EQ(der_read(reserved, sizeof reserved), 0);
+    CHECK_EQ(der_read(past_end, sizeof past_end), 0);
+    CHECK_EQ(der_read(huge, sizeof huge), 0);
+    CHECK_EQ(der_read(cut_length, sizeof cut_length), 0);
+    /* A multi-byte tag is never read, even when asked for by its first byte (read as one, 9f would have a 1-byte
+     * element here). */
+    static const uint8_t high_tag[] = {0x9f, 0x01, 'a'};
+    cbs_init(&s, high_tag, sizeof high_tag);
+    CHECK(!cbs_get_der(&s, 0x9f, &part) && cbs_len(&s) == sizeof high_tag);
+    cbs_init(&s, NULL, 0);
+    CHECK(!cbs_get_der(&s, DER_OCTET_STRING, &part));
+}
+
 int main(void) {
     test_reads();
     test_writes();
     test_children();
     test_der_children();
+    test_der_reads();
     return test_summary();
 }
