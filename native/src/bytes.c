@@ -5,7 +5,7 @@
 
 int cbs_skip(cbs *s, size_t n) {
     if (s->len < n) return 0;
-    s->data += n;
+    if (n) s->data += n; /* an empty reader's data may be NULL, and NULL + 0 is undefined */
     s->len -= n;
     return 1;
 }
