@@ -76,9 +76,11 @@ int cbb_add_u32le(cbb *b, uint32_t v);
 int cbb_add_u64le(cbb *b, uint64_t v);
 int cbb_add_zeros(cbb *b, size_t n);
 /* Length-prefixed children, after BoringSSL's CBB_add_u16_length_prefixed and CBB_add_asn1: `child` collects
- * contents that cbb_close appends to `parent` behind their length, so no caller counts bytes by hand. `child` is
- * always initialised (failed if `parent` has failed or already has an open child, or the tag is not one byte);
- * close it on every path, which also frees it. Writes to `parent` before then fail it. */
+ * contents that cbb_close appends to `parent` behind their length, so no caller counts bytes by hand. Unlike
+ * BoringSSL's, a child has a buffer of its own (child.data and child.len are its contents alone; the copy at close
+ * means a DER length of any size needs no moving of bytes). `child` is always initialised (failed if `parent` has
+ * failed or already has an open child, or the tag is not one byte); close it on every path, which also frees it.
+ * Writes to `parent` before then fail it. */
 int cbb_add_u16le_prefixed(cbb *parent, cbb *child);
 int cbb_add_u32le_prefixed(cbb *parent, cbb *child);
 /* As the DER element `tag`: definite length, in the minimal form. */
