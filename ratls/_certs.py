@@ -42,3 +42,9 @@ def certificate_pem(der: bytes) -> bytes:
     """A DER certificate as one PEM CERTIFICATE block (64-column base64, as OpenSSL and cryptography write it)."""
     body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
     return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n".encode()
+
+
+def unique_common_name(spki_sha256: bytes) -> str:
+    """The subject CN every RA-TLS certificate of ours has, RATLS-<16 hex of SHA-256(SPKI)> (native/src/cert.c
+    writes it): unique per key, since gRPC picks trust anchors by subject name."""
+    return "RATLS-" + spki_sha256[:8].hex()

@@ -34,6 +34,7 @@ from ratls._trust import (
     common_name,
     lookup_peer,
 )
+from ratls.address import default_attestation_port, join_host_port, split_host_port
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
 from ratls.identity import Identity
@@ -45,22 +46,6 @@ DEFAULT_TRUST_TTL_S = 3600.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONCURRENT_HANDSHAKES = 8
 DEFAULT_MAX_CERT_SIZE = 32768
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """"host:port", "[v6]:port" or a gRPC "dns:///host:port" / "ipv4:host:port" / "ipv6:[v6]:port" target."""
-    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
-        if address.startswith(scheme):
-            address = address[len(scheme):]
-            break
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise RatlsError(f"address {address!r}: expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not 0 <= int(port) <= 65535:
-        raise RatlsError(f"address {address!r}: port must be 0..65535")
-    return host, int(port)
 
 
 class Credentials:
@@ -96,7 +81,7 @@ class Credentials:
         the next one unless given."""
         host, port = split_host_port(address)
         if attestation_port is None:
-            attestation_port = port + 1 if port else 0
+            attestation_port = default_attestation_port(port)
         if port and attestation_port > 65535:
             raise RatlsError(f"attestation port {attestation_port} is out of range: pass attestation_port")
         endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, **self._limits)
@@ -162,7 +147,7 @@ class Credentials:
         method forces it, and its server_evidence is the server's Evidence."""
         host, port = split_host_port(target)
         if attestation_target is None:
-            attestation_target = f"[{host}]:{port + 1}" if ":" in host else f"{host}:{port + 1}"
+            attestation_target = join_host_port(host, default_attestation_port(port))
         user_options = list(options or ())
 
         def open_pinned(attested: Attested) -> grpc.Channel:

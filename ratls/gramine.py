@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from ratls._certs import certificate_der
+from ratls._certs import certificate_der, unique_common_name
 from ratls._native import lib
 from ratls.errors import ProviderError, Reason, VerificationError
 from ratls.evidence import Evidence, _native_verify, _now, inspect_certificate, parse_quote, verify_certificate
@@ -85,10 +85,6 @@ def find_library(kind: Literal["attest", "verify"], explicit: str | os.PathLike 
                         "The gramine provider never falls back to the simulated one.")
 
 
-def _unique_cn(spki_der: bytes) -> str:
-    return "RATLS-" + hashlib.sha256(spki_der).hexdigest()[:16]
-
-
 def unique_subject_certificate(cert_der: bytes, key_der: bytes) -> bytes:
     """A Gramine-made certificate with a subject that is unique per key, for gRPC trust sets (which pick anchors
     by subject name, and every Gramine certificate is CN=RATLS). Returned unchanged when its CN already is
@@ -111,7 +107,7 @@ def unique_subject_certificate(cert_der: bytes, key_der: bytes) -> bytes:
     if key.public_key().public_bytes(serialization.Encoding.DER,
                                      serialization.PublicFormat.SubjectPublicKeyInfo) != spki:
         raise ProviderError("the attestation library returned a private key that does not match its certificate")
-    cn = _unique_cn(spki)
+    cn = unique_common_name(hashlib.sha256(spki).digest())
     current = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if current == [cn]:
         return cert_der

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from ratls._certs import certificate_pem
+from ratls._certs import certificate_pem, unique_common_name
 from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, check_call
 from ratls.evidence import Evidence, inspect_certificate, verify_certificate
@@ -198,7 +198,7 @@ class Identity:
     @property
     def common_name(self) -> str:
         """The unique subject CN, RATLS-<16 hex of SHA-256(SPKI)>."""
-        return "RATLS-" + self.evidence.spki_sha256[:8].hex()
+        return unique_common_name(self.evidence.spki_sha256)
 
     def __repr__(self) -> str:
         return (f"Identity(provider={self.provider!r}, cn={self.common_name!r}, "
