@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: bench_hfl sits beside us
@@ -22,32 +22,27 @@ from bench_hfl import run_one  # noqa: E402
 
 from runtime import chief as chief_module
 from runtime import transport
+from runtime.client.chief import ChiefClient
 from runtime.model import DLRMConfig
-from runtime.proto import chief_pb2, chief_pb2_grpc
-from runtime.protocol import PROTOCOL_VERSION
+from runtime.proto import chief_pb2
 
 
 def stream_rate(net: transport.Transport, shard: Path, chunk_bytes: int) -> tuple[float, int]:
-    """(MB/s, bytes) of one full StreamShard of `shard` through `net`."""
+    """(MB/s, bytes) of one full StreamShard of `shard` through `net`, received as a worker does (checked, into
+    memory)."""
     sources = chief_module.shard_sources([shard], None, 1)
     chief = chief_module.Chief(chief_pb2.JobSpec(), sources, ["worker0"], net, chunk_bytes=chunk_bytes)
     server, endpoint = chief_module.start_server(chief, "127.0.0.1", 0)
     try:
-        channel = net.channel(endpoint, [("grpc.max_receive_message_length", chunk_bytes + (1 << 20))])
-        stub = chief_pb2_grpc.ChiefStub(channel)
-        stub.Join(chief_pb2.ChiefJoinRequest(protocol_version=PROTOCOL_VERSION, worker_id="worker0"), timeout=60)
-        received = 0
+        client = ChiefClient(endpoint, net, "worker0")
+        client.join_and_spec()
         started = time.perf_counter()
-        for chunk in stub.StreamShard(chief_pb2.ShardRequest(protocol_version=PROTOCOL_VERSION,
-                                                             worker_id="worker0"), timeout=600):
-            if zlib.crc32(chunk.data) != chunk.crc32:
-                raise RuntimeError("crc mismatch")
-            received += len(chunk.data)
+        os.close(client.shard_to_memory())
         seconds = time.perf_counter() - started
-        channel.close()
+        client.close()
     finally:
         server.stop(0).wait(5)
-    return received / seconds / 1e6, received
+    return client.shard_bytes / seconds / 1e6, client.shard_bytes
 
 
 def main(argv: list[str] | None = None) -> int:

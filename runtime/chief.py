@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import grpc
 
 from runtime import transport
 from runtime.client.chief import pull_final_parameters
+from runtime.client.remote import RemoteError
 from runtime.data import (
     DataError,
     ShardSource,
@@ -41,30 +40,42 @@ from runtime.data import (
 )
 from runtime.model import add_model_arguments, model_config
 from runtime.model.export import evaluate_saved_model, export_model
-from runtime.proto import chief_pb2, chief_pb2_grpc
-from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, RemoteError
+from runtime.proto import chief_pb2, chief_pb2_grpc, tensor_pb2
+from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WORKER_ID_RULE, valid_worker_id
 from runtime.report import write_json_atomically
+from runtime.wire.chunks import crc32c
 
-_WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+def shard_digest(source: ShardSource) -> tuple[int, int]:
+    """(size, CRC-32C) of a shard as streamed: a first pass over its lines, so that the shard travels in the
+    same chunked format as every large payload (each chunk carries the whole payload's size and checksum)."""
+    size = crc = 0
+    for line in source.lines():
+        size += len(line)
+        crc = crc32c(line, crc)
+    return size, crc
 
 
-def shard_chunks(source: ShardSource, chunk_bytes: int) -> Iterator[chief_pb2.ShardChunk]:
-    """Chunks of whole lines, each at most chunk_bytes (or one line if a line is longer), then a last chunk."""
-    offset = lines = 0
+def shard_chunks(source: ShardSource, chunk_bytes: int, digest: tuple[int, int]) -> Iterator[tensor_pb2.Chunk]:
+    """The shard as Chunks of whole lines, each at most chunk_bytes (or one line if a line is longer)."""
+    total, crc = digest
+    offset = size = 0
     pending: list[bytes] = []
-    size = 0
+
+    def chunk() -> tensor_pb2.Chunk:
+        return tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=offset, total_size=total, crc32c=crc,
+                                data=b"".join(pending))
+
     for line in source.lines():
         if pending and size + len(line) > chunk_bytes:
-            data = b"".join(pending)
-            yield chief_pb2.ShardChunk(offset=offset, data=data, crc32=zlib.crc32(data))
-            offset += len(data)
+            yield chunk()
+            offset += size
             pending, size = [], 0
         pending.append(line)
         size += len(line)
-        lines += 1
-    data = b"".join(pending)
-    yield chief_pb2.ShardChunk(offset=offset, data=data, crc32=zlib.crc32(data), last=True,
-                               total_bytes=offset + len(data), lines=lines)
+    if offset + size != total:
+        raise DataError(f"shard data changed while streaming: {offset + size} bytes now, {total} when sized")
+    yield chunk()
 
 
 @dataclass
@@ -87,6 +98,7 @@ class Chief:
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
     workers: dict[str, WorkerState] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+    digests: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (size, CRC-32C), computed once
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -142,17 +154,22 @@ class Chief:
         return self.spec
 
     def StreamShard(self, request: chief_pb2.ShardRequest,
-                    context: grpc.ServicerContext) -> Iterator[chief_pb2.ShardChunk]:
+                    context: grpc.ServicerContext) -> Iterator[tensor_pb2.Chunk]:
         state = self._member(request, context)
         with self.lock:
             state.shard_starts += 1
-        for chunk in shard_chunks(self.sources[state.shard], self.chunk_bytes):
+            digest = self.digests.get(state.shard)
+        if digest is None:
+            digest = shard_digest(self.sources[state.shard])
+            with self.lock:
+                self.digests[state.shard] = digest
+        for chunk in shard_chunks(self.sources[state.shard], self.chunk_bytes, digest):
             if not context.is_active():
                 return
             # Counted as handed to gRPC, before the worker can have seen them.
             with self.lock:
                 state.shard_bytes_sent += len(chunk.data)
-                state.shard_completions += chunk.last
+                state.shard_completions += chunk.offset + len(chunk.data) == chunk.total_size
             yield chunk
 
     def ReportMetrics(self, request: chief_pb2.MetricsReport,
@@ -229,8 +246,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     worker_ids = args.worker_ids.split(",") if args.worker_ids else [f"worker{i}" for i in range(args.workers)]
     if len(worker_ids) != args.workers or len(set(worker_ids)) != len(worker_ids) or \
-            not all(_WORKER_ID.fullmatch(w) for w in worker_ids):
-        raise ValueError(f"--worker-ids: expected {args.workers} distinct ids of [A-Za-z0-9_.-], found {worker_ids}")
+            not all(map(valid_worker_id, worker_ids)):
+        raise ValueError(f"--worker-ids: expected {args.workers} distinct ids, each {WORKER_ID_RULE}, found "
+                         f"{worker_ids}")
     transport.parse_endpoints(args.ps)
     config = model_config(args)
     synthetic_files = None
@@ -248,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
                              model_config_json=json.dumps(config.to_dict()), steps=args.steps)
     net = transport.from_args(args)
     chief = Chief(spec, sources, worker_ids, net, chunk_bytes=args.chunk_bytes)
-    host, _, port = args.listen.rpartition(":")
-    server, endpoint = start_server(chief, host, int(port), args.attestation_port)
+    host, port = transport.parse_listen(args.listen)
+    server, endpoint = start_server(chief, host, port, args.attestation_port)
     print(f"chief: serving {net.security} on {endpoint}; {args.workers} workers, shards "
           f"{'of ' + ' '.join(map(str, args.data)) if args.data else 'synthetic'}", flush=True)
     if args.ready_file is not None:

@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         options = options_from_args(args)
-        host, _, port = args.listen.rpartition(":")
+        host, port = transport.parse_listen(args.listen)
         net = transport.from_args(args)
         ps = ParameterServer(options)
-        running = start_server(ps, net, host, int(port), args.attestation_port)
+        running = start_server(ps, net, host, port, args.attestation_port)
         gc.freeze()  # the start-up objects are long-lived: keep them out of every full collection
     except (ValueError, OSError, CheckpointMismatch) as error:
         print(f"ps: error: {error}", file=sys.stderr, flush=True)

@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ratls.address import default_attestation_port, join_host_port, split_host_port
+from ratls.errors import RatlsError
+
 SECURITY_MODES = ("ratls", "tls", "insecure")
 TLS_CA_CERT = "ca.crt.pem"
 TLS_CA_KEY = "ca.key.pem"
@@ -45,7 +48,7 @@ class Endpoint:
 
     @property
     def target(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         base = self.target
@@ -53,20 +56,26 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """host:port or host:port/attestation_port."""
+        """host:port or host:port/attestation_port (ratls.address reads the host:port)."""
         address, _, attestation = text.strip().partition("/")
-        host, sep, port = address.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"address {text!r}: expected host:port or host:port/attestation_port")
         try:
-            port_number = int(port)
+            host, port_number = split_host_port(address)
             attestation_port = int(attestation) if attestation else None
-        except ValueError:
-            raise ValueError(f"address {text!r}: ports must be integers") from None
+        except (RatlsError, ValueError):
+            raise ValueError(f"address {text!r}: expected host:port or host:port/attestation_port, ports "
+                             "integers") from None
         for value in (port_number, attestation_port):
             if value is not None and not 0 < value < 65536:
                 raise ValueError(f"address {text!r}: ports must be in 1..65535")
-        return cls(host.strip("[]"), port_number, attestation_port)
+        return cls(host, port_number, attestation_port)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """A server's --listen host:port (port 0: any free port)."""
+    try:
+        return split_host_port(text.strip())
+    except RatlsError as error:
+        raise ValueError(f"--listen: {error}") from None
 
 
 def parse_endpoints(text: str) -> list[Endpoint]:
@@ -232,11 +241,12 @@ class RatlsTransport(Transport):
         return Endpoint(host, bound, bound_attestation)
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
-        attestation_port = endpoint.attestation_port or endpoint.port + 1
+        attestation_port = endpoint.attestation_port or default_attestation_port(endpoint.port)
         started = time.perf_counter()
         try:
             channel = self.credentials.secure_channel(endpoint.target,
-                                                      attestation_target=f"{endpoint.host}:{attestation_port}",
+                                                      attestation_target=join_host_port(endpoint.host,
+                                                                                        attestation_port),
                                                       options=options)
         except Exception as error:
             translated = self.call_error(error)

@@ -27,7 +27,8 @@ import numpy as np
 
 from runtime import metrics, transport
 from runtime.client.chief import ChiefClient
-from runtime.client.ps import CONNECTION_CODES, MAX_REPLY_CHUNK, Pulled, ShardedPS
+from runtime.client.ps import Pulled, ShardedPS
+from runtime.client.remote import CONNECTION_CODES, RemoteError
 from runtime.data import (
     CriteoReader,
     DataError,
@@ -38,7 +39,7 @@ from runtime.data import (
     synthetic_partitions,
 )
 from runtime.model import Batch, DLRMConfig, Lookup
-from runtime.protocol import DEFAULT_CHUNK_SIZE, WIRE_DTYPE_NAMES, RemoteError
+from runtime.protocol import DEFAULT_CHUNK_SIZE, MAX_CHUNK_BYTES, PRECISIONS, WORKER_ID_RULE, valid_worker_id
 from runtime.report import write_json_atomically
 from runtime.transport import TransportError
 
@@ -221,7 +222,7 @@ class Worker:
             try:
                 t1 = time.perf_counter()
                 if pulled is None:
-                    pulled = client.pull(min_versions, lookup.ids, wait_ms=wait_ms)
+                    pulled = client.pull(min_versions, lookup.rows, wait_ms=wait_ms)
                     times.pull += (time.perf_counter() - t1) - pulled.waited_seconds
                 times.wait += pulled.waited_seconds
                 t2 = time.perf_counter()
@@ -236,10 +237,10 @@ class Worker:
                 times.compute += t3 - t2
                 ahead = None
                 if following is None:
-                    pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.ids, row_grads)
+                    pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.rows, row_grads)
                 else:
-                    pushed, ahead = client.push_pull(pulled.versions, len(batch), loss, dense_grad, lookup.ids,
-                                                     row_grads, following.ids,
+                    pushed, ahead = client.push_pull(pulled.versions, len(batch), loss, dense_grad, lookup.rows,
+                                                     row_grads, following.rows,
                                                      self._next_min_versions(pulled, synchronous), wait_ms)
                 times.push += time.perf_counter() - t3 - (ahead.waited_seconds if ahead is not None else 0.0)
             except RemoteError as error:
@@ -284,7 +285,7 @@ class Worker:
         max_steps = self.args.max_steps
 
         def pull(lookup: Lookup) -> Pulled:
-            return client.pull(latest, lookup.ids, wait_ms=self.args.pull_wait_ms)
+            return client.pull(latest, lookup.rows, wait_ms=self.args.pull_wait_ms)
 
         def redo(batch: Batch, lookup: Lookup) -> bool:
             """The serial step for one batch; False when training is done."""
@@ -347,7 +348,7 @@ class Worker:
                 pulling = comm.submit(pull, current[1])
                 loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
                 stats.times.compute += time.perf_counter() - t3
-                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grad, lookup.ids,
+                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grad, lookup.rows,
                                            row_grads), batch, lookup, pulled, loss))
                 sent[:] = pulled.versions
             settle_until(0)
@@ -357,7 +358,7 @@ class Worker:
         stats, client = self.stats, self.client
         stats.steps += 1
         stats.examples += len(batch)
-        stats.unique_rows += lookup.rows
+        stats.unique_rows += len(lookup.rows)
         stats.losses.append(loss)
         if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
             self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
@@ -407,7 +408,7 @@ class Worker:
         version = -1
         for batch in batches:
             lookup = batch.lookup()
-            pulled = self.client.pull([0] * self.client.num_shards, lookup.ids, dense=dense is None, wait_ms=0)
+            pulled = self.client.pull([0] * self.client.num_shards, lookup.rows, dense=dense is None, wait_ms=0)
             if not pulled.ready:
                 raise RuntimeError("evaluation pull was not served")
             dense = dense if pulled.dense is None else pulled.dense
@@ -441,8 +442,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "worker's data shard from the chief at host:port[/attestation_port] "
                                         "instead of --ps and --data; the shard is held in memory only")
     parser.add_argument("--worker-id", required=True,
-                        help="this worker's stable name (1-128 of [A-Za-z0-9_.-]); pushes are de-duplicated "
-                             "by (worker id, step), and rounds combine workers in worker-id order")
+                        help=f"this worker's stable name ({WORKER_ID_RULE}); pushes are de-duplicated by "
+                             "(worker id, step), and rounds combine workers in worker-id order")
     data = parser.add_argument_group("data")
     data.add_argument("--data", type=Path, nargs="+", help="Criteo TSV files (plain or gzip) to train on")
     add_format_arguments(data)
@@ -461,7 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--batch-size", type=int, default=128, help="default 128")
     add_max_bad_fraction_argument(data)
     wire = parser.add_argument_group("wire")
-    wire.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPE_NAMES), default="fp32",
+    wire.add_argument("--wire-dtype", choices=sorted(PRECISIONS), default="fp32",
                       help="float format of weights and gradients on the wire (default fp32: exact)")
     wire.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_SIZE,
                       help=f"largest chunk sent (default {DEFAULT_CHUNK_SIZE}; the PS's limit applies too)")
@@ -502,6 +503,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not valid_worker_id(args.worker_id):
+        raise ValueError(f"--worker-id: expected {WORKER_ID_RULE}, found {args.worker_id[:140]!r}")
     net = transport.from_args(args)
     chief: ChiefClient | None = None
     shard_fd: int | None = None
@@ -533,7 +536,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         raise ValueError("give --ps (or --chief)")
     if (args.data is None) == (args.synthetic is None):
         raise ValueError("give exactly one of --data and --synthetic")
-    for name, value, low, high in (("--chunk-bytes", args.chunk_bytes, 1, MAX_REPLY_CHUNK),
+    for name, value, low, high in (("--chunk-bytes", args.chunk_bytes, 1, MAX_CHUNK_BYTES),
                                    ("--batch-size", args.batch_size, 1, 1 << 24),
                                    ("--pull-wait-ms", args.pull_wait_ms, 0, 600_000),
                                    ("--warmup-steps", args.warmup_steps, 0, 1 << 30),
@@ -542,11 +545,11 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
             raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     shard = _parse_shard(args.data_shard)
     client = ShardedPS(transport.parse_endpoints(args.ps), net, args.worker_id, chunk_bytes=args.chunk_bytes,
-                       wire_dtype=WIRE_DTYPE_NAMES[args.wire_dtype])
+                       precision=args.wire_dtype)
     worker = Worker(client, args)
     started = time.perf_counter()
     worker.connect()
-    replies = client.join_replies
+    replies = client.jobs
     join_seconds = time.perf_counter() - started
     config = client.config
     assert config is not None
@@ -555,7 +558,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
           f"at version {replies[0].version}/{replies[0].total_steps} "
           f"({'synchronous' if synchronous else f'asynchronous, staleness {replies[0].staleness}'})", flush=True)
 
-    heartbeat = Heartbeat(client, max(replies[0].heartbeat_interval_ms, 100) / 1000.0, worker.stats)
+    heartbeat = Heartbeat(client, max(replies[0].heartbeat_interval, 0.1), worker.stats)
     heartbeat.start()
 
     # After joining: a PS that rejects us should not cost a TensorFlow start-up.

@@ -19,14 +19,18 @@ import numpy as np
 
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import PROTOCOL_VERSION, TableRowArrays, chunk_payload, encode_ids, encode_tensor
+from runtime.protocol import PROTOCOL_VERSION, SERVICE
+from runtime.rows import RowSet
 from runtime.server import sharding
 from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
 from runtime.transport import InsecureTransport
+from runtime.wire.chunks import payload_chunks
+from runtime.wire.codec import Payload
+from runtime.wire.messages import Shapes
+from runtime.wire.tensors import encode_ids, encode_tensor
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICE = "/runtime.v1.ParameterServer/"
 CALL_TIMEOUT = 20.0
 
 
@@ -43,12 +47,12 @@ class RawPS:
 
     def unary(self, method: str, request: bytes | ps_pb2.JoinRequest) -> bytes:
         raw = request if isinstance(request, bytes) else request.SerializeToString()
-        call = self.channel.unary_unary(SERVICE + method, request_serializer=_raw, response_deserializer=_raw)
+        call = self.channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw)
         return call(raw, timeout=CALL_TIMEOUT)
 
     def stream(self, method: str, chunks: list[bytes]) -> bytes:
         """Send raw Chunk messages; returns the reassembled reply payload (reply chunks are trusted here)."""
-        call = self.channel.stream_stream(SERVICE + method, request_serializer=_raw, response_deserializer=_raw)
+        call = self.channel.stream_stream(f"/{SERVICE}/{method}", request_serializer=_raw, response_deserializer=_raw)
         replies = [tensor_pb2.Chunk.FromString(r) for r in call(iter(chunks), timeout=CALL_TIMEOUT)]
         return b"".join(c.data for c in replies)
 
@@ -113,10 +117,22 @@ def gradients(ps: ParameterServer, rows: dict[int, np.ndarray], seed: int) -> tu
     return dense, values
 
 
-def row_arrays(rows: dict[int, np.ndarray]) -> TableRowArrays:
+def row_arrays(rows: dict[int, np.ndarray]) -> RowSet:
     """Decoded rows of tables in the dict's order (ids only), as a PS passes them to its parameters."""
-    return TableRowArrays(list(rows), np.array([ids.size for ids in rows.values()], dtype=np.int64),
-                          np.concatenate([np.asarray(ids, dtype=np.int64) for ids in rows.values()]), None)
+    return RowSet(list(rows), np.array([ids.size for ids in rows.values()], dtype=np.int64),
+                  np.concatenate([np.asarray(ids, dtype=np.int64) for ids in rows.values()]))
+
+
+def shapes(ps: ParameterServer) -> Shapes:
+    """What the PS's service decodes requests against."""
+    return Shapes(ps.config.table_sizes, ps.config.embedding_dim, ps.params.dense_size)
+
+
+def chunk_payload(message, chunk_size: int) -> Iterator[tensor_pb2.Chunk]:
+    """A message (or Payload) as Chunk messages of at most chunk_size data bytes (at least one)."""
+    payload = message if isinstance(message, Payload) else Payload(message)
+    for raw in payload_chunks(payload, chunk_size):
+        yield tensor_pb2.Chunk.FromString(raw)
 
 
 def table_rows(rows: dict[int, np.ndarray], values: dict[int, np.ndarray] | None = None) -> ps_pb2.TableRows:

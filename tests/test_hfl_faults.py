@@ -12,6 +12,7 @@ from runtime_tools import Children, wait_for_file, wait_until
 
 from runtime.data import synthetic_partitions
 from runtime.model import DLRMConfig
+from runtime.server.checkpoints import list_versions
 
 
 def ps_version_in_log(log: Path) -> int:
@@ -64,13 +65,13 @@ def test_ps_killed_and_restarted_resumes_and_workers_reattest(tmp_path):
             children.start(f"worker{i}", "runtime.worker", "--ps", ready["address"], "--worker-id", f"worker{i}",
                            "--data", str(train[i]), "--eval-data", str(held_out[i]), "--batch-size", "32",
                            "--report-file", str(tmp_path / f"worker{i}.json"), *security)
-        wait_until(lambda: max(checkpoints.list_versions(checkpoints), default=0) >= 20 or first.poll() is not None,
+        wait_until(lambda: max(list_versions(checkpoints), default=0) >= 20 or first.poll() is not None,
                    180, "a checkpoint at version 20")
         assert first.poll() is None, children.log("ps-first")[-3000:]
         first.kill()  # SIGKILL: no chance to write anything more
         first.wait(10)
         killed_at = ps_version_in_log(children.logs["ps-first"])
-        saved = max(checkpoints.list_versions(checkpoints))
+        saved = max(list_versions(checkpoints))
         assert 20 <= saved < steps
 
         children.start("ps-second", *ps_args, "--listen", f"127.0.0.1:{ready['port']}",

@@ -192,7 +192,7 @@ def test_batch_lookup_stacks_each_tables_unique_ids(size):
         assert ids.dtype == np.int64 and np.array_equal(ids, want)
         assert np.array_equal(lookup.index[:, t], inverse.reshape(-1) + start)
         start += ids.size
-    assert lookup.rows == start and lookup.index.dtype == np.int64
+    assert len(lookup.rows) == start and lookup.index.dtype == np.int64
 
 
 def test_batch_unique_ids_and_validation():

@@ -11,11 +11,22 @@ import json
 import grpc
 import numpy as np
 import pytest
-from runtime_tools import batch_rows, gradients, push_request, raw_ps, row_arrays, state_fingerprint, table_rows
+from runtime_tools import (
+    batch_rows,
+    chunk_payload,
+    gradients,
+    push_request,
+    raw_ps,
+    row_arrays,
+    state_fingerprint,
+    table_rows,
+)
 
 from runtime.model import DLRMConfig, init_dense_params, init_embedding_rows, split_flat
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import PROTOCOL_VERSION, chunk_payload, crc32c, decode_tensor, encode_tensor
+from runtime.protocol import PROTOCOL_VERSION
+from runtime.wire.chunks import crc32c
+from runtime.wire.tensors import decode_tensor, encode_tensor
 
 CHUNK = 64 * 1024  # the PS under test accepts chunks of at most this many data bytes
 

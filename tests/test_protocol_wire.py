@@ -5,32 +5,36 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from runtime_tools import chunk_payload
 
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import (
-    PROTOCOL_VERSION,
-    Payload,
-    ProtocolError,
-    assemble_payload,
-    bfloat16_to_float32,
-    chunk_payload,
-    crc32c,
+from runtime.protocol import PROTOCOL_VERSION, Rejected
+from runtime.rows import RowSet
+from runtime.wire.chunks import assemble_payload, crc32c, parse_chunk
+from runtime.wire.codec import Payload
+from runtime.wire.messages import (
     decode_table_rows,
-    decode_tensor,
-    encode_ids,
-    encode_tensor,
-    float32_to_bfloat16,
-    parse_chunk,
-    parse_payload,
+    encode_table_rows,
+    parse_message,
     read_pull_reply,
     read_pull_request,
     read_push_pull_reply,
     read_push_pull_request,
     read_push_request,
     read_table_rows,
-    table_rows_payload,
+)
+from runtime.wire.tensors import (
+    bfloat16_to_float32,
+    decode_tensor,
+    encode_ids,
+    encode_tensor,
+    float32_to_bfloat16,
     tensor_payload,
 )
+
+
+def table_rows_payload(tables, counts, ids, values=None) -> Payload:
+    return encode_table_rows(RowSet(list(tables), np.asarray(counts, np.int64), np.asarray(ids, np.int64), values))
 
 
 def test_tensor_round_trip_is_exact_for_float32_and_ints():
@@ -132,7 +136,7 @@ def test_table_rows_decode_table_after_table():
     (table_rows([0], [1], [4], [[1.0, np.nan]]), True, "non_finite", "r.values"),
 ])
 def test_table_rows_are_checked(message, want_values, reason, where):
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(Rejected) as caught:
         decode_table_rows(wire(message), "r", SIZES, 2, values=want_values)
     assert caught.value.reason == reason
     assert caught.value.detail.startswith(where), caught.value.detail
@@ -200,7 +204,7 @@ def test_message_readers_read_what_protobuf_reads():
 ])
 def test_push_pull_needs_both_parts(message, missing):
     read = read_push_pull_request if isinstance(message, ps_pb2.PushPullRequest) else read_push_pull_reply
-    with pytest.raises(ProtocolError, match=f"{missing}: expected a message, found none") as caught:
+    with pytest.raises(Rejected, match=f"{missing}: expected a message, found none") as caught:
         read(message.SerializeToString())
     assert caught.value.reason == "missing_field"
 
@@ -224,7 +228,7 @@ def test_push_pull_needs_both_parts(message, missing):
     (read_push_pull_reply, b"\x0a\x00\x12\x01\x0b", "PushPullReply.pull: field 1 has wire type 3"),
 ])
 def test_readers_reject_malformed_bytes(read, raw, what):
-    with pytest.raises(ProtocolError, match=what) as caught:
+    with pytest.raises(Rejected, match=what) as caught:
         read(raw)
     assert caught.value.reason == "malformed_message"
 
@@ -252,12 +256,12 @@ def test_empty_payload_is_one_chunk():
     (chunk,) = chunk_payload(ps_pb2.PullRequest(), 16)
     assert chunk.total_size == 0
     view = parse_chunk(chunk.SerializeToString())
-    assert parse_payload(ps_pb2.PullRequest, assemble_payload(iter([view]), max_bytes=1, max_chunk_bytes=1)) == \
+    assert parse_message(ps_pb2.PullRequest, assemble_payload(iter([view]), max_bytes=1, max_chunk_bytes=1)) == \
         ps_pb2.PullRequest()
 
 
 def test_tensor_size_checks_do_not_trust_the_shape():
     # A shape claiming far more elements than the data holds is rejected before any allocation.
     huge = tensor_pb2.Tensor(dtype=tensor_pb2.FLOAT32, shape=[1 << 40, 1 << 20], data=b"\0" * 8)
-    with pytest.raises(ProtocolError, match="bad_size"):
+    with pytest.raises(Rejected, match="bad_size"):
         decode_tensor(huge, "t", kind="float")

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime_tools import batch_rows, gradients, push_request, row_arrays
+from runtime_tools import batch_rows, gradients, push_request, row_arrays, shapes
 
 from runtime.model import DLRMConfig, init_embedding_rows
 from runtime.proto import ps_pb2
-from runtime.protocol import (
-    PROTOCOL_VERSION,
-    ProtocolError,
-    TableRowArrays,
-    decode_tensor,
-    read_pull_reply,
-    read_pull_request,
-    read_push_request,
-)
+from runtime.protocol import Rejected
+from runtime.rows import RowSet
 from runtime.server import checkpoints, sharding
 from runtime.server.aggregation import Contribution, combine
 from runtime.server.state import CheckpointMismatch, ParameterServer, PSOptions
+from runtime.wire.messages import decode_pull_request, decode_push_request
 
 
 class Clock:
@@ -39,14 +33,14 @@ def make_ps(clock=None, **overrides) -> ParameterServer:
 
 def join(ps, *workers):
     for w in workers:
-        ps.join(ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=w))
+        ps.join(w)
 
 
 def push(ps, worker, step, seed, batch_size=16):
     rows = batch_rows(ps.config, seed, shard=ps.options.shard, num_shards=ps.options.num_shards)
     dense, values = gradients(ps, rows, seed)
     request = push_request(worker, step, dense, rows, values, batch_size=batch_size)
-    return ps.push(read_push_request(request.SerializeToString()))
+    return ps.push(decode_push_request(request.SerializeToString(), shapes(ps)))
 
 
 def test_round_waits_for_every_live_worker():
@@ -64,7 +58,7 @@ def test_training_starts_only_when_the_job_is_complete():
     join(ps, "a", "b")
     ps.tick()
     assert not ps.started
-    with pytest.raises(ProtocolError, match="not_started"):
+    with pytest.raises(Rejected, match="not_started"):
         push(ps, "a", 0, 1)
     for _ in range(4):
         clock.now += 8
@@ -84,7 +78,7 @@ def test_quorum_and_round_timeout():
     push(ps, "b", 0, 2)
     assert ps.version == 1, "quorum reached after the timeout: applied at once"
     assert ps.stats["short_rounds"] == 1
-    with pytest.raises(ProtocolError, match="stale_step"):
+    with pytest.raises(Rejected, match="stale_step"):
         push(ps, "c", 0, 3)
     join(ps, "a", "b", "c")
     push(ps, "a", 1, 4)
@@ -106,11 +100,11 @@ def test_silent_worker_is_dropped_and_rounds_go_on_short():
     assert ps.version == 1
     push(ps, "a", 1, 3)
     clock.now += 2
-    ps.heartbeat(ps_pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, worker_id="a"))
+    ps.heartbeat("a")
     clock.now += 2
     ps.tick()
     assert list(ps.members) == ["a"] and ps.version == 2 and ps.stats["short_rounds"] == 1
-    with pytest.raises(ProtocolError, match="unknown_worker"):
+    with pytest.raises(Rejected, match="unknown_worker"):
         push(ps, "b", 2, 4)
 
 
@@ -120,7 +114,7 @@ def test_min_workers_holds_rounds_while_too_few_are_alive():
     join(ps, "a", "b")
     push(ps, "a", 0, 1)
     clock.now += 2
-    ps.heartbeat(ps_pb2.HeartbeatRequest(protocol_version=PROTOCOL_VERSION, worker_id="a"))
+    ps.heartbeat("a")
     clock.now += 2
     ps.tick()
     assert list(ps.members) == ["a"] and ps.version == 0
@@ -133,7 +127,7 @@ def test_leaving_worker_does_not_block_the_round():
     ps = make_ps(workers=2, min_workers=1)
     join(ps, "a", "b")
     push(ps, "a", 0, 1)
-    ps.leave(ps_pb2.LeaveRequest(protocol_version=PROTOCOL_VERSION, worker_id="b"))
+    ps.leave("b")
     assert ps.version == 1 and ps.stats["short_rounds"] == 1
 
 
@@ -143,7 +137,7 @@ def test_asynchronous_bounded_staleness():
     assert push(ps, "a", 0, 1).applied and ps.version == 1
     assert push(ps, "b", 0, 2).applied and ps.version == 2  # one version old: accepted
     push(ps, "a", 2, 3)
-    with pytest.raises(ProtocolError, match="stale_step"):
+    with pytest.raises(Rejected, match="stale_step"):
         push(ps, "b", 1, 4)  # two versions old
     assert ps.version == 3 and ps.stats["short_rounds"] == 0
     assert ps.report()["push_staleness"] == {"0": 2, "1": 1}  # accepted pushes only
@@ -155,15 +149,14 @@ def test_a_pull_reply_keeps_its_version_while_later_updates_apply():
     join(ps, "a", "b")
     push(ps, "a", 0, 1)
     request = ps_pb2.PullRequest(worker_id="b", dense=True, min_version=1)
-    reply = ps.pull(read_pull_request(request.SerializeToString()))
-    served = reply.tobytes()
+    reply = ps.pull(decode_pull_request(request.SerializeToString(), shapes(ps)))
+    served = reply.dense.tobytes()
     served_dense = ps.params.dense_flat.copy()
     push(ps, "b", 1, 2)
     push(ps, "a", 1, 3)
     assert ps.version == 3 and not np.array_equal(ps.params.dense_flat, served_dense)
-    assert reply.tobytes() == served
-    decoded = read_pull_reply(served)
-    np.testing.assert_array_equal(decode_tensor(decoded.dense, "dense", kind="float"), served_dense)
+    assert reply.dense.tobytes() == served
+    np.testing.assert_array_equal(reply.dense, served_dense)
 
 
 def test_combination_is_order_independent_and_weighted():
@@ -173,7 +166,7 @@ def test_combination_is_order_independent_and_weighted():
         # Each worker has rows of tables 2 and 0 (in that order, as a push may list them) and worker 1 of table 4.
         tables = [2, 0, 4] if i == 1 else [2, 0]
         ids = [np.unique(rng.integers(0, 20, 10)) for _ in tables]
-        rows = TableRowArrays(tables, np.array([x.size for x in ids]), np.concatenate(ids),
+        rows = RowSet(tables, np.array([x.size for x in ids]), np.concatenate(ids),
                               rng.normal(size=(sum(x.size for x in ids), 4)).astype(np.float32))
         contributions.append(Contribution(f"w{i}", 0, b, rng.normal(size=12).astype(np.float32), rows))
     a = combine(contributions)
@@ -199,7 +192,7 @@ def test_combination_is_order_independent_and_weighted():
 
 
 def test_combination_of_contributions_without_rows():
-    empty = TableRowArrays([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+    empty = RowSet([], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
     dense = np.ones(3, np.float32)
     update = combine([Contribution("w0", 0, 2, dense, empty), Contribution("w1", 0, 2, dense, empty)])
     assert update.rows.tables == [] and update.rows.ids.size == 0 and update.rows.values.shape == (0, 4)
@@ -309,7 +302,7 @@ def test_final_checkpoint_and_finish(tmp_path):
     assert ps.done and checkpoints.list_versions(tmp_path) == [2]
     assert not ps.finished(), "workers are still members (evaluating)"
     for w in ("a", "b"):
-        ps.leave(ps_pb2.LeaveRequest(protocol_version=PROTOCOL_VERSION, worker_id=w))
+        ps.leave(w)
     assert not ps.finished()
     clock.now += 1.5
     assert ps.finished()

@@ -10,6 +10,7 @@ from runtime_tools import row_arrays
 
 from runtime.client.ps import ShardedPS
 from runtime.model import DLRMConfig
+from runtime.rows import RowSet
 from runtime.server import sharding
 from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
@@ -44,14 +45,14 @@ def run_rounds(num_shards: int, config: DLRMConfig) -> tuple[list[ParameterServe
             for w, client in enumerate(clients):
                 rng = np.random.default_rng(100 * step + w)
                 unique = [np.unique(rng.integers(0, size, 40)) for size in config.table_sizes]
-                pulled = client.pull([step] * num_shards, unique, wait_ms=10_000)
+                pulled = client.pull([step] * num_shards, RowSet.from_tables(unique), wait_ms=10_000)
                 assert pulled.ready and pulled.versions == [step] * num_shards
                 pulled_rows.append(pulled.rows)
                 assert pulled.dense is not None and pulled.dense.shape == (config.dense_size,)
                 assert pulled.rows.shape == (sum(ids.size for ids in unique), config.embedding_dim)
                 grad = rng.normal(0, 0.1, config.dense_size).astype(np.float32)
                 row_grads = rng.normal(0, 0.1, pulled.rows.shape).astype(np.float32)
-                client.push(pulled.versions, 16 + 16 * w, 0.5, grad, unique, row_grads)
+                client.push(pulled.versions, 16 + 16 * w, 0.5, grad, RowSet.from_tables(unique), row_grads)
         assert all(ps.version == 3 and ps.done for ps in servers)
         return servers, pulled_rows
 

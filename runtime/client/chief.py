@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from typing import Any
 
 import grpc
@@ -13,10 +12,15 @@ import numpy as np
 
 from runtime import transport
 from runtime.client.ps import ShardedPS
+from runtime.client.remote import RemoteError
 from runtime.data import DataError
 from runtime.model import DLRMConfig, split_flat
 from runtime.proto import chief_pb2, chief_pb2_grpc
-from runtime.protocol import PROTOCOL_VERSION, RemoteError
+from runtime.protocol import MAX_CHUNK_BYTES, PROTOCOL_VERSION, Rejected
+from runtime.rows import RowSet
+from runtime.wire.chunks import ChunkStream, ChunkView
+
+MAX_SHARD_BYTES = 1 << 40  # a shard is held in memory: far above any, a bound on a lying total_size
 
 
 class ChiefClient:
@@ -42,33 +46,26 @@ class ChiefClient:
 
     def shard_to_memory(self, timeout: float = 600.0) -> int:
         """Streams this worker's shard into an anonymous in-memory file (memfd: never on disk); returns its
-        descriptor, open for reading at /proc/self/fd/<fd>. Every chunk's offset and CRC-32 are checked."""
+        descriptor, open for reading at /proc/self/fd/<fd>. Every chunk is checked as it arrives (order, sizes)
+        and the whole shard's CRC-32C at the end."""
         fd = os.memfd_create(f"shard-{self.worker_id}", os.MFD_CLOEXEC)
-        expected = 0
+        stream = ChunkStream(max_bytes=MAX_SHARD_BYTES, max_chunk_bytes=MAX_CHUNK_BYTES)
         try:
             chunks = self.stub.StreamShard(chief_pb2.ShardRequest(protocol_version=PROTOCOL_VERSION,
                                                                   worker_id=self.worker_id), timeout=timeout)
-            last = None
             for chunk in chunks:
-                if chunk.offset != expected:
-                    raise DataError(f"shard chunk: offset expected {expected}, found {chunk.offset}")
-                if zlib.crc32(chunk.data) != chunk.crc32:
-                    raise DataError(f"shard chunk at offset {chunk.offset}: crc32 expected {chunk.crc32:#010x}, "
-                                    f"found {zlib.crc32(chunk.data):#010x}")
-                os.write(fd, chunk.data)
-                expected += len(chunk.data)
-                if chunk.last:
-                    last = chunk
-                    break
-            if last is None or last.total_bytes != expected:
-                raise DataError(f"shard ended after {expected} bytes without its last chunk")
+                os.write(fd, stream.add(ChunkView.of(chunk)))
+            stream.finish()
         except grpc.RpcError as error:
             os.close(fd)
             raise RemoteError.from_rpc_error(error) from None
+        except Rejected as error:
+            os.close(fd)
+            raise DataError(f"shard from the chief after {stream.received} bytes: {error}") from None
         except BaseException:
             os.close(fd)
             raise
-        self.shard_bytes = expected
+        self.shard_bytes = stream.received
         return fd
 
     def report_metrics(self, report: dict[str, Any]) -> None:
@@ -90,11 +87,9 @@ def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: in
         assert config is not None
         dense: dict[str, np.ndarray] = {}
         tables: list[np.ndarray] = []
-        empty = [np.zeros(0, np.int64)] * config.num_tables
         for t, size in enumerate(config.table_sizes):
-            ids = list(empty)
-            ids[t] = np.arange(size, dtype=np.int64)
-            pulled = client.pull([steps] * client.num_shards, ids, dense=t == 0, wait_ms=0)
+            table = RowSet([t], np.array([size], np.int64), np.arange(size, dtype=np.int64))
+            pulled = client.pull([steps] * client.num_shards, table, dense=t == 0, wait_ms=0)
             if not pulled.ready or min(pulled.versions) < steps:
                 raise RuntimeError(f"PS not done: versions {pulled.versions}, expected {steps}")
             if pulled.dense is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.model.config import DLRMConfig
+from runtime.rows import RowSet
 
 
 @dataclass
@@ -62,9 +63,9 @@ class Batch:
         span = int(self.cat.max()) + 1
         keys = self.cat + np.arange(tables, dtype=np.int64) * span
         unique, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(unique // span, minlength=tables)
-        ids = np.split(unique % span, np.cumsum(counts)[:-1])
-        return Lookup(ids, inverse.reshape(self.cat.shape).astype(np.int64, copy=False))
+        counts = np.bincount(unique // span, minlength=tables)  # >= 1 each: every example has a row per table
+        rows = RowSet(list(range(tables)), counts.astype(np.int64), (unique % span).astype(np.int64, copy=False))
+        return Lookup(rows, inverse.reshape(self.cat.shape).astype(np.int64, copy=False))
 
     @staticmethod
     def concat(batches: Sequence[Batch]) -> Batch:
@@ -99,18 +100,20 @@ def join_flat(tensors: Mapping[str, np.ndarray], shapes: Iterable[tuple[str, tup
 
 @dataclass(frozen=True)
 class Lookup:
-    """The embedding rows a batch touches, as a worker pulls them: every table's sorted unique ids, and for each
-    example and table the position of its row in the stack of those rows (table 0's rows, then table 1's, ...).
-    The stack is what the model takes and what the PS sends back, so no per-table copies are made."""
+    """The embedding rows a batch touches, as a worker pulls them: every table's sorted unique ids (a RowSet,
+    tables in order), and for each example and table the position of its row in that stack of rows (table 0's
+    rows, then table 1's, ...). The stack is what the model takes and what the PS sends back, so no per-table
+    copies are made."""
 
-    ids: list[np.ndarray]  # per table: sorted unique row ids
+    rows: RowSet
     index: np.ndarray  # [B, T] int64 positions in the stacked rows
 
     @property
-    def rows(self) -> int:
-        return sum(ids.size for ids in self.ids)
+    def ids(self) -> list[np.ndarray]:
+        """Per table: its sorted unique row ids."""
+        return self.rows.table_ids(self.index.shape[1])
 
     @property
     def offsets(self) -> np.ndarray:
         """Where each table's rows start in the stack, and (last entry) their total: T + 1 values."""
-        return np.cumsum([0] + [ids.size for ids in self.ids])
+        return self.rows.offsets()

@@ -172,7 +172,7 @@ class DLRM:
             raise ValueError(f"batch: expected {config.num_dense} dense and {config.num_tables} categorical "
                              f"columns, found {batch.dense.shape[1]} and {batch.cat.shape[1]}")
         _check_float32("flat params", flat_params, (config.dense_size,))
-        _check_float32("rows", rows, (lookup.rows, config.embedding_dim))
+        _check_float32("rows", rows, (len(lookup.rows), config.embedding_dim))
         if lookup.index.shape != batch.cat.shape:
             raise ValueError(f"lookup: expected an index of shape {batch.cat.shape}, found {lookup.index.shape}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.protocol import TableRowArrays
+from runtime.rows import RowSet
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Contribution:
     step: int
     batch_size: int
     dense: np.ndarray  # the shard's dense gradients, one flat vector
-    rows: TableRowArrays
+    rows: RowSet
     loss: float = 0.0
     wire_bytes: int = field(default=0, compare=False)
 
@@ -32,7 +32,7 @@ class Contribution:
 @dataclass
 class Update:
     dense: np.ndarray  # flat, as Contribution.dense
-    rows: TableRowArrays  # distinct tables, strictly increasing ids within each, summed gradients
+    rows: RowSet  # distinct tables, strictly increasing ids within each, summed gradients
     examples: int
     loss: float  # example-weighted mean of the workers' reported losses
 
@@ -54,13 +54,13 @@ def combine(contributions: Sequence[Contribution]) -> Update:
     return Update(dense, _sum_rows([(c.rows, w) for c, w in zip(ordered, weights, strict=True)]), total, loss)
 
 
-def _sum_rows(parts: Sequence[tuple[TableRowArrays, np.float32]]) -> TableRowArrays:
+def _sum_rows(parts: Sequence[tuple[RowSet, np.float32]]) -> RowSet:
     """sum of weight * rows over parts, by (table, id); tables and ids come out in increasing order."""
     row_tables = np.concatenate([rows.row_tables() for rows, _ in parts])
     ids = np.concatenate([rows.ids for rows, _ in parts]).astype(np.int64, copy=False)
     values = np.concatenate([_values(rows) * w for rows, w in parts])
     if not ids.size:
-        return TableRowArrays([], np.zeros(0, dtype=np.int64), ids, values)
+        return RowSet([], np.zeros(0, dtype=np.int64), ids, values)
     keys = (row_tables << 32) | ids  # ids < MAX_TABLE_SIZE = 2**32
     # A stable sort keeps equal rows in worker order, so reduceat sums them in a fixed order.
     order = np.argsort(keys, kind="stable")
@@ -68,11 +68,11 @@ def _sum_rows(parts: Sequence[tuple[TableRowArrays, np.float32]]) -> TableRowArr
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     summed = keys[starts]
     tables, counts = np.unique(summed >> 32, return_counts=True)
-    return TableRowArrays(tables.tolist(), counts.astype(np.int64), summed & 0xFFFFFFFF,
+    return RowSet(tables.tolist(), counts.astype(np.int64), summed & 0xFFFFFFFF,
                           np.add.reduceat(values[order], starts, axis=0))
 
 
-def _values(rows: TableRowArrays) -> np.ndarray:
+def _values(rows: RowSet) -> np.ndarray:
     if rows.values is None:
         raise ValueError("combine: a contribution's rows carry no values")
     return rows.values

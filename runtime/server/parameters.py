@@ -23,7 +23,7 @@ from runtime.model import (
     join_flat,
     split_flat,
 )
-from runtime.protocol import TableRowArrays
+from runtime.rows import RowSet
 from runtime.server import sharding
 from runtime.server.aggregation import Update
 
@@ -61,13 +61,13 @@ class ShardParameters:
         self.initialized = [self.row_initialized[a:b] for a, b in spans]
         self.adagrad = AdagradState(adagrad_initial_accumulator) if optimizer == "adagrad" else None
 
-    def owns_rows(self, rows: TableRowArrays) -> bool:
+    def owns_rows(self, rows: RowSet) -> bool:
         """Whether this shard holds every row (ids are global)."""
         if self.num_shards == 1:
             return True
         return bool((sharding.row_shards(rows.row_tables(), rows.ids, self.num_shards) == self.shard).all())
 
-    def _stacked(self, rows: TableRowArrays) -> np.ndarray:
+    def _stacked(self, rows: RowSet) -> np.ndarray:
         """Indices into self.rows of rows this shard owns, initialising the fresh ones."""
         row_tables = rows.row_tables()
         index = sharding.local_index(rows.ids, self.num_shards) + self.row_offsets[row_tables]
@@ -82,7 +82,7 @@ class ShardParameters:
         """Named views of a flat vector laid out as dense_flat (dense_size float32 values)."""
         return split_flat(flat, self.dense_shapes.items())
 
-    def read_rows(self, rows: TableRowArrays) -> np.ndarray:
+    def read_rows(self, rows: RowSet) -> np.ndarray:
         """A copy of the values of rows this shard owns, in their order, as one [len(rows.ids), dim] array."""
         return self.rows[self._stacked(rows)]
 

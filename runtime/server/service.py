@@ -1,8 +1,9 @@
-"""The PS's gRPC service: the only place that knows status codes. Requests are decoded here, handed to the state
-machine, and its replies encoded; chunked calls are reassembled and split here."""
+"""The PS's gRPC service: the only place that knows status codes. Requests are reassembled from their chunks
+and decoded here (runtime.wire), handed to the state machine, and its results encoded and chunked back."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -14,44 +15,151 @@ from runtime import transport
 from runtime.proto import ps_pb2
 from runtime.protocol import (
     CHUNK_OVERHEAD,
-    ChunkView,
-    Payload,
-    ProtocolError,
-    assemble_payload,
-    parse_chunk,
-    parse_payload,
-    read_pull_request,
-    read_push_pull_request,
-    read_push_request,
+    PROTOCOL_VERSION,
+    PUSH_PULL_REPLY_EXTRA,
+    SERVICE,
+    PullReply,
+    PullRequest,
+    Rejected,
+    check_version,
 )
-from runtime.server.state import SERVICE, ParameterServer
+from runtime.server.state import ParameterServer
+from runtime.wire.chunks import ChunkView, assemble_payload, parse_chunk, payload_chunks
+from runtime.wire.codec import Payload
+from runtime.wire.messages import (
+    Shapes,
+    decode_pull_request,
+    decode_push_pull_request,
+    decode_push_request,
+    encode_dense,
+    encode_pull_reply,
+    encode_push_pull_reply,
+    encode_push_reply,
+    parse_message,
+    pull_reply_bound,
+)
+
+# The status a refusal's reason maps to; every other reason is INVALID_ARGUMENT (a malformed or impossible
+# request). ABORTED tells a worker to pull again; FAILED_PRECONDITION that the job's state does not allow it yet
+# (or any more); RESOURCE_EXHAUSTED that a limit of this server was hit.
+STATUS_CODES = {
+    "bad_protocol_version": grpc.StatusCode.FAILED_PRECONDITION,
+    "unknown_worker": grpc.StatusCode.FAILED_PRECONDITION,
+    "not_started": grpc.StatusCode.FAILED_PRECONDITION,
+    "training_done": grpc.StatusCode.FAILED_PRECONDITION,
+    "stale_step": grpc.StatusCode.ABORTED,
+    "chunk_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "reply_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_code(reason: str) -> grpc.StatusCode:
+    return STATUS_CODES.get(reason, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class ParameterServerService:
-    """gRPC adapter: raw bytes in (parsed here, so malformed input gets a clear status), chunks for bulk calls."""
+    """gRPC adapter: raw bytes in (decoded here, so malformed input gets a clear status), chunks for bulk calls."""
 
     def __init__(self, ps: ParameterServer) -> None:
         self.ps = ps
         self.chunk_bytes = ps.options.chunk_bytes
+        config = ps.config
+        self.shapes = Shapes(config.table_sizes, config.embedding_dim, ps.params.dense_size)
+        # precision -> (version, that version's dense parameters serialized), shared by every pull of a version.
+        self._dense_cache: dict[str, tuple[int, Payload]] = {}
 
-    def _fail(self, context: grpc.ServicerContext, error: ProtocolError) -> None:
+    def _fail(self, context: grpc.ServicerContext, error: Rejected) -> None:
         self.ps.reject(error.reason)
-        context.abort(error.code, str(error))
+        context.abort(status_code(error.reason), str(error))
 
-    def _unary(self, message_type: type, handler: Callable[[Any], Any]) -> Callable:
+    # -- unary calls ---------------------------------------------------------------------------------------
+
+    def _join(self, raw: bytes) -> ps_pb2.JoinReply:
+        request = parse_message(ps_pb2.JoinRequest, raw)
+        check_version(request.protocol_version, "JoinRequest")
+        job = self.ps.join(request.worker_id)
+        return ps_pb2.JoinReply(
+            protocol_version=PROTOCOL_VERSION, version=job.version, total_steps=job.total_steps,
+            shard_index=job.shard, num_shards=job.num_shards,
+            model_config_json=json.dumps(job.config.to_dict(), sort_keys=True), synchronous=job.synchronous,
+            staleness=job.staleness, heartbeat_interval_ms=int(job.heartbeat_interval * 1000),
+            max_chunk_bytes=job.max_chunk_bytes)
+
+    def _heartbeat(self, raw: bytes) -> ps_pb2.HeartbeatReply:
+        request = parse_message(ps_pb2.HeartbeatRequest, raw)
+        check_version(request.protocol_version, "HeartbeatRequest")
+        version, done = self.ps.heartbeat(request.worker_id)
+        return ps_pb2.HeartbeatReply(version=version, done=done)
+
+    def _leave(self, raw: bytes) -> ps_pb2.LeaveReply:
+        request = parse_message(ps_pb2.LeaveRequest, raw)
+        check_version(request.protocol_version, "LeaveRequest")
+        return ps_pb2.LeaveReply(version=self.ps.leave(request.worker_id))
+
+    def _status(self, raw: bytes) -> ps_pb2.StatusReply:
+        request = parse_message(ps_pb2.StatusRequest, raw)
+        check_version(request.protocol_version, "StatusRequest")
+        status = self.ps.status()
+        return ps_pb2.StatusReply(
+            protocol_version=PROTOCOL_VERSION, version=status.version, total_steps=status.total_steps,
+            done=status.done, shard_index=status.shard, num_shards=status.num_shards,
+            live_workers=status.live_workers, rounds=status.rounds, short_rounds=status.short_rounds,
+            pushes=status.pushes, duplicate_pushes=status.duplicate_pushes, rejected_calls=status.rejected_calls,
+            bytes_received=status.bytes_received, bytes_sent=status.bytes_sent,
+            resumed_from_version=status.resumed_from_version)
+
+    def _unary(self, handler: Callable[[bytes], Any]) -> Callable:
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                reply = handler(parse_payload(message_type, raw))
-            except ProtocolError as error:
+                reply = handler(raw)
+            except Rejected as error:
                 self._fail(context, error)
             out = reply.SerializeToString()
             self.ps.count(bytes_received=len(raw), bytes_sent=len(out))
             return out
         return call
 
-    def _bulk_reply(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any], chunks: Iterator[bytes],
-                    context: grpc.ServicerContext) -> tuple[Payload, int]:
-        """Reassemble, parse and handle one chunked request; returns the reply and the request's bytes."""
+    # -- bulk calls ----------------------------------------------------------------------------------------
+
+    def _check_reply_fits(self, request: PullRequest, max_reply_bytes: int | None) -> None:
+        """Refuse, before any work, a pull whose reply could be larger than max_reply_bytes."""
+        if max_reply_bytes is None:
+            return
+        bound = pull_reply_bound(self.shapes.dense_size if request.dense else 0, len(request.rows),
+                                 self.shapes.embedding_dim, request.precision)
+        if bound > max_reply_bytes:
+            raise Rejected("reply_too_large", f"reply: up to {bound} bytes, more than one chunk of "
+                           f"{max_reply_bytes}; use the streaming call")
+
+    def _encode_pull(self, reply: PullReply, precision: str) -> Payload:
+        dense = None
+        if reply.dense is not None:
+            cached = self._dense_cache.get(precision)
+            if cached is None or cached[0] != reply.version:
+                cached = (reply.version, encode_dense(reply.dense, precision))
+                self._dense_cache[precision] = cached
+            dense = cached[1]
+        return encode_pull_reply(reply, dense, precision)
+
+    def _pull(self, payload: memoryview | bytearray, _received: int, max_reply_bytes: int | None) -> Payload:
+        request = decode_pull_request(payload, self.shapes)
+        self._check_reply_fits(request, max_reply_bytes)
+        return self._encode_pull(self.ps.pull(request), request.precision)
+
+    def _push(self, payload: memoryview | bytearray, received: int, _max_reply_bytes: int | None) -> Payload:
+        return Payload(encode_push_reply(self.ps.push(decode_push_request(payload, self.shapes), received)))
+
+    def _push_pull(self, payload: memoryview | bytearray, received: int, max_reply_bytes: int | None) -> Payload:
+        push, pull = decode_push_pull_request(payload, self.shapes)
+        # The PushReply and framing around the PullReply must fit in the one chunk too.
+        self._check_reply_fits(pull, None if max_reply_bytes is None else max_reply_bytes - PUSH_PULL_REPLY_EXTRA)
+        pushed, pulled = self.ps.push_pull(push, pull, received)
+        return encode_push_pull_reply(pushed, self._encode_pull(pulled, pull.precision))
+
+    def _bulk_reply(self, handler: Callable[[Any, int, int | None], Payload], chunks: Iterator[bytes],
+                    context: grpc.ServicerContext, max_reply_bytes: int | None) -> tuple[Payload, int]:
+        """Reassemble, decode and handle one chunked request; returns the reply and the request's bytes."""
         ps = self.ps
         received = 0
 
@@ -60,58 +168,47 @@ class ParameterServerService:
             for raw in chunks:
                 received += len(raw)
                 if len(raw) > self.chunk_bytes + CHUNK_OVERHEAD:
-                    raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk_too_large",
-                                        f"chunk message: expected at most {self.chunk_bytes + CHUNK_OVERHEAD}"
-                                        f" bytes, found {len(raw)}")
+                    raise Rejected("chunk_too_large", f"chunk message: expected at most "
+                                   f"{self.chunk_bytes + CHUNK_OVERHEAD} bytes, found {len(raw)}")
                 yield parse_chunk(raw)
 
         try:
             payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
                                        max_chunk_bytes=self.chunk_bytes)
-            reply = handler(read(payload), received)
-        except ProtocolError as error:
+            reply = handler(payload, received, max_reply_bytes)
+        except Rejected as error:
             ps.count(bytes_received=received)
             self._fail(context, error)
-        return (reply if isinstance(reply, Payload) else Payload(reply)), received
+        return reply, received
 
-    def _bulk(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any]) -> Callable:
-        """Pull / Push: request and reply streamed in chunks."""
+    def _bulk(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:
+        """Pull / Push / PushPull: request and reply streamed in chunks."""
         def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            reply, received = self._bulk_reply(read, handler, chunks, context)
+            reply, received = self._bulk_reply(handler, chunks, context, None)
             sent = 0
-            for raw in reply.chunks(self.chunk_bytes):
+            for raw in payload_chunks(reply, self.chunk_bytes):
                 sent += len(raw)
                 yield raw
             self.ps.count(bytes_received=received, bytes_sent=sent)
         return call
 
-    def _bulk_one(self, read: Callable[[Any], Any], handler: Callable[[Any, int], Any]) -> Callable:
-        """PullOne / PushOne: one chunk each way, without a stream's per-call threads and iterators."""
+    def _bulk_one(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:
+        """<method>One: one chunk each way, without a stream's per-call threads and iterators. A pull whose reply
+        could exceed one chunk is refused; a PushReply is a few bytes."""
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            reply, received = self._bulk_reply(read, handler, iter((raw,)), context)
-            # One chunk: the PullOne handler refuses larger replies, and a PushReply is a few bytes.
-            (only,) = reply.chunks(max(reply.size, 1))
+            reply, received = self._bulk_reply(handler, iter((raw,)), context, self.chunk_bytes)
+            (only,) = payload_chunks(reply, max(reply.size, 1))
             self.ps.count(bytes_received=received, bytes_sent=len(only))
             return only
         return call
 
     def handler(self) -> grpc.GenericRpcHandler:
-        ps = self.ps
-        methods = {
-            "Join": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.JoinRequest, ps.join)),
-            "Heartbeat": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.HeartbeatRequest, ps.heartbeat)),
-            "Leave": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.LeaveRequest, ps.leave)),
-            "Status": grpc.unary_unary_rpc_method_handler(self._unary(ps_pb2.StatusRequest, ps.status)),
-            "Pull": grpc.stream_stream_rpc_method_handler(self._bulk(read_pull_request,
-                                                                     lambda r, _n: ps.pull(r))),
-            "Push": grpc.stream_stream_rpc_method_handler(self._bulk(read_push_request, ps.push)),
-            "PullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
-                read_pull_request, lambda r, _n: ps.pull(r, max_reply_bytes=self.chunk_bytes))),
-            "PushOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(read_push_request, ps.push)),
-            "PushPull": grpc.stream_stream_rpc_method_handler(self._bulk(read_push_pull_request, ps.push_pull)),
-            "PushPullOne": grpc.unary_unary_rpc_method_handler(self._bulk_one(
-                read_push_pull_request, lambda r, n: ps.push_pull(r, n, max_reply_bytes=self.chunk_bytes))),
-        }
+        unary = {"Join": self._join, "Heartbeat": self._heartbeat, "Leave": self._leave, "Status": self._status}
+        bulk = {"Pull": self._pull, "Push": self._push, "PushPull": self._push_pull}
+        methods = {name: grpc.unary_unary_rpc_method_handler(self._unary(fn)) for name, fn in unary.items()}
+        for name, fn in bulk.items():
+            methods[name] = grpc.stream_stream_rpc_method_handler(self._bulk(fn))
+            methods[name + "One"] = grpc.unary_unary_rpc_method_handler(self._bulk_one(fn))
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 

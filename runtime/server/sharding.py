@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.model import DLRMConfig
+from runtime.rows import RowSet
 
 
-def row_shards(table: int, ids: np.ndarray, num_shards: int) -> np.ndarray:
-    """Shard index of each row id of table `table`."""
+def row_shards(table: int | np.ndarray, ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """Shard index of each row id of table `table` (or of each id's table)."""
     return (ids + table) % num_shards
 
 
@@ -63,9 +64,14 @@ def dense_slices(config: DLRMConfig, num_shards: int) -> list[list[tuple[int, in
     return slices
 
 
-def split_rows(table: int, ids: np.ndarray, num_shards: int) -> list[np.ndarray]:
-    """Positions in `ids` of the rows each shard owns (positions keep the order of ids)."""
+def split_rows(rows: RowSet, num_shards: int) -> list[tuple[RowSet, np.ndarray | None]]:
+    """Each shard's part of `rows` and the positions of its rows in `rows` (increasing; None when one shard has
+    them all). Every part keeps the order of `rows`."""
     if num_shards == 1:
-        return [np.arange(ids.size)]
-    shard_of = row_shards(table, ids, num_shards)
-    return [np.flatnonzero(shard_of == s) for s in range(num_shards)]
+        return [(rows, None)]
+    shard_of = row_shards(rows.row_tables(), rows.ids, num_shards)
+    parts = []
+    for shard in range(num_shards):
+        positions = np.flatnonzero(shard_of == shard)
+        parts.append((rows.select(positions), positions))
+    return parts

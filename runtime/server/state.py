@@ -16,9 +16,6 @@ Training starts once --workers workers have joined (or, after --start-timeout, a
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import threading
 import time
 from collections import Counter
@@ -27,38 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
-
 from runtime.model import DLRMConfig
-from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
-    FLOAT_WIRE_DTYPES,
-    PROTOCOL_VERSION,
-    PUSH_PULL_REPLY_EXTRA,
-    Payload,
-    ProtocolError,
-    PullRequestFields,
-    PushRequestFields,
-    TableRowArrays,
-    TableRowsFields,
-    check_version,
-    decode_table_rows,
-    decode_tensor,
-    invalid,
-    pull_reply_bound,
-    tensor_payload,
+    MAX_CHUNK_BYTES,
+    MAX_WAIT_MS,
+    JobInfo,
+    PullReply,
+    PullRequest,
+    PushReply,
+    PushRequest,
+    Rejected,
+    StatusInfo,
+    check_worker_id,
 )
+from runtime.rows import RowSet
 from runtime.server import checkpoints
 from runtime.server.aggregation import Contribution, Update, combine
 from runtime.server.parameters import OPTIMIZERS, ShardParameters
-
-SERVICE = "runtime.v1.ParameterServer"
-_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-MAX_BATCH_SIZE = 1 << 24
-MAX_WAIT_MS = 60_000
-MAX_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 class CheckpointMismatch(Exception):
@@ -118,18 +101,9 @@ class PSOptions:
             raise ValueError(f"--max-message-bytes: expected >= 1, found {self.max_message_bytes}")
 
 
-def _failed(reason: str, detail: str) -> ProtocolError:
-    return ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, reason, detail)
-
-
-def _check_worker_id(worker_id: str) -> None:
-    if not _WORKER_ID.fullmatch(worker_id):
-        raise invalid("bad_worker_id", f"worker_id: expected 1-128 characters [A-Za-z0-9_.-] not starting with "
-                      f"a punctuation mark, found {worker_id[:140]!r}")
-
-
 class ParameterServer:
-    """The PS state machine, independent of gRPC: methods take requests, return replies, raise ProtocolError.
+    """The PS state machine, independent of gRPC: methods take decoded requests (runtime.protocol), return domain
+    results and raise Rejected.
 
     All state is guarded by one condition variable; a rejected request changes nothing.
     """
@@ -155,7 +129,6 @@ class ParameterServer:
         self.push_staleness: Counter[int] = Counter()
         self.resumed_from = 0
         self.checkpoint_seconds: list[float] = []
-        self._dense_cache: dict[int, tuple[int, Payload]] = {}  # wire dtype -> (version, dense tensor)
         self.final_checkpoint_written = options.checkpoint_dir is None
         self._progress = _Progress(clock())
         if options.checkpoint_dir is not None:
@@ -176,49 +149,46 @@ class ParameterServer:
 
     # -- membership ----------------------------------------------------------------------------------------
 
-    def join(self, request: ps_pb2.JoinRequest) -> ps_pb2.JoinReply:
-        check_version(request.protocol_version, "JoinRequest")
-        _check_worker_id(request.worker_id)
+    def join(self, worker_id: str) -> JobInfo:
+        check_worker_id(worker_id)
         with self.cond:
             now = self.clock()
-            if request.worker_id not in self.members:
+            if worker_id not in self.members:
                 self.stats["joins"] += 1
-            self.members[request.worker_id] = now
+            self.members[worker_id] = now
             if self.first_join is None:
                 self.first_join = now
             self._update_started(now)
             self.cond.notify_all()
             version = self.version
         o = self.options
-        return ps_pb2.JoinReply(
-            protocol_version=PROTOCOL_VERSION, version=version, total_steps=o.total_steps, shard_index=o.shard,
-            num_shards=o.num_shards, model_config_json=json.dumps(self.config.to_dict(), sort_keys=True),
-            synchronous=self.synchronous, staleness=o.staleness or 0,
-            heartbeat_interval_ms=int(o.heartbeat_interval * 1000), max_chunk_bytes=o.chunk_bytes)
+        return JobInfo(version=version, total_steps=o.total_steps, shard=o.shard, num_shards=o.num_shards,
+                       config=self.config, synchronous=self.synchronous, staleness=o.staleness or 0,
+                       heartbeat_interval=o.heartbeat_interval, max_chunk_bytes=o.chunk_bytes)
 
-    def heartbeat(self, request: ps_pb2.HeartbeatRequest) -> ps_pb2.HeartbeatReply:
-        check_version(request.protocol_version, "HeartbeatRequest")
-        _check_worker_id(request.worker_id)
+    def heartbeat(self, worker_id: str) -> tuple[int, bool]:
+        """(version, done)."""
+        check_worker_id(worker_id)
         with self.cond:
-            self._touch(request.worker_id)
-            return ps_pb2.HeartbeatReply(version=self.version, done=self.done)
+            self._touch(worker_id)
+            return self.version, self.done
 
-    def leave(self, request: ps_pb2.LeaveRequest) -> ps_pb2.LeaveReply:
-        check_version(request.protocol_version, "LeaveRequest")
-        _check_worker_id(request.worker_id)
+    def leave(self, worker_id: str) -> int:
+        """The version at which the worker left."""
+        check_worker_id(worker_id)
         with self.cond:
-            self._member(request.worker_id)
-            del self.members[request.worker_id]
+            self._member(worker_id)
+            del self.members[worker_id]
             self.stats["leaves"] += 1
             if not self.members:
                 self.idle_since = self.clock()
             self._maybe_close_round(self.clock())
             self.cond.notify_all()
-            return ps_pb2.LeaveReply(version=self.version)
+            return self.version
 
     def _member(self, worker_id: str) -> None:
         if worker_id not in self.members:
-            raise _failed("unknown_worker", f"worker_id {worker_id!r} is not a live member: Join first")
+            raise Rejected("unknown_worker", f"worker_id {worker_id!r} is not a live member: Join first")
 
     def _touch(self, worker_id: str) -> None:
         self._member(worker_id)
@@ -237,46 +207,19 @@ class ParameterServer:
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    def pull(self, request: PullRequestFields, max_reply_bytes: int | None = None) -> Payload:
-        """The serialized PullReply. Rows come back in request order, values only (the ids are the request's).
-        max_reply_bytes: refuse (before reading anything) a request whose reply could be larger."""
-        wanted, wire = self._check_pull(request, max_reply_bytes)
-        return self._serve_pull(request, wanted, wire)
+    def pull(self, request: PullRequest) -> PullReply:
+        """Rows come back in request order, values only (the ids are the request's); the dense parameters are
+        this version's array, which updates replace and never write."""
+        self._check_owned(request.rows, "PullRequest.rows")
+        return self._serve_pull(request)
 
-    def push_pull(self, request: tuple[PushRequestFields, PullRequestFields], wire_bytes: int = 0,
-                  max_reply_bytes: int | None = None) -> Payload:
-        """The serialized PushPullReply: the push handled as push() does, then the pull served as pull() does.
-        The pull is checked first, so a call refused for either part changes nothing."""
-        push, pull = request
-        if pull.worker_id != push.worker_id:
-            raise invalid("worker_mismatch", f"PushPullRequest.pull.worker_id: expected the push's "
-                          f"{push.worker_id!r}, found {pull.worker_id!r}")
-        # The PushReply and framing around the PullReply must fit in the one chunk too.
-        pull_limit = None if max_reply_bytes is None else max_reply_bytes - PUSH_PULL_REPLY_EXTRA
-        wanted, wire = self._check_pull(pull, pull_limit)
-        pushed = self.push(push, wire_bytes)
-        reply = Payload(ps_pb2.PushPullReply(push=pushed))
-        reply.add_field(ps_pb2.PushPullReply.PULL_FIELD_NUMBER, self._serve_pull(pull, wanted, wire))
-        return reply
+    def push_pull(self, push: PushRequest, pull: PullRequest, wire_bytes: int = 0) -> tuple[PushReply, PullReply]:
+        """The push handled as push() does, then the pull served as pull() does. The pull is checked first, so a
+        call refused for either part changes nothing."""
+        self._check_owned(pull.rows, "PullRequest.rows")
+        return self.push(push, wire_bytes), self._serve_pull(pull)
 
-    def _check_pull(self, request: PullRequestFields, max_reply_bytes: int | None) -> tuple[TableRowArrays, int]:
-        """The rows a pull wants and its wire dtype, or ProtocolError; reads no state that changes."""
-        _check_worker_id(request.worker_id)
-        wire = request.wire_dtype or tensor_pb2.FLOAT32
-        if wire not in FLOAT_WIRE_DTYPES:
-            raise invalid("bad_dtype", f"PullRequest.wire_dtype: expected FLOAT32, FLOAT16 or BFLOAT16, found "
-                          f"{request.wire_dtype}")
-        wanted = self._decode_rows(request.rows, "PullRequest.rows", values=False)
-        if max_reply_bytes is not None:
-            bound = pull_reply_bound(self.params.dense_size if request.dense else 0, wanted.ids.size,
-                                     self.config.embedding_dim, wire)
-            if bound > max_reply_bytes:
-                raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, "reply_too_large",
-                                    f"reply: up to {bound} bytes, more than one chunk of {max_reply_bytes}; use "
-                                    f"the streaming call")
-        return wanted, wire
-
-    def _serve_pull(self, request: PullRequestFields, wanted: TableRowArrays, wire: int) -> Payload:
+    def _serve_pull(self, request: PullRequest) -> PullReply:
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
         with self.cond:
             self._touch(request.worker_id)
@@ -284,65 +227,46 @@ class ParameterServer:
             while not self.done and not (self.started and self.version >= request.min_version):
                 remaining = started + wait - self.clock()
                 if remaining <= 0:
-                    return Payload(ps_pb2.PullReply(version=self.version, done=False, ready=False,
-                                                    waited_seconds=self.clock() - started))
+                    return PullReply(self.version, False, False, self.clock() - started)
                 self.cond.wait(remaining)
                 self._member(request.worker_id)  # dropped while waiting?
             waited = self.clock() - started
-            version, done = self.version, self.done
-            dense = self._dense_payload(wire) if request.dense else None
-            rows = self.params.read_rows(wanted) if wanted.ids.size else None
-        reply = Payload(ps_pb2.PullReply(version=version, done=done, ready=True, waited_seconds=waited))
-        if dense is not None:
-            reply.add_field(ps_pb2.PullReply.DENSE_FIELD_NUMBER, dense)
-        if rows is not None:
-            reply.add_field(ps_pb2.PullReply.ROWS_FIELD_NUMBER, tensor_payload(rows, wire))
-        return reply
+            dense = self.params.dense_flat if request.dense else None
+            rows = self.params.read_rows(request.rows) if len(request.rows) else None
+            return PullReply(self.version, self.done, True, waited, dense, rows)
 
-    def _dense_payload(self, wire: int) -> Payload:
-        """This version's dense parameters as one flat tensor, serialized once for every worker that pulls them
-        (caller holds the lock). It references this version's array, which updates replace, never write."""
-        cached = self._dense_cache.get(wire)
-        if cached is None or cached[0] != self.version:
-            payload = tensor_payload(self.params.dense_flat, wire)
-            self._dense_cache = {w: c for w, c in self._dense_cache.items() if c[0] == self.version}
-            self._dense_cache[wire] = (self.version, payload)
-        return self._dense_cache[wire][1]
-
-    def _decode_rows(self, message: TableRowsFields, field: str, *, values: bool) -> TableRowArrays:
-        rows = decode_table_rows(message, field, self.config.table_sizes, self.config.embedding_dim, values=values)
+    def _check_owned(self, rows: RowSet, field: str) -> None:
         if not self.params.owns_rows(rows):
-            raise invalid("wrong_shard", f"{field}: some rows belong to another shard than {self.options.shard} of "
-                          f"{self.options.num_shards}")
-        return rows
+            raise Rejected("wrong_shard", f"{field}: some rows belong to another shard than {self.options.shard} "
+                           f"of {self.options.num_shards}")
 
     # -- push ----------------------------------------------------------------------------------------------
 
-    def push(self, request: PushRequestFields, wire_bytes: int = 0) -> ps_pb2.PushReply:
-        contribution = self._decode_push(request, wire_bytes)
-        worker = contribution.worker_id
+    def push(self, request: PushRequest, wire_bytes: int = 0) -> PushReply:
+        self._check_owned(request.rows, "PushRequest.row_grads")
+        worker, step = request.worker_id, request.step
         with self.cond:
             self._touch(worker)
-            step = contribution.step
             if step <= self.last_step.get(worker, -1):
                 self.stats["duplicate_pushes"] += 1
-                return ps_pb2.PushReply(version=self.version, duplicate=True, applied=step < self.version)
+                return PushReply(self.version, duplicate=True, applied=step < self.version)
             if not self.started:
-                raise _failed("not_started", f"training has not started ({len(self.members)} of "
-                              f"{self.options.workers} workers joined)")
+                raise Rejected("not_started", f"training has not started ({len(self.members)} of "
+                               f"{self.options.workers} workers joined)")
             if self.done:
-                raise _failed("training_done", f"training finished at version {self.version}")
+                raise Rejected("training_done", f"training finished at version {self.version}")
             if step > self.version:
-                raise invalid("future_step", f"PushRequest.step: expected at most the current version "
-                              f"{self.version}, found {step}")
+                raise Rejected("future_step", f"PushRequest.step: expected at most the current version "
+                               f"{self.version}, found {step}")
             oldest = self.version if self.synchronous else self.version - self.options.staleness
             if step < oldest:
-                raise ProtocolError(grpc.StatusCode.ABORTED, "stale_step",
-                                    f"PushRequest.step: expected at least {oldest} (version {self.version}), "
-                                    f"found {step}; pull again")
+                raise Rejected("stale_step", f"PushRequest.step: expected at least {oldest} (version "
+                               f"{self.version}), found {step}; pull again")
             self.last_step[worker] = step
             self.stats["pushes"] += 1
             self.push_staleness[self.version - step] += 1
+            contribution = Contribution(worker, step, request.batch_size, request.dense, request.rows, request.loss,
+                                        wire_bytes)
             if self.synchronous:
                 if not self.pending:
                     self.round_first_push = self.clock()
@@ -350,27 +274,7 @@ class ParameterServer:
                 self._maybe_close_round(self.clock())
             else:
                 self._apply([contribution])
-            return ps_pb2.PushReply(version=self.version, duplicate=False, applied=self.version > step)
-
-    def _decode_push(self, request: PushRequestFields, wire_bytes: int) -> Contribution:
-        _check_worker_id(request.worker_id)
-        if not 1 <= request.batch_size <= MAX_BATCH_SIZE:
-            raise invalid("bad_batch_size", f"PushRequest.batch_size: expected 1..{MAX_BATCH_SIZE}, "
-                          f"found {request.batch_size}")
-        if not math.isfinite(request.loss):
-            raise invalid("non_finite", f"PushRequest.loss: expected a finite number, found {request.loss}")
-        size = self.params.dense_size
-        if request.dense_grads is not None:
-            flat = decode_tensor(request.dense_grads, "PushRequest.dense_grads", kind="float", shape=(size,),
-                                 finite=True)
-        elif size:
-            raise invalid("missing_tensor", f"PushRequest.dense_grads: expected the {size} dense gradients of "
-                          f"shard {self.options.shard}, found none")
-        else:
-            flat = np.zeros(0, dtype=np.float32)
-        pushed = self._decode_rows(request.row_grads, "PushRequest.row_grads", values=True)
-        return Contribution(request.worker_id, request.step, request.batch_size, flat, pushed, request.loss,
-                            wire_bytes)
+            return PushReply(self.version, duplicate=False, applied=self.version > step)
 
     # -- rounds --------------------------------------------------------------------------------------------
 
@@ -463,15 +367,12 @@ class ParameterServer:
 
     # -- status --------------------------------------------------------------------------------------------
 
-    def status(self, request: ps_pb2.StatusRequest | None = None) -> ps_pb2.StatusReply:
-        if request is not None:
-            check_version(request.protocol_version, "StatusRequest")
+    def status(self) -> StatusInfo:
         with self.cond:
-            return ps_pb2.StatusReply(
-                protocol_version=PROTOCOL_VERSION, version=self.version, total_steps=self.options.total_steps,
-                done=self.done, shard_index=self.options.shard, num_shards=self.options.num_shards,
-                live_workers=sorted(self.members), rounds=self.stats["rounds"],
-                short_rounds=self.stats["short_rounds"], pushes=self.stats["pushes"],
+            return StatusInfo(
+                version=self.version, total_steps=self.options.total_steps, done=self.done,
+                shard=self.options.shard, num_shards=self.options.num_shards, live_workers=sorted(self.members),
+                rounds=self.stats["rounds"], short_rounds=self.stats["short_rounds"], pushes=self.stats["pushes"],
                 duplicate_pushes=self.stats["duplicate_pushes"], rejected_calls=sum(self.rejections.values()),
                 bytes_received=self.stats["bytes_received"], bytes_sent=self.stats["bytes_sent"],
                 resumed_from_version=self.resumed_from)
