@@ -106,23 +106,14 @@ class Chief:
         self.workers = {wid: WorkerState(shard=i) for i, wid in enumerate(self.worker_ids)}
 
     def _peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
-        """ratls: the caller's verified MRENCLAVE, checked against the policy's MRENCLAVE pin when it has one
-        (the handshake checked the whole policy already; this keeps the chief's admission explicit; in an
-        enclave the policy may pin MRSIGNER instead). None for tls/insecure."""
-        if not isinstance(self.net, transport.RatlsTransport):
-            return None
-        import ratls
-
+        """ratls: the caller's verified MRENCLAVE (None for tls/insecure); a caller the transport does not admit
+        is refused here."""
         try:
-            evidence = ratls.peer(context)
-        except ratls.RatlsError as error:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"not_attested: {error}")
-        allowed = self.net.policy.mrenclave
-        if allowed and evidence.mrenclave not in allowed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"bad_mrenclave: expected one of "
-                                                             f"{[m.hex() for m in allowed]}, found "
-                                                             f"{evidence.mrenclave.hex()}")
-        return evidence.mrenclave.hex()
+            return self.net.peer_mrenclave(context)
+        except transport.PeerRejected as error:
+            code = grpc.StatusCode.UNAUTHENTICATED if error.reason == "not_attested" else \
+                grpc.StatusCode.PERMISSION_DENIED
+            context.abort(code, str(error))
 
     def _member(self, request: Any, context: grpc.ServicerContext, joined: bool = True) -> WorkerState:
         if request.protocol_version != PROTOCOL_VERSION:

@@ -94,6 +94,14 @@ class TransportError(ConnectionError):
         self.retryable = retryable
 
 
+class PeerRejected(Exception):
+    """A caller this server does not admit: `reason` is not_attested or bad_mrenclave."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 class Transport:
     """Server ports and client channels for one security mode."""
 
@@ -112,6 +120,11 @@ class Transport:
     def call_error(self, error: Exception) -> TransportError | None:
         """The TransportError for an exception a channel of this transport raised during a call (e.g. a failed
         re-attestation), or None if it is not a transport error."""
+        return None
+
+    def peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
+        """In a handler: the caller's verified MRENCLAVE (hex), or None where there is no attestation (tls,
+        insecure). Raises PeerRejected."""
         return None
 
 
@@ -257,6 +270,22 @@ class RatlsTransport(Transport):
             self.attestation_seconds.append(time.perf_counter() - started)
             self.channels.append(channel)
         return channel
+
+    def peer_mrenclave(self, context: grpc.ServicerContext) -> str:
+        """The caller's MRENCLAVE, checked again against the policy's MRENCLAVE pin when it has one: the
+        handshake checked the whole policy already; this keeps a server's admission explicit (in an enclave the
+        policy may pin MRSIGNER instead)."""
+        import ratls
+
+        try:
+            evidence = ratls.peer(context)
+        except ratls.RatlsError as error:
+            raise PeerRejected("not_attested", str(error)) from None
+        allowed = self.policy.mrenclave
+        if allowed and evidence.mrenclave not in allowed:
+            raise PeerRejected("bad_mrenclave", f"expected one of {[m.hex() for m in allowed]}, found "
+                               f"{evidence.mrenclave.hex()}")
+        return evidence.mrenclave.hex()
 
     def call_error(self, error: Exception) -> TransportError | None:
         import ratls

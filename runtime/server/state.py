@@ -298,7 +298,7 @@ class ParameterServer:
         self.stats["rounds"] += 1
         if self.synchronous and len(contributions) < self.options.workers:
             self.stats["short_rounds"] += 1
-        self._progress.add(update, len(contributions))
+        self._progress.add(update)
         o = self.options
         if o.checkpoint_dir is not None and (self.done or self.version % o.checkpoint_every == 0):
             self._write_checkpoint()
@@ -409,9 +409,8 @@ class _Progress:
         self.updates = 0
         self.examples = 0
         self.loss_sum = 0.0
-        self.short = 0
 
-    def add(self, update: Update, contributions: int) -> None:
+    def add(self, update: Update) -> None:
         self.updates += 1
         self.examples += update.examples
         self.loss_sum += update.loss * update.examples
