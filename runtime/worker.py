@@ -130,16 +130,77 @@ class Heartbeat(threading.Thread):
                     pass
 
 
+class StepLog:
+    """What a worker tells about its accepted steps: the counters, the end of the warm-up, progress lines on
+    stdout, TensorBoard points, and the steady-state report."""
+
+    def __init__(self, client: ShardedPS, stats: WorkerStats, args: argparse.Namespace) -> None:
+        self.client = client
+        self.stats = stats
+        self.args = args
+        self.tb: TensorBoardLog | None = None
+        # (time, steps, examples, unique rows, wire bytes) when the warm-up ended
+        self.steady_from: tuple[float, int, int, int, int] | None = None
+        self.started = time.perf_counter()
+        self._last_line = (self.started, 0, 0)  # (time, examples, wire bytes) of the last progress line
+
+    def _wire(self) -> int:
+        return self.client.bytes_sent + self.client.bytes_received
+
+    def start(self) -> None:
+        """Training starts: progress lines count from now."""
+        self._last_line = (time.perf_counter(), 0, self._wire())
+
+    def step(self, batch: Batch, lookup: Lookup, version: int, loss: float) -> None:
+        """A batch whose gradients the PS accepted."""
+        stats = self.stats
+        stats.steps += 1
+        stats.examples += len(batch)
+        stats.unique_rows += len(lookup.rows)
+        stats.losses.append(loss)
+        if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
+            self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows, self._wire())
+            stats.times = StepTimes()
+        if self.tb is not None and stats.steps % self.args.tb_every == 0:
+            elapsed = time.perf_counter() - self.started
+            self.tb.scalars(version, {"train/loss": loss, "train/samples_per_s": stats.examples / elapsed,
+                                      "wire/bytes_per_step": self._wire() / stats.steps})
+        now = time.perf_counter()
+        last, logged_examples, logged_bytes = self._last_line
+        if self.args.log_every > 0 and now - last >= self.args.log_every:
+            wire = self._wire()
+            print(f"{self.client.worker_id} step {version} loss {loss:.4f} samples/s "
+                  f"{(stats.examples - logged_examples) / (now - last):.0f} wire MB/s "
+                  f"{(wire - logged_bytes) / (now - last) / 1e6:.2f}", flush=True)
+            self._last_line = (now, stats.examples, wire)
+
+    def steady_report(self, end: float) -> dict[str, Any]:
+        """Throughput, step-time breakdown and bytes per step after the warm-up steps."""
+        if self.steady_from is None:
+            return {"steps": 0}
+        start, steps0, examples0, unique0, bytes0 = self.steady_from
+        stats, config = self.stats, self.client.config
+        assert config is not None
+        steps = stats.steps - steps0
+        if steps <= 0:
+            return {"steps": 0}
+        wire = (self._wire() - bytes0) / steps
+        unique = (stats.unique_rows - unique0) / steps
+        dense_values = sum(int(np.prod(shape)) for _, shape in config.layer_shapes())
+        # Rows pulled and their gradients pushed, dense weights pulled and their gradients pushed, float32.
+        minimum = 2 * unique * config.embedding_dim * 4 + 2 * dense_values * 4
+        return {"steps": steps, "samples_per_s": round((stats.examples - examples0) / (end - start), 1),
+                "step_ms": stats.times.as_dict(steps), "bytes_per_step": round(wire, 1),
+                "unique_rows_per_step": round(unique, 1), "min_bytes_per_step": round(minimum, 1),
+                "wire_over_min": round(wire / minimum, 4)}
+
+
 class Worker:
     def __init__(self, client: ShardedPS, args: argparse.Namespace) -> None:
         self.client = client
         self.args = args
         self.stats = WorkerStats()
-        self.tb: TensorBoardLog | None = None
-        # (time, steps, examples, unique rows, wire bytes) when the warm-up ended
-        self.steady_from: tuple[float, int, int, int, int] | None = None
-        self.started = time.perf_counter()
-        self._last_log = (self.started, 0, 0)  # (time, examples, wire bytes) of the last progress line
+        self.log = StepLog(client, self.stats, args)
 
     def connect(self, reason: str | None = None) -> list[int]:
         """(Re)connect and join every shard; returns their versions. Retries while the PS is unreachable, for
@@ -168,7 +229,7 @@ class Worker:
     def train(self, model: Any, batches: Iterator[tuple[Batch, Lookup]], min_versions: list[int],
               synchronous: bool) -> None:
         """Train on (batch, its row lookup) until the PS says done (or --max-steps)."""
-        self._last_log = (time.perf_counter(), 0, self.client.bytes_sent + self.client.bytes_received)
+        self.log.start()
         if synchronous or not self.args.pipeline:
             self._train_serial(model, batches, min_versions, synchronous)
         else:
@@ -190,7 +251,7 @@ class Worker:
             if step is None:
                 return
             used, loss, pulled = step
-            self._count_step(batch, lookup, used.versions[0], loss)
+            self.log.step(batch, lookup, used.versions[0], loss)
             min_versions = self._next_min_versions(used, synchronous)
             if following is None:
                 return
@@ -293,7 +354,7 @@ class Worker:
             if step is None:
                 return False
             sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
-            self._count_step(batch, lookup, step[0].versions[0], step[1])
+            self.log.step(batch, lookup, step[0].versions[0], step[1])
             return True
 
         def settle(push: tuple[futures.Future, Batch, Lookup, Pulled, float]) -> bool:
@@ -309,7 +370,7 @@ class Worker:
                 stats.stale += any(pushed.stale)
                 stats.duplicates += any(pushed.duplicate)
                 return redo(batch, lookup)
-            self._count_step(batch, lookup, pulled.versions[0], loss)
+            self.log.step(batch, lookup, pulled.versions[0], loss)
             return True
 
         pushes: collections.deque[tuple[futures.Future, Batch, Lookup, Pulled, float]] = collections.deque()
@@ -352,55 +413,6 @@ class Worker:
                                            row_grads), batch, lookup, pulled, loss))
                 sent[:] = pulled.versions
             settle_until(0)
-
-    def _count_step(self, batch: Batch, lookup: Lookup, version: int, loss: float) -> None:
-        """A batch whose gradients the PS accepted: statistics, the end of the warm-up, progress output."""
-        stats, client = self.stats, self.client
-        stats.steps += 1
-        stats.examples += len(batch)
-        stats.unique_rows += len(lookup.rows)
-        stats.losses.append(loss)
-        if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
-            self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows,
-                                client.bytes_sent + client.bytes_received)
-            stats.times = StepTimes()
-        self._log_step(version, loss)
-        now = time.perf_counter()
-        last_log, logged_examples, logged_bytes = self._last_log
-        if self.args.log_every > 0 and now - last_log >= self.args.log_every:
-            wire = client.bytes_sent + client.bytes_received
-            print(f"{client.worker_id} step {version} loss {loss:.4f} samples/s "
-                  f"{(stats.examples - logged_examples) / (now - last_log):.0f} wire MB/s "
-                  f"{(wire - logged_bytes) / (now - last_log) / 1e6:.2f}", flush=True)
-            self._last_log = (now, stats.examples, wire)
-
-    def steady_report(self, end: float) -> dict[str, Any]:
-        """Throughput, step-time breakdown and bytes per step after the warm-up steps."""
-        if self.steady_from is None:
-            return {"steps": 0}
-        start, steps0, examples0, unique0, bytes0 = self.steady_from
-        stats, config = self.stats, self.client.config
-        assert config is not None
-        steps = stats.steps - steps0
-        if steps <= 0:
-            return {"steps": 0}
-        wire = (self.client.bytes_sent + self.client.bytes_received - bytes0) / steps
-        unique = (stats.unique_rows - unique0) / steps
-        dense_values = sum(int(np.prod(shape)) for _, shape in config.layer_shapes())
-        # Rows pulled and their gradients pushed, dense weights pulled and their gradients pushed, float32.
-        minimum = 2 * unique * config.embedding_dim * 4 + 2 * dense_values * 4
-        return {"steps": steps, "samples_per_s": round((stats.examples - examples0) / (end - start), 1),
-                "step_ms": stats.times.as_dict(steps), "bytes_per_step": round(wire, 1),
-                "unique_rows_per_step": round(unique, 1), "min_bytes_per_step": round(minimum, 1),
-                "wire_over_min": round(wire / minimum, 4)}
-
-    def _log_step(self, step: int, loss: float) -> None:
-        if self.tb is None or self.stats.steps % self.args.tb_every:
-            return
-        elapsed = time.perf_counter() - self.started
-        wire = self.client.bytes_sent + self.client.bytes_received
-        self.tb.scalars(step, {"train/loss": loss, "train/samples_per_s": self.stats.examples / elapsed,
-                               "wire/bytes_per_step": wire / self.stats.steps})
 
     def evaluate(self, model: Any, batches: Sequence[Batch]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         labels, probs = [], []
@@ -584,15 +596,15 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         # TensorFlow leaves ~300k long-lived objects, which every full collection walks (~250 ms): exempt them.
         gc.freeze()
         if args.logdir is not None:
-            worker.tb = TensorBoardLog(args.logdir / args.worker_id)
-        worker.started = time.perf_counter()
+            worker.log.tb = TensorBoardLog(args.logdir / args.worker_id)
+        worker.log.started = time.perf_counter()
         prefetcher = Prefetcher(iter(stream))
         try:
             worker.train(model, prefetcher, [r.version for r in replies], synchronous)
         finally:
             prefetcher.close()
-        train_seconds = time.perf_counter() - worker.started
-        steady = worker.steady_report(worker.started + train_seconds)  # before evaluation adds traffic
+        train_seconds = time.perf_counter() - worker.log.started
+        steady = worker.log.steady_report(worker.log.started + train_seconds)  # before evaluation adds traffic
         held_out = eval_batches if eval_batches is not None else stream.heldout
         evaluation, labels, scores = worker.evaluate(model, held_out)
     heartbeat.stop.set()
@@ -603,11 +615,12 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         print(f"{args.worker_id}: leave failed ({error}); the PS will time us out", flush=True)
     client.close()
     stats = worker.stats
-    if worker.tb is not None:
-        worker.tb.scalars(max(evaluation.get("version", 0), 0),
-                          {f"eval/{key}": evaluation[key] for key in ("log_loss", "accuracy", "auc")
-                           if evaluation.get(key) is not None})
-        worker.tb.flush()
+    tb = worker.log.tb
+    if tb is not None:
+        tb.scalars(max(evaluation.get("version", 0), 0),
+                   {f"eval/{key}": evaluation[key] for key in ("log_loss", "accuracy", "auc")
+                    if evaluation.get(key) is not None})
+        tb.flush()
     if args.scores_file is not None:
         np.savez(args.scores_file, labels=labels, scores=scores)
     steps = max(stats.steps, 1)
