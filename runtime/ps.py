@@ -25,9 +25,7 @@ from pathlib import Path
 
 from runtime import transport
 from runtime.model import add_model_arguments, model_config
-from runtime.protocol import (
-    DEFAULT_CHUNK_SIZE,
-)
+from runtime.protocol import DEFAULT_CHUNK_SIZE
 from runtime.report import write_json_atomically
 from runtime.server.parameters import OPTIMIZERS
 from runtime.server.service import start_server

@@ -1,18 +1,6 @@
-"""The parameter server's state machine, independent of gRPC.
-
-Holds one shard of the DLRM parameters (runtime.server.sharding), tracks which workers are alive, combines their
-pushes and applies the optimizer, serves pulls, writes checkpoints and resumes from them.
-
-Update rules:
-- synchronous (default): step s is applied once every live worker has pushed s, combined in worker-id order
-  (runtime.server.aggregation), so the result equals single-process training on the concatenated batches. With
-  --min-workers M and --round-timeout T a round also closes T seconds after its first push if at least M
-  pushes are in; a worker silent for --worker-timeout seconds is dropped from the live set. Rounds applied
-  with fewer pushes than --workers are counted as short.
-- asynchronous (--staleness K): each push is applied on arrival if it was computed at most K versions ago.
-Training starts once --workers workers have joined (or, after --start-timeout, at least --min-workers).
-
-"""
+"""The parameter server's state machine, independent of gRPC: one shard's parameters (runtime.server.parameters),
+which workers are alive, how pushes are combined (runtime.server.aggregation) and applied, pulls, checkpoints and
+resuming from them. The update rules are the ones `python -m runtime.ps --help` states (runtime/ps.py)."""
 
 from __future__ import annotations
 
