@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ratls.errors import RatlsError, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
@@ -21,8 +20,21 @@ def _inspection_policy(sim_root: str | None) -> Policy:
                   sim_root=sim_root)
 
 
+# Certificates and quotes are KBs; inspect reads no more than this of a file (so not /dev/zero to exhaustion).
+MAX_INSPECT_BYTES = 4 << 20
+
+
+def _read_bounded(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RatlsError(f"{path}: larger than {limit} bytes; inspect reads certificates and quotes, which are far "
+                         "smaller")
+    return data
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    data = Path(args.file).read_bytes()
+    data = _read_bounded(args.file, MAX_INSPECT_BYTES)
     is_quote = not data.lstrip().startswith(b"-----BEGIN") and data[:2] in (b"\x03\x00", b"\x04\x00")
     policy = _inspection_policy(args.sim_root)
     out: dict = {"file": args.file, "kind": "quote" if is_quote else "certificate"}
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ratls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="show the evidence in an RA-TLS certificate (PEM/DER) or an SGX quote")
-    p.add_argument("file")
+    p.add_argument("file", help=f"the certificate or quote file (at most {MAX_INSPECT_BYTES >> 20} MiB)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--sim-root", help="also accept this simulation root (sim-ca directory or root PEM)")
     p.add_argument("--collateral", help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3) for the TCB status")

@@ -4,22 +4,44 @@ take or give PEM where callers (and grpcio) want it, and the C core works on DER
 from __future__ import annotations
 
 import base64
-import re
 import textwrap
 
 from ratls.errors import PolicyError
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.S)
 # gramine-ratls writes TRUSTED CERTIFICATE.
 _CERTIFICATE_LABELS = (b"CERTIFICATE", b"TRUSTED CERTIFICATE")
+_BEGIN = b"-----BEGIN "
+_DASHES = b"-----"
+# Far above any certificate chain (an RA-TLS certificate with its quote is ~10 KB); checked before parsing.
+MAX_PEM_BYTES = 1 << 20
 
 
 def pem_blocks(data: bytes) -> list[bytes]:
-    """DER bodies of the certificate PEM blocks in data."""
+    """DER bodies of the certificate PEM blocks in data, in one pass: every search moves forward, and an END
+    marker is looked for at most once per label from any point, so unterminated blocks cost linear time (a
+    regular expression with a lazy body took quadratic time on repeated BEGIN lines)."""
+    if len(data) > MAX_PEM_BYTES:
+        raise ValueError(f"PEM input of {len(data)} bytes is larger than {MAX_PEM_BYTES} bytes")
     out = []
-    for label, body in _PEM_BLOCK.findall(data):
-        if label in _CERTIFICATE_LABELS:
-            out.append(base64.b64decode(b"".join(body.split()), validate=True))
+    next_end: dict[bytes, int] = {}  # END marker -> where it next occurs at or after the last search (-1: nowhere)
+    pos = 0
+    while (begin := data.find(_BEGIN, pos)) >= 0:
+        label_end = data.find(_DASHES, begin + len(_BEGIN))
+        if label_end < 0:
+            break
+        label = data[begin + len(_BEGIN):label_end]
+        body = label_end + len(_DASHES)
+        pos = body
+        if label not in _CERTIFICATE_LABELS:
+            continue
+        marker = b"-----END " + label + _DASHES
+        end = next_end.get(marker)
+        if end is None or 0 <= end < body:
+            end = next_end[marker] = data.find(marker, body)
+        if end < 0:
+            continue  # unterminated; so is every later block of this label
+        out.append(base64.b64decode(b"".join(data[body:end].split()), validate=True))
+        pos = end + len(marker)
     return out
 
 
@@ -28,6 +50,9 @@ def certificate_der(cert: bytes | str) -> bytes:
     if isinstance(cert, str):
         cert = cert.encode()
     if b"-----BEGIN" in cert[:64]:
+        if len(cert) > MAX_PEM_BYTES:
+            raise PolicyError(f"PEM input of {len(cert)} bytes is larger than the {MAX_PEM_BYTES} a certificate "
+                              "chain can need")
         try:
             blocks = pem_blocks(cert)
         except ValueError as e:

@@ -49,6 +49,13 @@ def _u16(value: int | None, field: str) -> int | None:
     return value
 
 
+def _flag(value: bool, field: str) -> bool:
+    # A string such as "false" is truthy: only a real boolean may switch a check off.
+    if not isinstance(value, bool):
+        raise PolicyError(f"{field}: expected true or false, got {value!r}")
+    return value
+
+
 def _tcb_statuses(statuses: Iterable[str]) -> tuple[str, ...]:
     if isinstance(statuses, str):
         statuses = [statuses]
@@ -110,9 +117,9 @@ class Policy:
         set_(self, "mrsigner", _measurements(mrsigner, "mrsigner"))
         set_(self, "isv_prod_id", _u16(isv_prod_id, "isv_prod_id"))
         set_(self, "min_isv_svn", _u16(min_isv_svn, "min_isv_svn"))
-        set_(self, "allow_debug", bool(allow_debug))
+        set_(self, "allow_debug", _flag(allow_debug, "allow_debug"))
         set_(self, "allowed_tcb_statuses", _tcb_statuses(allowed_tcb_statuses))
-        set_(self, "allow_simulated", bool(allow_simulated))
+        set_(self, "allow_simulated", _flag(allow_simulated, "allow_simulated"))
         set_(self, "sim_root_der", _root_der(sim_root, "sim_root", sim_dir_ok=True))
         set_(self, "trusted_root_der", _root_der(trusted_root, "trusted_root", sim_dir_ok=False))
         if self.allow_simulated and self.sim_root_der is None:
@@ -198,28 +205,50 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Policy:
-        """A TOML policy file. Keys are the constructor's; measurements are hex strings (or lists of them) or
-        "any"; sim_root and trusted_root paths are relative to the file's directory."""
+        """A TOML policy file. Keys are the constructor's. mrenclave and mrsigner are required, as in from_env:
+        hex strings, lists of them, or "any"; isv_prod_id and min_isv_svn are integers or "any"; allow_debug and
+        allow_simulated TOML booleans; sim_root and trusted_root paths relative to the file's directory. Anything
+        else is a PolicyError naming the key."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
         except OSError as e:
             raise PolicyError(f"cannot read policy file {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise PolicyError(f"policy file {path} is not valid TOML: {e}") from None
-        known = {"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "allowed_tcb_statuses",
-                 "allow_simulated", "sim_root", "trusted_root"}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(_FILE_KEYS))
         if unknown:
             raise PolicyError(f"policy file {path}: unknown keys {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})")
-        for key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"):
-            if data.get(key) == "any":
-                data[key] = None
-        for key in ("sim_root", "trusted_root"):
-            if key in data:
-                data[key] = path.parent / data[key]
+                              f"(known: {', '.join(sorted(_FILE_KEYS))})")
+        missing = [key for key in ("mrenclave", "mrsigner") if key not in data]
+        if missing:
+            raise PolicyError(f"policy file {path}: {' and '.join(missing)} missing: give the measurements to "
+                              'accept, or "any" to accept every one')
+        fields: dict[str, Any] = {}
+        for key, value in data.items():
+            if not isinstance(value, _FILE_KEYS[key]) or (isinstance(value, list) and not all(
+                    isinstance(item, str) for item in value)):
+                raise PolicyError(f"policy file {path}: {key}: expected {_FILE_TYPES[key]}, got {value!r}")
+            if value == "any" and key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"):
+                value = None
+            elif key in ("sim_root", "trusted_root"):
+                value = path.parent / value
+            fields[key] = value
         try:
-            return cls(**data)
+            return cls(**fields)
         except PolicyError as e:
             raise PolicyError(f"policy file {path}: {e}") from None
+
+
+# Policy file keys: the TOML types each may have, and how to say so.
+_FILE_KEYS: dict[str, tuple[type, ...]] = {
+    "mrenclave": (str, list), "mrsigner": (str, list), "isv_prod_id": (int, str), "min_isv_svn": (int, str),
+    "allow_debug": (bool,), "allowed_tcb_statuses": (str, list), "allow_simulated": (bool,),
+    "sim_root": (str,), "trusted_root": (str,),
+}
+_FILE_TYPES = {
+    "mrenclave": 'hex digits, a list of them, or "any"', "mrsigner": 'hex digits, a list of them, or "any"',
+    "isv_prod_id": 'an integer or "any"', "min_isv_svn": 'an integer or "any"', "allow_debug": "true or false",
+    "allowed_tcb_statuses": "a status or a list of them", "allow_simulated": "true or false",
+    "sim_root": "a path", "trusted_root": "a path",
+}

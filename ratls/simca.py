@@ -49,6 +49,18 @@ def _pem_key(key) -> bytes:
                              serialization.NoEncryption())
 
 
+def _check_private_directory(path: Path) -> None:
+    """A sim CA's keys issue evidence every sim policy naming its root accepts: only their owner may write where
+    they live."""
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise RatlsError(f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): keep a sim CA in a "
+                         "directory only you control")
+    if st.st_mode & 0o022:
+        raise RatlsError(f"{path} is writable by group or others (mode {st.st_mode & 0o777:o}): keep a sim CA in "
+                         "a private directory (e.g. tempfile.mkdtemp(), or chmod go-w)")
+
+
 class SimCA:
     """A simulation CA directory (see the module docstring)."""
 
@@ -65,7 +77,8 @@ class SimCA:
         path = Path(path)
         if not force and any((path / f).exists() for f in _FILES):
             raise RatlsError(f"{path} already holds a sim CA; pass force=True (--force) to replace it")
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_private_directory(path)
         root_key = ec.generate_private_key(ec.SECP256R1())
         pck_ca_key = ec.generate_private_key(ec.SECP256R1())
         pck_key = ec.generate_private_key(ec.SECP256R1())
@@ -85,8 +98,9 @@ class SimCA:
             "signer.key.pem": _pem_key(signer_key),
         }
         for name, data in outputs.items():
-            fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(fd, 0o600)  # O_CREAT's mode applies to new files only: --force over 0644 keys too
                 f.write(data)
         # The root key is not kept: nothing can issue further PCK certificates under this root.
         return cls(path)

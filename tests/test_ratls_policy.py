@@ -102,3 +102,40 @@ def test_cli_sim_ca_and_measure(tmp_path, measured_tree):
     bad.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     out = run_cli("inspect", str(bad))
     assert out.returncode == 1 and "CERT_MALFORMED" in out.stdout
+
+
+@pytest.mark.parametrize("text,key", [
+    ('mrenclave = "any"\nmrsigner = "any"\nallow_debug = "false"\n', "allow_debug"),  # a string is truthy
+    ('mrenclave = "any"\nmrsigner = "any"\nallow_simulated = "false"\n', "allow_simulated"),
+    ('mrenclave = "any"\nmrsigner = "any"\nallow_debug = 0\n', "allow_debug"),
+    ("", "mrenclave and mrsigner missing"),  # would otherwise accept any enclave
+    ("# only a comment\n", "mrenclave and mrsigner missing"),
+    ('mrenclave = "any"\n', "mrsigner missing"),
+    ('mrenclave = "any"\nmrsigner = "any"\ntrusted_root = ["a.pem"]\n', "trusted_root: expected a path"),
+    ('mrenclave = "any"\nmrsigner = "any"\ntrusted_root = 5\n', "trusted_root: expected a path"),
+    ('mrenclave = 5\nmrsigner = "any"\n', "mrenclave: expected hex digits"),
+    ('mrenclave = ["any", 7]\nmrsigner = "any"\n', "mrenclave: expected hex digits"),
+    ('mrenclave = "any"\nmrsigner = "any"\nisv_prod_id = true\n', "isv_prod_id"),
+    ('mrenclave = "any"\nmrsigner = "any"\nmin_isv_svn = 1.5\n', "min_isv_svn: expected an integer"),
+])
+def test_policy_files_are_strict(tmp_path, text, key):
+    f = tmp_path / "policy.toml"
+    f.write_text(text)
+    with pytest.raises(ratls.PolicyError, match=key) as caught:
+        ratls.Policy.from_file(f)
+    assert str(f) in str(caught.value)
+
+
+def test_policy_flags_must_be_booleans():
+    with pytest.raises(ratls.PolicyError, match="allow_debug: expected true or false"):
+        ratls.Policy(allow_debug="false")
+    with pytest.raises(ratls.PolicyError, match="allow_simulated: expected true or false"):
+        ratls.Policy(allow_simulated=1)
+
+
+def test_policy_file_any_everywhere(tmp_path):
+    f = tmp_path / "policy.toml"
+    f.write_text('mrenclave = "any"\nmrsigner = "any"\nisv_prod_id = "any"\nmin_isv_svn = "any"\n'
+                 "allow_debug = false\n")
+    p = ratls.Policy.from_file(f)
+    assert (p.mrenclave, p.mrsigner, p.isv_prod_id, p.min_isv_svn, p.allow_debug) == ((), (), None, None, False)
