@@ -78,3 +78,18 @@ def test_sim_ca_refuses_a_directory_another_user_owns(tmp_path, monkeypatch):
 def test_sim_ca_in_a_new_directory_is_private(tmp_path):
     ca = ratls.SimCA.init(tmp_path / "new" / "ca")
     assert stat.S_IMODE(os.stat(ca.path).st_mode) & 0o077 == 0
+
+
+def test_a_sim_root_named_as_trusted_root_is_still_simulated(identity, sim_ca):
+    # Before: the chain verified to the "trusted" root and the evidence passed as provider "sgx" without
+    # allow_simulated.
+    statuses = ("UpToDate", "Unknown")
+    policy = ratls.Policy(mrenclave=identity.mrenclave, trusted_root=sim_ca.path / "root.crt.pem",
+                          allowed_tcb_statuses=statuses)
+    with pytest.raises(ratls.VerificationError) as caught:
+        ratls.verify_certificate(identity.certificate_der, policy)
+    assert caught.value.reason == ratls.Reason.SIMULATED_DENIED
+    assert "trusted_root" in caught.value.message and "is a simulation root" in caught.value.message
+    allowed = ratls.Policy(mrenclave=identity.mrenclave, trusted_root=sim_ca.path / "root.crt.pem",
+                           allow_simulated=True, sim_root=sim_ca.path, allowed_tcb_statuses=statuses)
+    assert ratls.verify_certificate(identity.certificate_der, allowed).provider == "sim"

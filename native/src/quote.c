@@ -245,19 +245,28 @@ static int parse_pck_chain(const ratls_policy *policy, const uint8_t *data, size
     return RATLS_OK;
 }
 
-/* 1 if leaf verifies through `untrusted` to a root in `store` at time now, 0 if not (*err says why), -1 on an
- * internal error. */
-static int chain_verifies(X509_STORE *store, X509 *leaf, STACK_OF(X509) *untrusted, int64_t now, int *err) {
+/* 1 if leaf verifies through `untrusted` to a root in `store` at time now (root_cn: that root's CN), 0 if not
+ * (*err says why), -1 on an internal error. */
+static int chain_verifies(X509_STORE *store, X509 *leaf, STACK_OF(X509) *untrusted, int64_t now, int *err,
+                          char *root_cn, size_t root_cn_len) {
     X509_STORE_CTX *ctx = X509_STORE_CTX_new();
     int result = -1;
     if (ctx && X509_STORE_CTX_init(ctx, store, leaf, untrusted) == 1) {
         X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(ctx), (time_t)now);
         result = X509_verify_cert(ctx) == 1;
         *err = X509_STORE_CTX_get_error(ctx);
+        STACK_OF(X509) *verified = result == 1 ? X509_STORE_CTX_get0_chain(ctx) : NULL;
+        if (verified && sk_X509_num(verified) > 0)
+            X509_NAME_get_text_by_NID(X509_get_subject_name(sk_X509_value(verified, sk_X509_num(verified) - 1)),
+                                      NID_commonName, root_cn, (int)root_cn_len);
     }
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
     return result;
+}
+
+static int is_simulation_root(const char *cn) {
+    return strncmp(cn, SIM_ROOT_CN_PREFIX, strlen(SIM_ROOT_CN_PREFIX)) == 0;
 }
 
 static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, int64_t now, int *root, char *msg,
@@ -267,10 +276,26 @@ static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, i
     if (!untrusted) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
     sk_X509_shift(untrusted); /* the leaf is the target, not a candidate issuer */
     int trusted_err = X509_V_OK, sim_err = X509_V_OK;
-    int trusted = policy->trusted_store ? chain_verifies(policy->trusted_store, leaf, untrusted, now, &trusted_err) : 0;
-    int sim = trusted == 0 && policy->sim_store ? chain_verifies(policy->sim_store, leaf, untrusted, now, &sim_err) : 0;
+    char root_cn[128] = "";
+    int trusted = policy->trusted_store ? chain_verifies(policy->trusted_store, leaf, untrusted, now, &trusted_err,
+                                                         root_cn, sizeof(root_cn))
+                                        : 0;
+    int sim = trusted == 0 && policy->sim_store
+                  ? chain_verifies(policy->sim_store, leaf, untrusted, now, &sim_err, root_cn, sizeof(root_cn))
+                  : 0;
     sk_X509_free(untrusted);
     if (trusted < 0 || sim < 0) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "PCK chain: verifier setup failed");
+    /* A simulation root stays one wherever the policy lists it: naming it as trusted_root must not make its
+     * evidence pass as real SGX without allow_simulated. */
+    if (trusted && is_simulation_root(root_cn)) {
+        *root = RATLS_ROOT_SIMULATED;
+        if (!policy->allow_simulated)
+            return ratls_fail(msg, msg_len, RATLS_ERR_SIMULATED_DENIED,
+                              "evidence comes from the simulated provider: the policy's trusted_root \"%s\" is a "
+                              "simulation root, and the policy does not allow simulated evidence",
+                              root_cn);
+        return RATLS_OK;
+    }
     if (trusted) {
         *root = RATLS_ROOT_TRUSTED;
         return RATLS_OK;
@@ -288,7 +313,7 @@ static int verify_pck_chain(const ratls_policy *policy, STACK_OF(X509) *chain, i
                               top_cn, sizeof(top_cn));
     ERR_clear_error();
     /* The chain's own claim to be simulated is untrusted, so it only ever explains a rejection. */
-    if (!policy->allow_simulated && strncmp(top_cn, SIM_ROOT_CN_PREFIX, strlen(SIM_ROOT_CN_PREFIX)) == 0)
+    if (!policy->allow_simulated && is_simulation_root(top_cn))
         return ratls_fail(msg, msg_len, RATLS_ERR_SIMULATED_DENIED,
                           "evidence comes from the simulated provider (chain root \"%s\"); the policy does not "
                           "allow simulated evidence",

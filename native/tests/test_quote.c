@@ -667,10 +667,15 @@ static void test_simulated_chain(void) {
     CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     ratls_policy_set_allow_simulated(pol, 0);
     CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
-    /* The sim root as the *trusted* root: a real-looking chain verifies as trusted. */
+    /* The sim root named as the *trusted* root is still a simulation root: denied unless simulated evidence is
+     * allowed, and then reported as simulated, never as real SGX. */
     CHECK_EQ(ratls_policy_set_trusted_root(pol, der, der_len, msg, sizeof(msg)), RATLS_OK);
+    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
+    CHECK(strstr(msg, "trusted_root") != NULL && strstr(msg, "simulation root") != NULL);
+    ratls_policy_set_allow_simulated(pol, 1);
+    root = -1;
     CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_OK);
-    CHECK_EQ(root, RATLS_ROOT_TRUSTED);
+    CHECK_EQ(root, RATLS_ROOT_SIMULATED);
     ratls_policy_free(pol);
 
     /* A non-simulated name on an unknown root is plainly untrusted. */
