@@ -61,8 +61,9 @@ def status_code(reason: str) -> grpc.StatusCode:
 class ParameterServerService:
     """gRPC adapter: raw bytes in (decoded here, so malformed input gets a clear status), chunks for bulk calls."""
 
-    def __init__(self, ps: ParameterServer) -> None:
+    def __init__(self, ps: ParameterServer, net: transport.Transport) -> None:
         self.ps = ps
+        self.net = net
         self.chunk_bytes = ps.options.chunk_bytes
         config = ps.config
         self.shapes = Shapes(config.table_sizes, config.embedding_dim, ps.params.dense_size)
@@ -72,6 +73,15 @@ class ParameterServerService:
     def _fail(self, context: grpc.ServicerContext, error: Rejected) -> None:
         self.ps.reject(error.reason)
         context.abort(status_code(error.reason), str(error))
+
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        """Every call: the caller must be the very certificate an attestation admitted. TLS alone would also let
+        through a certificate that an attested key signed (the trust set's certificates are served as roots)."""
+        try:
+            self.net.peer_mrenclave(context)
+        except transport.PeerRejected as error:
+            self.ps.reject(error.reason)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
 
     # -- unary calls ---------------------------------------------------------------------------------------
 
@@ -111,6 +121,7 @@ class ParameterServerService:
 
     def _unary(self, handler: Callable[[bytes], Any]) -> Callable:
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            self._admit(context)
             try:
                 reply = handler(raw)
             except Rejected as error:
@@ -160,6 +171,7 @@ class ParameterServerService:
     def _bulk_reply(self, handler: Callable[[Any, int, int | None], Payload], chunks: Iterator[bytes],
                     context: grpc.ServicerContext, max_reply_bytes: int | None) -> tuple[Payload, int]:
         """Reassemble, decode and handle one chunked request; returns the reply and the request's bytes."""
+        self._admit(context)
         ps = self.ps
         received = 0
 
@@ -229,7 +241,7 @@ def start_server(ps: ParameterServer, net: transport.Transport, host: str, port:
     threads = max(16, 4 * ps.options.workers + 8)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps"),
                          options=server_options(ps.options.chunk_bytes))
-    server.add_generic_rpc_handlers((ParameterServerService(ps).handler(),))
+    server.add_generic_rpc_handlers((ParameterServerService(ps, net).handler(),))
     endpoint = net.add_port(server, host, port, attestation_port)
     server.start()
     return RunningServer(server, ps, endpoint)

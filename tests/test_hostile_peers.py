@@ -1,0 +1,79 @@
+"""Attacks on the runtime's servers by peers that hold attested keys (issue: hostile peers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import ratls
+from ratls._certs import certificate_pem
+from runtime.model import DLRMConfig
+from runtime.proto import ps_pb2
+from runtime.protocol import PROTOCOL_VERSION, SERVICE
+from runtime.server.service import start_server
+from runtime.server.state import ParameterServer, PSOptions
+from runtime.transport import RatlsTransport
+
+CALL_TIMEOUT = 20.0
+
+
+def signed_by(issuer: ratls.Identity) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM) of a new key whose certificate the attested identity's key signed: it never saw
+    an enclave and was never attested."""
+    issuer_key = serialization.load_pem_private_key(issuer.private_key_pem, None)
+    issuer_name = x509.load_der_x509_certificate(issuer.certificate_der).subject
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "child-of-an-attested-key")]))
+            .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA384()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.mark.timeout(120)
+def test_a_certificate_an_attested_key_signed_gets_no_answer_from_the_ps(sim_ca):
+    server_net = RatlsTransport(provider="sim", sim_ca=sim_ca.path, mrenclave=None)
+    ps = ParameterServer(PSOptions(config=DLRMConfig.small(), total_steps=10, workers=1, log_every=0))
+    running = start_server(ps, server_net, "127.0.0.1", 0)
+    client_net = RatlsTransport(provider="sim", sim_ca=sim_ca.path, mrenclave=None)
+    endpoint = running.endpoint
+    try:
+        # The client attests honestly, so its certificate is in the PS's trust set...
+        attested = client_net.credentials.attest(f"127.0.0.1:{endpoint.attestation_port}")
+        # ...then presents the chain [child, attested] with the child's key.
+        key_pem, child_pem = signed_by(client_net.identity)
+        server_cn = x509.load_der_x509_certificate(attested.certificate_der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)[0].value
+        creds = grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
+                                             private_key=key_pem,
+                                             certificate_chain=child_pem + client_net.identity.certificate_pem)
+        request = ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id="intruder").SerializeToString()
+        with grpc.secure_channel(endpoint.target, creds, options=[("grpc.ssl_target_name_override", server_cn),
+                                                                  ("grpc.use_local_subchannel_pool", 1)]) as channel:
+            join = channel.unary_unary(f"/{SERVICE}/Join")
+            with pytest.raises(grpc.RpcError) as caught:
+                join(request, timeout=CALL_TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value.details()
+        assert caught.value.details().startswith("not_attested: ")
+        assert not ps.members and ps.rejections["not_attested"] == 1
+        # The attested certificate itself is answered.
+        with client_net.channel(endpoint, []) as channel:
+            reply = ps_pb2.JoinReply.FromString(channel.unary_unary(f"/{SERVICE}/Join")(
+                ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id="honest").SerializeToString(),
+                timeout=CALL_TIMEOUT))
+        assert reply.version == 0 and set(ps.members) == {"honest"}
+    finally:
+        running.server.stop(0).wait(5)
+        server_net.credentials.close()
+        client_net.credentials.close()
