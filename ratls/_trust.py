@@ -9,7 +9,6 @@ always seen by the next fetch: there is no window where it is attested but not y
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import hashlib
 import threading
@@ -165,9 +164,9 @@ class TrustSet:
     """Fingerprint (SHA-256 of the certificate DER) -> Evidence of attested clients, each with an expiry.
 
     `fetch` is the gRPC certificate-config fetcher. Expired entries are dropped there, so a client whose trust
-    expired cannot open new gRPC connections until it attests again. `evidence_for` also remembers recently
-    expired entries (bounded), because a connection opened while an entry was valid stays open after it
-    expires and its handlers still ask ratls.peer()."""
+    expired cannot open new gRPC connections until it attests again; `evidence_for` (what ratls.peer() asks)
+    knows no expired entry either, so calls on a connection that outlived its client's trust (or certificate) are
+    refused too. A ratls channel re-attests at half the TTL, so an honest client's entry never lapses in use."""
 
     def __init__(self, endpoint: AttestationEndpoint, identity: Identity, trust_ttl: float, *,
                  max_entries: int = 4096) -> None:
@@ -177,7 +176,6 @@ class TrustSet:
         self._max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: dict[bytes, _Entry] = {}
-        self._recent: collections.OrderedDict[bytes, Evidence] = collections.OrderedDict()
         self._served: frozenset[bytes] = frozenset()
         self._nobody = _unusable_root_pem()
         _registry.add(self)
@@ -211,16 +209,12 @@ class TrustSet:
             self._entries[fp] = _Entry(certificate_pem(der), evidence, expires)
             if len(self._entries) > self._max_entries:  # drop the entry that expires first
                 del self._entries[min(self._entries, key=lambda k: self._entries[k].expires)]
-            self._recent[fp] = evidence
-            self._recent.move_to_end(fp)
-            while len(self._recent) > self._max_entries:
-                self._recent.popitem(last=False)
 
     def evidence_for(self, fingerprint: bytes) -> Evidence | None:
         with self._lock:
             self._drain()
             entry = self._entries.get(fingerprint)
-            return entry.evidence if entry is not None else self._recent.get(fingerprint)
+            return entry.evidence if entry is not None and entry.expires > time.monotonic() else None
 
     def trusted(self) -> dict[bytes, Evidence]:
         """The currently trusted clients (fingerprint -> Evidence), expired ones excluded."""

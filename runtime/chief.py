@@ -187,7 +187,7 @@ class Chief:
 def start_server(chief: Chief, host: str, port: int, attestation_port: int | None = None) -> tuple[grpc.Server,
                                                                                                     transport.Endpoint]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4 * len(chief.worker_ids) + 8,
-                                                    thread_name_prefix="chief"))
+                                                    thread_name_prefix="chief"), options=chief.net.server_options())
     chief_pb2_grpc.add_ChiefServicer_to_server(chief, server)
     endpoint = chief.net.add_port(server, host, port, attestation_port)
     server.start()

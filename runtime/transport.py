@@ -127,6 +127,10 @@ class Transport:
         insecure). Raises PeerRejected."""
         return None
 
+    def server_options(self) -> list[tuple[str, Any]]:
+        """gRPC server options this mode needs."""
+        return []
+
 
 class InsecureTransport(Transport):
     security = "insecure"
@@ -270,6 +274,13 @@ class RatlsTransport(Transport):
             self.attestation_seconds.append(time.perf_counter() - started)
             self.channels.append(channel)
         return channel
+
+    def server_options(self) -> list[tuple[str, Any]]:
+        """No connection outlives its client's trust: the server ends it (GOAWAY) after the trust TTL, so the
+        client reconnects through a new TLS handshake, which admits only currently trusted certificates. The
+        grace lets calls in flight (a pull waits at most 60 s) finish."""
+        return [("grpc.max_connection_age_ms", int(self.credentials.trust_ttl * 1000)),
+                ("grpc.max_connection_age_grace_ms", 65_000)]
 
     def peer_mrenclave(self, context: grpc.ServicerContext) -> str:
         """The caller's MRENCLAVE, checked again against the policy's MRENCLAVE pin when it has one: the

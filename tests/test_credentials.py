@@ -305,6 +305,19 @@ def test_trust_expires_and_channel_refreshes(server_creds, server_id, client_cre
         assert srv.creds.attestation_stats(srv.grpc_port).attested >= 2
 
 
+def test_an_open_connection_ends_with_its_trust(server_creds, server_id, client_creds, client_id):
+    # Before: calls on a connection opened while the client was trusted still succeeded after its entry expired
+    # (the trust set remembered expired entries for ratls.peer()).
+    with serve(server_creds(trust_ttl=1)) as srv:
+        client_creds.attest(srv.attestation_target)
+        with direct_channel(server_id.certificate_der, client_id, srv.target) as direct:
+            assert hello(direct) == b"hello world"
+            time.sleep(1.2)
+            with pytest.raises(grpc.RpcError):  # the handler's ratls.peer() no longer knows the certificate
+                hello(direct)
+        assert srv.service.calls == 1
+
+
 def test_peer_requires_ratls():
     seen = []
 

@@ -18,7 +18,7 @@ from runtime.proto import ps_pb2
 from runtime.protocol import PROTOCOL_VERSION, SERVICE
 from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
-from runtime.transport import RatlsTransport
+from runtime.transport import InsecureTransport, RatlsTransport
 
 CALL_TIMEOUT = 20.0
 
@@ -77,3 +77,16 @@ def test_a_certificate_an_attested_key_signed_gets_no_answer_from_the_ps(sim_ca)
         running.server.stop(0).wait(5)
         server_net.credentials.close()
         client_net.credentials.close()
+
+
+def test_ratls_servers_end_connections_when_trust_would_end(sim_ca):
+    """The PS's and the chief's gRPC servers get a connection age cap of the trust TTL, so no connection outlives
+    the trust it was opened under (finding 8); insecure and tls servers get none."""
+    net = RatlsTransport(provider="sim", sim_ca=sim_ca.path, mrenclave=None)
+    try:
+        options = dict(net.server_options())
+        assert options["grpc.max_connection_age_ms"] == int(net.credentials.trust_ttl * 1000) == 3_600_000
+        assert options["grpc.max_connection_age_grace_ms"] >= 60_000  # a pull may wait 60 s
+    finally:
+        net.credentials.close()
+    assert InsecureTransport().server_options() == []

@@ -240,7 +240,7 @@ def start_server(ps: ParameterServer, net: transport.Transport, host: str, port:
                  attestation_port: int | None = None) -> RunningServer:
     threads = max(16, 4 * ps.options.workers + 8)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ps"),
-                         options=server_options(ps.options.chunk_bytes))
+                         options=server_options(ps.options.chunk_bytes) + net.server_options())
     server.add_generic_rpc_handlers((ParameterServerService(ps, net).handler(),))
     endpoint = net.add_port(server, host, port, attestation_port)
     server.start()
