@@ -9,6 +9,7 @@ always seen by the next fetch: there is no window where it is attested but not y
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import hashlib
 import threading
@@ -160,8 +161,17 @@ class _Entry:
     expires: float  # time.monotonic()
 
 
+def _identity_of(evidence: Evidence) -> tuple[bytes, bytes]:
+    """Whose entry it is, for the per-identity bound: the enclave's measurement and signer."""
+    return evidence.mrenclave, evidence.mrsigner
+
+
 class TrustSet:
     """Fingerprint (SHA-256 of the certificate DER) -> Evidence of attested clients, each with an expiry.
+
+    Bounded so that churn cannot push out other clients: at most max_per_identity entries per (MRENCLAVE,
+    MRSIGNER), and max_entries in all; eviction takes the least recently used entry of the identity that has too
+    many (and the most). Re-serving the roots on a change is O(entries), so the bounds are small.
 
     `fetch` is the gRPC certificate-config fetcher. Expired entries are dropped there, so a client whose trust
     expired cannot open new gRPC connections until it attests again; `evidence_for` (what ratls.peer() asks)
@@ -169,13 +179,16 @@ class TrustSet:
     refused too. A ratls channel re-attests at half the TTL, so an honest client's entry never lapses in use."""
 
     def __init__(self, endpoint: AttestationEndpoint, identity: Identity, trust_ttl: float, *,
-                 max_entries: int = 4096) -> None:
+                 max_entries: int, max_per_identity: int) -> None:
         self._endpoint = endpoint
         self._key_cert = [(identity.private_key_pem, identity.certificate_pem)]
         self._ttl = float(trust_ttl)
         self._max_entries = max_entries
+        self._max_per_identity = max_per_identity
         self._lock = threading.Lock()
-        self._entries: dict[bytes, _Entry] = {}
+        # Least recently attested or used first: eviction takes the front of a flooding identity's entries.
+        self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
+        self._per_identity: collections.Counter[tuple[bytes, bytes]] = collections.Counter()
         self._served: frozenset[bytes] = frozenset()
         self._nobody = _unusable_root_pem()
         _registry.add(self)
@@ -190,7 +203,7 @@ class TrustSet:
             self._drain()
             now = time.monotonic()
             for fp in [fp for fp, e in self._entries.items() if e.expires <= now]:
-                del self._entries[fp]
+                self._remove(fp)
             current = frozenset(self._entries)
             if current == self._served:
                 return None
@@ -205,16 +218,35 @@ class TrustSet:
             if evidence.not_after is not None:  # never trust past the certificate's own validity
                 expires = min(expires, time.monotonic() + evidence.not_after.timestamp() - time.time())
             fp = evidence.cert_fingerprint
-            self._entries.pop(fp, None)
+            if fp in self._entries:
+                self._remove(fp)
             self._entries[fp] = _Entry(certificate_pem(der), evidence, expires)
-            if len(self._entries) > self._max_entries:  # drop the entry that expires first
-                del self._entries[min(self._entries, key=lambda k: self._entries[k].expires)]
+            who = _identity_of(evidence)
+            self._per_identity[who] += 1
+            # Churn evicts only the churning identity's own entries: first its cap, then (at the overall cap)
+            # the identity with the most entries loses its least recently used one.
+            if self._per_identity[who] > self._max_per_identity:
+                self._evict_from(who)
+            if len(self._entries) > self._max_entries:
+                self._evict_from(self._per_identity.most_common(1)[0][0])
+
+    def _remove(self, fp: bytes) -> None:
+        who = _identity_of(self._entries.pop(fp).evidence)
+        self._per_identity[who] -= 1
+        if not self._per_identity[who]:
+            del self._per_identity[who]
+
+    def _evict_from(self, who: tuple[bytes, bytes]) -> None:
+        self._remove(next(fp for fp, e in self._entries.items() if _identity_of(e.evidence) == who))
 
     def evidence_for(self, fingerprint: bytes) -> Evidence | None:
         with self._lock:
             self._drain()
             entry = self._entries.get(fingerprint)
-            return entry.evidence if entry is not None and entry.expires > time.monotonic() else None
+            if entry is None or entry.expires <= time.monotonic():
+                return None
+            self._entries.move_to_end(fingerprint)  # in use: the last of its identity's entries to be evicted
+            return entry.evidence
 
     def trusted(self) -> dict[bytes, Evidence]:
         """The currently trusted clients (fingerprint -> Evidence), expired ones excluded."""

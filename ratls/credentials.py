@@ -46,6 +46,8 @@ DEFAULT_TRUST_TTL_S = 3600.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONCURRENT_HANDSHAKES = 8
 DEFAULT_MAX_CERT_SIZE = 32768
+DEFAULT_MAX_TRUSTED_CLIENTS = 1024
+DEFAULT_MAX_TRUSTED_PER_IDENTITY = 256
 
 
 class Credentials:
@@ -56,7 +58,9 @@ class Credentials:
     def __init__(self, policy: Policy, identity: Identity, *, trust_ttl: float = DEFAULT_TRUST_TTL_S,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
                  max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-                 max_cert_size: int = DEFAULT_MAX_CERT_SIZE) -> None:
+                 max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
+                 max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
+                 max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY) -> None:
         if not isinstance(policy, Policy):
             raise TypeError("policy must be a ratls.Policy")
         if trust_ttl < 1:
@@ -66,8 +70,12 @@ class Credentials:
         self._own_pem = (identity.private_key_pem, identity.certificate_pem)  # encoded once, used per channel
         self.trust_ttl = float(trust_ttl)
         self.handshake_timeout = float(handshake_timeout)
+        if not 1 <= max_trusted_per_identity <= max_trusted_clients:
+            raise RatlsError(f"max_trusted_per_identity must be in 1..max_trusted_clients ({max_trusted_clients}), "
+                             f"got {max_trusted_per_identity}")
         self._limits = {"handshake_timeout": self.handshake_timeout, "max_concurrent": max_concurrent_handshakes,
                         "max_cert_size": max_cert_size, "trust_ttl": self.trust_ttl}
+        self._trust_bounds = {"max_entries": max_trusted_clients, "max_per_identity": max_trusted_per_identity}
         self._lock = threading.Lock()
         self._endpoints: list[AttestationEndpoint] = []
         self._trust_sets: dict[int, TrustSet] = {}
@@ -85,7 +93,7 @@ class Credentials:
         if port and attestation_port > 65535:
             raise RatlsError(f"attestation port {attestation_port} is out of range: pass attestation_port")
         endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, **self._limits)
-        trust = TrustSet(endpoint, self.identity, self.trust_ttl)
+        trust = TrustSet(endpoint, self.identity, self.trust_ttl, **self._trust_bounds)
         server_credentials = grpc.dynamic_ssl_server_credentials(
             trust.initial_configuration(), trust.fetch, require_client_authentication=True)
         try:
@@ -169,18 +177,24 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
                 trust_ttl: float = DEFAULT_TRUST_TTL_S,
                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
                 max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
-                max_cert_size: int = DEFAULT_MAX_CERT_SIZE) -> Credentials:
+                max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
+                max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
+                max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY) -> Credentials:
     """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
     `provider` (sim_ca, measured_files and measure_root are for the sim provider).
 
     trust_ttl: seconds a server trusts an attested client. handshake_timeout: seconds one attestation handshake
     may take (either side). max_concurrent_handshakes: handshakes an attestation port serves at once (a worker
-    thread each). max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts."""
+    thread each). max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts.
+    max_trusted_clients, max_trusted_per_identity: how many attested clients a port trusts at once, in all and
+    per (MRENCLAVE, MRSIGNER); beyond them the least recently used entry of the identity with too many goes, so
+    one identity's churn never evicts another's clients."""
     if identity is None:
         identity = Identity.create(provider, sim_ca=sim_ca, measured_files=measured_files,
                                    measure_root=measure_root)
     return Credentials(policy, identity, trust_ttl=trust_ttl, handshake_timeout=handshake_timeout,
-                       max_concurrent_handshakes=max_concurrent_handshakes, max_cert_size=max_cert_size)
+                       max_concurrent_handshakes=max_concurrent_handshakes, max_cert_size=max_cert_size,
+                       max_trusted_clients=max_trusted_clients, max_trusted_per_identity=max_trusted_per_identity)
 
 
 def peer(context: grpc.ServicerContext) -> Evidence:

@@ -318,6 +318,27 @@ def test_an_open_connection_ends_with_its_trust(server_creds, server_id, client_
         assert srv.service.calls == 1
 
 
+def test_one_identitys_churn_never_evicts_another_identitys_clients(sim_ca, server_id, client_id, ids):
+    # Before: one bound of 4,096 for all, the entry expiring first evicted: a flood of attestations with fresh
+    # keys under another MRENCLAVE pushed out a legitimate client (seen after 4,096 attestations).
+    policy = sim_policy(sim_ca, client_id.mrenclave, ids("intruder").mrenclave)
+    creds = credentials(policy, server_id, max_trusted_clients=8, max_trusted_per_identity=4)
+    legit = credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)
+    with serve(creds) as srv:
+        legit.attest(srv.attestation_target)
+        flooders = [ids("intruder") for _ in range(12)]  # one identity, twelve fresh keys
+        for flooder in flooders:
+            credentials(sim_policy(sim_ca, server_id.mrenclave), flooder).attest(srv.attestation_target)
+        trusted = srv.creds.trusted_clients(srv.grpc_port)
+        assert client_id.evidence.cert_fingerprint in trusted
+        assert len(trusted) == 1 + 4  # the flooding identity keeps only its 4 most recent keys
+        assert set(trusted) - {client_id.evidence.cert_fingerprint} == {
+            f.evidence.cert_fingerprint for f in flooders[-4:]}
+        assert srv.creds.attestation_stats(srv.grpc_port).attested == 13
+    with pytest.raises(ratls.RatlsError, match="max_trusted_per_identity"):
+        credentials(policy, server_id, max_trusted_clients=2, max_trusted_per_identity=3)
+
+
 def test_peer_requires_ratls():
     seen = []
 
