@@ -33,6 +33,10 @@ MAX_WAIT_MS = 60_000
 # A PushPullReply is its PullReply plus a PushReply (three varints) and two field headers: at most this more.
 PUSH_PULL_REPLY_EXTRA = 64
 PUSH_REPLY_BOUND = 256  # a PushReply is a few varints
+MAX_REQUEST_BYTES = 1 << 30  # above any job's request bound (runtime.wire.messages.request_bound) we allow
+# Streamed calls one caller (one certificate; without one, one connection) may have open at once: a worker has at
+# most two (a pipelined push and pull) per PS shard.
+MAX_STREAMS_PER_CALLER = 4
 # How floats travel: exact fp32, or fp16 / bf16 (half the bytes; the receiver widens to float32).
 PRECISIONS = ("fp32", "fp16", "bf16")
 

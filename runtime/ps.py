@@ -66,8 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", type=int, default=1, help="PS processes sharing the parameters")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_SIZE,
                         help=f"largest chunk sent or accepted (default {DEFAULT_CHUNK_SIZE})")
-    parser.add_argument("--max-message-bytes", type=int, default=1 << 30,
-                        help="largest reassembled request (default 1 GiB)")
+    parser.add_argument("--max-message-bytes", type=int,
+                        help="largest reassembled request (default: the most a request of this job's model can "
+                             "need, at most 1 GiB); memory is taken as chunks arrive, not as a request claims")
+    parser.add_argument("--stream-timeout", type=float, default=30.0,
+                        help="seconds a streamed request may take to arrive before it is cancelled (default 30); "
+                             "a caller may have 4 streamed calls open at once")
     parser.add_argument("--linger", type=float, default=5.0,
                         help="seconds to keep serving after training is done and every worker left "
                              "(default 5)")
@@ -83,8 +87,8 @@ def options_from_args(args: argparse.Namespace) -> PSOptions:
         num_shards=args.num_shards, min_workers=args.min_workers, round_timeout=args.round_timeout,
         staleness=args.staleness, worker_timeout=args.worker_timeout, start_timeout=args.start_timeout,
         optimizer=args.optimizer, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        chunk_bytes=args.chunk_bytes, max_message_bytes=args.max_message_bytes, linger=args.linger,
-        log_every=args.log_every)
+        chunk_bytes=args.chunk_bytes, max_message_bytes=args.max_message_bytes, stream_timeout=args.stream_timeout,
+        linger=args.linger, log_every=args.log_every)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,9 @@ def ps_version_in_log(log: Path) -> int:
 
 def test_worker_killed_mid_run_with_min_workers_1(tmp_path):
     out = tmp_path / "run"
-    steps = 300
+    # Long enough that the kill lands mid-run: the PS's first progress line comes after 2 s, and 300 steps of
+    # this model could be over by then on a fast machine.
+    steps = 3000
     with Children(tmp_path) as children:
         launcher = children.start("launch", "runtime.launch", "--out", str(out), "--workers", "2", "--min-workers",
                                   "1", "--worker-timeout", "3", "--model", "small", "--steps", str(steps),

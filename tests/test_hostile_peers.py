@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import grpc
 import pytest
@@ -10,11 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from runtime_tools import Children, wait_for_file
 
 import ratls
 from ratls._certs import certificate_pem
 from runtime.model import DLRMConfig
-from runtime.proto import ps_pb2
+from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import PROTOCOL_VERSION, SERVICE
 from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
@@ -90,3 +93,66 @@ def test_ratls_servers_end_connections_when_trust_would_end(sim_ca):
     finally:
         net.credentials.close()
     assert InsecureTransport().server_options() == []
+
+
+def rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+@pytest.mark.timeout(180)
+def test_idle_streams_hold_no_memory_and_status_still_answers(tmp_path):
+    # Before: 3 Push streams each sending one 1-byte chunk that claims total_size = 1 GiB took the PS from 79 MB to
+    # 2,147 MB (allocated up front), and 16 such streams took every handler thread so Status timed out.
+    ready = tmp_path / "ps.ready.json"
+    with Children(tmp_path) as children:
+        process = children.start("ps", "runtime.ps", "--steps", "10", "--workers", "2", "--model", "small",
+                                 "--security", "insecure", "--ready-file", str(ready), "--log-every", "0",
+                                 "--stream-timeout", "6")
+        target = wait_for_file(ready, 60, process)["address"]
+        with grpc.insecure_channel(target) as channel:
+            status = channel.unary_unary(f"/{SERVICE}/Status")
+            request = ps_pb2.StatusRequest(protocol_version=PROTOCOL_VERSION).SerializeToString()
+            status(request, timeout=CALL_TIMEOUT)
+            idle = rss_bytes(process.pid)
+            release = threading.Event()
+            push = channel.stream_stream(f"/{SERVICE}/Push")
+
+            def hostile_streams(claim: int) -> list:
+                chunk = tensor_pb2.Chunk(protocol_version=PROTOCOL_VERSION, offset=0, total_size=claim, crc32c=0,
+                                         data=b"x").SerializeToString()
+
+                def one_chunk_then_silence():
+                    yield chunk
+                    release.wait(60)
+
+                return [push(one_chunk_then_silence(), timeout=60) for _ in range(16)]
+
+            def outcomes(calls: list) -> list[str]:
+                out = []
+                for call in calls:
+                    with pytest.raises(grpc.RpcError) as caught:
+                        next(call)
+                    out.append(caught.value.code().name + " " + caught.value.details().split(":")[0])
+                return sorted(out)
+
+            # A claim beyond anything this job's requests can need is refused at the first chunk (streams beyond
+            # the caller's four open at that moment are refused before it).
+            refused = outcomes(hostile_streams(1 << 30))
+            assert "RESOURCE_EXHAUSTED payload_too_large" in refused
+            assert set(refused) <= {"RESOURCE_EXHAUSTED payload_too_large", "RESOURCE_EXHAUSTED too_many_streams"}
+            # Claims the job could need: four streams per caller get in and hold nothing but what arrived.
+            calls = hostile_streams(1 << 20)
+            time.sleep(2)  # the chunks are in; the admitted streams idle
+            during = rss_bytes(process.pid)
+            reply = ps_pb2.StatusReply.FromString(status(request, timeout=1.0))  # answers within 1 s
+            assert reply.version == 0
+            held = outcomes(calls)  # the admitted four end at the 6 s stream timeout
+            release.set()
+            after = rss_bytes(process.pid)
+            final = ps_pb2.StatusReply.FromString(status(request, timeout=CALL_TIMEOUT))
+    assert during < 2 * idle and after < 2 * idle, (idle, during, after)
+    assert held == ["CANCELLED CANCELLED"] * 4 + ["RESOURCE_EXHAUSTED too_many_streams"] * 12, held
+    assert final.rejected_calls == 16 + 16

@@ -3,7 +3,10 @@ and decoded here (runtime.wire), handed to the state machine, and its results en
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ from runtime import transport
 from runtime.proto import ps_pb2
 from runtime.protocol import (
     CHUNK_OVERHEAD,
+    MAX_REQUEST_BYTES,
+    MAX_STREAMS_PER_CALLER,
     PROTOCOL_VERSION,
     PUSH_PULL_REPLY_EXTRA,
     SERVICE,
@@ -37,6 +42,7 @@ from runtime.wire.messages import (
     encode_push_reply,
     parse_message,
     pull_reply_bound,
+    request_bound,
 )
 
 # The status a refusal's reason maps to; every other reason is INVALID_ARGUMENT (a malformed or impossible
@@ -51,6 +57,7 @@ STATUS_CODES = {
     "chunk_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "reply_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too_many_streams": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -67,6 +74,9 @@ class ParameterServerService:
         self.chunk_bytes = ps.options.chunk_bytes
         config = ps.config
         self.shapes = Shapes(config.table_sizes, config.embedding_dim, ps.params.dense_size)
+        self.max_request_bytes = ps.options.max_message_bytes or min(request_bound(self.shapes), MAX_REQUEST_BYTES)
+        self._streams_lock = threading.Lock()
+        self._open_streams: Counter[str] = Counter()  # caller -> streamed calls open
         # precision -> (version, that version's dense parameters serialized), shared by every pull of a version.
         self._dense_cache: dict[str, tuple[int, Payload]] = {}
 
@@ -169,8 +179,10 @@ class ParameterServerService:
         return encode_push_pull_reply(pushed, self._encode_pull(pulled, pull.precision))
 
     def _bulk_reply(self, handler: Callable[[Any, int, int | None], Payload], chunks: Iterator[bytes],
-                    context: grpc.ServicerContext, max_reply_bytes: int | None) -> tuple[Payload, int]:
-        """Reassemble, decode and handle one chunked request; returns the reply and the request's bytes."""
+                    context: grpc.ServicerContext, max_reply_bytes: int | None,
+                    arrived: Callable[[], None] = lambda: None) -> tuple[Payload, int]:
+        """Reassemble, decode and handle one chunked request (arrived() once it is all in); returns the reply and
+        the request's bytes."""
         self._admit(context)
         ps = self.ps
         received = 0
@@ -185,23 +197,56 @@ class ParameterServerService:
                 yield parse_chunk(raw)
 
         try:
-            payload = assemble_payload(parsed(), max_bytes=ps.options.max_message_bytes,
-                                       max_chunk_bytes=self.chunk_bytes)
+            payload = assemble_payload(parsed(), max_bytes=self.max_request_bytes, max_chunk_bytes=self.chunk_bytes)
+            arrived()
             reply = handler(payload, received, max_reply_bytes)
         except Rejected as error:
             ps.count(bytes_received=received)
             self._fail(context, error)
         return reply, received
 
+    @staticmethod
+    def _caller(context: grpc.ServicerContext) -> str:
+        """Who is calling, for per-caller limits: the client certificate where there is one (ratls, tls), else the
+        connection."""
+        pems = (context.auth_context() or {}).get("x509_pem_cert")
+        return hashlib.sha256(pems[0]).hexdigest() if pems else context.peer()
+
     def _bulk(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:
-        """Pull / Push / PushPull: request and reply streamed in chunks."""
+        """Pull / Push / PushPull: request and reply streamed in chunks. A caller has at most
+        MAX_STREAMS_PER_CALLER open, and a request must arrive within the stream timeout: idle or slow streams
+        hold neither memory (chunks are kept as they arrive) nor the server's threads for long."""
         def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            reply, received = self._bulk_reply(handler, chunks, context, None)
-            sent = 0
-            for raw in payload_chunks(reply, self.chunk_bytes):
-                sent += len(raw)
-                yield raw
-            self.ps.count(bytes_received=received, bytes_sent=sent)
+            caller = self._caller(context)
+            with self._streams_lock:
+                open_now = self._open_streams[caller]
+                if open_now < MAX_STREAMS_PER_CALLER:
+                    self._open_streams[caller] += 1
+            if open_now >= MAX_STREAMS_PER_CALLER:
+                self._fail(context, Rejected("too_many_streams", f"this caller already has {open_now} streamed "
+                                             f"calls open, the most allowed"))
+            # The request must arrive in time; handling it (a pull may wait for a version) is not limited here.
+            deadline = threading.Timer(self.ps.options.stream_timeout, context.cancel)
+            deadline.daemon = True
+            deadline.start()
+            try:
+                try:
+                    reply, received = self._bulk_reply(handler, chunks, context, None, deadline.cancel)
+                except grpc.RpcError:  # cancelled: the deadline passed or the client went away; nothing applied
+                    self.ps.reject("stream_cancelled")
+                    return
+                finally:
+                    deadline.cancel()
+                sent = 0
+                for raw in payload_chunks(reply, self.chunk_bytes):
+                    sent += len(raw)
+                    yield raw
+                self.ps.count(bytes_received=received, bytes_sent=sent)
+            finally:
+                with self._streams_lock:
+                    self._open_streams[caller] -= 1
+                    if not self._open_streams[caller]:
+                        del self._open_streams[caller]
         return call
 
     def _bulk_one(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:

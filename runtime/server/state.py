@@ -53,7 +53,8 @@ class PSOptions:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
-    max_message_bytes: int = 1 << 30
+    max_message_bytes: int | None = None  # None: the job's request bound (runtime.wire.messages.request_bound)
+    stream_timeout: float = 30.0  # seconds a streamed request may take to arrive
     linger: float = 5.0
     log_every: float = 2.0  # seconds between progress lines; 0: none
 
@@ -85,8 +86,10 @@ class PSOptions:
                             ("--linger", self.linger), ("--log-every", self.log_every)):
             if value is not None and not value >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, found {value}")
-        if self.max_message_bytes < 1:
+        if self.max_message_bytes is not None and self.max_message_bytes < 1:
             raise ValueError(f"--max-message-bytes: expected >= 1, found {self.max_message_bytes}")
+        if not self.stream_timeout > 0:
+            raise ValueError(f"--stream-timeout: expected a number > 0, found {self.stream_timeout}")
 
 
 class ParameterServer:

@@ -150,19 +150,19 @@ class ChunkStream:
 
 def assemble_payload(chunks: Iterable[ChunkView], *, max_bytes: int,
                      max_chunk_bytes: int) -> memoryview | bytearray:
-    """Reassemble and verify one chunked payload (the whole stream) in memory. Raises Rejected."""
+    """Reassemble and verify one chunked payload (the whole stream) in memory, holding only what has arrived (a
+    total_size claimed up front reserves nothing). Raises Rejected."""
     stream = ChunkStream(max_bytes=max_bytes, max_chunk_bytes=max_chunk_bytes)
     buffer: bytearray | None = None
     single: memoryview | None = None
     for chunk in chunks:
-        start = stream.received
         data = stream.add(chunk)
         if stream.chunks == 1 and len(data) == stream.total_size:
             single = data  # the common single-chunk case: no reassembly copy
             continue
         if buffer is None:
-            buffer = bytearray(stream.total_size)
-        buffer[start:stream.received] = data
+            buffer = bytearray()
+        buffer += data  # offsets are contiguous: the chunk goes at the end
     stream.finish()
     payload = single if single is not None else buffer
     assert payload is not None

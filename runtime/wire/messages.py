@@ -218,6 +218,16 @@ def decode_pull_request(raw: bytes | memoryview, shapes: Shapes) -> PullRequest:
     return _decode_pull_request(read_pull_request(raw, "PullRequest"), shapes)
 
 
+def request_bound(shapes: Shapes) -> int:
+    """The most bytes a PS request of a job with these shapes can legitimately serialize to: a PushPull whose
+    push carries every dense gradient and a gradient for every row of every table (fp32, int64 ids) and whose
+    pull asks for every row again."""
+    rows = sum(shapes.table_sizes)
+    tables = len(shapes.table_sizes)
+    return (shapes.dense_size * 4 + rows * (shapes.embedding_dim * 4 + 2 * 8) + tables * 2 * 20
+            + 8 * TENSOR_FRAMING_BOUND)
+
+
 def pull_reply_bound(dense_values: int, rows: int, embedding_dim: int, precision: str) -> int:
     """The most bytes a PullReply can serialize to: dense_values dense parameters and that many rows, as
     `precision` floats. Client and PS use it to tell whether a reply fits in one chunk."""
