@@ -265,6 +265,10 @@ def _summary(report: dict[str, Any]) -> str:
     if first_shard.get("synchronous") is False:
         lines.append("asynchronous: pushes accepted by ps[0], by versions behind: " + ", ".join(
             f"{behind}: {count}" for behind, count in first_shard.get("push_staleness", {}).items()))
+    refused = [f"{worker} {reason} {count}" for ps in report["ps"] for worker, reasons in
+               ps.get("refused_pushes", {}).items() for reason, count in reasons.items()]
+    if refused:
+        lines.append("refused pushes (worker, reason, count): " + "; ".join(refused))
     data = [w["data"] for w in report["workers"]]
     if data:
         lines.append(f"data: {sum(d['lines'] for d in data)} lines in one pass over the workers' data, "
@@ -309,6 +313,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--worker-timeout", type=float, default=10.0, help="seconds before a silent worker is "
                                                                           "dropped (default 10)")
     train.add_argument("--optimizer", choices=("sgd", "adagrad"), default="sgd")
+    train.add_argument("--max-grad-norm", type=float, default=100.0,
+                       help="the PS refuses a push whose gradient L2 norm is larger, and one claiming more than "
+                            "--batch-size examples (honest DLRM gradients are about 1); 0: no norm bound "
+                            "(default 100)")
     train.add_argument("--wire-dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     train.add_argument("--chunk-bytes", type=int, help="chunk size for PS and workers (default 4 MiB)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="default 100")
@@ -340,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
         ps_children = []
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
                      str(args.ps_shards), "--worker-timeout", str(args.worker_timeout), "--optimizer",
-                     args.optimizer, "--checkpoint-every", str(args.checkpoint_every)]
+                     args.optimizer, "--checkpoint-every", str(args.checkpoint_every), "--batch-size",
+                     str(args.batch_size), "--max-grad-norm", str(args.max_grad_norm)]
         for flag, value in (("--min-workers", args.min_workers), ("--round-timeout", args.round_timeout),
                             ("--staleness", args.staleness), ("--chunk-bytes", args.chunk_bytes)):
             if value is not None:

@@ -66,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", type=int, default=1, help="PS processes sharing the parameters")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_SIZE,
                         help=f"largest chunk sent or accepted (default {DEFAULT_CHUNK_SIZE})")
+    parser.add_argument("--batch-size", type=int,
+                        help="the job's per-worker batch size: a push claiming more examples is refused "
+                             "(batch_too_large), so no worker can inflate its weight in the average (default: no "
+                             "check)")
+    parser.add_argument("--max-grad-norm", type=float, default=100.0,
+                        help="refuse a push whose gradient L2 norm is larger (gradient_too_large; honest DLRM "
+                             "gradients are about 1); a refused push is counted per worker and a synchronous "
+                             "round closes without it; 0: no bound (default 100)")
     parser.add_argument("--max-message-bytes", type=int,
                         help="largest reassembled request (default: the most a request of this job's model can "
                              "need, at most 1 GiB); memory is taken as chunks arrive, not as a request claims")
@@ -87,7 +95,8 @@ def options_from_args(args: argparse.Namespace) -> PSOptions:
         num_shards=args.num_shards, min_workers=args.min_workers, round_timeout=args.round_timeout,
         staleness=args.staleness, worker_timeout=args.worker_timeout, start_timeout=args.start_timeout,
         optimizer=args.optimizer, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        chunk_bytes=args.chunk_bytes, max_message_bytes=args.max_message_bytes, stream_timeout=args.stream_timeout,
+        chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, max_grad_norm=args.max_grad_norm,
+        max_message_bytes=args.max_message_bytes, stream_timeout=args.stream_timeout,
         linger=args.linger, log_every=args.log_every)
 
 

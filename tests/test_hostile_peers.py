@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from runtime_tools import Children, wait_for_file
 
 import ratls
 from ratls._certs import certificate_pem
+from runtime.data import synthetic_partitions
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import PROTOCOL_VERSION, SERVICE
@@ -156,3 +159,50 @@ def test_idle_streams_hold_no_memory_and_status_still_answers(tmp_path):
     assert during < 2 * idle and after < 2 * idle, (idle, during, after)
     assert held == ["CANCELLED CANCELLED"] * 4 + ["RESOURCE_EXHAUSTED too_many_streams"] * 12, held
     assert final.rejected_calls == 16 + 16
+
+
+def run_job(directory: Path, hostile: bool, steps: int = 300, batch: int = 32) -> tuple[dict, dict]:
+    """A PS, an honest worker0 and a worker1 that is honest or hostile (tests/hostile_worker.py), on synthetic
+    data; returns worker0's report (its held-out evaluation) and the PS's report."""
+    directory.mkdir()
+    config = DLRMConfig.small()
+    train, held_out = synthetic_partitions(directory / "data", 2, steps * batch, 4096, 1, config)
+    ready, ps_report = directory / "ps.ready.json", directory / "ps.report.json"
+    reports = [directory / f"worker{i}.json" for i in range(2)]
+    with Children(directory) as children:
+        ps = children.start("ps", "runtime.ps", "--steps", str(steps), "--workers", "2", "--model", "small",
+                            "--security", "insecure", "--batch-size", str(batch), "--worker-timeout", "3",
+                            "--linger", "0", "--log-every", "0", "--ready-file", str(ready),
+                            "--report-file", str(ps_report))
+        address = wait_for_file(ready, 60, ps)["address"]
+        honest = ["--ps", address, "--batch-size", str(batch), "--threads", "1", "--security", "insecure"]
+        children.start("worker0", "runtime.worker", *honest, "--worker-id", "worker0", "--data", str(train[0]),
+                       "--eval-data", str(held_out[0]), "--report-file", str(reports[0]))
+        if hostile:
+            children.start("worker1", "tests.hostile_worker", "--ps", address, "--worker-id", "worker1")
+        else:
+            children.start("worker1", "runtime.worker", *honest, "--worker-id", "worker1", "--data",
+                           str(train[1]), "--eval-data", str(held_out[1]), "--report-file", str(reports[1]))
+        for name in ("worker0", "worker1", "ps"):
+            assert children.wait(name, 240) == 0, children.log(name)[-3000:]
+        if hostile:
+            assert "hostile pushes refused: " in children.log("worker1")
+    return json.loads(reports[0].read_text()), json.loads(ps_report.read_text())
+
+
+@pytest.mark.timeout(600)
+def test_a_job_with_a_hostile_worker_finishes_and_learns_as_a_clean_one(tmp_path):
+    # Before: one push of 3e38 gradients took the largest dense parameter to 1.5e37 and the honest worker died on
+    # a non-finite loss; a push claiming 2**24 examples got weight 0.999992 in the average.
+    clean, clean_ps = run_job(tmp_path / "clean", hostile=False)
+    attacked, attacked_ps = run_job(tmp_path / "attacked", hostile=True)
+    assert attacked_ps["version"] == clean_ps["version"] == 300
+    refused = attacked_ps["refused_pushes"]["worker1"]
+    assert refused["gradient_too_large"] >= 140 and refused["batch_too_large"] >= 140, refused
+    assert set(refused) == {"gradient_too_large", "batch_too_large"} and "worker0" not in attacked_ps[
+        "refused_pushes"]
+    assert clean_ps["refused_pushes"] == {}
+    assert attacked_ps["limits"] == {"batch_size": 32, "max_grad_norm": 100.0}
+    auc_clean, auc_attacked = clean["eval"]["auc"], attacked["eval"]["auc"]
+    assert abs(auc_attacked - auc_clean) <= 0.01, (auc_clean, auc_attacked)
+    assert auc_attacked > 0.6  # and it learned: the planted signal, on the same held-out rows

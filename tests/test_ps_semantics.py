@@ -306,3 +306,59 @@ def test_final_checkpoint_and_finish(tmp_path):
     assert not ps.finished()
     clock.now += 1.5
     assert ps.finished()
+
+
+def poisoned_push(ps, worker, step, seed, scale=3e38, batch_size=16):
+    """A push whose every gradient is finite but huge (a hostile worker's; finding: one took the largest dense
+    parameter from 0.959 to 1.5e37)."""
+    rows = batch_rows(ps.config, seed)
+    dense, values = gradients(ps, rows, seed)
+    dense = {name: np.full_like(g, scale) for name, g in dense.items()}
+    values = {t: np.full_like(v, scale) for t, v in values.items()}
+    request = push_request(worker, step, dense, rows, values, batch_size=batch_size)
+    return ps.push(decode_push_request(request.SerializeToString(), shapes(ps)))
+
+
+def test_a_poisoned_push_is_refused_counted_and_the_round_goes_on():
+    ps = make_ps()
+    join(ps, "a", "b")
+    before = ps.params.dense_flat.copy()
+    push(ps, "a", 0, 1)
+    with pytest.raises(Rejected, match="gradient_too_large: PushRequest: gradient L2 norm inf is over the bound 100"):
+        poisoned_push(ps, "b", 0, 2)
+    # The round closed with the honest push alone; the parameters moved, and stayed finite.
+    assert ps.version == 1 and ps.stats["short_rounds"] == 1 and ps.stats["pushes"] == 1
+    assert np.isfinite(ps.params.dense_flat).all() and not np.array_equal(ps.params.dense_flat, before)
+    assert float(np.abs(ps.params.dense_flat).max()) < 10
+    assert ps.report()["refused_pushes"] == {"b": {"gradient_too_large": 1}}
+    # Its step is spent: the resend is a duplicate; the next round is normal.
+    assert poisoned_push(ps, "b", 0, 2).duplicate
+    push(ps, "a", 1, 3)
+    push(ps, "b", 1, 4)
+    assert ps.version == 2 and ps.stats["short_rounds"] == 1
+
+
+def test_a_push_claiming_more_examples_than_the_job_batch_is_refused():
+    ps = make_ps(batch_size=16, staleness=2)
+    join(ps, "a", "b")
+    push(ps, "a", 0, 1, batch_size=16)
+    push(ps, "a", 1, 2, batch_size=5)  # a pass's last, smaller batch is fine
+    with pytest.raises(Rejected, match="batch_too_large: PushRequest.batch_size: expected at most the job's 16, "
+                                       "found 16777216"):
+        push(ps, "b", 2, 3, batch_size=1 << 24)
+    assert ps.version == 2 and ps.report()["refused_pushes"] == {"b": {"batch_too_large": 1}}
+
+
+def test_a_round_of_only_refused_pushes_advances_without_changing_anything():
+    ps = make_ps(max_grad_norm=1e-6)  # every push is "too large"
+    join(ps, "a", "b")
+    before = ps.params.dense_flat.copy()
+    for worker, seed in (("a", 1), ("b", 2)):
+        with pytest.raises(Rejected, match="gradient_too_large"):
+            push(ps, worker, 0, seed)
+    assert ps.version == 1 and np.array_equal(ps.params.dense_flat, before)
+    assert ps.report()["refused_pushes"] == {"a": {"gradient_too_large": 1}, "b": {"gradient_too_large": 1}}
+    unbounded = make_ps(max_grad_norm=0, workers=1)
+    join(unbounded, "a")
+    poisoned_push(unbounded, "a", 0, 1, scale=1e3)  # no bound: applied
+    assert unbounded.stats["pushes"] == 1

@@ -47,7 +47,8 @@ from runtime.wire.messages import (
 
 # The status a refusal's reason maps to; every other reason is INVALID_ARGUMENT (a malformed or impossible
 # request). ABORTED tells a worker to pull again; FAILED_PRECONDITION that the job's state does not allow it yet
-# (or any more); RESOURCE_EXHAUSTED that a limit of this server was hit.
+# (or any more); RESOURCE_EXHAUSTED that a limit of this server was hit; PERMISSION_DENIED that a well-formed
+# push was refused as poisoned (its step is spent).
 STATUS_CODES = {
     "bad_protocol_version": grpc.StatusCode.FAILED_PRECONDITION,
     "unknown_worker": grpc.StatusCode.FAILED_PRECONDITION,
@@ -58,6 +59,8 @@ STATUS_CODES = {
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "reply_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "too_many_streams": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "batch_too_large": grpc.StatusCode.PERMISSION_DENIED,
+    "gradient_too_large": grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

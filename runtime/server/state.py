@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from runtime.model import DLRMConfig
 from runtime.protocol import (
@@ -53,6 +55,8 @@ class PSOptions:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 100
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    batch_size: int | None = None  # the job's per-worker batch size: pushes claiming more are refused
+    max_grad_norm: float = 100.0  # pushes whose gradient L2 norm is larger are refused; 0: no bound
     max_message_bytes: int | None = None  # None: the job's request bound (runtime.wire.messages.request_bound)
     stream_timeout: float = 30.0  # seconds a streamed request may take to arrive
     linger: float = 5.0
@@ -88,6 +92,10 @@ class PSOptions:
                 raise ValueError(f"{name}: expected a number >= 0, found {value}")
         if self.max_message_bytes is not None and self.max_message_bytes < 1:
             raise ValueError(f"--max-message-bytes: expected >= 1, found {self.max_message_bytes}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size: expected >= 1, found {self.batch_size}")
+        if not self.max_grad_norm >= 0:
+            raise ValueError(f"--max-grad-norm: expected a number >= 0, found {self.max_grad_norm}")
         if not self.stream_timeout > 0:
             raise ValueError(f"--stream-timeout: expected a number > 0, found {self.stream_timeout}")
 
@@ -107,7 +115,8 @@ class ParameterServer:
         self.cond = threading.Condition()
         self.version = 0
         self.members: dict[str, float] = {}  # live worker -> last time heard from
-        self.pending: dict[str, Contribution] = {}  # synchronous mode: pushes for step == version
+        self.pending: dict[str, Contribution | None] = {}  # synchronous mode: pushes for step == version
+        self.refused_pushes: defaultdict[str, Counter[str]] = defaultdict(Counter)  # worker -> reason -> count
         self.round_first_push: float | None = None
         self.last_step: dict[str, int] = {}  # highest step received per worker (resends are duplicates)
         self.started = False
@@ -233,9 +242,31 @@ class ParameterServer:
 
     # -- push ----------------------------------------------------------------------------------------------
 
+    def _poison(self, request: PushRequest) -> Rejected | None:
+        """Why a well-formed push must still not be applied: it claims more examples than the job's batch size
+        (its weight in the average would be inflated), or its gradient is beyond the bound (one such push could
+        take the parameters to infinity). Refused, not clipped: a clipped hostile push would still pull the model
+        its way every round, with the largest step allowed."""
+        o = self.options
+        if o.batch_size is not None and request.batch_size > o.batch_size:
+            return Rejected("batch_too_large", f"PushRequest.batch_size: expected at most the job's "
+                            f"{o.batch_size}, found {request.batch_size}")
+        if o.max_grad_norm:
+            values = request.rows.values
+            # float32 dot products: a sum that overflows is inf, which is over any bound, as it should be.
+            with np.errstate(over="ignore"):
+                squares = float(np.dot(request.dense, request.dense))
+                if values is not None and values.size:
+                    squares += float(np.dot(values.reshape(-1), values.reshape(-1)))
+            if not squares <= o.max_grad_norm ** 2:
+                return Rejected("gradient_too_large", f"PushRequest: gradient L2 norm {squares ** 0.5:.4g} is over "
+                                f"the bound {o.max_grad_norm:g} (--max-grad-norm)")
+        return None
+
     def push(self, request: PushRequest, wire_bytes: int = 0) -> PushReply:
         self._check_owned(request.rows, "PushRequest.row_grads")
         worker, step = request.worker_id, request.step
+        poison = self._poison(request)
         with self.cond:
             self._touch(worker)
             if step <= self.last_step.get(worker, -1):
@@ -254,18 +285,29 @@ class ParameterServer:
                 raise Rejected("stale_step", f"PushRequest.step: expected at least {oldest} (version "
                                f"{self.version}), found {step}; pull again")
             self.last_step[worker] = step
+            if poison is not None:
+                # The step is spent: a synchronous round closes without this worker's push, and a resend is a
+                # duplicate. Counted per worker for the report.
+                self.refused_pushes[worker][poison.reason] += 1
+                if self.synchronous:
+                    self._add_to_round(worker, None)
+                raise poison
             self.stats["pushes"] += 1
             self.push_staleness[self.version - step] += 1
             contribution = Contribution(worker, step, request.batch_size, request.dense, request.rows, request.loss,
                                         wire_bytes)
             if self.synchronous:
-                if not self.pending:
-                    self.round_first_push = self.clock()
-                self.pending[worker] = contribution
-                self._maybe_close_round(self.clock())
+                self._add_to_round(worker, contribution)
             else:
                 self._apply([contribution])
             return PushReply(self.version, duplicate=False, applied=self.version > step)
+
+    def _add_to_round(self, worker: str, contribution: Contribution | None) -> None:
+        """A worker's push for the current round (None: refused, the round goes on without it)."""
+        if not self.pending:
+            self.round_first_push = self.clock()
+        self.pending[worker] = contribution
+        self._maybe_close_round(self.clock())
 
     # -- rounds --------------------------------------------------------------------------------------------
 
@@ -277,19 +319,22 @@ class ParameterServer:
         timeout = self.options.round_timeout
         timed_out = timeout is not None and now - (self.round_first_push or now) >= timeout
         if quorum and (complete or timed_out):
-            contributions = list(self.pending.values())
+            contributions = [c for c in self.pending.values() if c is not None]
             self.pending.clear()
             self.round_first_push = None
             self._apply(contributions)
 
     def _apply(self, contributions: list[Contribution]) -> None:
-        update = combine(contributions)
-        self.params.apply(update)
+        """The next version: the contributions combined and applied (none, when every push of a round was
+        refused: the version advances with the parameters unchanged)."""
+        if contributions:
+            update = combine(contributions)
+            self.params.apply(update)
+            self._progress.add(update)
         self.version += 1
         self.stats["rounds"] += 1
         if self.synchronous and len(contributions) < self.options.workers:
             self.stats["short_rounds"] += 1
-        self._progress.add(update)
         o = self.options
         if o.checkpoint_dir is not None and (self.done or self.version % o.checkpoint_every == 0):
             self._write_checkpoint()
@@ -387,6 +432,8 @@ class ParameterServer:
                 "synchronous": self.synchronous, "resumed_from_version": self.resumed_from,
                 "stats": dict(self.stats), "rejections": dict(self.rejections),
                 "push_staleness": {str(k): v for k, v in sorted(self.push_staleness.items())},
+                "refused_pushes": {w: dict(reasons) for w, reasons in sorted(self.refused_pushes.items())},
+                "limits": {"batch_size": self.options.batch_size, "max_grad_norm": self.options.max_grad_norm},
                 "checkpoint_seconds": [round(t, 4) for t in self.checkpoint_seconds],
             }
 
