@@ -49,6 +49,8 @@ class AttestationStats:
     failed: int
     timed_out: int
     dropped: int
+    refused: int  # of failed: closed at once, too many connections waiting for a ClientHello (from one source)
+    waiting: int  # connections waiting for their ClientHello now, without a worker
     in_flight: int
     queued: int
     last_rejection: int
@@ -113,7 +115,8 @@ class AttestationEndpoint:
                 lib.ratls_attest_server_stats(self._ptr, s)
         return AttestationStats(
             connections=s.connections, attested=s.attested, rejected=s.rejected, failed=s.failed,
-            timed_out=s.timed_out, dropped=s.dropped, in_flight=s.in_flight, queued=s.queued,
+            timed_out=s.timed_out, dropped=s.dropped, refused=s.refused, waiting=s.waiting, in_flight=s.in_flight,
+            queued=s.queued,
             last_rejection=s.last_rejection,
             last_rejection_message=ffi.string(s.last_rejection_msg).decode("utf-8", "replace"))
 

@@ -206,3 +206,91 @@ def test_attestation_port_survives_bad_input(sim_ca, tmp_path):
         with client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
             assert hello(channel) == b"hello world"
         assert srv.creds.attestation_stats(srv.grpc_port).attested == 1
+
+
+class Attackers:
+    """One thread keeping `idle` connections open without sending anything (reopening each as the server closes
+    it) and `slow` ones dripping a ClientHello a byte at a time, from source addresses of their own."""
+
+    def __init__(self, port: int, idle: int, slow: int) -> None:
+        self.port = port
+        self.hello = client_hello()
+        self.plan = [("127.0.0.2", None)] * idle + [("127.0.0.3", 0)] * slow
+        self.stop = False
+        self.opened = 0
+        self.thread = __import__("threading").Thread(target=self.run, daemon=True)
+
+    def open(self, source: str) -> socket.socket:
+        s = socket.socket()
+        s.bind((source, 0))
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", self.port))
+        self.opened += 1
+        return s
+
+    def run(self) -> None:
+        conns = [(self.open(source), source, sent) for source, sent in self.plan]
+        while not self.stop:
+            time.sleep(0.2)
+            for i, (s, source, sent) in enumerate(conns):
+                try:
+                    if sent is not None and sent < len(self.hello):
+                        s.send(self.hello[sent:sent + 1])
+                        sent += 1
+                    alive = s.recv(1, socket.MSG_PEEK) != b"" if sent is None else True
+                except BlockingIOError:
+                    alive = True
+                except OSError:
+                    alive = False
+                if not alive:  # the server gave up on it: open another
+                    s.close()
+                    s, sent = self.open(source), (None if sent is None else 0)
+                conns[i] = (s, source, sent)
+        for s, _, _ in conns:
+            s.close()
+
+    def __enter__(self) -> Attackers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop = True
+        self.thread.join(10)
+
+
+def thread_count() -> int:
+    return len(__import__("os").listdir("/proc/self/task"))
+
+
+@pytest.mark.timeout(120)
+def test_idle_and_slow_connections_do_not_starve_good_clients(sim_ca, tmp_path):
+    # Before: 16 idle connections (reopened as the server closed them) took all 8 workers, each for the 5 s
+    # handshake timeout, and 6 of 6 good attestations failed with TIMEOUT after 5.0 s.
+    app = make_app(tmp_path, "app")
+    ident = ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[app], measure_root=app)
+    policy = sim_policy(sim_ca, ident.mrenclave)
+    client = credentials(policy, ident)
+    with serve(credentials(policy, ident)) as srv:
+        for _ in range(3):  # warm: first handshakes load OpenSSL's tables
+            client.attest(srv.attestation_target)
+        rss_before, threads_before = rss_bytes(), thread_count()
+        with Attackers(srv.attestation_port, idle=64, slow=8) as attackers:
+            time.sleep(1.5)  # the flood is on: every waiting slot of the attackers' sources taken, some reopened
+            seconds = []
+            for _ in range(20):
+                started = time.perf_counter()
+                client.attest(srv.attestation_target, timeout=IO_TIMEOUT_S)
+                seconds.append(time.perf_counter() - started)
+            threads_during = thread_count()
+            stats = srv.creds.attestation_stats(srv.grpc_port)
+        rss_after = rss_bytes()
+    seconds.sort()
+    median = seconds[len(seconds) // 2]
+    assert median < 0.1, seconds  # a handshake here takes ~10 ms; starved, it was the 5 s timeout
+    assert attackers.opened >= 64 + 8
+    assert threads_during == threads_before + 1, (threads_before, threads_during)  # + the attackers' thread
+    assert rss_after - rss_before < RSS_GROWTH_LIMIT, (rss_before, rss_after)
+    assert stats.attested == 23
+    # 32 of the 64 idle connections (the per-source cap) wait and are cut at the 1 s ClientHello deadline; the
+    # rest, and every reopened one beyond the cap, are refused at once; none ever held a worker.
+    assert stats.timed_out >= 32 and stats.refused >= 32 and stats.waiting <= 32 + 8, stats

@@ -256,6 +256,10 @@ typedef struct {
     uint32_t max_cert_size;        /* largest peer certificate accepted, DER bytes [RATLS_MAX_CERT_SIZE] */
     uint32_t max_pending;          /* attested peers queued for the application; oldest dropped beyond [1024] */
     uint32_t trust_ttl_s;          /* how long the application trusts an attested peer; told to it [3600] */
+    uint32_t hello_timeout_ms;     /* a new connection's ClientHello must arrive within this; until it has, the
+                                    * connection waits without a worker [min(1000, handshake_timeout_ms)] */
+    uint32_t max_waiting;          /* connections waiting for their ClientHello; more are closed [1024] */
+    uint32_t max_per_source;       /* of them, from one source address [32] */
 } ratls_attest_limits;
 
 typedef struct {
@@ -263,8 +267,10 @@ typedef struct {
     uint64_t attested;             /* peers verified and queued */
     uint64_t rejected;             /* peers whose certificate failed RA-TLS verification */
     uint64_t failed;               /* other failed handshakes: not TLS 1.3, garbage, closed early, ... */
-    uint64_t timed_out;            /* handshakes cut off by handshake_timeout_ms */
+    uint64_t timed_out;            /* connections cut off by hello_timeout_ms or handshake_timeout_ms */
     uint64_t dropped;              /* attested peers dropped from a full queue */
+    uint64_t refused;              /* of failed: closed at once, too many waiting (from their source) */
+    uint32_t waiting;              /* connections waiting for their ClientHello now (no worker yet) */
     uint32_t in_flight;            /* connections being served now */
     uint32_t queued;               /* attested peers waiting to be popped */
     int last_rejection;            /* reason code of the latest rejected peer, 0 if none */

@@ -8,10 +8,12 @@
  * can already see it (in TLS 1.3 the client finishes its handshake before the server has checked the client
  * certificate, so the handshake alone does not tell the client it was accepted).
  *
- * The server owns its listening socket and a fixed pool of worker threads; each worker accepts and serves one
- * connection at a time under an absolute deadline, so garbage, slow or half-open peers cost at most one worker
- * for handshake_timeout_ms and never wedge the endpoint. Workers never call back into the application: it pops
- * attested peers with ratls_attest_server_pop. */
+ * The server owns its listening socket, a gate thread and a fixed pool of worker threads. The gate accepts
+ * connections and holds them, costing no worker, until a whole first TLS record (the ClientHello) is readable;
+ * a connection whose ClientHello has not come within hello_timeout_ms is closed, and a source address may have
+ * at most max_per_source connections waiting, so idle or slowly dripping peers cannot take the workers. A worker
+ * serves one connection at a time under an absolute deadline (handshake_timeout_ms). Workers never call back
+ * into the application: it pops attested peers with ratls_attest_server_pop. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +45,12 @@
 #define DEFAULT_MAX_CONCURRENT 8u
 #define DEFAULT_MAX_PENDING 1024u
 #define DEFAULT_TRUST_TTL_S 3600u
+#define DEFAULT_HELLO_TIMEOUT_MS 1000u
+#define DEFAULT_MAX_WAITING 1024u
+#define DEFAULT_MAX_PER_SOURCE 32u
+#define MAX_WAITING_LIMIT 65536u
+/* The largest TLS record the gate waits for: 2^14 plaintext bytes plus the most expansion TLS allows. */
+#define MAX_TLS_RECORD (16384u + 2048u)
 #define MAX_TIMEOUT_MS 600000u
 #define MAX_CONCURRENT_LIMIT 256u
 #define MAX_PENDING_LIMIT 1000000u
@@ -67,18 +77,34 @@ typedef struct attested_peer {
     ratls_evidence evidence;
 } attested_peer;
 
+/* A connection the gate holds until its ClientHello is in. */
+typedef struct {
+    int fd; /* -1: free slot */
+    int64_t deadline;
+    int hello_in; /* the whole first record is readable; waits for room in the ready queue */
+    struct sockaddr_storage source;
+} waiting_conn;
+
 struct ratls_attest_server {
     const ratls_policy *policy;
     ratls_attest_limits limits;
     SSL_CTX *ctx;
     int listen_fd;
     int stop_fd; /* eventfd: readable once stop is requested, wakes every poll */
+    int epoll_fd; /* the gate's */
     uint16_t port;
+    pthread_t gate;
+    int gate_started;
     pthread_t *workers;
     uint32_t n_workers;
+    waiting_conn *waiting; /* the gate's own: max_waiting slots */
 
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t queued;
+    pthread_cond_t ready_cond;
+    int stopping;
+    int *ready; /* ring of connections whose ClientHello is in, for the workers: ready_cap slots */
+    uint32_t ready_cap, ready_head, ready_len;
     attested_peer *head, *tail;
     uint32_t n_queued;
     ratls_attest_stats stats;
@@ -317,23 +343,15 @@ static void serve_connection(ratls_attest_server *s, int fd) {
 static void *worker_main(void *arg) {
     ratls_attest_server *s = arg;
     for (;;) {
-        struct pollfd p[2] = {{s->listen_fd, POLLIN, 0}, {s->stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR) continue;
+        pthread_mutex_lock(&s->lock);
+        while (!s->stopping && !s->ready_len) pthread_cond_wait(&s->ready_cond, &s->lock);
+        if (s->stopping) {
+            pthread_mutex_unlock(&s->lock);
             break;
         }
-        if (p[1].revents) break;
-        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                /* Out of descriptors: back off instead of spinning on a listen socket that stays readable. */
-                struct pollfd stop = {s->stop_fd, POLLIN, 0};
-                poll(&stop, 1, 50);
-            }
-            continue; /* EAGAIN: another worker took it; ECONNABORTED etc.: the peer is gone */
-        }
-        pthread_mutex_lock(&s->lock);
-        s->stats.connections++;
+        int fd = s->ready[s->ready_head];
+        s->ready_head = (s->ready_head + 1) % s->ready_cap;
+        s->ready_len--;
         s->stats.in_flight++;
         pthread_mutex_unlock(&s->lock);
         serve_connection(s, fd);
@@ -344,6 +362,154 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* ---------------------------------------------------------------- the gate */
+
+static int same_source(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family) return 0;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr, &((const struct sockaddr_in *)b)->sin_addr,
+                      sizeof(struct in_addr)) == 0;
+    if (a->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &((const struct sockaddr_in6 *)b)->sin6_addr,
+                      sizeof(struct in6_addr)) == 0;
+    return 1;
+}
+
+/* 1 when a whole first TLS record is readable, 0 when not yet, -1 when the peer closed or sent something that is
+ * not a TLS handshake record (OpenSSL would only fail it). Reads nothing: the worker's OpenSSL reads it all. */
+static int hello_state(int fd) {
+    uint8_t header[5];
+    ssize_t n = recv(fd, header, sizeof header, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return -1;
+    if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    if (n < (ssize_t)sizeof header) return 0;
+    size_t len = ((size_t)header[3] << 8) | header[4];
+    if (header[0] != 22 /* handshake */ || len == 0 || len > MAX_TLS_RECORD) return -1;
+    int available = 0;
+    if (ioctl(fd, FIONREAD, &available) < 0) return -1;
+    return (size_t)available >= sizeof header + len;
+}
+
+static void gate_close(ratls_attest_server *s, waiting_conn *w, uint64_t *counter) {
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, w->fd, NULL);
+    close(w->fd);
+    w->fd = -1;
+    pthread_mutex_lock(&s->lock);
+    (*counter)++;
+    s->stats.waiting--;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Hands a connection whose ClientHello is in to the workers, if their queue has room (else it waits). */
+static void gate_hand_over(ratls_attest_server *s, waiting_conn *w) {
+    pthread_mutex_lock(&s->lock);
+    if (s->ready_len == s->ready_cap) {
+        pthread_mutex_unlock(&s->lock);
+        w->hello_in = 1;
+        return;
+    }
+    epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, w->fd, NULL);
+    s->ready[(s->ready_head + s->ready_len) % s->ready_cap] = w->fd;
+    s->ready_len++;
+    s->stats.waiting--;
+    pthread_cond_signal(&s->ready_cond);
+    pthread_mutex_unlock(&s->lock);
+    w->fd = -1;
+    w->hello_in = 0;
+}
+
+static void gate_accept(ratls_attest_server *s) {
+    for (;;) {
+        struct sockaddr_storage source;
+        socklen_t source_len = sizeof source;
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&source, &source_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* Out of descriptors: back off instead of spinning on a listen socket that stays readable. */
+                struct pollfd stop = {s->stop_fd, POLLIN, 0};
+                poll(&stop, 1, 50);
+            }
+            return; /* EAGAIN: all accepted; ECONNABORTED etc.: the peer is gone */
+        }
+        uint32_t free_slot = s->limits.max_waiting, from_source = 0;
+        for (uint32_t i = 0; i < s->limits.max_waiting; i++) {
+            if (s->waiting[i].fd < 0) {
+                if (free_slot == s->limits.max_waiting) free_slot = i;
+            } else if (same_source(&s->waiting[i].source, &source)) {
+                from_source++;
+            }
+        }
+        pthread_mutex_lock(&s->lock);
+        s->stats.connections++;
+        int refuse = free_slot == s->limits.max_waiting || from_source >= s->limits.max_per_source;
+        if (refuse) {
+            s->stats.refused++;
+            s->stats.failed++;
+        } else {
+            s->stats.waiting++;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (refuse) {
+            close(fd);
+            continue;
+        }
+        waiting_conn *w = &s->waiting[free_slot];
+        *w = (waiting_conn){.fd = fd, .deadline = now_ms() + s->limits.hello_timeout_ms, .source = source};
+        /* Edge-triggered: a partial ClientHello wakes the gate again only when more of it arrives. */
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u32 = free_slot};
+        if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            close(fd);
+            w->fd = -1;
+            pthread_mutex_lock(&s->lock);
+            s->stats.waiting--;
+            s->stats.failed++;
+            pthread_mutex_unlock(&s->lock);
+            continue;
+        }
+        int state = hello_state(fd); /* it may all be in already */
+        if (state > 0) gate_hand_over(s, w);
+        else if (state < 0) gate_close(s, w, &s->stats.failed);
+    }
+}
+
+static void *gate_main(void *arg) {
+    ratls_attest_server *s = arg;
+    struct epoll_event events[64];
+    for (;;) {
+        int64_t now = now_ms(), next = now + 1000;
+        for (uint32_t i = 0; i < s->limits.max_waiting; i++) {
+            waiting_conn *w = &s->waiting[i];
+            if (w->fd < 0) continue;
+            if (w->hello_in) gate_hand_over(s, w); /* the workers' queue may have room now */
+            if (w->fd < 0) continue;
+            if (w->deadline <= now) gate_close(s, w, &s->stats.timed_out);
+            else if (w->deadline < next) next = w->deadline;
+        }
+        int n = epoll_wait(s->epoll_fd, events, (int)(sizeof events / sizeof events[0]), (int)(next - now));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        int stop = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t id = events[i].data.u32;
+            if (id == UINT32_MAX) {
+                stop = 1;
+            } else if (id == UINT32_MAX - 1) {
+                gate_accept(s);
+            } else if (s->waiting[id].fd >= 0 && !s->waiting[id].hello_in) {
+                int state = hello_state(s->waiting[id].fd);
+                if (state > 0) gate_hand_over(s, &s->waiting[id]);
+                else if (state < 0) gate_close(s, &s->waiting[id], &s->stats.failed);
+            }
+        }
+        if (stop) break;
+    }
+    for (uint32_t i = 0; i < s->limits.max_waiting; i++)
+        if (s->waiting[i].fd >= 0) close(s->waiting[i].fd);
+    return NULL;
+}
+
 static int check_limits(const ratls_attest_limits *in, ratls_attest_limits *out, char *msg, size_t msg_len) {
     ratls_attest_limits l = in ? *in : (ratls_attest_limits){0};
     if (!l.handshake_timeout_ms) l.handshake_timeout_ms = DEFAULT_TIMEOUT_MS;
@@ -351,6 +517,17 @@ static int check_limits(const ratls_attest_limits *in, ratls_attest_limits *out,
     if (!l.max_cert_size) l.max_cert_size = RATLS_MAX_CERT_SIZE;
     if (!l.max_pending) l.max_pending = DEFAULT_MAX_PENDING;
     if (!l.trust_ttl_s) l.trust_ttl_s = DEFAULT_TRUST_TTL_S;
+    if (!l.hello_timeout_ms)
+        l.hello_timeout_ms = l.handshake_timeout_ms < DEFAULT_HELLO_TIMEOUT_MS ? l.handshake_timeout_ms
+                                                                               : DEFAULT_HELLO_TIMEOUT_MS;
+    if (!l.max_waiting) l.max_waiting = DEFAULT_MAX_WAITING;
+    if (!l.max_per_source) l.max_per_source = DEFAULT_MAX_PER_SOURCE;
+    if (l.hello_timeout_ms > MAX_TIMEOUT_MS)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "hello_timeout_ms: expected at most %u, found %u",
+                          MAX_TIMEOUT_MS, l.hello_timeout_ms);
+    if (l.max_waiting > MAX_WAITING_LIMIT)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_waiting: expected at most %u, found %u",
+                          MAX_WAITING_LIMIT, l.max_waiting);
     if (l.handshake_timeout_ms > MAX_TIMEOUT_MS)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT,
                           "handshake_timeout_ms: expected at most %u, found %u", MAX_TIMEOUT_MS,
@@ -419,12 +596,13 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
     if (!s) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
     s->policy = policy;
     s->limits = l;
-    s->listen_fd = s->stop_fd = -1;
+    s->listen_fd = s->stop_fd = s->epoll_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->queued, &ca);
+    pthread_cond_init(&s->ready_cond, &ca);
     pthread_condattr_destroy(&ca);
     s->ctx = make_ctx(1, policy, key_der, key_len, cert_der, cert_len, l.max_cert_size, msg, msg_len);
     if (!s->ctx) {
@@ -434,16 +612,32 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
     rc = open_listener(host, port, &s->listen_fd, &s->port, msg, msg_len);
     if (!rc && (s->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
         rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "eventfd: %s", strerror(errno));
-    if (!rc && !(s->workers = calloc(l.max_concurrent, sizeof *s->workers)))
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+    if (!rc && (s->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "epoll_create1: %s", strerror(errno));
     if (!rc) {
-        /* Workers inherit a fully blocked signal mask: a peer resetting the connection must not raise SIGPIPE,
-         * and the application's signals belong to its own threads. */
+        struct epoll_event listen_ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX - 1};
+        struct epoll_event stop_ev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+        if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->listen_fd, &listen_ev) < 0 ||
+            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->stop_fd, &stop_ev) < 0)
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "epoll_ctl: %s", strerror(errno));
+    }
+    s->ready_cap = l.max_concurrent * 4;
+    if (!rc && (!(s->workers = calloc(l.max_concurrent, sizeof *s->workers)) ||
+                !(s->waiting = calloc(l.max_waiting, sizeof *s->waiting)) ||
+                !(s->ready = calloc(s->ready_cap, sizeof *s->ready))))
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+    for (uint32_t i = 0; !rc && i < l.max_waiting; i++) s->waiting[i].fd = -1;
+    if (!rc) {
+        /* The gate and the workers inherit a fully blocked signal mask: a peer resetting the connection must not
+         * raise SIGPIPE, and the application's signals belong to its own threads. */
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
-        for (; s->n_workers < l.max_concurrent; s->n_workers++) {
-            int e = pthread_create(&s->workers[s->n_workers], NULL, worker_main, s);
+        int e = pthread_create(&s->gate, NULL, gate_main, s);
+        if (e) rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "pthread_create: %s", strerror(e));
+        else s->gate_started = 1;
+        for (; !rc && s->n_workers < l.max_concurrent; s->n_workers++) {
+            e = pthread_create(&s->workers[s->n_workers], NULL, worker_main, s);
             if (e) {
                 rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "pthread_create: %s", strerror(e));
                 break;
@@ -501,13 +695,22 @@ void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out) 
 
 void ratls_attest_server_stop(ratls_attest_server *s) {
     if (!s) return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->ready_cond);
+    pthread_mutex_unlock(&s->lock);
     if (s->stop_fd >= 0) {
         uint64_t one = 1;
         if (write(s->stop_fd, &one, sizeof one) != sizeof one) { /* cannot fail on a fresh eventfd */
         }
     }
+    if (s->gate_started) pthread_join(s->gate, NULL);
     for (uint32_t i = 0; i < s->n_workers; i++) pthread_join(s->workers[i], NULL);
     free(s->workers);
+    for (uint32_t i = 0; i < s->ready_len; i++) close(s->ready[(s->ready_head + i) % s->ready_cap]);
+    free(s->ready);
+    free(s->waiting);
+    if (s->epoll_fd >= 0) close(s->epoll_fd);
     if (s->listen_fd >= 0) close(s->listen_fd);
     if (s->stop_fd >= 0) close(s->stop_fd);
     SSL_CTX_free(s->ctx);
@@ -518,6 +721,7 @@ void ratls_attest_server_stop(ratls_attest_server *s) {
         free(e);
     }
     pthread_cond_destroy(&s->queued);
+    pthread_cond_destroy(&s->ready_cond);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
