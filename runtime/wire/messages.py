@@ -100,8 +100,8 @@ def read_table_rows(raw: bytes | memoryview, what: str) -> TableRowsFields:
     return rows
 
 
-def decode_table_rows(message: TableRowsFields | ps_pb2.TableRows, field: str, table_sizes: Sequence[int],
-                embedding_dim: int, *, values: bool) -> RowSet:
+def decode_table_rows(message: TableRowsFields, field: str, table_sizes: Sequence[int], embedding_dim: int, *,
+                      values: bool) -> RowSet:
     """Check and decode a TableRows: distinct tables in range, one count >= 1 per table, ids strictly increasing
     within each table and in [0, size of the table); with values, [sum(counts), embedding_dim] finite floats;
     without, no values. Raises Rejected."""
@@ -127,8 +127,7 @@ def decode_table_rows(message: TableRowsFields | ps_pb2.TableRows, field: str, t
     counts = counts.astype(np.int64)
     ends = np.cumsum(counts)
     total = int(ends[-1]) if ends.size else 0
-    has_ids = message.ids is not None if isinstance(message, TableRowsFields) else message.HasField("ids")
-    if has_ids:
+    if message.ids is not None:
         ids = decode_tensor(message.ids, f"{field}.ids", kind="int", shape=(total,))
     elif total:
         raise Rejected("missing_tensor", f"{field}.ids: expected {total} ids, found none")
@@ -150,12 +149,11 @@ def decode_table_rows(message: TableRowsFields | ps_pb2.TableRows, field: str, t
             table = tables[int(np.searchsorted(ends, k, side="right"))]
             raise Rejected("unsorted_ids", f"{field}.ids[{k}]: expected strictly increasing ids within table "
                            f"{table} (sorted, no repeats)")
-    has_values = message.values is not None if isinstance(message, TableRowsFields) else message.HasField("values")
     if not values:
-        if has_values:
+        if message.values is not None:
             raise Rejected("unexpected_values", f"{field}.values: expected none (ids only)")
         return RowSet(tables, counts, ids)
-    if not has_values:
+    if message.values is None:
         raise Rejected("missing_tensor", f"{field}.values: expected [{total}, {embedding_dim}] values, found none")
     rows = decode_tensor(message.values, f"{field}.values", kind="float", shape=(total, embedding_dim), finite=True)
     return RowSet(tables, counts, ids, rows)
