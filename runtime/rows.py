@@ -57,9 +57,10 @@ class RowSet:
     def with_values(self, values: np.ndarray | None) -> RowSet:
         return RowSet(self.tables, self.counts, self.ids, values)
 
-    def select(self, positions: np.ndarray) -> RowSet:
-        """The rows at these positions (increasing), values included: a RowSet of the same shape."""
-        row_tables = self.row_tables()[positions]
+    def select(self, positions: np.ndarray, row_tables: np.ndarray | None = None) -> RowSet:
+        """The rows at these positions (increasing), values included: a RowSet of the same shape. row_tables:
+        this set's row_tables(), when the caller has it already (a split selects several times)."""
+        row_tables = (self.row_tables() if row_tables is None else row_tables)[positions]
         # Selected rows of one table are contiguous and keep the tables' order: cut them into runs.
         starts = np.flatnonzero(np.r_[True, row_tables[1:] != row_tables[:-1]]) if row_tables.size \
             else np.zeros(0, np.int64)

@@ -69,9 +69,10 @@ def split_rows(rows: RowSet, num_shards: int) -> list[tuple[RowSet, np.ndarray |
     them all). Every part keeps the order of `rows`."""
     if num_shards == 1:
         return [(rows, None)]
-    shard_of = row_shards(rows.row_tables(), rows.ids, num_shards)
+    row_tables = rows.row_tables()
+    shard_of = row_shards(row_tables, rows.ids, num_shards)
     parts = []
     for shard in range(num_shards):
         positions = np.flatnonzero(shard_of == shard)
-        parts.append((rows.select(positions), positions))
+        parts.append((rows.select(positions, row_tables), positions))
     return parts
