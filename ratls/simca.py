@@ -1,29 +1,219 @@
-"""The simulation CA: what the simulated provider signs quotes with, in place of Intel's PCK hierarchy.
+"""The simulation CA: what the simulated provider signs quotes with, in place of Intel's PCK hierarchy, and the
+simulated Intel PCS collateral that judges its platform's TCB.
 
-A sim-ca directory holds a root CA, a PCK CA and a PCK leaf certificate (P-256, as Intel's), the quoting
-enclave's attestation key, and the RSA-3072 enclave signing key whose modulus gives MRSIGNER (as in SGX).
+A sim-ca directory holds a root CA, a PCK CA and a PCK leaf certificate (P-256, in Intel's layouts: the leaf
+carries Intel's SGX extension with the platform's FMSPC and TCB SVNs), the quoting enclave's attestation key, and
+the RSA-3072 enclave signing key whose modulus gives MRSIGNER (as in SGX). For TCB evaluation it also holds a TCB
+signing certificate and key (which sign TCB Info and QE Identity, as Intel's "TCB Signing" certificate does), the
+root CA and PCK CA CRLs, and the TCB state (tcb.json: the status the platform is judged at and its advisories;
+`SimCA.set_tcb`, `python -m ratls sim-ca tcb`). `SimCA.pcs_response` answers the PCS v4 API exactly as Intel's
+PCS does (ratls.sim_pccs serves it over HTTP), and `SimCA.collateral` gives the same as a dcap-qvl
+QuoteCollateralV3 JSON, so sim quotes go through the very evaluation real ones do.
+
 It is for development and tests: its keys are on disk, so its evidence proves nothing about a real enclave, and
 verifiers accept it only under a policy that names its root and says allow_simulated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from ratls.errors import RatlsError
+from ratls.policy import TCB_STATUSES
 
 ROOT_CN = "RATLS Simulated SGX Root CA"
+# dcap-qvl (and Intel's QVL) tell a PCK's CA by "Processor" or "Platform" in its issuer name; this one is a
+# Platform CA, so collateral is asked for with ca=platform.
 PCK_CA_CN = "RATLS Simulated SGX PCK Platform CA"
 PCK_CN = "RATLS Simulated SGX PCK Certificate"
+TCB_SIGNING_CN = "RATLS Simulated SGX TCB Signing"
+PCK_CA_KIND = "platform"
+
+# What native/src/sim.c puts in every quote: keep these equal to its SIM_QE_SVN, SIM_PCE_SVN and QE report.
+SIM_QE_SVN = 1
+SIM_PCE_SVN = 1
+SIM_QE_MRSIGNER = hashlib.sha256(b"RATLS simulated QE signer").digest()
+SIM_QE_ISVPRODID = 1
+SIM_QE_ATTRIBUTES = bytes.fromhex("1500000000000000" "0300000000000000")  # INIT|MODE64BIT|PROVISION_KEY, xfrm 3
+SIM_QE_MISCSELECT = bytes(4)
+
+SIM_FMSPC = b"RATLS\x00"
+"""The sim platform's FMSPC (hex 5241544C5300): an Intel FMSPC names a CPU family/model/stepping and platform
+type; this one names none, so sim collateral can never be mistaken for a real platform's."""
+SIM_PCE_ID = bytes(2)
+SIM_TCB_COMPONENTS = (3, 3, 2, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+"""The sim platform's 16 SGX TCB component SVNs (PCK extension .2.1-.2.16; its CPUSVN .2.18 is these bytes, as on
+Intel's TCB type 0 platforms)."""
+SIM_SGX_TYPE = 1  # Scalable: the SGX type of platforms whose PCKs a Platform CA issues
+SIM_PLATFORM_TCB_DATE = "2024-03-13T00:00:00Z"
+SIM_NEWER_TCB_DATE = "2025-05-13T00:00:00Z"
+SIM_QE_TCB_DATE = "2024-03-13T00:00:00Z"
+
+INTEL_TCB_STATUSES: tuple[str, ...] = tuple(s for s in TCB_STATUSES if s != "Unknown")
+"""Every TCB status Intel's TCB Info can give a platform (UpToDate, SWHardeningNeeded, ConfigurationNeeded,
+ConfigurationAndSWHardeningNeeded, OutOfDate, OutOfDateConfigurationNeeded, Revoked)."""
+DEFAULT_VALIDITY = dt.timedelta(days=30)
+"""How long served TCB Info and QE Identity are valid (Intel's are issued for 30 days)."""
+PCS_API = "/sgx/certification/v4"
+TCB_INFO_ISSUER_CHAIN = "TCB-Info-Issuer-Chain"
+QE_IDENTITY_ISSUER_CHAIN = "SGX-Enclave-Identity-Issuer-Chain"
+PCK_CRL_ISSUER_CHAIN = "SGX-PCK-CRL-Issuer-Chain"
+
+_ADVISORY_ID = re.compile(r"INTEL-SA-[0-9]{5}")
 _FILES = ("root.crt.pem", "pck_ca.crt.pem", "pck.crt.pem", "pck.key.pem", "attestation.key.pem", "signer.key.pem")
+_PCS_FILES = ("tcb_signing.crt.pem", "tcb_signing.key.pem", "root_ca_crl.der", "pck_crl.der", "tcb.json")
+"""Made by `init` since the simulated PCS; a CA directory without them still makes quotes, but has no
+collateral."""
+
+# Intel's SGX extension of PCK certificates, 1.2.840.113741.1.13.1 (Intel's PCK certificate and CRL profile).
+SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
+_SGX_EXT = x509.ObjectIdentifier(SGX_EXTENSION_OID)
+
+
+# A little DER, for Intel's extension (cryptography writes standard extensions only).
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def _integer(value: int) -> bytes:
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # minimal, with a 0 sign byte if needed
+
+
+def _seq(*items: bytes) -> bytes:
+    return _tlv(0x30, b"".join(items))
+
+
+def _member(arc: str, value: bytes) -> bytes:
+    return _seq(_oid(f"{SGX_EXTENSION_OID}.{arc}"), value)
+
+
+def sgx_extension(*, ppid: bytes, components: Sequence[int], pce_svn: int, pce_id: bytes, fmspc: bytes,
+                  sgx_type: int, platform_instance_id: bytes | None = None,
+                  configuration: tuple[bool, bool, bool] | None = None) -> bytes:
+    """The DER value of Intel's SGX extension as Intel encodes it: a SEQUENCE of (OID, value) SEQUENCEs, PPID (16
+    bytes), TCB (16 component SVNs as INTEGERs, PCESVN INTEGER, CPUSVN OCTET STRING), PCE-ID, FMSPC (6 bytes), SGX
+    type ENUMERATED; Platform CA certificates add the platform instance id and the configuration
+    (dynamicPlatform, cachedKeys, SMTEnabled)."""
+    if len(ppid) != 16 or len(components) != 16 or len(pce_id) != 2 or len(fmspc) != 6:
+        raise ValueError("PPID is 16 bytes, the TCB 16 components, the PCE-ID 2 bytes and the FMSPC 6 bytes")
+    if not all(0 <= c <= 255 for c in components) or not 0 <= pce_svn <= 0xFFFF:
+        raise ValueError("TCB component SVNs are 0..255, the PCESVN 0..65535")
+    tcb = [_member(f"2.{i + 1}", _integer(c)) for i, c in enumerate(components)]
+    tcb += [_member("2.17", _integer(pce_svn)), _member("2.18", _tlv(0x04, bytes(components)))]
+    items = [_member("1", _tlv(0x04, ppid)), _member("2", _seq(*tcb)), _member("3", _tlv(0x04, pce_id)),
+             _member("4", _tlv(0x04, fmspc)), _member("5", _tlv(0x0A, bytes([sgx_type])))]
+    if platform_instance_id is not None:
+        items.append(_member("6", _tlv(0x04, platform_instance_id)))
+    if configuration is not None:
+        items.append(_member("7", _seq(*(_member(f"7.{i + 1}", _tlv(0x01, b"\xff" if flag else b"\x00"))
+                                         for i, flag in enumerate(configuration)))))
+    return _seq(*items)
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes]]:
+    """The (tag, content) TLVs of a DER SEQUENCE's content (short and long lengths; enough for the extension)."""
+    out, i = [], 0
+    while i < len(data):
+        tag, n = data[i], data[i + 1]
+        i += 2
+        if n & 0x80:
+            k = n & 0x7F
+            n = int.from_bytes(data[i:i + k], "big")
+            i += k
+        out.append((tag, data[i:i + n]))
+        i += n
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PckExtension:
+    """What a PCK certificate's SGX extension says of its platform; TCB Info is matched against its FMSPC,
+    component SVNs and PCESVN."""
+
+    ppid: bytes
+    components: tuple[int, ...]
+    pce_svn: int
+    cpu_svn: bytes
+    pce_id: bytes
+    fmspc: bytes
+    sgx_type: int
+    platform_instance_id: bytes | None = None
+    configuration: tuple[bool, bool, bool] | None = None
+    """(dynamicPlatform, cachedKeys, SMTEnabled), in Platform CA certificates."""
+
+
+def pck_extension(cert: x509.Certificate) -> PckExtension:
+    """Reads the SGX extension of a PCK certificate (Intel's or the simulation's); RatlsError if absent or
+    malformed."""
+    try:
+        value = cert.extensions.get_extension_for_oid(_SGX_EXT).value.value
+    except x509.ExtensionNotFound:
+        raise RatlsError("the PCK certificate has no Intel SGX extension") from None
+    try:
+        (_, content), = _der_items(value)
+        fields = _members(content)
+        tcb = _members(fields["2"])
+        config = None
+        if "7" in fields:
+            flags = _members(fields["7"])
+            config = (flags["7.1"] != b"\0", flags["7.2"] != b"\0", flags["7.3"] != b"\0")
+        return PckExtension(ppid=fields["1"],
+                            components=tuple(int.from_bytes(tcb[f"2.{i}"], "big") for i in range(1, 17)),
+                            pce_svn=int.from_bytes(tcb["2.17"], "big"), cpu_svn=tcb["2.18"], pce_id=fields["3"],
+                            fmspc=fields["4"], sgx_type=int.from_bytes(fields["5"], "big"),
+                            platform_instance_id=fields.get("6"), configuration=config)
+    except (ValueError, KeyError, IndexError) as e:
+        raise RatlsError(f"the PCK certificate's Intel SGX extension is malformed ({e!r})") from None
+
+
+def _members(content: bytes) -> dict[str, bytes]:
+    """The values of an SGX extension SEQUENCE's (OID, value) members, by their arcs below the extension's OID."""
+    out = {}
+    prefix = _oid(SGX_EXTENSION_OID)[2:]
+    for _, member in _der_items(content):
+        (oid_tag, oid), (_, value) = _der_items(member)
+        if oid_tag != 0x06 or not oid.startswith(prefix):
+            raise ValueError("not an SGX extension member")
+        rest, arcs, arc = oid[len(prefix):], [], 0
+        for byte in rest:
+            arc = (arc << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                arcs.append(str(arc))
+                arc = 0
+        out[".".join(arcs)] = value
+    return out
 
 
 def _name(cn: str) -> x509.Name:
@@ -31,17 +221,38 @@ def _name(cn: str) -> x509.Name:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "RATLS Simulation")])
 
 
-def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, path_len: int | None, years: int):
-    now = dt.datetime.now(dt.UTC)
+def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, path_len: int | None, years: int,
+          now: dt.datetime, extra: Sequence[x509.ExtensionType] = ()) -> x509.Certificate:
+    """A certificate in the layout of Intel's SGX certificates: authority and subject key ids, key usage
+    (certificate and CRL signing for CAs; digital signature and non-repudiation otherwise) and basic constraints,
+    both critical; no extended key usage (webpki, which dcap-qvl uses, would then demand serverAuth)."""
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365 * years))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=path_len), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, key_cert_sign=ca,
-                                            crl_sign=ca, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                              critical=False)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=not ca,
+                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                            key_cert_sign=ca, crl_sign=ca, encipher_only=False,
+                                            decipher_only=False), critical=True)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=path_len), critical=True))
+    for ext in extra:
+        builder = builder.add_extension(ext, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _crl(issuer: x509.Certificate, issuer_key, *, now: dt.datetime) -> bytes:
+    """An empty CRL as Intel issues them (v2, CRL number, authority key id; DER). webpki, which dcap-qvl checks
+    CRLs with, needs the nextUpdate and takes it as the end of the CRL's validity: it is the issuer's notAfter,
+    as no key here can re-issue it."""
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+           .last_update(now).next_update(issuer.not_valid_after_utc)
+           .add_extension(x509.CRLNumber(1), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+                          critical=False)
+           .sign(issuer_key, hashes.SHA256()))
+    return crl.public_bytes(serialization.Encoding.DER)
 
 
 def _pem_key(key) -> bytes:
@@ -61,6 +272,92 @@ def _check_private_directory(path: Path) -> None:
                          "a private directory (e.g. tempfile.mkdtemp(), or chmod go-w)")
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Writes a file of the CA atomically (a reader sees the old or the new content, never a part), mode 0600."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _intel_time(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _as_datetime(now: dt.datetime | float | None) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    if isinstance(now, dt.datetime):
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        return now.astimezone(dt.UTC).replace(microsecond=0)
+    return dt.datetime.fromtimestamp(int(now), dt.UTC)
+
+
+def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> str:
+    """ECDSA P-256 SHA-256 over data, as Intel writes it in TCB Info and QE Identity: hex of r || s."""
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return (r.to_bytes(32, "big") + s.to_bytes(32, "big")).hex()
+
+
+def _compact(obj: object) -> str:
+    # Intel's PCS writes the signed objects compactly; dcap-qvl's PCCS client re-serialises the object it got
+    # (serde_json, key order kept) and checks the signature over that, so only compact text survives it.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+def validate_tcb(status: str, advisory_ids: Sequence[str] = ()) -> tuple[str, tuple[str, ...]]:
+    """The canonical TCB status name and advisory ids, or ValueError saying what is valid. Status names match
+    case-insensitively; "Unknown" is what a verifier reports without collateral, never a status collateral
+    gives."""
+    if not isinstance(status, str):
+        raise ValueError(f"TCB status must be a string, not {type(status).__name__}")
+    by_lower = {s.lower(): s for s in INTEL_TCB_STATUSES}
+    canonical = by_lower.get(status.strip().lower())
+    if canonical is None:
+        raise ValueError(f"unknown TCB status {status!r}: valid statuses are {', '.join(INTEL_TCB_STATUSES)}"
+                         + (" (Unknown is what verifiers report without collateral; collateral never gives it)"
+                            if status.strip().lower() == "unknown" else ""))
+    if isinstance(advisory_ids, str):
+        raise ValueError("advisory_ids is a sequence of INTEL-SA-NNNNN ids, not one string")
+    ids: list[str] = []
+    for advisory in advisory_ids:
+        norm = advisory.strip().upper() if isinstance(advisory, str) else ""
+        if not _ADVISORY_ID.fullmatch(norm):
+            raise ValueError(f"advisory id {advisory!r} is not of Intel's form INTEL-SA-NNNNN (e.g. INTEL-SA-00615)")
+        if norm not in ids:
+            ids.append(norm)
+    return canonical, tuple(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class TcbState:
+    """The TCB status the sim platform is judged at (tcb.json)."""
+
+    status: str
+    advisory_ids: tuple[str, ...]
+    tcb_evaluation_data_number: int
+    """Like Intel's: it grows with every change, so newer collateral can be told from older."""
+
+
+class PcsResponse(NamedTuple):
+    """An HTTP response of the PCS v4 API: the status code, the headers and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def _error(status: int, message: str) -> PcsResponse:
+    return PcsResponse(status, {"Content-Type": "text/plain; charset=utf-8"}, (message + "\n").encode())
+
+
 class SimCA:
     """A simulation CA directory (see the module docstring)."""
 
@@ -75,19 +372,27 @@ class SimCA:
     def init(cls, path: str | os.PathLike, *, force: bool = False) -> SimCA:
         """Creates a new simulation CA in `path` (created if needed; refuses to overwrite one unless force)."""
         path = Path(path)
-        if not force and any((path / f).exists() for f in _FILES):
+        if not force and any((path / f).exists() for f in _FILES + _PCS_FILES):
             raise RatlsError(f"{path} already holds a sim CA; pass force=True (--force) to replace it")
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         _check_private_directory(path)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         root_key = ec.generate_private_key(ec.SECP256R1())
         pck_ca_key = ec.generate_private_key(ec.SECP256R1())
         pck_key = ec.generate_private_key(ec.SECP256R1())
+        tcb_signing_key = ec.generate_private_key(ec.SECP256R1())
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         # SGX enclave signing keys are RSA-3072 with e = 3 (Gramine's gramine-sgx-gen-private-key too).
         signer_key = rsa.generate_private_key(public_exponent=3, key_size=3072)
-        root = _cert(ROOT_CN, root_key, ROOT_CN, root_key, ca=True, path_len=1, years=10)
-        pck_ca = _cert(PCK_CA_CN, pck_ca_key, ROOT_CN, root_key, ca=True, path_len=0, years=10)
-        pck = _cert(PCK_CN, pck_key, PCK_CA_CN, pck_ca_key, ca=False, path_len=None, years=7)
+        sgx = sgx_extension(ppid=os.urandom(16), components=SIM_TCB_COMPONENTS, pce_svn=SIM_PCE_SVN,
+                            pce_id=SIM_PCE_ID, fmspc=SIM_FMSPC, sgx_type=SIM_SGX_TYPE,
+                            platform_instance_id=os.urandom(16), configuration=(False, True, True))
+        root = _cert(ROOT_CN, root_key, ROOT_CN, root_key, ca=True, path_len=1, years=10, now=now)
+        pck_ca = _cert(PCK_CA_CN, pck_ca_key, ROOT_CN, root_key, ca=True, path_len=0, years=10, now=now)
+        pck = _cert(PCK_CN, pck_key, PCK_CA_CN, pck_ca_key, ca=False, path_len=None, years=7, now=now,
+                    extra=[x509.UnrecognizedExtension(_SGX_EXT, sgx)])
+        tcb_signing = _cert(TCB_SIGNING_CN, tcb_signing_key, ROOT_CN, root_key, ca=False, path_len=None, years=7,
+                            now=now)
         pem = serialization.Encoding.PEM
         outputs = {
             "root.crt.pem": root.public_bytes(pem),
@@ -96,13 +401,18 @@ class SimCA:
             "pck.key.pem": _pem_key(pck_key),
             "attestation.key.pem": _pem_key(attestation_key),
             "signer.key.pem": _pem_key(signer_key),
+            "tcb_signing.crt.pem": tcb_signing.public_bytes(pem),
+            "tcb_signing.key.pem": _pem_key(tcb_signing_key),
+            "root_ca_crl.der": _crl(root, root_key, now=now),
+            "pck_crl.der": _crl(pck_ca, pck_ca_key, now=now),
+            "tcb.json": _tcb_json(TcbState("UpToDate", (), 1)),
         }
         for name, data in outputs.items():
             fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(fd, 0o600)  # O_CREAT's mode applies to new files only: --force over 0644 keys too
                 f.write(data)
-        # The root key is not kept: nothing can issue further PCK certificates under this root.
+        # The root and PCK CA keys are not kept: nothing can issue further certificates or CRLs under this root.
         return cls(path)
 
     @property
@@ -110,8 +420,177 @@ class SimCA:
         return (self.path / "root.crt.pem").read_bytes()
 
     @property
+    def root_der(self) -> bytes:
+        return x509.load_pem_x509_certificate(self.root_pem).public_bytes(serialization.Encoding.DER)
+
+    @property
     def mrsigner(self) -> bytes:
         """MRSIGNER of enclaves this CA's signer key signs: SHA-256 of the RSA modulus, little-endian (as SGX)."""
         key = serialization.load_pem_private_key((self.path / "signer.key.pem").read_bytes(), None)
         n = key.public_key().public_numbers().n
         return hashlib.sha256(n.to_bytes((n.bit_length() + 7) // 8, "little")).digest()
+
+    # --- The simulated PCS -------------------------------------------------------------------------------------
+
+    def _require_pcs(self) -> None:
+        missing = [f for f in _PCS_FILES if not (self.path / f).is_file()]
+        if missing:
+            raise RatlsError(f"{self.path} is a sim CA made before the simulated Intel PCS (it lacks "
+                             f"{', '.join(missing)}), so it has no TCB collateral: re-create it with "
+                             f"`python -m ratls sim-ca init --force {self.path}` (new keys: re-create the "
+                             "identities and policies that name its root too)")
+
+    def pck_extension(self) -> PckExtension:
+        """The SGX extension of the sim platform's PCK certificate (its FMSPC, TCB component SVNs, PCESVN...)."""
+        self._require_pcs()
+        return pck_extension(x509.load_pem_x509_certificate((self.path / "pck.crt.pem").read_bytes()))
+
+    def tcb(self) -> TcbState:
+        """The TCB state the sim platform is judged at (tcb.json)."""
+        self._require_pcs()
+        file = self.path / "tcb.json"
+        try:
+            doc = json.loads(file.read_text())
+            status, ids = validate_tcb(doc["status"], doc["advisory_ids"])
+            number = doc["tcb_evaluation_data_number"]
+            if not isinstance(number, int) or number < 1:
+                raise ValueError("tcb_evaluation_data_number must be a positive integer")
+        except (ValueError, KeyError, TypeError) as e:
+            raise RatlsError(f"{file} is not a valid TCB state ({e}); set one with "
+                             f"`python -m ratls sim-ca tcb {self.path} --status UpToDate`") from None
+        return TcbState(status, ids, number)
+
+    def set_tcb(self, status: str, advisory_ids: Sequence[str] = ()) -> TcbState:
+        """Sets the TCB status (one of INTEL_TCB_STATUSES) and advisory ids (INTEL-SA-NNNNN) the sim platform is
+        judged at from the next collateral on; RatlsError if either is invalid. Returns the new state."""
+        try:
+            canonical, ids = validate_tcb(status, advisory_ids)
+        except ValueError as e:
+            raise RatlsError(str(e)) from None
+        state = TcbState(canonical, ids, self.tcb().tcb_evaluation_data_number + 1)
+        _write_private(self.path / "tcb.json", _tcb_json(state))
+        return state
+
+    def _signing_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key((self.path / "tcb_signing.key.pem").read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise RatlsError(f"{self.path / 'tcb_signing.key.pem'} is not an EC key")
+        return key
+
+    def _chain(self, leaf: str) -> str:
+        return (self.path / leaf).read_text() + (self.path / "root.crt.pem").read_text()
+
+    def tcb_info(self, *, now: dt.datetime | float | None = None,
+                 validity: dt.timedelta = DEFAULT_VALIDITY) -> tuple[str, str]:
+        """The TCB Info (v3, the exact JSON text Intel signs) of the sim platform and its signature (hex r||s).
+        Its level for the platform's own SVNs carries the TCB state's status and advisories; below any other
+        status than UpToDate, a newer UpToDate level comes first, as in Intel's lists."""
+        state, platform, issued = self.tcb(), self.pck_extension(), _as_datetime(now)
+        own: dict = {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in platform.components],
+                             "pcesvn": platform.pce_svn},
+                     "tcbDate": SIM_PLATFORM_TCB_DATE, "tcbStatus": state.status}
+        if state.advisory_ids:
+            own["advisoryIDs"] = list(state.advisory_ids)
+        levels = [own]
+        if state.status != "UpToDate":
+            newer = [min(c + 1, 255) if i < 2 else c for i, c in enumerate(platform.components)]
+            levels.insert(0, {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in newer],
+                                      "pcesvn": platform.pce_svn + 1},
+                              "tcbDate": SIM_NEWER_TCB_DATE, "tcbStatus": "UpToDate"})
+        text = _compact({"id": "SGX", "version": 3, "issueDate": _intel_time(issued),
+                         "nextUpdate": _intel_time(issued + validity), "fmspc": platform.fmspc.hex().upper(),
+                         "pceId": platform.pce_id.hex().upper(), "tcbType": 0,
+                         "tcbEvaluationDataNumber": state.tcb_evaluation_data_number, "tcbLevels": levels})
+        return text, _raw_signature(self._signing_key(), text.encode())
+
+    def qe_identity(self, *, now: dt.datetime | float | None = None,
+                    validity: dt.timedelta = DEFAULT_VALIDITY) -> tuple[str, str]:
+        """The QE Identity (v2, the exact JSON text Intel signs) of the simulated quoting enclave, with Intel's
+        masks, and its signature (hex r||s). The QE itself is always UpToDate."""
+        self._require_pcs()
+        issued = _as_datetime(now)
+        text = _compact({
+            "id": "QE", "version": 2, "issueDate": _intel_time(issued),
+            "nextUpdate": _intel_time(issued + validity),
+            "tcbEvaluationDataNumber": self.tcb().tcb_evaluation_data_number,
+            "miscselect": SIM_QE_MISCSELECT.hex().upper(), "miscselectMask": "FFFFFFFF",
+            "attributes": SIM_QE_ATTRIBUTES.hex().upper(), "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+            "mrsigner": SIM_QE_MRSIGNER.hex().upper(), "isvprodid": SIM_QE_ISVPRODID,
+            "tcbLevels": [{"tcb": {"isvsvn": SIM_QE_SVN}, "tcbDate": SIM_QE_TCB_DATE, "tcbStatus": "UpToDate"}]})
+        return text, _raw_signature(self._signing_key(), text.encode())
+
+    def pcs_response(self, request: str, *, now: dt.datetime | float | None = None,
+                     validity: dt.timedelta = DEFAULT_VALIDITY) -> PcsResponse:
+        """What Intel's PCS v4 answers to `request`: a path with its query, relative to the API root
+        (``tcb?fmspc=5241544C5300``) or absolute (``/sgx/certification/v4/qe/identity``). Serves
+        ``tcb?fmspc=`` (TCB Info, header TCB-Info-Issuer-Chain), ``qe/identity`` (header
+        SGX-Enclave-Identity-Issuer-Chain), ``pckcrl?ca=platform[&encoding=der]`` (DER, else PEM; header
+        SGX-PCK-CRL-Issuer-Chain) and ``rootcacrl`` (hex of the DER, as a PCCS serves it); issuer chains are
+        URL-encoded PEM, signer first. An unknown path or FMSPC, or ca=processor (this CA is a Platform CA),
+        is a 404, a malformed parameter a 400, each with a plain-text message. RatlsError for a CA directory
+        without collateral (made before the simulated PCS)."""
+        self._require_pcs()
+        parts = urllib.parse.urlsplit(request)
+        path = parts.path
+        if path.startswith("/"):
+            if not path.startswith(PCS_API + "/"):
+                return _error(404, f"not found: {path} (the PCS API is under {PCS_API}/)")
+            path = path[len(PCS_API) + 1:]
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items()}
+        if path == "tcb":
+            fmspc = query.get("fmspc", "")
+            if not re.fullmatch(r"[0-9A-Fa-f]{12}", fmspc):
+                return _error(400, "fmspc must be 12 hex digits")
+            ours = self.pck_extension().fmspc.hex().upper()
+            if fmspc.upper() != ours:
+                return _error(404, f"no TCB Info for FMSPC {fmspc.upper()} (the simulated platform's is {ours})")
+            text, signature = self.tcb_info(now=now, validity=validity)
+            return self._signed(f'{{"tcbInfo":{text},"signature":"{signature}"}}', TCB_INFO_ISSUER_CHAIN)
+        if path == "qe/identity":
+            text, signature = self.qe_identity(now=now, validity=validity)
+            return self._signed(f'{{"enclaveIdentity":{text},"signature":"{signature}"}}', QE_IDENTITY_ISSUER_CHAIN)
+        if path == "pckcrl":
+            ca, encoding = query.get("ca", "").lower(), query.get("encoding", "pem").lower()
+            if ca not in ("processor", "platform") or encoding not in ("der", "pem"):
+                return _error(400, "ca must be processor or platform, encoding der (or absent, for PEM)")
+            if ca != PCK_CA_KIND:
+                return _error(404, f"no PCK CRL for ca={ca}: the simulated PCK certificates are issued by a "
+                              f"{PCK_CA_KIND.capitalize()} CA")
+            crl = (self.path / "pck_crl.der").read_bytes()
+            headers = {PCK_CRL_ISSUER_CHAIN: urllib.parse.quote(self._chain("pck_ca.crt.pem"), safe="")}
+            if encoding == "der":
+                return PcsResponse(200, {"Content-Type": "application/pkix-crl", **headers}, crl)
+            pem = x509.load_der_x509_crl(crl).public_bytes(serialization.Encoding.PEM)
+            return PcsResponse(200, {"Content-Type": "application/x-pem-file", **headers}, pem)
+        if path == "rootcacrl":
+            return PcsResponse(200, {"Content-Type": "text/plain"},
+                               (self.path / "root_ca_crl.der").read_bytes().hex().encode())
+        return _error(404, f"not found: {PCS_API}/{path} (served: tcb, qe/identity, pckcrl, rootcacrl)")
+
+    def _signed(self, body: str, chain_header: str) -> PcsResponse:
+        headers = {"Content-Type": "application/json",
+                   chain_header: urllib.parse.quote(self._chain("tcb_signing.crt.pem"), safe="")}
+        return PcsResponse(200, headers, body.encode())
+
+    def collateral(self, *, now: dt.datetime | float | None = None,
+                   validity: dt.timedelta = DEFAULT_VALIDITY) -> str:
+        """The sim platform's collateral as dcap-qvl QuoteCollateralV3 JSON (what a PCCS client assembles from
+        the PCS responses; for offline use, e.g. ratls.collateral.FileCollateral)."""
+        tcb_info, tcb_signature = self.tcb_info(now=now, validity=validity)
+        qe_identity, qe_signature = self.qe_identity(now=now, validity=validity)
+        return json.dumps({
+            "pck_crl_issuer_chain": self._chain("pck_ca.crt.pem"),
+            "root_ca_crl": (self.path / "root_ca_crl.der").read_bytes().hex(),
+            "pck_crl": (self.path / "pck_crl.der").read_bytes().hex(),
+            "tcb_info_issuer_chain": self._chain("tcb_signing.crt.pem"),
+            "tcb_info": tcb_info,
+            "tcb_info_signature": tcb_signature,
+            "qe_identity_issuer_chain": self._chain("tcb_signing.crt.pem"),
+            "qe_identity": qe_identity,
+            "qe_identity_signature": qe_signature,
+        })
+
+
+def _tcb_json(state: TcbState) -> bytes:
+    return (json.dumps({"status": state.status, "advisory_ids": list(state.advisory_ids),
+                        "tcb_evaluation_data_number": state.tcb_evaluation_data_number}, indent=2) + "\n").encode()
