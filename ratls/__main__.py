@@ -1,16 +1,19 @@
-"""Command line: python -m ratls {inspect,sim-ca,measure}."""
+"""Command line: python -m ratls {inspect,sim-ca,sim-pccs,measure}."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import signal
 import sys
+import threading
 
 from ratls.errors import RatlsError, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
 from ratls.identity import measure
 from ratls.policy import TCB_STATUSES, Policy
-from ratls.simca import SimCA
+from ratls.simca import DEFAULT_VALIDITY, INTEL_TCB_STATUSES, SimCA
 
 
 def _inspection_policy(sim_root: str | None) -> Policy:
@@ -89,6 +92,40 @@ def _emit(out: dict, as_json: bool, rc: int) -> int:
     return rc
 
 
+def _sim_ca_tcb(args: argparse.Namespace) -> int:
+    ca = SimCA(args.dir)
+    if args.status is None:
+        if args.advisory:
+            raise RatlsError("--advisory needs --status")
+        state = ca.tcb()
+        verb = "is judged"
+    else:
+        state = ca.set_tcb(args.status, args.advisory)
+        verb = "will be judged, from the next collateral fetch on,"
+    print(f"the simulated platform of {ca.path} {verb} {state.status}"
+          f"{' with ' + ', '.join(state.advisory_ids) if state.advisory_ids else ''} "
+          f"(TCB evaluation data number {state.tcb_evaluation_data_number})")
+    return 0
+
+
+def _sim_pccs_serve(args: argparse.Namespace) -> int:
+    from ratls.sim_pccs import SimPCCS
+
+    if not args.validity_days > 0:
+        raise RatlsError("--validity-days must be positive")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with SimPCCS(SimCA(args.dir), host=args.host, port=args.port,
+                 validity=dt.timedelta(days=args.validity_days), verbose=args.verbose) as pccs:
+        print(f"simulated PCCS for {args.dir} at {pccs.url}", flush=True)
+        print("WARNING: simulated collateral judges simulated platforms only; it says nothing about real ones",
+              flush=True)
+        while not stop.wait(3600):
+            pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ratls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,9 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collateral", help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3) for the TCB status")
     p.add_argument("--time", type=int, help="verification time, Unix seconds (default: now)")
     p = sub.add_parser("sim-ca", help="manage a simulation CA")
-    p.add_argument("action", choices=["init"])
-    p.add_argument("dir")
-    p.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("init", help="create a simulation CA in DIR")
+    a.add_argument("dir")
+    a.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
+    a = actions.add_parser("tcb", help="set (or, without --status, show) the TCB status the sim platform is judged "
+                           "at by its collateral, from the next fetch on")
+    a.add_argument("dir")
+    a.add_argument("--status", help=f"one of {', '.join(INTEL_TCB_STATUSES)}")
+    a.add_argument("--advisory", action="append", default=[], metavar="INTEL-SA-NNNNN",
+                   help="an advisory id of that status (repeat for several)")
+    p = sub.add_parser("sim-pccs", help="serve a simulation CA's collateral as a PCCS (PCS v4 API)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("serve", help="serve until SIGINT/SIGTERM")
+    a.add_argument("dir", help="the sim-ca directory")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    a.add_argument("--port", type=int, default=0, help="port to listen on (default: any free one)")
+    a.add_argument("--validity-days", type=float, default=DEFAULT_VALIDITY.days,
+                   help=f"validity of the TCB Info and QE Identity served (default: {DEFAULT_VALIDITY.days})")
+    a.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p = sub.add_parser("measure", help="print the simulated MRENCLAVE of files/directories")
     p.add_argument("files", nargs="+")
     p.add_argument("--root", help="measure names relative to this directory")
@@ -109,12 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             return _inspect(args)
-        if args.command == "sim-ca":
+        if args.command == "sim-ca" and args.action == "init":
             ca = SimCA.init(args.dir, force=args.force)
             print(f"simulation CA created in {ca.path}")
             print(f"MRSIGNER of its signer: {ca.mrsigner.hex()}")
             print("WARNING: simulated attestation proves nothing about real enclaves; use it for development only")
             return 0
+        if args.command == "sim-ca":
+            return _sim_ca_tcb(args)
+        if args.command == "sim-pccs":
+            return _sim_pccs_serve(args)
         print(measure(args.files, args.root).hex())
         return 0
     except (RatlsError, OSError) as e:
