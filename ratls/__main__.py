@@ -97,12 +97,13 @@ def _sim_ca_tcb(args: argparse.Namespace) -> int:
     if args.status is None:
         if args.advisory:
             raise RatlsError("--advisory needs --status")
-        state = ca.tcb()
+        state = ca.tcb(platform=args.platform)
         verb = "is judged"
     else:
-        state = ca.set_tcb(args.status, args.advisory)
+        state = ca.set_tcb(args.status, args.advisory, platform=args.platform)
         verb = "will be judged, from the next collateral fetch on,"
-    print(f"the simulated platform of {ca.path} {verb} {state.status}"
+    which = "the default simulated platform" if args.platform is None else f"the simulated platform {args.platform}"
+    print(f"{which} of {ca.path} {verb} {state.status}"
           f"{' with ' + ', '.join(state.advisory_ids) if state.advisory_ids else ''} "
           f"(TCB evaluation data number {state.tcb_evaluation_data_number})")
     return 0
@@ -140,12 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     a = actions.add_parser("init", help="create a simulation CA in DIR")
     a.add_argument("dir")
     a.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
-    a = actions.add_parser("tcb", help="set (or, without --status, show) the TCB status the sim platform is judged "
+    a = actions.add_parser("tcb", help="set (or, without --status, show) the TCB status a sim platform is judged "
                            "at by its collateral, from the next fetch on")
     a.add_argument("dir")
+    a.add_argument("--platform", metavar="NAME", help="a platform made by `sim-ca platform` (default: the CA's "
+                   "default platform, the CA directory itself)")
     a.add_argument("--status", help=f"one of {', '.join(INTEL_TCB_STATUSES)}")
     a.add_argument("--advisory", action="append", default=[], metavar="INTEL-SA-NNNNN",
                    help="an advisory id of that status (repeat for several)")
+    a = actions.add_parser("platform", help="create (if needed) the sim platform NAME of the CA in DIR, a sim-ca "
+                           "directory of its own at a TCB level of its own, and print its directory")
+    a.add_argument("dir")
+    a.add_argument("name", help="[A-Za-z0-9_-], 1 to 32 characters")
     p = sub.add_parser("sim-pccs", help="serve a simulation CA's collateral as a PCCS (PCS v4 API)")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("serve", help="serve until SIGINT/SIGTERM")
@@ -167,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulation CA created in {ca.path}")
             print(f"MRSIGNER of its signer: {ca.mrsigner.hex()}")
             print("WARNING: simulated attestation proves nothing about real enclaves; use it for development only")
+            return 0
+        if args.command == "sim-ca" and args.action == "platform":
+            print(SimCA(args.dir).platform(args.name))
             return 0
         if args.command == "sim-ca":
             return _sim_ca_tcb(args)

@@ -6,7 +6,9 @@ dcap-qvl's get_collateral) fetch sim collateral exactly as they fetch Intel's.
 
 It serves, under /sgx/certification/v4/, tcb?fmspc=, qe/identity, pckcrl?ca=platform&encoding=der and rootcacrl
 (SimCA.pcs_response says how), reading the CA's TCB state on every request, so `SimCA.set_tcb` (or
-`python -m ratls sim-ca tcb`) shows in the next fetch. TCB Info and QE Identity are issued at the time of the
+`python -m ratls sim-ca tcb`) shows in the next fetch. Its TCB Info has a level for each of the CA's platforms
+(`SimCA.platform`), so one PCCS judges processes quoting through different platform directories each at its
+platform's status. TCB Info and QE Identity are issued at the time of the
 request and valid for `validity`. Plain HTTP on the loopback address by default: it is a test fixture.
 """
 

@@ -5,10 +5,17 @@ A sim-ca directory holds a root CA, a PCK CA and a PCK leaf certificate (P-256, 
 carries Intel's SGX extension with the platform's FMSPC and TCB SVNs), the quoting enclave's attestation key, and
 the RSA-3072 enclave signing key whose modulus gives MRSIGNER (as in SGX). For TCB evaluation it also holds a TCB
 signing certificate and key (which sign TCB Info and QE Identity, as Intel's "TCB Signing" certificate does), the
-root CA and PCK CA CRLs, and the TCB state (tcb.json: the status the platform is judged at and its advisories;
-`SimCA.set_tcb`, `python -m ratls sim-ca tcb`). `SimCA.pcs_response` answers the PCS v4 API exactly as Intel's
-PCS does (ratls.sim_pccs serves it over HTTP), and `SimCA.collateral` gives the same as a dcap-qvl
-QuoteCollateralV3 JSON, so sim quotes go through the very evaluation real ones do.
+root CA and PCK CA CRLs, the PCK CA's key (which issues further platforms), and the TCB state (tcb.json: the
+status each platform is judged at and its advisories; `SimCA.set_tcb`, `python -m ratls sim-ca tcb`).
+`SimCA.pcs_response` answers the PCS v4 API exactly as Intel's PCS does (ratls.sim_pccs serves it over HTTP), and
+`SimCA.collateral` gives the same as a dcap-qvl QuoteCollateralV3 JSON, so sim quotes go through the very
+evaluation real ones do.
+
+A CA directory is itself a platform, the default one. `SimCA.platform(name)` adds more, each in
+platforms/<name>/, a complete sim-ca directory for the quoting library (same root, PCK CA, MRSIGNER and
+attestation key; its own PCK key and a PCK certificate at a TCB level of its own, below the default's), so
+processes quoting through different platform directories are judged, by the one TCB Info of the CA, each at its
+platform's status.
 
 It is for development and tests: its keys are on disk, so its evidence proves nothing about a real enclave, and
 verifiers accept it only under a policy that names its root and says allow_simulated.
@@ -16,15 +23,18 @@ verifiers accept it only under a policy that names its root and says allow_simul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -80,6 +90,14 @@ _FILES = ("root.crt.pem", "pck_ca.crt.pem", "pck.crt.pem", "pck.key.pem", "attes
 _PCS_FILES = ("tcb_signing.crt.pem", "tcb_signing.key.pem", "root_ca_crl.der", "pck_crl.der", "tcb.json")
 """Made by `init` since the simulated PCS; a CA directory without them still makes quotes, but has no
 collateral."""
+_PCK_CA_KEY = "pck_ca.key.pem"
+"""Kept by `init` since sim platforms: without it a CA directory cannot issue further platforms."""
+PLATFORMS_DIR = "platforms"
+_PLATFORM_MARKER = "platform.json"
+"""In a platform directory: its name (so SimCA can tell a platform directory from a CA directory)."""
+_PLATFORM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_LEVEL_SPACING = dt.timedelta(days=30)
+"""How much older each TCB level below the default platform's is dated (tcbDate)."""
 
 # Intel's SGX extension of PCK certificates, 1.2.840.113741.1.13.1 (Intel's PCK certificate and CRL profile).
 SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
@@ -338,7 +356,7 @@ def validate_tcb(status: str, advisory_ids: Sequence[str] = ()) -> tuple[str, tu
 
 @dataclasses.dataclass(frozen=True)
 class TcbState:
-    """The TCB status the sim platform is judged at (tcb.json)."""
+    """The TCB status a sim platform is judged at (tcb.json)."""
 
     status: str
     advisory_ids: tuple[str, ...]
@@ -372,10 +390,12 @@ class SimCA:
     def init(cls, path: str | os.PathLike, *, force: bool = False) -> SimCA:
         """Creates a new simulation CA in `path` (created if needed; refuses to overwrite one unless force)."""
         path = Path(path)
-        if not force and any((path / f).exists() for f in _FILES + _PCS_FILES):
+        if not force and any((path / f).exists() for f in _FILES + _PCS_FILES + (_PCK_CA_KEY, PLATFORMS_DIR)):
             raise RatlsError(f"{path} already holds a sim CA; pass force=True (--force) to replace it")
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         _check_private_directory(path)
+        if (path / PLATFORMS_DIR).is_dir() and not (path / PLATFORMS_DIR).is_symlink():
+            shutil.rmtree(path / PLATFORMS_DIR)  # platforms of the CA replaced: their chains end in its old root
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         root_key = ec.generate_private_key(ec.SECP256R1())
         pck_ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -399,20 +419,22 @@ class SimCA:
             "pck_ca.crt.pem": pck_ca.public_bytes(pem),
             "pck.crt.pem": pck.public_bytes(pem),
             "pck.key.pem": _pem_key(pck_key),
+            _PCK_CA_KEY: _pem_key(pck_ca_key),
             "attestation.key.pem": _pem_key(attestation_key),
             "signer.key.pem": _pem_key(signer_key),
             "tcb_signing.crt.pem": tcb_signing.public_bytes(pem),
             "tcb_signing.key.pem": _pem_key(tcb_signing_key),
             "root_ca_crl.der": _crl(root, root_key, now=now),
             "pck_crl.der": _crl(pck_ca, pck_ca_key, now=now),
-            "tcb.json": _tcb_json(TcbState("UpToDate", (), 1)),
+            "tcb.json": _tcb_json(_TcbDoc(("UpToDate", ()), 1, {})),
         }
         for name, data in outputs.items():
             fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(fd, 0o600)  # O_CREAT's mode applies to new files only: --force over 0644 keys too
                 f.write(data)
-        # The root and PCK CA keys are not kept: nothing can issue further certificates or CRLs under this root.
+        # The root key is not kept: nothing can issue further CAs or root CRLs under this root. The PCK CA key is,
+        # for further platforms' PCK certificates.
         return cls(path)
 
     @property
@@ -433,6 +455,13 @@ class SimCA:
     # --- The simulated PCS -------------------------------------------------------------------------------------
 
     def _require_pcs(self) -> None:
+        marker = self.path / _PLATFORM_MARKER
+        if marker.is_file():
+            ca = self.path.parent.parent
+            raise RatlsError(f"{self.path} is a platform directory of the sim CA {ca}: it makes quotes, but its TCB "
+                             f"state and collateral are the CA's (SimCA({str(ca)!r}), with "
+                             f"platform={self.path.name!r}; `python -m ratls sim-ca tcb {ca} --platform "
+                             f"{self.path.name}`)")
         missing = [f for f in _PCS_FILES if not (self.path / f).is_file()]
         if missing:
             raise RatlsError(f"{self.path} is a sim CA made before the simulated Intel PCS (it lacks "
@@ -440,36 +469,178 @@ class SimCA:
                              f"`python -m ratls sim-ca init --force {self.path}` (new keys: re-create the "
                              "identities and policies that name its root too)")
 
-    def pck_extension(self) -> PckExtension:
-        """The SGX extension of the sim platform's PCK certificate (its FMSPC, TCB component SVNs, PCESVN...)."""
-        self._require_pcs()
-        return pck_extension(x509.load_pem_x509_certificate((self.path / "pck.crt.pem").read_bytes()))
+    # --- Platforms ---------------------------------------------------------------------------------------------
 
-    def tcb(self) -> TcbState:
-        """The TCB state the sim platform is judged at (tcb.json)."""
+    def _platform_dir(self, name: str) -> Path:
+        if not isinstance(name, str) or not _PLATFORM_NAME.fullmatch(name):
+            raise RatlsError(f"invalid sim platform name {name!r}: 1 to 32 characters of A-Z, a-z, 0-9, _ and -")
+        return self.path / PLATFORMS_DIR / name
+
+    def _existing_platform(self, name: str) -> Path:
+        path = self._platform_dir(name)
+        if not (path / _PLATFORM_MARKER).is_file():
+            known = ", ".join(self.platforms()) or "none"
+            raise RatlsError(f"the sim CA {self.path} has no platform {name!r} (its platforms: {known}); create "
+                             f"it with SimCA.platform({name!r}) or `python -m ratls sim-ca platform {self.path} "
+                             f"{name}`")
+        return path
+
+    def platforms(self) -> list[str]:
+        """The names of the platforms created in this CA (besides the default one, the CA directory itself)."""
+        parent = self.path / PLATFORMS_DIR
+        if not parent.is_dir():
+            return []
+        return sorted(p.name for p in parent.iterdir()
+                      if _PLATFORM_NAME.fullmatch(p.name) and (p / _PLATFORM_MARKER).is_file())
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialises the CA's read-modify-writes (tcb.json, platform creation) across processes: an exclusive
+        flock on the CA directory itself (no lock file)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def platform(self, name: str) -> Path:
+        """The directory of the sim platform `name` (platforms/<name>/; [A-Za-z0-9_-]{1,32}), created on first
+        use: a complete sim-ca directory for the quoting library (`Identity.create("sim", sim_ca=...)`; as a
+        policy's sim_root it names the same root as the CA). Its PCK certificate, issued by the CA's PCK CA to
+        a new key, has the default platform's FMSPC and layout but a TCB level of its own, below the default
+        platform's and every other's (so each platform matches exactly its own level of the TCB Info); it is
+        judged UpToDate until `set_tcb(..., platform=name)`. The same name again gives the same directory.
+        RatlsError for a CA made before platforms (no PCK CA key) or when no lower TCB level is left."""
+        target = self._platform_dir(name)
+        self._require_pcs()
+        if (target / _PLATFORM_MARKER).is_file():
+            return target
+        if not (self.path / _PCK_CA_KEY).is_file():
+            raise RatlsError(f"{self.path} is a sim CA made before sim platforms (it lacks {_PCK_CA_KEY}), so it "
+                             f"cannot issue a platform's PCK certificate: re-create it with "
+                             f"`python -m ratls sim-ca init --force {self.path}` (new keys: re-create the "
+                             "identities and policies that name its root too)")
+        with self._locked():
+            if (target / _PLATFORM_MARKER).is_file():  # made by another process meanwhile
+                return target
+            if target.exists() or target.is_symlink():
+                raise RatlsError(f"{target} exists but is not a sim platform directory: remove it")
+            parent = self.path / PLATFORMS_DIR
+            parent.mkdir(mode=0o700, exist_ok=True)
+            _check_private_directory(parent)
+            components = self._free_level()
+            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))  # mode 0700
+            try:
+                self._issue_platform(tmp, name, components)
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            # A new level in the TCB Info: newer collateral, as Intel's number says.
+            doc = self._read_tcb()
+            _write_private(self.path / "tcb.json", _tcb_json(_TcbDoc(
+                doc.default, doc.number + 1, {**doc.platforms, name: ("UpToDate", ())})))
+        return target
+
+    def _free_level(self) -> tuple[int, ...]:
+        """The highest TCB level below the default platform's that no platform has: the default's components
+        lowered by k units (k = 1, 2, ...), each unit from the last component above 0. These levels form a chain
+        (each is component-wise below the one before), so a platform is >= its own level and below every
+        higher one, in any verifier's walk of the levels."""
+        default = self.pck_extension().components
+        taken = {self.pck_extension(n).components for n in self.platforms()}
+        level = list(default)
+        for _ in range(sum(default)):
+            level[max(i for i, c in enumerate(level) if c)] -= 1
+            if tuple(level) not in taken:
+                return tuple(level)
+        raise RatlsError(f"the sim CA {self.path} has no TCB level left for another platform (it has "
+                         f"{len(taken)}: at most {sum(default)}, the sum of the default platform's TCB components)")
+
+    def _issue_platform(self, path: Path, name: str, components: tuple[int, ...]) -> None:
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        pck_ca_key = serialization.load_pem_private_key((self.path / _PCK_CA_KEY).read_bytes(), None)
+        default = self.pck_extension()
+        key = ec.generate_private_key(ec.SECP256R1())
+        sgx = sgx_extension(ppid=os.urandom(16), components=components, pce_svn=default.pce_svn,
+                            pce_id=default.pce_id, fmspc=default.fmspc, sgx_type=default.sgx_type,
+                            platform_instance_id=None if default.platform_instance_id is None else os.urandom(16),
+                            configuration=default.configuration)
+        pck = _cert(PCK_CN, key, PCK_CA_CN, pck_ca_key, ca=False, path_len=None, years=7, now=now,
+                    extra=[x509.UnrecognizedExtension(_SGX_EXT, sgx)])
+        outputs = {
+            "root.crt.pem": self.root_pem,
+            "pck_ca.crt.pem": (self.path / "pck_ca.crt.pem").read_bytes(),
+            "pck.crt.pem": pck.public_bytes(serialization.Encoding.PEM),
+            "pck.key.pem": _pem_key(key),
+            "attestation.key.pem": (self.path / "attestation.key.pem").read_bytes(),
+            "signer.key.pem": (self.path / "signer.key.pem").read_bytes(),
+            _PLATFORM_MARKER: (json.dumps({"name": name}) + "\n").encode(),
+        }
+        for file, data in outputs.items():
+            fd = os.open(path / file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+
+    # --- The simulated PCS -------------------------------------------------------------------------------------
+
+    def pck_extension(self, platform: str | None = None) -> PckExtension:
+        """The SGX extension of a sim platform's PCK certificate (its FMSPC, TCB component SVNs, PCESVN...):
+        the default platform's, or that of `platform`."""
+        self._require_pcs()
+        path = self.path if platform is None else self._existing_platform(platform)
+        return pck_extension(x509.load_pem_x509_certificate((path / "pck.crt.pem").read_bytes()))
+
+    def _read_tcb(self) -> _TcbDoc:
         self._require_pcs()
         file = self.path / "tcb.json"
         try:
             doc = json.loads(file.read_text())
-            status, ids = validate_tcb(doc["status"], doc["advisory_ids"])
+            default = validate_tcb(doc["status"], doc["advisory_ids"])
             number = doc["tcb_evaluation_data_number"]
-            if not isinstance(number, int) or number < 1:
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
                 raise ValueError("tcb_evaluation_data_number must be a positive integer")
-        except (ValueError, KeyError, TypeError) as e:
+            platforms = {}
+            for name, entry in (doc.get("platforms") or {}).items():  # absent in tcb.json before platforms
+                if not _PLATFORM_NAME.fullmatch(name):
+                    raise ValueError(f"invalid platform name {name!r}")
+                platforms[name] = validate_tcb(entry["status"], entry["advisory_ids"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise RatlsError(f"{file} is not a valid TCB state ({e}); set one with "
                              f"`python -m ratls sim-ca tcb {self.path} --status UpToDate`") from None
-        return TcbState(status, ids, number)
+        return _TcbDoc(default, number, platforms)
 
-    def set_tcb(self, status: str, advisory_ids: Sequence[str] = ()) -> TcbState:
-        """Sets the TCB status (one of INTEL_TCB_STATUSES) and advisory ids (INTEL-SA-NNNNN) the sim platform is
-        judged at from the next collateral on; RatlsError if either is invalid. Returns the new state."""
+    def tcb(self, platform: str | None = None) -> TcbState:
+        """The TCB state a sim platform is judged at (tcb.json): the default platform's, or that of `platform`
+        (RatlsError if the CA has none of that name)."""
+        doc = self._read_tcb()
+        if platform is None:
+            return TcbState(*doc.default, doc.number)
+        self._existing_platform(platform)
+        return TcbState(*doc.platforms.get(platform, ("UpToDate", ())), doc.number)
+
+    def set_tcb(self, status: str, advisory_ids: Sequence[str] = (), *, platform: str | None = None) -> TcbState:
+        """Sets the TCB status (one of INTEL_TCB_STATUSES) and advisory ids (INTEL-SA-NNNNN) a sim platform (the
+        default one, or `platform`) is judged at from the next collateral on; RatlsError if either is invalid
+        or there is no such platform. Returns the new state."""
         try:
             canonical, ids = validate_tcb(status, advisory_ids)
         except ValueError as e:
             raise RatlsError(str(e)) from None
-        state = TcbState(canonical, ids, self.tcb().tcb_evaluation_data_number + 1)
-        _write_private(self.path / "tcb.json", _tcb_json(state))
-        return state
+        self._require_pcs()
+        if platform is not None:
+            self._existing_platform(platform)
+        with self._locked():
+            doc = self._read_tcb()
+            if platform is None:
+                new = _TcbDoc((canonical, ids), doc.number + 1, doc.platforms)
+            else:
+                new = _TcbDoc(doc.default, doc.number + 1, {**doc.platforms, platform: (canonical, ids)})
+            _write_private(self.path / "tcb.json", _tcb_json(new))
+        return TcbState(canonical, ids, new.number)
 
     def _signing_key(self) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_pem_private_key((self.path / "tcb_signing.key.pem").read_bytes(), None)
@@ -482,25 +653,36 @@ class SimCA:
 
     def tcb_info(self, *, now: dt.datetime | float | None = None,
                  validity: dt.timedelta = DEFAULT_VALIDITY) -> tuple[str, str]:
-        """The TCB Info (v3, the exact JSON text Intel signs) of the sim platform and its signature (hex r||s).
-        Its level for the platform's own SVNs carries the TCB state's status and advisories; below any other
-        status than UpToDate, a newer UpToDate level comes first, as in Intel's lists."""
-        state, platform, issued = self.tcb(), self.pck_extension(), _as_datetime(now)
-        own: dict = {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in platform.components],
-                             "pcesvn": platform.pce_svn},
-                     "tcbDate": SIM_PLATFORM_TCB_DATE, "tcbStatus": state.status}
-        if state.advisory_ids:
-            own["advisoryIDs"] = list(state.advisory_ids)
-        levels = [own]
-        if state.status != "UpToDate":
-            newer = [min(c + 1, 255) if i < 2 else c for i, c in enumerate(platform.components)]
+        """The TCB Info (v3, the exact JSON text Intel signs) of the sim platforms and its signature (hex r||s).
+        It has one level per platform (the default and every created one), at that platform's own SVNs, with
+        its status and advisories, highest first as Intel orders them (component SVNs, then PCESVN); a level
+        is dated a month earlier per unit below the default's. When the highest is not UpToDate, a newer
+        UpToDate level comes first, as in Intel's lists."""
+        doc, issued = self._read_tcb(), _as_datetime(now)
+        default = self.pck_extension()
+        platforms = [(default, doc.default)] + [(self.pck_extension(n), doc.platforms.get(n, ("UpToDate", ())))
+                                                for n in self.platforms()]
+        platforms.sort(key=lambda p: (p[0].components, p[0].pce_svn), reverse=True)
+        base = dt.datetime.strptime(SIM_PLATFORM_TCB_DATE, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        levels = []
+        for ext, (status, ids) in platforms:
+            below = max(sum(default.components) - sum(ext.components), 0)
+            level: dict = {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in ext.components],
+                                   "pcesvn": ext.pce_svn},
+                           "tcbDate": _intel_time(base - below * _LEVEL_SPACING), "tcbStatus": status}
+            if ids:
+                level["advisoryIDs"] = list(ids)
+            levels.append(level)
+        top = platforms[0][0]
+        if levels[0]["tcbStatus"] != "UpToDate":
+            newer = [min(c + 1, 255) if i < 2 else c for i, c in enumerate(top.components)]
             levels.insert(0, {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in newer],
-                                      "pcesvn": platform.pce_svn + 1},
+                                      "pcesvn": top.pce_svn + 1},
                               "tcbDate": SIM_NEWER_TCB_DATE, "tcbStatus": "UpToDate"})
         text = _compact({"id": "SGX", "version": 3, "issueDate": _intel_time(issued),
-                         "nextUpdate": _intel_time(issued + validity), "fmspc": platform.fmspc.hex().upper(),
-                         "pceId": platform.pce_id.hex().upper(), "tcbType": 0,
-                         "tcbEvaluationDataNumber": state.tcb_evaluation_data_number, "tcbLevels": levels})
+                         "nextUpdate": _intel_time(issued + validity), "fmspc": default.fmspc.hex().upper(),
+                         "pceId": default.pce_id.hex().upper(), "tcbType": 0,
+                         "tcbEvaluationDataNumber": doc.number, "tcbLevels": levels})
         return text, _raw_signature(self._signing_key(), text.encode())
 
     def qe_identity(self, *, now: dt.datetime | float | None = None,
@@ -591,6 +773,19 @@ class SimCA:
         })
 
 
-def _tcb_json(state: TcbState) -> bytes:
-    return (json.dumps({"status": state.status, "advisory_ids": list(state.advisory_ids),
-                        "tcb_evaluation_data_number": state.tcb_evaluation_data_number}, indent=2) + "\n").encode()
+class _TcbDoc(NamedTuple):
+    """tcb.json: the default platform's (status, advisory ids), the TCB evaluation data number, and the other
+    platforms' (status, advisory ids) by name."""
+
+    default: tuple[str, tuple[str, ...]]
+    number: int
+    platforms: dict[str, tuple[str, tuple[str, ...]]]
+
+
+def _tcb_json(doc: _TcbDoc) -> bytes:
+    # The default platform's state stays at the top, as in the single-platform form (which still reads).
+    return (json.dumps({"status": doc.default[0], "advisory_ids": list(doc.default[1]),
+                        "tcb_evaluation_data_number": doc.number,
+                        "platforms": {name: {"status": status, "advisory_ids": list(ids)}
+                                      for name, (status, ids) in sorted(doc.platforms.items())}},
+                       indent=2) + "\n").encode()

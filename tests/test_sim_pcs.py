@@ -328,3 +328,219 @@ def test_sim_pccs_serve_cli_serves_until_sigterm(platform):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert err == ""  # quiet: no per-request lines
+
+
+# --- Several platforms per CA, each judged at its own TCB status ---------------------------------------------------
+
+def quote_through(sim_ca, app) -> tuple[bytes, bytes]:
+    """The certificate (DER) and quote of an identity made through a sim-ca (or platform) directory."""
+    identity = ratls.Identity.create("sim", sim_ca=sim_ca, measured_files=[app], measure_root=app)
+    return identity.certificate_der, ratls.inspect_certificate(identity.certificate_der).quote
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """A sim CA with two platforms besides its default, and a certificate and quote made through each."""
+    ca = SimCA.init(tmp_path_factory.mktemp("fleet") / "ca")
+    app = tmp_path_factory.mktemp("fleet-app")
+    (app / "worker.py").write_text("print('one of several workers')\n")
+    dirs = {None: ca.path, "alpha": ca.platform("alpha"), "beta": ca.platform("beta")}
+    return ca, {name: quote_through(path, app) for name, path in dirs.items()}
+
+
+@pytest.mark.parametrize("statuses", [
+    {None: ("UpToDate", ()), "alpha": ("OutOfDate", ADVISORIES[:1]), "beta": ("SWHardeningNeeded", ADVISORIES)},
+    {None: ("OutOfDate", ADVISORIES), "alpha": ("UpToDate", ()), "beta": ("ConfigurationNeeded", ADVISORIES[1:])},
+    {None: ("ConfigurationAndSWHardeningNeeded", ADVISORIES[:1]), "alpha": ("Revoked", ADVISORIES),
+     "beta": ("UpToDate", ())},
+], ids=["default-up-to-date", "default-out-of-date", "one-revoked"])
+def test_each_platform_is_judged_at_its_own_status(fleet, statuses):
+    ca, certs = fleet
+    for name, (status, advisories) in statuses.items():
+        ca.set_tcb(status, advisories, platform=name)
+    for name, (status, advisories) in statuses.items():
+        assert (ca.tcb(name).status, ca.tcb(name).advisory_ids) == (status, advisories)
+    collateral = ca.collateral()
+    for name, (status, advisories) in statuses.items():
+        quote = certs[name][1]
+        if status == "Revoked":
+            with pytest.raises(ValueError, match="TCB status is invalid: Revoked"):
+                verify(ca, quote, collateral)
+            continue
+        report = verify(ca, quote, collateral)
+        assert (name, report.status, list(report.advisory_ids)) == (name, status, list(advisories))
+
+    # One level per platform, highest first (component SVNs, then PCESVN, as Intel orders them), older dates
+    # below; a newer UpToDate level on top when the default (the highest platform) is not UpToDate.
+    levels = json.loads(json.loads(collateral)["tcb_info"])["tcbLevels"]
+    keys = [([c["svn"] for c in lv["tcb"]["sgxtcbcomponents"]], lv["tcb"]["pcesvn"]) for lv in levels]
+    assert keys == sorted(keys, reverse=True) and len(set(map(str, keys))) == len(keys)
+    assert [lv["tcbDate"] for lv in levels] == sorted((lv["tcbDate"] for lv in levels), reverse=True)
+    newer = statuses[None][0] != "UpToDate"
+    assert len(levels) == 3 + newer
+    own = levels[newer:]
+    for level, name in zip(own, (None, "alpha", "beta"), strict=True):
+        ext = ca.pck_extension(name)
+        assert keys[levels.index(level)] == (list(ext.components), ext.pce_svn)
+        assert (level["tcbStatus"], tuple(level.get("advisoryIDs", ()))) == statuses[name]
+    if newer:
+        assert levels[0]["tcbStatus"] == "UpToDate" and levels[0]["tcb"]["pcesvn"] > SIM_PCE_SVN
+
+
+def test_platforms_are_lower_distinct_levels_of_one_fmspc(fleet):
+    ca, _ = fleet
+    default, alpha, beta = (ca.pck_extension(n) for n in (None, "alpha", "beta"))
+    assert ca.platforms() == ["alpha", "beta"]
+    for ext in (alpha, beta):
+        assert (ext.fmspc, ext.pce_id, ext.pce_svn, ext.sgx_type, ext.configuration) == \
+            (default.fmspc, default.pce_id, default.pce_svn, default.sgx_type, default.configuration)
+        assert ext.cpu_svn == bytes(ext.components)
+    # A chain: each component-wise at or below the one before, and lower in at least one.
+    for high, low in ((default, alpha), (alpha, beta)):
+        assert all(h >= low_ for h, low_ in zip(high.components, low.components, strict=True))
+        assert high.components != low.components
+    assert len({default.ppid, alpha.ppid, beta.ppid}) == 3
+    assert len({default.platform_instance_id, alpha.platform_instance_id, beta.platform_instance_id}) == 3
+
+
+def test_a_platform_directory_is_a_sim_ca_of_the_same_root(fleet):
+    ca, certs = fleet
+    alpha = ca.platform("alpha")
+    for name in ("root.crt.pem", "pck_ca.crt.pem", "signer.key.pem", "attestation.key.pem"):
+        assert (alpha / name).read_bytes() == (ca.path / name).read_bytes(), name
+    assert (alpha / "pck.key.pem").read_bytes() != (ca.path / "pck.key.pem").read_bytes()
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in alpha.iterdir()} == {0o600}
+    assert stat.S_IMODE(os.stat(alpha).st_mode) == 0o700
+    assert SimCA(alpha).mrsigner == ca.mrsigner  # same MRSIGNER, so one policy fits every worker
+    ca.set_tcb("UpToDate")
+    ca.set_tcb("OutOfDate", ADVISORIES[:1], platform="beta")
+    collateral = ca.collateral()
+    # A platform directory as a policy's sim_root names the CA's root: it accepts the CA's other platforms.
+    policy = ratls.Policy(sim_root=alpha, allow_simulated=True, mrsigner=ca.mrsigner,
+                          allowed_tcb_statuses=ratls.TCB_STATUSES)
+    for name, status in ((None, "UpToDate"), ("beta", "OutOfDate")):
+        evidence = ratls.verify_certificate(certs[name][0], policy, collateral=collateral)
+        assert (evidence.provider, evidence.tcb_status) == ("sim", status)
+    # Its TCB state and collateral are the CA's: asking the platform directory says where they are.
+    with pytest.raises(ratls.RatlsError, match=r"platform directory of the sim CA .*platform='alpha'"):
+        SimCA(alpha).tcb()
+
+
+def test_the_same_name_twice_is_the_same_platform(fleet):
+    ca, _ = fleet
+    before = (ca.path / "platforms" / "alpha" / "pck.crt.pem").read_bytes()
+    number = ca.tcb().tcb_evaluation_data_number
+    assert ca.platform("alpha") == ca.path / "platforms" / "alpha"
+    assert SimCA(ca.path).platform("alpha") == ca.path / "platforms" / "alpha"
+    assert (ca.path / "platforms" / "alpha" / "pck.crt.pem").read_bytes() == before
+    assert ca.tcb().tcb_evaluation_data_number == number  # nothing changed
+    assert ca.platforms() == ["alpha", "beta"]
+
+
+@pytest.mark.parametrize("name", ["", "a" * 33, "../x", "a/b", "a b", ".hidden", "caf\u00e9", None])
+def test_bad_platform_names_are_refused(fleet, name):
+    ca, _ = fleet
+    with pytest.raises(ratls.RatlsError, match="invalid sim platform name"):
+        ca.platform(name)
+    if name is not None:  # platform=None is the default platform
+        with pytest.raises(ratls.RatlsError, match="invalid sim platform name"):
+            ca.set_tcb("OutOfDate", platform=name)
+
+
+def test_an_unknown_platform_is_an_error(fleet, capsys):
+    ca, _ = fleet
+    for ask in (lambda: ca.set_tcb("OutOfDate", platform="gamma"), lambda: ca.tcb("gamma"),
+                lambda: ca.pck_extension("gamma")):
+        with pytest.raises(ratls.RatlsError, match=r"has no platform 'gamma' \(its platforms: alpha, beta\)"):
+            ask()
+    assert not (ca.path / "platforms" / "gamma").exists()
+    assert main(["sim-ca", "tcb", str(ca.path), "--platform", "gamma", "--status", "OutOfDate"]) == 2
+    assert "no platform 'gamma'" in capsys.readouterr().err
+    assert main(["sim-ca", "tcb", str(ca.path), "--platform", "gamma"]) == 2
+
+
+def test_cli_platform_and_tcb_per_platform(tmp_path, capsys):
+    ca = SimCA.init(tmp_path / "ca")
+    assert main(["sim-ca", "platform", str(ca.path), "w1"]) == 0
+    assert capsys.readouterr().out.strip() == str(ca.path / "platforms" / "w1")
+    assert main(["sim-ca", "platform", str(ca.path), "w1"]) == 0  # again: the same directory
+    assert capsys.readouterr().out.strip() == str(ca.path / "platforms" / "w1")
+    assert ca.tcb("w1").status == "UpToDate"  # a new platform starts UpToDate
+    assert main(["sim-ca", "tcb", str(ca.path), "--platform", "w1", "--status", "OutOfDate",
+                 "--advisory", "INTEL-SA-00615"]) == 0
+    assert "platform w1 of" in capsys.readouterr().out
+    assert (ca.tcb("w1").status, ca.tcb("w1").advisory_ids) == ("OutOfDate", ("INTEL-SA-00615",))
+    assert ca.tcb().status == "UpToDate"  # the default platform is untouched
+    assert main(["sim-ca", "tcb", str(ca.path), "--platform", "w1"]) == 0
+    assert "is judged OutOfDate with INTEL-SA-00615" in capsys.readouterr().out
+    assert main(["sim-ca", "tcb", str(ca.path), "--status", "SWHardeningNeeded"]) == 0
+    assert "the default simulated platform" in capsys.readouterr().out
+    assert (ca.tcb().status, ca.tcb("w1").status) == ("SWHardeningNeeded", "OutOfDate")
+    assert main(["sim-ca", "platform", str(ca.path), "no/slash"]) == 2
+    assert "invalid sim platform name" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_creation_does_not_corrupt(tmp_path):
+    ca = SimCA.init(tmp_path / "ca")
+    names = ["p1", "p2", "p3"] * 2
+    procs = [subprocess.Popen([sys.executable, "-m", "ratls", "sim-ca", "platform", str(ca.path), name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(names), outs
+    assert [out.strip() for out, _ in outs] == [str(ca.path / "platforms" / n) for n in names]
+    assert ca.platforms() == ["p1", "p2", "p3"]
+    assert sorted(os.listdir(ca.path / "platforms")) == ["p1", "p2", "p3"]  # no temporary directory left
+    levels = {ca.pck_extension(n).components for n in (None, "p1", "p2", "p3")}
+    assert len(levels) == 4
+    assert set(json.loads((ca.path / "tcb.json").read_text())["platforms"]) == {"p1", "p2", "p3"}
+    assert len(json.loads(json.loads(ca.collateral())["tcb_info"])["tcbLevels"]) == 4
+
+
+def test_a_ca_made_before_platforms_says_to_recreate_it(tmp_path, capsys):
+    ca = SimCA.init(tmp_path / "old")
+    (ca.path / "pck_ca.key.pem").unlink()
+    with pytest.raises(ratls.RatlsError, match=r"made before sim platforms .*pck_ca\.key\.pem.*sim-ca init --force"):
+        ca.platform("w1")
+    assert main(["sim-ca", "platform", str(ca.path), "w1"]) == 2
+    assert "sim-ca init --force" in capsys.readouterr().err
+    assert not (ca.path / "platforms").exists()
+    assert ca.collateral()  # otherwise still a CA with collateral
+    # init --force re-creates it, platforms gone with the old root.
+    SimCA.init(ca.path, force=True).platform("w1")
+    fresh = SimCA.init(ca.path, force=True)
+    assert fresh.platforms() == [] and stat.S_IMODE(os.stat(ca.path / "pck_ca.key.pem").st_mode) == 0o600
+
+
+def test_a_single_state_tcb_json_still_reads(tmp_path):
+    ca = SimCA.init(tmp_path / "ca")
+    (ca.path / "tcb.json").write_text(json.dumps({"status": "OutOfDate", "advisory_ids": ["INTEL-SA-00615"],
+                                                  "tcb_evaluation_data_number": 7}))
+    assert ca.tcb() == ratls.simca.TcbState("OutOfDate", ("INTEL-SA-00615",), 7)
+    levels = json.loads(ca.tcb_info()[0])["tcbLevels"]
+    assert [lv["tcbStatus"] for lv in levels] == ["UpToDate", "OutOfDate"]
+    ca.platform("w1")
+    assert ca.tcb("w1").status == "UpToDate" and ca.tcb().status == "OutOfDate"
+    assert ca.tcb().tcb_evaluation_data_number == 8  # a new level is newer TCB Info
+    state = ca.set_tcb("Revoked", platform="w1")
+    assert state == ca.tcb("w1") and state.tcb_evaluation_data_number == 9
+
+
+def test_platforms_until_no_lower_level_is_left(tmp_path):
+    ca = SimCA.init(tmp_path / "ca")
+    count = sum(SIM_TCB_COMPONENTS)  # each platform is at least one unit below the one above
+    for i in range(count):
+        ca.platform(f"w{i}")
+    lowest = ca.pck_extension(f"w{count - 1}")
+    assert lowest.components == (0,) * 16 and lowest.pce_svn == SIM_PCE_SVN
+    with pytest.raises(ratls.RatlsError, match="no TCB level left for another platform"):
+        ca.platform("one-more")
+    ca.set_tcb("OutOfDateConfigurationNeeded", ADVISORIES, platform=f"w{count - 1}")
+    ca.set_tcb("SWHardeningNeeded", platform=f"w{count - 2}")
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("pass\n")
+    for name, status in ((f"w{count - 1}", "OutOfDateConfigurationNeeded"), (f"w{count - 2}", "SWHardeningNeeded"),
+                         ("w0", "UpToDate")):
+        report = verify(ca, quote_through(ca.platform(name), app)[1], ca.collateral())
+        assert report.status == status, name
