@@ -85,7 +85,7 @@ class AttestationEndpoint:
         out = ffi.new("ratls_attest_server **")
         key, cert = identity.private_key_der, identity.certificate_der
         check_call(lib.ratls_attest_server_start, policy._native, key, len(key), cert, len(cert), host.encode(), port,
-                   limits, out, error=RatlsError)
+                   limits, ffi.NULL, out, error=RatlsError)
         self._ptr = out[0]
         self.port: int = lib.ratls_attest_server_port(self._ptr)
         self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy)
@@ -128,15 +128,15 @@ class AttestationEndpoint:
 
 def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float) -> Attested:
     """Client side: the mutual RA-TLS handshake with a server's attestation port. Raises VerificationError:
-    the server's certificate failed our policy (its reason), the server refused ours (HANDSHAKE), or the port
-    did not answer (IO, TIMEOUT)."""
+    the server's certificate failed our policy (its reason), the server refused ours (HANDSHAKE; the message
+    names the server's reason), or the port did not answer (IO, TIMEOUT)."""
     key, cert = identity.private_key_der, identity.certificate_der
     peer = ffi.new("uint8_t **")
     n = ffi.new("size_t *")
     ev = ffi.new("ratls_evidence *")
     ttl = ffi.new("uint32_t *")
     check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), host.encode(), port,
-               max(1, int(timeout * 1000)), peer, n, ev, ttl)
+               max(1, int(timeout * 1000)), ffi.NULL, peer, n, ev, ttl)
     try:
         return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
     finally:

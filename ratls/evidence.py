@@ -123,6 +123,11 @@ def _time(ts: int) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC) if ts else None
 
 
+def _advisories(text: bytes) -> tuple[str, ...]:
+    """ratls_evidence.advisory_ids: comma-separated advisory ids, empty without collateral."""
+    return tuple(a for a in (p.strip() for p in text.decode("utf-8", "replace").split(",")) if a)
+
+
 @dataclass(frozen=True)
 class Evidence(_JsonMixin):
     """What verification established about a peer. `provider` is "sgx" when the quote chains to the trusted
@@ -164,7 +169,8 @@ class Evidence(_JsonMixin):
             mrenclave=bytes(ev.mrenclave), mrsigner=bytes(ev.mrsigner), isv_prod_id=ev.isv_prod_id,
             isv_svn=ev.isv_svn, debug=bool(ev.flags & lib.RATLS_SGX_FLAGS_DEBUG), attributes_flags=ev.flags,
             attributes_xfrm=ev.xfrm, cpu_svn=bytes(ev.cpu_svn), qe_svn=ev.qe_svn, pce_svn=ev.pce_svn,
-            report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status], advisory_ids=(),
+            report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status],
+            advisory_ids=_advisories(ffi.string(ev.advisory_ids)),
             cert_fingerprint=bytes(ev.cert_sha256), spki_sha256=bytes(ev.spki_sha256),
             not_before=_time(ev.not_before), not_after=_time(ev.not_after),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import threading
 import time
 from concurrent import futures
@@ -136,7 +137,7 @@ def test_client_not_in_server_policy(sim_ca, server_id, client_creds, client_id,
         with pytest.raises(ratls.VerificationError) as e:
             client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target)
         assert e.value.reason == ratls.Reason.HANDSHAKE
-        assert "refused our certificate" in e.value.message
+        assert "the attestation server refused our certificate: MRENCLAVE" in e.value.message
         stats = srv.creds.attestation_stats(srv.grpc_port)
         assert (stats.rejected, stats.attested, stats.last_rejection) == (1, 0, ratls.Reason.MRENCLAVE)
         # Going to the gRPC port anyway, with a genuine RA-TLS certificate: the TLS handshake is refused.
@@ -148,19 +149,20 @@ def test_client_not_in_server_policy(sim_ca, server_id, client_creds, client_id,
 def test_plain_tls_client(sim_ca, server_creds, server_id):
     plain = plain_identity()
     with serve(server_creds()) as srv:
-        # The attestation port: a TLS client with a self-signed certificate gets no acknowledgement.
+        # The attestation port: a TLS client with a self-signed certificate gets no acknowledgement but a refusal
+        # with the reason code (ratls/PROTOCOL.md), and the connection ends.
         with socket.create_connection(("127.0.0.1", srv.attestation_port), timeout=5) as raw:
             with tls_client_context(plain).wrap_socket(raw) as tls:
-                with pytest.raises((ssl.SSLError, ConnectionError)):
-                    data = tls.recv(8)
-                    if not data:
-                        raise ConnectionError("closed without acknowledgement")
+                assert tls.recv(8) == b"RATN" + struct.pack(">I", ratls.Reason.EVIDENCE_MISSING)
+                with contextlib.suppress(ssl.SSLError, ConnectionError):
+                    assert tls.recv(8) == b""
         stats = srv.creds.attestation_stats(srv.grpc_port)
         assert (stats.rejected, stats.last_rejection) == (1, ratls.Reason.EVIDENCE_MISSING)
         # Through ratls' own client code too.
         with pytest.raises(ratls.VerificationError) as e:
             credentials(sim_policy(sim_ca, server_id.mrenclave), plain).attest(srv.attestation_target)
         assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert "the attestation server refused our certificate: EVIDENCE_MISSING" in e.value.message
         # The gRPC port.
         with direct_channel(server_id.certificate_der, plain, srv.target) as channel:
             assert_refused(channel)

@@ -3,12 +3,17 @@
  *   0  raw bytes a client sends to the attestation server (TLS records, garbage, truncations), then half-close;
  *   1  u16le key length, a DER private key, a DER certificate: the identity a client attests with. A certificate
  *      whose key is not that key is re-keyed and re-signed with it (so TLS accepts it), which breaks its binding;
- *      a matching pair (the seeds) passes verification and is queued.
+ *      a matching pair (the seeds) passes verification and is queued. The first byte's value / 3 % 10 is what the
+ *      server's collateral evaluator answers: TCB status 0..7 (with advisories), 8 an error, 9 OK without a
+ *      status.
  *   2  a script for a malicious attestation server talking to ratls_attest_connect after the handshake: each op
  *      byte b is b&3 = 0: write the next (b>>2)+1 bytes, 1: KeyUpdate, 2: close_notify and end, 3: end.
  * Invariants beyond "no crash, no sanitizer report": raw bytes never attest a peer; a connect succeeds exactly when
- * the server queued that very certificate and it verifies under the policy; the client accepts an
- * acknowledgement exactly when the first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL.
+ * the server queued that very certificate, with the evaluator's status and advisories, and it verifies under the
+ * policy; each side's evaluator runs at most once per handshake, and exactly once for an attested peer; a refusal
+ * the client reports names the reason the server recorded; the client accepts an acknowledgement exactly when the
+ * first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL; when they are "RATN" + a code, it reports a
+ * refusal naming that code.
  *
  * Environment: RATLS_SIM_LIB (libratls_sim.so) and RATLS_SIM_CA_DIR (a sim-ca directory; mode-1 seeds must come
  * from the same CA to verify). native/fuzz/run.py sets both. */
@@ -37,6 +42,39 @@ static ratls_attest_server *server;
 static int evil_listen_fd = -1;
 static uint16_t evil_port;
 static SSL_CTX *evil_ctx;
+
+/* The server's collateral evaluator: answers what the current mode-1 input chose (see above). */
+#define TCB_CHOICE_ERROR 8
+#define TCB_CHOICE_NO_STATUS 9
+static int tcb_choice;      /* atomic; set before each mode-1 connect */
+static int tcb_server_calls; /* atomic */
+static int tcb_client_calls; /* atomic */
+
+static void tcb_advisories(int choice, char *out, size_t len) {
+    if (choice == 0) out[0] = '\0'; /* none */
+    else snprintf(out, len, "INTEL-SA-%05d,INTEL-SA-00615", choice);
+}
+
+static int fuzz_evaluate(void *ctx, const uint8_t *cert_der, size_t cert_len, int64_t now, int *tcb_status,
+                         char *advisories, size_t advisories_len, char *msg, size_t msg_len) {
+    (void)now;
+    FUZZ_REQUIRE(cert_der && cert_len > 0 && advisories_len == RATLS_ADVISORIES_SIZE && msg_len > 0);
+    __atomic_add_fetch((int *)ctx, 1, __ATOMIC_SEQ_CST);
+    if (ctx == &tcb_client_calls) { /* the client's, on the malicious server's (genuine) certificate */
+        *tcb_status = RATLS_TCB_UP_TO_DATE;
+        return RATLS_OK;
+    }
+    int choice = __atomic_load_n(&tcb_choice, __ATOMIC_SEQ_CST);
+    if (choice == TCB_CHOICE_ERROR) return ratls_fail(msg, msg_len, RATLS_ERR_COLLATERAL, "fuzzed collateral error");
+    if (choice != TCB_CHOICE_NO_STATUS) *tcb_status = choice;
+    tcb_advisories(choice, advisories, advisories_len);
+    return RATLS_OK;
+}
+
+static const ratls_tcb_evaluator server_tcb = {fuzz_evaluate, &tcb_server_calls};
+static const ratls_tcb_evaluator client_tcb = {fuzz_evaluate, &tcb_client_calls};
+
+#define REFUSAL_PREFIX "the attestation server refused our certificate: "
 
 static int listen_loopback(uint16_t *port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -94,7 +132,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     char msg[RATLS_MSG_SIZE] = "";
     ratls_attest_limits limits = {.handshake_timeout_ms = IO_TIMEOUT_MS, .max_concurrent = 1};
     if (ratls_attest_server_start(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", 0, &limits,
-                                  &server, msg, sizeof msg) != RATLS_OK) {
+                                  &server_tcb, &server, msg, sizeof msg) != RATLS_OK) {
         fprintf(stderr, "fuzz_attest: server: %s\n", msg);
         exit(2);
     }
@@ -159,7 +197,7 @@ static void raw_client(const uint8_t *data, size_t len) {
  * here; the queue is cleared after it so that libFuzzer's per-input leak check does not run on every input. */
 
 /* Mode 1. */
-static void attesting_client(const uint8_t *data, size_t len) {
+static void attesting_client(int choice, const uint8_t *data, size_t len) {
     if (len < 2) return;
     size_t key_len = (size_t)data[0] | (size_t)data[1] << 8;
     if (key_len > len - 2) return;
@@ -193,24 +231,43 @@ static void attesting_client(const uint8_t *data, size_t len) {
         size_t peer_len = 0, queued_len = 0;
         uint32_t ttl = 0;
         ratls_evidence ev, queued_ev;
+        __atomic_store_n(&tcb_choice, choice, __ATOMIC_SEQ_CST);
+        int calls_before = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST);
         ERR_clear_error();
         int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len,
-                                      "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, &peer,
+                                      "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, NULL, &peer,
                                       &peer_len, &ev, &ttl, msg, sizeof msg);
         ERR_clear_error(); /* see connect_cleanup_note */
         /* BAD_ARGUMENT: the client refused its own identity (say, a key TLS will not use) and never connected. */
-        if (rc != RATLS_ERR_BAD_ARGUMENT) server_settled(before.connections + 1);
+        ratls_attest_stats after = before;
+        if (rc != RATLS_ERR_BAD_ARGUMENT) after = server_settled(before.connections + 1);
+        int calls = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST) - calls_before;
+        FUZZ_REQUIRE(calls == 0 || calls == 1);
         int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_ev);
         if (rc == RATLS_OK) {
             FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
             FUZZ_REQUIRE(popped == RATLS_OK && queued_len == (size_t)cert_der_len &&
                          memcmp(queued, cert_der, queued_len) == 0);
+            /* Trusted only after the evaluator's answer passed. */
+            FUZZ_REQUIRE(calls == 1 && choice < TCB_CHOICE_ERROR && queued_ev.tcb_status == choice);
+            char advisories[RATLS_ADVISORIES_SIZE];
+            tcb_advisories(choice, advisories, sizeof advisories);
+            FUZZ_REQUIRE(strcmp(queued_ev.advisory_ids, advisories) == 0);
             ratls_evidence check;
-            FUZZ_REQUIRE(ratls_verify_cert(policy, cert_der, (size_t)cert_der_len, (int64_t)time(NULL),
-                                           RATLS_TCB_UNKNOWN, &check, NULL, 0) == RATLS_OK);
+            FUZZ_REQUIRE(ratls_verify_cert(policy, cert_der, (size_t)cert_der_len, (int64_t)time(NULL), choice,
+                                           &check, NULL, 0) == RATLS_OK);
         } else {
             fuzz_check_failure(rc, msg);
             FUZZ_REQUIRE(popped == RATLS_ERR_TIMEOUT); /* a refused client is never queued */
+            if (strncmp(msg, REFUSAL_PREFIX, strlen(REFUSAL_PREFIX)) == 0) {
+                /* A refusal names the reason the server recorded, before it sent it. */
+                const char *name = ratls_reason_name(after.last_rejection);
+                FUZZ_REQUIRE(rc == RATLS_ERR_HANDSHAKE && after.rejected == before.rejected + 1);
+                FUZZ_REQUIRE(strncmp(msg + strlen(REFUSAL_PREFIX), name, strlen(name)) == 0 &&
+                             msg[strlen(REFUSAL_PREFIX) + strlen(name)] == ' ');
+                if (choice >= TCB_CHOICE_ERROR && calls == 1)
+                    FUZZ_REQUIRE(after.last_rejection == RATLS_ERR_COLLATERAL);
+            }
         }
         ratls_free(peer);
         ratls_free(queued);
@@ -274,18 +331,33 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
     size_t peer_len = 0;
     uint32_t ttl = 0;
     ratls_evidence ev;
+    int calls_before = __atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST);
     int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", evil_port,
-                                  CONNECT_TIMEOUT_MS, &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
+                                  CONNECT_TIMEOUT_MS, &client_tcb, &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
     ERR_clear_error(); /* see connect_cleanup_note */
     pthread_join(t, NULL);
     FUZZ_REQUIRE(script.handshake_done);
+    FUZZ_REQUIRE(__atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST) - calls_before == 1);
     int valid_ack = script.n_sent == 8 && memcmp(script.sent, "RAT1", 4) == 0;
+    if (script.n_sent == 8 && memcmp(script.sent, "RATN", 4) == 0) {
+        /* A refusal, whatever its code: never an acceptance, and the client names the code it got. */
+        uint32_t code = (uint32_t)script.sent[4] << 24 | (uint32_t)script.sent[5] << 16 |
+                        (uint32_t)script.sent[6] << 8 | script.sent[7];
+        const char *name = code <= INT32_MAX ? ratls_reason_name((int)code) : "UNKNOWN";
+        char want[96];
+        if (code == RATLS_OK || strcmp(name, "UNKNOWN") == 0)
+            snprintf(want, sizeof want, REFUSAL_PREFIX "reason code %u, unknown", code);
+        else
+            snprintf(want, sizeof want, REFUSAL_PREFIX "%s (", name);
+        FUZZ_REQUIRE(rc == RATLS_ERR_HANDSHAKE && strncmp(msg, want, strlen(want)) == 0);
+    }
     if (rc == RATLS_OK) {
         FUZZ_REQUIRE(valid_ack);
         uint32_t want = (uint32_t)script.sent[4] << 24 | (uint32_t)script.sent[5] << 16 |
                         (uint32_t)script.sent[6] << 8 | script.sent[7];
         FUZZ_REQUIRE(ttl == want);
         FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
+        FUZZ_REQUIRE(ev.tcb_status == RATLS_TCB_UP_TO_DATE);
     } else {
         fuzz_check_failure(rc, msg);
         FUZZ_REQUIRE(!valid_ack);
@@ -297,7 +369,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     if (len == 0) return 0;
     switch (data[0] % 3) {
     case 0: raw_client(data + 1, len - 1); break;
-    case 1: attesting_client(data + 1, len - 1); break;
+    case 1: attesting_client(data[0] / 3 % 10, data + 1, len - 1); break;
     default: acknowledged_client(data + 1, len - 1); break;
     }
     ERR_clear_error(); /* this thread's own OpenSSL calls above (key and certificate re-encoding) */

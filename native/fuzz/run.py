@@ -119,10 +119,17 @@ def make_seeds(work: Path) -> dict[str, Path]:
                                    + sim.certificate_der,
             "client-gramine-cert-rekeyed": b"\x01" + struct.pack("<H", len(sim.private_key_der))
                                            + sim.private_key_der + gramine_der,
+            # The first byte / 3 % 10 is the server evaluator's answer: 5 = OutOfDate, 8 = a collateral error.
+            "client-sim-identity-out-of-date": bytes([1 + 3 * 5]) + struct.pack("<H", len(sim.private_key_der))
+                                               + sim.private_key_der + sim.certificate_der,
+            "client-sim-identity-collateral-error": bytes([1 + 3 * 8]) + struct.pack("<H", len(sim.private_key_der))
+                                                    + sim.private_key_der + sim.certificate_der,
             "ack": b"\x02" + _ops_write(ack),
             "ack-split-keyupdate": b"\x02" + _ops_write(ack[:3]) + b"\x05" + _ops_write(ack[3:]) + b"\x02",
             "ack-short-close-notify": b"\x02" + _ops_write(ack[:6]) + b"\x02",
             "ack-wrong-magic-abrupt": b"\x02" + _ops_write(b"RAT2" + ack[4:]) + b"\x03",
+            "refusal": b"\x02" + _ops_write(b"RATN" + struct.pack(">I", 44)) + b"\x02",
+            "refusal-unknown-code-abrupt": b"\x02" + _ops_write(b"RATN" + struct.pack(">I", 0xFFFF)) + b"\x03",
         },
     }
     dirs = {}

@@ -80,6 +80,7 @@ extern "C" {
 
 #define RATLS_MSG_SIZE 320
 #define RATLS_MAX_CERT_SIZE 32768
+#define RATLS_ADVISORIES_SIZE 512
 
 /* Enclave attributes flags (SGX ATTRIBUTES.flags). */
 #define RATLS_SGX_FLAGS_INIT 1
@@ -151,6 +152,8 @@ typedef struct {
     uint8_t spki_sha256[32];    /* SHA-256 of the certificate's SubjectPublicKeyInfo DER */
     int64_t not_before;         /* certificate validity, Unix seconds */
     int64_t not_after;
+    char advisory_ids[RATLS_ADVISORIES_SIZE]; /* Intel advisory ids from the collateral, comma-separated, NUL-
+                                               * terminated; empty without collateral */
 } ratls_evidence;
 
 /* Where the quote sits inside an RA-TLS certificate (spans into the certificate DER). */
@@ -244,10 +247,24 @@ int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len,
 
 /* --- attestation handshake (attest.c) --- */
 /* A TLS 1.3 endpoint where both sides present RA-TLS certificates and both sides' certificate-verify callbacks
- * run ratls_verify_cert against their local policy. After the handshake the server queues the client's
- * certificate and evidence (popped by the application) and then acknowledges, so a client that returned
- * from ratls_attest_connect is already visible to the server's application. */
+ * run ratls_verify_cert against their local policy, then (when given) the TCB evaluator below. After the
+ * handshake the server either queues the client's certificate and evidence (popped by the application) and then
+ * acknowledges, so a client that returned from ratls_attest_connect is already visible to the server's
+ * application; or, when the client's certificate failed, tells the client the reason code and closes.
+ * The wire protocol is specified in ratls/PROTOCOL.md. */
 typedef struct ratls_attest_server ratls_attest_server;
+
+/* Evaluates the TCB status of a peer whose certificate passed every other check. Called from handshake threads,
+ * possibly concurrently. Sets *tcb_status (RATLS_TCB_*) and writes the advisory ids (comma-separated,
+ * NUL-terminated, at most advisories_len bytes) and returns RATLS_OK; or returns a reason code (normally
+ * RATLS_ERR_COLLATERAL) with a message. */
+typedef int (*ratls_tcb_evaluate_fn)(void *ctx, const uint8_t *cert_der, size_t cert_len, int64_t now,
+                                     int *tcb_status, char *advisories, size_t advisories_len, char *msg, size_t msg_len);
+/* A collateral evaluator for the attestation handshake: evaluate(ctx, ...) runs inside the certificate-verify
+ * callback, after ratls_verify_cert (with RATLS_TCB_UNKNOWN) found nothing but the TCB status to object to, and
+ * before the peer is queued (server) or returned (client). The policy's TCB rule is then applied to the status it
+ * reports. `ctx` must stay valid while the server runs (server) or for the call (client). */
+typedef struct { ratls_tcb_evaluate_fn evaluate; void *ctx; } ratls_tcb_evaluator;
 
 /* Bounds of an attestation server; a zero field takes the default given in brackets. */
 typedef struct {
@@ -278,11 +295,13 @@ typedef struct {
 } ratls_attest_stats;
 
 /* Listens on host:port (port 0 = ephemeral) with the given identity (DER EC private key, DER certificate) and
- * policy; the policy must outlive the server. `limits` may be NULL. */
+ * policy; the policy must outlive the server. `limits` may be NULL. `tcb` may be NULL (no collateral: every
+ * client's TCB status is Unknown); otherwise the server keeps a copy of the struct, and its ctx must outlive the
+ * server. */
 int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                               const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
-                              const ratls_attest_limits *limits, ratls_attest_server **out, char *msg,
-                              size_t msg_len);
+                              const ratls_attest_limits *limits, const ratls_tcb_evaluator *tcb,
+                              ratls_attest_server **out, char *msg, size_t msg_len);
 uint16_t ratls_attest_server_port(const ratls_attest_server *s);
 /* The next attested client (certificate DER, malloc'ed, and its evidence), waiting up to timeout_ms
  * (0 = only look). RATLS_ERR_TIMEOUT when there is none. */
@@ -293,14 +312,17 @@ void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out);
 void ratls_attest_server_stop(ratls_attest_server *s);
 
 /* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
- * under `policy` and waits for the server's acknowledgement, all within timeout_ms. Returns the server's
- * certificate DER (malloc'ed), its evidence and the server's trust TTL for us. A server that refuses our
- * certificate gives RATLS_ERR_HANDSHAKE; a server certificate that fails verification gives its reason.
+ * under `policy` (with `tcb`, if not NULL, evaluating its TCB status) and waits for the server's
+ * acknowledgement, all within timeout_ms. Returns the server's certificate DER (malloc'ed), its evidence and the
+ * server's trust TTL for us. A server that refuses our certificate gives RATLS_ERR_HANDSHAKE with the message
+ * "the attestation server refused our certificate: <reason name>"; a server certificate that fails verification
+ * gives its reason (the evaluator's, when the evaluator failed).
  * Writes go through OpenSSL's socket BIO: the calling process must ignore SIGPIPE (Python does). */
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                          const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
-                         uint32_t timeout_ms, uint8_t **peer_cert, size_t *peer_cert_len, ratls_evidence *peer,
-                         uint32_t *trust_ttl_s, char *msg, size_t msg_len);
+                         uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
+                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
+                         size_t msg_len);
 
 /* cffi-end */
 

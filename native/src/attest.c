@@ -1,19 +1,34 @@
 /* The attestation handshake (ARCHITECTURE.md §4): a TLS 1.3 endpoint beside each RA-TLS gRPC server where both
  * sides present RA-TLS certificates and both sides' OpenSSL certificate-verify callbacks run the full RA-TLS
- * verification (ratls_verify_cert) against the local policy.
+ * verification (ratls_verify_cert) against the local policy and then, when the side has a collateral evaluator
+ * (ratls_tcb_evaluator), evaluate the peer's TCB status and apply the policy's TCB rule to it.
  *
- * Protocol: mutual TLS 1.3 handshake, then the server sends an 8-byte acknowledgement ("RAT1" + trust TTL in
- * seconds, big-endian u32) and closes. The server queues the client's certificate and evidence for the
- * application *before* sending the acknowledgement, so a client that has read it knows the server's trust set
- * can already see it (in TLS 1.3 the client finishes its handshake before the server has checked the client
- * certificate, so the handshake alone does not tell the client it was accepted).
+ * Protocol (ratls/PROTOCOL.md): mutual TLS 1.3 handshake, then the server sends 8 bytes and closes: either the
+ * acknowledgement "RAT1" + trust TTL in seconds (big-endian u32), or the refusal "RATN" + the reason code
+ * (ratls_reason, big-endian u32) why the client's certificate failed. The server queues the client's certificate
+ * and evidence for the application *before* sending the acknowledgement, so a client that has read it knows the
+ * server's trust set can already see it (in TLS 1.3 the client finishes its handshake before the server has
+ * checked the client certificate, so the handshake alone does not tell the client it was accepted). A refused
+ * client is counted (stats.rejected, last_rejection) before its refusal is sent and never queued; only the reason
+ * code goes out, never the message, which can reveal the policy to an unverified party. Every verdict of the
+ * server's verify callback travels as a refusal, including the chain-shape and size checks it makes before
+ * verification; what OpenSSL itself refuses (no client certificate, a Certificate message beyond max_cert_size
+ * plus framing, a bad CertificateVerify, not TLS 1.3) still aborts the handshake with a TLS alert. The client
+ * aborts with an alert when the server's certificate fails its own checks.
  *
  * The server owns its listening socket, a gate thread and a fixed pool of worker threads. The gate accepts
  * connections and holds them, costing no worker, until a whole first TLS record (the ClientHello) is readable;
  * a connection whose ClientHello has not come within hello_timeout_ms is closed, and a source address may have
  * at most max_per_source connections waiting, so idle or slowly dripping peers cannot take the workers. A worker
- * serves one connection at a time under an absolute deadline (handshake_timeout_ms). Workers never call back
- * into the application: it pops attested peers with ratls_attest_server_pop. */
+ * serves one connection at a time under an absolute deadline (handshake_timeout_ms).
+ *
+ * Workers call into the application at one point only: the collateral evaluator, from inside the verify callback,
+ * possibly from several workers at once (the client calls it on its own thread). It runs after every other check
+ * of the peer's certificate passed and *before* the peer is trusted: the server queues the peer (and so lets the
+ * application trust it) only after the TCB status the evaluator reported passed the policy, and the client returns
+ * the server's certificate for pinning only then, so no peer is trusted or pinned before its TCB status passed.
+ * Otherwise the application pops attested peers with ratls_attest_server_pop. The evaluator's running time counts
+ * against the handshake deadline only once it returns: it must bound its own I/O. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -39,8 +54,9 @@
 
 #include "internal.h"
 
-#define ACK_MAGIC "RAT1"
-#define ACK_SIZE 8
+#define ACK_MAGIC "RAT1"     /* + trust TTL: the client was attested and queued */
+#define REFUSAL_MAGIC "RATN" /* + reason code: the client's certificate failed; nothing was queued */
+#define ACK_SIZE 8           /* of either */
 #define DEFAULT_TIMEOUT_MS 5000u
 #define DEFAULT_MAX_CONCURRENT 8u
 #define DEFAULT_MAX_PENDING 1024u
@@ -62,6 +78,7 @@
 typedef struct {
     ratls_attest_server *server; /* NULL on the client side */
     const ratls_policy *policy;
+    const ratls_tcb_evaluator *tcb; /* NULL: no collateral, TCB status Unknown */
     size_t max_cert_size;
     int verdict; /* -1 = callback not run, 0 = verified, else the ratls reason code */
     uint8_t *der;
@@ -87,6 +104,8 @@ typedef struct {
 
 struct ratls_attest_server {
     const ratls_policy *policy;
+    ratls_tcb_evaluator tcb; /* the application's evaluator (copied), if has_tcb */
+    int has_tcb;
     ratls_attest_limits limits;
     SSL_CTX *ctx;
     int listen_fd;
@@ -124,8 +143,37 @@ static void peer_check_clear(peer_check *pc) {
 
 static void record_rejection(ratls_attest_server *s, const peer_check *pc);
 
+/* The collateral evaluator on a peer whose certificate passed every check but (perhaps) the TCB status: on
+ * success the evidence gets the evaluated status and advisories and the verdict is the policy's TCB rule applied
+ * to that status; on failure the verdict is the evaluator's reason. */
+static void evaluate_tcb(peer_check *pc, int64_t now) {
+    char *advisories = pc->evidence.advisory_ids;
+    char emsg[RATLS_MSG_SIZE] = "";
+    int status = -1; /* an evaluator that returns OK without setting it fails below */
+    memset(advisories, 0, RATLS_ADVISORIES_SIZE);
+    int rc = pc->tcb->evaluate(pc->tcb->ctx, pc->der, pc->der_len, now, &status, advisories, RATLS_ADVISORIES_SIZE,
+                               emsg, sizeof emsg);
+    advisories[RATLS_ADVISORIES_SIZE - 1] = '\0'; /* whatever the evaluator wrote */
+    emsg[sizeof emsg - 1] = '\0';
+    if (rc != RATLS_OK) {
+        memset(advisories, 0, RATLS_ADVISORIES_SIZE);
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, rc > 0 ? rc : RATLS_ERR_COLLATERAL,
+                                 "collateral evaluation failed: %s", emsg[0] ? emsg : "(no message)");
+    } else if (status < RATLS_TCB_UNKNOWN || status > RATLS_TCB_REVOKED) {
+        memset(advisories, 0, RATLS_ADVISORIES_SIZE);
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_COLLATERAL,
+                                 "collateral evaluation failed: the evaluator reported TCB status %d, which is not "
+                                 "a RATLS_TCB_* value", status);
+    } else {
+        pc->evidence.tcb_status = status;
+        pc->verdict = ratls_policy_check_tcb(pc->policy, status, pc->msg, sizeof pc->msg);
+    }
+}
+
 /* Replaces OpenSSL's chain building: the peer must send exactly one certificate, and that certificate must
- * pass the full RA-TLS verification (self-signature, validity, quote, key binding, policy). */
+ * pass the full RA-TLS verification (self-signature, validity, quote, key binding, policy), with the TCB status
+ * from the collateral evaluator when there is one. The client aborts the handshake on a failure; the server
+ * records it and lets the handshake finish, to send the client its refusal (serve_connection). */
 static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
     (void)unused;
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -152,12 +200,18 @@ static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
     } else {
         uint8_t *p = pc->der;
         pc->der_len = (size_t)i2d_X509(leaf, &p);
-        pc->verdict = ratls_verify_cert(pc->policy, pc->der, pc->der_len, (int64_t)time(NULL), RATLS_TCB_UNKNOWN,
-                                        &pc->evidence, pc->msg, sizeof pc->msg);
+        int64_t now = (int64_t)time(NULL);
+        pc->verdict = ratls_verify_cert(pc->policy, pc->der, pc->der_len, now, RATLS_TCB_UNKNOWN, &pc->evidence,
+                                        pc->msg, sizeof pc->msg);
+        /* The TCB status is verification's last check: OK or TCB_STATUS means everything else passed. */
+        if (pc->tcb && (pc->verdict == RATLS_OK || pc->verdict == RATLS_ERR_TCB_STATUS)) evaluate_tcb(pc, now);
     }
     if (pc->verdict == RATLS_OK) return 1;
-    if (pc->server) record_rejection(pc->server, pc);
     peer_check_clear(pc);
+    if (pc->server) { /* counted before anything is sent; the refusal goes out once the handshake is done */
+        record_rejection(pc->server, pc);
+        return 1;
+    }
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
 }
@@ -271,7 +325,7 @@ static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t d
 
 /* ---------------------------------------------------------------- server */
 
-/* Counted before the alert goes out, so a client that saw its refusal also sees it in the stats. */
+/* Counted before the refusal goes out, so a client that saw its refusal also sees it in the stats. */
 static void record_rejection(ratls_attest_server *s, const peer_check *pc) {
     pthread_mutex_lock(&s->lock);
     s->stats.rejected++;
@@ -312,7 +366,8 @@ static void enqueue(ratls_attest_server *s, peer_check *pc) {
 
 static void serve_connection(ratls_attest_server *s, int fd) {
     int64_t deadline = now_ms() + s->limits.handshake_timeout_ms;
-    peer_check pc = {.server = s, .policy = s->policy, .max_cert_size = s->limits.max_cert_size, .verdict = -1};
+    peer_check pc = {.server = s, .policy = s->policy, .tcb = s->has_tcb ? &s->tcb : NULL,
+                     .max_cert_size = s->limits.max_cert_size, .verdict = -1};
     SSL *ssl = SSL_new(s->ctx);
     const char *tls_reason;
     int rc = RATLS_ERR_INTERNAL;
@@ -320,14 +375,16 @@ static void serve_connection(ratls_attest_server *s, int fd) {
         SSL_set_app_data(ssl, &pc);
         rc = tls_run(ssl, fd, OP_ACCEPT, NULL, 0, deadline, s->stop_fd, &tls_reason);
     }
-    if (rc == RATLS_OK && pc.verdict != RATLS_OK) rc = RATLS_ERR_INTERNAL; /* cannot happen with VERIFY_PEER */
+    if (rc == RATLS_OK && pc.verdict < 0) rc = RATLS_ERR_INTERNAL; /* cannot happen with VERIFY_PEER */
     if (rc == RATLS_OK) {
-        uint8_t ack[ACK_SIZE];
-        memcpy(ack, ACK_MAGIC, 4);
-        uint32_t ttl = htonl(s->limits.trust_ttl_s);
-        memcpy(ack + 4, &ttl, 4);
-        enqueue(s, &pc);
-        if (tls_run(ssl, fd, OP_WRITE, ack, sizeof ack, deadline, s->stop_fd, &tls_reason) == RATLS_OK)
+        /* Accepted: queued first, then acknowledged. Refused (counted by the verify callback): the reason code
+         * only, nothing queued. */
+        uint8_t reply[ACK_SIZE];
+        uint32_t word = htonl(pc.verdict == RATLS_OK ? s->limits.trust_ttl_s : (uint32_t)pc.verdict);
+        memcpy(reply, pc.verdict == RATLS_OK ? ACK_MAGIC : REFUSAL_MAGIC, 4);
+        memcpy(reply + 4, &word, 4);
+        if (pc.verdict == RATLS_OK) enqueue(s, &pc);
+        if (tls_run(ssl, fd, OP_WRITE, reply, sizeof reply, deadline, s->stop_fd, &tls_reason) == RATLS_OK)
             SSL_shutdown(ssl); /* best effort close_notify; the client has what it needs */
     } else if (pc.verdict <= 0) { /* rejections were counted by the verify callback */
         pthread_mutex_lock(&s->lock);
@@ -585,16 +642,22 @@ static int open_listener(const char *host, uint16_t port, int *fd_out, uint16_t 
 
 int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                               const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
-                              const ratls_attest_limits *limits, ratls_attest_server **out, char *msg,
-                              size_t msg_len) {
+                              const ratls_attest_limits *limits, const ratls_tcb_evaluator *tcb,
+                              ratls_attest_server **out, char *msg, size_t msg_len) {
     if (!out) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "out is required");
     *out = NULL;
+    if (tcb && !tcb->evaluate)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "TCB evaluator: no evaluate function");
     ratls_attest_limits l;
     int rc = check_limits(limits, &l, msg, msg_len);
     if (rc) return rc;
     ratls_attest_server *s = calloc(1, sizeof *s);
     if (!s) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
     s->policy = policy;
+    if (tcb) {
+        s->tcb = *tcb;
+        s->has_tcb = 1;
+    }
     s->limits = l;
     s->listen_fd = s->stop_fd = s->epoll_fd = -1;
     pthread_mutex_init(&s->lock, NULL);
@@ -771,10 +834,13 @@ static int tcp_connect(const char *host, uint16_t port, int64_t deadline, int *f
 
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                          const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
-                         uint32_t timeout_ms, uint8_t **peer_cert, size_t *peer_cert_len, ratls_evidence *peer,
-                         uint32_t *trust_ttl_s, char *msg, size_t msg_len) {
+                         uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
+                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
+                         size_t msg_len) {
     if (!host || !peer_cert || !peer_cert_len || !peer || !trust_ttl_s)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "host and all outputs are required");
+    if (tcb && !tcb->evaluate)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "TCB evaluator: no evaluate function");
     if (timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "timeout_ms: expected 1..%u, found %u",
                           MAX_TIMEOUT_MS, timeout_ms);
@@ -785,7 +851,7 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
     if (!ctx) return RATLS_ERR_BAD_ARGUMENT;
     int fd = -1;
     int rc = tcp_connect(host, port, deadline, &fd, msg, msg_len);
-    peer_check pc = {.policy = policy, .max_cert_size = RATLS_MAX_CERT_SIZE, .verdict = -1};
+    peer_check pc = {.policy = policy, .tcb = tcb, .max_cert_size = RATLS_MAX_CERT_SIZE, .verdict = -1};
     SSL *ssl = NULL;
     const char *tls_reason = NULL;
     if (rc == RATLS_OK) {
@@ -806,21 +872,33 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
     }
     if (rc == RATLS_OK) {
         /* The server verifies our certificate after our side of the handshake is done: only its
-         * acknowledgement says we were accepted; a rejection arrives here as a TLS alert. */
-        uint8_t ack[ACK_SIZE];
+         * acknowledgement says we were accepted; its refusal says why not. (A certificate OpenSSL itself refuses
+         * arrives here as a TLS alert.) */
+        uint8_t ack[ACK_SIZE] = {0};
         rc = tls_run(ssl, fd, OP_READ, ack, sizeof ack, deadline, -1, &tls_reason);
-        if (rc == RATLS_OK && memcmp(ack, ACK_MAGIC, 4) != 0) {
+        uint32_t word;
+        memcpy(&word, ack + 4, 4);
+        word = ntohl(word);
+        if (rc == RATLS_OK && memcmp(ack, REFUSAL_MAGIC, 4) == 0) {
+            const char *name = word <= INT_MAX ? ratls_reason_name((int)word) : "UNKNOWN";
+            if (word == RATLS_OK || strcmp(name, "UNKNOWN") == 0)
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
+                                "the attestation server refused our certificate: reason code %u, unknown to this "
+                                "client (%s:%u)", word, host, (unsigned)port);
+            else
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
+                                "the attestation server refused our certificate: %s (%s:%u)", name, host,
+                                (unsigned)port);
+        } else if (rc == RATLS_OK && memcmp(ack, ACK_MAGIC, 4) != 0) {
             rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
-                            "attestation server %s:%u: acknowledgement magic: expected \"%s\", found other bytes",
-                            host, (unsigned)port, ACK_MAGIC);
+                            "attestation server %s:%u: acknowledgement magic: expected \"%s\" or \"%s\", found "
+                            "other bytes", host, (unsigned)port, ACK_MAGIC, REFUSAL_MAGIC);
         } else if (rc != RATLS_OK) {
             ratls_fail(msg, msg_len, rc, "attestation server %s:%u refused our certificate or failed: %s", host,
                        (unsigned)port, rc == RATLS_ERR_TIMEOUT ? "no acknowledgement before the timeout"
                                                                  : tls_reason ? tls_reason : "I/O error");
         } else {
-            uint32_t ttl;
-            memcpy(&ttl, ack + 4, 4);
-            *trust_ttl_s = ntohl(ttl);
+            *trust_ttl_s = word;
             *peer_cert = pc.der;
             *peer_cert_len = pc.der_len;
             *peer = pc.evidence;

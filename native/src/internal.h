@@ -51,6 +51,9 @@ struct ratls_policy {
 
 /* Forgets every cached PCK chain (the roots changed). */
 void ratls_policy_clear_cache(ratls_policy *p);
+/* The policy's TCB status rule (verify.c): RATLS_OK, or RATLS_ERR_TCB_STATUS with a message. The one home of that
+ * check, used by verification and by the attestation handshake's collateral evaluation. */
+int ratls_policy_check_tcb(const ratls_policy *p, int tcb_status, char *msg, size_t msg_len);
 
 /* Writes a formatted message (if msg) and returns code; the one way errors are reported. */
 int ratls_fail(char *msg, size_t msg_len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

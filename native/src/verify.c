@@ -33,6 +33,16 @@ static int measurement_mismatch(char *msg, size_t msg_len, int code, const char 
                       n > 1 ? " or one of the other allowed values" : "");
 }
 
+/* The policy's TCB rule, the last check of a verification; also applied by the attestation handshake to the
+ * status its collateral evaluator reports (attest.c). */
+int ratls_policy_check_tcb(const ratls_policy *p, int tcb_status, char *msg, size_t msg_len) {
+    if (tcb_status < 0 || tcb_status > RATLS_TCB_REVOKED || !(p->tcb_mask & (1u << tcb_status)))
+        return ratls_fail(msg, msg_len, RATLS_ERR_TCB_STATUS, "TCB status %s is not allowed by the policy%s",
+                          ratls_tcb_status_name(tcb_status),
+                          tcb_status == RATLS_TCB_UNKNOWN ? " (no collateral was evaluated)" : "");
+    return RATLS_OK;
+}
+
 /* Enclave attributes and the enclave policy, in Gramine's order (quote.c: attributes, then measurements). */
 static int check_enclave_policy(const ratls_policy *p, const ratls_quote *q, int tcb_status, char *msg,
                                 size_t msg_len) {
@@ -62,11 +72,7 @@ static int check_enclave_policy(const ratls_policy *p, const ratls_quote *q, int
     if (p->min_isv_svn >= 0 && q->body.isv_svn < p->min_isv_svn)
         return ratls_fail(msg, msg_len, RATLS_ERR_ISV_SVN, "ISV_SVN is %u, the policy requires at least %d",
                           q->body.isv_svn, p->min_isv_svn);
-    if (tcb_status < 0 || tcb_status > RATLS_TCB_REVOKED || !(p->tcb_mask & (1u << tcb_status)))
-        return ratls_fail(msg, msg_len, RATLS_ERR_TCB_STATUS, "TCB status %s is not allowed by the policy%s",
-                          ratls_tcb_status_name(tcb_status),
-                          tcb_status == RATLS_TCB_UNKNOWN ? " (no collateral was evaluated)" : "");
-    return RATLS_OK;
+    return ratls_policy_check_tcb(p, tcb_status, msg, msg_len);
 }
 
 static int verify_parsed_quote(const ratls_policy *p, const uint8_t *raw, size_t len, const ratls_quote *q,

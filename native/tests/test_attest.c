@@ -1,5 +1,6 @@
 /* The attestation handshake (attest.c) end to end over loopback, with identities from the sim provider:
- * mutual success, rejection on either side, plain TLS peers, garbage and slow connections, bounds, stop. */
+ * mutual success, rejection on either side (and the refusal's reason reaching the client), TCB evaluators,
+ * plain TLS peers, garbage and slow connections, bounds, stop. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,8 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -197,14 +200,19 @@ static ratls_policy *policy_for(const sim_env *env, uint8_t mr_byte) {
     return sim_policy(env, mr);
 }
 
-static ratls_attest_server *start(const ratls_policy *pol, const identity *id, const ratls_attest_limits *lim) {
+static ratls_attest_server *start_with(const ratls_policy *pol, const identity *id, const ratls_attest_limits *lim,
+                                       const ratls_tcb_evaluator *tcb) {
     ratls_attest_server *s = NULL;
     char msg[RATLS_MSG_SIZE] = "";
-    int rc = ratls_attest_server_start(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", 0, lim, &s,
-                                       msg, sizeof msg);
+    int rc = ratls_attest_server_start(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", 0, lim, tcb,
+                                       &s, msg, sizeof msg);
     if (rc) fprintf(stderr, "server start: %s\n", msg);
     REQUIRE(rc == RATLS_OK && s && ratls_attest_server_port(s) != 0);
     return s;
+}
+
+static ratls_attest_server *start(const ratls_policy *pol, const identity *id, const ratls_attest_limits *lim) {
+    return start_with(pol, id, lim, NULL);
 }
 
 typedef struct {
@@ -216,12 +224,17 @@ typedef struct {
     char msg[RATLS_MSG_SIZE];
 } attempt;
 
-static attempt attest(const ratls_policy *pol, const identity *id, uint16_t port, uint32_t timeout_ms) {
+static attempt attest_with(const ratls_policy *pol, const identity *id, uint16_t port, uint32_t timeout_ms,
+                           const ratls_tcb_evaluator *tcb) {
     attempt a;
     memset(&a, 0, sizeof a);
-    a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", port, timeout_ms,
+    a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", port, timeout_ms, tcb,
                                 &a.peer, &a.peer_len, &a.ev, &a.ttl, a.msg, sizeof a.msg);
     return a;
+}
+
+static attempt attest(const ratls_policy *pol, const identity *id, uint16_t port, uint32_t timeout_ms) {
+    return attest_with(pol, id, port, timeout_ms, NULL);
 }
 
 static ratls_attest_stats stats_of(ratls_attest_server *s) {
@@ -267,6 +280,8 @@ static void test_mutual_success(const sim_env *env) {
     CHECK(a.peer_len == srv.crt_len && memcmp(a.peer, srv.crt, srv.crt_len) == 0);
     CHECK(a.ev.mrenclave[0] == 0xA1 && a.ev.mrenclave[31] == 0xA1);
     CHECK(a.ttl == 77);
+    /* No evaluator: no collateral, TCB status Unknown (which these policies allow), no advisories. */
+    CHECK(a.ev.tcb_status == RATLS_TCB_UNKNOWN && a.ev.advisory_ids[0] == '\0');
 
     /* The acknowledgement comes after the queueing: the client is poppable at once, without waiting. */
     uint8_t *der = NULL;
@@ -275,6 +290,7 @@ static void test_mutual_success(const sim_env *env) {
     REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_OK);
     CHECK(len == cli.crt_len && memcmp(der, cli.crt, len) == 0);
     CHECK(ev.mrenclave[0] == 0xC1);
+    CHECK(ev.tcb_status == RATLS_TCB_UNKNOWN && ev.advisory_ids[0] == '\0');
     uint8_t fp[32];
     ratls_sha256(cli.crt, cli.crt_len, fp);
     CHECK(memcmp(ev.cert_sha256, fp, 32) == 0);
@@ -313,21 +329,25 @@ static void test_rejections(const sim_env *env) {
     ratls_attest_server *s2 = start(wrong_pol, &srv, NULL);
     a = attest(cli_pol, &cli, ratls_attest_server_port(s2), 5000);
     CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
-    CHECK(strstr(a.msg, "refused our certificate") != NULL);
+    CHECK(strstr(a.msg, "the attestation server refused our certificate: MRENCLAVE") == a.msg);
+    CHECK(strstr(a.msg, "is not allowed") == NULL); /* the reason code travels, never the server's message */
     st = settle(s2, 1);
-    CHECK(st.rejected == 1 && st.attested == 0 && st.last_rejection == RATLS_ERR_MRENCLAVE);
+    CHECK(st.rejected == 1 && st.attested == 0 && st.failed == 0 && st.last_rejection == RATLS_ERR_MRENCLAVE);
+    CHECK(strstr(st.last_rejection_msg, "MRENCLAVE") != NULL);
     CHECK(ratls_attest_server_pop(s2, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     ratls_attest_server_stop(s2);
 
     /* A debug enclave with the right measurement, under a policy that denies debug. */
     a = attest(cli_pol, &dbg, port, 5000);
     CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    CHECK(strstr(a.msg, "refused our certificate: DEBUG_ENCLAVE") != NULL);
     st = settle(s, 2);
     CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_DEBUG_ENCLAVE);
 
     /* A plain self-signed certificate, on either side. */
     a = attest(cli_pol, &plain, port, 5000);
     CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    CHECK(strstr(a.msg, "refused our certificate: EVIDENCE_MISSING") != NULL);
     st = settle(s, 3);
     CHECK(st.rejected == 2 && st.last_rejection == RATLS_ERR_EVIDENCE_MISSING);
     ratls_attest_server *s3 = start(srv_pol, &plain, NULL);
@@ -425,20 +445,24 @@ static void test_bounds_and_errors(const sim_env *env) {
 
     ratls_attest_limits too_many = {.max_concurrent = 100000};
     CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, &too_many,
-                                    &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+                                    NULL, &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
     CHECK(strstr(msg, "max_concurrent") != NULL);
-    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len - 1, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, &s,
-                                    msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
-    CHECK(ratls_attest_server_start(pol, cli.key, cli.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, &s,
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len - 1, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, NULL,
+                                    &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+    CHECK(ratls_attest_server_start(pol, cli.key, cli.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL, NULL, &s,
                                     msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
     CHECK(strstr(msg, "do not match") != NULL);
+    ratls_tcb_evaluator no_function = {.evaluate = NULL};
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, NULL,
+                                    &no_function, &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+    CHECK(strstr(msg, "evaluate") != NULL);
 
     /* A port already in use. */
     s = start(pol, &srv, NULL);
     uint16_t port = ratls_attest_server_port(s);
     ratls_attest_server *s2 = NULL;
-    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", port, NULL, &s2,
-                                    msg, sizeof msg) == RATLS_ERR_IO && s2 == NULL);
+    CHECK(ratls_attest_server_start(pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", port, NULL, NULL,
+                                    &s2, msg, sizeof msg) == RATLS_ERR_IO && s2 == NULL);
 
     /* A peer certificate larger than max_cert_size is refused before verification. */
     ratls_attest_limits small = {.max_cert_size = 200};
@@ -472,11 +496,269 @@ static void test_bounds_and_errors(const sim_env *env) {
     CHECK(a.rc == RATLS_ERR_TIMEOUT);
     CHECK(mono_ms() - t0 < 1500);
     close(lfd);
-    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 0, &a.peer,
-                               &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 0, NULL,
+                               &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 1000,
+                               &no_function, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
+          RATLS_ERR_BAD_ARGUMENT);
 
     ratls_policy_free(pol);
     ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+/* A collateral evaluator with a scripted answer, counting its calls (made from the server's worker threads or the
+ * client's thread) and checking what it is given. */
+typedef struct {
+    int rc;                 /* returned; RATLS_OK = success */
+    int status;             /* written on success, unless leave_status */
+    int leave_status;       /* return OK without setting *tcb_status */
+    int overflow;           /* fill the whole advisories buffer, without a NUL */
+    const char *advisories; /* written on success */
+    const char *msg;        /* written on failure */
+    const identity *peer;   /* the certificate it must be asked about */
+    int calls;              /* atomic */
+    int bad_args;           /* atomic: calls with a wrong certificate, time or buffer */
+} fake_tcb;
+
+static int fake_evaluate(void *ctx, const uint8_t *cert_der, size_t cert_len, int64_t now, int *tcb_status,
+                         char *advisories, size_t advisories_len, char *msg, size_t msg_len) {
+    fake_tcb *f = ctx;
+    __atomic_add_fetch(&f->calls, 1, __ATOMIC_SEQ_CST);
+    int64_t t = (int64_t)time(NULL);
+    if (!cert_der || cert_len != f->peer->crt_len || memcmp(cert_der, f->peer->crt, cert_len) != 0 || now > t ||
+        now < t - 60 || advisories_len != RATLS_ADVISORIES_SIZE || msg_len == 0)
+        __atomic_add_fetch(&f->bad_args, 1, __ATOMIC_SEQ_CST);
+    if (f->rc != RATLS_OK) {
+        snprintf(msg, msg_len, "%s", f->msg);
+        return f->rc;
+    }
+    if (!f->leave_status) *tcb_status = f->status;
+    if (f->overflow) memset(advisories, 'A', advisories_len);
+    else snprintf(advisories, advisories_len, "%s", f->advisories ? f->advisories : "");
+    return RATLS_OK;
+}
+
+static int calls_of(fake_tcb *f) { return __atomic_load_n(&f->calls, __ATOMIC_SEQ_CST); }
+static int bad_args_of(fake_tcb *f) { return __atomic_load_n(&f->bad_args, __ATOMIC_SEQ_CST); }
+
+static ratls_policy *tcb_policy_for(const sim_env *env, uint8_t mr_byte, uint32_t tcb_mask) {
+    ratls_policy *p = policy_for(env, mr_byte);
+    ratls_policy_set_allowed_tcb_mask(p, tcb_mask);
+    return p;
+}
+
+/* Evaluators on both sides: the status each reports is what the policy's TCB rule judges, it lands in the
+ * evidence on both sides (the server's queue and the client's result) with its advisories, and each side's
+ * evaluator runs exactly once per handshake. */
+static void test_tcb_evaluator(const sim_env *env) {
+    identity srv = make_identity(env, 0xA6, 0), cli = make_identity(env, 0xC6, 0);
+    const uint32_t up_to_date = 1u << RATLS_TCB_UP_TO_DATE, sw_hardening = 1u << RATLS_TCB_SW_HARDENING_NEEDED;
+    /* The server allows UpToDate only; the client also SWHardeningNeeded. Neither allows Unknown: without the
+     * evaluator, nobody would pass. */
+    ratls_policy *srv_pol = tcb_policy_for(env, 0xC6, up_to_date);
+    ratls_policy *cli_pol = tcb_policy_for(env, 0xA6, up_to_date | sw_hardening);
+    fake_tcb on_srv = {.status = RATLS_TCB_UP_TO_DATE, .advisories = "INTEL-SA-00001,INTEL-SA-00002", .peer = &cli};
+    fake_tcb on_cli = {.status = RATLS_TCB_SW_HARDENING_NEEDED, .advisories = "INTEL-SA-00615", .peer = &srv};
+    ratls_tcb_evaluator srv_tcb = {fake_evaluate, &on_srv}, cli_tcb = {fake_evaluate, &on_cli};
+    ratls_attest_server *s = start_with(srv_pol, &srv, NULL, &srv_tcb);
+    srv_tcb.ctx = NULL; /* the server keeps its own copy of the struct */
+    uint16_t port = ratls_attest_server_port(s);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    ratls_evidence ev;
+
+    /* Both statuses allowed: admitted, evidence carries them. */
+    attempt a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    if (a.rc) fprintf(stderr, "attest: %s\n", a.msg);
+    CHECK(a.rc == RATLS_OK);
+    CHECK(a.ev.tcb_status == RATLS_TCB_SW_HARDENING_NEEDED && strcmp(a.ev.advisory_ids, "INTEL-SA-00615") == 0);
+    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_OK);
+    CHECK(ev.tcb_status == RATLS_TCB_UP_TO_DATE && strcmp(ev.advisory_ids, "INTEL-SA-00001,INTEL-SA-00002") == 0);
+    ratls_free(der);
+    ratls_free(a.peer);
+    ratls_attest_stats st = settle(s, 1);
+    CHECK(st.attested == 1 && st.rejected == 0);
+    CHECK(calls_of(&on_srv) == 1 && calls_of(&on_cli) == 1);
+
+    /* The client's evaluator reports a status the client's policy refuses: the client aborts with that reason;
+     * the server never saw our certificate, so its evaluator did not run. */
+    on_cli.status = RATLS_TCB_OUT_OF_DATE;
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_TCB_STATUS && a.peer == NULL);
+    CHECK(strstr(a.msg, "TCB status OutOfDate is not allowed by the policy") != NULL);
+    st = settle(s, 2);
+    CHECK(st.failed == 1 && st.rejected == 0 && st.attested == 1);
+    CHECK(calls_of(&on_srv) == 1 && calls_of(&on_cli) == 2);
+
+    /* The server's evaluator reports a status the server's policy refuses: the client learns TCB_STATUS from the
+     * refusal, the server's stats say why, nothing is queued. */
+    on_cli.status = RATLS_TCB_UP_TO_DATE;
+    on_srv.status = RATLS_TCB_OUT_OF_DATE;
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+    CHECK(strstr(a.msg, "the attestation server refused our certificate: TCB_STATUS") == a.msg);
+    st = settle(s, 3);
+    CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_TCB_STATUS && st.attested == 1);
+    CHECK(strstr(st.last_rejection_msg, "TCB status OutOfDate is not allowed by the policy") != NULL);
+    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(calls_of(&on_srv) == 2 && calls_of(&on_cli) == 3);
+    ratls_attest_server_stop(s);
+
+    /* A policy that allows Unknown still judges the real status: Unknown passes the first check, the evaluator's
+     * OutOfDate does not. */
+    ratls_policy *lax_pol = tcb_policy_for(env, 0xC6, (1u << RATLS_TCB_UNKNOWN) | up_to_date);
+    srv_tcb.ctx = &on_srv;
+    s = start_with(lax_pol, &srv, NULL, &srv_tcb);
+    port = ratls_attest_server_port(s);
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: TCB_STATUS") != NULL);
+    on_srv.status = RATLS_TCB_UP_TO_DATE;
+    on_srv.overflow = 1; /* an evaluator overrunning the advisories: the evidence still ends in a NUL */
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_OK);
+    ratls_free(a.peer);
+    CHECK(ratls_attest_server_pop(s, 1000, &der, &len, &ev) == RATLS_OK);
+    CHECK(ev.tcb_status == RATLS_TCB_UP_TO_DATE && strlen(ev.advisory_ids) == RATLS_ADVISORIES_SIZE - 1);
+    ratls_free(der);
+    st = settle(s, 2);
+    CHECK(st.attested == 1 && st.rejected == 1);
+    CHECK(calls_of(&on_srv) == 4 && calls_of(&on_cli) == 5);
+    CHECK(bad_args_of(&on_srv) == 0 && bad_args_of(&on_cli) == 0);
+    ratls_attest_server_stop(s);
+
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    ratls_policy_free(lax_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+/* An evaluator that fails gives its reason (and message) on the side that called it; one that claims success
+ * without a TCB status is a collateral failure. */
+static void test_tcb_evaluator_errors(const sim_env *env) {
+    identity srv = make_identity(env, 0xA7, 0), cli = make_identity(env, 0xC7, 0);
+    const uint32_t up_to_date = 1u << RATLS_TCB_UP_TO_DATE;
+    ratls_policy *srv_pol = tcb_policy_for(env, 0xC7, up_to_date), *cli_pol = tcb_policy_for(env, 0xA7, up_to_date);
+    fake_tcb on_srv = {.rc = RATLS_ERR_COLLATERAL, .msg = "PCCS at https://pccs.example unreachable", .peer = &cli};
+    fake_tcb on_cli = {.status = RATLS_TCB_UP_TO_DATE, .peer = &srv};
+    ratls_tcb_evaluator srv_tcb = {fake_evaluate, &on_srv}, cli_tcb = {fake_evaluate, &on_cli};
+    ratls_attest_server *s = start_with(srv_pol, &srv, NULL, &srv_tcb);
+    uint16_t port = ratls_attest_server_port(s);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    ratls_evidence ev;
+
+    /* On the server: the client is refused with COLLATERAL; the message stays on the server. */
+    attempt a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
+    CHECK(strstr(a.msg, "pccs.example") == NULL);
+    ratls_attest_stats st = settle(s, 1);
+    CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_COLLATERAL);
+    CHECK(strstr(st.last_rejection_msg, "collateral evaluation failed: PCCS at https://pccs.example unreachable") !=
+          NULL);
+
+    /* On the client: its own reason, with the evaluator's message. */
+    on_srv.rc = RATLS_OK;
+    on_srv.status = RATLS_TCB_UP_TO_DATE;
+    on_cli.rc = RATLS_ERR_COLLATERAL;
+    on_cli.msg = "TCB info expired";
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_COLLATERAL && a.peer == NULL);
+    CHECK(strstr(a.msg, "collateral evaluation failed: TCB info expired") != NULL);
+
+    /* Success without a status. */
+    on_cli.rc = RATLS_OK;
+    on_cli.leave_status = 1;
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_COLLATERAL && strstr(a.msg, "not a RATLS_TCB_* value") != NULL);
+    on_cli.leave_status = 0;
+    on_srv.leave_status = 1;
+    a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
+
+    st = settle(s, 4);
+    CHECK(st.rejected == 2 && st.failed == 2 && st.attested == 0);
+    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(calls_of(&on_srv) == 2 && calls_of(&on_cli) == 4);
+    CHECK(bad_args_of(&on_srv) == 0 && bad_args_of(&on_cli) == 0);
+    ratls_attest_server_stop(s);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
+/* A TLS 1.3 server that completes the handshake with a sim identity, then writes `reply` and closes. */
+typedef struct {
+    int listener;
+    const identity *id;
+    uint8_t reply[8];
+} scripted_server;
+
+static void *scripted_server_main(void *arg) {
+    scripted_server *ss = arg;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    const uint8_t *k = ss->id->key, *c = ss->id->crt;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &k, (long)ss->id->key_len);
+    X509 *cert = d2i_X509(NULL, &c, (long)ss->id->crt_len);
+    REQUIRE(ctx && key && cert && SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) &&
+            SSL_CTX_use_certificate(ctx, cert) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    int fd = accept(ss->listener, NULL, NULL);
+    SSL *ssl = SSL_new(ctx);
+    if (fd >= 0 && ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1 &&
+        SSL_write(ssl, ss->reply, sizeof ss->reply) == (int)sizeof ss->reply)
+        SSL_shutdown(ssl);
+    SSL_free(ssl);
+    if (fd >= 0) close(fd);
+    EVP_PKEY_free(key);
+    X509_free(cert);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return NULL;
+}
+
+static attempt attest_scripted(const ratls_policy *pol, const identity *cli, const identity *srv,
+                               const char magic[4], uint32_t word) {
+    scripted_server ss = {.listener = socket(AF_INET, SOCK_STREAM, 0), .id = srv};
+    memcpy(ss.reply, magic, 4);
+    uint32_t be = htonl(word);
+    memcpy(ss.reply + 4, &be, 4);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t addr_len = sizeof addr;
+    REQUIRE(bind(ss.listener, (struct sockaddr *)&addr, sizeof addr) == 0 && listen(ss.listener, 1) == 0 &&
+            getsockname(ss.listener, (struct sockaddr *)&addr, &addr_len) == 0);
+    pthread_t thread;
+    REQUIRE(pthread_create(&thread, NULL, scripted_server_main, &ss) == 0);
+    attempt a = attest(pol, cli, ntohs(addr.sin_port), 5000);
+    ERR_clear_error();
+    pthread_join(thread, NULL);
+    close(ss.listener);
+    return a;
+}
+
+/* What the client makes of each 8-byte reply: the acknowledgement, a refusal with a known or unknown reason code,
+ * anything else. */
+static void test_server_replies(const sim_env *env) {
+    identity srv = make_identity(env, 0xA8, 0), cli = make_identity(env, 0xC8, 0);
+    ratls_policy *pol = policy_for(env, 0xA8);
+    attempt a = attest_scripted(pol, &cli, &srv, "RAT1", 123456);
+    CHECK(a.rc == RATLS_OK && a.ttl == 123456);
+    ratls_free(a.peer);
+    a = attest_scripted(pol, &cli, &srv, "RATN", RATLS_ERR_ISV_SVN);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+    CHECK(strstr(a.msg, "the attestation server refused our certificate: ISV_SVN (127.0.0.1:") == a.msg);
+    a = attest_scripted(pol, &cli, &srv, "RATN", 9999);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: reason code 9999, unknown") != NULL);
+    a = attest_scripted(pol, &cli, &srv, "RATN", 0xFFFFFFFFu);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "reason code 4294967295, unknown") != NULL);
+    a = attest_scripted(pol, &cli, &srv, "RATN", RATLS_OK); /* a refusal for no reason is not an acceptance */
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "reason code 0, unknown") != NULL);
+    a = attest_scripted(pol, &cli, &srv, "RAT2", 60);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "acknowledgement magic") != NULL && a.peer == NULL);
+    ratls_policy_free(pol);
     free_identity(&srv);
     free_identity(&cli);
 }
@@ -521,6 +803,9 @@ int main(void) {
     sim_env_init(&env);
     test_mutual_success(&env);
     test_rejections(&env);
+    test_tcb_evaluator(&env);
+    test_tcb_evaluator_errors(&env);
+    test_server_replies(&env);
     test_bad_input(&env);
     test_bounds_and_errors(&env);
     test_server_closing_mid_handshake(&env);
