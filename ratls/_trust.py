@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography import x509
@@ -29,6 +30,9 @@ from ratls.errors import RatlsError, check_call
 from ratls.evidence import Evidence
 from ratls.identity import Identity
 from ratls.policy import Policy
+
+if TYPE_CHECKING:
+    from ratls.collateral import HandshakeEvaluator
 
 
 def common_name(der: bytes) -> str:
@@ -67,8 +71,9 @@ class Attested:
     trust_ttl: float
 
 
-def _stop_endpoint(ptr, _policy: Policy) -> None:
-    # _policy is an argument only to keep the C policy alive until the endpoint's threads are joined.
+def _stop_endpoint(ptr, _policy: Policy, _tcb: Any) -> None:
+    # _policy and _tcb are arguments only to keep the C policy and the TCB evaluator (which the endpoint's
+    # handshake threads call) alive until those threads are joined.
     lib.ratls_attest_server_stop(ptr)
 
 
@@ -76,7 +81,8 @@ class AttestationEndpoint:
     """The native attestation port: a TLS 1.3 listener where clients prove their enclave before gRPC."""
 
     def __init__(self, identity: Identity, policy: Policy, host: str, port: int, *, handshake_timeout: float,
-                 max_concurrent: int, max_cert_size: int, trust_ttl: float) -> None:
+                 max_concurrent: int, max_cert_size: int, trust_ttl: float,
+                 tcb: HandshakeEvaluator | None = None) -> None:
         limits = ffi.new("ratls_attest_limits *")
         limits.handshake_timeout_ms = max(1, int(handshake_timeout * 1000))
         limits.max_concurrent = int(max_concurrent)
@@ -85,10 +91,10 @@ class AttestationEndpoint:
         out = ffi.new("ratls_attest_server **")
         key, cert = identity.private_key_der, identity.certificate_der
         check_call(lib.ratls_attest_server_start, policy._native, key, len(key), cert, len(cert), host.encode(), port,
-                   limits, ffi.NULL, out, error=RatlsError)
+                   limits, tcb.native if tcb is not None else ffi.NULL, out, error=RatlsError)
         self._ptr = out[0]
         self.port: int = lib.ratls_attest_server_port(self._ptr)
-        self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy)
+        self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy, tcb)
         # close() may race with gRPC's fetcher calling pop(): the C server must not be freed mid-call.
         self._lock = threading.Lock()
 
@@ -126,7 +132,8 @@ class AttestationEndpoint:
             self._finalizer()
 
 
-def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float) -> Attested:
+def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float, *,
+           tcb: HandshakeEvaluator | None = None) -> Attested:
     """Client side: the mutual RA-TLS handshake with a server's attestation port. Raises VerificationError:
     the server's certificate failed our policy (its reason), the server refused ours (HANDSHAKE; the message
     names the server's reason), or the port did not answer (IO, TIMEOUT)."""
@@ -136,7 +143,7 @@ def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: fl
     ev = ffi.new("ratls_evidence *")
     ttl = ffi.new("uint32_t *")
     check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), host.encode(), port,
-               max(1, int(timeout * 1000)), ffi.NULL, peer, n, ev, ttl)
+               max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL, peer, n, ev, ttl)
     try:
         return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
     finally:

@@ -35,6 +35,7 @@ from ratls._trust import (
     lookup_peer,
 )
 from ratls.address import default_attestation_port, join_host_port, split_host_port
+from ratls.collateral import CollateralSource, HandshakeEvaluator
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
 from ratls.identity import Identity
@@ -60,9 +61,13 @@ class Credentials:
                  max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
                  max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
                  max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
-                 max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY) -> None:
+                 max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY,
+                 collateral: CollateralSource | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError("policy must be a ratls.Policy")
+        # Evaluated inside every attestation handshake, both directions, before a peer is trusted or pinned.
+        self.collateral = collateral
+        self._tcb = HandshakeEvaluator(collateral, policy) if collateral is not None else None
         if trust_ttl < 1:
             raise RatlsError(f"trust_ttl must be at least 1 second, got {trust_ttl}")
         self.policy = policy
@@ -92,7 +97,8 @@ class Credentials:
             attestation_port = default_attestation_port(port)
         if port and attestation_port > 65535:
             raise RatlsError(f"attestation port {attestation_port} is out of range: pass attestation_port")
-        endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, **self._limits)
+        endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, tcb=self._tcb,
+                                       **self._limits)
         trust = TrustSet(endpoint, self.identity, self.trust_ttl, **self._trust_bounds)
         server_credentials = grpc.dynamic_ssl_server_credentials(
             trust.initial_configuration(), trust.fetch, require_client_authentication=True)
@@ -138,7 +144,7 @@ class Credentials:
         VerificationError when either side rejects the other."""
         host, port = split_host_port(attestation_target)
         return attest(self.identity, self.policy, host, port, self.handshake_timeout if timeout is None
-                      else timeout)
+                      else timeout, tcb=self._tcb)
 
     def channel_credentials(self, attested: Attested) -> grpc.ChannelCredentials:
         """gRPC TLS credentials pinned to an attested server certificate, presenting our certificate."""
@@ -179,7 +185,8 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
                 max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
                 max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
                 max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
-                max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY) -> Credentials:
+                max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY,
+                collateral: CollateralSource | None = None) -> Credentials:
     """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
     `provider` (sim_ca, measured_files and measure_root are for the sim provider).
 
@@ -188,13 +195,16 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
     thread each). max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts.
     max_trusted_clients, max_trusted_per_identity: how many attested clients a port trusts at once, in all and
     per (MRENCLAVE, MRSIGNER); beyond them the least recently used entry of the identity with too many goes, so
-    one identity's churn never evicts another's clients."""
+    one identity's churn never evicts another's clients. collateral: a ratls.collateral source (PCCS,
+    FileCollateral); every peer's TCB status is then evaluated inside the attestation handshake, on both sides,
+    before the peer is trusted or pinned (without one it is "Unknown", which Gramine-style policies refuse)."""
     if identity is None:
         identity = Identity.create(provider, sim_ca=sim_ca, measured_files=measured_files,
                                    measure_root=measure_root)
     return Credentials(policy, identity, trust_ttl=trust_ttl, handshake_timeout=handshake_timeout,
                        max_concurrent_handshakes=max_concurrent_handshakes, max_cert_size=max_cert_size,
-                       max_trusted_clients=max_trusted_clients, max_trusted_per_identity=max_trusted_per_identity)
+                       max_trusted_clients=max_trusted_clients, max_trusted_per_identity=max_trusted_per_identity,
+                       collateral=collateral)
 
 
 def peer(context: grpc.ServicerContext) -> Evidence:

@@ -216,76 +216,6 @@ def _now(now: int | float | dt.datetime | None) -> int:
     return int(now)
 
 
-PCCS_SCHEMES = ("https://", "http://")
-
-
-def fetch_collateral(pccs_url: str, quote: bytes, *, timeout: float = 30.0) -> Any:
-    """Fetches the DCAP collateral of a quote (TCB info, QE identity, CRLs and their issuer chains) from a PCCS or
-    Intel's PCS (dcap_qvl.INTEL_PCS_URL), as a dcap-qvl QuoteCollateralV3 to pass as `collateral=`. Network access:
-    not used by the test suite. For a certificate, pass inspect_certificate(cert).quote. Raises VerificationError
-    (COLLATERAL) when the service cannot be reached or answers with something unusable."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    import dcap_qvl
-
-    async def fetch() -> Any:
-        return await asyncio.wait_for(dcap_qvl.get_collateral(pccs_url, bytes(quote)), timeout)
-
-    try:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(fetch())
-        # Called from inside an event loop (e.g. grpc.aio): run the fetch on a loop of its own.
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, fetch()).result()
-    except (TimeoutError, ValueError, RuntimeError, OSError) as e:
-        raise VerificationError(Reason.COLLATERAL, f"fetching collateral from {pccs_url} failed: {e}") from None
-
-
-def _collateral_object(quote: bytes, collateral: Any) -> Any:
-    import os
-
-    import dcap_qvl
-
-    if isinstance(collateral, str) and collateral.startswith(PCCS_SCHEMES):
-        return fetch_collateral(collateral, quote)
-    if isinstance(collateral, str | os.PathLike) and not str(collateral).lstrip().startswith("{"):
-        try:
-            with open(collateral) as f:
-                collateral = f.read()
-        except OSError as e:
-            raise VerificationError(Reason.COLLATERAL, f"cannot read collateral file {collateral}: {e.strerror}") \
-                from None
-    if isinstance(collateral, str | bytes):
-        try:
-            return dcap_qvl.QuoteCollateralV3.from_json(collateral if isinstance(collateral, str)
-                                                        else collateral.decode())
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
-            raise VerificationError(Reason.COLLATERAL, f"collateral is not QuoteCollateralV3 JSON: {e}") from None
-    return collateral
-
-
-def _evaluate_collateral(quote: bytes, policy: Policy, collateral: Any, now: int) -> tuple[int, tuple[str, ...]]:
-    """TCB status and advisories of a quote from DCAP collateral: dcap-qvl's QuoteCollateralV3 (the object, its
-    JSON text, a path to the JSON file) or a PCCS URL to fetch it from. The TCB rules (TCB info levels, QE
-    identity, CRLs, collateral validity at `now`) are evaluated by dcap-qvl, a vetted offline implementation of
-    Intel's QVL logic, so we do not keep a second copy of those rules; the signature chain is our C core's."""
-    import dcap_qvl
-
-    collateral = _collateral_object(quote, collateral)
-    try:
-        root = policy.trusted_root_der
-        if root is None:
-            report = dcap_qvl.verify(quote, collateral, now)
-        else:
-            report = dcap_qvl.verify_with_root_ca(quote, collateral, root, now)
-    except (ValueError, TypeError) as e:
-        raise VerificationError(Reason.COLLATERAL, f"collateral evaluation failed: {e}") from None
-    return TCB_STATUSES.index(report.status), tuple(report.advisory_ids)
-
-
 def _native_verify(verify: Callable[..., int], data: bytes, policy: Policy, now: int, tcb: int, *,
                    simulated_tcb: int | None = None) -> Evidence:
     """The C core's verification with a given TCB status: lib.ratls_verify_cert of a certificate's DER or
@@ -317,15 +247,19 @@ def _verify(verify: Callable[..., int], data: bytes, quote: Callable[[], bytes],
     except VerificationError as e:
         if e.reason != Reason.TCB_STATUS:
             raise
-    tcb, advisories = _evaluate_collateral(quote(), policy, collateral, now)
-    return dataclasses.replace(_native_verify(verify, data, policy, now, tcb), advisory_ids=advisories)
+    from ratls.collateral import evaluate  # it builds on this module
+
+    tcb = evaluate(quote(), policy, collateral, now)
+    return dataclasses.replace(_native_verify(verify, data, policy, now, TCB_STATUSES.index(tcb.status)),
+                               advisory_ids=tcb.advisory_ids)
 
 
 def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | dt.datetime | None = None,
                        collateral: Any = None) -> Evidence:
     """Verifies an RA-TLS certificate (PEM or DER) against a policy and returns its Evidence, or raises
     VerificationError with a specific reason. Without collateral the TCB status is "Unknown"; `collateral` is a
-    QuoteCollateralV3, its JSON text or file, or a PCCS URL (see fetch_collateral)."""
+    ratls.collateral source (PCCS, FileCollateral), a PCCS URL, or one QuoteCollateralV3 (its JSON text or
+    file)."""
     der = certificate_der(cert)
     return _verify(lib.ratls_verify_cert, der, lambda: inspect_certificate(der).quote, policy, collateral, _now(now))
 
