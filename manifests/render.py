@@ -49,7 +49,8 @@ LOG_LEVELS = ("none", "error", "warning", "debug", "trace", "all")
 DEFAULT_GRAMINE_PKGLIBDIR = "/usr/lib/x86_64-linux-gnu/gramine"
 DEFAULT_STATE_ROOT = "build/sgx"
 # Fixed by the manifest (RA-TLS with Gramine's provider; the policy comes from RA_TLS_*), never from the caller.
-TRANSPORT_OPTIONS = ("--security", "--provider", "--sim-ca", "--mrenclave", "--tls-ca")
+TRANSPORT_OPTIONS = ("--security", "--provider", "--sim-ca", "--mrenclave", "--tls-ca", "--collateral",
+                     "--collateral-cache")
 
 # Values inserted verbatim into TOML strings: no quotes, backslashes, whitespace or control characters.
 _VERBATIM = re.compile(r"[A-Za-z0-9._+@%,:=/~-]+")
@@ -77,6 +78,7 @@ class Options:
     allow_outdated_tcb: bool = False
     allow_hw_config_needed: bool = False
     allow_sw_hardening_needed: bool = False
+    pccs_url: str | None = None
     enclave_size: str = "8G"
     max_threads: int = 256
     cpu_threads: int = 8
@@ -229,6 +231,15 @@ def manifest_variables(role: str, options: Options) -> dict[str, str]:
         raise ManifestError("release manifests must pin their peers: give --signing-key (peers must be signed by "
                             "it) or --peer-mrsigner, or --peer-mrenclave")
 
+    collateral_args = ""
+    if options.pccs_url is not None:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", options.pccs_url):
+            raise ManifestError(f"--pccs-url: expected http(s)://host[:port][/path], got {options.pccs_url!r}")
+        collateral_args = f', "--collateral", "{options.pccs_url}"'
+    elif not debug:
+        raise ManifestError("release manifests need --pccs-url: peers' TCB status comes from a PCCS inside every "
+                            "attestation, and without it every status is Unknown, which RA_TLS_* refuses")
+
     if options.cpu_threads < 1:
         raise ManifestError(f"--cpu-threads: expected at least 1, got {options.cpu_threads}")
     # TensorFlow's pools plus gRPC, attestation and Python threads and Gramine's own helpers.
@@ -260,6 +271,7 @@ def manifest_variables(role: str, options: Options) -> dict[str, str]:
         "arch_libdir": _verbatim(arch_libdir(), "arch_libdir"),
         "app_files": " ".join(application_files(options.base_dir)),
         "runtime_args": runtime_args_toml(options.runtime_args),
+        "collateral_args": collateral_args,
         "ra_tls_mrenclave": mrenclave or "any",
         "ra_tls_mrsigner": mrsigner or "any",
         "ra_tls_isv_prod_id": _u16(options.isv_prod_id, "--isv-prod-id"),
@@ -395,6 +407,8 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     pin.add_argument("--peer-mrsigner", help="64 hex digits or 'any' (default: the --signing-key's MRSIGNER)")
     pin.add_argument("--peer-mrenclave", help="64 hex digits or 'any' (default any; see README: one value only)")
     pin.add_argument("--min-peer-svn", type=int, help="lowest ISVSVN accepted from peers (default: --isv-svn)")
+    pin.add_argument("--pccs-url", help="the PCCS peers' TCB status comes from (http(s)://host:port), evaluated in "
+                                        "every attestation; required for release builds")
     pin.add_argument("--allow-outdated-tcb", action="store_true", help="accept OutOfDate platforms (insecure)")
     pin.add_argument("--allow-hw-config-needed", action="store_true", help="accept ConfigurationNeeded platforms")
     pin.add_argument("--allow-sw-hardening-needed", action="store_true", help="accept SWHardeningNeeded platforms")

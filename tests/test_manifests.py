@@ -33,7 +33,8 @@ MODES = ("release", "debug")
 RA_TLS_VARIABLES = ("RA_TLS_MRENCLAVE", "RA_TLS_MRSIGNER", "RA_TLS_ISV_PROD_ID", "RA_TLS_ISV_SVN",
                     "RA_TLS_ALLOW_OUTDATED_TCB_INSECURE", "RA_TLS_ALLOW_HW_CONFIG_NEEDED",
                     "RA_TLS_ALLOW_SW_HARDENING_NEEDED", "RA_TLS_ALLOW_DEBUG_ENCLAVE_INSECURE")
-TRANSPORT_TAIL = ["--security", "ratls", "--provider", "gramine"]
+PCCS_URL = "https://pccs.example:8081"
+TRANSPORT_TAIL = ["--security", "ratls", "--provider", "gramine", "--collateral", PCCS_URL]
 RUNTIME_ARGS = {
     "ps": ("--listen", "0.0.0.0:7000", "--steps", "100", "--workers", "2", "--checkpoint-dir", "/checkpoints"),
     "worker": ("--ps", "10.0.0.1:7000", "--worker-id", "0", "--synthetic", "1000", "--report-file",
@@ -70,7 +71,7 @@ def signing_key(tmp_path_factory) -> Path:
 
 
 def options(signing_key: Path | None, mode: str = "release", role: str = "ps", **changes) -> render.Options:
-    base = {"build_mode": mode, "signing_key": signing_key, "runtime_args": RUNTIME_ARGS[role]}
+    base = {"build_mode": mode, "signing_key": signing_key, "runtime_args": RUNTIME_ARGS[role], "pccs_url": PCCS_URL}
     base.update(changes)
     return render.Options(**base)
 
@@ -325,6 +326,17 @@ def test_release_manifests_must_pin_their_peers():
     assert (variables["ra_tls_mrenclave"], variables["ra_tls_mrsigner"]) == ("any", "any")
 
 
+def test_release_manifests_need_a_pccs_and_fix_it_in_argv(signing_key):
+    with pytest.raises(render.ManifestError, match="release manifests need --pccs-url"):
+        render.manifest_variables("ps", options(signing_key, pccs_url=None))
+    with pytest.raises(render.ManifestError, match="--pccs-url: expected http"):
+        render.manifest_variables("ps", options(signing_key, pccs_url='https://x", "--sim-ca", "/tmp'))
+    with pytest.raises(render.ManifestError, match="--collateral is fixed by the manifest"):
+        render.manifest_variables("ps", options(signing_key, runtime_args=("--collateral", "http://evil")))
+    debug = render.manifest_variables("ps", options(signing_key, mode="debug", pccs_url=None))
+    assert debug["collateral_args"] == ""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # arguments
 
@@ -358,6 +370,7 @@ def test_argv_parses_with_the_runtime_parser(manifests, role):
     assert argv[1:3] == ["-m", f"runtime.{role}"]
     args = parser.parse_args(argv[3:])
     assert (args.security, args.provider, args.sim_ca, args.mrenclave) == ("ratls", "gramine", None, None)
+    assert args.collateral == PCCS_URL
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -412,7 +425,8 @@ def run_render(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_defines_carry_exactly_the_template_variables(signing_key, tmp_path):
-    args = ["--signing-key", str(signing_key), "--instance", "worker-3", "--", *RUNTIME_ARGS["worker"]]
+    args = ["--signing-key", str(signing_key), "--instance", "worker-3", "--pccs-url", PCCS_URL, "--",
+            *RUNTIME_ARGS["worker"]]
     result = run_render("defines", "worker", *args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -433,7 +447,8 @@ def test_cli_lists_the_measured_files_and_reports_errors():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [p.relative_to(BASE_DIR).as_posix() for p in runtime_files()]
     assert f"sim MRENCLAVE {ratls.measure(runtime_files(), root=BASE_DIR).hex()}" in result.stderr
-    result = run_render("defines", "ps", "--peer-mrsigner", "ab" * 32, "--", "--security", "insecure")
+    result = run_render("defines", "ps", "--peer-mrsigner", "ab" * 32, "--pccs-url", PCCS_URL, "--", "--security",
+                        "insecure")
     assert result.returncode == 2
     assert "--security is fixed by the manifest" in result.stderr
 
