@@ -12,15 +12,15 @@ import threading
 from ratls.errors import RatlsError, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
 from ratls.identity import measure
-from ratls.policy import TCB_STATUSES, Policy
+from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import DEFAULT_VALIDITY, INTEL_TCB_STATUSES, SimCA
 
 
 def _inspection_policy(sim_root: str | None) -> Policy:
-    """Accepts any measurement, debug and TCB status: inspect shows what a certificate claims and whether its
-    signature chain and key binding hold; deciding whether to trust it is a policy's job."""
-    return Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES, allow_simulated=sim_root is not None,
-                  sim_root=sim_root)
+    """Accepts any measurement, debug and TCB status but Revoked: inspect shows what a certificate claims and
+    whether its signature chain and key binding hold; deciding whether to trust it is a policy's job."""
+    return Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
+                  allow_simulated=sim_root is not None, sim_root=sim_root)
 
 
 # Certificates and quotes are KBs; inspect reads no more than this of a file (so not /dev/zero to exhaustion).

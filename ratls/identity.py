@@ -1,4 +1,5 @@
-"""A process's RA-TLS identity: a fresh key pair that stays in memory and a certificate carrying SGX evidence."""
+"""A process's RA-TLS identity: a fresh key pair that stays in memory, a certificate carrying SGX evidence, and a
+small channel certificate over the same key for gRPC (see Identity)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, check_call
 from ratls.evidence import Evidence, inspect_certificate, verify_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
-from ratls.policy import TCB_STATUSES, Policy
+from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import SimCA
 
 SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
@@ -65,6 +66,27 @@ def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None =
     return h.digest()
 
 
+def make_channel_certificate(private_key_der: bytes, certificate_der: bytes) -> bytes:
+    """The channel certificate of a key pair (DER): self-signed over the same SubjectPublicKeyInfo as
+    `certificate_der`, subject CN=RATLS-<16 hex of SHA-256(SPKI)>-channel, the same validity, no extensions
+    (ratls_channel_cert_create; ratls/PROTOCOL.md)."""
+    out = ffi.new("uint8_t **")
+    n = ffi.new("size_t *")
+    check_call(lib.ratls_channel_cert_create, private_key_der, len(private_key_der), certificate_der,
+               len(certificate_der), out, n, error=RatlsError)
+    try:
+        return bytes(ffi.buffer(out[0], n[0]))
+    finally:
+        lib.ratls_free(out[0])
+
+
+def channel_certificate_of(identity) -> bytes:
+    """The certificate an identity presents on gRPC ports and sends in its attestation: an Identity's own channel
+    certificate, or one made now for an identity-like object without one (private_key_der, certificate_der)."""
+    der = getattr(identity, "channel_certificate_der", None)
+    return der if der is not None else make_channel_certificate(identity.private_key_der, identity.certificate_der)
+
+
 def _open_provider(path: str):
     with _provider_lock:
         if path not in _providers:
@@ -83,13 +105,34 @@ def _timestamp(value) -> int:
 
 
 class Identity:
-    """A key pair (memory only) and its self-signed RA-TLS certificate in Gramine's format."""
+    """A key pair (memory only), its self-signed RA-TLS certificate in Gramine's format, and its channel
+    certificate.
 
-    def __init__(self, private_key_der: bytes, certificate_der: bytes, provider: str, evidence: Evidence) -> None:
+    The channel certificate is what the identity presents on gRPC ports: gRPC's TLS stack (grpcio 1.85.1, measured)
+    fails mutual TLS with a client certificate over about 8.4 KB DER, and RA-TLS certificates, carrying the quote
+    twice, are larger (~8.7 KB sim, 10 KB Gramine). It is a small self-signed certificate over the same key
+    (byte-equal SubjectPublicKeyInfo), CN=RATLS-<16 hex of SHA-256(SPKI)>-channel, the RA-TLS certificate's
+    validity, no evidence. A client sends it right after the attestation handshake and the server checks it against
+    the RA-TLS certificate it verified (ratls/PROTOCOL.md). The guarantee is unchanged: the quote binds the key, the
+    channel certificate is signed by that key, and gRPC's TLS proves possession of it. Made once, here."""
+
+    def __init__(self, private_key_der: bytes, certificate_der: bytes, provider: str, evidence: Evidence,
+                 channel_certificate_der: bytes | None = None) -> None:
         self.private_key_der = private_key_der
         self.certificate_der = certificate_der
         self.provider = provider
         self.evidence = evidence
+        if channel_certificate_der is None:
+            channel_certificate_der = make_channel_certificate(private_key_der, certificate_der)
+            # What an attestation server will check of it (at a time inside the validity: a deliberately expired
+            # identity is allowed).
+            now = time.time()
+            if evidence.not_before is not None and evidence.not_after is not None:
+                now = min(max(now, evidence.not_before.timestamp()), evidence.not_after.timestamp())
+            check_call(lib.ratls_channel_cert_check, certificate_der, len(certificate_der), channel_certificate_der,
+                       len(channel_certificate_der), int(now), error=RatlsError,
+                       context="our own channel certificate")
+        self.channel_certificate_der = channel_certificate_der
 
     @classmethod
     def create(
@@ -173,7 +216,7 @@ class Identity:
         if provider == "gramine":
             cert_der = unique_subject_certificate(cert_der, key_der)
         # A self-check that also yields our own Evidence: any measurement, but a fully valid chain and binding.
-        own_policy = Policy(allow_debug=True, allowed_tcb_statuses=TCB_STATUSES,
+        own_policy = Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
                             allow_simulated=sim_root is not None, sim_root=sim_root)
         info = inspect_certificate(cert_der)
         # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
@@ -190,6 +233,10 @@ class Identity:
         return certificate_pem(self.certificate_der)
 
     @property
+    def channel_certificate_pem(self) -> bytes:
+        return certificate_pem(self.channel_certificate_der)
+
+    @property
     def private_key_pem(self) -> bytes:
         key = serialization.load_der_private_key(self.private_key_der, None)
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -199,6 +246,11 @@ class Identity:
     def common_name(self) -> str:
         """The unique subject CN, RATLS-<16 hex of SHA-256(SPKI)>."""
         return unique_common_name(self.evidence.spki_sha256)
+
+    @property
+    def channel_common_name(self) -> str:
+        """The channel certificate's subject CN, RATLS-<16 hex of SHA-256(SPKI)>-channel."""
+        return unique_common_name(self.evidence.spki_sha256) + "-channel"
 
     def __repr__(self) -> str:
         return (f"Identity(provider={self.provider!r}, cn={self.common_name!r}, "

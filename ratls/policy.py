@@ -14,6 +14,8 @@ from ratls.errors import PolicyError, check_call
 
 TCB_STATUSES: tuple[str, ...] = tuple(ffi.string(lib.ratls_tcb_status_name(i)).decode() for i in range(8))
 """Intel's TCB status names (index = the C code), "Unknown" first: the status when no collateral was given."""
+ALLOWABLE_TCB_STATUSES: tuple[str, ...] = tuple(s for s in TCB_STATUSES if s != "Revoked")
+"""What a policy may allow: every status but Revoked, which no policy admits."""
 
 Measurement = str | bytes
 MeasurementSet = Measurement | Iterable[Measurement] | None
@@ -64,6 +66,9 @@ def _tcb_statuses(statuses: Iterable[str]) -> tuple[str, ...]:
     for s in statuses:
         if not isinstance(s, str) or s.lower() not in by_lower:
             raise PolicyError(f"allowed_tcb_statuses: unknown status {s!r} (known: {', '.join(TCB_STATUSES)})")
+        if s.lower() == "revoked":
+            raise PolicyError("allowed_tcb_statuses: Revoked can never be allowed (the platform's attestation keys "
+                              "are revoked; Gramine never admits it either)")
         out.append(by_lower[s.lower()])
     return tuple(dict.fromkeys(out))
 

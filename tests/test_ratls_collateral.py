@@ -9,6 +9,7 @@ import pytest
 from certtools import flip_bit
 
 import ratls
+from ratls.policy import ALLOWABLE_TCB_STATUSES
 
 DCAP_QVL_VALID_TIME = 1752919277  # min(nextUpdate) - 1 of the sample collateral, as dcap-qvl's own tests use
 BODY = 48
@@ -25,7 +26,7 @@ def collateral(testdata):
     return testdata / "sgx" / "dcap-qvl" / "sgx_quote_collateral.json"
 
 
-LENIENT = dict(allowed_tcb_statuses=ratls.TCB_STATUSES)
+LENIENT = dict(allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES)
 
 
 def rejects(reason, raw, policy, **kw) -> ratls.VerificationError:

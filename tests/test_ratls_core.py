@@ -8,6 +8,7 @@ import pytest
 from ratls._native import ffi, lib
 
 import ratls
+from ratls.policy import ALLOWABLE_TCB_STATUSES
 
 GRAMINE_MRENCLAVE = "0866e7ca11b9f4efe4bf39b2607f4e1299f111920d96d95719080f01b62b7585"
 GRAMINE_MRSIGNER = "adc53501f21ced9b998e37a7a18e061c63e00315045fa57a49c18ef0a30d02ca"
@@ -127,7 +128,7 @@ def test_real_intel_quote_verifies_to_intel_root(testdata):
 def test_real_quote_tcb_from_collateral(testdata):
     raw = (testdata / "sgx" / "dcap-qvl" / "sgx_quote").read_bytes()
     collateral = testdata / "sgx" / "dcap-qvl" / "sgx_quote_collateral.json"
-    lenient = ratls.Policy(allowed_tcb_statuses=ratls.TCB_STATUSES)
+    lenient = ratls.Policy(allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES)
     ev = ratls.verify_quote(raw, lenient, now=DCAP_QVL_VALID_TIME, collateral=collateral)
     assert ev.tcb_status == "ConfigurationAndSWHardeningNeeded"
     assert set(ev.advisory_ids) == {"INTEL-SA-00289", "INTEL-SA-00615"}

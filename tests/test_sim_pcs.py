@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 import ratls
 from ratls.__main__ import main
+from ratls.policy import ALLOWABLE_TCB_STATUSES
 from ratls.sim_pccs import SimPCCS
 from ratls.simca import (
     INTEL_TCB_STATUSES,
@@ -417,7 +418,7 @@ def test_a_platform_directory_is_a_sim_ca_of_the_same_root(fleet):
     collateral = ca.collateral()
     # A platform directory as a policy's sim_root names the CA's root: it accepts the CA's other platforms.
     policy = ratls.Policy(sim_root=alpha, allow_simulated=True, mrsigner=ca.mrsigner,
-                          allowed_tcb_statuses=ratls.TCB_STATUSES)
+                          allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES)
     for name, status in ((None, "UpToDate"), ("beta", "OutOfDate")):
         evidence = ratls.verify_certificate(certs[name][0], policy, collateral=collateral)
         assert (evidence.provider, evidence.tcb_status) == ("sim", status)

@@ -36,6 +36,10 @@ static int measurement_mismatch(char *msg, size_t msg_len, int code, const char 
 /* The policy's TCB rule, the last check of a verification; also applied by the attestation handshake to the
  * status its collateral evaluator reports (attest.c). */
 int ratls_policy_check_tcb(const ratls_policy *p, int tcb_status, char *msg, size_t msg_len) {
+    /* Revoked means the platform's keys may be in other hands: no policy can admit it (Gramine neither). */
+    if (tcb_status == RATLS_TCB_REVOKED)
+        return ratls_fail(msg, msg_len, RATLS_ERR_TCB_STATUS,
+                          "TCB status Revoked is never allowed: the platform's attestation keys are revoked");
     if (tcb_status < 0 || tcb_status > RATLS_TCB_REVOKED || !(p->tcb_mask & (1u << tcb_status)))
         return ratls_fail(msg, msg_len, RATLS_ERR_TCB_STATUS, "TCB status %s is not allowed by the policy%s",
                           ratls_tcb_status_name(tcb_status),
