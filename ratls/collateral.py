@@ -20,6 +20,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import functools
+import hashlib
 import http.client
 import json
 import logging
@@ -49,6 +51,8 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 """Intel's largest collateral item (a TCB Info) is about 10 KB and its CRLs under 1 KB; 1 MiB leaves room."""
 _REVOKED = "TCB status is invalid: Revoked"
+_QE_REPORT_OFFSET = 48 + 384 + 4 + 64 + 64  # header, ISV report, signature length, ISV signature, attestation key
+_MAX_PLATFORMS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +92,24 @@ def _ca_of(issuer: str) -> str:
     return "platform" if "PCK Platform CA" in issuer else "processor"
 
 
+@functools.cache
 def _intel_root_der() -> bytes:
     pem = ffi.string(lib.ratls_intel_root_ca_pem())
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
 
+def _chain_root(quote: bytes) -> bytes:
+    """The DER of the last certificate of the quote's PCK chain (the native verification checked the chain)."""
+    chain = parse_quote(quote).pck_chain_pem
+    if not chain:
+        raise VerificationError(Reason.COLLATERAL, "the quote carries no PCK certificate chain (certification "
+                                "data type 5), which collateral evaluation needs")
+    return x509.load_pem_x509_certificate(chain[-1]).public_bytes(Encoding.DER)
+
+
 def _root_of(quote: bytes, policy: Policy) -> bytes:
     """The root the quote's PCK chain ends in, among the policy's roots (the native verification chose it)."""
-    chain = parse_quote(quote).pck_chain_pem
-    last = x509.load_pem_x509_certificate(chain[-1]).public_bytes(Encoding.DER) if chain else b""
+    last = _chain_root(quote)
     for root in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
         if root is not None and root == last:
             return root
@@ -148,7 +161,7 @@ def _evaluate(quote: bytes, entry: _Entry, root_der: bytes, now: int) -> TcbEval
     except ValueError as e:
         if _REVOKED in str(e):  # dcap-qvl reports Revoked as an error; for a policy it is a status
             return TcbEvaluation("Revoked", (), entry.next_update)
-        raise VerificationError(Reason.COLLATERAL, f"collateral evaluation failed: {e}") from None
+        raise VerificationError(Reason.COLLATERAL, f"dcap-qvl refused the collateral or the quote: {e}") from None
     if report.status not in TCB_STATUSES:
         raise VerificationError(Reason.COLLATERAL, f"collateral evaluation gave an unknown TCB status "
                                 f"{report.status!r}")
@@ -200,6 +213,8 @@ class CollateralSource(abc.ABC):
         self._lock = threading.Lock()
         self._entries: dict[CollateralKey, _Entry] = {}
         self._key_locks: dict[CollateralKey, threading.Lock] = {}
+        self._platforms: dict[bytes, tuple[CollateralKey, bytes]] = {}
+        self._results: dict[tuple[bytes, bytes], tuple[_Entry, TcbEvaluation]] = {}
         self.fetches = 0
         """Fetches started (successful or not), for monitoring."""
 
@@ -208,15 +223,14 @@ class CollateralSource(abc.ABC):
         VerificationError(COLLATERAL) when no usable collateral can be had."""
         quote = bytes(quote)
         t = int(self._clock()) if now is None else int(now)
-        root = _root_of(quote, policy)
-        key = CollateralKey.of_quote(quote)
+        platform, key, root = self._platform(quote, policy)
         entry = self._usable(key, t)
         if entry is not None:
-            return _evaluate(quote, entry, root, t)
+            return self._evaluate_once(platform, quote, entry, root, t)
         with self._key_lock(key):  # one fetch per key: the others wait here and then find it cached
             entry = self._usable(key, t)
             if entry is not None:
-                return _evaluate(quote, entry, root, t)
+                return self._evaluate_once(platform, quote, entry, root, t)
             stale = self._cached(key)
             try:
                 fresh = self._fetch(key)
@@ -236,6 +250,39 @@ class CollateralSource(abc.ABC):
             self._store(key, dataclasses.replace(fresh, fetched_at=t))
             return result
 
+    def _platform(self, quote: bytes, policy: Policy) -> tuple[bytes, CollateralKey, bytes]:
+        """(platform id, collateral key, root) of a quote. Everything from the QE report on (QE report, its
+        signature, QE auth data, PCK chain) is the same for every quote of one platform and quoting enclave, so
+        its hash identifies what the TCB status depends on besides the collateral, and parsing is done once."""
+        platform = hashlib.sha256(quote[_QE_REPORT_OFFSET:]).digest()
+        with self._lock:
+            known = self._platforms.get(platform)
+        if known is None:
+            known = (CollateralKey.of_quote(quote), _chain_root(quote))
+            with self._lock:
+                if len(self._platforms) >= _MAX_PLATFORMS:
+                    self._platforms.clear()
+                    self._results.clear()
+                self._platforms[platform] = known
+        key, chain_root = known
+        if chain_root not in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
+            raise VerificationError(Reason.PCK_CHAIN_UNTRUSTED, "the quote's PCK chain does not end in a root of "
+                                    "the policy")
+        return platform, key, chain_root
+
+    def _evaluate_once(self, platform: bytes, quote: bytes, entry: _Entry, root: bytes, t: int) -> TcbEvaluation:
+        """dcap-qvl's evaluation, once per platform, root and collateral entry: the status cannot change while
+        they stay the same and the entry is valid (the caller checked), and the rest of what dcap-qvl checks (the
+        quote's signatures, the PCK chain) the native verification has checked for every quote."""
+        with self._lock:
+            memo = self._results.get((platform, root))
+        if memo is not None and memo[0] is entry:
+            return memo[1]
+        result = _evaluate(quote, entry, root, t)
+        with self._lock:
+            self._results[(platform, root)] = (entry, result)
+        return result
+
     def _usable(self, key: CollateralKey, t: int) -> _Entry | None:
         """The cached entry if it is valid at t and not due for a refresh."""
         entry = self._cached(key)
@@ -244,6 +291,12 @@ class CollateralSource(abc.ABC):
         if self.max_age is not None and t - entry.fetched_at > self.max_age:
             return None
         return entry
+
+    def clear(self) -> None:
+        """Forgets the collateral cached in memory (not on disk): the next evaluation of each platform fetches."""
+        with self._lock:
+            self._entries.clear()
+            self._results.clear()
 
     def evaluate_certificate(self, cert_der: bytes, policy: Policy, *, now: int | None = None) -> TcbEvaluation:
         return self.evaluate_quote(inspect_certificate(cert_der).quote, policy, now=now)
@@ -535,3 +588,14 @@ def ratls_py_tcb_evaluate(ctx, cert_der, cert_len, _now, tcb_status, advisories,
         log.exception("collateral evaluation failed")
         _write_c_string(msg, msg_len, f"collateral evaluation raised {type(e).__name__}: {e}")
         return int(Reason.COLLATERAL)
+
+
+def from_spec(spec: str, *, cache_dir: str | os.PathLike | None = None,
+              timeout: float = DEFAULT_TIMEOUT_S) -> CollateralSource:
+    """A source from its command-line form: a PCCS URL (http:// or https://, with `cache_dir` and `timeout`), or
+    a path to QuoteCollateralV3 JSON (a file, or a directory of them)."""
+    if spec.startswith(("http://", "https://")):
+        return PCCS(spec, cache_dir=cache_dir, timeout=timeout)
+    if "://" in spec:
+        raise ValueError(f"collateral source {spec!r}: expected an http(s):// PCCS URL or a path")
+    return FileCollateral(spec)
