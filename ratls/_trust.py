@@ -1,10 +1,17 @@
 """The attestation port and the trust set behind an RA-TLS gRPC server (ARCHITECTURE.md §4).
 
-The native attestation endpoint (native/src/attest.c) runs the mutual RA-TLS handshake in its own threads and
-queues each attested client; the TrustSet drains that queue from gRPC's certificate-config fetcher, which gRPC
-calls before every new TLS handshake on the gRPC port, and serves the attested client certificates as the only
-client roots. The endpoint queues a client before acknowledging it, so a client that finished attesting is
+The native attestation endpoint (native/src/attest.c) runs the mutual RA-TLS handshake in its own threads, reads
+the client's channel certificate and checks it against the RA-TLS certificate it verified (same key, signed by it),
+and queues each attested client; the TrustSet drains that queue from gRPC's certificate-config fetcher, which gRPC
+calls before every new TLS handshake on the gRPC port, and serves the attested clients' channel certificates as the
+only client roots. The endpoint queues a client before acknowledging it, so a client that finished attesting is
 always seen by the next fetch: there is no window where it is attested but not yet trusted.
+
+Why channel certificates on the gRPC port: grpcio 1.85.1 fails mutual TLS when the client certificate is larger
+than about 8.4 KB DER (measured: 8,354 B works, 8,556 B fails with SSL_ERROR_WANT_WRITE), and RA-TLS certificates
+are larger (the quote twice). The channel certificate carries exactly the attested SubjectPublicKeyInfo and is
+signed by that key, whose hash the quote binds; gRPC's TLS proves possession of the key. So a client completing TLS
+with it is the attested enclave, and ratls.peer() maps it back to the Evidence of the RA-TLS certificate.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from ratls._certs import certificate_pem
 from ratls._native import ffi, lib
 from ratls.errors import RatlsError, check_call
 from ratls.evidence import Evidence
-from ratls.identity import Identity
+from ratls.identity import Identity, channel_certificate_of
 from ratls.policy import Policy
 
 if TYPE_CHECKING:
@@ -99,20 +106,24 @@ class AttestationEndpoint:
         self._lock = threading.Lock()
 
     def pop(self) -> tuple[bytes, Evidence] | None:
-        """The next attested client (certificate DER, Evidence), or None at once when there is none: it is called
-        from gRPC's certificate-config fetcher, which must not wait."""
+        """The next attested client (its channel certificate DER, and the Evidence of the RA-TLS certificate it was
+        checked against), or None at once when there is none: it is called from gRPC's certificate-config fetcher,
+        which must not wait."""
         der = ffi.new("uint8_t **")
         n = ffi.new("size_t *")
+        channel = ffi.new("uint8_t **")
+        channel_len = ffi.new("size_t *")
         ev = ffi.new("ratls_evidence *")
         with self._lock:
             if not self._finalizer.alive:
                 return None
-            if lib.ratls_attest_server_pop(self._ptr, 0, der, n, ev) != lib.RATLS_OK:
+            if lib.ratls_attest_server_pop(self._ptr, 0, der, n, channel, channel_len, ev) != lib.RATLS_OK:
                 return None
         try:
-            return bytes(ffi.buffer(der[0], n[0])), Evidence._from_native(ev)
+            return bytes(ffi.buffer(channel[0], channel_len[0])), Evidence._from_native(ev)
         finally:
             lib.ratls_free(der[0])
+            lib.ratls_free(channel[0])
 
     def stats(self) -> AttestationStats:
         s = ffi.new("ratls_attest_stats *")
@@ -134,16 +145,19 @@ class AttestationEndpoint:
 
 def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float, *,
            tcb: HandshakeEvaluator | None = None) -> Attested:
-    """Client side: the mutual RA-TLS handshake with a server's attestation port. Raises VerificationError:
-    the server's certificate failed our policy (its reason), the server refused ours (HANDSHAKE; the message
-    names the server's reason), or the port did not answer (IO, TIMEOUT)."""
+    """Client side: the mutual RA-TLS handshake with a server's attestation port, then our channel certificate.
+    Raises VerificationError: the server's certificate failed our policy (its reason), the server refused our
+    certificate or channel certificate (HANDSHAKE; the message names the server's reason), or the port did not
+    answer (IO, TIMEOUT)."""
     key, cert = identity.private_key_der, identity.certificate_der
+    channel = channel_certificate_of(identity)
     peer = ffi.new("uint8_t **")
     n = ffi.new("size_t *")
     ev = ffi.new("ratls_evidence *")
     ttl = ffi.new("uint32_t *")
-    check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), host.encode(), port,
-               max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL, peer, n, ev, ttl)
+    check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), channel, len(channel),
+               host.encode(), port, max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL, peer,
+               n, ev, ttl)
     try:
         return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
     finally:
@@ -166,8 +180,8 @@ def _unusable_root_pem() -> bytes:
 
 @dataclass
 class _Entry:
-    pem: bytes
-    evidence: Evidence
+    pem: bytes  # the channel certificate: what the client presents on the gRPC port
+    evidence: Evidence  # of the RA-TLS certificate it was checked against (cert_fingerprint is that one's)
     expires: float  # time.monotonic()
 
 
@@ -177,7 +191,8 @@ def _identity_of(evidence: Evidence) -> tuple[bytes, bytes]:
 
 
 class TrustSet:
-    """Fingerprint (SHA-256 of the certificate DER) -> Evidence of attested clients, each with an expiry.
+    """Channel certificate fingerprint (SHA-256 of its DER: what gRPC sees as the client's certificate) -> Evidence
+    of attested clients (of their RA-TLS certificates), each with an expiry.
 
     Bounded so that churn cannot push out other clients: at most max_per_identity entries per (MRENCLAVE,
     MRSIGNER), and max_entries in all; eviction takes the least recently used entry of the identity that has too
@@ -223,14 +238,14 @@ class TrustSet:
 
     def _drain(self) -> None:
         while (item := self._endpoint.pop()) is not None:
-            der, evidence = item
+            channel_der, evidence = item
             expires = time.monotonic() + self._ttl
             if evidence.not_after is not None:  # never trust past the certificate's own validity
                 expires = min(expires, time.monotonic() + evidence.not_after.timestamp() - time.time())
-            fp = evidence.cert_fingerprint
+            fp = hashlib.sha256(channel_der).digest()
             if fp in self._entries:
                 self._remove(fp)
-            self._entries[fp] = _Entry(certificate_pem(der), evidence, expires)
+            self._entries[fp] = _Entry(certificate_pem(channel_der), evidence, expires)
             who = _identity_of(evidence)
             self._per_identity[who] += 1
             # Churn evicts only the churning identity's own entries: first its cap, then (at the overall cap)
@@ -250,6 +265,7 @@ class TrustSet:
         self._remove(next(fp for fp, e in self._entries.items() if _identity_of(e.evidence) == who))
 
     def evidence_for(self, fingerprint: bytes) -> Evidence | None:
+        """The Evidence behind a channel certificate fingerprint, if it is trusted now."""
         with self._lock:
             self._drain()
             entry = self._entries.get(fingerprint)
@@ -259,18 +275,20 @@ class TrustSet:
             return entry.evidence
 
     def trusted(self) -> dict[bytes, Evidence]:
-        """The currently trusted clients (fingerprint -> Evidence), expired ones excluded."""
+        """The currently trusted clients, expired ones excluded: the fingerprint of the RA-TLS certificate each
+        attested with (Evidence.cert_fingerprint) -> Evidence."""
         with self._lock:
             self._drain()
             now = time.monotonic()
-            return {fp: e.evidence for fp, e in self._entries.items() if e.expires > now}
+            return {e.evidence.cert_fingerprint: e.evidence for e in self._entries.values() if e.expires > now}
 
 
 _registry: weakref.WeakSet[TrustSet] = weakref.WeakSet()
 
 
 def lookup_peer(cert_der: bytes) -> Evidence | None:
-    """The Evidence with which a client certificate was attested to any trust set of this process."""
+    """The Evidence with which a client's channel certificate (the certificate a gRPC call carries) was attested to
+    any trust set of this process."""
     fp = hashlib.sha256(cert_der).digest()
     for trust in list(_registry):
         ev = trust.evidence_for(fp)

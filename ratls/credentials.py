@@ -9,8 +9,11 @@
 Server: beside the gRPC port, an attestation port runs the mutual RA-TLS handshake (native, both sides verify
 under their policy); attested clients enter a trust set that gRPC's dynamic server credentials serve as the
 only client roots, with require_client_authentication. Client: attest the server, then open an ordinary gRPC
-TLS channel whose only root is the attested server certificate and whose own certificate is the one the server
-attested. TLS then proves possession of exactly the attested keys on both sides.
+TLS channel whose only root is the attested server certificate and whose own certificate is its channel
+certificate: a small certificate over the attested key (grpcio fails mutual TLS with client certificates over
+about 8.4 KB, and RA-TLS certificates are larger), which the server checked against the attested RA-TLS
+certificate before trusting it (ratls/PROTOCOL.md). TLS then proves possession of exactly the attested keys on
+both sides.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ratls.address import default_attestation_port, join_host_port, split_host_p
 from ratls.collateral import CollateralSource, HandshakeEvaluator
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
-from ratls.identity import Identity
+from ratls.identity import Identity, channel_certificate_of
 from ratls.policy import Policy
 
 __all__ = ["AttestationStats", "Credentials", "credentials", "peer"]
@@ -72,7 +75,8 @@ class Credentials:
             raise RatlsError(f"trust_ttl must be at least 1 second, got {trust_ttl}")
         self.policy = policy
         self.identity = identity
-        self._own_pem = (identity.private_key_pem, identity.certificate_pem)  # encoded once, used per channel
+        # Encoded once, used per channel: our key and channel certificate (what we present on gRPC ports).
+        self._own_pem = (identity.private_key_pem, certificate_pem(channel_certificate_of(identity)))
         self.trust_ttl = float(trust_ttl)
         self.handshake_timeout = float(handshake_timeout)
         if not 1 <= max_trusted_per_identity <= max_trusted_clients:
@@ -147,7 +151,7 @@ class Credentials:
                       else timeout, tcb=self._tcb)
 
     def channel_credentials(self, attested: Attested) -> grpc.ChannelCredentials:
-        """gRPC TLS credentials pinned to an attested server certificate, presenting our certificate."""
+        """gRPC TLS credentials pinned to an attested server certificate, presenting our channel certificate."""
         key_pem, cert_pem = self._own_pem
         return grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
                                             private_key=key_pem, certificate_chain=cert_pem)

@@ -20,6 +20,7 @@ class Reason(enum.IntEnum):
     CERT_EXPIRED = 13
     CERT_NOT_YET_VALID = 14
     CERT_TOO_LARGE = 15
+    CHANNEL_CERT = 16  # the attestation port: a missing, late or bad channel certificate (ratls/PROTOCOL.md)
     EVIDENCE_MISSING = 20
     EVIDENCE_CRITICAL = 21
     EVIDENCE_MALFORMED = 22

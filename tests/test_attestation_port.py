@@ -1,16 +1,21 @@
 """The attestation port under bad input: 1,000 garbage, truncated, reset, slow, half-open, wrong-version,
 unattested and oversized connections. None may wedge it or leak: afterwards every connection is accounted for,
-nothing was attested, a good client still gets through, and the process RSS is flat between two rounds."""
+nothing was attested, a good client still gets through, and the process RSS is flat between two rounds. Also the
+protocol as ratls/PROTOCOL.md writes it, spoken by Python's own ssl module (the channel certificate message and
+the replies), and that document's reason-code table."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
+import re
 import socket
 import ssl
 import struct
 import time
 from concurrent import futures
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -20,7 +25,9 @@ from cryptography.x509.oid import NameOID
 from grpctools import FakeIdentity, hello, make_app, plain_identity, serve, sim_policy, tls_client_context
 
 import ratls
+from ratls._trust import lookup_peer
 from ratls.credentials import credentials
+from ratls.identity import make_channel_certificate
 
 HANDSHAKE_TIMEOUT_S = 0.5
 IO_TIMEOUT_S = 5.0
@@ -296,3 +303,71 @@ def test_idle_and_slow_connections_do_not_starve_good_clients(sim_ca, tmp_path):
     # 32 of the 64 idle connections (the per-source cap) wait and are cut at the 1 s ClientHello deadline; the
     # rest, and every reopened one beyond the cap, are refused at once; none ever held a worker.
     assert stats.timed_out >= 32 and stats.refused >= 32 and stats.waiting <= 32 + 8, stats
+
+
+def channel_message(der: bytes) -> bytes:
+    """ "RATC" + u16 big-endian length + the channel certificate (ratls/PROTOCOL.md section 2)."""
+    return b"RATC" + struct.pack(">H", len(der)) + der
+
+
+def speak(port: int, identity, sent: bytes, *, half_close: bool = True) -> bytes:
+    """A client written from ratls/PROTOCOL.md with Python's ssl module: TLS 1.3 presenting the identity's RA-TLS
+    certificate, then `sent`, then (if half_close) the end of its side; returns the reply (up to 8 bytes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as raw:
+        with tls_client_context(identity).wrap_socket(raw) as tls:
+            tls.sendall(sent)
+            if half_close:  # on a duplicate descriptor: SSLSocket.shutdown() would end TLS reading too
+                with socket.fromfd(tls.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+                    dup.shutdown(socket.SHUT_WR)
+            reply = b""
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                while len(reply) < 8 and (chunk := tls.recv(8 - len(reply))):
+                    reply += chunk
+            return reply
+
+
+def test_channel_certificate_message_on_the_wire(sim_ca, tmp_path):
+    server_app, client_app = make_app(tmp_path, "server"), make_app(tmp_path, "client")
+    server_id = ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[server_app],
+                                      measure_root=server_app)
+    client_id = ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[client_app],
+                                      measure_root=client_app)
+    other = ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[client_app], measure_root=client_app)
+    refusal = b"RATN" + struct.pack(">I", ratls.Reason.CHANNEL_CERT)
+    with serve(credentials(sim_policy(sim_ca, client_id.mrenclave), server_id, trust_ttl=600,
+                           handshake_timeout=HANDSHAKE_TIMEOUT_S)) as srv:
+        port = srv.attestation_port
+        # The genuine message: acknowledged with the TTL, and the channel certificate is what is trusted.
+        assert speak(port, client_id, channel_message(client_id.channel_certificate_der)) == \
+            b"RAT1" + struct.pack(">I", 600)
+        trusted = srv.creds.trusted_clients(srv.grpc_port)
+        assert list(trusted) == [client_id.evidence.cert_fingerprint]
+        assert lookup_peer(client_id.channel_certificate_der) == trusted[
+            client_id.evidence.cert_fingerprint]
+        assert lookup_peer(client_id.certificate_der) is None  # never a gRPC client root
+        # A channel certificate made by another implementation the same way is as good.
+        again = make_channel_certificate(client_id.private_key_der, client_id.certificate_der)
+        assert again != client_id.channel_certificate_der
+        assert speak(port, client_id, channel_message(again))[:4] == b"RAT1"
+        # Refused with CHANNEL_CERT, nothing trusted: another key's, the RA-TLS certificate itself (too long),
+        # another magic, a length the body does not reach, nothing (half-closed), nothing (until the deadline).
+        cases = [channel_message(other.channel_certificate_der), channel_message(client_id.certificate_der[:4096]),
+                 b"RATX" + channel_message(again)[4:], channel_message(again)[:100], b""]
+        for sent in cases:
+            got = speak(port, client_id, sent)
+            assert got == refusal, (sent[:8], srv.creds.attestation_stats(srv.grpc_port))
+        started = time.monotonic()
+        assert speak(port, client_id, b"", half_close=False) == refusal
+        assert time.monotonic() - started >= HANDSHAKE_TIMEOUT_S * 0.8
+        stats = srv.creds.attestation_stats(srv.grpc_port)
+        assert (stats.attested, stats.rejected, stats.last_rejection) == (2, 6, ratls.Reason.CHANNEL_CERT)
+        assert set(srv.creds.trusted_clients(srv.grpc_port)) == {client_id.evidence.cert_fingerprint}
+
+
+def test_protocol_reason_table_is_the_reason_enum():
+    """ratls/PROTOCOL.md lists every reason code with its name, as ratls.Reason (and ratls_core.h) define them."""
+    text = Path(ratls.__file__).with_name("PROTOCOL.md").read_text()
+    table = text[text.index("| code | name | code | name |"):]
+    table = table[:table.index("\n\n")]
+    listed = {int(code): name for code, name in re.findall(r"\| (\d+) \| ([A-Z_0-9]+)", table)}
+    assert listed == {r.value: r.name for r in ratls.Reason}

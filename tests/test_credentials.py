@@ -1,9 +1,12 @@
-"""RA-TLS gRPC credentials (attest, then pin) end to end with the sim provider: mutual success, each way a peer
-is rejected, men in the middle on either port, a server restart, and trust expiry."""
+"""RA-TLS gRPC credentials (attest, then pin) end to end with the sim provider: mutual success, RA-TLS client
+certificates larger than gRPC can take (channel certificates), each way a peer is rejected, men in the middle on
+either port, a server restart, and trust expiry."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import socket
 import ssl
 import struct
@@ -12,10 +15,14 @@ import time
 from concurrent import futures
 
 import grpc
+import grpctools
 import pytest
+from conftest import TESTDATA
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from grpctools import (
+    FakeIdentity,
     Relay,
-    direct_channel,
     forged_identity,
     hello,
     make_app,
@@ -29,6 +36,7 @@ from grpctools import (
 
 import ratls
 from ratls.credentials import credentials, peer
+from ratls.identity import channel_certificate_of
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +75,13 @@ def client_creds(sim_ca, server_id, client_id):
     return credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)
 
 
+def direct_channel(server_cert_der: bytes, client, target: str) -> grpc.Channel:
+    """grpctools.direct_channel presenting what a ratls client presents on a gRPC port: its channel certificate
+    (one made now for a client that has none, as ratls' own client code would)."""
+    presented = FakeIdentity(client.private_key_der, channel_certificate_of(client))
+    return grpctools.direct_channel(server_cert_der, presented, target)
+
+
 def assert_refused(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as e:
         hello(channel, timeout=5)
@@ -87,6 +102,79 @@ def test_mutual_success(server_creds, client_creds, server_id, client_id):
         assert trusted[client_id.evidence.cert_fingerprint].mrenclave == client_id.mrenclave
         stats = srv.creds.attestation_stats(srv.grpc_port)
         assert (stats.attested, stats.rejected) == (1, 0)
+
+
+# grpcio 1.85.1 fails mutual TLS with a client certificate of 8,556 B DER (8,354 B works; /tmp/exp/bigcert.py).
+GRPC_CLIENT_CERT_FAILS_AT = 8556
+
+
+def grown(identity: ratls.Identity, size: int, sim_ca) -> ratls.Identity:
+    """The same RA-TLS identity with its certificate grown to at least `size` bytes DER by a non-critical padding
+    extension, re-signed by its key: its evidence still binds the key and verifies (like a real Gramine
+    certificate, 10,068 B)."""
+    cert = x509.load_der_x509_certificate(identity.certificate_der)
+    key = serialization.load_der_private_key(identity.private_key_der, None)
+    builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+               .serial_number(cert.serial_number).not_valid_before(cert.not_valid_before_utc)
+               .not_valid_after(cert.not_valid_after_utc).public_key(cert.public_key()))
+    for ext in cert.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    padding = max(0, size - len(identity.certificate_der)) + 16
+    builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.7"),
+                                                               b"\0" * padding), critical=False)
+    der = builder.sign(key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+    evidence = ratls.verify_certificate(der, sim_policy(sim_ca, identity.mrenclave))
+    return ratls.Identity(identity.private_key_der, der, identity.provider, evidence)
+
+
+@pytest.mark.parametrize("size", ["sim", "gramine"])
+def test_ratls_client_certificate_larger_than_grpc_takes(sim_ca, server_creds, server_id, ids, size):
+    """A client whose RA-TLS certificate gRPC cannot take as a client certificate (the sim one as made, ~8.7 KB;
+    one grown to the size of Gramine's real certificate, 10,068 B) completes gRPC calls: it presents its channel
+    certificate, and ratls.peer() in the handler returns the Evidence of its RA-TLS certificate. Before channel
+    certificates every such call failed with UNAVAILABLE (SSL_ERROR_WANT_WRITE in gRPC's log)."""
+    client = ids("client")
+    if size == "gramine":
+        client = grown(client, len((TESTDATA / "sgx" / "gramine" / "gramine-cert.der").read_bytes()), sim_ca)
+        assert len(client.certificate_der) >= 10068
+    assert len(client.certificate_der) >= GRPC_CLIENT_CERT_FAILS_AT
+    assert len(client.channel_certificate_der) < 1024
+    channel_cert = x509.load_der_x509_certificate(client.channel_certificate_der)
+    assert channel_cert.subject.rfc4514_string() == f"CN={client.common_name}-channel" == \
+        f"CN={client.channel_common_name}"
+    assert channel_cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo) == \
+        x509.load_der_x509_certificate(client.certificate_der).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    seen: list[ratls.Evidence] = []
+
+    def who(request: bytes, context) -> bytes:
+        evidence = peer(context)
+        seen.append(evidence)
+        return evidence.cert_fingerprint
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "ratls.test.Who", {"Who": grpc.unary_unary_rpc_method_handler(who)}),))
+    creds = server_creds()
+    grpc_port, attestation_port = creds.add_secure_port(server, "127.0.0.1:0")
+    server.start()
+    try:
+        client_creds = credentials(sim_policy(sim_ca, server_id.mrenclave), client)
+        with client_creds.secure_channel(f"127.0.0.1:{grpc_port}",
+                                         attestation_target=f"127.0.0.1:{attestation_port}") as channel:
+            answer = channel.unary_unary("/ratls.test.Who/Who")(b"", timeout=10)
+    finally:
+        server.stop(None).wait(10)
+        creds.close()
+    fingerprint = hashlib.sha256(client.certificate_der).digest()
+    assert answer == fingerprint == client.evidence.cert_fingerprint
+    (evidence,) = seen
+    assert evidence.cert_fingerprint == fingerprint  # the RA-TLS certificate's, not the channel certificate's
+    assert (evidence.mrenclave, evidence.spki_sha256) == (client.mrenclave, client.evidence.spki_sha256)
+    assert evidence.not_after == client.evidence.not_after
+    assert evidence.not_after > dt.datetime.now(dt.UTC)
 
 
 def free_port_pair() -> int:

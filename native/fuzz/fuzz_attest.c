@@ -1,19 +1,27 @@
 /* libFuzzer target: the attestation handshake (attest.c) as a peer drives it, over loopback TCP against the real
- * server and client code. The first input byte picks what the rest is:
+ * server and client code. The first input byte % 4 picks what the rest is:
  *   0  raw bytes a client sends to the attestation server (TLS records, garbage, truncations), then half-close;
- *   1  u16le key length, a DER private key, a DER certificate: the identity a client attests with. A certificate
- *      whose key is not that key is re-keyed and re-signed with it (so TLS accepts it), which breaks its binding;
- *      a matching pair (the seeds) passes verification and is queued. The first byte's value / 3 % 10 is what the
- *      server's collateral evaluator answers: TCB status 0..7 (with advisories), 8 an error, 9 OK without a
- *      status.
- *   2  a script for a malicious attestation server talking to ratls_attest_connect after the handshake: each op
- *      byte b is b&3 = 0: write the next (b>>2)+1 bytes, 1: KeyUpdate, 2: close_notify and end, 3: end.
+ *   1  u16le key length, a DER private key, a DER certificate: the identity a client attests with (with a channel
+ *      certificate made for it by ratls_channel_cert_create). A certificate whose key is not that key is re-keyed
+ *      and re-signed with it (so TLS accepts it), which breaks its binding; a matching pair (the seeds) passes
+ *      verification and is queued. The first byte's value / 4 % 10 is what the server's collateral evaluator
+ *      answers: TCB status 0..7 (with advisories), 8 an error, 9 OK without a status.
+ *   2  a script for a malicious attestation server talking to ratls_attest_connect after the handshake (and after
+ *      reading the client's channel certificate message): each op byte b is b&3 = 0: write the next (b>>2)+1
+ *      bytes, 1: KeyUpdate, 2: close_notify and end, 3: end.
+ *   3  what a genuine client (the harness's own identity, whose certificate passes) sends after the handshake in
+ *      place of its channel certificate message, then half-close; the server reads and checks it. Byte k, then:
+ *      k even: the rest is sent as it is; k odd: the genuine message ("RATC" + length + the identity's channel
+ *      certificate) with the rest applied as edits, each (u16le p, x): the byte p % size from the end ^= x.
  * Invariants beyond "no crash, no sanitizer report": raw bytes never attest a peer; a connect succeeds exactly when
- * the server queued that very certificate, with the evaluator's status and advisories, and it verifies under the
- * policy; each side's evaluator runs at most once per handshake, and exactly once for an attested peer; a refusal
- * the client reports names the reason the server recorded; the client accepts an acknowledgement exactly when the
+ * the server queued that very certificate and channel certificate, with the evaluator's status and advisories, and
+ * it verifies under the policy; each side's evaluator runs at most once per handshake, and exactly once for an
+ * attested peer; a refusal the client reports names the reason the server recorded; the client sends exactly
+ * "RATC" + its channel certificate after the handshake; the client accepts an acknowledgement exactly when the
  * first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL; when they are "RATN" + a code, it reports a
- * refusal naming that code.
+ * refusal naming that code. In mode 3 the server acknowledges exactly when the bytes begin with a channel
+ * certificate message whose certificate passes ratls_channel_cert_check for the identity, queues exactly that
+ * certificate then, and otherwise refuses with CHANNEL_CERT and queues nothing.
  *
  * Environment: RATLS_SIM_LIB (libratls_sim.so) and RATLS_SIM_CA_DIR (a sim-ca directory; mode-1 seeds must come
  * from the same CA to verify). native/fuzz/run.py sets both. */
@@ -36,8 +44,8 @@
 #define CONNECT_TIMEOUT_MS 10000
 
 static ratls_policy *policy;
-static uint8_t *id_key, *id_cert;
-static size_t id_key_len, id_cert_len;
+static uint8_t *id_key, *id_cert, *id_chan;
+static size_t id_key_len, id_cert_len, id_chan_len;
 static ratls_attest_server *server;
 static int evil_listen_fd = -1;
 static uint16_t evil_port;
@@ -106,6 +114,8 @@ static void make_identity(void) {
     int rc = ratls_provider_open(lib, &p, msg, sizeof msg);
     if (rc == RATLS_OK) rc = ratls_provider_sim_configure(p, ca, mrenclave, 0, 0, 0, 0, 0, msg, sizeof msg);
     if (rc == RATLS_OK) rc = ratls_provider_create(p, &id_key, &id_key_len, &id_cert, &id_cert_len, msg, sizeof msg);
+    if (rc == RATLS_OK)
+        rc = ratls_channel_cert_create(id_key, id_key_len, id_cert, id_cert_len, &id_chan, &id_chan_len, msg, sizeof msg);
     if (rc != RATLS_OK) {
         fprintf(stderr, "fuzz_attest: sim identity: %s\n", msg);
         exit(2);
@@ -121,6 +131,7 @@ static void cleanup(void) {
     ratls_policy_free(policy);
     ratls_free(id_key);
     ratls_free(id_cert);
+    ratls_free(id_chan);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -223,31 +234,40 @@ static void attesting_client(int choice, const uint8_t *data, size_t len) {
     ERR_clear_error();
     X509_free(x);
     EVP_PKEY_free(key);
+    uint8_t *chan = NULL;
+    size_t chan_len = 0;
+    if (cert_der_len > 0 &&
+        ratls_channel_cert_create(key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len, &chan, &chan_len, NULL,
+                                  0) != RATLS_OK)
+        cert_der_len = -1; /* a certificate whose validity OpenSSL will not copy, say: nothing to attest with */
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
     if (cert_der_len > 0) {
         ratls_attest_stats before;
         ratls_attest_server_stats(server, &before);
         char msg[RATLS_MSG_SIZE] = "";
-        uint8_t *peer = NULL, *queued = NULL;
-        size_t peer_len = 0, queued_len = 0;
+        uint8_t *peer = NULL, *queued = NULL, *queued_chan = NULL;
+        size_t peer_len = 0, queued_len = 0, queued_chan_len = 0;
         uint32_t ttl = 0;
         ratls_evidence ev, queued_ev;
         __atomic_store_n(&tcb_choice, choice, __ATOMIC_SEQ_CST);
         int calls_before = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST);
         ERR_clear_error();
-        int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len,
-                                      "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, NULL, &peer,
-                                      &peer_len, &ev, &ttl, msg, sizeof msg);
+        int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len, chan,
+                                      chan_len, "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, NULL,
+                                      &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
         ERR_clear_error(); /* see connect_cleanup_note */
         /* BAD_ARGUMENT: the client refused its own identity (say, a key TLS will not use) and never connected. */
         ratls_attest_stats after = before;
         if (rc != RATLS_ERR_BAD_ARGUMENT) after = server_settled(before.connections + 1);
         int calls = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST) - calls_before;
         FUZZ_REQUIRE(calls == 0 || calls == 1);
-        int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_ev);
+        int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_chan, &queued_chan_len,
+                                             &queued_ev);
         if (rc == RATLS_OK) {
             FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
             FUZZ_REQUIRE(popped == RATLS_OK && queued_len == (size_t)cert_der_len &&
                          memcmp(queued, cert_der, queued_len) == 0);
+            FUZZ_REQUIRE(queued_chan_len == chan_len && memcmp(queued_chan, chan, chan_len) == 0);
             /* Trusted only after the evaluator's answer passed. */
             FUZZ_REQUIRE(calls == 1 && choice < TCB_CHOICE_ERROR && queued_ev.tcb_status == choice);
             char advisories[RATLS_ADVISORIES_SIZE];
@@ -271,7 +291,9 @@ static void attesting_client(int choice, const uint8_t *data, size_t len) {
         }
         ratls_free(peer);
         ratls_free(queued);
+        ratls_free(queued_chan);
     }
+    ratls_free(chan);
     OPENSSL_free(key_der);
     OPENSSL_free(cert_der);
 }
@@ -281,6 +303,7 @@ typedef struct {
     const uint8_t *ops;
     size_t n_ops;
     int handshake_done;
+    int channel_ok; /* the client sent exactly "RATC" + length + its channel certificate */
     uint8_t sent[8];
     size_t n_sent; /* the first bytes written, up to 8 */
 } evil_script;
@@ -295,6 +318,15 @@ static void *evil_server(void *arg) {
     SSL *ssl = SSL_new(evil_ctx);
     if (ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1) {
         s->handshake_done = 1;
+        uint8_t chan[6 + RATLS_MAX_CHANNEL_CERT_SIZE];
+        size_t want = 6 + id_chan_len, got = 0;
+        while (got < want) {
+            int r = SSL_read(ssl, chan + got, (int)(want - got));
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+        s->channel_ok = got == want && memcmp(chan, "RATC", 4) == 0 && chan[4] == (uint8_t)(id_chan_len >> 8) &&
+                        chan[5] == (uint8_t)id_chan_len && memcmp(chan + 6, id_chan, id_chan_len) == 0;
         int graceful = 1;
         for (size_t i = 0; i < s->n_ops;) {
             uint8_t op = s->ops[i++];
@@ -332,11 +364,12 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
     uint32_t ttl = 0;
     ratls_evidence ev;
     int calls_before = __atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST);
-    int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, "127.0.0.1", evil_port,
-                                  CONNECT_TIMEOUT_MS, &client_tcb, &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
+    int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, id_chan, id_chan_len,
+                                  "127.0.0.1", evil_port, CONNECT_TIMEOUT_MS, &client_tcb, &peer, &peer_len, &ev, &ttl,
+                                  msg, sizeof msg);
     ERR_clear_error(); /* see connect_cleanup_note */
     pthread_join(t, NULL);
-    FUZZ_REQUIRE(script.handshake_done);
+    FUZZ_REQUIRE(script.handshake_done && script.channel_ok);
     FUZZ_REQUIRE(__atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST) - calls_before == 1);
     int valid_ack = script.n_sent == 8 && memcmp(script.sent, "RAT1", 4) == 0;
     if (script.n_sent == 8 && memcmp(script.sent, "RATN", 4) == 0) {
@@ -365,12 +398,104 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
     ratls_free(peer);
 }
 
+/* Mode 3: a TLS 1.3 client with the genuine identity; after the handshake it sends `bytes`, half-closes and reads
+ * up to 8 reply bytes. Returns how many it read. */
+static size_t genuine_client_sends(const uint8_t *bytes, size_t len, uint8_t reply[8]) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    const uint8_t *k = id_key, *c = id_cert;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &k, (long)id_key_len);
+    X509 *cert = d2i_X509(NULL, &c, (long)id_cert_len);
+    FUZZ_REQUIRE(ctx && key && cert && SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) &&
+                 SSL_CTX_use_certificate(ctx, cert) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd = connect_loopback(ratls_attest_server_port(server));
+    SSL *ssl = SSL_new(ctx);
+    size_t got = 0;
+    FUZZ_REQUIRE(ssl && SSL_set_fd(ssl, fd) == 1);
+    FUZZ_REQUIRE(SSL_connect(ssl) == 1); /* the server's certificate is not checked here; ours passes */
+    if (len == 0 || SSL_write(ssl, bytes, (int)len) == (int)len) {
+        shutdown(fd, SHUT_WR);
+        while (got < 8) {
+            int r = SSL_read(ssl, reply + got, (int)(8 - got));
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+    }
+    SSL_free(ssl);
+    close(fd);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return got;
+}
+
+/* Mode 3. */
+static void channel_bytes_client(const uint8_t *data, size_t len) {
+    if (len == 0) return;
+    uint8_t kind = data[0];
+    data++, len--;
+    uint8_t *msg = NULL;
+    size_t msg_len = len;
+    if (kind % 2 == 0) {
+        if (len > 65536 + 6) return; /* past what the server reads and drains */
+        msg = malloc(len ? len : 1);
+        FUZZ_REQUIRE(msg != NULL);
+        if (len) memcpy(msg, data, len);
+    } else {
+        msg_len = 6 + id_chan_len;
+        msg = malloc(msg_len);
+        FUZZ_REQUIRE(msg != NULL);
+        memcpy(msg, "RATC", 4);
+        msg[4] = (uint8_t)(id_chan_len >> 8);
+        msg[5] = (uint8_t)id_chan_len;
+        memcpy(msg + 6, id_chan, id_chan_len);
+        for (size_t i = 0; i + 3 <= len; i += 3) {
+            size_t pos = ((size_t)data[i] | (size_t)data[i + 1] << 8) % msg_len;
+            msg[msg_len - 1 - pos] ^= data[i + 2];
+        }
+    }
+    /* What the server must decide: acknowledged exactly for a well-framed certificate that passes the check. */
+    size_t body = msg_len >= 6 ? (size_t)msg[4] << 8 | msg[5] : 0;
+    int good = msg_len >= 6 && memcmp(msg, "RATC", 4) == 0 && body >= 1 && body <= RATLS_MAX_CHANNEL_CERT_SIZE &&
+               msg_len >= 6 + body &&
+               ratls_channel_cert_check(id_cert, id_cert_len, msg + 6, body, (int64_t)time(NULL), NULL, 0) == RATLS_OK;
+    FUZZ_REQUIRE_NO_OPENSSL_ERRORS();
+    ratls_attest_stats before;
+    ratls_attest_server_stats(server, &before);
+    __atomic_store_n(&tcb_choice, RATLS_TCB_UP_TO_DATE, __ATOMIC_SEQ_CST);
+    int calls_before = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST);
+    uint8_t reply[8];
+    size_t got = genuine_client_sends(msg, msg_len, reply);
+    ratls_attest_stats after = server_settled(before.connections + 1);
+    FUZZ_REQUIRE(__atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST) - calls_before == 1);
+    uint8_t *queued = NULL, *queued_chan = NULL;
+    size_t queued_len = 0, queued_chan_len = 0;
+    ratls_evidence queued_ev;
+    int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_chan, &queued_chan_len, &queued_ev);
+    if (good) {
+        FUZZ_REQUIRE(got == 8 && memcmp(reply, "RAT1", 4) == 0);
+        FUZZ_REQUIRE(popped == RATLS_OK && after.attested == before.attested + 1);
+        FUZZ_REQUIRE(queued_len == id_cert_len && memcmp(queued, id_cert, queued_len) == 0);
+        FUZZ_REQUIRE(queued_chan_len == body && memcmp(queued_chan, msg + 6, body) == 0);
+    } else {
+        static const uint8_t refusal[8] = {'R', 'A', 'T', 'N', 0, 0, 0, RATLS_ERR_CHANNEL_CERT};
+        FUZZ_REQUIRE(got == 8 && memcmp(reply, refusal, 8) == 0);
+        FUZZ_REQUIRE(popped == RATLS_ERR_TIMEOUT && after.attested == before.attested);
+        FUZZ_REQUIRE(after.rejected == before.rejected + 1 && after.last_rejection == RATLS_ERR_CHANNEL_CERT);
+    }
+    ratls_free(queued);
+    ratls_free(queued_chan);
+    free(msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     if (len == 0) return 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0: raw_client(data + 1, len - 1); break;
-    case 1: attesting_client(data[0] / 3 % 10, data + 1, len - 1); break;
-    default: acknowledged_client(data + 1, len - 1); break;
+    case 1: attesting_client(data[0] / 4 % 10, data + 1, len - 1); break;
+    case 2: acknowledged_client(data + 1, len - 1); break;
+    default: channel_bytes_client(data + 1, len - 1); break;
     }
     ERR_clear_error(); /* this thread's own OpenSSL calls above (key and certificate re-encoding) */
     return 0;

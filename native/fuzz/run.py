@@ -5,12 +5,13 @@
 
 Targets: fuzz_quote (SGX quote parser and verification), fuzz_cert (RA-TLS certificate parser and verification),
 fuzz_attest (the attestation handshake over loopback: raw client bytes, attesting clients, a malicious server's
-acknowledgement). Seeds come from ../shared/testdata plus sim identities made with a sim CA kept in the work
-directory (so a growing corpus stays valid across runs). Before fuzzing, every saved crash input in
-native/fuzz/regressions/<target>/ is replayed and must pass. Prints one JSON line per target: executions,
-coverage (libFuzzer's `cov` edges and `ft` features), corpus size, CPU seconds used, and crash files (the exit
-status is non-zero if there are any). One fuzzer runs at a time, single-threaded, under `nice`; --seconds is wall
-time, so on a busy machine repeat runs (the corpus is kept in --work-dir) until the CPU time adds up.
+acknowledgement, a genuine client's channel certificate message). Seeds come from ../shared/testdata plus sim
+identities made with a sim CA kept in the work directory (so a growing corpus stays valid across runs). Before
+fuzzing, every saved crash input in native/fuzz/regressions/<target>/ is replayed and must pass. Prints one JSON
+line per target: executions, coverage (libFuzzer's `cov` edges and `ft` features), corpus size, CPU seconds used,
+and crash files (the exit status is non-zero if there are any). One fuzzer runs at a time, single-threaded, under
+`nice`; --seconds is wall time, so on a busy machine repeat runs (the corpus is kept in --work-dir) until the CPU
+time adds up.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def _ops_write(data: bytes) -> bytes:
     return bytes([(len(data) - 1) << 2]) + data
 
 
+def _channel_message(der: bytes) -> bytes:
+    """What a client sends after the attestation handshake: "RATC" + u16 big-endian length + its channel
+    certificate."""
+    return b"RATC" + struct.pack(">H", len(der)) + der
+
+
 def make_seeds(work: Path) -> dict[str, Path]:
     """Seed corpora for every target (rewritten each run); the sim CA is made once per work directory."""
     import ratls
@@ -119,10 +126,10 @@ def make_seeds(work: Path) -> dict[str, Path]:
                                    + sim.certificate_der,
             "client-gramine-cert-rekeyed": b"\x01" + struct.pack("<H", len(sim.private_key_der))
                                            + sim.private_key_der + gramine_der,
-            # The first byte / 3 % 10 is the server evaluator's answer: 5 = OutOfDate, 8 = a collateral error.
-            "client-sim-identity-out-of-date": bytes([1 + 3 * 5]) + struct.pack("<H", len(sim.private_key_der))
+            # The first byte / 4 % 10 is the server evaluator's answer: 5 = OutOfDate, 8 = a collateral error.
+            "client-sim-identity-out-of-date": bytes([1 + 4 * 5]) + struct.pack("<H", len(sim.private_key_der))
                                                + sim.private_key_der + sim.certificate_der,
-            "client-sim-identity-collateral-error": bytes([1 + 3 * 8]) + struct.pack("<H", len(sim.private_key_der))
+            "client-sim-identity-collateral-error": bytes([1 + 4 * 8]) + struct.pack("<H", len(sim.private_key_der))
                                                     + sim.private_key_der + sim.certificate_der,
             "ack": b"\x02" + _ops_write(ack),
             "ack-split-keyupdate": b"\x02" + _ops_write(ack[:3]) + b"\x05" + _ops_write(ack[3:]) + b"\x02",
@@ -130,6 +137,16 @@ def make_seeds(work: Path) -> dict[str, Path]:
             "ack-wrong-magic-abrupt": b"\x02" + _ops_write(b"RAT2" + ack[4:]) + b"\x03",
             "refusal": b"\x02" + _ops_write(b"RATN" + struct.pack(">I", 44)) + b"\x02",
             "refusal-unknown-code-abrupt": b"\x02" + _ops_write(b"RATN" + struct.pack(">I", 0xFFFF)) + b"\x03",
+            # Mode 3: after a genuine handshake, the channel certificate message: the target's own (kind 1, edits
+            # (u16le position from the end, xor)), or bytes as they are (kind 0).
+            "channel-genuine": b"\x03\x01",
+            "channel-bad-signature": b"\x03\x01" + struct.pack("<HB", 0, 0x01),
+            "channel-edited": b"\x03\x01" + struct.pack("<HB", 0xFFFF, 0x80),
+            "channel-other-key": b"\x03\x00" + _channel_message(sim.channel_certificate_der),
+            "channel-oversized-length": b"\x03\x00RATC\xff\xff" + bytes(64),
+            "channel-wrong-magic": b"\x03\x00RATX\x00\x04abcd",
+            "channel-garbage": b"\x03\x00RATC\x00\x05hello",
+            "channel-missing": b"\x03\x00",
         },
     }
     dirs = {}

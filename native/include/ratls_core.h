@@ -29,6 +29,7 @@ extern "C" {
 #define RATLS_ERR_CERT_EXPIRED 13
 #define RATLS_ERR_CERT_NOT_YET_VALID 14
 #define RATLS_ERR_CERT_TOO_LARGE 15
+#define RATLS_ERR_CHANNEL_CERT 16
 #define RATLS_ERR_EVIDENCE_MISSING 20
 #define RATLS_ERR_EVIDENCE_CRITICAL 21
 #define RATLS_ERR_EVIDENCE_MALFORMED 22
@@ -80,6 +81,7 @@ extern "C" {
 
 #define RATLS_MSG_SIZE 320
 #define RATLS_MAX_CERT_SIZE 32768
+#define RATLS_MAX_CHANNEL_CERT_SIZE 4096
 #define RATLS_ADVISORIES_SIZE 512
 
 /* Enclave attributes flags (SGX ATTRIBUTES.flags). */
@@ -248,10 +250,18 @@ int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len,
 /* --- attestation handshake (attest.c) --- */
 /* A TLS 1.3 endpoint where both sides present RA-TLS certificates and both sides' certificate-verify callbacks
  * run ratls_verify_cert against their local policy, then (when given) the TCB evaluator below. After the
- * handshake the server either queues the client's certificate and evidence (popped by the application) and then
- * acknowledges, so a client that returned from ratls_attest_connect is already visible to the server's
- * application; or, when the client's certificate failed, tells the client the reason code and closes.
- * The wire protocol is specified in ratls/PROTOCOL.md. */
+ * handshake the client sends its channel certificate ("RATC" + u16 big-endian length + DER). The server checks it
+ * (ratls_channel_cert_check) and either queues the client's certificate, channel certificate and evidence (popped
+ * by the application) and then acknowledges, so a client that returned from ratls_attest_connect is already
+ * visible to the server's application; or, when the client's certificate or channel certificate failed, tells the
+ * client the reason code and closes. The wire protocol is specified in ratls/PROTOCOL.md.
+ *
+ * The channel certificate exists because gRPC's TLS stack (grpcio 1.85) cannot take a client certificate larger
+ * than about 8.4 KB, and an RA-TLS certificate carrying its quote twice is larger. It is a small self-signed
+ * certificate over the same key, without evidence, that the client presents on the gRPC port instead of its RA-TLS
+ * certificate. It keeps the guarantee: the quote binds the key (report_data covers the hash of the SPKI), the
+ * channel certificate has byte-for-byte that SPKI and is signed by that key, and gRPC's TLS handshake proves
+ * possession of that key. */
 typedef struct ratls_attest_server ratls_attest_server;
 
 /* Evaluates the TCB status of a peer whose certificate passed every other check. Called from handshake threads,
@@ -265,6 +275,22 @@ typedef int (*ratls_tcb_evaluate_fn)(void *ctx, const uint8_t *cert_der, size_t 
  * before the peer is queued (server) or returned (client). The policy's TCB rule is then applied to the status it
  * reports. `ctx` must stay valid while the server runs (server) or for the call (client). */
 typedef struct { ratls_tcb_evaluate_fn evaluate; void *ctx; } ratls_tcb_evaluator;
+
+/* The channel certificate of an RA-TLS identity: a self-signed X.509 v3 certificate over the same key (the
+ * SubjectPublicKeyInfo copied byte for byte), subject and issuer CN=RATLS-<16 hex of SHA-256(SPKI)>-channel, a
+ * random serial, the RA-TLS certificate's validity, no extensions, signed with ECDSA (SHA-256 for P-256, SHA-384
+ * for P-384). key_der is the DER private key of cert_der (an RA-TLS certificate, or any certificate of that key).
+ * Returns the DER (malloc'ed; at most RATLS_MAX_CHANNEL_CERT_SIZE bytes). */
+int ratls_channel_cert_create(const uint8_t *key_der, size_t key_len, const uint8_t *cert_der, size_t cert_len,
+                              uint8_t **channel_der, size_t *channel_len, char *msg, size_t msg_len);
+/* What the attestation server checks of a client's channel certificate, in this order (RATLS_ERR_CHANNEL_CERT for
+ * every failure): 1..RATLS_MAX_CHANNEL_CERT_SIZE bytes; one DER X.509 certificate and nothing after it, with an EC
+ * P-256 or P-384 key and no RA-TLS evidence extension; its SubjectPublicKeyInfo byte-equal to the one of
+ * attested_der (the RA-TLS certificate that passed verification; RATLS_ERR_BAD_ARGUMENT if it does not parse);
+ * subject and issuer exactly CN=RATLS-<16 hex of SHA-256(SPKI)>-channel; its signature verifies with that key;
+ * notBefore <= now <= notAfter. */
+int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, const uint8_t *channel_der,
+                             size_t channel_len, int64_t now, char *msg, size_t msg_len);
 
 /* Bounds of an attestation server; a zero field takes the default given in brackets. */
 typedef struct {
@@ -282,7 +308,8 @@ typedef struct {
 typedef struct {
     uint64_t connections;          /* TCP connections accepted */
     uint64_t attested;             /* peers verified and queued */
-    uint64_t rejected;             /* peers whose certificate failed RA-TLS verification */
+    uint64_t rejected;             /* peers refused: their certificate failed RA-TLS verification, or their channel
+                                    * certificate was missing, late or failed its checks */
     uint64_t failed;               /* other failed handshakes: not TLS 1.3, garbage, closed early, ... */
     uint64_t timed_out;            /* connections cut off by hello_timeout_ms or handshake_timeout_ms */
     uint64_t dropped;              /* attested peers dropped from a full queue */
@@ -303,23 +330,26 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
                               const ratls_attest_limits *limits, const ratls_tcb_evaluator *tcb,
                               ratls_attest_server **out, char *msg, size_t msg_len);
 uint16_t ratls_attest_server_port(const ratls_attest_server *s);
-/* The next attested client (certificate DER, malloc'ed, and its evidence), waiting up to timeout_ms
- * (0 = only look). RATLS_ERR_TIMEOUT when there is none. */
+/* The next attested client, waiting up to timeout_ms (0 = only look): its RA-TLS certificate DER (the one its
+ * evidence came from: evidence->cert_sha256), its channel certificate DER (what it presents on the gRPC port), both
+ * malloc'ed, and its evidence. RATLS_ERR_TIMEOUT when there is none. */
 int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
-                            ratls_evidence *evidence);
+                            uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence);
 void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out);
 /* Stops accepting, cuts off handshakes in progress, joins the workers and frees the server. */
 void ratls_attest_server_stop(ratls_attest_server *s);
 
 /* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
- * under `policy` (with `tcb`, if not NULL, evaluating its TCB status) and waits for the server's
- * acknowledgement, all within timeout_ms. Returns the server's certificate DER (malloc'ed), its evidence and the
+ * under `policy` (with `tcb`, if not NULL, evaluating its TCB status), sends our channel certificate (channel_der:
+ * 1..RATLS_MAX_CHANNEL_CERT_SIZE bytes, normally made by ratls_channel_cert_create; sent as given, the server
+ * checks it) and waits for the server's acknowledgement, all within timeout_ms. Returns the server's certificate DER (malloc'ed), its evidence and the
  * server's trust TTL for us. A server that refuses our certificate gives RATLS_ERR_HANDSHAKE with the message
  * "the attestation server refused our certificate: <reason name>"; a server certificate that fails verification
  * gives its reason (the evaluator's, when the evaluator failed).
  * Writes go through OpenSSL's socket BIO: the calling process must ignore SIGPIPE (Python does). */
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
-                         const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                         const uint8_t *cert_der, size_t cert_len, const uint8_t *channel_der, size_t channel_len,
+                         const char *host, uint16_t port,
                          uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
                          size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
                          size_t msg_len);

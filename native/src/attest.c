@@ -3,10 +3,13 @@
  * verification (ratls_verify_cert) against the local policy and then, when the side has a collateral evaluator
  * (ratls_tcb_evaluator), evaluate the peer's TCB status and apply the policy's TCB rule to it.
  *
- * Protocol (ratls/PROTOCOL.md): mutual TLS 1.3 handshake, then the server sends 8 bytes and closes: either the
- * acknowledgement "RAT1" + trust TTL in seconds (big-endian u32), or the refusal "RATN" + the reason code
- * (ratls_reason, big-endian u32) why the client's certificate failed. The server queues the client's certificate
- * and evidence for the application *before* sending the acknowledgement, so a client that has read it knows the
+ * Protocol (ratls/PROTOCOL.md): mutual TLS 1.3 handshake; the client sends its channel certificate ("RATC" + u16
+ * big-endian length + DER, at most 4096 bytes); the server sends 8 bytes and closes: either the acknowledgement
+ * "RAT1" + trust TTL in seconds (big-endian u32), or the refusal "RATN" + the reason code (ratls_reason, big-endian
+ * u32) why the client's certificate or channel certificate failed. Server-side order: verify callback (the full
+ * RA-TLS verification, collateral included) -> read RATC within the handshake deadline -> check it
+ * (ratls_channel_cert_check) -> queue -> RAT1. The server queues the client's certificate, channel certificate and
+ * evidence for the application *before* sending the acknowledgement, so a client that has read it knows the
  * server's trust set can already see it (in TLS 1.3 the client finishes its handshake before the server has
  * checked the client certificate, so the handshake alone does not tell the client it was accepted). A refused
  * client is counted (stats.rejected, last_rejection) before its refusal is sent and never queued; only the reason
@@ -14,7 +17,17 @@
  * server's verify callback travels as a refusal, including the chain-shape and size checks it makes before
  * verification; what OpenSSL itself refuses (no client certificate, a Certificate message beyond max_cert_size
  * plus framing, a bad CertificateVerify, not TLS 1.3) still aborts the handshake with a TLS alert. The client
- * aborts with an alert when the server's certificate fails its own checks.
+ * aborts with an alert when the server's certificate fails its own checks. After its reply the server half-closes
+ * and reads until the client closes (bounded), so that bytes it did not read cannot turn its close into a TCP
+ * reset that destroys the reply before the client has read it.
+ *
+ * Why a channel certificate: gRPC's TLS stack (grpcio 1.85.1, measured) fails mutual TLS when the client
+ * certificate is larger than about 8.4 KB DER (SSL_ERROR_WANT_WRITE, "Wrap failed"), and RA-TLS certificates carry
+ * the quote twice (legacy OID and DICE) and are larger: ~8.7 KB for sim, 10 KB for Gramine's. So on the gRPC port
+ * a client presents a small self-signed certificate over the same key instead (ratls_channel_cert_create). The
+ * guarantee is unchanged: the quote binds the key (report_data binds the hash of the SPKI), the channel
+ * certificate has byte-for-byte that SPKI and a signature by that key (checked here before the client is
+ * queued), and gRPC's TLS handshake proves possession of that key.
  *
  * The server owns its listening socket, a gate thread and a fixed pool of worker threads. The gate accepts
  * connections and holds them, costing no worker, until a whole first TLS record (the ClientHello) is readable;
@@ -50,13 +63,26 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "internal.h"
 
 #define ACK_MAGIC "RAT1"     /* + trust TTL: the client was attested and queued */
 #define REFUSAL_MAGIC "RATN" /* + reason code: the client's certificate failed; nothing was queued */
 #define ACK_SIZE 8           /* of either */
+#define CHANNEL_MAGIC "RATC" /* + u16 big-endian length + DER: the client's channel certificate, after the handshake */
+#define CHANNEL_HEADER_SIZE 6
+#define CHANNEL_CN_PREFIX "RATLS-"
+#define CHANNEL_CN_SUFFIX "-channel"
+/* "RATLS-" + 16 hex + "-channel" + NUL */
+#define CHANNEL_CN_SIZE (sizeof CHANNEL_CN_PREFIX - 1 + 16 + sizeof CHANNEL_CN_SUFFIX)
+/* A refusal for a channel certificate that did not come in time still goes out, within this much more. */
+#define REPLY_GRACE_MS 200
+/* After its reply the server reads (and drops) at most this much until the client closes: more than a channel
+ * certificate message announcing the largest length a u16 can say, in TLS records. */
+#define LINGER_MAX_BYTES (96u * 1024u)
 #define DEFAULT_TIMEOUT_MS 5000u
 #define DEFAULT_MAX_CONCURRENT 8u
 #define DEFAULT_MAX_PENDING 1024u
@@ -89,8 +115,10 @@ typedef struct {
 
 typedef struct attested_peer {
     struct attested_peer *next;
-    uint8_t *der;
+    uint8_t *der; /* the RA-TLS certificate that was verified */
     size_t der_len;
+    uint8_t *channel; /* the channel certificate that was checked against it */
+    size_t channel_len;
     ratls_evidence evidence;
 } attested_peer;
 
@@ -250,7 +278,13 @@ static SSL_CTX *make_ctx(int server, const ratls_policy *policy, const uint8_t *
         /* One handshake per attestation: no resumption, which would skip the peer's certificate. */
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
         SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-        if (server) SSL_CTX_set_num_tickets(ctx, 0);
+        if (server) {
+            SSL_CTX_set_num_tickets(ctx, 0);
+            /* A client that half-closes without its channel certificate still gets its refusal: its EOF ends only
+             * our reading (like a close_notify) instead of failing the connection. Every read is of an exact
+             * length, so a truncation is still a refusal. */
+            SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+        }
     }
     EVP_PKEY_free(key);
     X509_free(cert);
@@ -323,6 +357,161 @@ static int tls_run(SSL *ssl, int fd, int op, uint8_t *buf, size_t len, int64_t d
     }
 }
 
+/* ---------------------------------------------------------------- channel certificates */
+
+/* The SubjectPublicKeyInfo element (tag and length included) where it lies in a DER certificate, by walking the
+ * TBSCertificate (RFC 5280 4.1) in strict DER: the key is compared as the certificate's own bytes, not as
+ * OpenSSL's re-encoding. 0 when the walk fails. */
+static int spki_element(const uint8_t *der, size_t len, cbs *spki) {
+    cbs in, cert, tbs, skipped;
+    cbs_init(&in, der, len);
+    if (!der || !cbs_get_der(&in, DER_SEQUENCE, &cert) || cbs_len(&in) != 0 ||
+        !cbs_get_der(&cert, DER_SEQUENCE, &tbs))
+        return 0;
+    if (cbs_peek_der_tag(&tbs, DER_CONTEXT | DER_CONSTRUCTED | 0) && /* version */
+        !cbs_get_der(&tbs, DER_CONTEXT | DER_CONSTRUCTED | 0, &skipped))
+        return 0;
+    if (!cbs_get_der(&tbs, DER_INTEGER, &skipped)) return 0; /* serialNumber */
+    for (int i = 0; i < 4; i++)                               /* signature, issuer, validity, subject */
+        if (!cbs_get_der(&tbs, DER_SEQUENCE, &skipped)) return 0;
+    return cbs_get_der_element(&tbs, DER_SEQUENCE, spki);
+}
+
+/* CN=RATLS-<16 hex of SHA-256(SPKI)>-channel: unique per key like the RA-TLS certificate's CN, and different from it
+ * (gRPC picks trust anchors by subject name). */
+static void channel_common_name(const cbs *spki, char out[CHANNEL_CN_SIZE]) {
+    uint8_t hash[32];
+    ratls_sha256(cbs_data(spki), cbs_len(spki), hash);
+    memcpy(out, CHANNEL_CN_PREFIX, sizeof CHANNEL_CN_PREFIX - 1);
+    ratls_hex(hash, 8, out + sizeof CHANNEL_CN_PREFIX - 1);
+    memcpy(out + sizeof CHANNEL_CN_PREFIX - 1 + 16, CHANNEL_CN_SUFFIX, sizeof CHANNEL_CN_SUFFIX);
+}
+
+int ratls_channel_cert_create(const uint8_t *key_der, size_t key_len, const uint8_t *cert_der, size_t cert_len,
+                              uint8_t **channel_der, size_t *channel_len, char *msg, size_t msg_len) {
+    if (!channel_der || !channel_len)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "channel_der and channel_len are required");
+    *channel_der = NULL;
+    *channel_len = 0;
+    if (!key_der || !cert_der || key_len == 0 || cert_len == 0 || key_len > LONG_MAX || cert_len > LONG_MAX)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "a private key and its certificate are required");
+    const uint8_t *p = key_der;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &p, (long)key_len);
+    p = cert_der;
+    X509 *cert = d2i_X509(NULL, &p, (long)cert_len);
+    X509 *x = X509_new();
+    uint64_t serial = 0;
+    char cn[CHANNEL_CN_SIZE];
+    cbs spki, made_spki;
+    int rc = RATLS_OK, len = -1;
+    if (!x) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+    } else if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "private key: not a DER EC private key");
+    } else if (!cert || p != cert_der + cert_len || !spki_element(cert_der, cert_len, &spki)) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "certificate: not a DER X.509 certificate");
+    } else if (X509_check_private_key(cert, key) != 1) {
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "the private key is not the certificate's key");
+    } else {
+        channel_common_name(&spki, cn);
+        X509_NAME *name = X509_get_subject_name(x);
+        /* A random positive serial: a channel certificate made again for the same key is another certificate. */
+        if (RAND_bytes((unsigned char *)&serial, sizeof serial) != 1) serial = (uint64_t)time(NULL);
+        serial = (serial >> 1) | 1;
+        int ok = X509_set_version(x, X509_VERSION_3) && ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), serial) &&
+                 X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) &&
+                 X509_set_issuer_name(x, name) && X509_set1_notBefore(x, X509_get0_notBefore(cert)) &&
+                 X509_set1_notAfter(x, X509_get0_notAfter(cert)) && X509_set_pubkey(x, X509_get0_pubkey(cert)) &&
+                 X509_sign(x, key, EVP_PKEY_get_bits(key) > 256 ? EVP_sha384() : EVP_sha256()) > 0;
+        len = ok ? i2d_X509(x, NULL) : -1;
+        if (len <= 0 || (size_t)len > RATLS_MAX_CHANNEL_CERT_SIZE) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "could not build the channel certificate");
+        } else if (!(*channel_der = malloc((size_t)len))) {
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
+        } else {
+            uint8_t *out = *channel_der;
+            *channel_len = (size_t)i2d_X509(x, &out);
+            /* The server compares the key as bytes: a certificate whose key encoding OpenSSL does not reproduce
+             * (which DER does not allow) gets no channel certificate rather than one the server refuses. */
+            if (!spki_element(*channel_der, *channel_len, &made_spki) || cbs_len(&made_spki) != cbs_len(&spki) ||
+                memcmp(cbs_data(&made_spki), cbs_data(&spki), cbs_len(&spki)) != 0) {
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_CERT_KEY_UNSUPPORTED,
+                                "certificate: its SubjectPublicKeyInfo is not in the DER OpenSSL writes");
+                free(*channel_der);
+                *channel_der = NULL;
+                *channel_len = 0;
+            }
+        }
+    }
+    X509_free(x);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return rc;
+}
+
+int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, const uint8_t *channel_der,
+                             size_t channel_len, int64_t now, char *msg, size_t msg_len) {
+    cbs attested_spki, spki;
+    if (!spki_element(attested_der, attested_len, &attested_spki))
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "attested certificate: not a DER X.509 certificate");
+    if (!channel_der || channel_len == 0 || channel_len > RATLS_MAX_CHANNEL_CERT_SIZE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate size: expected 1..%d bytes, "
+                          "found %zu", RATLS_MAX_CHANNEL_CERT_SIZE, channel_der ? channel_len : 0);
+    /* The parser of RA-TLS certificates: strict DER, one certificate and nothing after it, an EC P-256/P-384 key;
+     * it reports EVIDENCE_MISSING for a certificate that passed all that and carries no evidence, as it must. */
+    ratls_cert_info info;
+    char why[RATLS_MSG_SIZE] = "";
+    int rc = ratls_cert_parse(channel_der, channel_len, &info, NULL, why, sizeof why);
+    if (rc == RATLS_OK)
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
+                          "channel certificate: it carries RA-TLS evidence; a channel certificate carries none");
+    if (rc != RATLS_ERR_EVIDENCE_MISSING)
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: %s", why);
+    if (!spki_element(channel_der, channel_len, &spki))
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: not a DER X.509 certificate");
+    if (cbs_len(&spki) != cbs_len(&attested_spki) ||
+        memcmp(cbs_data(&spki), cbs_data(&attested_spki), cbs_len(&spki)) != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
+                          "channel certificate: its SubjectPublicKeyInfo is not the attested certificate's (another "
+                          "key)");
+    const uint8_t *p = channel_der;
+    X509 *x = d2i_X509(NULL, &p, (long)channel_len);
+    if (!x) {
+        ERR_clear_error();
+        return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: not a DER X.509 certificate");
+    }
+    char cn[CHANNEL_CN_SIZE];
+    channel_common_name(&spki, cn);
+    X509_NAME *subject = X509_get_subject_name(x);
+    X509_NAME_ENTRY *entry = X509_NAME_entry_count(subject) == 1 ? X509_NAME_get_entry(subject, 0) : NULL;
+    const ASN1_STRING *value = entry ? X509_NAME_ENTRY_get_data(entry) : NULL;
+    int64_t not_before = 0, not_after = 0;
+    if (!value || OBJ_obj2nid(X509_NAME_ENTRY_get_object(entry)) != NID_commonName ||
+        (size_t)ASN1_STRING_length(value) != strlen(cn) || memcmp(ASN1_STRING_get0_data(value), cn, strlen(cn)) != 0 ||
+        X509_NAME_cmp(subject, X509_get_issuer_name(x)) != 0)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
+                        "channel certificate: subject and issuer must both be exactly CN=%s", cn);
+    else if (X509_verify(x, X509_get0_pubkey(x)) != 1)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
+                        "channel certificate: its signature does not verify with the attested key");
+    else if (!ratls_asn1_time_to_unix(X509_get0_notBefore(x), &not_before) ||
+             !ratls_asn1_time_to_unix(X509_get0_notAfter(x), &not_after))
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: unreadable validity");
+    else if (now < not_before)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
+                        "channel certificate: not valid before %lld, now is %lld", (long long)not_before,
+                        (long long)now);
+    else if (now > not_after)
+        rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: expired at %lld, now is %lld",
+                        (long long)not_after, (long long)now);
+    else
+        rc = RATLS_OK;
+    X509_free(x);
+    ERR_clear_error();
+    return rc;
+}
+
 /* ---------------------------------------------------------------- server */
 
 /* Counted before the refusal goes out, so a client that saw its refusal also sees it in the stats. */
@@ -334,7 +523,8 @@ static void record_rejection(ratls_attest_server *s, const peer_check *pc) {
     pthread_mutex_unlock(&s->lock);
 }
 
-static void enqueue(ratls_attest_server *s, peer_check *pc) {
+/* Takes the peer's certificate and its channel certificate (*channel) into the queue. */
+static void enqueue(ratls_attest_server *s, peer_check *pc, uint8_t **channel, size_t channel_len) {
     attested_peer *e = calloc(1, sizeof *e);
     pthread_mutex_lock(&s->lock);
     if (!e) {
@@ -344,9 +534,12 @@ static void enqueue(ratls_attest_server *s, peer_check *pc) {
     }
     e->der = pc->der;
     e->der_len = pc->der_len;
+    e->channel = *channel;
+    e->channel_len = channel_len;
     e->evidence = pc->evidence;
     pc->der = NULL;
     pc->der_len = 0;
+    *channel = NULL;
     if (s->tail) s->tail->next = e;
     else s->head = e;
     s->tail = e;
@@ -358,10 +551,74 @@ static void enqueue(ratls_attest_server *s, peer_check *pc) {
         s->n_queued--;
         s->stats.dropped++;
         free(old->der);
+        free(old->channel);
         free(old);
     }
     pthread_cond_signal(&s->queued);
     pthread_mutex_unlock(&s->lock);
+}
+
+static int stop_requested(const ratls_attest_server *s) {
+    struct pollfd p = {s->stop_fd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1;
+}
+
+/* Reads the client's channel certificate message ("RATC" + u16 big-endian length + DER) by the deadline and checks
+ * the certificate against the RA-TLS certificate the verify callback passed (pc->der). On success *channel holds it
+ * (malloc'ed). On a failure pc->verdict becomes its reason (RATLS_ERR_CHANNEL_CERT) and the rejection is counted.
+ * Returns 1 when the server is stopping instead (no verdict: the connection just ends), else 0. */
+static int read_channel_cert(ratls_attest_server *s, SSL *ssl, int fd, peer_check *pc, int64_t deadline,
+                             uint8_t **channel, size_t *channel_len) {
+    uint8_t header[CHANNEL_HEADER_SIZE];
+    const char *tls_reason = NULL;
+    size_t len = 0;
+    int rc = tls_run(ssl, fd, OP_READ, header, sizeof header, deadline, s->stop_fd, &tls_reason);
+    if (rc == RATLS_OK) {
+        len = (size_t)header[4] << 8 | header[5];
+        if (memcmp(header, CHANNEL_MAGIC, 4) != 0)
+            pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CHANNEL_CERT,
+                                     "channel certificate message: expected the magic \"%s\", found %02x %02x %02x "
+                                     "%02x", CHANNEL_MAGIC, header[0], header[1], header[2], header[3]);
+        else if (len == 0 || len > RATLS_MAX_CHANNEL_CERT_SIZE)
+            pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CHANNEL_CERT,
+                                     "channel certificate length: expected 1..%d bytes, found %zu",
+                                     RATLS_MAX_CHANNEL_CERT_SIZE, len);
+        else if (!(*channel = malloc(len)))
+            pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_INTERNAL, "out of memory");
+        else
+            rc = tls_run(ssl, fd, OP_READ, *channel, len, deadline, s->stop_fd, &tls_reason);
+    }
+    if (rc != RATLS_OK && stop_requested(s)) return 1;
+    if (rc != RATLS_OK)
+        pc->verdict = ratls_fail(pc->msg, sizeof pc->msg, RATLS_ERR_CHANNEL_CERT,
+                                 "no channel certificate (RATC) from the client: %s",
+                                 rc == RATLS_ERR_TIMEOUT ? "none before the handshake deadline"
+                                 : tls_reason ? tls_reason : "I/O error");
+    else if (pc->verdict == RATLS_OK)
+        pc->verdict = ratls_channel_cert_check(pc->der, pc->der_len, *channel, len, (int64_t)time(NULL), pc->msg,
+                                               sizeof pc->msg);
+    if (pc->verdict == RATLS_OK) {
+        *channel_len = len;
+    } else {
+        free(*channel);
+        *channel = NULL;
+        record_rejection(s, pc);
+    }
+    return 0;
+}
+
+/* After the reply: half-close, then read and drop what the client still sends until it closes (at most
+ * LINGER_MAX_BYTES, by the deadline). Closing with unread bytes would send a TCP reset, and a reset can destroy the
+ * reply in the client's receive buffer before the client has read it. */
+static void linger_close(int fd, int64_t deadline, int stop_fd) {
+    uint8_t sink[4096];
+    size_t total = 0;
+    shutdown(fd, SHUT_WR);
+    while (total < LINGER_MAX_BYTES && wait_io(fd, 0, deadline, stop_fd) == IO_READY) {
+        ssize_t n = recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+        if (n > 0) total += (size_t)n;
+    }
 }
 
 static void serve_connection(ratls_attest_server *s, int fd) {
@@ -376,22 +633,32 @@ static void serve_connection(ratls_attest_server *s, int fd) {
         rc = tls_run(ssl, fd, OP_ACCEPT, NULL, 0, deadline, s->stop_fd, &tls_reason);
     }
     if (rc == RATLS_OK && pc.verdict < 0) rc = RATLS_ERR_INTERNAL; /* cannot happen with VERIFY_PEER */
+    uint8_t *channel = NULL;
+    size_t channel_len = 0;
+    /* The certificate passed (verify callback): its channel certificate next. A refusal already counted by the
+     * verify callback goes out without waiting for it. */
+    if (rc == RATLS_OK && pc.verdict == RATLS_OK &&
+        read_channel_cert(s, ssl, fd, &pc, deadline, &channel, &channel_len))
+        rc = RATLS_ERR_IO; /* stopping */
     if (rc == RATLS_OK) {
-        /* Accepted: queued first, then acknowledged. Refused (counted by the verify callback): the reason code
-         * only, nothing queued. */
+        /* Accepted: queued first, then acknowledged. Refused (counted): the reason code only, nothing queued. */
         uint8_t reply[ACK_SIZE];
         uint32_t word = htonl(pc.verdict == RATLS_OK ? s->limits.trust_ttl_s : (uint32_t)pc.verdict);
         memcpy(reply, pc.verdict == RATLS_OK ? ACK_MAGIC : REFUSAL_MAGIC, 4);
         memcpy(reply + 4, &word, 4);
-        if (pc.verdict == RATLS_OK) enqueue(s, &pc);
-        if (tls_run(ssl, fd, OP_WRITE, reply, sizeof reply, deadline, s->stop_fd, &tls_reason) == RATLS_OK)
+        if (pc.verdict == RATLS_OK) enqueue(s, &pc, &channel, channel_len);
+        int64_t reply_deadline = deadline > now_ms() + REPLY_GRACE_MS ? deadline : now_ms() + REPLY_GRACE_MS;
+        if (tls_run(ssl, fd, OP_WRITE, reply, sizeof reply, reply_deadline, s->stop_fd, &tls_reason) == RATLS_OK) {
             SSL_shutdown(ssl); /* best effort close_notify; the client has what it needs */
-    } else if (pc.verdict <= 0) { /* rejections were counted by the verify callback */
+            linger_close(fd, reply_deadline, s->stop_fd);
+        }
+    } else if (pc.verdict <= 0) { /* rejections were counted by the verify callback or read_channel_cert */
         pthread_mutex_lock(&s->lock);
         if (rc == RATLS_ERR_TIMEOUT) s->stats.timed_out++;
         else s->stats.failed++;
         pthread_mutex_unlock(&s->lock);
     }
+    free(channel);
     peer_check_clear(&pc);
     SSL_free(ssl);
     close(fd);
@@ -719,8 +986,8 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
 uint16_t ratls_attest_server_port(const ratls_attest_server *s) { return s ? s->port : 0; }
 
 int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
-                            ratls_evidence *evidence) {
-    if (!s || !cert_der || !cert_len || !evidence) return RATLS_ERR_BAD_ARGUMENT;
+                            uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence) {
+    if (!s || !cert_der || !cert_len || !channel_der || !channel_len || !evidence) return RATLS_ERR_BAD_ARGUMENT;
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += timeout_ms / 1000;
@@ -743,6 +1010,8 @@ int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t
     if (!e) return RATLS_ERR_TIMEOUT;
     *cert_der = e->der;
     *cert_len = e->der_len;
+    *channel_der = e->channel;
+    *channel_len = e->channel_len;
     *evidence = e->evidence;
     free(e);
     return RATLS_OK;
@@ -781,6 +1050,7 @@ void ratls_attest_server_stop(ratls_attest_server *s) {
         attested_peer *e = s->head;
         s->head = e->next;
         free(e->der);
+        free(e->channel);
         free(e);
     }
     pthread_cond_destroy(&s->queued);
@@ -833,7 +1103,8 @@ static int tcp_connect(const char *host, uint16_t port, int64_t deadline, int *f
 }
 
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
-                         const uint8_t *cert_der, size_t cert_len, const char *host, uint16_t port,
+                         const uint8_t *cert_der, size_t cert_len, const uint8_t *channel_der, size_t channel_len,
+                         const char *host, uint16_t port,
                          uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
                          size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
                          size_t msg_len) {
@@ -841,6 +1112,9 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "host and all outputs are required");
     if (tcb && !tcb->evaluate)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "TCB evaluator: no evaluate function");
+    if (!channel_der || channel_len == 0 || channel_len > RATLS_MAX_CHANNEL_CERT_SIZE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "channel certificate: expected 1..%d bytes, found %zu",
+                          RATLS_MAX_CHANNEL_CERT_SIZE, channel_der ? channel_len : 0);
     if (timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "timeout_ms: expected 1..%u, found %u",
                           MAX_TIMEOUT_MS, timeout_ms);
@@ -869,6 +1143,20 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
                            rc == RATLS_ERR_TIMEOUT ? "timed out" : tls_reason ? tls_reason : "I/O error");
             }
         }
+    }
+    if (rc == RATLS_OK) {
+        /* Our channel certificate, the one message we send: the server checks it against the certificate it just
+         * verified, and only then trusts us. */
+        uint8_t out[CHANNEL_HEADER_SIZE + RATLS_MAX_CHANNEL_CERT_SIZE];
+        memcpy(out, CHANNEL_MAGIC, 4);
+        out[4] = (uint8_t)(channel_len >> 8);
+        out[5] = (uint8_t)channel_len;
+        memcpy(out + CHANNEL_HEADER_SIZE, channel_der, channel_len);
+        rc = tls_run(ssl, fd, OP_WRITE, out, CHANNEL_HEADER_SIZE + channel_len, deadline, -1, &tls_reason);
+        if (rc != RATLS_OK)
+            ratls_fail(msg, msg_len, rc, "attestation server %s:%u refused our certificate or failed: sending our "
+                       "channel certificate: %s", host, (unsigned)port,
+                       rc == RATLS_ERR_TIMEOUT ? "timed out" : tls_reason ? tls_reason : "I/O error");
     }
     if (rc == RATLS_OK) {
         /* The server verifies our certificate after our side of the handshake is done: only its

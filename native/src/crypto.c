@@ -63,6 +63,7 @@ const char *ratls_reason_name(int reason) {
         ERR_NAME(CERT_EXPIRED)
         ERR_NAME(CERT_NOT_YET_VALID)
         ERR_NAME(CERT_TOO_LARGE)
+        ERR_NAME(CHANNEL_CERT)
         ERR_NAME(EVIDENCE_MISSING)
         ERR_NAME(EVIDENCE_CRITICAL)
         ERR_NAME(EVIDENCE_MALFORMED)

@@ -1,6 +1,7 @@
 /* The attestation handshake (attest.c) end to end over loopback, with identities from the sim provider:
  * mutual success, rejection on either side (and the refusal's reason reaching the client), TCB evaluators,
- * plain TLS peers, garbage and slow connections, bounds, stop. */
+ * channel certificates (made, checked, and each way a bad or missing one is refused), plain TLS peers, garbage
+ * and slow connections, bounds, stop. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -155,13 +156,24 @@ typedef struct {
     size_t key_len;
     uint8_t *crt;
     size_t crt_len;
+    uint8_t *chan; /* the channel certificate (ratls_channel_cert_create) */
+    size_t chan_len;
 } identity;
+
+static void add_channel_cert(identity *id) {
+    char msg[RATLS_MSG_SIZE] = "";
+    int rc = ratls_channel_cert_create(id->key, id->key_len, id->crt, id->crt_len, &id->chan, &id->chan_len, msg,
+                                       sizeof msg);
+    if (rc) fprintf(stderr, "channel certificate: %s\n", msg);
+    REQUIRE(rc == RATLS_OK && id->chan && id->chan_len > 0 && id->chan_len <= RATLS_MAX_CHANNEL_CERT_SIZE);
+}
 
 static identity make_identity(const sim_env *env, uint8_t mr_byte, int debug) {
     identity id;
     uint8_t mr[32];
     memset(mr, mr_byte, sizeof mr);
     REQUIRE(sim_identity(env, mr, debug, &id.key, &id.key_len, &id.crt, &id.crt_len) == RATLS_OK);
+    add_channel_cert(&id);
     return id;
 }
 
@@ -186,12 +198,14 @@ static identity make_plain_identity(void) {
     id.key_len = (size_t)i2d_PrivateKey(k, &id.key);
     X509_free(x);
     EVP_PKEY_free(k);
+    add_channel_cert(&id);
     return id;
 }
 
 static void free_identity(identity *id) {
     ratls_free(id->key);
     ratls_free(id->crt);
+    ratls_free(id->chan);
 }
 
 static ratls_policy *policy_for(const sim_env *env, uint8_t mr_byte) {
@@ -228,13 +242,24 @@ static attempt attest_with(const ratls_policy *pol, const identity *id, uint16_t
                            const ratls_tcb_evaluator *tcb) {
     attempt a;
     memset(&a, 0, sizeof a);
-    a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, "127.0.0.1", port, timeout_ms, tcb,
-                                &a.peer, &a.peer_len, &a.ev, &a.ttl, a.msg, sizeof a.msg);
+    a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, id->chan, id->chan_len, "127.0.0.1",
+                                port, timeout_ms, tcb, &a.peer, &a.peer_len, &a.ev, &a.ttl, a.msg, sizeof a.msg);
     return a;
 }
 
 static attempt attest(const ratls_policy *pol, const identity *id, uint16_t port, uint32_t timeout_ms) {
     return attest_with(pol, id, port, timeout_ms, NULL);
+}
+
+/* ratls_attest_server_pop for tests that look at the RA-TLS certificate and evidence only: the channel certificate
+ * must be there and is dropped. */
+static int pop_peer(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **der, size_t *len, ratls_evidence *ev) {
+    uint8_t *chan = NULL;
+    size_t chan_len = 0;
+    int rc = ratls_attest_server_pop(s, timeout_ms, der, len, &chan, &chan_len, ev);
+    if (rc == RATLS_OK) CHECK(chan != NULL && chan_len > 0);
+    ratls_free(chan);
+    return rc;
 }
 
 static ratls_attest_stats stats_of(ratls_attest_server *s) {
@@ -283,20 +308,23 @@ static void test_mutual_success(const sim_env *env) {
     /* No evaluator: no collateral, TCB status Unknown (which these policies allow), no advisories. */
     CHECK(a.ev.tcb_status == RATLS_TCB_UNKNOWN && a.ev.advisory_ids[0] == '\0');
 
-    /* The acknowledgement comes after the queueing: the client is poppable at once, without waiting. */
-    uint8_t *der = NULL;
-    size_t len = 0;
+    /* The acknowledgement comes after the queueing: the client is poppable at once, without waiting, with the
+     * RA-TLS certificate it attested with and the channel certificate it sent. */
+    uint8_t *der = NULL, *chan = NULL;
+    size_t len = 0, chan_len = 0;
     ratls_evidence ev;
-    REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_OK);
+    REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &chan, &chan_len, &ev) == RATLS_OK);
     CHECK(len == cli.crt_len && memcmp(der, cli.crt, len) == 0);
+    CHECK(chan_len == cli.chan_len && memcmp(chan, cli.chan, chan_len) == 0);
+    ratls_free(chan);
     CHECK(ev.mrenclave[0] == 0xC1);
     CHECK(ev.tcb_status == RATLS_TCB_UNKNOWN && ev.advisory_ids[0] == '\0');
     uint8_t fp[32];
     ratls_sha256(cli.crt, cli.crt_len, fp);
     CHECK(memcmp(ev.cert_sha256, fp, 32) == 0);
     ratls_free(der);
-    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
-    CHECK(ratls_attest_server_pop(s, 50, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s, 50, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     ratls_attest_stats st = settle(s, 1);
     CHECK(st.attested == 1 && st.rejected == 0 && st.connections == 1);
     ratls_free(a.peer);
@@ -334,7 +362,7 @@ static void test_rejections(const sim_env *env) {
     st = settle(s2, 1);
     CHECK(st.rejected == 1 && st.attested == 0 && st.failed == 0 && st.last_rejection == RATLS_ERR_MRENCLAVE);
     CHECK(strstr(st.last_rejection_msg, "MRENCLAVE") != NULL);
-    CHECK(ratls_attest_server_pop(s2, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s2, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     ratls_attest_server_stop(s2);
 
     /* A debug enclave with the right measurement, under a policy that denies debug. */
@@ -355,12 +383,12 @@ static void test_rejections(const sim_env *env) {
     CHECK(a.rc == RATLS_ERR_EVIDENCE_MISSING);
     ratls_attest_server_stop(s3);
 
-    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     /* And the endpoint still serves a good client. */
     a = attest(cli_pol, &cli, port, 5000);
     CHECK(a.rc == RATLS_OK);
     ratls_free(a.peer);
-    CHECK(ratls_attest_server_pop(s, 1000, &der, &len, &ev) == RATLS_OK);
+    CHECK(pop_peer(s, 1000, &der, &len, &ev) == RATLS_OK);
     ratls_free(der);
 
     ratls_attest_server_stop(s);
@@ -496,10 +524,18 @@ static void test_bounds_and_errors(const sim_env *env) {
     CHECK(a.rc == RATLS_ERR_TIMEOUT);
     CHECK(mono_ms() - t0 < 1500);
     close(lfd);
-    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 0, NULL,
-                               &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
-    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, "127.0.0.1", port, 1000,
-                               &no_function, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.chan, cli.chan_len,
+                               "127.0.0.1", port, 0, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
+          RATLS_ERR_BAD_ARGUMENT);
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.chan, cli.chan_len,
+                               "127.0.0.1", port, 1000, &no_function, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg,
+                               sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+    /* A channel certificate is required, and at most 4096 bytes (the RA-TLS certificate is no channel certificate). */
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, NULL, 0, "127.0.0.1", port, 1000,
+                               NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+    CHECK(strstr(msg, "channel certificate") != NULL);
+    CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.crt, cli.crt_len, "127.0.0.1",
+                               port, 1000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
           RATLS_ERR_BAD_ARGUMENT);
 
     ratls_policy_free(pol);
@@ -574,7 +610,7 @@ static void test_tcb_evaluator(const sim_env *env) {
     if (a.rc) fprintf(stderr, "attest: %s\n", a.msg);
     CHECK(a.rc == RATLS_OK);
     CHECK(a.ev.tcb_status == RATLS_TCB_SW_HARDENING_NEEDED && strcmp(a.ev.advisory_ids, "INTEL-SA-00615") == 0);
-    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_OK);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_OK);
     CHECK(ev.tcb_status == RATLS_TCB_UP_TO_DATE && strcmp(ev.advisory_ids, "INTEL-SA-00001,INTEL-SA-00002") == 0);
     ratls_free(der);
     ratls_free(a.peer);
@@ -602,7 +638,7 @@ static void test_tcb_evaluator(const sim_env *env) {
     st = settle(s, 3);
     CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_TCB_STATUS && st.attested == 1);
     CHECK(strstr(st.last_rejection_msg, "TCB status OutOfDate is not allowed by the policy") != NULL);
-    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     CHECK(calls_of(&on_srv) == 2 && calls_of(&on_cli) == 3);
     ratls_attest_server_stop(s);
 
@@ -619,7 +655,7 @@ static void test_tcb_evaluator(const sim_env *env) {
     a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
     CHECK(a.rc == RATLS_OK);
     ratls_free(a.peer);
-    CHECK(ratls_attest_server_pop(s, 1000, &der, &len, &ev) == RATLS_OK);
+    CHECK(pop_peer(s, 1000, &der, &len, &ev) == RATLS_OK);
     CHECK(ev.tcb_status == RATLS_TCB_UP_TO_DATE && strlen(ev.advisory_ids) == RATLS_ADVISORIES_SIZE - 1);
     ratls_free(der);
     st = settle(s, 2);
@@ -680,7 +716,7 @@ static void test_tcb_evaluator_errors(const sim_env *env) {
 
     st = settle(s, 4);
     CHECK(st.rejected == 2 && st.failed == 2 && st.attested == 0);
-    CHECK(ratls_attest_server_pop(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
     CHECK(calls_of(&on_srv) == 2 && calls_of(&on_cli) == 4);
     CHECK(bad_args_of(&on_srv) == 0 && bad_args_of(&on_cli) == 0);
     ratls_attest_server_stop(s);
@@ -708,7 +744,11 @@ static void *scripted_server_main(void *arg) {
     SSL_CTX_set_num_tickets(ctx, 0);
     int fd = accept(ss->listener, NULL, NULL);
     SSL *ssl = SSL_new(ctx);
-    if (fd >= 0 && ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1 &&
+    /* Reads the client's channel certificate message first (its header, then the length it says). */
+    uint8_t chan[6 + RATLS_MAX_CHANNEL_CERT_SIZE];
+    if (fd >= 0 && ssl && SSL_set_fd(ssl, fd) == 1 && SSL_accept(ssl) == 1 && SSL_read(ssl, chan, 6) == 6 &&
+        memcmp(chan, "RATC", 4) == 0 &&
+        SSL_read(ssl, chan + 6, (int)((size_t)chan[4] << 8 | chan[5])) == (int)((size_t)chan[4] << 8 | chan[5]) &&
         SSL_write(ssl, ss->reply, sizeof ss->reply) == (int)sizeof ss->reply)
         SSL_shutdown(ssl);
     SSL_free(ssl);
@@ -797,6 +837,303 @@ static void test_server_closing_mid_handshake(const sim_env *env) {
     free_identity(&cli);
 }
 
+/* ---- channel certificates */
+
+static int64_t cert_time(const uint8_t *der, size_t len, int after) {
+    const uint8_t *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    int64_t out = 0;
+    REQUIRE(x && ratls_asn1_time_to_unix(after ? X509_get0_notAfter(x) : X509_get0_notBefore(x), &out));
+    X509_free(x);
+    return out;
+}
+
+/* A self-signed certificate over `id`'s key with the given subject CN (and, if legacy_len, a legacy quote extension
+ * of that many zero bytes): what a client could send that ratls_channel_cert_create would not make. */
+static uint8_t *cert_over_key(const identity *id, const char *cn, size_t legacy_len, size_t *len) {
+    const uint8_t *p = id->key;
+    EVP_PKEY *k = d2i_AutoPrivateKey(NULL, &p, (long)id->key_len);
+    X509 *x = X509_new();
+    REQUIRE(k && x);
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 9);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    X509_set_pubkey(x, k);
+    if (legacy_len) {
+        static const uint8_t legacy_oid[] = {0x06, 0x0B, 0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF8, 0x4D, 0x8A, 0x39, 0x06};
+        const uint8_t *o = legacy_oid;
+        ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &o, sizeof legacy_oid);
+        ASN1_OCTET_STRING *value = ASN1_OCTET_STRING_new();
+        uint8_t *zeros = calloc(1, legacy_len);
+        REQUIRE(oid && value && zeros && ASN1_OCTET_STRING_set(value, zeros, (int)legacy_len));
+        X509_EXTENSION *ext = X509_EXTENSION_create_by_OBJ(NULL, oid, 0, value);
+        REQUIRE(ext && X509_add_ext(x, ext, -1) == 1);
+        X509_EXTENSION_free(ext);
+        ASN1_OCTET_STRING_free(value);
+        ASN1_OBJECT_free(oid);
+        free(zeros);
+    }
+    REQUIRE(X509_sign(x, k, EVP_sha384()) > 0);
+    uint8_t *der = NULL;
+    int n = i2d_X509(x, &der);
+    REQUIRE(n > 0);
+    *len = (size_t)n;
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return der;
+}
+
+static int channel_check(const identity *attested, const uint8_t *chan, size_t chan_len, int64_t now, char *msg) {
+    msg[0] = '\0';
+    return ratls_channel_cert_check(attested->crt, attested->crt_len, chan, chan_len, now, msg, RATLS_MSG_SIZE);
+}
+
+/* What ratls_channel_cert_create makes, and every check of ratls_channel_cert_check on its own. */
+static void test_channel_certificate(const sim_env *env) {
+    identity cli = make_identity(env, 0xC9, 0), other = make_identity(env, 0xC9, 0);
+    char msg[RATLS_MSG_SIZE];
+    int64_t now = (int64_t)time(NULL);
+
+    /* Small, self-signed over the same SubjectPublicKeyInfo, named after it, the RA-TLS certificate's validity,
+     * no extensions; it passes the check. */
+    CHECK(cli.chan_len < 1024 && cli.chan_len < cli.crt_len / 4);
+    CHECK(channel_check(&cli, cli.chan, cli.chan_len, now, msg) == RATLS_OK);
+    ratls_cert_info info;
+    REQUIRE(ratls_cert_inspect(cli.crt, cli.crt_len, &info, NULL, 0) == RATLS_OK);
+    char want_cn[64] = "RATLS-";
+    ratls_hex(info.spki_sha256, 8, want_cn + 6);
+    strcat(want_cn, "-channel");
+    const uint8_t *p = cli.chan;
+    X509 *x = d2i_X509(NULL, &p, (long)cli.chan_len);
+    REQUIRE(x != NULL && p == cli.chan + cli.chan_len);
+    char cn[64] = "";
+    X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof cn);
+    CHECK(strcmp(cn, want_cn) == 0);
+    CHECK(X509_NAME_entry_count(X509_get_subject_name(x)) == 1);
+    CHECK(X509_NAME_cmp(X509_get_subject_name(x), X509_get_issuer_name(x)) == 0);
+    CHECK(X509_get_ext_count(x) == 0 && X509_get_version(x) == X509_VERSION_3);
+    CHECK(X509_verify(x, X509_get0_pubkey(x)) == 1);
+    uint8_t *spki = NULL;
+    int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(x), &spki);
+    CHECK(spki_len > 0 && (size_t)spki_len == info.spki.len && memcmp(spki, cli.crt + info.spki.off, info.spki.len) == 0);
+    OPENSSL_free(spki);
+    X509_free(x);
+    CHECK(cert_time(cli.chan, cli.chan_len, 0) == info.not_before && cert_time(cli.chan, cli.chan_len, 1) == info.not_after);
+    /* Made again: another certificate (another serial and signature), as good. */
+    uint8_t *again = NULL;
+    size_t again_len = 0;
+    CHECK(ratls_channel_cert_create(cli.key, cli.key_len, cli.crt, cli.crt_len, &again, &again_len, msg, sizeof msg) ==
+          RATLS_OK);
+    CHECK(again_len != cli.chan_len || memcmp(again, cli.chan, again_len) != 0);
+    CHECK(channel_check(&cli, again, again_len, now, msg) == RATLS_OK);
+    ratls_free(again);
+    /* Only for a key and its certificate. */
+    CHECK(ratls_channel_cert_create(other.key, other.key_len, cli.crt, cli.crt_len, &again, &again_len, msg,
+                                    sizeof msg) == RATLS_ERR_BAD_ARGUMENT && again == NULL);
+    CHECK(strstr(msg, "not the certificate's key") != NULL);
+    CHECK(ratls_channel_cert_create(cli.key, cli.key_len, cli.crt, cli.crt_len - 1, &again, &again_len, msg,
+                                    sizeof msg) == RATLS_ERR_BAD_ARGUMENT && again == NULL);
+
+    /* Each check. */
+    CHECK(channel_check(&cli, other.chan, other.chan_len, now, msg) == RATLS_ERR_CHANNEL_CERT); /* another key */
+    CHECK(strstr(msg, "not the attested certificate's (another key)") != NULL);
+    uint8_t *bad = malloc(cli.chan_len + 1);
+    REQUIRE(bad != NULL);
+    memcpy(bad, cli.chan, cli.chan_len);
+    bad[cli.chan_len - 1] ^= 0x01; /* in the signature's s */
+    CHECK(channel_check(&cli, bad, cli.chan_len, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "signature does not verify") != NULL);
+    memcpy(bad, cli.chan, cli.chan_len);
+    bad[cli.chan_len] = 0; /* a byte after the certificate */
+    CHECK(channel_check(&cli, bad, cli.chan_len + 1, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "trailing bytes") != NULL);
+    free(bad);
+    static const uint8_t garbage[] = "certainly not a certificate";
+    CHECK(channel_check(&cli, garbage, sizeof garbage, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "channel certificate: not a DER X.509 certificate") != NULL);
+    CHECK(channel_check(&cli, cli.chan, 0, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(channel_check(&cli, cli.crt, cli.crt_len, now, msg) == RATLS_ERR_CHANNEL_CERT); /* the RA-TLS certificate */
+    CHECK(strstr(msg, "size: expected 1..4096 bytes") != NULL);
+    CHECK(channel_check(&cli, cli.chan, cli.chan_len, info.not_before - 1, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "not valid before") != NULL);
+    CHECK(channel_check(&cli, cli.chan, cli.chan_len, info.not_after + 1, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "expired") != NULL);
+    CHECK(channel_check(&cli, cli.chan, cli.chan_len, info.not_after, msg) == RATLS_OK);
+    size_t n = 0;
+    char ratls_cn[32] = "RATLS-";
+    ratls_hex(info.spki_sha256, 8, ratls_cn + 6);
+    uint8_t *named = cert_over_key(&cli, ratls_cn, 0, &n); /* the RA-TLS certificate's CN: gRPC would mix them up */
+    CHECK(channel_check(&cli, named, n, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "subject and issuer must both be exactly CN=RATLS-") != NULL && strstr(msg, "-channel") != NULL);
+    OPENSSL_free(named);
+    named = cert_over_key(&cli, want_cn, 0, &n); /* the right name, made by other code: fine */
+    CHECK(channel_check(&cli, named, n, now, msg) == RATLS_OK);
+    OPENSSL_free(named);
+    named = cert_over_key(&cli, want_cn, 600, &n); /* evidence-shaped: a legacy quote extension */
+    CHECK(channel_check(&cli, named, n, now, msg) == RATLS_ERR_CHANNEL_CERT);
+    CHECK(strstr(msg, "carries RA-TLS evidence") != NULL);
+    OPENSSL_free(named);
+    CHECK(ratls_channel_cert_check(garbage, sizeof garbage, cli.chan, cli.chan_len, now, msg, sizeof msg) ==
+          RATLS_ERR_BAD_ARGUMENT);
+    free_identity(&cli);
+    free_identity(&other);
+}
+
+/* A TLS 1.3 client with a genuine identity that, after the handshake, sends `bytes` as they are in place of a proper
+ * channel certificate message, then half-closes its side (if half_close) or just waits, and reads the server's
+ * reply: up to 8 bytes within 5 s. Returns how many it read. */
+static size_t raw_after_handshake(uint16_t port, const identity *id, const uint8_t *bytes, size_t len, int half_close,
+                                  uint8_t reply[8]) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    const uint8_t *k = id->key, *c = id->crt;
+    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &k, (long)id->key_len);
+    X509 *cert = d2i_X509(NULL, &c, (long)id->crt_len);
+    REQUIRE(ctx && key && cert && SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) &&
+            SSL_CTX_use_certificate(ctx, cert) == 1 && SSL_CTX_use_PrivateKey(ctx, key) == 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    int fd = tcp_to(port);
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    SSL *ssl = SSL_new(ctx);
+    size_t got = 0;
+    REQUIRE(ssl && SSL_set_fd(ssl, fd) == 1);
+    if (SSL_connect(ssl) == 1 && (len == 0 || SSL_write(ssl, bytes, (int)len) == (int)len)) {
+        if (half_close) shutdown(fd, SHUT_WR);
+        while (got < 8) {
+            int r = SSL_read(ssl, reply + got, (int)(8 - got));
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+    }
+    SSL_free(ssl);
+    close(fd);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return got;
+}
+
+static int is_refusal(const uint8_t reply[8], size_t got, uint32_t code) {
+    uint32_t be = htonl(code);
+    return got == 8 && memcmp(reply, "RATN", 4) == 0 && memcmp(reply + 4, &be, 4) == 0;
+}
+
+/* The channel certificate in the handshake: a good one is queued with the client; each way of getting it wrong is
+ * refused with CHANNEL_CERT (counted, the reason sent, nothing queued); the server still serves a good client. */
+static void test_channel_certificate_handshake(const sim_env *env) {
+    identity srv = make_identity(env, 0xAA, 0), cli = make_identity(env, 0xCA, 0), other = make_identity(env, 0xCA, 0);
+    ratls_policy *srv_pol = policy_for(env, 0xCA), *cli_pol = policy_for(env, 0xAA);
+    ratls_attest_limits lim = {.handshake_timeout_ms = 700};
+    ratls_attest_server *s = start(srv_pol, &srv, &lim);
+    uint16_t port = ratls_attest_server_port(s);
+    uint8_t *der = NULL, *chan = NULL, reply[8];
+    size_t len = 0, chan_len = 0, got;
+    ratls_evidence ev;
+    uint64_t done = 0, rejected = 0;
+
+    /* Good. */
+    attempt a = attest(cli_pol, &cli, port, 5000);
+    REQUIRE(a.rc == RATLS_OK);
+    ratls_free(a.peer);
+    REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &chan, &chan_len, &ev) == RATLS_OK);
+    CHECK(len == cli.crt_len && memcmp(der, cli.crt, len) == 0);
+    CHECK(chan_len == cli.chan_len && memcmp(chan, cli.chan, chan_len) == 0);
+    uint8_t fp[32];
+    ratls_sha256(cli.crt, cli.crt_len, fp);
+    CHECK(memcmp(ev.cert_sha256, fp, 32) == 0); /* the evidence is the RA-TLS certificate's */
+    ratls_free(der);
+    ratls_free(chan);
+    done++;
+
+    /* Through the real client, with a channel certificate that is not right: another key's, a bad signature,
+     * garbage. The genuine RA-TLS certificate passed; the channel certificate did not. */
+    uint8_t *bad_sig = malloc(cli.chan_len);
+    REQUIRE(bad_sig != NULL);
+    memcpy(bad_sig, cli.chan, cli.chan_len);
+    bad_sig[cli.chan_len - 1] ^= 0x01;
+    static const uint8_t garbage[] = "0123456789 not a certificate";
+    struct {
+        const uint8_t *chan;
+        size_t len;
+        const char *why;
+    } wrong[] = {{other.chan, other.chan_len, "another key"},
+                 {bad_sig, cli.chan_len, "signature does not verify"},
+                 {garbage, sizeof garbage, "not a DER X.509 certificate"}};
+    for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+        identity liar = cli;
+        liar.chan = (uint8_t *)wrong[i].chan;
+        liar.chan_len = wrong[i].len;
+        a = attest(cli_pol, &liar, port, 5000);
+        CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+        CHECK(strstr(a.msg, "the attestation server refused our certificate: CHANNEL_CERT (127.0.0.1:") == a.msg);
+        ratls_attest_stats st = settle(s, ++done);
+        CHECK(st.rejected == ++rejected && st.last_rejection == RATLS_ERR_CHANNEL_CERT && st.attested == 1);
+        CHECK(strstr(st.last_rejection_msg, wrong[i].why) != NULL);
+        CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    }
+    free(bad_sig);
+
+    /* Raw bytes after the handshake: a length over 4096 (with bytes after it the server does not read), another
+     * magic, nothing at all (the client closes its side), a truncated certificate (the client closes its side),
+     * nothing before the handshake deadline. Each gets its refusal. */
+    uint8_t oversized[6 + 1000] = {'R', 'A', 'T', 'C', 0x10, 0x01};
+    uint8_t wrong_magic[6 + 16] = {'R', 'A', 'T', 'X', 0x00, 0x10};
+    uint8_t truncated[6 + 100] = {'R', 'A', 'T', 'C', 0x01, 0x00};
+    memcpy(truncated + 6, cli.chan, 100);
+    struct {
+        const uint8_t *bytes;
+        size_t len;
+        int half_close;
+        const char *why;
+    } raw[] = {{oversized, sizeof oversized, 1, "length: expected 1..4096 bytes, found 4097"},
+               {wrong_magic, sizeof wrong_magic, 1, "expected the magic \"RATC\""},
+               {NULL, 0, 1, "no channel certificate (RATC) from the client"},
+               {truncated, sizeof truncated, 1, "no channel certificate (RATC) from the client"},
+               {NULL, 0, 0, "none before the handshake deadline"}};
+    for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++) {
+        int64_t t0 = mono_ms();
+        got = raw_after_handshake(port, &cli, raw[i].bytes, raw[i].len, raw[i].half_close, reply);
+        if (!is_refusal(reply, got, RATLS_ERR_CHANNEL_CERT))
+            fprintf(stderr, "case %zu: %zu reply bytes: %.4s\n", i, got, (const char *)reply);
+        CHECK(is_refusal(reply, got, RATLS_ERR_CHANNEL_CERT));
+        if (!raw[i].half_close) CHECK(mono_ms() - t0 >= 600); /* refused at the deadline, not before */
+        ratls_attest_stats st = settle(s, ++done);
+        CHECK(st.rejected == ++rejected && st.last_rejection == RATLS_ERR_CHANNEL_CERT && st.attested == 1);
+        if (!strstr(st.last_rejection_msg, raw[i].why))
+            fprintf(stderr, "case %zu: last rejection: %s\n", i, st.last_rejection_msg);
+        CHECK(strstr(st.last_rejection_msg, raw[i].why) != NULL);
+        CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    }
+
+    /* A refused RA-TLS certificate is answered at once, whatever comes after it; its own reason wins. */
+    identity plain = make_plain_identity();
+    got = raw_after_handshake(port, &plain, NULL, 0, 0, reply);
+    CHECK(is_refusal(reply, got, RATLS_ERR_EVIDENCE_MISSING));
+    ratls_attest_stats st = settle(s, ++done);
+    CHECK(st.rejected == ++rejected && st.last_rejection == RATLS_ERR_EVIDENCE_MISSING);
+    free_identity(&plain);
+
+    /* And a good client still gets through. */
+    a = attest(cli_pol, &cli, port, 5000);
+    CHECK(a.rc == RATLS_OK);
+    ratls_free(a.peer);
+    CHECK(pop_peer(s, 1000, &der, &len, &ev) == RATLS_OK);
+    ratls_free(der);
+    st = settle(s, ++done);
+    CHECK(st.attested == 2 && st.rejected == rejected && st.failed == 0 && st.timed_out == 0);
+
+    ratls_attest_server_stop(s);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+    free_identity(&other);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sim_env env;
@@ -809,6 +1146,8 @@ int main(void) {
     test_bad_input(&env);
     test_bounds_and_errors(&env);
     test_server_closing_mid_handshake(&env);
+    test_channel_certificate(&env);
+    test_channel_certificate_handshake(&env);
     sim_env_cleanup(&env);
     return test_summary();
 }
