@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dcap_qvl
 from cryptography import x509
@@ -98,7 +98,7 @@ def _intel_root_der() -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
 
 
-def _chain_root(quote: bytes) -> bytes:
+def chain_root(quote: bytes) -> bytes:
     """The DER of the last certificate of the quote's PCK chain (the native verification checked the chain)."""
     chain = parse_quote(quote).pck_chain_pem
     if not chain:
@@ -109,7 +109,7 @@ def _chain_root(quote: bytes) -> bytes:
 
 def _root_of(quote: bytes, policy: Policy) -> bytes:
     """The root the quote's PCK chain ends in, among the policy's roots (the native verification chose it)."""
-    last = _chain_root(quote)
+    last = chain_root(quote)
     for root in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
         if root is not None and root == last:
             return root
@@ -234,6 +234,8 @@ class CollateralSource(abc.ABC):
             stale = self._cached(key)
             try:
                 fresh = self._fetch(key)
+                if now is None:  # the fetch took time, and what it got may have been issued meanwhile
+                    t = max(t, int(self._clock()))
                 result = _evaluate(quote, fresh, root, t)
             except VerificationError as e:
                 if stale is not None and t <= stale.next_update + self.stale_grace:
@@ -258,17 +260,17 @@ class CollateralSource(abc.ABC):
         with self._lock:
             known = self._platforms.get(platform)
         if known is None:
-            known = (CollateralKey.of_quote(quote), _chain_root(quote))
+            known = (CollateralKey.of_quote(quote), chain_root(quote))
             with self._lock:
                 if len(self._platforms) >= _MAX_PLATFORMS:
                     self._platforms.clear()
                     self._results.clear()
                 self._platforms[platform] = known
-        key, chain_root = known
-        if chain_root not in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
+        key, root = known
+        if root not in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
             raise VerificationError(Reason.PCK_CHAIN_UNTRUSTED, "the quote's PCK chain does not end in a root of "
                                     "the policy")
-        return platform, key, chain_root
+        return platform, key, root
 
     def _evaluate_once(self, platform: bytes, quote: bytes, entry: _Entry, root: bytes, t: int) -> TcbEvaluation:
         """dcap-qvl's evaluation, once per platform, root and collateral entry: the status cannot change while
@@ -547,15 +549,40 @@ def _raw_member(text: str, field: str) -> str:
 # ---------------------------------------------------------------------------------------------------- handshake
 
 
+class TcbSource(Protocol):
+    """What the handshake needs of a source: the TCB status of a certificate that passed every other check."""
+
+    def evaluate_certificate(self, cert_der: bytes, policy: Policy) -> TcbEvaluation: ...
+
+
+class GramineDcap:
+    """TCB status from Gramine's libra_tls_verify_dcap.so (libra_tls_verify_dcap_gramine.so in an enclave):
+    Intel's DCAP quote verification library, which takes collateral through Intel's quote provider library and
+    the PCCS of /etc/sgx_default_qcnl.conf. The default inside an enclave; chosen explicitly, never as a
+    fallback (a missing library is a ProviderError when this is made). Gramine's ABI gives no advisory ids and
+    no collateral expiry, so its results are not cached."""
+
+    def __init__(self, library_path: str | os.PathLike | None = None) -> None:
+        from ratls.gramine import GramineVerifier
+
+        self.verifier = GramineVerifier(library_path)
+
+    def __repr__(self) -> str:
+        return f"GramineDcap({self.verifier.library_path!r})"
+
+    def evaluate_certificate(self, cert_der: bytes, policy: Policy) -> TcbEvaluation:
+        return TcbEvaluation(self.verifier.tcb_status(cert_der, policy), (), float("inf"))
+
+
 class HandshakeEvaluator:
     """A source and the policy whose roots it evaluates under, as the C attestation handshake calls it: from its
     certificate-verify callback, once the peer's certificate passed every other check and before the peer is
     queued for the trust set (server) or pinned (client). `native` is the ratls_tcb_evaluator to pass; keep this
     object alive while any handshake may use it."""
 
-    def __init__(self, source: CollateralSource, policy: Policy) -> None:
-        if not isinstance(source, CollateralSource):
-            raise TypeError("collateral must be a ratls.collateral.CollateralSource (FileCollateral, PCCS, ...)")
+    def __init__(self, source: TcbSource, policy: Policy) -> None:
+        if not callable(getattr(source, "evaluate_certificate", None)):
+            raise TypeError("collateral must be a ratls.collateral source (PCCS, FileCollateral, GramineDcap)")
         self.source = source
         self.policy = policy
         self._handle = ffi.new_handle(self)
@@ -591,9 +618,11 @@ def ratls_py_tcb_evaluate(ctx, cert_der, cert_len, _now, tcb_status, advisories,
 
 
 def from_spec(spec: str, *, cache_dir: str | os.PathLike | None = None,
-              timeout: float = DEFAULT_TIMEOUT_S) -> CollateralSource:
-    """A source from its command-line form: a PCCS URL (http:// or https://, with `cache_dir` and `timeout`), or
-    a path to QuoteCollateralV3 JSON (a file, or a directory of them)."""
+              timeout: float = DEFAULT_TIMEOUT_S) -> TcbSource:
+    """A source from its command-line form: "gramine" (GramineDcap), a PCCS URL (http:// or https://, with
+    `cache_dir` and `timeout`), or a path to QuoteCollateralV3 JSON (a file, or a directory of them)."""
+    if spec == "gramine":
+        return GramineDcap()
     if spec.startswith(("http://", "https://")):
         return PCCS(spec, cache_dir=cache_dir, timeout=timeout)
     if "://" in spec:

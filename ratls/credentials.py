@@ -38,7 +38,7 @@ from ratls._trust import (
     lookup_peer,
 )
 from ratls.address import default_attestation_port, join_host_port, split_host_port
-from ratls.collateral import CollateralSource, HandshakeEvaluator
+from ratls.collateral import HandshakeEvaluator, TcbSource
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
 from ratls.identity import Identity, channel_certificate_of
@@ -65,7 +65,7 @@ class Credentials:
                  max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
                  max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
                  max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY,
-                 collateral: CollateralSource | None = None) -> None:
+                 collateral: TcbSource | None = None) -> None:
         if not isinstance(policy, Policy):
             raise TypeError("policy must be a ratls.Policy")
         # Evaluated inside every attestation handshake, both directions, before a peer is trusted or pinned.
@@ -190,7 +190,7 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
                 max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
                 max_trusted_clients: int = DEFAULT_MAX_TRUSTED_CLIENTS,
                 max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY,
-                collateral: CollateralSource | None = None) -> Credentials:
+                collateral: TcbSource | None = None) -> Credentials:
     """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
     `provider` (sim_ca, measured_files and measure_root are for the sim provider).
 

@@ -229,10 +229,8 @@ class GramineVerifier:
         self.library_path = find_library("verify", library_path)
         self._lib, self._lock = _load(self.library_path)
 
-    def verify_certificate(self, cert: bytes | str, policy: Policy, *,
-                           now: int | float | dt.datetime | None = None) -> Evidence:
-        der = certificate_der(cert)
-        t = _now(now)
+    def _run(self, der: bytes, policy: Policy) -> tuple[int, _Results, _MeasurementCheck]:
+        """Gramine's verify callback on a certificate, with our policy as its measurement callback."""
         check = _MeasurementCheck(policy)
         results = _Results()
         with self._lock:
@@ -243,18 +241,45 @@ class GramineVerifier:
             finally:
                 self._lib.ra_tls_set_measurement_callback(_MEASUREMENT_CALLBACK())
                 _current.check = None
-        if rc != 0:
-            raise self._rejection(rc, results, check, der, policy, t)
-        if not check.called:
+        if rc == 0 and not check.called:
             raise ProviderError(f"{self.library_path} accepted a certificate without calling the measurement "
                                 "callback; it does not behave like Gramine's library")
+        return rc, results, check
+
+    def _status(self, results: _Results) -> str:
         status = _TCB_BY_QV_RESULT.get(results.u.dcap.quote_verification_result)
         if status is None:
             raise ProviderError(f"{self.library_path} accepted a certificate with quote verification result "
                                 f"0x{results.u.dcap.quote_verification_result:X}, which is not a TCB status")
+        return status
+
+    def verify_certificate(self, cert: bytes | str, policy: Policy, *,
+                           now: int | float | dt.datetime | None = None) -> Evidence:
+        der = certificate_der(cert)
+        t = _now(now)
+        rc, results, check = self._run(der, policy)
+        if rc != 0:
+            raise self._rejection(rc, results, check, der, policy, t)
         # A simulated provider evaluated no collateral, whatever its results struct says.
-        return _native_verify(lib.ratls_verify_cert, der, policy, t, TCB_STATUSES.index(status),
+        return _native_verify(lib.ratls_verify_cert, der, policy, t, TCB_STATUSES.index(self._status(results)),
                               simulated_tcb=lib.RATLS_TCB_UNKNOWN)
+
+    def tcb_status(self, cert: bytes | str, policy: Policy) -> str:
+        """The TCB status Intel's DCAP libraries give a certificate whose every other check passed (our native
+        verification ran first): the status of an accepted certificate, or the one Gramine's RA_TLS_ALLOW_*
+        settings refused (our policy then decides, from the same RA_TLS_* values in an enclave). "Unknown" for
+        simulated evidence, for which no collateral was evaluated. Other failures raise VerificationError."""
+        der = certificate_der(cert)
+        rc, results, check = self._run(der, policy)
+        dcap = results.u.dcap
+        if rc != 0 and not (results.err_loc == _AT_VERIFY_EXTERNAL and dcap.func_verify_quote_result == 0
+                            and dcap.quote_verification_result in _TCB_BY_QV_RESULT):
+            raise self._rejection(rc, results, check, der, policy, _now(None))
+        from ratls.collateral import chain_root
+
+        if policy.sim_root_der is not None and chain_root(inspect_certificate(der).quote) == policy.sim_root_der:
+            return "Unknown"
+        return self._status(results)
 
     def _rejection(self, rc: int, results: _Results, check: _MeasurementCheck, der: bytes, policy: Policy,
                    now: int) -> VerificationError:
