@@ -33,7 +33,8 @@ def signed_by(issuer: ratls.Identity) -> tuple[bytes, bytes]:
     """(key PEM, certificate PEM) of a new key whose certificate the attested identity's key signed: it never saw
     an enclave and was never attested."""
     issuer_key = serialization.load_pem_private_key(issuer.private_key_pem, None)
-    issuer_name = x509.load_der_x509_certificate(issuer.certificate_der).subject
+    # The trust set serves the attested clients' channel certificates as roots: chain to one of those.
+    issuer_name = x509.load_der_x509_certificate(issuer.channel_certificate_der).subject
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
@@ -63,7 +64,7 @@ def test_a_certificate_an_attested_key_signed_gets_no_answer_from_the_ps(sim_ca)
             NameOID.COMMON_NAME)[0].value
         creds = grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
                                              private_key=key_pem,
-                                             certificate_chain=child_pem + client_net.identity.certificate_pem)
+                                             certificate_chain=child_pem + client_net.identity.channel_certificate_pem)
         request = ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id="intruder").SerializeToString()
         with grpc.secure_channel(endpoint.target, creds, options=[("grpc.ssl_target_name_override", server_cn),
                                                                   ("grpc.use_local_subchannel_pool", 1)]) as channel:
