@@ -231,14 +231,14 @@ def manifest_variables(role: str, options: Options) -> dict[str, str]:
         raise ManifestError("release manifests must pin their peers: give --signing-key (peers must be signed by "
                             "it) or --peer-mrsigner, or --peer-mrenclave")
 
-    collateral_args = ""
+    # Where peers' TCB status comes from, in every attestation: Gramine's DCAP verifier (Intel's libraries and
+    # the PCCS of /etc/sgx_default_qcnl.conf, trusted below), or our client of the PCCS given here.
+    collateral = "gramine"
     if options.pccs_url is not None:
         if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", options.pccs_url):
             raise ManifestError(f"--pccs-url: expected http(s)://host[:port][/path], got {options.pccs_url!r}")
-        collateral_args = f', "--collateral", "{options.pccs_url}"'
-    elif not debug:
-        raise ManifestError("release manifests need --pccs-url: peers' TCB status comes from a PCCS inside every "
-                            "attestation, and without it every status is Unknown, which RA_TLS_* refuses")
+        collateral = options.pccs_url
+    collateral_args = f', "--collateral", "{collateral}"'
 
     if options.cpu_threads < 1:
         raise ManifestError(f"--cpu-threads: expected at least 1, got {options.cpu_threads}")
@@ -407,8 +407,9 @@ def _add_render_options(parser: argparse.ArgumentParser) -> None:
     pin.add_argument("--peer-mrsigner", help="64 hex digits or 'any' (default: the --signing-key's MRSIGNER)")
     pin.add_argument("--peer-mrenclave", help="64 hex digits or 'any' (default any; see README: one value only)")
     pin.add_argument("--min-peer-svn", type=int, help="lowest ISVSVN accepted from peers (default: --isv-svn)")
-    pin.add_argument("--pccs-url", help="the PCCS peers' TCB status comes from (http(s)://host:port), evaluated in "
-                                        "every attestation; required for release builds")
+    pin.add_argument("--pccs-url", help="peers' TCB status from this PCCS (http(s)://host:port) through ratls's "
+                                        "own client, in every attestation (default: Gramine's DCAP verifier and "
+                                        "the PCCS of /etc/sgx_default_qcnl.conf)")
     pin.add_argument("--allow-outdated-tcb", action="store_true", help="accept OutOfDate platforms (insecure)")
     pin.add_argument("--allow-hw-config-needed", action="store_true", help="accept ConfigurationNeeded platforms")
     pin.add_argument("--allow-sw-hardening-needed", action="store_true", help="accept SWHardeningNeeded platforms")

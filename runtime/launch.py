@@ -51,13 +51,14 @@ class Child:
     offset: int = 0
     partial: bytes = b""
     lines: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         # PR_SET_PDEATHSIG: a child dies with the launcher even if the launcher is killed outright.
         self.process = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                        env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
 
     def new_lines(self) -> list[str]:
         """Complete lines the child wrote since the last call."""
@@ -106,27 +107,90 @@ def _wait_ready(child: Child, ready_file: Path, timeout: float) -> dict[str, Any
     raise LaunchError(f"{child.role} not serving after {timeout:.0f} s; see {child.log_path}")
 
 
-def _security_setup(args: argparse.Namespace, out: Path) -> tuple[list[str], dict[str, Any]]:
+@dataclass
+class Security:
+    """The children's transport: common options, per-role extras (a role on a sim platform of its own), and the
+    sim PCCS the launcher runs for them."""
+
+    argv: list[str]
+    report: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    pccs: Any = None
+
+    def for_role(self, role: str) -> tuple[list[str], dict[str, str]]:
+        """The transport options (later ones win in argparse) and environment of one child."""
+        extra_argv, extra_env = self.roles.get(role, ([], {}))
+        return self.argv + extra_argv, {**self.env, **extra_env}
+
+    def close(self) -> None:
+        if self.pccs is not None:
+            self.pccs.close()
+
+
+def _parse_platform_tcb(values: list[str]) -> dict[str, str]:
+    """--platform-tcb ROLE=STATUS values (ROLE: ps0, worker1, chief, ...)."""
+    out = {}
+    for value in values:
+        role, sep, status = value.partition("=")
+        if not sep or not role or not status:
+            raise ValueError(f"--platform-tcb {value!r}: expected ROLE=STATUS, e.g. worker1=OutOfDate")
+        out[role] = status
+    return out
+
+
+def _security_setup(args: argparse.Namespace, out: Path) -> Security:
     """Child transport options for the chosen --security, plus what the report should say about it."""
     if args.security == "insecure":
-        return ["--security", "insecure"], {"security": "insecure"}
+        return Security(["--security", "insecure"], {"security": "insecure"})
     if args.security == "tls":
         ca = transport.create_tls_ca(out / "tls-ca")
-        return ["--security", "tls", "--tls-ca", str(ca)], {"security": "tls"}
+        return Security(["--security", "tls", "--tls-ca", str(ca)], {"security": "tls"})
     import ratls
     from runtime.measure import BASE_DIR, runtime_files
 
     if args.sim_ca is not None:
-        sim_ca = args.sim_ca
+        sim_ca = ratls.SimCA(args.sim_ca)
     else:
-        sim_ca = out / "sim-ca"
-        ratls.SimCA.init(sim_ca)
+        sim_ca = ratls.SimCA.init(out / "sim-ca")
     started = time.perf_counter()
     mrenclave = ratls.measure(runtime_files(), root=BASE_DIR).hex()
     measured = time.perf_counter() - started
-    return (["--security", "ratls", "--provider", "sim", "--sim-ca", str(sim_ca), "--mrenclave", mrenclave],
-            {"security": "ratls", "provider": "sim", "sim_ca": str(sim_ca), "mrenclave": mrenclave,
-             "measure_seconds": round(measured, 4)})
+    provider = "gramine" if args.enclave_way else "sim"
+    security = Security(["--security", "ratls", "--provider", provider, "--sim-ca", str(sim_ca.path),
+                         "--mrenclave", mrenclave],
+                        {"security": "ratls", "provider": provider, "sim_ca": str(sim_ca.path), "mrenclave": mrenclave,
+                         "measure_seconds": round(measured, 4)})
+    platforms = _parse_platform_tcb(args.platform_tcb or [])
+    collateral = args.pccs
+    if args.sim_pccs or args.enclave_way or platforms:
+        from ratls.sim_pccs import SimPCCS
+
+        for role, status in platforms.items():
+            platform = sim_ca.platform(role)
+            sim_ca.set_tcb(status, platform=role)
+            security.roles[role] = (["--sim-ca", str(platform)], {"RATLS_SIM_CA_DIR": str(platform)})
+        security.pccs = SimPCCS(sim_ca).start()
+        collateral = security.pccs.url
+        security.report["platform_tcb"] = platforms
+    if collateral:
+        security.argv += ["--collateral", collateral]
+        security.report["collateral"] = collateral
+    if args.enclave_way:
+        # What a manifest fixes, with Gramine's library names served by our sim library: the gramine provider,
+        # the peers' policy from RA_TLS_* (pinned to the measured MRENCLAVE, as the sim path pins it), and the
+        # sim PCCS for TCB status.
+        lib_dir = out / "gramine-lib"
+        lib_dir.mkdir(exist_ok=True)
+        attest_lib = lib_dir / "libra_tls_attest.so"
+        shutil.copy(ratls.identity.SIM_LIBRARY, attest_lib)
+        security.env.update(RATLS_GRAMINE_ATTEST_LIB=str(attest_lib), RATLS_SIM_CA_DIR=str(sim_ca.path),
+                            RATLS_SIM_MRENCLAVE=mrenclave, RA_TLS_MRENCLAVE=mrenclave,
+                            RA_TLS_MRSIGNER=sim_ca.mrsigner.hex(), RA_TLS_ISV_PROD_ID="any", RA_TLS_ISV_SVN="any",
+                            RA_TLS_ALLOW_OUTDATED_TCB_INSECURE="0", RA_TLS_ALLOW_HW_CONFIG_NEEDED="0",
+                            RA_TLS_ALLOW_SW_HARDENING_NEEDED="0", RA_TLS_ALLOW_DEBUG_ENCLAVE_INSECURE="0")
+        security.report["enclave_way"] = True
+    return security
 
 
 def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
@@ -150,7 +214,7 @@ def _reader_argv(args: argparse.Namespace) -> list[str]:
     return ["--layout", args.layout, "--format", args.file_format, "--max-bad-fraction", str(args.max_bad_fraction)]
 
 
-def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security_argv: list[str]) -> Child:
+def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security: Security) -> Child:
     """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief) and, at the
     end, the model (<out>/chief/model) and its final evaluation on the held-out data (--eval-data, or synthetic)."""
     if args.data:
@@ -163,8 +227,9 @@ def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], secu
     argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out / "chief"),
             "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
-            "--timeout", str(args.timeout), *data, *_model_argv(args), *security_argv]
-    child = Child("chief", argv, out / "logs" / "chief.log")
+            "--timeout", str(args.timeout), *data, *_model_argv(args)]
+    security_argv, env = security.for_role("chief")
+    child = Child("chief", argv + security_argv, out / "logs" / "chief.log", env=env)
     (out / "chief.ready.json").unlink(missing_ok=True)
     child.start()
     return child
@@ -273,11 +338,19 @@ def _summary(report: dict[str, Any]) -> str:
     if data:
         lines.append(f"data: {sum(d['lines'] for d in data)} lines in one pass over the workers' data, "
                      f"{sum(d['bad_lines'] for d in data)} bad (skipped)")
+    for worker in report.get("lost_workers", []):
+        lines.append(f"lost {worker['role']} (exit code {worker['exit_code']}): {worker['error'] or 'see its log'}")
+    for ps in report["ps"]:
+        for port in ps.get("transport", {}).get("attestation_ports", []):
+            if port["rejected"]:
+                lines.append(f"ps{ps.get('shard', 0)} refused {port['rejected']} attestation(s), the last for "
+                             f"{port['last_rejection']}: {port['last_rejection_message']}")
     att = report["attestation"]
     times = att.get("client_attestation_seconds") or []
     if att.get("security") == "ratls":
+        tcb = f", TCB status from {att['collateral']}" if att.get("collateral") else ", no collateral (TCB Unknown)"
         lines.append(f"attestation: {att['provider']} provider, MRENCLAVE {att['mrenclave'][:16]}..., "
-                     f"{len(times)} client attestations, median {np.median(times) * 1000 if times else 0:.1f} ms")
+                     f"{len(times)} client attestations, median {np.median(times) * 1000 if times else 0:.1f} ms{tcb}")
     else:
         lines.append(f"security: {att.get('security')}")
     return "\n".join(lines)
@@ -331,6 +404,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--security", choices=transport.SECURITY_MODES, default="ratls",
                        help="ratls (default), tls or insecure (the last two for overhead measurements)")
     group.add_argument("--sim-ca", type=Path, help="ratls: an existing sim CA (default: a fresh one in <out>)")
+    group.add_argument("--pccs", help="ratls: a PCCS URL the processes take peers' TCB status from")
+    group.add_argument("--sim-pccs", action="store_true",
+                       help="ratls: run a sim PCCS for the sim CA and judge every peer's TCB status by it "
+                            "(UpToDate only)")
+    group.add_argument("--platform-tcb", action="append", metavar="ROLE=STATUS",
+                       help="ratls: put ROLE (ps0, worker1, chief, ...) on a sim platform of its own judged at "
+                            "STATUS (e.g. worker1=OutOfDate); implies --sim-pccs; repeatable")
+    group.add_argument("--enclave-way", action="store_true",
+                       help="ratls: run the processes as in an enclave, without SGX: the gramine provider code path "
+                            "over the sim library under Gramine's file names, peers' policy from RA_TLS_* as a "
+                            "manifest fixes it, and a sim PCCS for TCB status")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,10 +424,11 @@ def run(args: argparse.Namespace) -> int:
     out = out.resolve()
     started = time.monotonic()
     children: list[Child] = []
+    security: Security | None = None
     try:
         if args.data:  # one error now, not one per worker or shard stream later
             check_format([*args.data, *(args.eval_data or [])], args.file_format)
-        security_argv, security = _security_setup(args, out)
+        security = _security_setup(args, out)
         worker_data = _data_setup(args, out) if args.mode == "hfl" else []
         ps_children = []
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
@@ -360,8 +445,9 @@ def run(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", "runtime.ps", *common_ps, "--shard", str(shard),
                     "--ready-file", str(out / f"ps{shard}.ready.json"), "--report-file",
                     str(out / f"ps{shard}.report.json"), "--checkpoint-dir", str(out / "checkpoints" / f"ps{shard}"),
-                    *_model_argv(args), *security_argv]
-            child = Child(f"ps{shard}", argv, out / "logs" / f"ps{shard}.log")
+                    *_model_argv(args)]
+            security_argv, env = security.for_role(f"ps{shard}")
+            child = Child(f"ps{shard}", argv + security_argv, out / "logs" / f"ps{shard}.log", env=env)
             (out / f"ps{shard}.ready.json").unlink(missing_ok=True)
             child.start()
             children.append(child)
@@ -369,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
         addresses = [_wait_ready(c, out / f"{c.role}.ready.json", READY_TIMEOUT)["address"] for c in ps_children]
         chief_children = []
         if args.mode == "sdt":
-            chief = _start_chief(args, out, addresses, security_argv)
+            chief = _start_chief(args, out, addresses, security)
             children.append(chief)
             chief_children.append(chief)
             chief_address = _wait_ready(chief, out / "chief.ready.json", READY_TIMEOUT)["address"]
@@ -385,12 +471,14 @@ def run(args: argparse.Namespace) -> int:
                     "--threads", str(threads), "--warmup-steps", str(args.warmup_steps),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
-                    "--logdir", str(out / "tensorboard"), *worker_data[i], *security_argv]
+                    "--logdir", str(out / "tensorboard"), *worker_data[i]]
+            security_argv, env = security.for_role(worker_id)
+            argv += security_argv
             if args.chunk_bytes is not None:
                 argv += ["--chunk-bytes", str(args.chunk_bytes)]
             if args.pipeline:
                 argv.append("--pipeline")
-            child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log")
+            child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log", env=env)
             child.start()
             children.append(child)
             worker_children.append(child)
@@ -398,13 +486,15 @@ def run(args: argparse.Namespace) -> int:
         chief_part = " + chief" if chief_children else ""
         print(f"launch: {args.ps_shards} PS{chief_part} + {args.workers} workers over {args.security}, {args.steps} "
               f"steps; run directory {out}", flush=True)
-        failures = _supervise(children, worker_children, args, started)
+        lost: list[dict[str, Any]] = []
+        failures = _supervise(children, worker_children, args, started, lost)
         if failures:
             return 1
         ps_reports = [json.loads((out / f"{c.role}.report.json").read_text()) for c in ps_children]
         worker_reports = [json.loads(p.read_text()) for c in worker_children
                           if (p := out / f"{c.role}.report.json").exists()]
-        report = combined_report(out, ps_reports, worker_reports, time.monotonic() - started, security)
+        report = combined_report(out, ps_reports, worker_reports, time.monotonic() - started, security.report)
+        report["lost_workers"] = lost
         if chief_children:
             report["chief"] = json.loads((out / "chief.report.json").read_text())
         report["command"] = sys.argv
@@ -418,10 +508,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for child in children:
             child.stop()
+        if security is not None:
+            security.close()
 
 
-def _supervise(children: list[Child], workers: list[Child], args: argparse.Namespace, started: float) -> list[str]:
-    """Relay progress until every child has exited; returns descriptions of failures that sink the run."""
+def _supervise(children: list[Child], workers: list[Child], args: argparse.Namespace, started: float,
+               lost: list[dict[str, Any]]) -> list[str]:
+    """Relay progress until every child has exited; returns descriptions of failures that sink the run, and adds
+    to `lost` the workers the run went on without (with the error each printed last)."""
     tolerated = args.workers - (args.min_workers or args.workers)
     failures: list[str] = []
     lost_workers = 0
@@ -439,6 +533,9 @@ def _supervise(children: list[Child], workers: list[Child], args: argparse.Names
                     continue
                 if child in workers and lost_workers < tolerated:
                     lost_workers += 1
+                    errors = [line for line in child.log_path.read_text(errors="replace").splitlines()
+                              if " error: " in line or line.startswith("error:")]
+                    lost.append({"role": child.role, "exit_code": code, "error": errors[-1] if errors else None})
                     print(f"launch: {child.role} exited with code {code}; continuing (--min-workers "
                           f"{args.min_workers})", flush=True)
                     continue

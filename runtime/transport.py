@@ -131,6 +131,10 @@ class Transport:
         """gRPC server options this mode needs."""
         return []
 
+    def new_refusals(self) -> list[str]:
+        """Servers: one line per port whose attestation refused clients since the last call (for the log)."""
+        return []
+
 
 class InsecureTransport(Transport):
     security = "insecure"
@@ -225,8 +229,10 @@ class RatlsTransport(Transport):
 
     security = "ratls"
 
-    def __init__(self, *, provider: str, sim_ca: Path | None, mrenclave: bytes | None) -> None:
+    def __init__(self, *, provider: str, sim_ca: Path | None, mrenclave: bytes | None,
+                 collateral: str | None = None, collateral_cache: Path | None = None) -> None:
         import ratls
+        from ratls.collateral import from_spec
         from runtime.measure import BASE_DIR, runtime_files
 
         files = runtime_files()
@@ -239,15 +245,28 @@ class RatlsTransport(Transport):
         if simulated:
             print(f"warning: SIMULATED SGX attestation (sim CA {sim_ca}): evidence proves nothing about a real "
                   "enclave", file=sys.stderr, flush=True)
+        # Peers' TCB status comes from this source inside every attestation; without one it is "Unknown". In an
+        # enclave the manifest fixes it (--collateral gramine by default, see manifests/render.py).
+        self.collateral = collateral
+        source = from_spec(collateral, cache_dir=collateral_cache) if collateral else None
         if simulated:
+            # Sim evidence is judged like Intel's when a (sim) PCCS serves its collateral: UpToDate only.
             self.policy = ratls.Policy(mrenclave=self.mrenclave, allow_simulated=True, sim_root=sim_ca,
-                                       allowed_tcb_statuses=("UpToDate", "Unknown"))
+                                       allowed_tcb_statuses=("UpToDate",) if source else ("UpToDate", "Unknown"))
         else:
             # In an enclave the peers' policy is the manifest's fixed RA_TLS_* values (never the host's): every
             # role and instance has its own MRENCLAVE there, so the manifest pins MRSIGNER instead.
-            overrides = {"mrenclave": mrenclave} if mrenclave is not None else {}
+            overrides: dict[str, Any] = {"mrenclave": mrenclave} if mrenclave is not None else {}
+            if sim_ca is not None:
+                # The gramine code path over the sim library (python -m runtime.launch --enclave-way). A manifest
+                # never passes --sim-ca (render.py refuses it), so a real enclave never trusts a sim root.
+                print(f"warning: gramine provider with the SIMULATION root of {sim_ca}: peers' evidence is "
+                      "simulated", file=sys.stderr, flush=True)
+                overrides.update(sim_root=sim_ca, allow_simulated=True)
             self.policy = ratls.Policy.from_env(**overrides)
-        self.credentials = ratls.credentials(policy=self.policy, identity=self.identity)
+        self.credentials = ratls.credentials(policy=self.policy, identity=self.identity, collateral=source)
+        self._ports: list[int] = []
+        self._refusals_seen: dict[int, int] = {}
         self._lock = threading.Lock()
         self.attestation_seconds: list[float] = []
         self.channels: list[Any] = []  # ratls PinnedChannels, for their re-pin counts
@@ -255,6 +274,7 @@ class RatlsTransport(Transport):
     def add_port(self, server: grpc.Server, host: str, port: int, attestation_port: int | None) -> Endpoint:
         bound, bound_attestation = self.credentials.add_secure_port(server, f"{host}:{port}",
                                                                     attestation_port=attestation_port)
+        self._ports.append(bound)
         return Endpoint(host, bound, bound_attestation)
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
@@ -281,6 +301,17 @@ class RatlsTransport(Transport):
         grace lets calls in flight (a pull waits at most 60 s) finish."""
         return [("grpc.max_connection_age_ms", int(self.credentials.trust_ttl * 1000)),
                 ("grpc.max_connection_age_grace_ms", 65_000)]
+
+    def new_refusals(self) -> list[str]:
+        lines = []
+        for port in self._ports:
+            stats = self.credentials.attestation_stats(port)
+            new = stats.rejected - self._refusals_seen.get(port, 0)
+            if new > 0:
+                self._refusals_seen[port] = stats.rejected
+                lines.append(f"attestation refused {new} client(s) on port {port}, the last for "
+                             f"{_reason_name(stats.last_rejection)}: {stats.last_rejection_message}")
+        return lines
 
     def peer_mrenclave(self, context: grpc.ServicerContext) -> str:
         """The caller's MRENCLAVE, checked again against the policy's MRENCLAVE pin when it has one: the
@@ -312,10 +343,26 @@ class RatlsTransport(Transport):
         with self._lock:
             times = list(self.attestation_seconds)
             repins = sum(channel.repins for channel in self.channels)
+        served = []
+        for port in self._ports:
+            stats = self.credentials.attestation_stats(port)
+            served.append({"port": port, "attested": stats.attested, "rejected": stats.rejected,
+                           "failed": stats.failed, "last_rejection": _reason_name(stats.last_rejection),
+                           "last_rejection_message": stats.last_rejection_message})
         return {"security": self.security, "provider": self.identity.provider, "channel_repins": repins,
                 "mrenclave": self.mrenclave.hex(), "own_mrenclave": self.identity.mrenclave.hex(),
+                "tcb_statuses": list(self.policy.allowed_tcb_statuses), "collateral": self.collateral,
                 "identity_seconds": round(self.identity_seconds, 6),
-                "client_attestation_seconds": [round(t, 6) for t in times]}
+                "client_attestation_seconds": [round(t, 6) for t in times], "attestation_ports": served}
+
+
+def _reason_name(code: int) -> str | None:
+    import ratls
+
+    try:
+        return ratls.Reason(code).name if code else None
+    except ValueError:
+        return str(code)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -342,6 +389,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                    "(python -m ratls sim-ca init DIR)")
     group.add_argument("--mrenclave", help="ratls: the MRENCLAVE (64 hex digits) every peer must have "
                                            "(default: this process's own measurement)")
+    group.add_argument("--collateral", help="ratls: where peers' TCB status comes from, evaluated in every "
+                                            "attestation: 'gramine' (Gramine's DCAP verifier), a PCCS URL "
+                                            "(http(s)://host:port) or QuoteCollateralV3 JSON (a file or "
+                                            "directory); default none (status Unknown, which the sim policy "
+                                            "accepts and Gramine's RA_TLS_* policy refuses)")
+    group.add_argument("--collateral-cache", type=Path, help="ratls: keep PCCS collateral on disk here too")
     group.add_argument("--tls-ca", type=Path, help="tls: directory with the throwaway CA (ca.crt.pem, ca.key.pem)")
 
 
@@ -360,13 +413,15 @@ def from_args(args: argparse.Namespace) -> Transport:
             mrenclave = b""
         if len(mrenclave) != 32:
             raise ValueError(f"--mrenclave: expected 64 hex digits, found {args.mrenclave!r}")
-    return RatlsTransport(provider=args.provider, sim_ca=args.sim_ca, mrenclave=mrenclave)
+    return RatlsTransport(provider=args.provider, sim_ca=args.sim_ca, mrenclave=mrenclave,
+                          collateral=args.collateral, collateral_cache=args.collateral_cache)
 
 
 def transport_argv(args: argparse.Namespace) -> list[str]:
     """The command-line options that recreate args' transport settings in a child process."""
     argv = ["--security", args.security, "--provider", args.provider]
-    for flag, value in (("--sim-ca", args.sim_ca), ("--mrenclave", args.mrenclave), ("--tls-ca", args.tls_ca)):
+    for flag, value in (("--sim-ca", args.sim_ca), ("--mrenclave", args.mrenclave), ("--tls-ca", args.tls_ca),
+                        ("--collateral", args.collateral), ("--collateral-cache", args.collateral_cache)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

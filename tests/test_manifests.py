@@ -326,15 +326,13 @@ def test_release_manifests_must_pin_their_peers():
     assert (variables["ra_tls_mrenclave"], variables["ra_tls_mrsigner"]) == ("any", "any")
 
 
-def test_release_manifests_need_a_pccs_and_fix_it_in_argv(signing_key):
-    with pytest.raises(render.ManifestError, match="release manifests need --pccs-url"):
-        render.manifest_variables("ps", options(signing_key, pccs_url=None))
+def test_the_manifest_fixes_where_tcb_status_comes_from(signing_key):
+    _, manifest = rendered("ps", options(signing_key, pccs_url=None))
+    assert manifest["loader"]["argv"][-2:] == ["--collateral", "gramine"]  # explicit, never a silent default
     with pytest.raises(render.ManifestError, match="--pccs-url: expected http"):
         render.manifest_variables("ps", options(signing_key, pccs_url='https://x", "--sim-ca", "/tmp'))
     with pytest.raises(render.ManifestError, match="--collateral is fixed by the manifest"):
         render.manifest_variables("ps", options(signing_key, runtime_args=("--collateral", "http://evil")))
-    debug = render.manifest_variables("ps", options(signing_key, mode="debug", pccs_url=None))
-    assert debug["collateral_args"] == ""
 
 
 # ----------------------------------------------------------------------------------------------------------
