@@ -5,6 +5,7 @@
 """
 
 from ratls._grpc_channel import PinnedChannel
+from ratls.aio import AioAttestationError, AioPinnedChannel
 from ratls.credentials import AttestationStats, Credentials, credentials, peer
 from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
 from ratls.evidence import (
@@ -23,6 +24,8 @@ from ratls.simca import SimCA
 
 __all__ = [
     "TCB_STATUSES",
+    "AioAttestationError",
+    "AioPinnedChannel",
     "AttestationStats",
     "CertificateInfo",
     "Credentials",

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from ratls._certs import certificate_der, certificate_pem
 from ratls._grpc_channel import PinnedChannel
@@ -38,6 +39,7 @@ from ratls._trust import (
     lookup_peer,
 )
 from ratls.address import default_attestation_port, join_host_port, split_host_port
+from ratls.aio import AioPinnedChannel
 from ratls.collateral import HandshakeEvaluator, TcbSource
 from ratls.errors import RatlsError
 from ratls.evidence import Evidence
@@ -178,6 +180,35 @@ class Credentials:
                                        compression=compression)
 
         return PinnedChannel(lambda: self.attest(attestation_target), open_pinned)
+
+    def aio_secure_channel(self, target: str, *, attestation_target: str | None = None,
+                           options: Sequence[tuple[str, Any]] | None = None,
+                           compression: grpc.Compression | None = None) -> AioPinnedChannel:
+        """A grpc.aio.Channel (an AioPinnedChannel) to an RA-TLS server, for asyncio code. Unlike secure_channel it
+        attests lazily, as gRPC connects: creating it never fails because the server is down, and the first call
+        attests the server in a worker thread (the event loop keeps running), then runs on a channel pinned to the
+        attested certificate. It re-attests by itself when the server restarts and at half the trust TTL; `await
+        channel.reattest()` attests (or re-attests) now, and channel.server_evidence is the server's Evidence
+        after the first attestation. When attestation fails, the call fails with ratls.aio.AioAttestationError: a
+        grpc.aio.AioRpcError with code UNAVAILABLE and a VerificationError with the reason (see ratls.aio for
+        every case, including wait_for_ready and deadlines)."""
+        host, port = split_host_port(target)
+        if attestation_target is None:
+            attestation_target = join_host_port(host, default_attestation_port(port))
+        resolved_attestation_target = attestation_target
+        user_options = list(options or ())
+
+        def open_pinned(attested: Attested) -> grpc.aio.Channel:
+            pinned = [("grpc.ssl_target_name_override", common_name(attested.certificate_der)),
+                      # A channel of its own: never share connections with channels pinned elsewhere.
+                      ("grpc.use_local_subchannel_pool", 1)]
+            names = {name for name, _ in user_options}
+            return grpc.aio.secure_channel(target, self.channel_credentials(attested),
+                                           options=user_options + [o for o in pinned if o[0] not in names],
+                                           compression=compression)
+
+        return AioPinnedChannel(lambda: self.attest(resolved_attestation_target), open_pinned,
+                                resolved_attestation_target)
 
 
 def credentials(policy: Policy, identity: Identity | None = None, provider: str = "auto", *,
