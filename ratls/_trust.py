@@ -12,6 +12,10 @@ than about 8.4 KB DER (measured: 8,354 B works, 8,556 B fails with SSL_ERROR_WAN
 are larger (the quote twice). The channel certificate carries exactly the attested SubjectPublicKeyInfo and is
 signed by that key, whose hash the quote binds; gRPC's TLS proves possession of the key. So a client completing TLS
 with it is the attested enclave, and ratls.peer() maps it back to the Evidence of the RA-TLS certificate.
+
+Refusals: the endpoint records every client it refused (address, reason, message) in a bounded native queue, and a
+small thread per endpoint waits on that queue and logs each record on the "ratls.attestation" logger
+(ratls._notices). A refused client gets only the reason code: VerificationError(PEER_REFUSED, peer_reason=...).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from cryptography.x509.oid import NameOID
 
 from ratls._certs import certificate_pem
 from ratls._native import ffi, lib
-from ratls.errors import RatlsError, check_call
+from ratls._notices import log_refusal, note_accepted, reason_or_code
+from ratls.errors import RatlsError, Reason, VerificationError, check_call
 from ratls.evidence import Evidence
 from ratls.identity import Identity, channel_certificate_of
 from ratls.policy import Policy
@@ -61,6 +66,7 @@ class AttestationStats:
     timed_out: int
     dropped: int
     refused: int  # of failed: closed at once, too many connections waiting for a ClientHello (from one source)
+    refusals_dropped: int  # refusal records the native queue dropped before they were logged (it keeps 256)
     waiting: int  # connections waiting for their ClientHello now, without a worker
     in_flight: int
     queued: int
@@ -78,10 +84,64 @@ class Attested:
     trust_ttl: float
 
 
-def _stop_endpoint(ptr, _policy: Policy, _tcb: Any) -> None:
+# How long the refusal thread waits on the native queue per call: the most close() waits for it.
+REFUSAL_POLL_MS = 200
+
+
+class _RefusalLog:
+    """Pops the endpoint's refusal records and logs them, from a daemon thread of its own. The thread holds no
+    reference to the endpoint (so the endpoint can be collected) and calls the native queue only under `lock`
+    while `alive`: stop() takes the lock, so the server is never freed under a waiting pop, and the longest
+    stop() can wait is one poll (REFUSAL_POLL_MS)."""
+
+    def __init__(self, ptr, port: int) -> None:
+        self._ptr = ptr
+        self.lock = threading.Lock()
+        self.alive = True
+        self._stop = threading.Event()
+        self._addr = ffi.new("char[]", lib.RATLS_ADDR_SIZE)
+        self._reason = ffi.new("int *")
+        self._msg = ffi.new("char[]", lib.RATLS_MSG_SIZE)
+        self.thread = threading.Thread(target=self._run, name=f"ratls-refusals-{port}", daemon=True)
+        self.thread.start()
+
+    def pop(self, timeout_ms: int) -> tuple[str, int, str] | None:
+        """The next record (address, reason code, message), waiting up to timeout_ms; call with `lock` held."""
+        if lib.ratls_attest_server_pop_refusal(self._ptr, timeout_ms, self._addr, lib.RATLS_ADDR_SIZE, self._reason,
+                                               self._msg, lib.RATLS_MSG_SIZE) != lib.RATLS_OK:
+            return None
+        return (ffi.string(self._addr).decode("utf-8", "replace"), int(self._reason[0]),
+                ffi.string(self._msg).decode("utf-8", "replace"))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self.lock:  # the cffi call releases the GIL while it waits
+                record = self.pop(REFUSAL_POLL_MS) if self.alive else None
+                if not self.alive:
+                    return
+            if record is not None:
+                log_refusal(*record)
+
+    def stop(self, server_stop) -> None:
+        """Stops the thread, logs what is still queued, and runs server_stop() while no pop can be running."""
+        self._stop.set()
+        left = []
+        with self.lock:
+            if self.alive:
+                while (record := self.pop(0)) is not None:
+                    left.append(record)
+                self.alive = False
+                server_stop()
+        for record in left:
+            log_refusal(*record)
+        if self.thread is not threading.current_thread():  # a finalizer may run on the thread itself
+            self.thread.join(timeout=5)
+
+
+def _stop_endpoint(ptr, _policy: Policy, _tcb: Any, refusals: _RefusalLog) -> None:
     # _policy and _tcb are arguments only to keep the C policy and the TCB evaluator (which the endpoint's
     # handshake threads call) alive until those threads are joined.
-    lib.ratls_attest_server_stop(ptr)
+    refusals.stop(lambda: lib.ratls_attest_server_stop(ptr))
 
 
 class AttestationEndpoint:
@@ -101,7 +161,8 @@ class AttestationEndpoint:
                    limits, tcb.native if tcb is not None else ffi.NULL, out, error=RatlsError)
         self._ptr = out[0]
         self.port: int = lib.ratls_attest_server_port(self._ptr)
-        self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy, tcb)
+        refusals = _RefusalLog(self._ptr, self.port)
+        self._finalizer = weakref.finalize(self, _stop_endpoint, self._ptr, policy, tcb, refusals)
         # close() may race with gRPC's fetcher calling pop(): the C server must not be freed mid-call.
         self._lock = threading.Lock()
 
@@ -120,7 +181,7 @@ class AttestationEndpoint:
             if lib.ratls_attest_server_pop(self._ptr, 0, der, n, channel, channel_len, ev) != lib.RATLS_OK:
                 return None
         try:
-            return bytes(ffi.buffer(channel[0], channel_len[0])), Evidence._from_native(ev)
+            return bytes(ffi.buffer(channel[0], channel_len[0])), note_accepted(Evidence._from_native(ev))
         finally:
             lib.ratls_free(der[0])
             lib.ratls_free(channel[0])
@@ -132,13 +193,15 @@ class AttestationEndpoint:
                 lib.ratls_attest_server_stats(self._ptr, s)
         return AttestationStats(
             connections=s.connections, attested=s.attested, rejected=s.rejected, failed=s.failed,
-            timed_out=s.timed_out, dropped=s.dropped, refused=s.refused, waiting=s.waiting, in_flight=s.in_flight,
+            timed_out=s.timed_out, dropped=s.dropped, refused=s.refused, refusals_dropped=s.refusals_dropped,
+            waiting=s.waiting, in_flight=s.in_flight,
             queued=s.queued,
             last_rejection=s.last_rejection,
             last_rejection_message=ffi.string(s.last_rejection_msg).decode("utf-8", "replace"))
 
     def close(self) -> None:
-        """Stops listening and joins the endpoint's threads (idempotent)."""
+        """Stops listening and joins the endpoint's threads, the refusal logger's included, after it logged every
+        refusal recorded so far (idempotent)."""
         with self._lock:
             self._finalizer()
 
@@ -147,19 +210,26 @@ def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: fl
            tcb: HandshakeEvaluator | None = None) -> Attested:
     """Client side: the mutual RA-TLS handshake with a server's attestation port, then our channel certificate.
     Raises VerificationError: the server's certificate failed our policy (its reason), the server refused our
-    certificate or channel certificate (HANDSHAKE; the message names the server's reason), or the port did not
-    answer (IO, TIMEOUT)."""
+    certificate or channel certificate (PEER_REFUSED, with the server's reason code as peer_reason), or the port
+    did not answer (IO, TIMEOUT)."""
     key, cert = identity.private_key_der, identity.certificate_der
     channel = channel_certificate_of(identity)
     peer = ffi.new("uint8_t **")
     n = ffi.new("size_t *")
     ev = ffi.new("ratls_evidence *")
     ttl = ffi.new("uint32_t *")
-    check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), channel, len(channel),
-               host.encode(), port, max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL, peer,
-               n, ev, ttl)
+    peer_reason = ffi.new("int *")
     try:
-        return Attested(bytes(ffi.buffer(peer[0], n[0])), Evidence._from_native(ev), float(ttl[0]))
+        check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), channel, len(channel),
+                   host.encode(), port, max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL,
+                   peer, n, ev, ttl, peer_reason)
+    except VerificationError as e:
+        if e.reason == Reason.PEER_REFUSED:
+            code = reason_or_code(peer_reason[0])
+            e.peer_reason = code if isinstance(code, Reason) else None
+        raise
+    try:
+        return Attested(bytes(ffi.buffer(peer[0], n[0])), note_accepted(Evidence._from_native(ev)), float(ttl[0]))
     finally:
         lib.ratls_free(peer[0])
 

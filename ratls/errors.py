@@ -49,6 +49,7 @@ class Reason(enum.IntEnum):
     HANDSHAKE = 70
     TIMEOUT = 71
     IO = 72
+    PEER_REFUSED = 73  # the attestation server refused our certificate; VerificationError.peer_reason says why
 
 
 class RatlsError(Exception):
@@ -56,12 +57,17 @@ class RatlsError(Exception):
 
 
 class VerificationError(RatlsError):
-    """A peer's certificate or quote was rejected. `reason` is stable; `message` says which field and why."""
+    """A peer's certificate or quote was rejected. `reason` is stable; `message` says which field and why.
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    When an attestation server refused our certificate, `reason` is PEER_REFUSED and `peer_reason` is the reason
+    code the server sent (e.g. Reason.MRENCLAVE; None if this client does not know the code); the server sends only
+    the code, never its message or policy. `peer_reason` is None for every other reason."""
+
+    def __init__(self, reason: Reason, message: str, *, peer_reason: Reason | None = None) -> None:
         super().__init__(f"{reason.name}: {message}")
         self.reason = reason
         self.message = message
+        self.peer_reason = peer_reason
 
 
 class PolicyError(RatlsError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from ratls._certs import certificate_der
 from ratls._native import ffi, lib
+from ratls._notices import note_accepted
 from ratls.errors import Reason, VerificationError, check_call
 from ratls.policy import TCB_STATUSES, Policy
 
@@ -260,8 +261,13 @@ def verify_certificate(cert: bytes | str, policy: Policy, *, now: int | float | 
     VerificationError with a specific reason. Without collateral the TCB status is "Unknown"; `collateral` is a
     ratls.collateral source (PCCS, FileCollateral), a PCCS URL, or one QuoteCollateralV3 (its JSON text or
     file)."""
-    der = certificate_der(cert)
-    return _verify(lib.ratls_verify_cert, der, lambda: inspect_certificate(der).quote, policy, collateral, _now(now))
+    return note_accepted(_verify_certificate(certificate_der(cert), policy, _now(now), collateral))
+
+
+def _verify_certificate(der: bytes, policy: Policy, now: int, collateral: Any = None) -> Evidence:
+    """verify_certificate without the simulated-evidence notice: for a process's check of its own certificate,
+    which accepts no peer."""
+    return _verify(lib.ratls_verify_cert, der, lambda: inspect_certificate(der).quote, policy, collateral, now)
 
 
 def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime | None = None,
@@ -269,4 +275,4 @@ def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime |
     """Verifies a bare SGX quote (signature chain, attributes, measurements, TCB status if collateral is given).
     There is no certificate, so no key binding: report_data is returned for the caller to check."""
     raw = bytes(raw)
-    return _verify(lib.ratls_verify_quote, raw, lambda: raw, policy, collateral, _now(now))
+    return note_accepted(_verify(lib.ratls_verify_quote, raw, lambda: raw, policy, collateral, _now(now)))

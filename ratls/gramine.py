@@ -24,8 +24,9 @@ from typing import Literal
 
 from ratls._certs import certificate_der, unique_common_name
 from ratls._native import lib
+from ratls._notices import note_accepted
 from ratls.errors import ProviderError, Reason, VerificationError
-from ratls.evidence import Evidence, _native_verify, _now, inspect_certificate, parse_quote, verify_certificate
+from ratls.evidence import Evidence, _native_verify, _now, _verify_certificate, inspect_certificate, parse_quote
 from ratls.policy import TCB_STATUSES, Policy
 
 ATTESTATION_TYPE_FILE = "/dev/attestation/attestation_type"
@@ -261,8 +262,9 @@ class GramineVerifier:
         if rc != 0:
             raise self._rejection(rc, results, check, der, policy, t)
         # A simulated provider evaluated no collateral, whatever its results struct says.
-        return _native_verify(lib.ratls_verify_cert, der, policy, t, TCB_STATUSES.index(self._status(results)),
-                              simulated_tcb=lib.RATLS_TCB_UNKNOWN)
+        return note_accepted(_native_verify(lib.ratls_verify_cert, der, policy, t,
+                                            TCB_STATUSES.index(self._status(results)),
+                                            simulated_tcb=lib.RATLS_TCB_UNKNOWN))
 
     def tcb_status(self, cert: bytes | str, policy: Policy) -> str:
         """The TCB status Intel's DCAP libraries give a certificate whose every other check passed (our native
@@ -288,7 +290,7 @@ class GramineVerifier:
         if check.failure is not None:
             return VerificationError(check.failure.reason, f"{check.failure.message} ({where})")
         try:
-            verify_certificate(der, policy, now=now)
+            _verify_certificate(der, policy, now)  # a diagnosis: accepts nothing, so no simulated-evidence notice
         except VerificationError as e:
             if e.reason != Reason.TCB_STATUS:  # the last native check: everything before it passed
                 return VerificationError(e.reason, f"{e.message} ({where})")

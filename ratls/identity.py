@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from ratls._certs import certificate_pem, unique_common_name
 from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, check_call
-from ratls.evidence import Evidence, inspect_certificate, verify_certificate
+from ratls.evidence import Evidence, _verify_certificate, inspect_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
 from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import SimCA
@@ -221,7 +221,7 @@ class Identity:
         info = inspect_certificate(cert_der)
         # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
         now = min(max(time.time(), info.not_before.timestamp()), info.not_after.timestamp())
-        evidence = verify_certificate(cert_der, own_policy, now=now)
+        evidence = _verify_certificate(cert_der, own_policy, int(now))  # our own: no simulated-evidence notice
         return cls(key_der, cert_der, provider, evidence)
 
     @property

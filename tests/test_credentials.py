@@ -224,7 +224,7 @@ def test_client_not_in_server_policy(sim_ca, server_id, client_creds, client_id,
     with serve(credentials(sim_policy(sim_ca, intruder.mrenclave), server_id)) as srv:
         with pytest.raises(ratls.VerificationError) as e:
             client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.MRENCLAVE
         assert "the attestation server refused our certificate: MRENCLAVE" in e.value.message
         stats = srv.creds.attestation_stats(srv.grpc_port)
         assert (stats.rejected, stats.attested, stats.last_rejection) == (1, 0, ratls.Reason.MRENCLAVE)
@@ -249,7 +249,7 @@ def test_plain_tls_client(sim_ca, server_creds, server_id):
         # Through ratls' own client code too.
         with pytest.raises(ratls.VerificationError) as e:
             credentials(sim_policy(sim_ca, server_id.mrenclave), plain).attest(srv.attestation_target)
-        assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.EVIDENCE_MISSING
         assert "the attestation server refused our certificate: EVIDENCE_MISSING" in e.value.message
         # The gRPC port.
         with direct_channel(server_id.certificate_der, plain, srv.target) as channel:
@@ -276,7 +276,7 @@ def test_debug_enclave_denied(sim_ca, server_creds, server_id, client_id, ids):
         with pytest.raises(ratls.VerificationError) as e:
             credentials(sim_policy(sim_ca, server_id.mrenclave), debug_client).secure_channel(
                 srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.HANDSHAKE
+        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.DEBUG_ENCLAVE
         assert srv.creds.attestation_stats(srv.grpc_port).last_rejection == ratls.Reason.DEBUG_ENCLAVE
     # A debug server, seen from the client.
     debug_server = ids("server", debug=True)

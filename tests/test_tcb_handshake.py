@@ -97,7 +97,8 @@ def test_server_refuses_a_client_platform_at_each_status(ca, pccs, identities, s
     with serve(server) as running:
         with pytest.raises(ratls.VerificationError) as e:
             client.attest(running.attestation_target)
-        assert e.value.reason == ratls.Reason.HANDSHAKE and "refused our certificate: TCB_STATUS" in e.value.message
+        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.TCB_STATUS
+        assert "refused our certificate: TCB_STATUS" in e.value.message
         stats = server.attestation_stats(running.grpc_port)
         assert (stats.rejected, stats.attested, stats.last_rejection) == (1, 0, ratls.Reason.TCB_STATUS)
         assert f"TCB status {status} is n" in stats.last_rejection_message  # "not allowed", or "never" (Revoked)

@@ -16,12 +16,15 @@
  * Invariants beyond "no crash, no sanitizer report": raw bytes never attest a peer; a connect succeeds exactly when
  * the server queued that very certificate and channel certificate, with the evaluator's status and advisories, and
  * it verifies under the policy; each side's evaluator runs at most once per handshake, and exactly once for an
- * attested peer; a refusal the client reports names the reason the server recorded; the client sends exactly
- * "RATC" + its channel certificate after the handshake; the client accepts an acknowledgement exactly when the
- * first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL; when they are "RATN" + a code, it reports a
- * refusal naming that code. In mode 3 the server acknowledges exactly when the bytes begin with a channel
- * certificate message whose certificate passes ratls_channel_cert_check for the identity, queues exactly that
- * certificate then, and otherwise refuses with CHANNEL_CERT and queues nothing.
+ * attested peer; a refusal the client reports (RATLS_ERR_PEER_REFUSED) names the reason the server recorded and gives
+ * its code as peer_reason; every rejection the server counts leaves exactly one refusal record, popped after each
+ * input, with the client's loopback address, the last of them with the recorded reason and message; the client
+ * sends exactly "RATC" + its channel certificate after the handshake; the client accepts an acknowledgement exactly
+ * when the first 8 bytes it was sent are "RAT1" + TTL, and reports that TTL; when they are "RATN" + a code, it
+ * reports a refusal naming that code, with that code as peer_reason (-1 beyond INT_MAX), and peer_reason is 0
+ * otherwise. In mode 3 the server acknowledges exactly when the bytes begin with a channel certificate message
+ * whose certificate passes ratls_channel_cert_check for the identity, queues exactly that certificate then, and
+ * otherwise refuses with CHANNEL_CERT and queues nothing.
  *
  * Environment: RATLS_SIM_LIB (libratls_sim.so) and RATLS_SIM_CA_DIR (a sim-ca directory; mode-1 seeds must come
  * from the same CA to verify). native/fuzz/run.py sets both. */
@@ -186,6 +189,24 @@ static void drain_until_eof(int fd) {
     }
 }
 
+/* The refusal records of the connections between `before` and `after` (the server settled): one per rejection,
+ * none dropped, each from the loopback, the last with the recorded reason and message. Pops them all, so the queue
+ * starts empty for the next input. */
+static void check_refusal_records(const ratls_attest_stats *before, const ratls_attest_stats *after) {
+    char addr[RATLS_ADDR_SIZE], msg[RATLS_MSG_SIZE];
+    int reason = -1;
+    uint64_t n = 0;
+    while (ratls_attest_server_pop_refusal(server, 0, addr, sizeof addr, &reason, msg, sizeof msg) == RATLS_OK) {
+        n++;
+        FUZZ_REQUIRE(strncmp(addr, "127.0.0.1:", 10) == 0 && reason > 0 &&
+                     strcmp(ratls_reason_name(reason), "UNKNOWN") != 0);
+        FUZZ_REQUIRE(memchr(msg, '\0', sizeof msg) != NULL && msg[0] != '\0');
+    }
+    FUZZ_REQUIRE(after->refusals_dropped == before->refusals_dropped);
+    FUZZ_REQUIRE(n == after->rejected - before->rejected);
+    if (n) FUZZ_REQUIRE(reason == after->last_rejection && strcmp(msg, after->last_rejection_msg) == 0);
+}
+
 /* Mode 0. */
 static void raw_client(const uint8_t *data, size_t len) {
     ratls_attest_stats before;
@@ -201,6 +222,7 @@ static void raw_client(const uint8_t *data, size_t len) {
     close(fd);
     ratls_attest_stats after = server_settled(before.connections + 1);
     FUZZ_REQUIRE(after.attested == before.attested);
+    check_refusal_records(&before, &after);
 }
 
 /* connect_cleanup_note: ratls_attest_connect leaves a failed handshake's TLS error (the peer's alert) on the
@@ -248,13 +270,14 @@ static void attesting_client(int choice, const uint8_t *data, size_t len) {
         uint8_t *peer = NULL, *queued = NULL, *queued_chan = NULL;
         size_t peer_len = 0, queued_len = 0, queued_chan_len = 0;
         uint32_t ttl = 0;
+        int peer_reason = -2;
         ratls_evidence ev, queued_ev;
         __atomic_store_n(&tcb_choice, choice, __ATOMIC_SEQ_CST);
         int calls_before = __atomic_load_n(&tcb_server_calls, __ATOMIC_SEQ_CST);
         ERR_clear_error();
         int rc = ratls_attest_connect(policy, key_der, (size_t)key_der_len, cert_der, (size_t)cert_der_len, chan,
                                       chan_len, "127.0.0.1", ratls_attest_server_port(server), CONNECT_TIMEOUT_MS, NULL,
-                                      &peer, &peer_len, &ev, &ttl, msg, sizeof msg);
+                                      &peer, &peer_len, &ev, &ttl, &peer_reason, msg, sizeof msg);
         ERR_clear_error(); /* see connect_cleanup_note */
         /* BAD_ARGUMENT: the client refused its own identity (say, a key TLS will not use) and never connected. */
         ratls_attest_stats after = before;
@@ -263,6 +286,8 @@ static void attesting_client(int choice, const uint8_t *data, size_t len) {
         FUZZ_REQUIRE(calls == 0 || calls == 1);
         int popped = ratls_attest_server_pop(server, 0, &queued, &queued_len, &queued_chan, &queued_chan_len,
                                              &queued_ev);
+        check_refusal_records(&before, &after);
+        FUZZ_REQUIRE(rc == RATLS_ERR_PEER_REFUSED ? peer_reason > 0 : peer_reason == 0);
         if (rc == RATLS_OK) {
             FUZZ_REQUIRE(peer_len == id_cert_len && memcmp(peer, id_cert, peer_len) == 0);
             FUZZ_REQUIRE(popped == RATLS_OK && queued_len == (size_t)cert_der_len &&
@@ -282,7 +307,8 @@ static void attesting_client(int choice, const uint8_t *data, size_t len) {
             if (strncmp(msg, REFUSAL_PREFIX, strlen(REFUSAL_PREFIX)) == 0) {
                 /* A refusal names the reason the server recorded, before it sent it. */
                 const char *name = ratls_reason_name(after.last_rejection);
-                FUZZ_REQUIRE(rc == RATLS_ERR_HANDSHAKE && after.rejected == before.rejected + 1);
+                FUZZ_REQUIRE(rc == RATLS_ERR_PEER_REFUSED && after.rejected == before.rejected + 1);
+                FUZZ_REQUIRE(peer_reason == after.last_rejection);
                 FUZZ_REQUIRE(strncmp(msg + strlen(REFUSAL_PREFIX), name, strlen(name)) == 0 &&
                              msg[strlen(REFUSAL_PREFIX) + strlen(name)] == ' ');
                 if (choice >= TCB_CHOICE_ERROR && calls == 1)
@@ -362,17 +388,21 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
     uint8_t *peer = NULL;
     size_t peer_len = 0;
     uint32_t ttl = 0;
+    int peer_reason = -2;
     ratls_evidence ev;
     int calls_before = __atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST);
     int rc = ratls_attest_connect(policy, id_key, id_key_len, id_cert, id_cert_len, id_chan, id_chan_len,
                                   "127.0.0.1", evil_port, CONNECT_TIMEOUT_MS, &client_tcb, &peer, &peer_len, &ev, &ttl,
-                                  msg, sizeof msg);
+                                  &peer_reason, msg, sizeof msg);
     ERR_clear_error(); /* see connect_cleanup_note */
     pthread_join(t, NULL);
     FUZZ_REQUIRE(script.handshake_done && script.channel_ok);
     FUZZ_REQUIRE(__atomic_load_n(&tcb_client_calls, __ATOMIC_SEQ_CST) - calls_before == 1);
     int valid_ack = script.n_sent == 8 && memcmp(script.sent, "RAT1", 4) == 0;
-    if (script.n_sent == 8 && memcmp(script.sent, "RATN", 4) == 0) {
+    int refusal = script.n_sent == 8 && memcmp(script.sent, "RATN", 4) == 0;
+    FUZZ_REQUIRE(refusal == (rc == RATLS_ERR_PEER_REFUSED));
+    if (!refusal) FUZZ_REQUIRE(peer_reason == 0);
+    if (refusal) {
         /* A refusal, whatever its code: never an acceptance, and the client names the code it got. */
         uint32_t code = (uint32_t)script.sent[4] << 24 | (uint32_t)script.sent[5] << 16 |
                         (uint32_t)script.sent[6] << 8 | script.sent[7];
@@ -382,7 +412,8 @@ static void acknowledged_client(const uint8_t *ops, size_t n_ops) {
             snprintf(want, sizeof want, REFUSAL_PREFIX "reason code %u, unknown", code);
         else
             snprintf(want, sizeof want, REFUSAL_PREFIX "%s (", name);
-        FUZZ_REQUIRE(rc == RATLS_ERR_HANDSHAKE && strncmp(msg, want, strlen(want)) == 0);
+        FUZZ_REQUIRE(rc == RATLS_ERR_PEER_REFUSED && strncmp(msg, want, strlen(want)) == 0);
+        FUZZ_REQUIRE(peer_reason == (code <= INT32_MAX ? (int)code : -1));
     }
     if (rc == RATLS_OK) {
         FUZZ_REQUIRE(valid_ack);
@@ -484,6 +515,7 @@ static void channel_bytes_client(const uint8_t *data, size_t len) {
         FUZZ_REQUIRE(popped == RATLS_ERR_TIMEOUT && after.attested == before.attested);
         FUZZ_REQUIRE(after.rejected == before.rejected + 1 && after.last_rejection == RATLS_ERR_CHANNEL_CERT);
     }
+    check_refusal_records(&before, &after);
     ratls_free(queued);
     ratls_free(queued_chan);
     free(msg);

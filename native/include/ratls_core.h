@@ -58,6 +58,8 @@ extern "C" {
 #define RATLS_ERR_HANDSHAKE 70
 #define RATLS_ERR_TIMEOUT 71
 #define RATLS_ERR_IO 72
+/* The attestation server refused our certificate (ratls_attest_connect; its own reason code comes separately). */
+#define RATLS_ERR_PEER_REFUSED 73
 
 /* TCB status, Intel's names; UNKNOWN when no collateral was evaluated. Policies hold a bit mask 1<<status. */
 #define RATLS_TCB_UNKNOWN 0
@@ -83,6 +85,8 @@ extern "C" {
 #define RATLS_MAX_CERT_SIZE 32768
 #define RATLS_MAX_CHANNEL_CERT_SIZE 4096
 #define RATLS_ADVISORIES_SIZE 512
+/* A peer address as text, NUL included: "1.2.3.4:5678" or "[::1]:5678". */
+#define RATLS_ADDR_SIZE 64
 
 /* Enclave attributes flags (SGX ATTRIBUTES.flags). */
 #define RATLS_SGX_FLAGS_INIT 1
@@ -303,6 +307,7 @@ typedef struct {
                                     * connection waits without a worker [min(1000, handshake_timeout_ms)] */
     uint32_t max_waiting;          /* connections waiting for their ClientHello; more are closed [1024] */
     uint32_t max_per_source;       /* of them, from one source address [32] */
+    uint32_t max_refusals;         /* refusal records kept for the application; oldest dropped beyond [256] */
 } ratls_attest_limits;
 
 typedef struct {
@@ -314,6 +319,7 @@ typedef struct {
     uint64_t timed_out;            /* connections cut off by hello_timeout_ms or handshake_timeout_ms */
     uint64_t dropped;              /* attested peers dropped from a full queue */
     uint64_t refused;              /* of failed: closed at once, too many waiting (from their source) */
+    uint64_t refusals_dropped;     /* refusal records dropped from a full queue (max_refusals) unpopped */
     uint32_t waiting;              /* connections waiting for their ClientHello now (no worker yet) */
     uint32_t in_flight;            /* connections being served now */
     uint32_t queued;               /* attested peers waiting to be popped */
@@ -335,6 +341,15 @@ uint16_t ratls_attest_server_port(const ratls_attest_server *s);
  * malloc'ed, and its evidence. RATLS_ERR_TIMEOUT when there is none. */
 int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
                             uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence);
+/* The next refusal record, waiting up to timeout_ms (0 = only look): every rejected client (each one `rejected`
+ * counts: its certificate failed verification, collateral included, or its channel certificate was missing, late or
+ * bad) is recorded, before its refusal is sent, with its address ("ip:port", IPv6 as "[ip]:port"; at most addr_len
+ * bytes with the NUL), its reason code and the server's message (which the client is never told). At most
+ * limits.max_refusals are kept; beyond that the oldest is dropped and counted (stats.refusals_dropped). Any output
+ * may be NULL. RATLS_ERR_TIMEOUT when there is none. Must not be called concurrently with
+ * ratls_attest_server_stop. */
+int ratls_attest_server_pop_refusal(ratls_attest_server *s, uint32_t timeout_ms, char *addr, size_t addr_len,
+                                    int *reason, char *msg, size_t msg_len);
 void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out);
 /* Stops accepting, cuts off handshakes in progress, joins the workers and frees the server. */
 void ratls_attest_server_stop(ratls_attest_server *s);
@@ -342,17 +357,19 @@ void ratls_attest_server_stop(ratls_attest_server *s);
 /* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
  * under `policy` (with `tcb`, if not NULL, evaluating its TCB status), sends our channel certificate (channel_der:
  * 1..RATLS_MAX_CHANNEL_CERT_SIZE bytes, normally made by ratls_channel_cert_create; sent as given, the server
- * checks it) and waits for the server's acknowledgement, all within timeout_ms. Returns the server's certificate DER (malloc'ed), its evidence and the
- * server's trust TTL for us. A server that refuses our certificate gives RATLS_ERR_HANDSHAKE with the message
- * "the attestation server refused our certificate: <reason name>"; a server certificate that fails verification
- * gives its reason (the evaluator's, when the evaluator failed).
+ * checks it) and waits for the server's acknowledgement, all within timeout_ms. Returns the server's certificate DER
+ * (malloc'ed), its evidence and the server's trust TTL for us. A server that refuses our certificate ("RATN" + code)
+ * gives RATLS_ERR_PEER_REFUSED with the message "the attestation server refused our certificate: <reason name>
+ * (host:port)", and sets *peer_reason (if not NULL) to the server's reason code (as sent when it is at most INT_MAX,
+ * else -1; 0 or a code this client does not know is still a refusal); *peer_reason is 0 on every other return. A
+ * server certificate that fails verification gives its reason (the evaluator's, when the evaluator failed).
  * Writes go through OpenSSL's socket BIO: the calling process must ignore SIGPIPE (Python does). */
 int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                          const uint8_t *cert_der, size_t cert_len, const uint8_t *channel_der, size_t channel_len,
                          const char *host, uint16_t port,
                          uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
-                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
-                         size_t msg_len);
+                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, int *peer_reason,
+                         char *msg, size_t msg_len);
 
 /* cffi-end */
 

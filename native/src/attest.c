@@ -12,8 +12,10 @@
  * evidence for the application *before* sending the acknowledgement, so a client that has read it knows the
  * server's trust set can already see it (in TLS 1.3 the client finishes its handshake before the server has
  * checked the client certificate, so the handshake alone does not tell the client it was accepted). A refused
- * client is counted (stats.rejected, last_rejection) before its refusal is sent and never queued; only the reason
- * code goes out, never the message, which can reveal the policy to an unverified party. Every verdict of the
+ * client is counted (stats.rejected, last_rejection) and recorded for the application (its address, reason and
+ * message: ratls_attest_server_pop_refusal) before its refusal is sent, and never queued; only the reason code goes
+ * out, never the message, which can reveal the policy to an unverified party. The client reports a refusal as
+ * RATLS_ERR_PEER_REFUSED with the server's reason code beside it. Every verdict of the
  * server's verify callback travels as a refusal, including the chain-shape and size checks it makes before
  * verification; what OpenSSL itself refuses (no client certificate, a Certificate message beyond max_cert_size
  * plus framing, a bad CertificateVerify, not TLS 1.3) still aborts the handshake with a TLS alert. The client
@@ -40,7 +42,8 @@
  * of the peer's certificate passed and *before* the peer is trusted: the server queues the peer (and so lets the
  * application trust it) only after the TCB status the evaluator reported passed the policy, and the client returns
  * the server's certificate for pinning only then, so no peer is trusted or pinned before its TCB status passed.
- * Otherwise the application pops attested peers with ratls_attest_server_pop. The evaluator's running time counts
+ * Otherwise the application pops attested peers with ratls_attest_server_pop and refusal records with
+ * ratls_attest_server_pop_refusal. The evaluator's running time counts
  * against the handshake deadline only once it returns: it must bound its own I/O. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -90,6 +93,8 @@
 #define DEFAULT_HELLO_TIMEOUT_MS 1000u
 #define DEFAULT_MAX_WAITING 1024u
 #define DEFAULT_MAX_PER_SOURCE 32u
+#define DEFAULT_MAX_REFUSALS 256u
+#define MAX_REFUSALS_LIMIT 65536u
 #define MAX_WAITING_LIMIT 65536u
 /* The largest TLS record the gate waits for: 2^14 plaintext bytes plus the most expansion TLS allows. */
 #define MAX_TLS_RECORD (16384u + 2048u)
@@ -111,7 +116,16 @@ typedef struct {
     size_t der_len;
     ratls_evidence evidence;
     char msg[RATLS_MSG_SIZE];
+    char addr[RATLS_ADDR_SIZE]; /* the server's: the client's address, for its refusal record */
 } peer_check;
+
+/* A rejected client, for the application (ratls_attest_server_pop_refusal). */
+typedef struct refusal_record {
+    struct refusal_record *next;
+    int reason;
+    char addr[RATLS_ADDR_SIZE];
+    char msg[RATLS_MSG_SIZE];
+} refusal_record;
 
 typedef struct attested_peer {
     struct attested_peer *next;
@@ -149,11 +163,14 @@ struct ratls_attest_server {
     pthread_mutex_t lock; /* guards everything below */
     pthread_cond_t queued;
     pthread_cond_t ready_cond;
+    pthread_cond_t refusal_cond;
     int stopping;
     int *ready; /* ring of connections whose ClientHello is in, for the workers: ready_cap slots */
     uint32_t ready_cap, ready_head, ready_len;
     attested_peer *head, *tail;
     uint32_t n_queued;
+    refusal_record *refusals_head, *refusals_tail;
+    uint32_t n_refusals;
     ratls_attest_stats stats;
 };
 
@@ -514,13 +531,55 @@ int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, c
 
 /* ---------------------------------------------------------------- server */
 
-/* Counted before the refusal goes out, so a client that saw its refusal also sees it in the stats. */
+/* Counted and recorded before the refusal goes out, so a client that saw its refusal also sees it in the stats,
+ * and the application can pop its record (address, reason, message). The record queue keeps the newest
+ * max_refusals; a record that cannot be allocated counts as dropped. */
 static void record_rejection(ratls_attest_server *s, const peer_check *pc) {
+    refusal_record *r = calloc(1, sizeof *r);
+    if (r) {
+        r->reason = pc->verdict;
+        snprintf(r->addr, sizeof r->addr, "%s", pc->addr[0] ? pc->addr : "unknown");
+        snprintf(r->msg, sizeof r->msg, "%s", pc->msg);
+    }
     pthread_mutex_lock(&s->lock);
     s->stats.rejected++;
     s->stats.last_rejection = pc->verdict;
     snprintf(s->stats.last_rejection_msg, sizeof s->stats.last_rejection_msg, "%s", pc->msg);
+    if (!r) {
+        s->stats.refusals_dropped++;
+    } else {
+        if (s->refusals_tail) s->refusals_tail->next = r;
+        else s->refusals_head = r;
+        s->refusals_tail = r;
+        s->n_refusals++;
+        if (s->n_refusals > s->limits.max_refusals) { /* the application is not popping: keep the newest */
+            refusal_record *old = s->refusals_head;
+            s->refusals_head = old->next;
+            s->n_refusals--;
+            s->stats.refusals_dropped++;
+            free(old);
+        }
+        pthread_cond_signal(&s->refusal_cond);
+    }
     pthread_mutex_unlock(&s->lock);
+}
+
+/* The client's address as "ip:port" ("[ip]:port" for IPv6), for its refusal record. */
+static void peer_address(int fd, char *out, size_t out_len) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "";
+    out[0] = '\0';
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host))
+            snprintf(out, out_len, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host))
+            snprintf(out, out_len, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+    }
 }
 
 /* Takes the peer's certificate and its channel certificate (*channel) into the queue. */
@@ -625,6 +684,7 @@ static void serve_connection(ratls_attest_server *s, int fd) {
     int64_t deadline = now_ms() + s->limits.handshake_timeout_ms;
     peer_check pc = {.server = s, .policy = s->policy, .tcb = s->has_tcb ? &s->tcb : NULL,
                      .max_cert_size = s->limits.max_cert_size, .verdict = -1};
+    peer_address(fd, pc.addr, sizeof pc.addr);
     SSL *ssl = SSL_new(s->ctx);
     const char *tls_reason;
     int rc = RATLS_ERR_INTERNAL;
@@ -846,6 +906,10 @@ static int check_limits(const ratls_attest_limits *in, ratls_attest_limits *out,
                                                                                : DEFAULT_HELLO_TIMEOUT_MS;
     if (!l.max_waiting) l.max_waiting = DEFAULT_MAX_WAITING;
     if (!l.max_per_source) l.max_per_source = DEFAULT_MAX_PER_SOURCE;
+    if (!l.max_refusals) l.max_refusals = DEFAULT_MAX_REFUSALS;
+    if (l.max_refusals > MAX_REFUSALS_LIMIT)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_refusals: expected at most %u, found %u",
+                          MAX_REFUSALS_LIMIT, l.max_refusals);
     if (l.hello_timeout_ms > MAX_TIMEOUT_MS)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "hello_timeout_ms: expected at most %u, found %u",
                           MAX_TIMEOUT_MS, l.hello_timeout_ms);
@@ -933,6 +997,7 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->queued, &ca);
     pthread_cond_init(&s->ready_cond, &ca);
+    pthread_cond_init(&s->refusal_cond, &ca);
     pthread_condattr_destroy(&ca);
     s->ctx = make_ctx(1, policy, key_der, key_len, cert_der, cert_len, l.max_cert_size, msg, msg_len);
     if (!s->ctx) {
@@ -985,9 +1050,8 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
 
 uint16_t ratls_attest_server_port(const ratls_attest_server *s) { return s ? s->port : 0; }
 
-int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
-                            uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence) {
-    if (!s || !cert_der || !cert_len || !channel_der || !channel_len || !evidence) return RATLS_ERR_BAD_ARGUMENT;
+/* CLOCK_MONOTONIC (the condition variables' clock) timeout_ms from now. */
+static struct timespec monotonic_in(uint32_t timeout_ms) {
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += timeout_ms / 1000;
@@ -996,6 +1060,13 @@ int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t
         until.tv_sec++;
         until.tv_nsec -= 1000000000L;
     }
+    return until;
+}
+
+int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
+                            uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence) {
+    if (!s || !cert_der || !cert_len || !channel_der || !channel_len || !evidence) return RATLS_ERR_BAD_ARGUMENT;
+    struct timespec until = monotonic_in(timeout_ms);
     pthread_mutex_lock(&s->lock);
     while (!s->head && timeout_ms > 0) {
         if (pthread_cond_timedwait(&s->queued, &s->lock, &until) == ETIMEDOUT) break;
@@ -1014,6 +1085,29 @@ int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t
     *channel_len = e->channel_len;
     *evidence = e->evidence;
     free(e);
+    return RATLS_OK;
+}
+
+int ratls_attest_server_pop_refusal(ratls_attest_server *s, uint32_t timeout_ms, char *addr, size_t addr_len,
+                                    int *reason, char *msg, size_t msg_len) {
+    if (!s) return RATLS_ERR_BAD_ARGUMENT;
+    struct timespec until = monotonic_in(timeout_ms);
+    pthread_mutex_lock(&s->lock);
+    while (!s->refusals_head && timeout_ms > 0) {
+        if (pthread_cond_timedwait(&s->refusal_cond, &s->lock, &until) == ETIMEDOUT) break;
+    }
+    refusal_record *r = s->refusals_head;
+    if (r) {
+        s->refusals_head = r->next;
+        if (!s->refusals_head) s->refusals_tail = NULL;
+        s->n_refusals--;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!r) return RATLS_ERR_TIMEOUT;
+    if (addr && addr_len) snprintf(addr, addr_len, "%s", r->addr);
+    if (reason) *reason = r->reason;
+    if (msg && msg_len) snprintf(msg, msg_len, "%s", r->msg);
+    free(r);
     return RATLS_OK;
 }
 
@@ -1053,8 +1147,14 @@ void ratls_attest_server_stop(ratls_attest_server *s) {
         free(e->channel);
         free(e);
     }
+    while (s->refusals_head) {
+        refusal_record *r = s->refusals_head;
+        s->refusals_head = r->next;
+        free(r);
+    }
     pthread_cond_destroy(&s->queued);
     pthread_cond_destroy(&s->ready_cond);
+    pthread_cond_destroy(&s->refusal_cond);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -1106,8 +1206,9 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
                          const uint8_t *cert_der, size_t cert_len, const uint8_t *channel_der, size_t channel_len,
                          const char *host, uint16_t port,
                          uint32_t timeout_ms, const ratls_tcb_evaluator *tcb, uint8_t **peer_cert,
-                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, char *msg,
-                         size_t msg_len) {
+                         size_t *peer_cert_len, ratls_evidence *peer, uint32_t *trust_ttl_s, int *peer_reason,
+                         char *msg, size_t msg_len) {
+    if (peer_reason) *peer_reason = 0;
     if (!host || !peer_cert || !peer_cert_len || !peer || !trust_ttl_s)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "host and all outputs are required");
     if (tcb && !tcb->evaluate)
@@ -1169,12 +1270,13 @@ int ratls_attest_connect(const ratls_policy *policy, const uint8_t *key_der, siz
         word = ntohl(word);
         if (rc == RATLS_OK && memcmp(ack, REFUSAL_MAGIC, 4) == 0) {
             const char *name = word <= INT_MAX ? ratls_reason_name((int)word) : "UNKNOWN";
+            if (peer_reason) *peer_reason = word <= INT_MAX ? (int)word : -1;
             if (word == RATLS_OK || strcmp(name, "UNKNOWN") == 0)
-                rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_PEER_REFUSED,
                                 "the attestation server refused our certificate: reason code %u, unknown to this "
                                 "client (%s:%u)", word, host, (unsigned)port);
             else
-                rc = ratls_fail(msg, msg_len, RATLS_ERR_HANDSHAKE,
+                rc = ratls_fail(msg, msg_len, RATLS_ERR_PEER_REFUSED,
                                 "the attestation server refused our certificate: %s (%s:%u)", name, host,
                                 (unsigned)port);
         } else if (rc == RATLS_OK && memcmp(ack, ACK_MAGIC, 4) != 0) {

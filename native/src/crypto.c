@@ -92,6 +92,7 @@ const char *ratls_reason_name(int reason) {
         ERR_NAME(HANDSHAKE)
         ERR_NAME(TIMEOUT)
         ERR_NAME(IO)
+        ERR_NAME(PEER_REFUSED)
 #undef NAME
 #undef ERR_NAME
     default: return "UNKNOWN";

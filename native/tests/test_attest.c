@@ -235,6 +235,7 @@ typedef struct {
     size_t peer_len;
     ratls_evidence ev;
     uint32_t ttl;
+    int peer_reason; /* the server's reason code when it refused us (RATLS_ERR_PEER_REFUSED), else 0 */
     char msg[RATLS_MSG_SIZE];
 } attempt;
 
@@ -243,7 +244,8 @@ static attempt attest_with(const ratls_policy *pol, const identity *id, uint16_t
     attempt a;
     memset(&a, 0, sizeof a);
     a.rc = ratls_attest_connect(pol, id->key, id->key_len, id->crt, id->crt_len, id->chan, id->chan_len, "127.0.0.1",
-                                port, timeout_ms, tcb, &a.peer, &a.peer_len, &a.ev, &a.ttl, a.msg, sizeof a.msg);
+                                port, timeout_ms, tcb, &a.peer, &a.peer_len, &a.ev, &a.ttl, &a.peer_reason, a.msg,
+                                sizeof a.msg);
     return a;
 }
 
@@ -356,8 +358,8 @@ static void test_rejections(const sim_env *env) {
     /* The server's policy does not allow the client: refused by the server, nothing queued. */
     ratls_attest_server *s2 = start(wrong_pol, &srv, NULL);
     a = attest(cli_pol, &cli, ratls_attest_server_port(s2), 5000);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
-    CHECK(strstr(a.msg, "the attestation server refused our certificate: MRENCLAVE") == a.msg);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_MRENCLAVE && a.peer == NULL);
+    CHECK(strstr(a.msg, "the attestation server refused our certificate: MRENCLAVE (127.0.0.1:") == a.msg);
     CHECK(strstr(a.msg, "is not allowed") == NULL); /* the reason code travels, never the server's message */
     st = settle(s2, 1);
     CHECK(st.rejected == 1 && st.attested == 0 && st.failed == 0 && st.last_rejection == RATLS_ERR_MRENCLAVE);
@@ -367,20 +369,20 @@ static void test_rejections(const sim_env *env) {
 
     /* A debug enclave with the right measurement, under a policy that denies debug. */
     a = attest(cli_pol, &dbg, port, 5000);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_DEBUG_ENCLAVE);
     CHECK(strstr(a.msg, "refused our certificate: DEBUG_ENCLAVE") != NULL);
     st = settle(s, 2);
     CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_DEBUG_ENCLAVE);
 
     /* A plain self-signed certificate, on either side. */
     a = attest(cli_pol, &plain, port, 5000);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_EVIDENCE_MISSING);
     CHECK(strstr(a.msg, "refused our certificate: EVIDENCE_MISSING") != NULL);
     st = settle(s, 3);
     CHECK(st.rejected == 2 && st.last_rejection == RATLS_ERR_EVIDENCE_MISSING);
     ratls_attest_server *s3 = start(srv_pol, &plain, NULL);
     a = attest(cli_pol, &cli, ratls_attest_server_port(s3), 5000);
-    CHECK(a.rc == RATLS_ERR_EVIDENCE_MISSING);
+    CHECK(a.rc == RATLS_ERR_EVIDENCE_MISSING && a.peer_reason == 0); /* our verdict, not the server's */
     ratls_attest_server_stop(s3);
 
     CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
@@ -496,7 +498,7 @@ static void test_bounds_and_errors(const sim_env *env) {
     ratls_attest_limits small = {.max_cert_size = 200};
     s2 = start(pol, &srv, &small);
     attempt a = attest(cli_pol, &cli, ratls_attest_server_port(s2), 5000);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer_reason == 0); /* OpenSSL's alert: no reason code */
     ratls_attest_stats st = settle(s2, 1);
     CHECK(st.attested == 0 && st.rejected + st.failed == 1);
     ratls_attest_server_stop(s2);
@@ -525,17 +527,18 @@ static void test_bounds_and_errors(const sim_env *env) {
     CHECK(mono_ms() - t0 < 1500);
     close(lfd);
     CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.chan, cli.chan_len,
-                               "127.0.0.1", port, 0, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
+                               "127.0.0.1", port, 0, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, NULL, msg, sizeof msg) ==
           RATLS_ERR_BAD_ARGUMENT);
     CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.chan, cli.chan_len,
-                               "127.0.0.1", port, 1000, &no_function, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg,
+                               "127.0.0.1", port, 1000, &no_function, &a.peer, &a.peer_len, &a.ev, &a.ttl, NULL, msg,
                                sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
     /* A channel certificate is required, and at most 4096 bytes (the RA-TLS certificate is no channel certificate). */
     CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, NULL, 0, "127.0.0.1", port, 1000,
-                               NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT);
+                               NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, NULL, msg, sizeof msg) ==
+          RATLS_ERR_BAD_ARGUMENT);
     CHECK(strstr(msg, "channel certificate") != NULL);
     CHECK(ratls_attest_connect(cli_pol, cli.key, cli.key_len, cli.crt, cli.crt_len, cli.crt, cli.crt_len, "127.0.0.1",
-                               port, 1000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, msg, sizeof msg) ==
+                               port, 1000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl, NULL, msg, sizeof msg) ==
           RATLS_ERR_BAD_ARGUMENT);
 
     ratls_policy_free(pol);
@@ -633,7 +636,7 @@ static void test_tcb_evaluator(const sim_env *env) {
     on_cli.status = RATLS_TCB_UP_TO_DATE;
     on_srv.status = RATLS_TCB_OUT_OF_DATE;
     a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_TCB_STATUS && a.peer == NULL);
     CHECK(strstr(a.msg, "the attestation server refused our certificate: TCB_STATUS") == a.msg);
     st = settle(s, 3);
     CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_TCB_STATUS && st.attested == 1);
@@ -649,7 +652,7 @@ static void test_tcb_evaluator(const sim_env *env) {
     s = start_with(lax_pol, &srv, NULL, &srv_tcb);
     port = ratls_attest_server_port(s);
     a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: TCB_STATUS") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && strstr(a.msg, "refused our certificate: TCB_STATUS") != NULL);
     on_srv.status = RATLS_TCB_UP_TO_DATE;
     on_srv.overflow = 1; /* an evaluator overrunning the advisories: the evidence still ends in a NUL */
     a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
@@ -688,7 +691,8 @@ static void test_tcb_evaluator_errors(const sim_env *env) {
 
     /* On the server: the client is refused with COLLATERAL; the message stays on the server. */
     attempt a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_COLLATERAL &&
+          strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
     CHECK(strstr(a.msg, "pccs.example") == NULL);
     ratls_attest_stats st = settle(s, 1);
     CHECK(st.rejected == 1 && st.last_rejection == RATLS_ERR_COLLATERAL);
@@ -712,7 +716,8 @@ static void test_tcb_evaluator_errors(const sim_env *env) {
     on_cli.leave_status = 0;
     on_srv.leave_status = 1;
     a = attest_with(cli_pol, &cli, port, 5000, &cli_tcb);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_COLLATERAL &&
+          strstr(a.msg, "refused our certificate: COLLATERAL") != NULL);
 
     st = settle(s, 4);
     CHECK(st.rejected == 2 && st.failed == 2 && st.attested == 0);
@@ -788,16 +793,20 @@ static void test_server_replies(const sim_env *env) {
     CHECK(a.rc == RATLS_OK && a.ttl == 123456);
     ratls_free(a.peer);
     a = attest_scripted(pol, &cli, &srv, "RATN", RATLS_ERR_ISV_SVN);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_ISV_SVN && a.peer == NULL);
     CHECK(strstr(a.msg, "the attestation server refused our certificate: ISV_SVN (127.0.0.1:") == a.msg);
+    /* Codes this client does not know are refusals too, reported as sent (-1 beyond INT_MAX). */
     a = attest_scripted(pol, &cli, &srv, "RATN", 9999);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "refused our certificate: reason code 9999, unknown") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == 9999 &&
+          strstr(a.msg, "refused our certificate: reason code 9999, unknown") != NULL);
     a = attest_scripted(pol, &cli, &srv, "RATN", 0xFFFFFFFFu);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "reason code 4294967295, unknown") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == -1 &&
+          strstr(a.msg, "reason code 4294967295, unknown") != NULL);
     a = attest_scripted(pol, &cli, &srv, "RATN", RATLS_OK); /* a refusal for no reason is not an acceptance */
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "reason code 0, unknown") != NULL);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == 0 && strstr(a.msg, "reason code 0, unknown") != NULL);
     a = attest_scripted(pol, &cli, &srv, "RAT2", 60);
-    CHECK(a.rc == RATLS_ERR_HANDSHAKE && strstr(a.msg, "acknowledgement magic") != NULL && a.peer == NULL);
+    CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer_reason == 0 && strstr(a.msg, "acknowledgement magic") != NULL &&
+          a.peer == NULL);
     ratls_policy_free(pol);
     free_identity(&srv);
     free_identity(&cli);
@@ -1068,7 +1077,7 @@ static void test_channel_certificate_handshake(const sim_env *env) {
         liar.chan = (uint8_t *)wrong[i].chan;
         liar.chan_len = wrong[i].len;
         a = attest(cli_pol, &liar, port, 5000);
-        CHECK(a.rc == RATLS_ERR_HANDSHAKE && a.peer == NULL);
+        CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_CHANNEL_CERT && a.peer == NULL);
         CHECK(strstr(a.msg, "the attestation server refused our certificate: CHANNEL_CERT (127.0.0.1:") == a.msg);
         ratls_attest_stats st = settle(s, ++done);
         CHECK(st.rejected == ++rejected && st.last_rejection == RATLS_ERR_CHANNEL_CERT && st.attested == 1);
@@ -1134,6 +1143,158 @@ static void test_channel_certificate_handshake(const sim_env *env) {
     free_identity(&other);
 }
 
+/* ---- refusal records */
+
+typedef struct {
+    int rc;
+    int reason;
+    char addr[RATLS_ADDR_SIZE];
+    char msg[RATLS_MSG_SIZE];
+} refusal;
+
+static refusal pop_refusal(ratls_attest_server *s, uint32_t timeout_ms) {
+    refusal r;
+    memset(&r, 0, sizeof r);
+    r.rc = ratls_attest_server_pop_refusal(s, timeout_ms, r.addr, sizeof r.addr, &r.reason, r.msg, sizeof r.msg);
+    return r;
+}
+
+/* "127.0.0.1:<port>" with a port that is not the server's: the client's own end. */
+static int is_loopback_client(const char *addr, uint16_t server_port) {
+    unsigned port = 0;
+    char rest = 0;
+    return sscanf(addr, "127.0.0.1:%u%c", &port, &rest) == 1 && port > 0 && port < 65536 && port != server_port;
+}
+
+typedef struct {
+    ratls_attest_server *s;
+    refusal r;
+    int64_t waited_ms;
+} refusal_waiter;
+
+static void *wait_for_refusal(void *arg) {
+    refusal_waiter *w = arg;
+    int64_t t0 = mono_ms();
+    w->r = pop_refusal(w->s, 5000);
+    w->waited_ms = mono_ms() - t0;
+    return NULL;
+}
+
+/* Every rejected client leaves a record (its address, the reason, the server's message) that the application pops,
+ * there before the client has its refusal; accepted clients and failed connections leave none; the queue keeps the
+ * newest max_refusals and counts what it dropped; a waiting pop wakes for a new record. */
+static void test_refusal_records(const sim_env *env) {
+    identity srv = make_identity(env, 0xAB, 0), cli = make_identity(env, 0xCB, 0);
+    identity dbg = make_identity(env, 0xCB, 1), plain = make_plain_identity(), stranger = make_identity(env, 0xCC, 0);
+    ratls_policy *srv_pol = policy_for(env, 0xCB), *cli_pol = policy_for(env, 0xAB);
+    ratls_attest_limits lim = {.max_refusals = 2};
+    ratls_attest_server *s = start(srv_pol, &srv, &lim);
+    uint16_t port = ratls_attest_server_port(s);
+    uint8_t *der;
+    size_t len;
+    ratls_evidence ev;
+
+    int64_t t0 = mono_ms();
+    CHECK(pop_refusal(s, 0).rc == RATLS_ERR_TIMEOUT);
+    CHECK(pop_refusal(s, 60).rc == RATLS_ERR_TIMEOUT && mono_ms() - t0 >= 50);
+
+    /* An accepted client and a connection that fails before any verdict: no record. */
+    attempt a = attest(cli_pol, &cli, port, 5000);
+    REQUIRE(a.rc == RATLS_OK);
+    ratls_free(a.peer);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_OK);
+    ratls_free(der);
+    close(tcp_to(port));
+    settle(s, 2);
+    CHECK(pop_refusal(s, 0).rc == RATLS_ERR_TIMEOUT);
+
+    /* A refused client: its record is there when it has its refusal, without waiting. */
+    a = attest(cli_pol, &stranger, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_MRENCLAVE);
+    refusal r = pop_refusal(s, 0);
+    CHECK(r.rc == RATLS_OK && r.reason == RATLS_ERR_MRENCLAVE);
+    if (!is_loopback_client(r.addr, port)) fprintf(stderr, "refusal address: %s\n", r.addr);
+    CHECK(is_loopback_client(r.addr, port));
+    ratls_attest_stats st = settle(s, 3);
+    CHECK(strcmp(r.msg, st.last_rejection_msg) == 0 && strstr(r.msg, "MRENCLAVE") != NULL);
+    CHECK(st.rejected == 1 && st.refusals_dropped == 0);
+    CHECK(pop_refusal(s, 0).rc == RATLS_ERR_TIMEOUT);
+
+    /* A pop waiting for a record wakes when one comes. */
+    refusal_waiter w = {.s = s};
+    pthread_t thread;
+    REQUIRE(pthread_create(&thread, NULL, wait_for_refusal, &w) == 0);
+    usleep(50000);
+    a = attest(cli_pol, &dbg, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_DEBUG_ENCLAVE);
+    pthread_join(thread, NULL);
+    CHECK(w.r.rc == RATLS_OK && w.r.reason == RATLS_ERR_DEBUG_ENCLAVE && w.waited_ms < 4000);
+    CHECK(is_loopback_client(w.r.addr, port));
+
+    /* Bounded: three refusals unpopped (the verify callback's, and a channel certificate's), two kept, the newest,
+     * in order; one dropped and counted. */
+    a = attest(cli_pol, &stranger, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_MRENCLAVE);
+    a = attest(cli_pol, &plain, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_EVIDENCE_MISSING);
+    identity liar = cli;
+    liar.chan = stranger.chan;
+    liar.chan_len = stranger.chan_len;
+    a = attest(cli_pol, &liar, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_CHANNEL_CERT);
+    st = settle(s, 7);
+    CHECK(st.rejected == 5 && st.refusals_dropped == 1);
+    r = pop_refusal(s, 0);
+    CHECK(r.rc == RATLS_OK && r.reason == RATLS_ERR_EVIDENCE_MISSING && is_loopback_client(r.addr, port));
+    r = pop_refusal(s, 0);
+    CHECK(r.rc == RATLS_OK && r.reason == RATLS_ERR_CHANNEL_CERT && strstr(r.msg, "another key") != NULL);
+    CHECK(pop_refusal(s, 0).rc == RATLS_ERR_TIMEOUT);
+
+    /* Outputs may be NULL or short (truncated, NUL-terminated). */
+    a = attest(cli_pol, &stranger, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED);
+    CHECK(ratls_attest_server_pop_refusal(s, 0, NULL, 0, NULL, NULL, 0) == RATLS_OK);
+    a = attest(cli_pol, &stranger, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED);
+    char short_addr[5], short_msg[4];
+    CHECK(ratls_attest_server_pop_refusal(s, 0, short_addr, sizeof short_addr, NULL, short_msg, sizeof short_msg) ==
+          RATLS_OK);
+    CHECK(strcmp(short_addr, "127.") == 0 && strlen(short_msg) == 3);
+    CHECK(ratls_attest_server_pop_refusal(NULL, 0, NULL, 0, NULL, NULL, 0) == RATLS_ERR_BAD_ARGUMENT);
+    /* Records nobody popped are freed with the server. */
+    a = attest(cli_pol, &stranger, port, 5000);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED);
+    ratls_attest_server_stop(s);
+
+    /* The limit is bounded; IPv6 addresses are bracketed. */
+    ratls_attest_limits too_many = {.max_refusals = 1000000};
+    char msg[RATLS_MSG_SIZE];
+    s = NULL;
+    CHECK(ratls_attest_server_start(srv_pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, &too_many,
+                                    NULL, &s, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && s == NULL);
+    CHECK(strstr(msg, "max_refusals") != NULL);
+    if (ratls_attest_server_start(srv_pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "::1", 0, NULL, NULL, &s, msg,
+                                  sizeof msg) == RATLS_OK) {
+        a.rc = ratls_attest_connect(cli_pol, stranger.key, stranger.key_len, stranger.crt, stranger.crt_len,
+                                    stranger.chan, stranger.chan_len, "::1", ratls_attest_server_port(s), 5000, NULL,
+                                    &a.peer, &a.peer_len, &a.ev, &a.ttl, &a.peer_reason, a.msg, sizeof a.msg);
+        CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_MRENCLAVE);
+        r = pop_refusal(s, 0);
+        CHECK(r.rc == RATLS_OK && strncmp(r.addr, "[::1]:", 6) == 0 && r.reason == RATLS_ERR_MRENCLAVE);
+        ratls_attest_server_stop(s);
+    } else {
+        fprintf(stderr, "note: no IPv6 loopback, the bracketed address is not tested: %s\n", msg);
+    }
+
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+    free_identity(&dbg);
+    free_identity(&plain);
+    free_identity(&stranger);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sim_env env;
@@ -1148,6 +1309,7 @@ int main(void) {
     test_server_closing_mid_handshake(&env);
     test_channel_certificate(&env);
     test_channel_certificate_handshake(&env);
+    test_refusal_records(&env);
     sim_env_cleanup(&env);
     return test_summary();
 }
