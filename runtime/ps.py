@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda number, _frame: (signals.setdefault("signal", number), stop.set()))
     while not stop.wait(0.1):
-        for line in net.new_refusals():
-            print(f"ps[{options.shard}]: {line}", flush=True)
         ps.tick()
         if ps.finished():
             break

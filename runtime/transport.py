@@ -131,10 +131,6 @@ class Transport:
         """gRPC server options this mode needs."""
         return []
 
-    def new_refusals(self) -> list[str]:
-        """Servers: one line per port whose attestation refused clients since the last call (for the log)."""
-        return []
-
 
 class InsecureTransport(Transport):
     security = "insecure"
@@ -266,7 +262,6 @@ class RatlsTransport(Transport):
             self.policy = ratls.Policy.from_env(**overrides)
         self.credentials = ratls.credentials(policy=self.policy, identity=self.identity, collateral=source)
         self._ports: list[int] = []
-        self._refusals_seen: dict[int, int] = {}
         self._lock = threading.Lock()
         self.attestation_seconds: list[float] = []
         self.channels: list[Any] = []  # ratls PinnedChannels, for their re-pin counts
@@ -301,17 +296,6 @@ class RatlsTransport(Transport):
         grace lets calls in flight (a pull waits at most 60 s) finish."""
         return [("grpc.max_connection_age_ms", int(self.credentials.trust_ttl * 1000)),
                 ("grpc.max_connection_age_grace_ms", 65_000)]
-
-    def new_refusals(self) -> list[str]:
-        lines = []
-        for port in self._ports:
-            stats = self.credentials.attestation_stats(port)
-            new = stats.rejected - self._refusals_seen.get(port, 0)
-            if new > 0:
-                self._refusals_seen[port] = stats.rejected
-                lines.append(f"attestation refused {new} client(s) on port {port}, the last for "
-                             f"{_reason_name(stats.last_rejection)}: {stats.last_rejection_message}")
-        return lines
 
     def peer_mrenclave(self, context: grpc.ServicerContext) -> str:
         """The caller's MRENCLAVE, checked again against the policy's MRENCLAVE pin when it has one: the
