@@ -18,7 +18,8 @@ What a caller sees:
   PEER_REFUSED with .peer_reason): the call fails with AioAttestationError, which is both a
   grpc.aio.AioRpcError with code UNAVAILABLE (gRPC code that handles "server unavailable" keeps working) whose
   details carry the reason, and a ratls.VerificationError with `.reason` (ratls-aware code can tell a refusal
-  from an outage). Awaiting the call, reading from it, iterating it or writing to it raises it; code(), details() and trailing_metadata() report it.
+  from an outage). Awaiting the call, reading from it, iterating it or writing to it raises it; code(),
+  details() and trailing_metadata() report it.
   A call with wait_for_ready=True instead keeps retrying an attestation that failed with IO or TIMEOUT (backing off
   from 0.1 s to 1 s) until its deadline; a refusal still fails it at once.
 - Its deadline passes while it waits for attestation: grpc.aio.AioRpcError with DEADLINE_EXCEEDED. The deadline
