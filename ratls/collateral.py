@@ -107,13 +107,12 @@ def chain_root(quote: bytes) -> bytes:
     return x509.load_pem_x509_certificate(chain[-1]).public_bytes(Encoding.DER)
 
 
-def _root_of(quote: bytes, policy: Policy) -> bytes:
-    """The root the quote's PCK chain ends in, among the policy's roots (the native verification chose it)."""
-    last = chain_root(quote)
-    for root in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
-        if root is not None and root == last:
-            return root
-    raise VerificationError(Reason.PCK_CHAIN_UNTRUSTED, "the quote's PCK chain does not end in a root of the policy")
+def _policy_root(chain_root_der: bytes, policy: Policy) -> bytes:
+    """The policy's root that a PCK chain ends in (the native verification chose it), else PCK_CHAIN_UNTRUSTED."""
+    if chain_root_der not in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
+        raise VerificationError(Reason.PCK_CHAIN_UNTRUSTED, "the quote's PCK chain does not end in a root of the "
+                                "policy")
+    return chain_root_der
 
 
 def _iso_time(text: str, what: str) -> float:
@@ -190,7 +189,8 @@ def evaluate(quote: bytes, policy: Policy, collateral: Any, now: int) -> TcbEval
     if not isinstance(collateral, str):
         raise TypeError(f"collateral: expected a CollateralSource, a PCCS URL or QuoteCollateralV3 JSON, got "
                         f"{type(collateral).__name__}")
-    return _evaluate(bytes(quote), _Entry.from_json(collateral, "collateral"), _root_of(bytes(quote), policy), now)
+    quote = bytes(quote)
+    return _evaluate(quote, _Entry.from_json(collateral, "collateral"), _policy_root(chain_root(quote), policy), now)
 
 
 class CollateralSource(abc.ABC):
@@ -267,10 +267,7 @@ class CollateralSource(abc.ABC):
                     self._results.clear()
                 self._platforms[platform] = known
         key, root = known
-        if root not in (policy.trusted_root_der or _intel_root_der(), policy.sim_root_der):
-            raise VerificationError(Reason.PCK_CHAIN_UNTRUSTED, "the quote's PCK chain does not end in a root of "
-                                    "the policy")
-        return platform, key, root
+        return platform, key, _policy_root(root, policy)
 
     def _evaluate_once(self, platform: bytes, quote: bytes, entry: _Entry, root: bytes, t: int) -> TcbEvaluation:
         """dcap-qvl's evaluation, once per platform, root and collateral entry: the status cannot change while
