@@ -121,6 +121,16 @@ def make_app(root: Path, name: str) -> Path:
     return app
 
 
+def platform_identities(ca: ratls.SimCA, root: Path) -> dict[str, ratls.Identity]:
+    """A "server" identity on the sim CA's default platform and a "client" one on its platform "client" (so each
+    can be judged at its own TCB status), each measuring an app of its own under root."""
+    ids = {}
+    for role, ca_dir in (("server", ca.path), ("client", ca.platform("client"))):
+        app = make_app(root, role)
+        ids[role] = ratls.Identity.create("sim", sim_ca=ca_dir, measured_files=[app], measure_root=app)
+    return ids
+
+
 def sim_policy(sim_ca, *mrenclaves: bytes, **kw) -> ratls.Policy:
     return ratls.Policy(mrenclave=list(mrenclaves), allow_simulated=True, sim_root=sim_ca.path,
                         allowed_tcb_statuses=("Unknown",), **kw)

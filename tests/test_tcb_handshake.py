@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from grpctools import hello, make_app, serve
+from grpctools import hello, platform_identities, serve
 
 import ratls
 from ratls.collateral import PCCS
@@ -49,12 +49,7 @@ def pccs(ca):
 
 @pytest.fixture(scope="module")
 def identities(ca, tmp_path_factory):
-    root = tmp_path_factory.mktemp("apps")
-    ids = {}
-    for role, ca_dir in (("server", ca.path), ("client", ca.platform("client"))):
-        app = make_app(root, role)
-        ids[role] = ratls.Identity.create("sim", sim_ca=ca_dir, measured_files=[app], measure_root=app)
-    return ids
+    return platform_identities(ca, tmp_path_factory.mktemp("apps"))
 
 
 def policy(ca, statuses=("UpToDate",)) -> ratls.Policy:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import REPO
-from grpctools import make_app, serve
+from grpctools import platform_identities, serve
 
 import ratls
 from ratls._trust import AttestationEndpoint
@@ -36,12 +36,7 @@ def ca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def identities(ca, tmp_path_factory):
-    root = tmp_path_factory.mktemp("apps")
-    ids = {}
-    for role, ca_dir in (("server", ca.path), ("client", ca.platform("client"))):
-        app = make_app(root, role)
-        ids[role] = ratls.Identity.create("sim", sim_ca=ca_dir, measured_files=[app], measure_root=app)
-    return ids
+    return platform_identities(ca, tmp_path_factory.mktemp("apps"))
 
 
 @pytest.fixture(autouse=True)
