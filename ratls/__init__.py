@@ -7,12 +7,13 @@
 from ratls._grpc_channel import PinnedChannel
 from ratls.aio import AioAttestationError, AioPinnedChannel
 from ratls.credentials import AttestationStats, Credentials, credentials, peer
-from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, VerificationError
+from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, UnattestedCallerError, VerificationError
 from ratls.evidence import (
     CertificateInfo,
     Evidence,
     Quote,
     ReportBody,
+    Unattested,
     inspect_certificate,
     parse_quote,
     verify_certificate,
@@ -40,6 +41,8 @@ __all__ = [
     "Reason",
     "ReportBody",
     "SimCA",
+    "Unattested",
+    "UnattestedCallerError",
     "VerificationError",
     "credentials",
     "in_sgx_enclave",

@@ -39,8 +39,8 @@ from ratls._certs import certificate_pem
 from ratls._native import ffi, lib
 from ratls._notices import log_refusal, note_accepted, reason_or_code
 from ratls.errors import RatlsError, Reason, VerificationError, check_call
-from ratls.evidence import Evidence
-from ratls.identity import Identity, channel_certificate_of
+from ratls.evidence import Evidence, Unattested
+from ratls.identity import Identity, UnattestedIdentity, channel_certificate_of
 from ratls.policy import Policy
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class AttestationStats:
     """Counters of one attestation endpoint (see ratls_attest_stats in ratls_core.h)."""
 
     connections: int
-    attested: int
+    attested: int  # clients admitted, unattested ones included
+    unattested: int  # of them, admitted without attestation (client_attestation="optional")
     rejected: int
     failed: int
     timed_out: int
@@ -148,9 +149,10 @@ class AttestationEndpoint:
     """The native attestation port: a TLS 1.3 listener where clients prove their enclave before gRPC."""
 
     def __init__(self, identity: Identity, policy: Policy, host: str, port: int, *, handshake_timeout: float,
-                 max_concurrent: int, max_cert_size: int, trust_ttl: float,
+                 max_concurrent: int, max_cert_size: int, trust_ttl: float, allow_unattested: bool = False,
                  tcb: HandshakeEvaluator | None = None) -> None:
         limits = ffi.new("ratls_attest_limits *")
+        limits.allow_unattested = int(allow_unattested)
         limits.handshake_timeout_ms = max(1, int(handshake_timeout * 1000))
         limits.max_concurrent = int(max_concurrent)
         limits.max_cert_size = int(max_cert_size)
@@ -166,10 +168,10 @@ class AttestationEndpoint:
         # close() may race with gRPC's fetcher calling pop(): the C server must not be freed mid-call.
         self._lock = threading.Lock()
 
-    def pop(self) -> tuple[bytes, Evidence] | None:
-        """The next attested client (its channel certificate DER, and the Evidence of the RA-TLS certificate it was
-        checked against), or None at once when there is none: it is called from gRPC's certificate-config fetcher,
-        which must not wait."""
+    def pop(self) -> tuple[bytes, Evidence | Unattested] | None:
+        """The next admitted client (its channel certificate DER, and the Evidence of the RA-TLS certificate it was
+        checked against, or Unattested for a client admitted without attestation), or None at once when there is
+        none: it is called from gRPC's certificate-config fetcher, which must not wait."""
         der = ffi.new("uint8_t **")
         n = ffi.new("size_t *")
         channel = ffi.new("uint8_t **")
@@ -181,7 +183,10 @@ class AttestationEndpoint:
             if lib.ratls_attest_server_pop(self._ptr, 0, der, n, channel, channel_len, ev) != lib.RATLS_OK:
                 return None
         try:
-            return bytes(ffi.buffer(channel[0], channel_len[0])), note_accepted(Evidence._from_native(ev))
+            channel_der = bytes(ffi.buffer(channel[0], channel_len[0]))
+            if n[0] == 0:  # admitted without attestation: only its channel certificate is known
+                return channel_der, Unattested(hashlib.sha256(channel_der).digest())
+            return channel_der, note_accepted(Evidence._from_native(ev))
         finally:
             lib.ratls_free(der[0])
             lib.ratls_free(channel[0])
@@ -192,7 +197,8 @@ class AttestationEndpoint:
             if self._finalizer.alive:
                 lib.ratls_attest_server_stats(self._ptr, s)
         return AttestationStats(
-            connections=s.connections, attested=s.attested, rejected=s.rejected, failed=s.failed,
+            connections=s.connections, attested=s.attested, unattested=s.unattested, rejected=s.rejected,
+            failed=s.failed,
             timed_out=s.timed_out, dropped=s.dropped, refused=s.refused, refusals_dropped=s.refusals_dropped,
             waiting=s.waiting, in_flight=s.in_flight,
             queued=s.queued,
@@ -206,13 +212,18 @@ class AttestationEndpoint:
             self._finalizer()
 
 
-def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: float, *,
+def attest(identity: Identity | UnattestedIdentity, policy: Policy, host: str, port: int, timeout: float, *,
            tcb: HandshakeEvaluator | None = None) -> Attested:
-    """Client side: the mutual RA-TLS handshake with a server's attestation port, then our channel certificate.
-    Raises VerificationError: the server's certificate failed our policy (its reason), the server refused our
-    certificate or channel certificate (PEER_REFUSED, with the server's reason code as peer_reason), or the port
-    did not answer (IO, TIMEOUT)."""
-    key, cert = identity.private_key_der, identity.certificate_der
+    """Client side: the mutual RA-TLS handshake with a server's attestation port (one-way for an
+    UnattestedIdentity: we present no certificate), then our channel certificate. Raises VerificationError: the
+    server's certificate failed our policy (its reason), the server refused our certificate or channel certificate
+    (PEER_REFUSED, with the server's reason code as peer_reason: ATTESTATION_REQUIRED for an unattested client at a
+    port that requires attestation), or the port did not answer (IO, TIMEOUT)."""
+    if isinstance(identity, UnattestedIdentity):
+        key, key_len, cert, cert_len = ffi.NULL, 0, ffi.NULL, 0
+    else:
+        key, cert = identity.private_key_der, identity.certificate_der
+        key_len, cert_len = len(key), len(cert)
     channel = channel_certificate_of(identity)
     peer = ffi.new("uint8_t **")
     n = ffi.new("size_t *")
@@ -220,7 +231,7 @@ def attest(identity: Identity, policy: Policy, host: str, port: int, timeout: fl
     ttl = ffi.new("uint32_t *")
     peer_reason = ffi.new("int *")
     try:
-        check_call(lib.ratls_attest_connect, policy._native, key, len(key), cert, len(cert), channel, len(channel),
+        check_call(lib.ratls_attest_connect, policy._native, key, key_len, cert, cert_len, channel, len(channel),
                    host.encode(), port, max(1, int(timeout * 1000)), tcb.native if tcb is not None else ffi.NULL,
                    peer, n, ev, ttl, peer_reason)
     except VerificationError as e:
@@ -251,12 +262,17 @@ def _unusable_root_pem() -> bytes:
 @dataclass
 class _Entry:
     pem: bytes  # the channel certificate: what the client presents on the gRPC port
-    evidence: Evidence  # of the RA-TLS certificate it was checked against (cert_fingerprint is that one's)
+    # Of the RA-TLS certificate it was checked against (cert_fingerprint is that one's); Unattested for a client
+    # admitted without attestation.
+    evidence: Evidence | Unattested
     expires: float  # time.monotonic()
 
 
-def _identity_of(evidence: Evidence) -> tuple[bytes, bytes]:
-    """Whose entry it is, for the per-identity bound: the enclave's measurement and signer."""
+def _identity_of(evidence: Evidence | Unattested) -> tuple[bytes, bytes]:
+    """Whose entry it is, for the per-identity bound: the enclave's measurement and signer. All unattested clients
+    share one bucket, so that their churn only ever evicts unattested entries."""
+    if isinstance(evidence, Unattested):
+        return b"", b""
     return evidence.mrenclave, evidence.mrsigner
 
 
@@ -310,7 +326,8 @@ class TrustSet:
         while (item := self._endpoint.pop()) is not None:
             channel_der, evidence = item
             expires = time.monotonic() + self._ttl
-            if evidence.not_after is not None:  # never trust past the certificate's own validity
+            # Never trust past the certificate's own validity.
+            if isinstance(evidence, Evidence) and evidence.not_after is not None:
                 expires = min(expires, time.monotonic() + evidence.not_after.timestamp() - time.time())
             fp = hashlib.sha256(channel_der).digest()
             if fp in self._entries:
@@ -334,8 +351,8 @@ class TrustSet:
     def _evict_from(self, who: tuple[bytes, bytes]) -> None:
         self._remove(next(fp for fp, e in self._entries.items() if _identity_of(e.evidence) == who))
 
-    def evidence_for(self, fingerprint: bytes) -> Evidence | None:
-        """The Evidence behind a channel certificate fingerprint, if it is trusted now."""
+    def evidence_for(self, fingerprint: bytes) -> Evidence | Unattested | None:
+        """The Evidence (or Unattested) behind a channel certificate fingerprint, if it is admitted now."""
         with self._lock:
             self._drain()
             entry = self._entries.get(fingerprint)
@@ -345,18 +362,19 @@ class TrustSet:
             return entry.evidence
 
     def trusted(self) -> dict[bytes, Evidence]:
-        """The currently trusted clients, expired ones excluded: the fingerprint of the RA-TLS certificate each
-        attested with (Evidence.cert_fingerprint) -> Evidence."""
+        """The currently trusted attested clients, expired ones excluded: the fingerprint of the RA-TLS certificate
+        each attested with (Evidence.cert_fingerprint) -> Evidence. Unattested clients are not listed."""
         with self._lock:
             self._drain()
             now = time.monotonic()
-            return {e.evidence.cert_fingerprint: e.evidence for e in self._entries.values() if e.expires > now}
+            return {e.evidence.cert_fingerprint: e.evidence for e in self._entries.values()
+                    if e.expires > now and isinstance(e.evidence, Evidence)}
 
 
 _registry: weakref.WeakSet[TrustSet] = weakref.WeakSet()
 
 
-def lookup_peer(cert_der: bytes) -> Evidence | None:
+def lookup_peer(cert_der: bytes) -> Evidence | Unattested | None:
     """The Evidence with which a client's channel certificate (the certificate a gRPC call carries) was attested to
     any trust set of this process."""
     fp = hashlib.sha256(cert_der).digest()

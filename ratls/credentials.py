@@ -22,7 +22,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import grpc
 import grpc.aio
@@ -41,13 +41,15 @@ from ratls._trust import (
 from ratls.address import default_attestation_port, join_host_port, split_host_port
 from ratls.aio import AioPinnedChannel
 from ratls.collateral import HandshakeEvaluator, TcbSource
-from ratls.errors import RatlsError
-from ratls.evidence import Evidence
-from ratls.identity import Identity, channel_certificate_of
+from ratls.errors import RatlsError, UnattestedCallerError
+from ratls.evidence import Evidence, Unattested
+from ratls.identity import Identity, UnattestedIdentity, channel_certificate_of
 from ratls.policy import Policy
 
 __all__ = ["AttestationStats", "Credentials", "credentials", "peer"]
 
+# add_secure_port's client_attestation: who may use the port.
+CLIENT_ATTESTATION_MODES = ("required", "optional")
 DEFAULT_TRUST_TTL_S = 3600.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 DEFAULT_MAX_CONCURRENT_HANDSHAKES = 8
@@ -61,7 +63,8 @@ class Credentials:
 
     Keep it alive while its servers run: it owns their attestation endpoints (close() stops them)."""
 
-    def __init__(self, policy: Policy, identity: Identity, *, trust_ttl: float = DEFAULT_TRUST_TTL_S,
+    def __init__(self, policy: Policy, identity: Identity | UnattestedIdentity, *,
+                 trust_ttl: float = DEFAULT_TRUST_TTL_S,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
                  max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
                  max_cert_size: int = DEFAULT_MAX_CERT_SIZE,
@@ -93,18 +96,29 @@ class Credentials:
 
     # -- server side
 
-    def add_secure_port(self, server: grpc.Server, address: str, *,
-                        attestation_port: int | None = None) -> tuple[int, int]:
+    def add_secure_port(self, server: grpc.Server, address: str, *, attestation_port: int | None = None,
+                        client_attestation: str = "required") -> tuple[int, int]:
         """Adds an RA-TLS gRPC port and its attestation port to a grpc.Server; returns (grpc_port,
         attestation_port). Port 0 picks free ports for both; with a fixed gRPC port the attestation port is
-        the next one unless given."""
+        the next one unless given.
+
+        client_attestation: "required" (the default): only clients that attested under our policy get in.
+        "optional": clients outside any enclave (credentials(policy, provider="none")) get in too, unattested: they
+        attest us, we do not attest them. Handlers tell them apart with ratls.peer(context), which raises
+        UnattestedCallerError for an unattested caller unless asked for allow_unattested=True."""
+        if isinstance(self.identity, UnattestedIdentity):
+            raise RatlsError("these credentials have no attestation (provider='none'): they can attest servers, "
+                             "but cannot serve a port; serve with an enclave identity (provider 'gramine' or 'sim')")
+        if client_attestation not in CLIENT_ATTESTATION_MODES:
+            raise RatlsError(f"client_attestation must be one of {', '.join(CLIENT_ATTESTATION_MODES)}, "
+                             f"got {client_attestation!r}")
         host, port = split_host_port(address)
         if attestation_port is None:
             attestation_port = default_attestation_port(port)
         if port and attestation_port > 65535:
             raise RatlsError(f"attestation port {attestation_port} is out of range: pass attestation_port")
         endpoint = AttestationEndpoint(self.identity, self.policy, host, attestation_port, tcb=self._tcb,
-                                       **self._limits)
+                                       allow_unattested=client_attestation == "optional", **self._limits)
         trust = TrustSet(endpoint, self.identity, self.trust_ttl, **self._trust_bounds)
         server_credentials = grpc.dynamic_ssl_server_credentials(
             trust.initial_configuration(), trust.fetch, require_client_authentication=True)
@@ -126,7 +140,8 @@ class Credentials:
         return self._trust_sets[grpc_port]._endpoint.stats()
 
     def trusted_clients(self, grpc_port: int) -> dict[bytes, Evidence]:
-        """Clients currently allowed on a gRPC port: certificate fingerprint -> Evidence."""
+        """Attested clients currently allowed on a gRPC port: certificate fingerprint -> Evidence (unattested
+        clients of an "optional" port are not listed)."""
         return self._trust_sets[grpc_port].trusted()
 
     def close(self) -> None:
@@ -223,7 +238,10 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
                 max_trusted_per_identity: int = DEFAULT_MAX_TRUSTED_PER_IDENTITY,
                 collateral: TcbSource | None = None) -> Credentials:
     """RA-TLS credentials for gRPC servers and channels. Without `identity`, a new one is created with
-    `provider` (sim_ca, measured_files and measure_root are for the sim provider).
+    `provider` (sim_ca, measured_files and measure_root are for the sim provider). provider="none": a client
+    outside any enclave (one-way attestation): it attests and pins servers like any client, presents no evidence,
+    gets in only at ports that allow unattested clients (add_secure_port(..., client_attestation="optional")), and
+    cannot serve a port.
 
     trust_ttl: seconds a server trusts an attested client. handshake_timeout: seconds one attestation handshake
     may take (either side). max_concurrent_handshakes: handshakes an attestation port serves at once (a worker
@@ -233,7 +251,9 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
     one identity's churn never evicts another's clients. collateral: a ratls.collateral source (PCCS,
     FileCollateral); every peer's TCB status is then evaluated inside the attestation handshake, on both sides,
     before the peer is trusted or pinned (without one it is "Unknown", which Gramine-style policies refuse)."""
-    if identity is None:
+    if identity is None and provider == "none":
+        identity = UnattestedIdentity()
+    elif identity is None:
         identity = Identity.create(provider, sim_ca=sim_ca, measured_files=measured_files,
                                    measure_root=measure_root)
     return Credentials(policy, identity, trust_ttl=trust_ttl, handshake_timeout=handshake_timeout,
@@ -242,9 +262,17 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
                        collateral=collateral)
 
 
-def peer(context: grpc.ServicerContext) -> Evidence:
+@overload
+def peer(context: grpc.ServicerContext) -> Evidence: ...
+@overload
+def peer(context: grpc.ServicerContext, *, allow_unattested: bool) -> Evidence | Unattested: ...
+def peer(context: grpc.ServicerContext, *, allow_unattested: bool = False) -> Evidence | Unattested:
     """The verified Evidence of the client of the current RPC (inside a handler of an RA-TLS gRPC port).
-    Raises RatlsError if the call did not come over RA-TLS credentials of this process."""
+
+    A caller that came in without attestation (a port with client_attestation="optional") raises
+    UnattestedCallerError, so a handler that expects attested callers can never take one for attested; with
+    allow_unattested=True it gives ratls.Unattested instead, which has none of Evidence's fields. Raises RatlsError
+    if the call did not come over RA-TLS credentials of this process."""
     pems = (context.auth_context() or {}).get("x509_pem_cert")
     if not pems:
         raise RatlsError("no RA-TLS peer: the call carries no client certificate (not an RA-TLS gRPC port?)")
@@ -253,4 +281,8 @@ def peer(context: grpc.ServicerContext) -> Evidence:
     if evidence is None:
         raise RatlsError("the client certificate of this call was never attested here (fingerprint "
                          f"{hashlib.sha256(der).hexdigest()[:16]}...)")
+    if isinstance(evidence, Unattested) and not allow_unattested:
+        raise UnattestedCallerError("the caller did not attest: it came in unattested through a port with "
+                                    "client_attestation='optional' (call peer(context, allow_unattested=True) where "
+                                    "such callers are expected)")
     return evidence

@@ -21,6 +21,7 @@ class Reason(enum.IntEnum):
     CERT_NOT_YET_VALID = 14
     CERT_TOO_LARGE = 15
     CHANNEL_CERT = 16  # the attestation port: a missing, late or bad channel certificate (ratls/PROTOCOL.md)
+    ATTESTATION_REQUIRED = 17  # a client without an RA-TLS certificate at a port that requires client attestation
     EVIDENCE_MISSING = 20
     EVIDENCE_CRITICAL = 21
     EVIDENCE_MALFORMED = 22
@@ -76,6 +77,10 @@ class PolicyError(RatlsError):
 
 class ProviderError(RatlsError):
     """An attestation provider could not be loaded or could not produce an identity."""
+
+
+class UnattestedCallerError(RatlsError):
+    """ratls.peer(context): the caller came in without attestation (a port with client_attestation="optional")."""
 
 
 def check_call(function: Callable[..., int], *args: Any, error: type[RatlsError] = VerificationError,

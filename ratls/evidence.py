@@ -178,6 +178,22 @@ class Evidence(_JsonMixin):
 
 
 @dataclass(frozen=True)
+class Unattested:
+    """The caller of an RPC on a port that admits unattested clients (client_attestation="optional") that did not
+    attest: nothing is known about its code or platform. What ratls.peer(context, allow_unattested=True) returns for
+    such a caller, in place of an Evidence. It has none of Evidence's fields, so code written for an attested peer
+    (peer(context).mrenclave) cannot run on it by mistake.
+
+    channel_fingerprint: SHA-256 of the self-signed channel certificate the client presented, which tells
+    unattested clients apart (a client makes a new one per process)."""
+
+    channel_fingerprint: bytes
+
+    def __repr__(self) -> str:
+        return f"Unattested(channel={self.channel_fingerprint.hex()[:16]}…)"
+
+
+@dataclass(frozen=True)
 class CertificateInfo(_JsonMixin):
     """Where an RA-TLS certificate keeps its evidence (found, not verified: see verify_certificate)."""
 

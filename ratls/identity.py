@@ -3,6 +3,7 @@ small channel certificate over the same key for gRPC (see Identity)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import threading
@@ -10,7 +11,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ratls._certs import certificate_pem, unique_common_name
 from ratls._native import ffi, lib
@@ -85,6 +89,51 @@ def channel_certificate_of(identity) -> bytes:
     certificate, or one made now for an identity-like object without one (private_key_der, certificate_der)."""
     der = getattr(identity, "channel_certificate_der", None)
     return der if der is not None else make_channel_certificate(identity.private_key_der, identity.certificate_der)
+
+
+UNATTESTED_CHANNEL_VALIDITY = dt.timedelta(days=30)
+
+
+class UnattestedIdentity:
+    """The identity of a client outside any enclave (one-way attestation; credentials(policy, provider="none")): a
+    fresh P-384 key that stays in memory and a channel certificate self-signed by it, CN=RATLS-<16 hex of
+    SHA-256(SPKI)>-channel, valid for 30 days from now. It carries no evidence: it attests the server and is
+    admitted only by ports that allow unattested clients (ratls/PROTOCOL.md section 2). It cannot serve a port."""
+
+    provider = "none"
+    certificate_der = None  # no RA-TLS certificate: the attestation handshake presents none
+
+    def __init__(self) -> None:
+        key = ec.generate_private_key(ec.SECP384R1())
+        self.private_key_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption())
+        # ratls_channel_cert_create takes the key's subject and validity from a certificate of that key: a throwaway
+        # one, so the channel certificate's name rule stays in one place (the C core).
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "RATLS unattested client")])
+        carrier = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + UNATTESTED_CHANNEL_VALIDITY).sign(key, hashes.SHA384()))
+        self.channel_certificate_der = make_channel_certificate(self.private_key_der,
+                                                                carrier.public_bytes(serialization.Encoding.DER))
+
+    @property
+    def private_key_pem(self) -> bytes:
+        return _private_key_pem(self.private_key_der)
+
+    @property
+    def channel_certificate_pem(self) -> bytes:
+        return certificate_pem(self.channel_certificate_der)
+
+    def __repr__(self) -> str:
+        subject = x509.load_der_x509_certificate(self.channel_certificate_der).subject.rfc4514_string()
+        return f"UnattestedIdentity({subject})"
+
+
+def _private_key_pem(private_key_der: bytes) -> bytes:
+    key = serialization.load_der_private_key(private_key_der, None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def _open_provider(path: str):
@@ -172,6 +221,9 @@ class Identity:
                                    not_after, library_path)
         if provider == "gramine":
             return cls._create_with(find_library("attest", library_path), "gramine", None, sim_root=sim_ca)
+        if provider == "none":
+            raise ProviderError("provider 'none' has no attestation, so it makes no Identity: for a client outside "
+                                "any enclave use ratls.credentials(policy, provider='none')")
         raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim' or 'gramine')")
 
     @classmethod
@@ -238,9 +290,7 @@ class Identity:
 
     @property
     def private_key_pem(self) -> bytes:
-        key = serialization.load_der_private_key(self.private_key_der, None)
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return _private_key_pem(self.private_key_der)
 
     @property
     def common_name(self) -> str:

@@ -86,13 +86,15 @@ MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_rec
 
 
 @contextlib.contextmanager
-def serve(creds, address: str = "127.0.0.1:0", attestation_port: int | None = None):
+def serve(creds, address: str = "127.0.0.1:0", attestation_port: int | None = None,
+          client_attestation: str = "required"):
     """An RA-TLS gRPC server running EchoService; stopped (and its attestation port closed) on exit."""
     service = EchoService()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=MESSAGE_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
     try:
-        grpc_port, att_port = creds.add_secure_port(server, address, attestation_port=attestation_port)
+        grpc_port, att_port = creds.add_secure_port(server, address, attestation_port=attestation_port,
+                                                    client_attestation=client_attestation)
         server.start()
         yield Running(server, service, creds, grpc_port, att_port)
     finally:

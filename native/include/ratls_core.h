@@ -30,6 +30,8 @@ extern "C" {
 #define RATLS_ERR_CERT_NOT_YET_VALID 14
 #define RATLS_ERR_CERT_TOO_LARGE 15
 #define RATLS_ERR_CHANNEL_CERT 16
+/* A client without an RA-TLS certificate (one-way) at an attestation server that requires client attestation. */
+#define RATLS_ERR_ATTESTATION_REQUIRED 17
 #define RATLS_ERR_EVIDENCE_MISSING 20
 #define RATLS_ERR_EVIDENCE_CRITICAL 21
 #define RATLS_ERR_EVIDENCE_MALFORMED 22
@@ -290,7 +292,8 @@ int ratls_channel_cert_create(const uint8_t *key_der, size_t key_len, const uint
 /* What the attestation server checks of a client's channel certificate, in this order (RATLS_ERR_CHANNEL_CERT for
  * every failure): 1..RATLS_MAX_CHANNEL_CERT_SIZE bytes; one DER X.509 certificate and nothing after it, with an EC
  * P-256 or P-384 key and no RA-TLS evidence extension; its SubjectPublicKeyInfo byte-equal to the one of
- * attested_der (the RA-TLS certificate that passed verification; RATLS_ERR_BAD_ARGUMENT if it does not parse);
+ * attested_der (the RA-TLS certificate that passed verification; RATLS_ERR_BAD_ARGUMENT if it does not parse; NULL
+ * for an unattested client, whose channel certificate is then checked against its own key);
  * subject and issuer exactly CN=RATLS-<16 hex of SHA-256(SPKI)>-channel; its signature verifies with that key;
  * notBefore <= now <= notAfter. */
 int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, const uint8_t *channel_der,
@@ -308,11 +311,15 @@ typedef struct {
     uint32_t max_waiting;          /* connections waiting for their ClientHello; more are closed [1024] */
     uint32_t max_per_source;       /* of them, from one source address [32] */
     uint32_t max_refusals;         /* refusal records kept for the application; oldest dropped beyond [256] */
+    uint32_t allow_unattested;     /* 1: a client that presents no certificate (one-way attestation: it attests us,
+                                    * we do not attest it) is queued as unattested after its self-signed channel
+                                    * certificate passed; 0: it is refused with RATLS_ERR_ATTESTATION_REQUIRED [0] */
 } ratls_attest_limits;
 
 typedef struct {
     uint64_t connections;          /* TCP connections accepted */
     uint64_t attested;             /* peers verified and queued */
+    uint64_t unattested;           /* of them, clients queued without attestation (allow_unattested) */
     uint64_t rejected;             /* peers refused: their certificate failed RA-TLS verification, or their channel
                                     * certificate was missing, late or failed its checks */
     uint64_t failed;               /* other failed handshakes: not TLS 1.3, garbage, closed early, ... */
@@ -338,7 +345,9 @@ int ratls_attest_server_start(const ratls_policy *policy, const uint8_t *key_der
 uint16_t ratls_attest_server_port(const ratls_attest_server *s);
 /* The next attested client, waiting up to timeout_ms (0 = only look): its RA-TLS certificate DER (the one its
  * evidence came from: evidence->cert_sha256), its channel certificate DER (what it presents on the gRPC port), both
- * malloc'ed, and its evidence. RATLS_ERR_TIMEOUT when there is none. */
+ * malloc'ed, and its evidence. An unattested client (only with limits.allow_unattested) has *cert_der NULL,
+ * *cert_len 0 and an all-zero evidence: only its channel certificate is known. RATLS_ERR_TIMEOUT when there is
+ * none. */
 int ratls_attest_server_pop(ratls_attest_server *s, uint32_t timeout_ms, uint8_t **cert_der, size_t *cert_len,
                             uint8_t **channel_der, size_t *channel_len, ratls_evidence *evidence);
 /* The next refusal record, waiting up to timeout_ms (0 = only look): every rejected client (each one `rejected`
@@ -354,7 +363,9 @@ void ratls_attest_server_stats(ratls_attest_server *s, ratls_attest_stats *out);
 /* Stops accepting, cuts off handshakes in progress, joins the workers and frees the server. */
 void ratls_attest_server_stop(ratls_attest_server *s);
 
-/* Client side: connects to host:port, runs the handshake with our identity, verifies the server's certificate
+/* Client side: connects to host:port, runs the handshake with our identity (key_der and cert_der both NULL: one-way,
+ * no client certificate; the channel certificate is then self-signed by the client's own key and only a server that
+ * allows unattested clients accepts it), verifies the server's certificate
  * under `policy` (with `tcb`, if not NULL, evaluating its TCB status), sends our channel certificate (channel_der:
  * 1..RATLS_MAX_CHANNEL_CERT_SIZE bytes, normally made by ratls_channel_cert_create; sent as given, the server
  * checks it) and waits for the server's acknowledgement, all within timeout_ms. Returns the server's certificate DER

@@ -264,32 +264,36 @@ static int verify_peer_cb(X509_STORE_CTX *store, void *unused) {
 static SSL_CTX *make_ctx(int server, const ratls_policy *policy, const uint8_t *key_der, size_t key_len,
                          const uint8_t *cert_der, size_t cert_len, uint32_t max_cert_size, char *msg,
                          size_t msg_len) {
-    if (!policy || !key_der || !cert_der || key_len == 0 || cert_len == 0 || key_len > LONG_MAX ||
-        cert_len > LONG_MAX) {
+    /* A one-way client (no enclave) has neither: it presents no certificate. */
+    int one_way = !server && !key_der && !cert_der;
+    if (!policy || (!one_way && (!key_der || !cert_der || key_len == 0 || cert_len == 0 || key_len > LONG_MAX ||
+                                 cert_len > LONG_MAX))) {
         ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "policy, key and certificate are required");
         return NULL;
     }
     SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
     const uint8_t *p = key_der;
-    EVP_PKEY *key = d2i_AutoPrivateKey(NULL, &p, (long)key_len);
+    EVP_PKEY *key = one_way ? NULL : d2i_AutoPrivateKey(NULL, &p, (long)key_len);
     p = cert_der;
-    X509 *cert = d2i_X509(NULL, &p, (long)cert_len);
+    X509 *cert = one_way ? NULL : d2i_X509(NULL, &p, (long)cert_len);
     const char *problem = NULL;
     if (!ctx) problem = "SSL_CTX_new failed";
-    else if (!key) problem = "own private key: not a DER EC private key";
-    else if (!cert) problem = "own certificate: not a DER X.509 certificate";
+    else if (!one_way && !key) problem = "own private key: not a DER EC private key";
+    else if (!one_way && !cert) problem = "own certificate: not a DER X.509 certificate";
     else if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
              !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION))
         problem = "TLS 1.3 is not available";
-    else if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
-             SSL_CTX_check_private_key(ctx) != 1)
+    else if (!one_way && (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
+                          SSL_CTX_check_private_key(ctx) != 1))
         problem = "own certificate and private key do not match";
     if (problem) {
         ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "%s", problem);
         SSL_CTX_free(ctx);
         ctx = NULL;
     } else {
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (server ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+        /* The server asks for a certificate but does not make TLS fail without one: serve_connection refuses a
+         * certificate-less client with a reason (ATTESTATION_REQUIRED), or takes it as unattested when allowed. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
         SSL_CTX_set_cert_verify_callback(ctx, verify_peer_cb, NULL);
         SSL_CTX_set_max_cert_list(ctx, (long)max_cert_size + CERT_MSG_OVERHEAD);
         /* One handshake per attestation: no resumption, which would skip the peer's certificate. */
@@ -470,7 +474,7 @@ int ratls_channel_cert_create(const uint8_t *key_der, size_t key_len, const uint
 int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, const uint8_t *channel_der,
                              size_t channel_len, int64_t now, char *msg, size_t msg_len) {
     cbs attested_spki, spki;
-    if (!spki_element(attested_der, attested_len, &attested_spki))
+    if (attested_der && !spki_element(attested_der, attested_len, &attested_spki))
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "attested certificate: not a DER X.509 certificate");
     if (!channel_der || channel_len == 0 || channel_len > RATLS_MAX_CHANNEL_CERT_SIZE)
         return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate size: expected 1..%d bytes, "
@@ -487,8 +491,8 @@ int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, c
         return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: %s", why);
     if (!spki_element(channel_der, channel_len, &spki))
         return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: not a DER X.509 certificate");
-    if (cbs_len(&spki) != cbs_len(&attested_spki) ||
-        memcmp(cbs_data(&spki), cbs_data(&attested_spki), cbs_len(&spki)) != 0)
+    if (attested_der && (cbs_len(&spki) != cbs_len(&attested_spki) ||
+                         memcmp(cbs_data(&spki), cbs_data(&attested_spki), cbs_len(&spki)) != 0))
         return ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
                           "channel certificate: its SubjectPublicKeyInfo is not the attested certificate's (another "
                           "key)");
@@ -511,7 +515,8 @@ int ratls_channel_cert_check(const uint8_t *attested_der, size_t attested_len, c
                         "channel certificate: subject and issuer must both be exactly CN=%s", cn);
     else if (X509_verify(x, X509_get0_pubkey(x)) != 1)
         rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT,
-                        "channel certificate: its signature does not verify with the attested key");
+                        "channel certificate: its signature does not verify with %s",
+                        attested_der ? "the attested key" : "its own key");
     else if (!ratls_asn1_time_to_unix(X509_get0_notBefore(x), &not_before) ||
              !ratls_asn1_time_to_unix(X509_get0_notAfter(x), &not_after))
         rc = ratls_fail(msg, msg_len, RATLS_ERR_CHANNEL_CERT, "channel certificate: unreadable validity");
@@ -604,6 +609,7 @@ static void enqueue(ratls_attest_server *s, peer_check *pc, uint8_t **channel, s
     s->tail = e;
     s->n_queued++;
     s->stats.attested++;
+    if (!e->der) s->stats.unattested++;
     if (s->n_queued > s->limits.max_pending) { /* the application is not popping: keep the newest */
         attested_peer *old = s->head;
         s->head = old->next;
@@ -691,6 +697,15 @@ static void serve_connection(ratls_attest_server *s, int fd) {
     if (ssl && SSL_set_fd(ssl, fd) == 1) {
         SSL_set_app_data(ssl, &pc);
         rc = tls_run(ssl, fd, OP_ACCEPT, NULL, 0, deadline, s->stop_fd, &tls_reason);
+    }
+    /* The verify callback runs whenever the client sent a certificate: no verdict means it sent none. */
+    int unattested = rc == RATLS_OK && pc.verdict < 0 && !SSL_get0_peer_certificate(ssl);
+    if (unattested && !s->limits.allow_unattested) {
+        pc.verdict = ratls_fail(pc.msg, sizeof pc.msg, RATLS_ERR_ATTESTATION_REQUIRED,
+                                "client sent no RA-TLS certificate, and this port requires client attestation");
+        record_rejection(s, &pc);
+    } else if (unattested) {
+        pc.verdict = RATLS_OK; /* checked as an unattested client's: its channel certificate, against its own key */
     }
     if (rc == RATLS_OK && pc.verdict < 0) rc = RATLS_ERR_INTERNAL; /* cannot happen with VERIFY_PEER */
     uint8_t *channel = NULL;
@@ -910,6 +925,9 @@ static int check_limits(const ratls_attest_limits *in, ratls_attest_limits *out,
     if (l.max_refusals > MAX_REFUSALS_LIMIT)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "max_refusals: expected at most %u, found %u",
                           MAX_REFUSALS_LIMIT, l.max_refusals);
+    if (l.allow_unattested > 1)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "allow_unattested: expected 0 or 1, found %u",
+                          l.allow_unattested);
     if (l.hello_timeout_ms > MAX_TIMEOUT_MS)
         return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "hello_timeout_ms: expected at most %u, found %u",
                           MAX_TIMEOUT_MS, l.hello_timeout_ms);

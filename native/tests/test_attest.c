@@ -1295,6 +1295,80 @@ static void test_refusal_records(const sim_env *env) {
     free_identity(&stranger);
 }
 
+/* One-way attestation: a client with no certificate (key and certificate NULL) verifies the server and sends a
+ * channel certificate self-signed by its own key. A default server refuses it with ATTESTATION_REQUIRED; one started
+ * with allow_unattested queues it with no RA-TLS certificate and an all-zero evidence. */
+static void test_one_way(const sim_env *env) {
+    identity srv = make_identity(env, 0xA7, 0), laptop = make_plain_identity();
+    ratls_policy *srv_pol = policy_for(env, 0xC7), *cli_pol = policy_for(env, 0xA7);
+    uint8_t *der = NULL, *chan = NULL;
+    size_t len = 1, chan_len = 0;
+    ratls_evidence ev;
+    uint8_t zero[32] = {0};
+
+    ratls_attest_server *s = start(srv_pol, &srv, NULL);
+    attempt a;
+    memset(&a, 0, sizeof a);
+    a.rc = ratls_attest_connect(cli_pol, NULL, 0, NULL, 0, laptop.chan, laptop.chan_len, "127.0.0.1",
+                                ratls_attest_server_port(s), 5000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl,
+                                &a.peer_reason, a.msg, sizeof a.msg);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_ATTESTATION_REQUIRED && a.peer == NULL);
+    CHECK(strstr(a.msg, "ATTESTATION_REQUIRED") != NULL);
+    ratls_attest_stats st = settle(s, 1);
+    CHECK(st.rejected == 1 && st.attested == 0 && st.unattested == 0 &&
+          st.last_rejection == RATLS_ERR_ATTESTATION_REQUIRED);
+    CHECK(pop_peer(s, 0, &der, &len, &ev) == RATLS_ERR_TIMEOUT);
+    ratls_attest_server_stop(s);
+
+    ratls_attest_limits lim = {.allow_unattested = 1, .trust_ttl_s = 55};
+    s = start(srv_pol, &srv, &lim);
+    memset(&a, 0, sizeof a);
+    a.rc = ratls_attest_connect(cli_pol, NULL, 0, NULL, 0, laptop.chan, laptop.chan_len, "127.0.0.1",
+                                ratls_attest_server_port(s), 5000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl,
+                                &a.peer_reason, a.msg, sizeof a.msg);
+    if (a.rc) fprintf(stderr, "one-way attest: %s\n", a.msg);
+    REQUIRE(a.rc == RATLS_OK);
+    CHECK(a.ttl == 55 && a.peer_len == srv.crt_len && memcmp(a.peer, srv.crt, srv.crt_len) == 0);
+    CHECK(a.ev.mrenclave[0] == 0xA7);
+    ratls_free(a.peer);
+    REQUIRE(ratls_attest_server_pop(s, 0, &der, &len, &chan, &chan_len, &ev) == RATLS_OK);
+    CHECK(der == NULL && len == 0);
+    CHECK(chan_len == laptop.chan_len && memcmp(chan, laptop.chan, chan_len) == 0);
+    CHECK(memcmp(ev.mrenclave, zero, 32) == 0 && memcmp(ev.cert_sha256, zero, 32) == 0);
+    ratls_free(chan);
+    /* The client still verifies the server: a policy that does not allow it aborts before anything is sent. */
+    ratls_policy *wrong_pol = policy_for(env, 0xEE);
+    memset(&a, 0, sizeof a);
+    a.rc = ratls_attest_connect(wrong_pol, NULL, 0, NULL, 0, laptop.chan, laptop.chan_len, "127.0.0.1",
+                                ratls_attest_server_port(s), 5000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl,
+                                &a.peer_reason, a.msg, sizeof a.msg);
+    CHECK(a.rc == RATLS_ERR_MRENCLAVE && a.peer == NULL);
+    /* Another key's channel certificate is refused: an unattested channel certificate is checked against its own
+     * key, and the server's RA-TLS certificate carries evidence besides. */
+    memset(&a, 0, sizeof a);
+    a.rc = ratls_attest_connect(cli_pol, NULL, 0, NULL, 0, srv.crt, srv.crt_len > RATLS_MAX_CHANNEL_CERT_SIZE
+                                ? RATLS_MAX_CHANNEL_CERT_SIZE : srv.crt_len, "127.0.0.1",
+                                ratls_attest_server_port(s), 5000, NULL, &a.peer, &a.peer_len, &a.ev, &a.ttl,
+                                &a.peer_reason, a.msg, sizeof a.msg);
+    CHECK(a.rc == RATLS_ERR_PEER_REFUSED && a.peer_reason == RATLS_ERR_CHANNEL_CERT);
+    st = settle(s, 3);
+    CHECK(st.attested == 1 && st.unattested == 1 && st.rejected == 1 && st.failed == 1);
+    ratls_attest_server_stop(s);
+
+    /* allow_unattested is a flag. */
+    ratls_attest_limits bad = {.allow_unattested = 2};
+    char msg[RATLS_MSG_SIZE] = "";
+    ratls_attest_server *none = NULL;
+    CHECK(ratls_attest_server_start(srv_pol, srv.key, srv.key_len, srv.crt, srv.crt_len, "127.0.0.1", 0, &bad, NULL,
+                                    &none, msg, sizeof msg) == RATLS_ERR_BAD_ARGUMENT && none == NULL);
+    CHECK(strstr(msg, "allow_unattested") != NULL);
+    ratls_policy_free(wrong_pol);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&laptop);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sim_env env;
@@ -1310,6 +1384,7 @@ int main(void) {
     test_channel_certificate(&env);
     test_channel_certificate_handshake(&env);
     test_refusal_records(&env);
+    test_one_way(&env);
     sim_env_cleanup(&env);
     return test_summary();
 }
