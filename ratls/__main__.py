@@ -1,15 +1,19 @@
-"""Command line: python -m ratls {inspect,sim-ca,sim-pccs,measure}."""
+"""Command line: python -m ratls {inspect,probe,sim-ca,sim-pccs,measure}."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import signal
+import socket
+import ssl
 import sys
 import threading
 
-from ratls.errors import RatlsError, VerificationError
+from ratls.address import default_attestation_port, join_host_port, split_host_port
+from ratls.errors import RatlsError, Reason, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
 from ratls.identity import measure
 from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
@@ -92,6 +96,96 @@ def _emit(out: dict, as_json: bool, rc: int) -> int:
     return rc
 
 
+def _served_certificate(host: str, port: int, timeout: float) -> bytes:
+    """The certificate a gRPC port presents, read over a TLS 1.3 handshake that verifies nothing (the port then
+    refuses us: we present no client certificate): the probe verifies it itself, so it can show a server's claims
+    even when they fail the policy, and compare it with the certificate the attestation port presented."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as e:
+        raise RatlsError(f"gRPC port {join_host_port(host, port)}: {e}") from None
+    if not der:
+        raise RatlsError(f"gRPC port {join_host_port(host, port)} presented no certificate")
+    return der
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """Attests a live endpoint as a one-way client (no enclave here) and shows the server's evidence and verdicts."""
+    from ratls.collateral import from_spec
+    from ratls.credentials import credentials
+
+    host, port = split_host_port(args.target)
+    att_port = args.attestation_port if args.attestation_port is not None else default_attestation_port(port)
+    policy = Policy.from_file(args.policy) if args.policy else _inspection_policy(args.sim_root)
+    collateral = from_spec(args.collateral) if args.collateral else None
+    attestation_target = join_host_port(host, att_port)
+    out: dict = {"target": args.target, "attestation_port": attestation_target,
+                 "policy": args.policy or "any measurement (no --policy)"}
+    # The protocol itself, as a one-way client: does the server pass our policy in the handshake, and does it
+    # admit a client without attestation?
+    attested_der = None
+    try:
+        attested = credentials(policy, provider="none", collateral=collateral).attest(attestation_target,
+                                                                                     timeout=args.timeout)
+        attested_der = attested.certificate_der
+        out["handshake"] = {"ok": True, "admitted": True, "trust_ttl_s": attested.trust_ttl}
+    except VerificationError as e:
+        out["handshake"] = {"ok": e.reason == Reason.PEER_REFUSED, "admitted": False, "reason": e.reason.name,
+                            "message": e.message,
+                            "peer_reason": e.peer_reason.name if e.peer_reason is not None else None}
+    # What the gRPC port serves, verified here: the server's claims, even when they fail the policy.
+    try:
+        der = _served_certificate(host, port, args.timeout)
+    except RatlsError as e:
+        out["grpc_port"] = {"error": str(e)}
+        return _emit_probe(out, args.json, 1)
+    out["grpc_port"] = {"certificate_sha256": hashlib.sha256(der).hexdigest(),
+                        "same_as_attested": None if attested_der is None else der == attested_der}
+    try:
+        out["server"] = {"ok": True, "evidence": verify_certificate(der, policy, collateral=collateral).to_dict()}
+    except VerificationError as e:
+        out["server"] = {"ok": False, "reason": e.reason.name, "message": e.message}
+    ok = out["server"]["ok"] and out["handshake"]["ok"] and out["grpc_port"]["same_as_attested"] is not False
+    return _emit_probe(out, args.json, 0 if ok else 1)
+
+
+def _emit_probe(out: dict, as_json: bool, rc: int) -> int:
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return rc
+    print(f"probe: {out['target']} (attestation port {out['attestation_port']})")
+    hs = out["handshake"]
+    if hs["admitted"]:
+        print(f"  handshake:     attested; the server admits unattested clients (for {hs['trust_ttl_s']:.0f} s)")
+    elif hs["ok"]:
+        print(f"  handshake:     the server passed our policy and refused us (no enclave here): {hs['peer_reason']}")
+    else:
+        print(f"  handshake:     FAILED {hs['reason']}: {hs['message']}")
+    grpc_port = out["grpc_port"]
+    if "error" in grpc_port:
+        print(f"  gRPC port:     unreachable: {grpc_port['error']}")
+        return rc
+    same = {True: "the attested one", False: "NOT the attested one (another server answers the gRPC port: an L4 "
+            "balancer without client affinity?)", None: "not compared"}[grpc_port["same_as_attested"]]
+    print(f"  certificate:   sha256 {grpc_port['certificate_sha256']}, {same}")
+    server = out["server"]
+    if server["ok"]:
+        ev = server["evidence"]
+        for field in ("provider", "mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "debug", "tcb_status"):
+            print(f"  {field + ':':<14} {ev[field]}")
+        print(f"  policy:        passed ({out['policy']})")
+    else:
+        print(f"  policy:        FAILED {server['reason']}: {server['message']}")
+    return rc
+
+
 def _sim_ca_tcb(args: argparse.Namespace) -> int:
     ca = SimCA(args.dir)
     if args.status is None:
@@ -136,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-root", help="also accept this simulation root (sim-ca directory or root PEM)")
     p.add_argument("--collateral", help="DCAP collateral JSON (dcap-qvl QuoteCollateralV3) for the TCB status")
     p.add_argument("--time", type=int, help="verification time, Unix seconds (default: now)")
+    p = sub.add_parser("probe", help="attest a live RA-TLS endpoint (as a client without an enclave) and show the "
+                       "server's evidence, whether it passes a policy, and whether it admits unattested clients")
+    p.add_argument("target", help="HOST:PORT of the gRPC port")
+    p.add_argument("--attestation-port", type=int, metavar="N", help="the attestation port (default: PORT + 1)")
+    p.add_argument("--policy", metavar="FILE", help="a TOML policy file (Policy.from_file; default: any measurement, "
+                   "debug allowed, every TCB status but Revoked)")
+    p.add_argument("--sim-root", help="without --policy: also accept this simulation root (sim-ca directory or PEM)")
+    p.add_argument("--collateral", metavar="SPEC", help="TCB collateral: 'gramine', a PCCS URL, or a "
+                   "QuoteCollateralV3 JSON file or directory")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per connection (default: 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("sim-ca", help="manage a simulation CA")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("init", help="create a simulation CA in DIR")
@@ -169,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "sim-ca" and args.action == "init":
             ca = SimCA.init(args.dir, force=args.force)
             print(f"simulation CA created in {ca.path}")
