@@ -5,6 +5,7 @@
 """
 
 from ratls._grpc_channel import PinnedChannel
+from ratls.address import ServerAddress
 from ratls.aio import AioAttestationError, AioPinnedChannel
 from ratls.credentials import AttestationStats, Credentials, credentials, peer
 from ratls.errors import PolicyError, ProviderError, RatlsError, Reason, UnattestedCallerError, VerificationError
@@ -40,6 +41,7 @@ __all__ = [
     "RatlsError",
     "Reason",
     "ReportBody",
+    "ServerAddress",
     "SimCA",
     "Unattested",
     "UnattestedCallerError",

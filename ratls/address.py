@@ -30,3 +30,41 @@ def join_host_port(host: str, port: int) -> str:
 def default_attestation_port(port: int) -> int:
     """The attestation port of a gRPC port when none is given: the next one (0, any free port, stays 0)."""
     return port + 1 if port else 0
+
+
+class ServerAddress(tuple):
+    """Where an RA-TLS gRPC server listens: what Credentials.add_secure_port returns. It unpacks as
+    (grpc_port, attestation_port), and Credentials.secure_channel / aio_secure_channel take it as the target, with
+    its attestation port: with port 0 the two ports are not adjacent, and this carries both."""
+
+    host: str
+
+    def __new__(cls, host: str, grpc_port: int, attestation_port: int) -> ServerAddress:
+        self = super().__new__(cls, (grpc_port, attestation_port))
+        self.host = host
+        return self
+
+    @property
+    def grpc_port(self) -> int:
+        return self[0]
+
+    @property
+    def attestation_port(self) -> int:
+        return self[1]
+
+    @property
+    def target(self) -> str:
+        """host:grpc_port, for a client; a wildcard bind address (0.0.0.0, ::, empty) is given as loopback."""
+        return join_host_port(_reachable(self.host), self.grpc_port)
+
+    @property
+    def attestation_target(self) -> str:
+        return join_host_port(_reachable(self.host), self.attestation_port)
+
+    def __repr__(self) -> str:
+        return f"ServerAddress({self.host!r}, grpc_port={self.grpc_port}, attestation_port={self.attestation_port})"
+
+
+def _reachable(host: str) -> str:
+    """A host a local client can connect to for a server bound to `host`."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)

@@ -38,7 +38,7 @@ from ratls._trust import (
     common_name,
     lookup_peer,
 )
-from ratls.address import default_attestation_port, join_host_port, split_host_port
+from ratls.address import ServerAddress, default_attestation_port, join_host_port, split_host_port
 from ratls.aio import AioPinnedChannel
 from ratls.collateral import HandshakeEvaluator, TcbSource
 from ratls.errors import RatlsError, UnattestedCallerError
@@ -97,10 +97,11 @@ class Credentials:
     # -- server side
 
     def add_secure_port(self, server: grpc.Server, address: str, *, attestation_port: int | None = None,
-                        client_attestation: str = "required") -> tuple[int, int]:
-        """Adds an RA-TLS gRPC port and its attestation port to a grpc.Server; returns (grpc_port,
-        attestation_port). Port 0 picks free ports for both; with a fixed gRPC port the attestation port is
-        the next one unless given.
+                        client_attestation: str = "required") -> ServerAddress:
+        """Adds an RA-TLS gRPC port and its attestation port to a grpc.Server; returns a ServerAddress, which
+        unpacks as (grpc_port, attestation_port) and which secure_channel takes as its target (attestation port
+        included). Port 0 picks free ports for both; with a fixed gRPC port the attestation port is the next one
+        unless given.
 
         client_attestation: "required" (the default): only clients that attested under our policy get in.
         "optional": clients outside any enclave (credentials(policy, provider="none")) get in too, unattested: they
@@ -133,7 +134,7 @@ class Credentials:
         with self._lock:
             self._endpoints.append(endpoint)
             self._trust_sets[grpc_port] = trust
-        return grpc_port, endpoint.port
+        return ServerAddress(host, grpc_port, endpoint.port)
 
     def attestation_stats(self, grpc_port: int) -> AttestationStats:
         """Counters of the attestation endpoint serving a gRPC port added by add_secure_port."""
@@ -173,16 +174,14 @@ class Credentials:
         return grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
                                             private_key=key_pem, certificate_chain=cert_pem)
 
-    def secure_channel(self, target: str, *, attestation_target: str | None = None,
+    def secure_channel(self, target: str | ServerAddress, *, attestation_target: str | None = None,
                        options: Sequence[tuple[str, Any]] | None = None,
                        compression: grpc.Compression | None = None) -> PinnedChannel:
         """Attests the server, then returns a grpc.Channel (a PinnedChannel) pinned to its attested certificate.
         Raises VerificationError (and opens nothing) if the server fails our policy or refuses us. The channel
         re-attests by itself when the server restarts with a new key (see ratls._grpc_channel); its reattest()
         method forces it, and its server_evidence is the server's Evidence."""
-        host, port = split_host_port(target)
-        if attestation_target is None:
-            attestation_target = join_host_port(host, default_attestation_port(port))
+        target, attestation_target = _targets(target, attestation_target)
         user_options = list(options or ())
 
         def open_pinned(attested: Attested) -> grpc.Channel:
@@ -196,7 +195,7 @@ class Credentials:
 
         return PinnedChannel(lambda: self.attest(attestation_target), open_pinned)
 
-    def aio_secure_channel(self, target: str, *, attestation_target: str | None = None,
+    def aio_secure_channel(self, target: str | ServerAddress, *, attestation_target: str | None = None,
                            options: Sequence[tuple[str, Any]] | None = None,
                            compression: grpc.Compression | None = None) -> AioPinnedChannel:
         """A grpc.aio.Channel (an AioPinnedChannel) to an RA-TLS server, for asyncio code. Unlike secure_channel it
@@ -207,10 +206,7 @@ class Credentials:
         after the first attestation. When attestation fails, the call fails with ratls.aio.AioAttestationError: a
         grpc.aio.AioRpcError with code UNAVAILABLE and a VerificationError with the reason (see ratls.aio for
         every case, including wait_for_ready and deadlines)."""
-        host, port = split_host_port(target)
-        if attestation_target is None:
-            attestation_target = join_host_port(host, default_attestation_port(port))
-        resolved_attestation_target = attestation_target
+        target, resolved_attestation_target = _targets(target, attestation_target)
         user_options = list(options or ())
 
         def open_pinned(attested: Attested) -> grpc.aio.Channel:
@@ -224,6 +220,17 @@ class Credentials:
 
         return AioPinnedChannel(lambda: self.attest(resolved_attestation_target), open_pinned,
                                 resolved_attestation_target)
+
+
+def _targets(target: str | ServerAddress, attestation_target: str | None) -> tuple[str, str]:
+    """A channel's gRPC target and attestation target: a ServerAddress carries both; for "host:port" the attestation
+    target defaults to the next port."""
+    if isinstance(target, ServerAddress):
+        return target.target, attestation_target or target.attestation_target
+    if attestation_target is None:
+        host, port = split_host_port(target)
+        attestation_target = join_host_port(host, default_attestation_port(port))
+    return target, attestation_target
 
 
 def credentials(policy: Policy, identity: Identity | None = None, provider: str = "auto", *,

@@ -222,3 +222,24 @@ def test_unattested_channel_certificate_is_checked_against_its_own_key(enclave):
     assert _check(None, forged.public_bytes(serialization.Encoding.DER)) == ratls.Reason.CHANNEL_CERT
     # With an attested certificate given, an unattested client's certificate (another key) is refused as before.
     assert _check(enclave.certificate_der, own.channel_certificate_der) == ratls.Reason.CHANNEL_CERT
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:0", "0.0.0.0:0"])
+def test_add_secure_port_returns_an_address_that_channels_take(ca, enclave, other_enclave, bind):
+    """With port 0 the attestation port is not the gRPC port + 1: the ServerAddress carries both."""
+    server_creds = ratls.credentials(sim_policy(ca, other_enclave.mrenclave), enclave)
+    client = ratls.credentials(sim_policy(ca, enclave.mrenclave), other_enclave)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((WhoService().handler(),))
+    try:
+        address = server_creds.add_secure_port(server, bind)
+        server.start()
+        grpc_port, attestation_port = address  # unpacks as before
+        assert (address.grpc_port, address.attestation_port) == (grpc_port, attestation_port)
+        assert address.target == f"127.0.0.1:{grpc_port}"
+        assert address.attestation_target == f"127.0.0.1:{attestation_port}"
+        with client.secure_channel(address) as ch:
+            assert who(ch) == f"attested {other_enclave.mrenclave.hex()} strict:ok"
+    finally:
+        server.stop(None).wait(WAIT_S)
+        server_creds.close()
