@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 
 import pytest
+from cryptography import x509
 from ratls._native import ffi, lib
 
 import ratls
@@ -45,7 +47,6 @@ def test_sim_identity_round_trip(sim_ca, measured_tree, make_identity):
 
 
 def test_sim_certificate_has_gramine_layout_and_unique_cn(identity, make_identity):
-    from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
     cert = x509.load_der_x509_certificate(identity.certificate_der)
@@ -55,13 +56,52 @@ def test_sim_certificate_has_gramine_layout_and_unique_cn(identity, make_identit
     assert cert.issuer == cert.subject
     assert cert.public_key().curve.name == "secp384r1"
     oids = [e.oid.dotted_string for e in cert.extensions]
-    assert oids == ["2.5.29.19", "2.5.29.14", "2.5.29.35", "0.6.9.42.840.113741.1337.6", "2.23.133.5.4.9"]
+    # Gramine's five extensions in Gramine's order, then a subjectAltName naming the CN.
+    assert oids == ["2.5.29.19", "2.5.29.14", "2.5.29.35", "0.6.9.42.840.113741.1337.6", "2.23.133.5.4.9",
+                    "2.5.29.17"]
     assert not any(e.critical for e in cert.extensions)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert len(san) == 1 and san.get_values_for_type(x509.DNSName) == [cn]
     # Both bindings as Gramine makes them: legacy rd = SHA-256(SPKI); DICE rd = SHA-256(claims).
     info = ratls.inspect_certificate(identity.certificate_der)
     assert ratls.parse_quote(info.legacy_quote).body.report_data == hashlib.sha256(spki).digest() + bytes(32)
     assert ratls.parse_quote(info.quote).body.report_data == hashlib.sha256(info.dice_claims).digest() + bytes(32)
     assert make_identity().common_name != identity.common_name
+
+
+def _tls_handshake(client: ssl.SSLContext, server: ssl.SSLContext, server_hostname: str) -> None:
+    """A TLS handshake between two contexts over memory BIOs (no sockets, no threads); raises what the client's
+    certificate verification raises."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = client.wrap_bio(to_client, to_server, server_hostname=server_hostname)
+    s = server.wrap_bio(to_server, to_client, server_side=True)
+    done = set()
+    for _ in range(10):
+        for side in (c, s):
+            try:
+                side.do_handshake()
+                done.add(side)
+            except ssl.SSLWantReadError:
+                pass
+        if done == {c, s}:
+            return
+    raise AssertionError("the TLS handshake did not finish")
+
+
+def test_tls_clients_that_ignore_the_cn_accept_it_by_subject_alt_name(identity, tmp_path):
+    """Go (since 1.15) checks a server's name against its subjectAltName only; Python's ssl does the same with
+    hostname_checks_common_name off. Pinned to our certificate, such a client accepts it under its CN."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(identity.certificate_pem)
+    key.write_bytes(identity.private_key_pem)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cafile=cert)
+    client.hostname_checks_common_name = False
+    _tls_handshake(client, server, identity.common_name)
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        _tls_handshake(client, server, "RATLS-0000000000000000")
 
 
 def test_measurement_follows_the_code(measured_tree, tmp_path):

@@ -67,15 +67,38 @@ static int build_claims(const uint8_t spki_hash[32], cbb *claims) {
     return ok && !claims->failed;
 }
 
-static int set_subject(X509 *x, const uint8_t spki_hash[32]) {
-    char cn[6 + 16 + 1] = "RATLS-";
-    ratls_hex(spki_hash, 8, cn + 6);
+#define CN_PREFIX "RATLS-"
+#define CN_SIZE (sizeof CN_PREFIX - 1 + 16 + 1)
+
+/* RATLS-<16 hex of SHA-256(SPKI)>: unique per key, since gRPC picks trust anchors by subject name. */
+static void common_name(const uint8_t spki_hash[32], char cn[CN_SIZE]) {
+    memcpy(cn, CN_PREFIX, sizeof CN_PREFIX - 1);
+    ratls_hex(spki_hash, 8, cn + sizeof CN_PREFIX - 1);
+}
+
+static int set_subject(X509 *x, const char *cn) {
     X509_NAME *name = X509_get_subject_name(x);
     return X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) &&
            X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)"GramineDevelopers", -1,
                                       -1, 0) &&
            X509_NAME_add_entry_by_txt(name, "C", MBSTRING_ASC, (const unsigned char *)"US", -1, -1, 0) &&
            X509_set_issuer_name(x, name);
+}
+
+/* subjectAltName, non-critical: GeneralNames ::= SEQUENCE { dNSName [2] IA5String <the CN> }. TLS clients that
+ * ignore the CN (Go since 1.15, RFC 6125) name the server by it; the CN stays for gRPC's trust anchors and Gramine's
+ * verifier reads neither (ratls/PROTOCOL.md section 6). */
+static int add_subject_alt_name(X509 *x, const char *cn) {
+    cbb san, names, dns_name;
+    cbb_init(&san);
+    cbb_add_der(&san, &names, DER_SEQUENCE);
+    cbb_add_der(&names, &dns_name, DER_CONTEXT | 2);
+    cbb_add(&dns_name, cn, strlen(cn));
+    cbb_close(&dns_name);
+    cbb_close(&names);
+    int ok = !san.failed && add_raw_extension(x, OBJ_nid2obj(NID_subject_alt_name), san.data, san.len);
+    cbb_cleanup(&san);
+    return ok;
 }
 
 /* basicConstraints (CA:FALSE as an empty SEQUENCE), SKI and AKI (SHA-1 of the public key bits), as mbedTLS
@@ -122,10 +145,12 @@ int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls
     cbb_init(&evidence);
 
     uint8_t spki_hash[32], report_data[64] = {0};
+    char cn[CN_SIZE];
     if (!ratls_spki_der(key, &spki, &spki_len) || !ratls_sha256(spki, spki_len, spki_hash)) {
         rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the certificate public key");
         goto out;
     }
+    common_name(spki_hash, cn);
     /* Legacy quote: report_data = SHA-256(SPKI) || 0^32. */
     memcpy(report_data, spki_hash, 32);
     if ((rc = get_quote(ctx, report_data, &legacy_quote, &legacy_len, msg, msg_len)) != RATLS_OK) goto out;
@@ -151,12 +176,15 @@ int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls
     x = X509_new();
     legacy_oid = oid_from_content(legacy_oid_content, sizeof legacy_oid_content);
     dice_oid = oid_from_content(dice_oid_content, sizeof dice_oid_content);
+    /* Gramine's five extensions in Gramine's order, then the subjectAltName: Gramine's verifier finds the evidence
+     * by searching the extensions' bytes for its OID, so the first match stays the evidence extension itself. */
     int ok = x && legacy_oid && dice_oid && X509_set_version(x, X509_VERSION_3) &&
-             ASN1_INTEGER_set(X509_get_serialNumber(x), 1) && set_subject(x, spki_hash) &&
+             ASN1_INTEGER_set(X509_get_serialNumber(x), 1) && set_subject(x, cn) &&
              ASN1_TIME_set(X509_getm_notBefore(x), (time_t)not_before) &&
              ASN1_TIME_set(X509_getm_notAfter(x), (time_t)not_after) && X509_set_pubkey(x, key) &&
              add_key_extensions(x, key) && add_raw_extension(x, legacy_oid, legacy_quote, legacy_len) &&
-             add_raw_extension(x, dice_oid, evidence.data, evidence.len) && X509_sign(x, key, EVP_sha256()) > 0;
+             add_raw_extension(x, dice_oid, evidence.data, evidence.len) && add_subject_alt_name(x, cn) &&
+             X509_sign(x, key, EVP_sha256()) > 0;
     unsigned char *out = NULL;
     int n = ok ? i2d_X509(x, &out) : 0;
     if (n <= 0) {

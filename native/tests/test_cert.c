@@ -151,6 +151,21 @@ int main(void) {
     CHECK(ext && ASN1_STRING_length(X509_EXTENSION_get_data(ext)) == 22);
     ext = X509_get_ext(x, X509_get_ext_by_NID(x, NID_authority_key_identifier, -1));
     CHECK(ext && ASN1_STRING_length(X509_EXTENSION_get_data(ext)) == 24);
+    /* The subjectAltName: last (after Gramine's five), non-critical, exactly one dNSName equal to the CN, so that a
+     * hostname check that never looks at the subject (as Go's) accepts the CN's value. */
+    char cn[32];
+    CHECK_EQ(X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, cn, sizeof cn), 22);
+    CHECK_EQ(X509_get_ext_count(x), 6);
+    CHECK_EQ(X509_get_ext_by_NID(x, NID_subject_alt_name, -1), 5);
+    int critical = -1;
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, &critical, NULL);
+    CHECK(names && critical == 0 && sk_GENERAL_NAME_num(names) == 1);
+    const GENERAL_NAME *dns = sk_GENERAL_NAME_value(names, 0);
+    CHECK(dns->type == GEN_DNS && ASN1_STRING_length(dns->d.dNSName) == 22 &&
+          memcmp(ASN1_STRING_get0_data(dns->d.dNSName), cn, 22) == 0);
+    GENERAL_NAMES_free(names);
+    CHECK_EQ(X509_check_host(x, cn, 0, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, NULL), 1);
+    CHECK_EQ(X509_check_host(x, "RATLS-0000000000000000", 0, 0, NULL), 0);
     X509_free(x);
 
     test_der_walk(key, der, len, &info);
