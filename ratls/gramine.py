@@ -89,13 +89,14 @@ def find_library(kind: Literal["attest", "verify"], explicit: str | os.PathLike 
 def unique_subject_certificate(cert_der: bytes, key_der: bytes) -> bytes:
     """A Gramine-made certificate with a subject that is unique per key, for gRPC trust sets (which pick anchors
     by subject name, and every Gramine certificate is CN=RATLS). Returned unchanged when its CN already is
-    RATLS-<16 hex of SHA-256(SPKI)>; otherwise re-issued over the same key: subject and issuer
-    CN=RATLS-<...>,O=GramineDevelopers,C=US, the same serial, validity and extensions (every extension value,
-    the quote extensions included, byte for byte, so the quotes' key binding still holds), self-signed with
-    ECDSA-SHA256 as Gramine does."""
+    RATLS-<16 hex of SHA-256(SPKI)> and its subjectAltName that one dNSName; otherwise re-issued over the same key:
+    subject and issuer CN=RATLS-<...>,O=GramineDevelopers,C=US, the same serial, validity and extensions (every
+    extension value, the quote extensions included, byte for byte, so the quotes' key binding still holds), then
+    a non-critical subjectAltName with the CN as its one dNSName (in place of any the certificate had), as
+    native/src/cert.c writes it, self-signed with ECDSA-SHA256 as Gramine does."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtensionOID, NameOID
 
     try:
         cert = x509.load_der_x509_certificate(cert_der)
@@ -109,8 +110,10 @@ def unique_subject_certificate(cert_der: bytes, key_der: bytes) -> bytes:
                                      serialization.PublicFormat.SubjectPublicKeyInfo) != spki:
         raise ProviderError("the attestation library returned a private key that does not match its certificate")
     cn = unique_common_name(hashlib.sha256(spki).digest())
+    san = x509.SubjectAlternativeName([x509.DNSName(cn)])
     current = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if current == [cn]:
+    current_san = [(e.value, e.critical) for e in cert.extensions if e.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME]
+    if current == [cn] and current_san == [(san, False)]:
         return cert_der
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GramineDevelopers"),
@@ -119,8 +122,12 @@ def unique_subject_certificate(cert_der: bytes, key_der: bytes) -> bytes:
                .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
                .public_key(cert.public_key()))
     for ext in cert.extensions:
+        if ext.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+            continue  # replaced by the one naming the new CN
         raw = ext.value.value if isinstance(ext.value, x509.UnrecognizedExtension) else ext.value.public_bytes()
         builder = builder.add_extension(x509.UnrecognizedExtension(ext.oid, raw), critical=ext.critical)
+    # Go (since 1.15) names a server by its subjectAltName only; Gramine's verifier reads no name (PROTOCOL.md §6).
+    builder = builder.add_extension(san, critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 

@@ -22,7 +22,7 @@ import pytest
 from certtools import DICE_OID, LEGACY_OID, extension_value, flip_bit, rebuild, with_quote_bytes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 import ratls
 from ratls.gramine import GramineVerifier, unique_subject_certificate
@@ -92,8 +92,12 @@ def test_certificate_layout_and_unique_cn(path, identity):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == identity.common_name == \
         "RATLS-" + hashlib.sha256(spki).hexdigest()[:16]
     assert cert.issuer == cert.subject and cert.public_key().curve.name == "secp384r1"
+    # Gramine's five extensions in Gramine's order, then a subjectAltName naming the CN; none critical.
     assert [e.oid.dotted_string for e in cert.extensions] == \
-        ["2.5.29.19", "2.5.29.14", "2.5.29.35", "0.6.9.42.840.113741.1337.6", "2.23.133.5.4.9"]
+        ["2.5.29.19", "2.5.29.14", "2.5.29.35", "0.6.9.42.840.113741.1337.6", "2.23.133.5.4.9", "2.5.29.17"]
+    assert not any(e.critical for e in cert.extensions)
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
+        x509.SubjectAlternativeName([x509.DNSName(identity.common_name)])
     info = ratls.inspect_certificate(identity.certificate_der)
     assert ratls.parse_quote(info.legacy_quote).body.report_data == hashlib.sha256(spki).digest() + bytes(32)
     assert ratls.parse_quote(info.quote).body.report_data == hashlib.sha256(info.dice_claims).digest() + bytes(32)
@@ -168,22 +172,33 @@ def test_reissue_with_unique_cn_keeps_the_evidence(path, identity, policy):
                .serial_number(cert.serial_number).not_valid_before(cert.not_valid_before_utc)
                .not_valid_after(cert.not_valid_after_utc).public_key(cert.public_key()))
     for ext in cert.extensions:
-        builder = builder.add_extension(ext.value, critical=ext.critical)
+        if ext.oid != ExtensionOID.SUBJECT_ALTERNATIVE_NAME:  # Gramine writes none
+            builder = builder.add_extension(ext.value, critical=ext.critical)
     as_gramine = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
     assert path.verify(as_gramine, policy).mrenclave == identity.mrenclave  # CN=RATLS is valid, just not unique
 
     reissued = unique_subject_certificate(as_gramine, identity.private_key_der)
     new = x509.load_der_x509_certificate(reissued)
     assert new.subject == new.issuer == cert.subject  # the same unique name the key's own certificate has
+    # Gramine's extensions, then the subjectAltName naming the new CN: the layout of the key's own certificate.
     assert [(e.oid, e.critical) for e in new.extensions] == [(e.oid, e.critical) for e in cert.extensions]
+    assert new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
+        x509.SubjectAlternativeName([x509.DNSName(identity.common_name)])
     for oid in (DICE_OID, LEGACY_OID):
         assert extension_value(reissued, oid) == extension_value(as_gramine, oid)  # byte for byte
     assert (new.serial_number, new.not_valid_before_utc, new.not_valid_after_utc) == \
         (cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc)
     ev = path.verify(reissued, policy)
     assert ev.mrenclave == identity.mrenclave and ev.spki_sha256 == identity.evidence.spki_sha256
-    # Already unique: returned as is; a key that is not the certificate's is refused.
+    # Already unique and named in a subjectAltName: returned as is. With the unique CN but without that name it is
+    # re-issued, to add it.
     assert unique_subject_certificate(identity.certificate_der, identity.private_key_der) == identity.certificate_der
+    unnamed = rebuild(identity.certificate_der, identity.private_key_der,
+                      drop=frozenset({ExtensionOID.SUBJECT_ALTERNATIVE_NAME}))
+    named = x509.load_der_x509_certificate(unique_subject_certificate(unnamed, identity.private_key_der))
+    assert named.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
+        x509.SubjectAlternativeName([x509.DNSName(identity.common_name)])
+    # A key that is not the certificate's is refused.
     with pytest.raises(ratls.ProviderError, match="does not match"):
         unique_subject_certificate(as_gramine, path.make().private_key_der)
 
