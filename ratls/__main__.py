@@ -13,7 +13,7 @@ import sys
 import threading
 
 from ratls.address import default_attestation_port, join_host_port, split_host_port
-from ratls.errors import RatlsError, Reason, VerificationError
+from ratls.errors import CollateralValidityError, RatlsError, Reason, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
 from ratls.identity import measure
 from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
@@ -67,7 +67,21 @@ def _inspect(args: argparse.Namespace) -> int:
         out["verification"] = {"ok": True, "evidence": ev.to_dict()}
     except VerificationError as e:
         out["verification"] = {"ok": False, "reason": e.reason.name, "message": e.message}
+        if isinstance(e, CollateralValidityError):
+            out["verification"]["hint"] = _time_hint(e)
     return _emit(out, args.json, 0 if out["verification"]["ok"] else 1)
+
+
+def _time_hint(e: CollateralValidityError) -> str:
+    """Collateral files age (Intel's are valid for about a month): the way to still use one is to verify as of a
+    time it was valid, the last second before it expires being the closest to now."""
+    from ratls.collateral import _utc  # loaded: the error came from it
+
+    state = (f"collateral expired at {_utc(e.valid_until)}" if e.expired else
+             f"collateral was issued at {_utc(e.valid_from)}, after the verification time")
+    hint = f"{state}; to verify as of a time the collateral was valid, pass --time <unix seconds>"
+    suggested = int(e.valid_until) - 1
+    return f"{hint}, e.g. --time {suggested}" if suggested >= e.valid_from else hint
 
 
 def _emit(out: dict, as_json: bool, rc: int) -> int:
@@ -93,6 +107,8 @@ def _emit(out: dict, as_json: bool, rc: int) -> int:
         print(f"  TCB status:    {ev['tcb_status']} {' '.join(ev['advisory_ids'])}")
     else:
         print(f"  verification:  FAILED {v['reason']}: {v['message']}")
+        if "hint" in v:
+            print(f"  hint:          {v['hint']}")
     return rc
 
 

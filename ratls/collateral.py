@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ratls._native import ffi, lib
-from ratls.errors import Reason, VerificationError
+from ratls.errors import CollateralValidityError, Reason, VerificationError
 from ratls.evidence import inspect_certificate, parse_quote
 from ratls.policy import TCB_STATUSES, Policy
 
@@ -153,6 +153,17 @@ class _Entry:
             raise VerificationError(Reason.COLLATERAL, f"{origin}: its TCB Info names no FMSPC")
         return CollateralKey(fmspc=fmspc.upper(), ca=ca)
 
+    def valid_from(self) -> float | None:
+        """The latest issue date of the TCB Info, the QE Identity and the CRLs (None if one has none): dcap-qvl
+        refuses collateral before it, as after next_update."""
+        try:
+            issued = [_iso_time(json.loads(doc).get("issueDate"), "issueDate")
+                      for doc in (self.collateral.tcb_info, self.collateral.qe_identity)]
+        except VerificationError:
+            return None
+        crls = [x509.load_der_x509_crl(bytes(c)) for c in (self.collateral.pck_crl, self.collateral.root_ca_crl)]
+        return max(issued + [c.last_update_utc.timestamp() for c in crls])
+
 
 def _evaluate(quote: bytes, entry: _Entry, root_der: bytes, now: int) -> TcbEvaluation:
     try:
@@ -160,7 +171,18 @@ def _evaluate(quote: bytes, entry: _Entry, root_der: bytes, now: int) -> TcbEval
     except ValueError as e:
         if _REVOKED in str(e):  # dcap-qvl reports Revoked as an error; for a policy it is a status
             return TcbEvaluation("Revoked", (), entry.next_update)
-        raise VerificationError(Reason.COLLATERAL, f"dcap-qvl refused the collateral or the quote: {e}") from None
+        refused = f"dcap-qvl refused the collateral or the quote: {e}"
+        # Its own words for expiry vary by item (a CRL, the TCB Info...); the validity window says it for all, and
+        # lets a caller name a time at which this collateral was valid.
+        valid_from = entry.valid_from()
+        if valid_from is not None and not valid_from <= now <= entry.next_update:
+            when = (f"expired at {_utc(entry.next_update)}, before the verification time {_utc(now)} (it was "
+                    f"issued at {_utc(valid_from)})" if now > entry.next_update else
+                    f"was issued at {_utc(valid_from)}, after the verification time {_utc(now)} (it expires at "
+                    f"{_utc(entry.next_update)})")
+            raise CollateralValidityError(f"the collateral {when}; {refused}", at=now, valid_from=valid_from,
+                                          valid_until=entry.next_update) from None
+        raise VerificationError(Reason.COLLATERAL, refused) from None
     if report.status not in TCB_STATUSES:
         raise VerificationError(Reason.COLLATERAL, f"collateral evaluation gave an unknown TCB status "
                                 f"{report.status!r}")

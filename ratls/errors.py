@@ -71,6 +71,22 @@ class VerificationError(RatlsError):
         self.peer_reason = peer_reason
 
 
+class CollateralValidityError(VerificationError):
+    """COLLATERAL because the collateral was not valid at the verification time `at` (Unix seconds): it expired
+    (`at` after `valid_until`, its earliest nextUpdate) or was issued later (`at` before `valid_from`, its latest
+    issue date), and dcap-qvl refused it. Verifying as of a time inside [valid_from, valid_until] may pass."""
+
+    def __init__(self, message: str, *, at: int, valid_from: float, valid_until: float) -> None:
+        super().__init__(Reason.COLLATERAL, message)
+        self.at = at
+        self.valid_from = valid_from
+        self.valid_until = valid_until
+
+    @property
+    def expired(self) -> bool:
+        return self.at > self.valid_until
+
+
 class PolicyError(RatlsError):
     """A policy could not be built from what was given (bad measurement, unknown status, unreadable root...)."""
 

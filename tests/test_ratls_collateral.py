@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 
 import pytest
 from certtools import flip_bit
 
 import ratls
+from ratls.__main__ import main
+from ratls.errors import CollateralValidityError
 from ratls.policy import ALLOWABLE_TCB_STATUSES
 
 DCAP_QVL_VALID_TIME = 1752919277  # min(nextUpdate) - 1 of the sample collateral, as dcap-qvl's own tests use
+ISSUED = 1750330571  # 2025-06-19T10:56:11Z: the latest issue date of the sample collateral (its TCB Info's)
 BODY = 48
 REPORT_DATA = BODY + 320
 
@@ -43,6 +47,8 @@ def test_status_advisories_and_expiry(real_quote, collateral):
     e = rejects(ratls.Reason.COLLATERAL, real_quote, ratls.Policy(**LENIENT), now=DCAP_QVL_VALID_TIME + 2,
                 collateral=collateral)
     assert "expired" in e.message
+    assert isinstance(e, CollateralValidityError) and e.expired
+    assert (e.at, e.valid_from, e.valid_until) == (DCAP_QVL_VALID_TIME + 2, ISSUED, DCAP_QVL_VALID_TIME + 1)
     e = rejects(ratls.Reason.TCB_STATUS, real_quote, ratls.Policy(allowed_tcb_statuses=("UpToDate",)),
                 now=DCAP_QVL_VALID_TIME, collateral=collateral)
     assert "ConfigurationAndSWHardeningNeeded" in e.message
@@ -50,6 +56,42 @@ def test_status_advisories_and_expiry(real_quote, collateral):
     allowed = ratls.Policy(allowed_tcb_statuses=("UpToDate", "ConfigurationAndSWHardeningNeeded"))
     assert ratls.verify_quote(real_quote, allowed, now=DCAP_QVL_VALID_TIME, collateral=collateral).tcb_status == \
         "ConfigurationAndSWHardeningNeeded"
+
+
+def test_collateral_outside_its_validity_says_when_it_is_valid(real_quote, collateral):
+    """Expired, or not yet issued: a CollateralValidityError with the validity window; dcap-qvl's refusal of
+    collateral within its validity (here a broken TCB Info signature) is not one."""
+    e = rejects(ratls.Reason.COLLATERAL, real_quote, ratls.Policy(**LENIENT), now=ISSUED - 1, collateral=collateral)
+    assert isinstance(e, CollateralValidityError) and not e.expired
+    assert (e.valid_from, e.valid_until) == (ISSUED, DCAP_QVL_VALID_TIME + 1)
+    assert "was issued at 2025-06-19T10:56:11+00:00, after the verification time" in e.message
+    assert ratls.verify_quote(real_quote, ratls.Policy(**LENIENT), now=ISSUED, collateral=collateral)
+    doc = json.loads(collateral.read_text())
+    doc["tcb_info_signature"] = doc["tcb_info_signature"][::-1]
+    e = rejects(ratls.Reason.COLLATERAL, real_quote, ratls.Policy(**LENIENT), now=DCAP_QVL_VALID_TIME,
+                collateral=json.dumps(doc))
+    assert "dcap-qvl refused" in e.message and not isinstance(e, CollateralValidityError)
+
+
+def test_inspect_suggests_a_time_when_the_collateral_expired(real_quote, collateral, tmp_path, capsys):
+    quote = tmp_path / "quote"
+    quote.write_bytes(real_quote)
+    expected = ("hint:          collateral expired at 2025-07-19T10:01:18+00:00; to verify as of a time the "
+                f"collateral was valid, pass --time <unix seconds>, e.g. --time {DCAP_QVL_VALID_TIME}\n")
+    # The default time is now, long after the sample collateral's nextUpdate.
+    assert main(["inspect", str(quote), "--collateral", str(collateral)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED COLLATERAL: the collateral expired" in out and out.endswith(expected)
+    assert main(["inspect", str(quote), "--collateral", str(collateral), "--time", str(ISSUED - 1), "--json"]) == 1
+    verification = json.loads(capsys.readouterr().out)["verification"]
+    assert verification["hint"].startswith("collateral was issued at 2025-06-19T10:56:11+00:00, after the "
+                                           "verification time; ")
+    assert verification["hint"].endswith(f", e.g. --time {DCAP_QVL_VALID_TIME}")
+    # The suggestion works; and a failure that is not the collateral's validity gets no hint.
+    assert main(["inspect", str(quote), "--collateral", str(collateral), "--time", str(DCAP_QVL_VALID_TIME)]) == 0
+    assert "ConfigurationAndSWHardeningNeeded" in capsys.readouterr().out
+    assert main(["inspect", str(quote), "--collateral", str(tmp_path / "missing.json"), "--json"]) == 1
+    assert "hint" not in json.loads(capsys.readouterr().out)["verification"]
 
 
 @pytest.mark.parametrize("bit", [0, 7, 100, 255, 511])
