@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from runtime.rows import RowSet
 PROTOCOL_VERSION = 2
 
 SERVICE = "runtime.v1.ParameterServer"
-UNARY_METHODS = ("Join", "Heartbeat", "Leave", "Status")
+UNARY_METHODS = ("Challenge", "Join", "Heartbeat", "Leave", "Status")
 # Each bulk call exists streamed (chunks both ways) and as <method>One: one chunk each way, unary, for a
 # request and reply that each fit in one chunk (no per-call stream machinery).
 BULK_METHODS = ("Pull", "Push", "PushPull")
@@ -39,6 +40,10 @@ MAX_REQUEST_BYTES = 1 << 30  # above any job's request bound (runtime.wire.messa
 MAX_STREAMS_PER_CALLER = 4
 # How floats travel: exact fp32, or fp16 / bf16 (half the bytes; the receiver widens to float32).
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+# What a participant may be in a federation (runtime.federation): a worker trains; a chief hands out SDT data and
+# pulls the final model.
+ROLES = ("worker", "chief")
 
 WORKER_ID_RULE = "1-128 characters [A-Za-z0-9_.-] not starting with a punctuation mark"
 _WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -67,6 +72,34 @@ def check_version(version: int, what: str) -> None:
     if version != PROTOCOL_VERSION:
         raise Rejected("bad_protocol_version",
                        f"{what}.protocol_version: expected {PROTOCOL_VERSION}, found {version}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as its transport proved it: the SHA-256 of the certificate its connection presented
+    (for RA-TLS, of its attested RA-TLS certificate; None over an insecure transport, where nothing is proved)
+    and, under RA-TLS, its Evidence (read for mrenclave, mrsigner, isv_svn, debug, tcb_status)."""
+
+    fingerprint: bytes | None
+    evidence: Any = None
+
+
+# A caller over an insecure transport, and in-process callers of the state machine (tests): nothing proved.
+UNPROVED = Caller(None)
+
+
+@dataclass(frozen=True)
+class JoinProof:
+    """The federation part of a Join (runtime.federation): the role asked for, the plan digest the joiner runs,
+    the PS's challenge and the participant's signature over the JoinStatement."""
+
+    role: str = "worker"
+    plan_digest: bytes = b""
+    challenge: bytes = b""
+    signature: bytes = b""
+
+
+NO_PROOF = JoinProof()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from runtime import transport
+from runtime.federation import arguments as federation_arguments
 from runtime.model import add_model_arguments, model_config
 from runtime.protocol import DEFAULT_CHUNK_SIZE
 from runtime.report import write_json_atomically
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds between progress lines; 0 for none (default 2)")
     add_model_arguments(parser)
     transport.add_arguments(parser)
+    federation_arguments.add_arguments(parser, joins=False, audit=True)
 
 
 def options_from_args(args: argparse.Namespace) -> PSOptions:
@@ -97,7 +99,8 @@ def options_from_args(args: argparse.Namespace) -> PSOptions:
         optimizer=args.optimizer, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, max_grad_norm=args.max_grad_norm,
         max_message_bytes=args.max_message_bytes, stream_timeout=args.stream_timeout,
-        linger=args.linger, log_every=args.log_every)
+        linger=args.linger, log_every=args.log_every, plan=federation_arguments.plan_from_args(args),
+        audit_log=args.audit_log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = running.endpoint
     print(f"ps[{options.shard}]: serving {net.security} on {endpoint} (version {ps.version}, "
           f"{options.total_steps} steps, {options.workers} workers)", flush=True)
+    plan = options.plan
+    print(f"ps[{options.shard}]: " + (f"federation {plan.federation}, plan {plan.digest_hex[:16]}, participants "
+                                      f"{', '.join(sorted(plan.participants))}" if plan else
+                                      "no federation plan: any attested worker may join under any free worker id"),
+          flush=True)
     if args.ready_file is not None:
         write_json_atomically(args.ready_file, {"host": endpoint.host, "port": endpoint.port,
                                                 "attestation_port": endpoint.attestation_port,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import sys
@@ -33,6 +34,7 @@ from cryptography.x509.oid import NameOID
 
 from ratls.address import default_attestation_port, join_host_port, split_host_port
 from ratls.errors import RatlsError
+from runtime.protocol import UNPROVED, Caller
 
 SECURITY_MODES = ("ratls", "tls", "insecure")
 TLS_CA_CERT = "ca.crt.pem"
@@ -122,9 +124,13 @@ class Transport:
         re-attestation), or None if it is not a transport error."""
         return None
 
-    def peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
-        """In a handler: the caller's verified MRENCLAVE (hex), or None where there is no attestation (tls,
-        insecure). Raises PeerRejected."""
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        """In a handler: who is calling, as this transport proved it (insecure: nothing). Raises PeerRejected."""
+        return UNPROVED
+
+    def own_fingerprint(self) -> bytes | None:
+        """The SHA-256 of the certificate this process presents (what servers see as Caller.fingerprint), or
+        None without one."""
         return None
 
     def server_options(self) -> list[tuple[str, Any]]:
@@ -208,6 +214,17 @@ class TlsTransport(Transport):
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         return Endpoint(host, bound)
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        pems = (context.auth_context() or {}).get("x509_pem_cert")
+        if not pems:
+            raise PeerRejected("no_certificate", "the call carries no client certificate")
+        return Caller(hashlib.sha256(x509.load_pem_x509_certificate(pems[0]).public_bytes(
+            serialization.Encoding.DER)).digest())
+
+    def own_fingerprint(self) -> bytes:
+        return hashlib.sha256(x509.load_pem_x509_certificate(self.cert_pem).public_bytes(
+            serialization.Encoding.DER)).digest()
 
     def channel(self, endpoint: Endpoint, options: list[tuple[str, Any]]) -> grpc.Channel:
         creds = grpc.ssl_channel_credentials(root_certificates=self.ca_pem, private_key=self.key_pem,
@@ -297,10 +314,10 @@ class RatlsTransport(Transport):
         return [("grpc.max_connection_age_ms", int(self.credentials.trust_ttl * 1000)),
                 ("grpc.max_connection_age_grace_ms", 65_000)]
 
-    def peer_mrenclave(self, context: grpc.ServicerContext) -> str:
-        """The caller's MRENCLAVE, checked again against the policy's MRENCLAVE pin when it has one: the
-        handshake checked the whole policy already; this keeps a server's admission explicit (in an enclave the
-        policy may pin MRSIGNER instead)."""
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        """The caller's attested RA-TLS certificate (its fingerprint) and Evidence, its MRENCLAVE checked again
+        against the policy's MRENCLAVE pin when it has one: the handshake checked the whole policy already; this
+        keeps a server's admission explicit (in an enclave the policy may pin MRSIGNER instead)."""
         import ratls
 
         try:
@@ -311,7 +328,10 @@ class RatlsTransport(Transport):
         if allowed and evidence.mrenclave not in allowed:
             raise PeerRejected("bad_mrenclave", f"expected one of {[m.hex() for m in allowed]}, found "
                                f"{evidence.mrenclave.hex()}")
-        return evidence.mrenclave.hex()
+        return Caller(evidence.cert_fingerprint, evidence)
+
+    def own_fingerprint(self) -> bytes:
+        return self.identity.evidence.cert_fingerprint
 
     def call_error(self, error: Exception) -> TransportError | None:
         import ratls

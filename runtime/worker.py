@@ -38,6 +38,7 @@ from runtime.data import (
     add_max_bad_fraction_argument,
     synthetic_partitions,
 )
+from runtime.federation import arguments as federation_arguments
 from runtime.model import Batch, DLRMConfig, Lookup
 from runtime.protocol import DEFAULT_CHUNK_SIZE, MAX_CHUNK_BYTES, PRECISIONS, WORKER_ID_RULE, valid_worker_id
 from runtime.report import write_json_atomically
@@ -215,7 +216,12 @@ class Worker:
                 break
             except (RemoteError, TransportError) as error:
                 retryable = error.retryable if isinstance(error, TransportError) else error.code in CONNECTION_CODES
-                if not retryable:
+                # A restarted worker's id is still held by its dead predecessor until the PS drops it as silent.
+                taken = isinstance(error, RemoteError) and error.reason == "participant_live"
+                if taken and delay == 0.2:
+                    print(f"{self.client.worker_id}: the PS still holds our id for our previous process; "
+                          "waiting for it to time out", flush=True)
+                if not (retryable or taken):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise ConnectionError(f"PS unreachable for {self.args.reconnect_timeout} s: {error}") from None
@@ -501,6 +507,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--log-every", type=float, default=0.0,
                      help="seconds between progress lines on stdout; 0 for none (default 0)")
     transport.add_arguments(parser)
+    federation_arguments.add_arguments(parser, joins=True, audit=False)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -523,7 +530,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.chief is not None:
         if args.data is not None or args.synthetic is not None or args.ps is not None:
             raise ValueError("--chief gives the PS addresses and the data: no --ps, --data or --synthetic with it")
-        chief = ChiefClient(transport.Endpoint.parse(args.chief), net, args.worker_id)
+        chief = ChiefClient(transport.Endpoint.parse(args.chief), net, args.worker_id,
+                            federation_arguments.federation_from_args(args, "worker"))
         spec = chief.join_and_spec()
         args.ps, args.batch_size, args.layout = spec.ps_addresses, spec.batch_size, spec.layout
         args.eval_batches, args.max_bad_fraction = spec.eval_batches, spec.max_bad_fraction
@@ -556,8 +564,9 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         if not low <= value <= high:
             raise ValueError(f"{name}: expected {low}..{high}, found {value}")
     shard = _parse_shard(args.data_shard)
+    federation = federation_arguments.federation_from_args(args, "worker")
     client = ShardedPS(transport.parse_endpoints(args.ps), net, args.worker_id, chunk_bytes=args.chunk_bytes,
-                       precision=args.wire_dtype)
+                       precision=args.wire_dtype, federation=federation)
     worker = Worker(client, args)
     started = time.perf_counter()
     worker.connect()

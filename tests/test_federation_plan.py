@@ -292,8 +292,8 @@ BAD_PLANS = {
     "role-policy-unknown-key": (_set("roles.worker.isv_prod_id", 1),
                                 "roles.worker.isv_prod_id: unknown key (known: mrenclave, mrsigner, min_isv_svn, "
                                 "allow_debug)"),
-    "no-endpoints": (_set("ps.endpoints", []), "ps.endpoints: expected a non-empty list of "
-                                               "host:port[/attestation_port], found []"),
+    "endpoints-not-a-list": (_set("ps.endpoints", "ps0:7000"), "ps.endpoints: expected a list of "
+                                                               "host:port[/attestation_port], found 'ps0:7000'"),
     "bad-endpoint": (_set("ps.endpoints", ["ps0"]), "ps.endpoints[0]: address 'ps0': expected host:port"),
     "duplicate-endpoint": (_set("ps.endpoints", ["ps0:7000", "ps0:7000/7005"]),
                            "ps.endpoints[1]: 'ps0:7000/7005' is listed twice"),

@@ -17,6 +17,8 @@ import numpy as np
 from google.protobuf.message import Message
 
 from runtime.client.remote import RemoteError
+from runtime.federation import ParticipantKey, Plan
+from runtime.federation.admission import sign_join
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2
 from runtime.protocol import (
@@ -30,6 +32,7 @@ from runtime.protocol import (
     SERVICE,
     UNARY_METHODS,
     JobInfo,
+    JoinProof,
     PullReply,
     PullRequest,
     PushReply,
@@ -59,13 +62,34 @@ def _identity(value: bytes) -> bytes:
     return value
 
 
+@dataclass(frozen=True)
+class Federation:
+    """How this process proves at every Join that it speaks for its participant (runtime.federation): the plan
+    it runs, the participant's key, and the role it joins in."""
+
+    plan: Plan
+    key: ParticipantKey
+    role: str = "worker"
+
+    def proof(self, name: str, net: Transport, challenge: bytes) -> JoinProof:
+        """The signed join of participant `name` for a server's challenge, over net's own certificate."""
+        fingerprint = net.own_fingerprint()
+        if fingerprint is None:
+            raise RemoteError(grpc.StatusCode.FAILED_PRECONDITION, "not_attested: a federation join needs an "
+                              "attested (RA-TLS) connection")
+        return sign_join(self.plan, self.key, name, self.role, fingerprint, challenge)
+
+
 class PSConnection:
     """One PS shard over one channel."""
 
-    def __init__(self, endpoint: Endpoint, net: Transport, chunk_bytes: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(self, endpoint: Endpoint, net: Transport, chunk_bytes: int = DEFAULT_CHUNK_SIZE,
+                 federation: Federation | None = None, role: str = "worker") -> None:
         self.endpoint = endpoint
         self.net = net
         self.chunk_bytes = chunk_bytes
+        self.federation = federation
+        self.role = federation.role if federation is not None else role
         self.bytes_sent = 0
         self.bytes_received = 0
         self.channel: grpc.Channel | None = None
@@ -145,8 +169,15 @@ class PSConnection:
         return reply
 
     def join(self, worker_id: str) -> JobInfo:
-        reply = self.unary("Join", ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=worker_id),
-                           ps_pb2.JoinReply)
+        """Joins as worker_id; under a federation with a proof over a fresh challenge of this connection."""
+        request = ps_pb2.JoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=worker_id, role=self.role)
+        if self.federation is not None:
+            plan = self.federation.plan
+            challenge = self.unary("Challenge", ps_pb2.ChallengeRequest(protocol_version=PROTOCOL_VERSION),
+                                   ps_pb2.ChallengeReply).challenge
+            proof = self.federation.proof(worker_id, self.net, challenge)
+            request.plan_digest, request.challenge, request.signature = plan.digest, challenge, proof.signature
+        reply = self.unary("Join", request, ps_pb2.JoinReply)
         try:
             config = DLRMConfig.from_dict(json.loads(reply.model_config_json))
         except ValueError as error:
@@ -209,8 +240,9 @@ class ShardedPS:
     """A worker's view of all PS shards: join, heartbeat, leave, pull and push split by runtime.server.sharding."""
 
     def __init__(self, endpoints: Sequence[Endpoint], net: Transport, worker_id: str,
-                 chunk_bytes: int = DEFAULT_CHUNK_SIZE, precision: str = "fp32") -> None:
-        self.connections = [PSConnection(e, net, chunk_bytes) for e in endpoints]
+                 chunk_bytes: int = DEFAULT_CHUNK_SIZE, precision: str = "fp32",
+                 federation: Federation | None = None, role: str = "worker") -> None:
+        self.connections = [PSConnection(e, net, chunk_bytes, federation, role) for e in endpoints]
         self.worker_id = worker_id
         self.precision = precision
         self.num_shards = len(endpoints)

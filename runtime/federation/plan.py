@@ -21,7 +21,8 @@ The file is TOML (.toml) or the same structure as JSON (.json), at most 1 MiB:
     allow_debug = false            # optional, default false
 
     [ps]
-    endpoints = ["ps0:7000", "ps1:7000/7100"]  # host:port or host:port/attestation_port, in shard order
+    endpoints = ["ps0:7000", "ps1:7000/7100"]  # host:port or host:port/attestation_port, in shard order; []
+                                               # when they are chosen at start (the launcher's local jobs)
 
 Paths are relative to the plan's directory; a value containing "-----BEGIN" is the PEM text itself. Keys are
 Ed25519, EC P-256 or EC P-384, and no two participants may share one (two names with one key would double a
@@ -63,10 +64,9 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from runtime.federation.proof import ParticipantKey, ProofError, signature_algorithm, spki_der
-from runtime.protocol import Rejected, check_worker_id
+from runtime.protocol import ROLES, Rejected, check_worker_id
 from runtime.transport import Endpoint
 
-ROLES = ("worker", "chief")
 PLAN_FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 1 << 20  # the plan and each file it names
 MEASUREMENT_BYTES = 32
@@ -350,9 +350,8 @@ class _PlanReader:
                            hashlib.sha256(spki_der(key)).digest())
 
     def endpoints(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.error(where, f"expected a non-empty list of host:port[/attestation_port], found "
-                                    f"{_shown(value)}")
+        if not isinstance(value, list):
+            raise self.error(where, f"expected a list of host:port[/attestation_port], found {_shown(value)}")
         endpoints: dict[tuple[str, int], str] = {}
         for i, text in enumerate(value):
             try:

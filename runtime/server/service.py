@@ -23,6 +23,8 @@ from runtime.protocol import (
     PROTOCOL_VERSION,
     PUSH_PULL_REPLY_EXTRA,
     SERVICE,
+    Caller,
+    JoinProof,
     PullReply,
     PullRequest,
     Rejected,
@@ -61,7 +63,22 @@ STATUS_CODES = {
     "too_many_streams": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "batch_too_large": grpc.StatusCode.PERMISSION_DENIED,
     "gradient_too_large": grpc.StatusCode.PERMISSION_DENIED,
+    # Who the caller is (runtime.federation): PERMISSION_DENIED for a caller that may not act so, and
+    # FAILED_PRECONDITION for one that may once the current holder of the id is gone.
+    "not_bound": grpc.StatusCode.PERMISSION_DENIED,
+    "participant_live": grpc.StatusCode.FAILED_PRECONDITION,
+    "plan_mismatch": grpc.StatusCode.PERMISSION_DENIED,
+    "not_in_plan": grpc.StatusCode.PERMISSION_DENIED,
+    "role_not_allowed": grpc.StatusCode.PERMISSION_DENIED,
+    "role_policy": grpc.StatusCode.PERMISSION_DENIED,
+    "bad_challenge": grpc.StatusCode.PERMISSION_DENIED,
+    "bad_proof": grpc.StatusCode.PERMISSION_DENIED,
+    "not_attested": grpc.StatusCode.UNAUTHENTICATED,
 }
+
+
+# A bulk call's handler: (reassembled request, its bytes, the most reply bytes allowed or None, caller) -> reply.
+BulkHandler = Callable[[Any, int, "int | None", Caller], Payload]
 
 
 def status_code(reason: str) -> grpc.StatusCode:
@@ -87,40 +104,51 @@ class ParameterServerService:
         self.ps.reject(error.reason)
         context.abort(status_code(error.reason), str(error))
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
-        """Every call: the caller must be the very certificate an attestation admitted. TLS alone would also let
-        through a certificate that an attested key signed (the trust set's certificates are served as roots)."""
+    def _admit(self, context: grpc.ServicerContext) -> Caller:
+        """Every call: the caller must be the very certificate an attestation admitted (TLS alone would also let
+        through a certificate that an attested key signed: the trust set's certificates are served as roots).
+        Returns who it is, for the state machine's binding of worker ids to connections."""
         try:
-            self.net.peer_mrenclave(context)
+            return self.net.caller(context)
         except transport.PeerRejected as error:
             self.ps.reject(error.reason)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise AssertionError("abort returns only by raising") from None
 
     # -- unary calls ---------------------------------------------------------------------------------------
 
-    def _join(self, raw: bytes) -> ps_pb2.JoinReply:
+    def _challenge(self, raw: bytes, caller: Caller) -> ps_pb2.ChallengeReply:
+        request = parse_message(ps_pb2.ChallengeRequest, raw)
+        check_version(request.protocol_version, "ChallengeRequest")
+        challenge, federation, plan_digest = self.ps.challenge(caller)
+        return ps_pb2.ChallengeReply(challenge=challenge, federation=federation, plan_digest=plan_digest)
+
+    def _join(self, raw: bytes, caller: Caller) -> ps_pb2.JoinReply:
         request = parse_message(ps_pb2.JoinRequest, raw)
         check_version(request.protocol_version, "JoinRequest")
-        job = self.ps.join(request.worker_id)
+        proof = JoinProof(role=request.role, plan_digest=request.plan_digest, challenge=request.challenge,
+                          signature=request.signature)
+        job = self.ps.join(request.worker_id, caller, proof)
+        plan = self.ps.options.plan
         return ps_pb2.JoinReply(
             protocol_version=PROTOCOL_VERSION, version=job.version, total_steps=job.total_steps,
             shard_index=job.shard, num_shards=job.num_shards,
             model_config_json=json.dumps(job.config.to_dict(), sort_keys=True), synchronous=job.synchronous,
             staleness=job.staleness, heartbeat_interval_ms=int(job.heartbeat_interval * 1000),
-            max_chunk_bytes=job.max_chunk_bytes)
+            max_chunk_bytes=job.max_chunk_bytes, plan_digest=plan.digest if plan else b"")
 
-    def _heartbeat(self, raw: bytes) -> ps_pb2.HeartbeatReply:
+    def _heartbeat(self, raw: bytes, caller: Caller) -> ps_pb2.HeartbeatReply:
         request = parse_message(ps_pb2.HeartbeatRequest, raw)
         check_version(request.protocol_version, "HeartbeatRequest")
-        version, done = self.ps.heartbeat(request.worker_id)
+        version, done = self.ps.heartbeat(request.worker_id, caller)
         return ps_pb2.HeartbeatReply(version=version, done=done)
 
-    def _leave(self, raw: bytes) -> ps_pb2.LeaveReply:
+    def _leave(self, raw: bytes, caller: Caller) -> ps_pb2.LeaveReply:
         request = parse_message(ps_pb2.LeaveRequest, raw)
         check_version(request.protocol_version, "LeaveRequest")
-        return ps_pb2.LeaveReply(version=self.ps.leave(request.worker_id))
+        return ps_pb2.LeaveReply(version=self.ps.leave(request.worker_id, caller))
 
-    def _status(self, raw: bytes) -> ps_pb2.StatusReply:
+    def _status(self, raw: bytes, _caller: Caller) -> ps_pb2.StatusReply:
         request = parse_message(ps_pb2.StatusRequest, raw)
         check_version(request.protocol_version, "StatusRequest")
         status = self.ps.status()
@@ -132,15 +160,15 @@ class ParameterServerService:
             bytes_received=status.bytes_received, bytes_sent=status.bytes_sent,
             resumed_from_version=status.resumed_from_version)
 
-    def _unary(self, handler: Callable[[bytes], Any]) -> Callable:
+    def _unary(self, handler: Callable[[bytes, Caller], Any]) -> Callable:
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            self._admit(context)
+            caller = self._admit(context)
             try:
-                reply = handler(raw)
+                reply = handler(raw, caller)
             except Rejected as error:
                 self._fail(context, error)
             out = reply.SerializeToString()
-            self.ps.count(bytes_received=len(raw), bytes_sent=len(out))
+            self.ps.count(caller, bytes_received=len(raw), bytes_sent=len(out))
             return out
         return call
 
@@ -166,27 +194,30 @@ class ParameterServerService:
             dense = cached[1]
         return encode_pull_reply(reply, dense, precision)
 
-    def _pull(self, payload: memoryview | bytearray, _received: int, max_reply_bytes: int | None) -> Payload:
+    def _pull(self, payload: memoryview | bytearray, _received: int, max_reply_bytes: int | None,
+              caller: Caller) -> Payload:
         request = decode_pull_request(payload, self.shapes)
         self._check_reply_fits(request, max_reply_bytes)
-        return self._encode_pull(self.ps.pull(request), request.precision)
+        return self._encode_pull(self.ps.pull(request, caller), request.precision)
 
-    def _push(self, payload: memoryview | bytearray, received: int, _max_reply_bytes: int | None) -> Payload:
-        return Payload(encode_push_reply(self.ps.push(decode_push_request(payload, self.shapes), received)))
+    def _push(self, payload: memoryview | bytearray, received: int, _max_reply_bytes: int | None,
+              caller: Caller) -> Payload:
+        return Payload(encode_push_reply(self.ps.push(decode_push_request(payload, self.shapes), received, caller)))
 
-    def _push_pull(self, payload: memoryview | bytearray, received: int, max_reply_bytes: int | None) -> Payload:
+    def _push_pull(self, payload: memoryview | bytearray, received: int, max_reply_bytes: int | None,
+                   caller: Caller) -> Payload:
         push, pull = decode_push_pull_request(payload, self.shapes)
         # The PushReply and framing around the PullReply must fit in the one chunk too.
         self._check_reply_fits(pull, None if max_reply_bytes is None else max_reply_bytes - PUSH_PULL_REPLY_EXTRA)
-        pushed, pulled = self.ps.push_pull(push, pull, received)
+        pushed, pulled = self.ps.push_pull(push, pull, received, caller)
         return encode_push_pull_reply(pushed, self._encode_pull(pulled, pull.precision))
 
-    def _bulk_reply(self, handler: Callable[[Any, int, int | None], Payload], chunks: Iterator[bytes],
-                    context: grpc.ServicerContext, max_reply_bytes: int | None,
-                    arrived: Callable[[], None] = lambda: None) -> tuple[Payload, int]:
-        """Reassemble, decode and handle one chunked request (arrived() once it is all in); returns the reply and
-        the request's bytes."""
-        self._admit(context)
+    def _bulk_reply(self, handler: BulkHandler, chunks: Iterator[bytes], context: grpc.ServicerContext,
+                    max_reply_bytes: int | None,
+                    arrived: Callable[[], None] = lambda: None) -> tuple[Payload, int, Caller]:
+        """Reassemble, decode and handle one chunked request (arrived() once it is all in); returns the reply,
+        the request's bytes and the caller."""
+        caller = self._admit(context)
         ps = self.ps
         received = 0
 
@@ -202,29 +233,29 @@ class ParameterServerService:
         try:
             payload = assemble_payload(parsed(), max_bytes=self.max_request_bytes, max_chunk_bytes=self.chunk_bytes)
             arrived()
-            reply = handler(payload, received, max_reply_bytes)
+            reply = handler(payload, received, max_reply_bytes, caller)
         except Rejected as error:
-            ps.count(bytes_received=received)
+            ps.count(caller, bytes_received=received)
             self._fail(context, error)
-        return reply, received
+        return reply, received, caller
 
     @staticmethod
-    def _caller(context: grpc.ServicerContext) -> str:
+    def _stream_owner(context: grpc.ServicerContext) -> str:
         """Who is calling, for per-caller limits: the client certificate where there is one (ratls, tls), else the
         connection."""
         pems = (context.auth_context() or {}).get("x509_pem_cert")
         return hashlib.sha256(pems[0]).hexdigest() if pems else context.peer()
 
-    def _bulk(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:
+    def _bulk(self, handler: BulkHandler) -> Callable:
         """Pull / Push / PushPull: request and reply streamed in chunks. A caller has at most
         MAX_STREAMS_PER_CALLER open, and a request must arrive within the stream timeout: idle or slow streams
         hold neither memory (chunks are kept as they arrive) nor the server's threads for long."""
         def call(chunks: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-            caller = self._caller(context)
+            owner = self._stream_owner(context)
             with self._streams_lock:
-                open_now = self._open_streams[caller]
+                open_now = self._open_streams[owner]
                 if open_now < MAX_STREAMS_PER_CALLER:
-                    self._open_streams[caller] += 1
+                    self._open_streams[owner] += 1
             if open_now >= MAX_STREAMS_PER_CALLER:
                 self._fail(context, Rejected("too_many_streams", f"this caller already has {open_now} streamed "
                                              f"calls open, the most allowed"))
@@ -234,7 +265,7 @@ class ParameterServerService:
             deadline.start()
             try:
                 try:
-                    reply, received = self._bulk_reply(handler, chunks, context, None, deadline.cancel)
+                    reply, received, caller = self._bulk_reply(handler, chunks, context, None, deadline.cancel)
                 except grpc.RpcError:  # cancelled: the deadline passed or the client went away; nothing applied
                     self.ps.reject("stream_cancelled")
                     return
@@ -244,26 +275,27 @@ class ParameterServerService:
                 for raw in payload_chunks(reply, self.chunk_bytes):
                     sent += len(raw)
                     yield raw
-                self.ps.count(bytes_received=received, bytes_sent=sent)
+                self.ps.count(caller, bytes_received=received, bytes_sent=sent)
             finally:
                 with self._streams_lock:
-                    self._open_streams[caller] -= 1
-                    if not self._open_streams[caller]:
-                        del self._open_streams[caller]
+                    self._open_streams[owner] -= 1
+                    if not self._open_streams[owner]:
+                        del self._open_streams[owner]
         return call
 
-    def _bulk_one(self, handler: Callable[[Any, int, int | None], Payload]) -> Callable:
+    def _bulk_one(self, handler: BulkHandler) -> Callable:
         """<method>One: one chunk each way, without a stream's per-call threads and iterators. A pull whose reply
         could exceed one chunk is refused; a PushReply is a few bytes."""
         def call(raw: bytes, context: grpc.ServicerContext) -> bytes:
-            reply, received = self._bulk_reply(handler, iter((raw,)), context, self.chunk_bytes)
+            reply, received, caller = self._bulk_reply(handler, iter((raw,)), context, self.chunk_bytes)
             (only,) = payload_chunks(reply, max(reply.size, 1))
-            self.ps.count(bytes_received=received, bytes_sent=len(only))
+            self.ps.count(caller, bytes_received=received, bytes_sent=len(only))
             return only
         return call
 
     def handler(self) -> grpc.GenericRpcHandler:
-        unary = {"Join": self._join, "Heartbeat": self._heartbeat, "Leave": self._leave, "Status": self._status}
+        unary = {"Challenge": self._challenge, "Join": self._join, "Heartbeat": self._heartbeat,
+                 "Leave": self._leave, "Status": self._status}
         bulk = {"Pull": self._pull, "Push": self._push, "PushPull": self._push_pull}
         methods = {name: grpc.unary_unary_rpc_method_handler(self._unary(fn)) for name, fn in unary.items()}
         for name, fn in bulk.items():

@@ -14,12 +14,19 @@ from typing import Any
 
 import numpy as np
 
+from runtime.federation import AuditLog, ChallengeBook, Plan
+from runtime.federation.admission import join_refusal
 from runtime.model import DLRMConfig
 from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_BYTES,
     MAX_WAIT_MS,
+    NO_PROOF,
+    ROLES,
+    UNPROVED,
+    Caller,
     JobInfo,
+    JoinProof,
     PullReply,
     PullRequest,
     PushReply,
@@ -61,6 +68,8 @@ class PSOptions:
     stream_timeout: float = 30.0  # seconds a streamed request may take to arrive
     linger: float = 5.0
     log_every: float = 2.0  # seconds between progress lines; 0: none
+    plan: Plan | None = None  # the federation plan: who may join, in which role, proved how (runtime.federation)
+    audit_log: Path | None = None  # JSON lines of every join, rejoin, leave, timeout and refusal of a caller
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -115,6 +124,14 @@ class ParameterServer:
         self.cond = threading.Condition()
         self.version = 0
         self.members: dict[str, float] = {}  # live worker -> last time heard from
+        # worker id -> the certificate fingerprint of the connection that joined under it (None: an insecure
+        # transport proves nothing). Kept after a worker leaves: its id is free again only through a new join.
+        self.bindings: dict[str, bytes | None] = {}
+        self.bound_names: dict[bytes, str] = {}  # every fingerprint ever bound -> its worker id, for accounting
+        # worker id (or UNATTRIBUTED) -> samples, pushes_accepted, pushes_refused, refused_calls, bytes, joins...
+        self.accounts: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.challenges = ChallengeBook()
+        self.audit = AuditLog(options.audit_log) if options.audit_log is not None else None
         self.pending: dict[str, Contribution | None] = {}  # synchronous mode: pushes for step == version
         self.refused_pushes: defaultdict[str, Counter[str]] = defaultdict(Counter)  # worker -> reason -> count
         self.round_first_push: float | None = None
@@ -149,15 +166,46 @@ class ParameterServer:
 
     # -- membership ----------------------------------------------------------------------------------------
 
-    def join(self, worker_id: str) -> JobInfo:
+    def challenge(self, caller: Caller) -> tuple[bytes, str, bytes]:
+        """A fresh challenge for the caller's certificate, with this PS's federation name and plan digest."""
+        if caller.fingerprint is None:
+            raise Rejected("not_attested", "a challenge is bound to the caller's certificate; this connection "
+                           "has none")
+        plan = self.options.plan
+        return (self.challenges.issue(caller.fingerprint), plan.federation if plan else "",
+                plan.digest if plan else b"")
+
+    def join(self, worker_id: str, caller: Caller = UNPROVED, proof: JoinProof = NO_PROOF) -> JobInfo:
+        """Admits worker_id and binds it to the caller's certificate. Under a plan the proof must show that the
+        caller speaks for the participant worker_id (runtime.federation): a refused join changes nothing but the
+        spent challenge, and is audited. A second join under a live worker's id from another certificate is
+        refused; once the old one left or timed out, a join with a fresh proof takes the id over (a restarted
+        worker has a new key, so a new certificate)."""
         check_worker_id(worker_id)
+        role = proof.role or "worker"
+        if role not in ROLES:
+            raise Rejected("bad_role", f"JoinRequest.role: expected one of {', '.join(ROLES)}, found {role[:32]!r}")
+        if self.options.plan is not None:
+            self._check_proof(worker_id, role, caller, proof)
         with self.cond:
             now = self.clock()
+            bound = self.bindings.get(worker_id, caller.fingerprint)
+            if bound != caller.fingerprint and worker_id in self.members:
+                raise self._refuse("participant_live", f"{worker_id!r} is live on another connection "
+                                   f"(certificate {_short(bound)}); a second join is refused, a restarted worker "
+                                   f"is admitted once the old one has left or been silent for "
+                                   f"{self.options.worker_timeout:g} s", worker_id, caller)
+            event = "rejoin" if worker_id in self.bindings and bound != caller.fingerprint else "join"
             if worker_id not in self.members:
                 self.stats["joins"] += 1
+                self.accounts[worker_id][event + "s"] += 1
+            self.bindings[worker_id] = caller.fingerprint
+            if caller.fingerprint is not None:
+                self.bound_names[caller.fingerprint] = worker_id
             self.members[worker_id] = now
             if self.first_join is None:
                 self.first_join = now
+            self._audit(event, worker_id, caller, role=role)
             self._update_started(now)
             self.cond.notify_all()
             version = self.version
@@ -166,33 +214,71 @@ class ParameterServer:
                        config=self.config, synchronous=self.synchronous, staleness=o.staleness or 0,
                        heartbeat_interval=o.heartbeat_interval, max_chunk_bytes=o.chunk_bytes)
 
-    def heartbeat(self, worker_id: str) -> tuple[int, bool]:
+    def _check_proof(self, worker_id: str, role: str, caller: Caller, proof: JoinProof) -> None:
+        """runtime.federation.join_refusal, audited: nothing changes but the spent challenge."""
+        assert self.options.plan is not None
+        refusal = join_refusal(self.options.plan, self.challenges, worker_id, role, caller, proof)
+        if refusal is not None:
+            with self.cond:
+                raise self._refuse(*refusal, worker_id, caller, role=role)
+
+    def heartbeat(self, worker_id: str, caller: Caller = UNPROVED) -> tuple[int, bool]:
         """(version, done)."""
         check_worker_id(worker_id)
         with self.cond:
-            self._touch(worker_id)
+            self._touch(worker_id, caller)
             return self.version, self.done
 
-    def leave(self, worker_id: str) -> int:
+    def leave(self, worker_id: str, caller: Caller = UNPROVED) -> int:
         """The version at which the worker left."""
         check_worker_id(worker_id)
         with self.cond:
-            self._member(worker_id)
+            self._member(worker_id, caller)
             del self.members[worker_id]
             self.stats["leaves"] += 1
+            self._audit("leave", worker_id, caller)
             if not self.members:
                 self.idle_since = self.clock()
             self._maybe_close_round(self.clock())
             self.cond.notify_all()
             return self.version
 
-    def _member(self, worker_id: str) -> None:
+    def _member(self, worker_id: str, caller: Caller) -> None:
+        """worker_id is live and bound to the caller's certificate: a caller cannot act under another's id."""
         if worker_id not in self.members:
             raise Rejected("unknown_worker", f"worker_id {worker_id!r} is not a live member: Join first")
+        bound = self.bindings.get(worker_id)
+        if bound != caller.fingerprint:
+            raise self._refuse("not_bound", f"worker_id {worker_id!r} joined over another connection "
+                               f"(certificate {_short(bound)}, this one {_short(caller.fingerprint)})",
+                               worker_id, caller)
 
-    def _touch(self, worker_id: str) -> None:
-        self._member(worker_id)
+    def _touch(self, worker_id: str, caller: Caller) -> None:
+        self._member(worker_id, caller)
         self.members[worker_id] = self.clock()
+
+    def _refuse(self, reason: str, detail: str, worker_id: str, caller: Caller, **extra: Any) -> Rejected:
+        """A refusal of a caller's identity, counted for the caller's own participant and audited (with the lock
+        held)."""
+        self.accounts[self._account_of(caller)]["refused_calls"] += 1
+        self._audit("refusal", worker_id, caller, reason=reason, detail=detail, **extra)
+        return Rejected(reason, detail)
+
+    def _account_of(self, caller: Caller) -> str:
+        if caller.fingerprint is None:
+            return UNATTRIBUTED
+        return self.bound_names.get(caller.fingerprint, UNATTRIBUTED)
+
+    def _audit(self, event: str, worker_id: str, caller: Caller, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        evidence = caller.evidence
+        plan = self.options.plan
+        self.audit.record(event, shard=self.options.shard, participant=worker_id,
+                          certificate=_hex(caller.fingerprint),
+                          mrenclave=evidence.mrenclave.hex() if evidence is not None else None,
+                          tcb_status=evidence.tcb_status if evidence is not None else None,
+                          plan_digest=plan.digest_hex if plan else None, version=self.version, **fields)
 
     def _update_started(self, now: float) -> None:
         if self.started or self.first_join is None:
@@ -207,29 +293,30 @@ class ParameterServer:
 
     # -- pull ----------------------------------------------------------------------------------------------
 
-    def pull(self, request: PullRequest) -> PullReply:
+    def pull(self, request: PullRequest, caller: Caller = UNPROVED) -> PullReply:
         """Rows come back in request order, values only (the ids are the request's); the dense parameters are
         this version's array, which updates replace and never write."""
         self._check_owned(request.rows, "PullRequest.rows")
-        return self._serve_pull(request)
+        return self._serve_pull(request, caller)
 
-    def push_pull(self, push: PushRequest, pull: PullRequest, wire_bytes: int = 0) -> tuple[PushReply, PullReply]:
+    def push_pull(self, push: PushRequest, pull: PullRequest, wire_bytes: int = 0,
+                  caller: Caller = UNPROVED) -> tuple[PushReply, PullReply]:
         """The push handled as push() does, then the pull served as pull() does. The pull is checked first, so a
         call refused for either part changes nothing."""
         self._check_owned(pull.rows, "PullRequest.rows")
-        return self.push(push, wire_bytes), self._serve_pull(pull)
+        return self.push(push, wire_bytes, caller), self._serve_pull(pull, caller)
 
-    def _serve_pull(self, request: PullRequest) -> PullReply:
+    def _serve_pull(self, request: PullRequest, caller: Caller) -> PullReply:
         wait = min(request.wait_ms, MAX_WAIT_MS) / 1000.0
         with self.cond:
-            self._touch(request.worker_id)
+            self._touch(request.worker_id, caller)
             started = self.clock()
             while not self.done and not (self.started and self.version >= request.min_version):
                 remaining = started + wait - self.clock()
                 if remaining <= 0:
                     return PullReply(self.version, False, False, self.clock() - started)
                 self.cond.wait(remaining)
-                self._member(request.worker_id)  # dropped while waiting?
+                self._member(request.worker_id, caller)  # dropped (or taken over) while waiting?
             waited = self.clock() - started
             dense = self.params.dense_flat if request.dense else None
             rows = self.params.read_rows(request.rows) if len(request.rows) else None
@@ -263,44 +350,55 @@ class ParameterServer:
                                 f"the bound {o.max_grad_norm:g} (--max-grad-norm)")
         return None
 
-    def push(self, request: PushRequest, wire_bytes: int = 0) -> PushReply:
+    def push(self, request: PushRequest, wire_bytes: int = 0, caller: Caller = UNPROVED) -> PushReply:
         self._check_owned(request.rows, "PushRequest.row_grads")
-        worker, step = request.worker_id, request.step
         poison = self._poison(request)
         with self.cond:
-            self._touch(worker)
-            if step <= self.last_step.get(worker, -1):
-                self.stats["duplicate_pushes"] += 1
-                return PushReply(self.version, duplicate=True, applied=step < self.version)
-            if not self.started:
-                raise Rejected("not_started", f"training has not started ({len(self.members)} of "
-                               f"{self.options.workers} workers joined)")
-            if self.done:
-                raise Rejected("training_done", f"training finished at version {self.version}")
-            if step > self.version:
-                raise Rejected("future_step", f"PushRequest.step: expected at most the current version "
-                               f"{self.version}, found {step}")
-            oldest = self.version if self.synchronous else self.version - self.options.staleness
-            if step < oldest:
-                raise Rejected("stale_step", f"PushRequest.step: expected at least {oldest} (version "
-                               f"{self.version}), found {step}; pull again")
-            self.last_step[worker] = step
-            if poison is not None:
-                # The step is spent: a synchronous round closes without this worker's push, and a resend is a
-                # duplicate. Counted per worker for the report.
-                self.refused_pushes[worker][poison.reason] += 1
-                if self.synchronous:
-                    self._add_to_round(worker, None)
-                raise poison
-            self.stats["pushes"] += 1
-            self.push_staleness[self.version - step] += 1
-            contribution = Contribution(worker, step, request.batch_size, request.dense, request.rows, request.loss,
-                                        wire_bytes)
+            self._touch(request.worker_id, caller)
+            try:
+                return self._push_member(request, wire_bytes, poison)
+            except Rejected:
+                self.accounts[request.worker_id]["pushes_refused"] += 1
+                raise
+
+    def _push_member(self, request: PushRequest, wire_bytes: int, poison: Rejected | None) -> PushReply:
+        """push() for a live member over its own connection, with the lock held."""
+        worker, step = request.worker_id, request.step
+        if step <= self.last_step.get(worker, -1):
+            self.stats["duplicate_pushes"] += 1
+            return PushReply(self.version, duplicate=True, applied=step < self.version)
+        if not self.started:
+            raise Rejected("not_started", f"training has not started ({len(self.members)} of "
+                           f"{self.options.workers} workers joined)")
+        if self.done:
+            raise Rejected("training_done", f"training finished at version {self.version}")
+        if step > self.version:
+            raise Rejected("future_step", f"PushRequest.step: expected at most the current version "
+                           f"{self.version}, found {step}")
+        oldest = self.version if self.synchronous else self.version - self.options.staleness
+        if step < oldest:
+            raise Rejected("stale_step", f"PushRequest.step: expected at least {oldest} (version "
+                           f"{self.version}), found {step}; pull again")
+        self.last_step[worker] = step
+        if poison is not None:
+            # The step is spent: a synchronous round closes without this worker's push, and a resend is a
+            # duplicate. Counted per worker for the report.
+            self.refused_pushes[worker][poison.reason] += 1
             if self.synchronous:
-                self._add_to_round(worker, contribution)
-            else:
-                self._apply([contribution])
-            return PushReply(self.version, duplicate=False, applied=self.version > step)
+                self._add_to_round(worker, None)
+            raise poison
+        self.stats["pushes"] += 1
+        self.stats["samples"] += request.batch_size
+        self.accounts[worker]["pushes_accepted"] += 1
+        self.accounts[worker]["samples"] += request.batch_size
+        self.push_staleness[self.version - step] += 1
+        contribution = Contribution(worker, step, request.batch_size, request.dense, request.rows, request.loss,
+                                    wire_bytes)
+        if self.synchronous:
+            self._add_to_round(worker, contribution)
+        else:
+            self._apply([contribution])
+        return PushReply(self.version, duplicate=False, applied=self.version > step)
 
     def _add_to_round(self, worker: str, contribution: Contribution | None) -> None:
         """A worker's push for the current round (None: refused, the round goes on without it)."""
@@ -348,6 +446,10 @@ class ParameterServer:
                 if now - seen > self.options.worker_timeout:
                     del self.members[worker]
                     self.stats["workers_timed_out"] += 1
+                    if self.audit is not None:
+                        self.audit.record("timeout", shard=self.options.shard, participant=worker,
+                                          certificate=_hex(self.bindings.get(worker)), version=self.version,
+                                          silent_seconds=round(now - seen, 3))
                     print(f"ps[{self.options.shard}]: worker {worker} silent for "
                           f"{self.options.worker_timeout:g} s: dropped from the live set", flush=True)
                     if not self.members:
@@ -416,9 +518,11 @@ class ParameterServer:
     def wire_bytes(self) -> int:
         return self.stats["bytes_received"] + self.stats["bytes_sent"]
 
-    def count(self, **amounts: int) -> None:
+    def count(self, caller: Caller = UNPROVED, **amounts: int) -> None:
+        """Adds to the totals (bytes_received, bytes_sent, ...) and to the caller's participant's account."""
         with self.cond:
             self.stats.update(amounts)
+            self.accounts[self._account_of(caller)].update(amounts)
 
     def reject(self, reason: str) -> None:
         with self.cond:
@@ -435,7 +539,31 @@ class ParameterServer:
                 "refused_pushes": {w: dict(reasons) for w, reasons in sorted(self.refused_pushes.items())},
                 "limits": {"batch_size": self.options.batch_size, "max_grad_norm": self.options.max_grad_norm},
                 "checkpoint_seconds": [round(t, 4) for t in self.checkpoint_seconds],
+                "plan_digest": self.options.plan.digest_hex if self.options.plan else None,
+                "participants": self._participants(),
+                "unattributed": {key: self.accounts[UNATTRIBUTED][key] for key in ACCOUNT_FIELDS},
             }
+
+    def _participants(self) -> list[dict[str, Any]]:
+        """One entry per participant of the plan (or, without one, per worker id that joined), with its
+        accounts: with "unattributed" (calls from connections no join was bound to) they add up to the totals."""
+        plan = self.options.plan
+        names = sorted(set(plan.participants) if plan else set(self.accounts) - {UNATTRIBUTED})
+        return [dict(name=name, **{key: self.accounts[name][key] for key in ACCOUNT_FIELDS}) for name in names]
+
+
+# Where calls from connections that never joined are counted.
+UNATTRIBUTED = ""
+ACCOUNT_FIELDS = ("samples", "pushes_accepted", "pushes_refused", "refused_calls", "bytes_received", "bytes_sent",
+                  "joins", "rejoins")
+
+
+def _hex(fingerprint: bytes | None) -> str | None:
+    return fingerprint.hex() if fingerprint is not None else None
+
+
+def _short(fingerprint: bytes | None) -> str:
+    return fingerprint.hex()[:16] if fingerprint is not None else "none"
 
 
 class _Progress:
