@@ -38,11 +38,15 @@ from runtime.data import (
     shard_sources,
     synthetic_partitions,
 )
+from runtime.federation import AuditLog, ChallengeBook, Plan
+from runtime.federation import arguments as federation_arguments
+from runtime.federation.admission import join_refusal
 from runtime.model import add_model_arguments, model_config
 from runtime.model.export import evaluate_saved_model, export_model
-from runtime.proto import chief_pb2, chief_pb2_grpc, tensor_pb2
-from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WORKER_ID_RULE, valid_worker_id
+from runtime.proto import chief_pb2, chief_pb2_grpc, ps_pb2, tensor_pb2
+from runtime.protocol import DEFAULT_CHUNK_SIZE, PROTOCOL_VERSION, WORKER_ID_RULE, Caller, JoinProof, valid_worker_id
 from runtime.report import write_json_atomically
+from runtime.server.service import status_code
 from runtime.wire.chunks import crc32c
 
 
@@ -96,7 +100,13 @@ class Chief:
     worker_ids: list[str]
     net: transport.Transport
     chunk_bytes: int = DEFAULT_CHUNK_SIZE
+    plan: Plan | None = None  # who may run workers (in SDT, the compute provider's participants), proved how
+    audit: AuditLog | None = None
     workers: dict[str, WorkerState] = field(default_factory=dict)
+    # worker id -> the certificate of the connection that joined under it: the job spec, the shard and the metrics
+    # of that worker go only over a connection with that certificate.
+    bindings: dict[str, bytes | None] = field(default_factory=dict)
+    challenges: ChallengeBook = field(default_factory=ChallengeBook)
     refused: list[str] = field(default_factory=list)
     digests: dict[int, tuple[int, int]] = field(default_factory=dict)  # shard -> (size, CRC-32C), computed once
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,21 +115,37 @@ class Chief:
     def __post_init__(self) -> None:
         self.workers = {wid: WorkerState(shard=i) for i, wid in enumerate(self.worker_ids)}
 
-    def _peer_mrenclave(self, context: grpc.ServicerContext) -> str | None:
-        """ratls: the caller's verified MRENCLAVE (None for tls/insecure); a caller the transport does not admit
-        is refused here."""
+    def _caller(self, context: grpc.ServicerContext) -> Caller:
+        """Who is calling, as the transport proved it; a caller the transport does not admit is refused here."""
         try:
-            return self.net.peer_mrenclave(context)
+            return self.net.caller(context)
         except transport.PeerRejected as error:
             code = grpc.StatusCode.UNAUTHENTICATED if error.reason == "not_attested" else \
                 grpc.StatusCode.PERMISSION_DENIED
             context.abort(code, str(error))
+            raise AssertionError("abort returns only by raising") from None
+
+    def _refuse(self, context: grpc.ServicerContext, reason: str, detail: str, worker_id: str, caller: Caller) -> None:
+        self._audit("refusal", worker_id, caller, reason=reason, detail=detail)
+        context.abort(status_code(reason), f"{reason}: {detail}")
+
+    def _audit(self, event: str, worker_id: str, caller: Caller, **fields: Any) -> None:
+        if self.audit is None:
+            return
+        evidence = caller.evidence
+        self.audit.record(event, server="chief", participant=worker_id[:128],
+                          certificate=caller.fingerprint.hex() if caller.fingerprint else None,
+                          mrenclave=evidence.mrenclave.hex() if evidence is not None else None,
+                          tcb_status=evidence.tcb_status if evidence is not None else None,
+                          plan_digest=self.plan.digest_hex if self.plan else None, **fields)
 
     def _member(self, request: Any, context: grpc.ServicerContext, joined: bool = True) -> WorkerState:
         if request.protocol_version != PROTOCOL_VERSION:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"bad_version: protocol_version expected "
                                                                f"{PROTOCOL_VERSION}, found {request.protocol_version}")
-        mrenclave = self._peer_mrenclave(context)
+        caller = self._caller(context)
+        evidence = caller.evidence
+        mrenclave = evidence.mrenclave.hex() if evidence is not None else None
         state = self.workers.get(request.worker_id)
         if state is None:
             with self.lock:
@@ -128,14 +154,39 @@ class Chief:
                           f"unknown_worker: worker_id {request.worker_id[:128]!r} is not one of {self.worker_ids}")
         if joined and state.joins == 0:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"not_joined: {request.worker_id} must Join first")
+        if joined and self.bindings.get(request.worker_id) != caller.fingerprint:
+            self._refuse(context, "not_bound", f"worker_id {request.worker_id!r} joined over another connection",
+                         request.worker_id, caller)
         if mrenclave is not None:
             state.mrenclave = mrenclave
         return state
 
+    def Challenge(self, request: ps_pb2.ChallengeRequest, context: grpc.ServicerContext) -> ps_pb2.ChallengeReply:
+        caller = self._caller(context)
+        if caller.fingerprint is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "not_attested: a challenge is bound to the caller's "
+                          "certificate; this connection has none")
+        return ps_pb2.ChallengeReply(challenge=self.challenges.issue(caller.fingerprint),
+                                     federation=self.plan.federation if self.plan else "",
+                                     plan_digest=self.plan.digest if self.plan else b"")
+
     def Join(self, request: chief_pb2.ChiefJoinRequest, context: grpc.ServicerContext) -> chief_pb2.ChiefJoinReply:
+        """Under a plan, the worker's participant proof (runtime.federation), checked as the PS checks it; then
+        the worker id is bound to this connection (a restarted worker, with a fresh proof, takes it over)."""
         state = self._member(request, context, joined=False)
+        caller = self._caller(context)
+        if self.plan is not None:
+            proof = JoinProof(role=request.role or "worker", plan_digest=request.plan_digest,
+                              challenge=request.challenge, signature=request.signature)
+            refusal = join_refusal(self.plan, self.challenges, request.worker_id, proof.role, caller, proof)
+            if refusal is not None:
+                self._refuse(context, *refusal, request.worker_id, caller)
         with self.lock:
+            event = "rejoin" if self.bindings.get(request.worker_id, caller.fingerprint) != caller.fingerprint \
+                else "join"
+            self.bindings[request.worker_id] = caller.fingerprint
             state.joins += 1
+        self._audit(event, request.worker_id, caller, shard=state.shard)
         print(f"chief: {request.worker_id} joined (shard {state.shard}/{len(self.sources)}, join {state.joins})",
               flush=True)
         return chief_pb2.ChiefJoinReply(shard_index=state.shard, num_shards=len(self.sources))
@@ -224,6 +275,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--chunk-bytes", type=int, default=1 << 20, help="largest shard chunk (default 1 MiB)")
     add_model_arguments(parser)
     transport.add_arguments(parser)
+    federation_arguments.add_arguments(parser, joins=True, audit=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -255,8 +307,11 @@ def run(args: argparse.Namespace) -> int:
     spec = chief_pb2.JobSpec(ps_addresses=args.ps, batch_size=args.batch_size, eval_batches=args.eval_batches,
                              layout=args.layout, max_bad_fraction=args.max_bad_fraction,
                              model_config_json=json.dumps(config.to_dict()), steps=args.steps)
+    federation = federation_arguments.federation_from_args(args, "chief")
     net = transport.from_args(args)
-    chief = Chief(spec, sources, worker_ids, net, chunk_bytes=args.chunk_bytes)
+    chief = Chief(spec, sources, worker_ids, net, chunk_bytes=args.chunk_bytes,
+                  plan=federation.plan if federation else None,
+                  audit=AuditLog(args.audit_log) if args.audit_log is not None else None)
     host, port = transport.parse_listen(args.listen)
     server, endpoint = start_server(chief, host, port, args.attestation_port)
     print(f"chief: serving {net.security} on {endpoint}; {args.workers} workers, shards "
@@ -277,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         print("chief: stopped before every worker reported", flush=True)
         return 1
     started = time.perf_counter()
-    config, dense, tables = pull_final_parameters(args.ps, net, args.steps)
+    config, dense, tables = pull_final_parameters(args.ps, net, args.steps, federation)
     saved = export_model(config, dense, tables, args.out / "model")
     report["model"] = {"saved_model": str(saved), "parameters": str(saved.parent / "parameters.npz"),
                        "export_seconds": round(time.perf_counter() - started, 3)}

@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 
 from runtime import transport
-from runtime.client.ps import ShardedPS
+from runtime.client.ps import Federation, ShardedPS
 from runtime.client.remote import RemoteError
 from runtime.data import DataError
 from runtime.model import DLRMConfig, split_flat
-from runtime.proto import chief_pb2, chief_pb2_grpc
+from runtime.proto import chief_pb2, chief_pb2_grpc, ps_pb2
 from runtime.protocol import MAX_CHUNK_BYTES, PROTOCOL_VERSION, Rejected
 from runtime.rows import RowSet
 from runtime.wire.chunks import ChunkStream, ChunkView
@@ -26,8 +26,11 @@ MAX_SHARD_BYTES = 1 << 40  # a shard is held in memory: far above any, a bound o
 class ChiefClient:
     """SDT: this worker's link to the chief (attested like every other link)."""
 
-    def __init__(self, endpoint: transport.Endpoint, net: transport.Transport, worker_id: str) -> None:
+    def __init__(self, endpoint: transport.Endpoint, net: transport.Transport, worker_id: str,
+                 federation: Federation | None = None) -> None:
         self.worker_id = worker_id
+        self.net = net
+        self.federation = federation
         self.channel = net.channel(endpoint, [("grpc.max_receive_message_length", 96 << 20)])
         self.stub = chief_pb2_grpc.ChiefStub(self.channel)
         self.shard_bytes = 0
@@ -39,8 +42,15 @@ class ChiefClient:
             raise RemoteError.from_rpc_error(error) from None
 
     def join_and_spec(self) -> Any:
-        self._call(self.stub.Join, chief_pb2.ChiefJoinRequest(protocol_version=PROTOCOL_VERSION,
-                                                               worker_id=self.worker_id))
+        """Joins (under a federation with the participant's proof over this connection) and fetches the job."""
+        request = chief_pb2.ChiefJoinRequest(protocol_version=PROTOCOL_VERSION, worker_id=self.worker_id,
+                                             role="worker")
+        if self.federation is not None:
+            challenge = self._call(self.stub.Challenge, ps_pb2.ChallengeRequest(protocol_version=PROTOCOL_VERSION))
+            proof = self.federation.proof(self.worker_id, self.net, challenge.challenge)
+            request.plan_digest, request.challenge, request.signature = (proof.plan_digest, proof.challenge,
+                                                                         proof.signature)
+        self._call(self.stub.Join, request)
         return self._call(self.stub.GetJobSpec, chief_pb2.JobSpecRequest(protocol_version=PROTOCOL_VERSION,
                                                                           worker_id=self.worker_id))
 
@@ -76,11 +86,17 @@ class ChiefClient:
         self.channel.close()
 
 
-def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: int) -> tuple[
+# The worker id (participant name) the chief joins the PS under.
+CHIEF_ID = "chief"
+
+
+def pull_final_parameters(ps_addresses: str, net: transport.Transport, steps: int,
+                          federation: Federation | None = None) -> tuple[
         DLRMConfig, dict[str, np.ndarray], list[np.ndarray]]:
-    """Every parameter from the PS after training: the chief joins (only once the PS is done, so it never
-    counts in a round), pulls the dense weights and each table's rows one table at a time, and leaves."""
-    client = ShardedPS(transport.parse_endpoints(ps_addresses), net, "chief")
+    """Every parameter from the PS after training: the chief joins in the chief role (only once the PS is done,
+    so it never counts in a round; under a plan as its participant, with its proof), pulls the dense weights and
+    each table's rows one table at a time, and leaves."""
+    client = ShardedPS(transport.parse_endpoints(ps_addresses), net, CHIEF_ID, federation=federation, role="chief")
     try:
         client.connect_and_join()
         config = client.config
