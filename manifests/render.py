@@ -183,11 +183,34 @@ def _enclave_size(value: str) -> str:
     return value
 
 
+# Where the federation's files must be inside the enclave (README "Federation plans"): the plan is measured
+# configuration, so a trusted file (the --input-dir mount, hashed into the measurement); the participant's key is a
+# secret, so in the encrypted mount sealed to MRSIGNER (--data-dir), never a plaintext host file.
+FEDERATION_FILES = {"--plan": "/input", "--participant-key": "/data"}
+
+
+def _check_federation_files(args: Sequence[str]) -> None:
+    for i, arg in enumerate(args):
+        name, sep, value = arg.partition("=")
+        for option, mount in FEDERATION_FILES.items():
+            if not (name.startswith("--") and len(name) > 2 and option.startswith(name)):
+                continue
+            if name != option:
+                raise ManifestError(f"runtime argument {arg!r}: spell out {option}, whose file the manifest checks")
+            path = value if sep else (args[i + 1] if i + 1 < len(args) else "")
+            normalized = pathlib.PurePosixPath(os.path.normpath(path)) if path else None
+            if normalized is None or pathlib.PurePosixPath(mount) not in normalized.parents:
+                raise ManifestError(f"runtime argument {option} {path!r}: expected a file under {mount} (the "
+                                    f"{'trusted --input-dir' if mount == '/input' else 'encrypted --data-dir'} "
+                                    "mount), so that the host can neither choose nor read it")
+
+
 def runtime_args_toml(args: Sequence[str]) -> str:
     """The process's arguments as TOML strings, each followed by ", ", for the template's loader.argv.
 
     Refuses the transport options, whose values the manifest fixes (argparse also accepts unambiguous
     abbreviations such as --secu, so prefixes are refused too)."""
+    _check_federation_files(args)
     out = []
     for arg in args:
         name = arg.split("=", 1)[0]

@@ -193,6 +193,61 @@ def _security_setup(args: argparse.Namespace, out: Path) -> Security:
     return security
 
 
+@dataclass
+class FederationSetup:
+    """Who the children are in the federation: the plan they all run (None: no plan), the worker ids (the plan's
+    worker participants), and each participant's key file."""
+
+    plan: Path | None
+    digest: str | None
+    worker_ids: list[str]
+    keys: dict[str, Path] = field(default_factory=dict)
+
+    def for_ps(self, out: Path, shard: int) -> list[str]:
+        if self.plan is None:
+            return []
+        return ["--plan", str(self.plan), "--audit-log", str(out / "audit" / f"ps{shard}.jsonl")]
+
+    def for_participant(self, name: str) -> list[str]:
+        if self.plan is None:
+            return []
+        return ["--plan", str(self.plan), "--participant-key", str(self.keys[name])]
+
+
+def _federation_setup(args: argparse.Namespace, out: Path, security: Security) -> FederationSetup:
+    """--plan FILE with --participant-keys DIR (a real federation's plan), or, by default under ratls, a plan the
+    launcher writes for its local job (<out>/federation: one participant per worker and the chief, each with a
+    fresh key; each role's enclave policy is the measured MRENCLAVE; no PS endpoints, which are chosen at start)."""
+    from runtime.federation import RolePolicy, load_plan, write_local_plan
+
+    local_ids = [f"worker{i}" for i in range(args.workers)]
+    if args.security != "ratls" or args.no_plan:
+        if args.plan is not None:
+            raise ValueError("--plan needs --security ratls and no --no-plan")
+        return FederationSetup(None, None, local_ids)
+    if args.plan is not None:
+        if args.participant_keys is None:
+            raise ValueError("--plan needs --participant-keys DIR, holding <participant>.key.pem of each local "
+                             "worker and of the chief")
+        plan = load_plan(args.plan)
+        workers = sorted(name for name, p in plan.participants.items() if "worker" in p.roles)
+        if len(workers) < args.workers:
+            raise ValueError(f"--plan {args.plan}: {len(workers)} participants may be workers, --workers is "
+                             f"{args.workers}")
+        names = workers[:args.workers] + (["chief"] if args.mode == "sdt" else [])
+        keys = {name: args.participant_keys / f"{name}.key.pem" for name in names}
+        missing = [str(path) for path in keys.values() if not path.exists()]
+        if missing:
+            raise ValueError(f"--participant-keys: missing {', '.join(missing)}")
+        return FederationSetup(args.plan.resolve(), plan.digest_hex, workers[:args.workers], keys)
+    measured = bytes.fromhex(security.report["mrenclave"])
+    policy = RolePolicy(mrenclave=frozenset({measured}), mrsigner=None, min_isv_svn=0, allow_debug=False)
+    path, keys = write_local_plan(out / "federation", f"local-{out.name}",
+                                  {**{name: ("worker",) for name in local_ids}, "chief": ("chief",)},
+                                  {"worker": policy, "chief": policy}, ())
+    return FederationSetup(path, load_plan(path).digest_hex, local_ids, keys)
+
+
 def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
     """Per-worker data options: own synthetic partitions, or shards of --data."""
     if args.data:
@@ -214,7 +269,8 @@ def _reader_argv(args: argparse.Namespace) -> list[str]:
     return ["--layout", args.layout, "--format", args.file_format, "--max-bad-fraction", str(args.max_bad_fraction)]
 
 
-def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security: Security) -> Child:
+def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security: Security,
+                 federation: FederationSetup) -> Child:
     """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief) and, at the
     end, the model (<out>/chief/model) and its final evaluation on the held-out data (--eval-data, or synthetic)."""
     if args.data:
@@ -227,7 +283,9 @@ def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], secu
     argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out / "chief"),
             "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
-            "--timeout", str(args.timeout), *data, *_model_argv(args)]
+            "--timeout", str(args.timeout), "--worker-ids", ",".join(federation.worker_ids), *data, *_model_argv(args),
+            *federation.for_participant("chief"),
+            *(["--audit-log", str(out / "audit" / "chief.jsonl")] if federation.plan else [])]
     security_argv, env = security.for_role("chief")
     child = Child("chief", argv + security_argv, out / "logs" / "chief.log", env=env)
     (out / "chief.ready.json").unlink(missing_ok=True)
@@ -276,6 +334,8 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
             "wire_over_min": round(per_step / minimum, 4)})
     return {
         "held_out": held_out,
+        "plan_digest": ps_reports[0].get("plan_digest") if ps_reports else None,
+        "participants": _participants(ps_reports),
         "steps": steps,
         "rounds": sum(p["stats"].get("rounds", 0) for p in ps_reports[:1]),
         "short_rounds": max((p["stats"].get("short_rounds", 0) for p in ps_reports), default=0),
@@ -291,6 +351,22 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
         "ps": ps_reports,
         "workers": worker_reports,
     }
+
+
+def _participants(ps_reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per participant: samples and pushes as PS shard 0 counted them (a worker's step pushes to every shard, and
+    each shard checks and counts on its own: ps[i].participants has each shard's figures), bytes summed over the
+    shards. They add up to shard 0's totals (stats: samples, pushes) and, with each shard's "unattributed", to
+    the bytes every shard counted."""
+    if not ps_reports:
+        return []
+    combined = {p["name"]: dict(p) for p in ps_reports[0].get("participants", [])}
+    for report in ps_reports[1:]:
+        for p in report.get("participants", []):
+            entry = combined.setdefault(p["name"], {**p, "bytes_received": 0, "bytes_sent": 0})
+            entry["bytes_received"] += p["bytes_received"]
+            entry["bytes_sent"] += p["bytes_sent"]
+    return [combined[name] for name in sorted(combined)]
 
 
 def tensorboard_command(logdir: Path) -> str:
@@ -353,6 +429,11 @@ def _summary(report: dict[str, Any]) -> str:
                      f"{len(times)} client attestations, median {np.median(times) * 1000 if times else 0:.1f} ms{tcb}")
     else:
         lines.append(f"security: {att.get('security')}")
+    if report.get("plan_digest"):
+        lines.append(f"federation: plan {report['plan_digest'][:16]}...; " + ", ".join(
+            f"{p['name']} {p['samples']} samples, {p['pushes_accepted']} pushes"
+            + (f" ({p['pushes_refused']} refused)" if p["pushes_refused"] else "")
+            for p in report["participants"] if p["samples"] or p["pushes_refused"] or p["joins"]))
     return "\n".join(lines)
 
 
@@ -415,6 +496,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ratls: run the processes as in an enclave, without SGX: the gramine provider code path "
                             "over the sim library under Gramine's file names, peers' policy from RA_TLS_* as a "
                             "manifest fixes it, and a sim PCCS for TCB status")
+    group = parser.add_argument_group("federation (README 'Federation plans')")
+    group.add_argument("--plan", type=Path,
+                       help="ratls: a federation plan to run under (default: one the launcher writes for this local "
+                            "job, in <out>/federation); the workers are its first --workers worker participants")
+    group.add_argument("--participant-keys", type=Path, metavar="DIR",
+                       help="with --plan: <participant>.key.pem for each local worker (and the chief in sdt mode)")
+    group.add_argument("--no-plan", action="store_true",
+                       help="ratls: no federation plan: any attested worker may join under any free worker id "
+                            "(worker ids are still bound to the connection that joined)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -429,6 +519,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data:  # one error now, not one per worker or shard stream later
             check_format([*args.data, *(args.eval_data or [])], args.file_format)
         security = _security_setup(args, out)
+        federation = _federation_setup(args, out, security)
         worker_data = _data_setup(args, out) if args.mode == "hfl" else []
         ps_children = []
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
@@ -445,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", "runtime.ps", *common_ps, "--shard", str(shard),
                     "--ready-file", str(out / f"ps{shard}.ready.json"), "--report-file",
                     str(out / f"ps{shard}.report.json"), "--checkpoint-dir", str(out / "checkpoints" / f"ps{shard}"),
-                    *_model_argv(args)]
+                    *_model_argv(args), *federation.for_ps(out, shard)]
             security_argv, env = security.for_role(f"ps{shard}")
             child = Child(f"ps{shard}", argv + security_argv, out / "logs" / f"ps{shard}.log", env=env)
             (out / f"ps{shard}.ready.json").unlink(missing_ok=True)
@@ -455,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
         addresses = [_wait_ready(c, out / f"{c.role}.ready.json", READY_TIMEOUT)["address"] for c in ps_children]
         chief_children = []
         if args.mode == "sdt":
-            chief = _start_chief(args, out, addresses, security)
+            chief = _start_chief(args, out, addresses, security, federation)
             children.append(chief)
             chief_children.append(chief)
             chief_address = _wait_ready(chief, out / "chief.ready.json", READY_TIMEOUT)["address"]
@@ -463,7 +554,7 @@ def run(args: argparse.Namespace) -> int:
         worker_children = []
         threads = args.threads if args.threads is not None else max(1, len(os.sched_getaffinity(0)) // args.workers)
         for i in range(args.workers):
-            worker_id = f"worker{i}"
+            worker_id = federation.worker_ids[i]
             job = (["--ps", ",".join(addresses), "--batch-size", str(args.batch_size)] if args.mode == "hfl"
                    else [])
             argv = [sys.executable, "-m", "runtime.worker", *job, "--worker-id", worker_id,
@@ -471,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
                     "--threads", str(threads), "--warmup-steps", str(args.warmup_steps),
                     "--report-file", str(out / f"{worker_id}.report.json"),
                     "--scores-file", str(out / f"scores-{worker_id}.npz"),
-                    "--logdir", str(out / "tensorboard"), *worker_data[i]]
+                    "--logdir", str(out / "tensorboard"), *worker_data[i], *federation.for_participant(worker_id)]
             security_argv, env = security.for_role(worker_id)
             argv += security_argv
             if args.chunk_bytes is not None:

@@ -132,6 +132,14 @@ def test_readme_main_job(readme_main_job):
     assert report["samples_per_s"] > 0 and report["bytes_on_wire"] > 0 and report["short_rounds"] == 0
     stdout = readme_main_job.stdout
     assert "== report ==" in stdout and "AUC" in stdout and "step " in stdout
+    # The launcher's own federation plan: every join was a participant's proof, and the figures add up.
+    assert re.fullmatch(r"[0-9a-f]{64}", report["plan_digest"]) and f"plan {report['plan_digest'][:16]}" in stdout
+    participants = {p["name"]: p for p in report["participants"]}
+    assert set(participants) == {"worker0", "worker1", "chief"}
+    stats = report["ps"][0]["stats"]
+    assert sum(p["samples"] for p in participants.values()) == stats["samples"] == 2 * report["steps"] * 128
+    assert sum(p["pushes_accepted"] for p in participants.values()) == stats["pushes"] == 2 * report["steps"]
+    assert all(participants[w]["joins"] == 1 and participants[w]["pushes_refused"] == 0 for w in ("worker0", "worker1"))
     scalars = tensorboard_scalars(readme_main_job.report_path.parent / "tensorboard")
     points = report["steps"] // 10  # one point every 10 steps per worker
     assert len(scalars["train/loss"]) >= 2 * (points - 1)

@@ -347,6 +347,27 @@ def test_transport_options_are_fixed(signing_key, args):
         render.manifest_variables("ps", options(signing_key, runtime_args=tuple(args)))
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--plan", "/tmp/plan.toml"], "expected a file under /input"),
+    (["--plan=/input/../tmp/plan.toml"], "expected a file under /input"),
+    (["--plan"], "expected a file under /input"),
+    (["--participant-key", "/input/key.pem"], "expected a file under /data"),
+    (["--participant-key=/output/key.pem"], "expected a file under /data"),
+    (["--pla", "/input/plan.toml"], "spell out --plan"),
+])
+def test_federation_files_must_be_measured_or_sealed(signing_key, args, message):
+    """The plan is measured configuration (a trusted file), the participant's key a sealed secret: a manifest whose
+    arguments point anywhere the host controls is refused."""
+    with pytest.raises(render.ManifestError, match=message):
+        render.manifest_variables("worker", options(signing_key, runtime_args=tuple(args)))
+
+
+def test_federation_files_in_their_mounts_are_accepted(signing_key):
+    args = ("--plan", "/input/plan.toml", "--participant-key=/data/alice.key.pem")
+    _, manifest = rendered("worker", options(signing_key, runtime_args=args))
+    assert manifest["loader"]["argv"][3:5] == ["--plan", "/input/plan.toml"]
+
+
 def test_runtime_arguments_are_quoted_not_interpreted(signing_key):
     args = ('--listen', '0.0.0.0:7000"', '", "--security", "insecure', "back\\slash", "new\nline", "naïve ✓", "")
     _, manifest = rendered("ps", options(signing_key, runtime_args=args))
