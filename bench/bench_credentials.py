@@ -1,6 +1,7 @@
-"""Benchmark of RA-TLS gRPC credentials (sim provider): attestation handshake time, first-RPC latency (ratls vs
-plain TLS vs insecure), and unary throughput for 1 KiB and 4 MiB requests (ratls, plain TLS and insecure; the
-ratios ratls/insecure and ratls/plain TLS).
+"""Benchmark of RA-TLS gRPC credentials (sim provider): attestation handshake time, attestation handshakes per
+second on one server (sync and aio clients), first-RPC latency (ratls vs plain TLS vs insecure), and unary
+throughput for 1 KiB and 4 MiB requests (ratls, plain TLS and insecure; the ratios ratls/insecure and ratls/plain
+TLS).
 
     python bench/bench_credentials.py [--seconds 3] [--rounds 3] [--handshakes 50] [--first-rpcs 20]
 
@@ -16,6 +17,7 @@ server process).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import multiprocessing as mp
@@ -94,6 +96,49 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def handshake_rate(attest, seconds: float, concurrency: int) -> float:
+    """Attestation handshakes per second against one server: `concurrency` threads attesting back to back."""
+    attest()  # warm
+    deadline = time.perf_counter() + seconds
+
+    def client() -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            attest()
+            n += 1
+        return n
+
+    t0 = time.perf_counter()
+    with futures.ThreadPoolExecutor(concurrency) as pool:
+        done = sum(pool.map(lambda _: client(), range(concurrency)))
+    return done / (time.perf_counter() - t0)
+
+
+async def aio_handshake_rate(creds: ratls.Credentials, target: str, attestation_target: str, seconds: float,
+                             concurrency: int) -> float:
+    """The same from asyncio: `concurrency` grpc.aio channels re-attesting back to back (each attestation runs in a
+    worker thread, off the event loop)."""
+    channels = [creds.aio_secure_channel(target, attestation_target=attestation_target)
+                for _ in range(concurrency)]
+    try:
+        await channels[0].reattest()  # warm
+        deadline = time.perf_counter() + seconds
+
+        async def client(channel) -> int:
+            n = 0
+            while time.perf_counter() < deadline:
+                await channel.reattest()
+                n += 1
+            return n
+
+        t0 = time.perf_counter()
+        done = sum(await asyncio.gather(*(client(c) for c in channels)))
+        return done / (time.perf_counter() - t0)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 def throughput(channel: grpc.Channel, size: int, seconds: float, concurrency: int) -> float:
     """Requests of `size` bytes for `seconds`, `concurrency` callers; returns MiB/s of request payload."""
     sink = channel.unary_unary(f"/{SERVICE}/Sink")
@@ -121,6 +166,8 @@ def main() -> None:
     parser.add_argument("--handshakes", type=int, default=50)
     parser.add_argument("--first-rpcs", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=1, help="concurrent callers in throughput runs")
+    parser.add_argument("--handshake-concurrency", type=int, nargs="+", default=[1, 4, 8],
+                        help="concurrent clients for the handshakes/s figures (default 1 4 8)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ratls-bench-") as root:
@@ -157,6 +204,12 @@ def run(args, creds: ratls.Credentials, ports: dict) -> None:
         times.append((time.perf_counter() - t0) * 1000)
     print(f"attestation handshake: median {statistics.median(times):.2f} ms, p95 {percentile(times, 0.95):.2f} ms "
           f"({args.handshakes} handshakes)")
+
+    for concurrency in args.handshake_concurrency:
+        sync_rate = handshake_rate(lambda: creds.attest(att_target), args.seconds, concurrency)
+        aio_rate = asyncio.run(aio_handshake_rate(creds, ratls_target, att_target, args.seconds, concurrency))
+        print(f"attestation handshakes/s on one server, {concurrency} concurrent client(s): sync {sync_rate:.0f}, "
+              f"aio {aio_rate:.0f} (aio/sync {aio_rate / sync_rate:.2f})")
 
     tls_creds = grpc.ssl_channel_credentials(root_certificates=ports["tls_root"])
     openers = {

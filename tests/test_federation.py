@@ -334,3 +334,18 @@ def test_sdt_chief_serves_a_worker_only_over_the_connection_its_participant_prov
             made.close()
         server.stop(0).wait(5)
         chief.audit.close()
+
+
+def test_each_ps_shard_checks_joins_on_its_own(nets, plan_files, tmp_path):
+    """A challenge belongs to the shard that issued it: a proof made for shard 0 is refused by shard 1, and each
+    shard binds and audits its own joins."""
+    plan, keys, _ = plan_files
+    with federated_ps(nets, plan, tmp_path / "shard0") as (ps0, connect0, audit0), \
+            federated_ps(nets, plan, tmp_path / "shard1") as (ps1, connect1, audit1):
+        alice0, alice1 = connect0("alice"), connect1("alice")
+        proof = signed_join(plan, keys["alice"], "alice", "worker", nets["alice"].own_fingerprint(), challenge(alice0))
+        refused(lambda: alice1.unary("Join", proof, ps_pb2.JoinReply), "bad_challenge")
+        alice0.unary("Join", proof, ps_pb2.JoinReply)
+        assert "alice" in ps0.bindings and "alice" not in ps1.bindings
+        assert [r["event"] for r in read_audit(audit0)] == ["join"]
+        assert [(r["event"], r["reason"]) for r in read_audit(audit1)] == [("refusal", "bad_challenge")]
