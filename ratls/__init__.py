@@ -4,7 +4,8 @@
     evidence = ratls.verify_certificate(peer_cert, ratls.Policy(mrenclave=..., ...))
 """
 
-from ratls._grpc_channel import PinnedChannel
+from ratls._grpc_channel import AttestationRpcError, PinnedChannel
+from ratls._replicas import ReplicaStatus
 from ratls.address import ServerAddress
 from ratls.aio import AioAttestationError, AioPinnedChannel
 from ratls.credentials import AttestationStats, Credentials, credentials, peer
@@ -28,6 +29,7 @@ __all__ = [
     "TCB_STATUSES",
     "AioAttestationError",
     "AioPinnedChannel",
+    "AttestationRpcError",
     "AttestationStats",
     "CertificateInfo",
     "Credentials",
@@ -40,6 +42,7 @@ __all__ = [
     "Quote",
     "RatlsError",
     "Reason",
+    "ReplicaStatus",
     "ReportBody",
     "ServerAddress",
     "SimCA",

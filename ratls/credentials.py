@@ -2,7 +2,7 @@
 
     creds = ratls.credentials(policy=policy, identity=identity)
     grpc_port, attestation_port = creds.add_secure_port(server, "127.0.0.1:50051")
-    channel = creds.secure_channel("127.0.0.1:50051")          # attests 127.0.0.1:50052 first
+    channel = creds.secure_channel("127.0.0.1:50051")          # its first call attests 127.0.0.1:50052 first
     ...
     evidence = ratls.peer(context)                              # inside a handler
 
@@ -38,7 +38,7 @@ from ratls._trust import (
     common_name,
     lookup_peer,
 )
-from ratls.address import ServerAddress, default_attestation_port, join_host_port, split_host_port
+from ratls.address import ReplicaTargets, ServerAddress, Target, default_attestation_port, split_host_port
 from ratls.aio import AioPinnedChannel
 from ratls.collateral import HandshakeEvaluator, TcbSource
 from ratls.errors import RatlsError, UnattestedCallerError
@@ -174,63 +174,49 @@ class Credentials:
         return grpc.ssl_channel_credentials(root_certificates=certificate_pem(attested.certificate_der),
                                             private_key=key_pem, certificate_chain=cert_pem)
 
-    def secure_channel(self, target: str | ServerAddress, *, attestation_target: str | None = None,
+    def secure_channel(self, target: Target, *, attestation_target: str | int | None = None,
                        options: Sequence[tuple[str, Any]] | None = None,
                        compression: grpc.Compression | None = None) -> PinnedChannel:
-        """Attests the server, then returns a grpc.Channel (a PinnedChannel) pinned to its attested certificate.
-        Raises VerificationError (and opens nothing) if the server fails our policy or refuses us. The channel
-        re-attests by itself when the server restarts with a new key (see ratls._grpc_channel); its reattest()
-        method forces it, and its server_evidence is the server's Evidence."""
-        target, attestation_target = _targets(target, attestation_target)
-        user_options = list(options or ())
+        """A grpc.Channel (a PinnedChannel) to RA-TLS servers. Like gRPC's own channels it is lazy: making it does
+        nothing on the network and never fails because a server is down; the first call (or channel.reattest(),
+        the eager path, which raises VerificationError) attests the server, and calls run on a channel pinned to
+        the attested certificate. When attestation fails, the call fails with ratls.AttestationRpcError: a
+        grpc.RpcError with code UNAVAILABLE (server unreachable) or UNAUTHENTICATED (it fails our policy, or
+        refuses us) that is also a VerificationError. The channel re-attests by itself when a server restarts with
+        a new key and at half the trust TTL; channel.server_evidence is the server's Evidence once attested.
+        ratls._grpc_channel says what a caller sees in each case, wait_for_ready included.
 
-        def open_pinned(attested: Attested) -> grpc.Channel:
-            pinned = [("grpc.ssl_target_name_override", common_name(attested.certificate_der)),
-                      # A channel of its own: never share connections with channels pinned elsewhere.
-                      ("grpc.use_local_subchannel_pool", 1)]
-            names = {name for name, _ in user_options}
-            return grpc.secure_channel(target, self.channel_credentials(attested),
-                                       options=user_options + [o for o in pinned if o[0] not in names],
-                                       compression=compression)
+        target: "host:port" (the attestation target defaults to the next port), a ServerAddress (with its
+        attestation port), or several replicas: gRPC's "ipv4:a:p,b:p" / "ipv6:[a]:p,[b]:p", a host name that
+        resolves to several addresses, or a list of these and of (target, attestation_target) pairs. Each replica
+        is attested and pinned on its own, and calls go round-robin to attested replicas.
+        attestation_target: "host:port" for a target that is one server, or an int: the attestation port on each
+        replica's address (ratls.address.ReplicaTargets)."""
+        return PinnedChannel(ReplicaTargets(target, attestation_target), self.attest,
+                             lambda replica, attested: grpc.secure_channel(
+                                 replica.target, self.channel_credentials(attested),
+                                 options=_pinned_options(attested, options), compression=compression))
 
-        return PinnedChannel(lambda: self.attest(attestation_target), open_pinned)
-
-    def aio_secure_channel(self, target: str | ServerAddress, *, attestation_target: str | None = None,
+    def aio_secure_channel(self, target: Target, *, attestation_target: str | int | None = None,
                            options: Sequence[tuple[str, Any]] | None = None,
                            compression: grpc.Compression | None = None) -> AioPinnedChannel:
-        """A grpc.aio.Channel (an AioPinnedChannel) to an RA-TLS server, for asyncio code. Unlike secure_channel it
-        attests lazily, as gRPC connects: creating it never fails because the server is down, and the first call
-        attests the server in a worker thread (the event loop keeps running), then runs on a channel pinned to the
-        attested certificate. It re-attests by itself when the server restarts and at half the trust TTL; `await
-        channel.reattest()` attests (or re-attests) now, and channel.server_evidence is the server's Evidence
-        after the first attestation. When attestation fails, the call fails with ratls.aio.AioAttestationError: a
-        grpc.aio.AioRpcError with code UNAVAILABLE and a VerificationError with the reason (see ratls.aio for
-        every case, including wait_for_ready and deadlines)."""
-        target, resolved_attestation_target = _targets(target, attestation_target)
-        user_options = list(options or ())
-
-        def open_pinned(attested: Attested) -> grpc.aio.Channel:
-            pinned = [("grpc.ssl_target_name_override", common_name(attested.certificate_der)),
-                      # A channel of its own: never share connections with channels pinned elsewhere.
-                      ("grpc.use_local_subchannel_pool", 1)]
-            names = {name for name, _ in user_options}
-            return grpc.aio.secure_channel(target, self.channel_credentials(attested),
-                                           options=user_options + [o for o in pinned if o[0] not in names],
-                                           compression=compression)
-
-        return AioPinnedChannel(lambda: self.attest(resolved_attestation_target), open_pinned,
-                                resolved_attestation_target)
+        """A grpc.aio.Channel (an AioPinnedChannel) to RA-TLS servers, for asyncio code: secure_channel's
+        counterpart, with the same targets, laziness and errors (ratls.aio.AioAttestationError, a
+        grpc.aio.AioRpcError and a VerificationError). Attestation runs in a worker thread, so the event loop keeps
+        running; `await channel.reattest()` attests now. ratls.aio says what a caller sees in each case."""
+        return AioPinnedChannel(ReplicaTargets(target, attestation_target), self.attest,
+                                lambda replica, attested: grpc.aio.secure_channel(
+                                    replica.target, self.channel_credentials(attested),
+                                    options=_pinned_options(attested, options), compression=compression))
 
 
-def _targets(target: str | ServerAddress, attestation_target: str | None) -> tuple[str, str]:
-    """A channel's gRPC target and attestation target: a ServerAddress carries both; for "host:port" the attestation
-    target defaults to the next port."""
-    if isinstance(target, ServerAddress):
-        return target.target, attestation_target or target.attestation_target
-    if attestation_target is None:
-        host, port = split_host_port(target)
-        attestation_target = join_host_port(host, default_attestation_port(port))
-    return target, attestation_target
+def _pinned_options(attested: Attested, options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """The caller's channel options, and those that pin a channel to one attested server (unless given)."""
+    pinned = [("grpc.ssl_target_name_override", common_name(attested.certificate_der)),
+              # A channel of its own: never share connections with channels pinned elsewhere.
+              ("grpc.use_local_subchannel_pool", 1)]
+    names = {name for name, _ in options or ()}
+    return [*(options or ()), *(o for o in pinned if o[0] not in names)]
 
 
 def credentials(policy: Policy, identity: Identity | None = None, provider: str = "auto", *,

@@ -282,8 +282,9 @@ def test_trust_expires_and_channel_refreshes(server_creds, client_creds, client_
 
 
 def test_server_not_in_client_policy(sim_ca, server_creds, client_id, ids):
-    """A refusal is an AioAttestationError too, with the policy's reason; a wait_for_ready call is not kept
-    waiting by it, and no RPC reaches the server."""
+    """A refusal is an AioAttestationError too, with the policy's reason and code UNAUTHENTICATED (a verdict, not
+    an outage: UNAVAILABLE would invite retries); a wait_for_ready call is not kept waiting by it, and no RPC
+    reaches the server."""
     creds = credentials(sim_policy(sim_ca, ids("intruder").mrenclave), client_id)
 
     async def main(srv: Running) -> None:
@@ -294,7 +295,8 @@ def test_server_not_in_client_policy(sim_ca, server_creds, client_id, ids):
                     await call
                 assert isinstance(e.value, grpc.aio.AioRpcError)
                 assert e.value.reason == ratls.Reason.MRENCLAVE
-                assert await call.code() == grpc.StatusCode.UNAVAILABLE
+                assert await call.code() == grpc.StatusCode.UNAUTHENTICATED == e.value.code()
+                assert e.value.verification_error.reason == ratls.Reason.MRENCLAVE
                 assert "MRENCLAVE" in await call.details()
             count = channel.unary_stream(f"/{STREAMS}/Count")(bytes([2]), timeout=WAIT_S)
             with pytest.raises(ratls.AioAttestationError):

@@ -88,6 +88,24 @@ def assert_refused(channel: grpc.Channel) -> None:
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def attestation_refused(creds, srv) -> ratls.VerificationError:
+    """What a channel's first call raises when attestation ends with a verdict (a policy on either side says no):
+    making the channel does nothing on the network; the call fails UNAUTHENTICATED with the VerificationError,
+    and so does the eager path (reattest())."""
+    with creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+        with pytest.raises(ratls.AttestationRpcError) as e:
+            hello(channel)
+        assert isinstance(e.value, grpc.RpcError) and isinstance(e.value, ratls.VerificationError)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert e.value.details() == f"ratls: attesting the server at {srv.attestation_target} failed: " \
+                                    f"{e.value.verification_error}"
+        with pytest.raises(ratls.VerificationError) as eager:
+            channel.reattest()
+        assert eager.value.reason == e.value.reason
+        assert channel.server_evidence is None
+    return e.value
+
+
 def test_mutual_success(server_creds, client_creds, server_id, client_id):
     with serve(server_creds()) as srv:
         with client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
@@ -210,10 +228,8 @@ def test_server_not_in_client_policy(sim_ca, server_creds, client_id, ids):
     intruder = ids("intruder")
     picky = credentials(sim_policy(sim_ca, intruder.mrenclave), client_id)
     with serve(server_creds()) as srv:
-        with pytest.raises(ratls.VerificationError) as e:
-            picky.secure_channel(srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.MRENCLAVE
-        # No channel was made, so no RPC could leave the client; the server saw no attested client either.
+        assert attestation_refused(picky, srv).reason == ratls.Reason.MRENCLAVE
+        # No pinned channel was made, so no RPC could leave the client; the server saw no attested client either.
         assert srv.service.calls == 0
         assert srv.creds.trusted_clients(srv.grpc_port) == {}
         assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
@@ -222,12 +238,11 @@ def test_server_not_in_client_policy(sim_ca, server_creds, client_id, ids):
 def test_client_not_in_server_policy(sim_ca, server_id, client_creds, client_id, ids):
     intruder = ids("intruder")
     with serve(credentials(sim_policy(sim_ca, intruder.mrenclave), server_id)) as srv:
-        with pytest.raises(ratls.VerificationError) as e:
-            client_creds.secure_channel(srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.MRENCLAVE
-        assert "the attestation server refused our certificate: MRENCLAVE" in e.value.message
+        error = attestation_refused(client_creds, srv)
+        assert error.reason == ratls.Reason.PEER_REFUSED and error.peer_reason == ratls.Reason.MRENCLAVE
+        assert "the attestation server refused our certificate: MRENCLAVE" in error.message
         stats = srv.creds.attestation_stats(srv.grpc_port)
-        assert (stats.rejected, stats.attested, stats.last_rejection) == (1, 0, ratls.Reason.MRENCLAVE)
+        assert (stats.rejected, stats.attested, stats.last_rejection) == (2, 0, ratls.Reason.MRENCLAVE)
         # Going to the gRPC port anyway, with a genuine RA-TLS certificate: the TLS handshake is refused.
         with direct_channel(server_id.certificate_der, client_id, srv.target) as channel:
             assert_refused(channel)
@@ -273,27 +288,21 @@ def test_debug_enclave_denied(sim_ca, server_creds, server_id, client_id, ids):
     debug_client = ids("client", debug=True)
     assert debug_client.mrenclave == client_id.mrenclave and debug_client.evidence.debug
     with serve(server_creds()) as srv:
-        with pytest.raises(ratls.VerificationError) as e:
-            credentials(sim_policy(sim_ca, server_id.mrenclave), debug_client).secure_channel(
-                srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.DEBUG_ENCLAVE
+        error = attestation_refused(credentials(sim_policy(sim_ca, server_id.mrenclave), debug_client), srv)
+        assert error.reason == ratls.Reason.PEER_REFUSED and error.peer_reason == ratls.Reason.DEBUG_ENCLAVE
         assert srv.creds.attestation_stats(srv.grpc_port).last_rejection == ratls.Reason.DEBUG_ENCLAVE
     # A debug server, seen from the client.
     debug_server = ids("server", debug=True)
     with serve(credentials(sim_policy(sim_ca, client_id.mrenclave), debug_server)) as srv:
-        with pytest.raises(ratls.VerificationError) as e:
-            credentials(sim_policy(sim_ca, server_id.mrenclave), client_id).secure_channel(
-                srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.DEBUG_ENCLAVE
+        error = attestation_refused(credentials(sim_policy(sim_ca, server_id.mrenclave), client_id), srv)
+        assert error.reason == ratls.Reason.DEBUG_ENCLAVE
         assert srv.service.calls == 0
 
 
 def test_simulated_evidence_denied_by_production_policy(server_creds, server_id, client_id):
     production = ratls.Policy(mrenclave=server_id.mrenclave, allowed_tcb_statuses=("UpToDate", "Unknown"))
     with serve(server_creds()) as srv:
-        with pytest.raises(ratls.VerificationError) as e:
-            credentials(production, client_id).secure_channel(srv.target, attestation_target=srv.attestation_target)
-        assert e.value.reason == ratls.Reason.SIMULATED_DENIED
+        assert attestation_refused(credentials(production, client_id), srv).reason == ratls.Reason.SIMULATED_DENIED
         assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
 
 
@@ -306,9 +315,10 @@ def test_mitm_on_attestation_port(sim_ca, server_creds, server_id, client_creds,
                                        (intruder, ratls.Reason.MRENCLAVE)):
             with Relay(srv.attestation_port, server_tls=tls_server_context(relay_identity),
                        client_tls=tls_client_context(relay_identity)) as relay:
-                with pytest.raises(ratls.VerificationError) as e:
-                    client_creds.secure_channel(srv.target, attestation_target=f"127.0.0.1:{relay.port}")
-                assert e.value.reason == reason
+                with client_creds.secure_channel(srv.target, attestation_target=f"127.0.0.1:{relay.port}") as channel:
+                    with pytest.raises(ratls.AttestationRpcError) as e:
+                        hello(channel)
+                assert e.value.reason == reason and e.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert relay.to_upstream == b"" and relay.to_client == b""
         assert srv.creds.attestation_stats(srv.grpc_port).attested == 0
         assert srv.service.calls == 0

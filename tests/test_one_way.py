@@ -87,8 +87,8 @@ def test_one_way_client_attests_the_server_and_is_seen_as_unattested(ca, enclave
     assert isinstance(client.identity, UnattestedIdentity)
     with serve_who(server_creds, "optional") as (grpc_port, att_port):
         with client.secure_channel(f"127.0.0.1:{grpc_port}", attestation_target=f"127.0.0.1:{att_port}") as ch:
-            assert ch.server_evidence.mrenclave == enclave.mrenclave  # the server was attested and pinned
             kind, fingerprint, strict = who(ch).split()
+            assert ch.server_evidence.mrenclave == enclave.mrenclave  # the first call attested and pinned the server
             assert kind == "unattested"
             assert strict == "strict:UnattestedCallerError"  # peer() without allow_unattested never returns for it
             assert fingerprint == hashlib.sha256(client.identity.channel_certificate_der).hexdigest()
@@ -111,8 +111,8 @@ def test_optional_port_still_refuses_a_client_whose_attestation_fails(ca, enclav
     server_creds = ratls.credentials(sim_policy(ca, enclave.mrenclave), enclave)  # the worker is not allowed
     client = ratls.credentials(sim_policy(ca, enclave.mrenclave), other_enclave)
     with serve_who(server_creds, "optional") as (grpc_port, att_port):
-        with pytest.raises(ratls.VerificationError) as e:
-            client.secure_channel(f"127.0.0.1:{grpc_port}", attestation_target=f"127.0.0.1:{att_port}")
+        with pytest.raises(ratls.VerificationError) as e:  # reattest(): the channel's eager attestation
+            client.secure_channel(f"127.0.0.1:{grpc_port}", attestation_target=f"127.0.0.1:{att_port}").reattest()
         assert e.value.reason == ratls.Reason.PEER_REFUSED and e.value.peer_reason == ratls.Reason.MRENCLAVE
 
 
@@ -121,8 +121,8 @@ def test_required_port_refuses_an_unattested_client_with_a_reason(ca, enclave, c
     client = ratls.credentials(sim_policy(ca, enclave.mrenclave), provider="none")
     caplog.set_level(logging.WARNING, logger="ratls.attestation")
     with serve(server_creds) as running:  # client_attestation defaults to "required"
-        with pytest.raises(ratls.VerificationError) as e:
-            client.secure_channel(running.target, attestation_target=running.attestation_target)
+        with pytest.raises(ratls.VerificationError) as e:  # reattest(): the channel's eager attestation
+            client.secure_channel(running.target, attestation_target=running.attestation_target).reattest()
         assert e.value.reason == ratls.Reason.PEER_REFUSED
         assert e.value.peer_reason == ratls.Reason.ATTESTATION_REQUIRED
         assert "ATTESTATION_REQUIRED" in str(e.value)
@@ -167,8 +167,8 @@ def test_one_way_client_still_verifies_the_server(ca, enclave, other_enclave):
     server_creds = ratls.credentials(sim_policy(ca, enclave.mrenclave), enclave)
     client = ratls.credentials(sim_policy(ca, other_enclave.mrenclave), provider="none")  # expects another enclave
     with serve(server_creds, client_attestation="optional") as running:
-        with pytest.raises(ratls.VerificationError) as e:
-            client.secure_channel(running.target, attestation_target=running.attestation_target)
+        with pytest.raises(ratls.VerificationError) as e:  # reattest(): the channel's eager attestation
+            client.secure_channel(running.target, attestation_target=running.attestation_target).reattest()
         assert e.value.reason == ratls.Reason.MRENCLAVE
         assert server_creds.attestation_stats(running.grpc_port).attested == 0
 

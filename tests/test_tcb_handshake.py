@@ -105,9 +105,11 @@ def test_client_refuses_a_server_platform_at_each_status(ca, pccs, identities, s
     set_status(ca, "server", status)
     server, client = pair(ca, pccs, identities, policy(ca, STATUSES[:-1]), policy(ca))
     with serve(server) as running:
-        with pytest.raises(ratls.VerificationError) as e:
-            client.secure_channel(running.target, attestation_target=running.attestation_target)
-        assert e.value.reason == ratls.Reason.TCB_STATUS
+        # The channel attests at its first call, which fails UNAUTHENTICATED (a verdict, not an outage).
+        with client.secure_channel(running.target, attestation_target=running.attestation_target) as channel:
+            with pytest.raises(ratls.AttestationRpcError) as e:
+                hello(channel)
+        assert e.value.reason == ratls.Reason.TCB_STATUS and e.value.code().name == "UNAUTHENTICATED"
         assert f"TCB status {status} is n" in e.value.message
         stats = server.attestation_stats(running.grpc_port)
         assert stats.attested == 0  # the client closed on the server: nobody was trusted
