@@ -116,7 +116,8 @@ class ReplicaTargets:
         if not items:
             raise RatlsError("the target lists no server")
         if isinstance(attestation_target, str):
-            if len(items) != 1 or isinstance(items[0], tuple) or len(_addresses(_describe(items[0]))) != 1:
+            one = len(items) == 1 and isinstance(items[0], str | ServerAddress)
+            if not one or len(_addresses(_describe(items[0]))) != 1:
                 raise RatlsError(f"attestation_target {attestation_target!r} names one server, but the target "
                                  f"{self.description!r} may be several: give (target, attestation_target) pairs")
             given = items[0].target if isinstance(items[0], ServerAddress) else items[0]
@@ -130,7 +131,8 @@ class ReplicaTargets:
                 self.parts.append(Replica(item.target, item.attestation_target))
             elif isinstance(item, tuple):
                 grpc_target, attestation = item
-                _addresses(grpc_target), _addresses(attestation)
+                _addresses(grpc_target)  # checked now, used as given
+                _addresses(attestation)
                 self.parts.append(Replica(grpc_target, attestation))
             else:
                 for host, port in _addresses(item):
