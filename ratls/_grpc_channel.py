@@ -21,8 +21,9 @@ What a caller sees:
   grpc.Future) with code() UNAVAILABLE whose details() name the attestation target and the reason, and a
   VerificationError (.reason IO or TIMEOUT; .verification_error is the underlying error). future() returns it
   (done, failed) and streaming calls return it (iterating raises it). The next call tries again.
-  With wait_for_ready=True the call instead waits, attesting again with backoff (0.1 s doubling to 1 s), and
-  completes once the server is up, or ends with DEADLINE_EXCEEDED at its deadline.
+  With wait_for_ready=True a blocking call instead waits, attesting again with backoff (0.1 s doubling to 1 s),
+  and completes once the server is up, or ends with DEADLINE_EXCEEDED at its deadline. (future() and streaming
+  calls attest once, in the calling thread, before they return: they do not wait for an unreachable server.)
 - Refused by policy (the server fails our policy, or refuses us: PEER_REFUSED with .peer_reason): the call raises
   AttestationRpcError with code UNAUTHENTICATED, at once, wait_for_ready or not. No RPC reaches the server.
 - Server restarted with a new key, call without wait_for_ready: a blocking unary-unary call that fails to
@@ -575,20 +576,19 @@ class _MultiCallable:
             sent_again = True
 
     def _reissuing(self, start: Callable[[Any, float | None], grpc.Future], timeout: float | None) -> grpc.Future:
-        """A wait_for_ready unary-request call, issued again on the replica's new pin after a restart (see
+        """A wait_for_ready unary-unary call, issued again on the replica's new pin after a restart (see
         PinnedChannel._wait_reissuing); the future of its last issue, done."""
         deadline = None if timeout is None else time.monotonic() + timeout
         member, generation, multicallable = self._pick(deadline, True)
         return self._channel._wait_reissuing(member, generation, lambda mc: start(mc, _remaining(deadline)),
                                              multicallable, self._key, self._make, deadline)
 
-    def _nonblocking(self, issue: Callable[[Any, float | None], Any], timeout: float | None,
-                     wait_for_ready: bool | None) -> Any:
-        """Starts a non-blocking call (attesting first, in this thread, if needed); an attestation failure is
-        returned as the call, failed."""
+    def _nonblocking(self, issue: Callable[[Any, float | None], Any], timeout: float | None) -> Any:
+        """Starts a non-blocking call, attesting first (in this thread, once: a non-blocking call does not wait
+        for an unreachable server, wait_for_ready or not); an attestation failure is returned as the call, failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            member, generation, multicallable = self._pick(deadline, wait_for_ready)
+            member, generation, multicallable = self._pick(deadline, False)
         except _FailedCall as failed:
             return failed
         return self._channel._issue(member, generation, lambda mc: issue(mc, _remaining(deadline)), multicallable)
@@ -619,7 +619,7 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):
                compression: grpc.Compression | None = None) -> grpc.Future:
         return self._nonblocking(lambda multicallable, remaining: multicallable.future(
             request, timeout=remaining, metadata=metadata, credentials=credentials, wait_for_ready=wait_for_ready,
-            compression=compression), timeout, wait_for_ready)
+            compression=compression), timeout)
 
 
 class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):
@@ -641,7 +641,7 @@ class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):
                compression: grpc.Compression | None = None) -> grpc.Future:
         return self._nonblocking(lambda multicallable, remaining: multicallable.future(
             request_iterator, timeout=remaining, metadata=metadata, credentials=credentials,
-            wait_for_ready=wait_for_ready, compression=compression), timeout, wait_for_ready)
+            wait_for_ready=wait_for_ready, compression=compression), timeout)
 
 
 class _Streaming(_MultiCallable, grpc.UnaryStreamMultiCallable, grpc.StreamStreamMultiCallable):
@@ -650,4 +650,4 @@ class _Streaming(_MultiCallable, grpc.UnaryStreamMultiCallable, grpc.StreamStrea
                  compression: grpc.Compression | None = None) -> Any:
         return self._nonblocking(lambda multicallable, remaining: multicallable(
             request, timeout=remaining, metadata=metadata, credentials=credentials, wait_for_ready=wait_for_ready,
-            compression=compression), timeout, wait_for_ready)
+            compression=compression), timeout)
