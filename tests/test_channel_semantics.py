@@ -114,7 +114,7 @@ def client_id(ids):
 def server_creds(sim_ca, ids, client_id):
     """A factory: credentials of a new server identity (a new key: what a restarted server has) of the server's
     enclave, trusting the client's enclave only; server_creds("intruder") is another enclave."""
-    return lambda app="server": credentials(sim_policy(sim_ca, client_id.mrenclave), ids(app))
+    return lambda app="server", **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), ids(app), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -260,11 +260,11 @@ def test_aio_stream_started_after_a_restart(server_creds, client_creds):
 
 
 @contextlib.contextmanager
-def replicas(server_creds, hosts: list[str], names: list[str]) -> Iterator[list[Server]]:
+def replicas(server_creds, hosts: list[str], names: list[str], **kw) -> Iterator[list[Server]]:
     """Servers on the same gRPC and attestation ports of different loopback addresses (as replicas behind one
     host name would be); names[i] == "intruder" serves an enclave the client's policy does not admit."""
     def creds(name: str) -> ratls.Credentials:
-        return server_creds("intruder" if name == "intruder" else "server")
+        return server_creds("intruder" if name == "intruder" else "server", **kw)
 
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(serve(creds(names[0]), names[0], f"{hosts[0]}:0"))
@@ -368,7 +368,7 @@ def test_host_name_resolving_to_several_addresses(server_creds, client_creds, mo
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0)) for address in addresses]
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    with replicas(server_creds, ["127.0.0.1", "127.0.0.2"], ["a", "b"]) as (a, b):
+    with replicas(server_creds, ["127.0.0.1", "127.0.0.2"], ["a", "b"], trust_ttl=1) as (a, b):
         grpc_port, attestation_port = a.ports
         with client_creds.secure_channel(f"dns:///replicas.test:{grpc_port}",
                                          attestation_target=attestation_port) as channel:
@@ -377,10 +377,7 @@ def test_host_name_resolving_to_several_addresses(server_creds, client_creds, mo
             assert [r.target for r in channel.replicas] == [f"127.0.0.1:{grpc_port}", f"127.0.0.2:{grpc_port}"]
             addresses.remove("127.0.0.2")
             monkeypatch.setattr(ratls._replicas, "RERESOLVE_INTERVAL_S", 0.0)
-            channel.replicas[0]  # noqa: B018
-            with channel._lock:  # make a refresh due, as half the trust TTL would
-                for member in channel._replicas.members:
-                    member.refresh_at = 0.0
+            time.sleep(0.6)  # past half the trust TTL: the replicas are due for re-attestation
             assert spread(channel, 6, replicas=1) == Counter({b"a": 6})
             assert [r.target for r in channel.replicas] == [f"127.0.0.1:{grpc_port}"]
 
@@ -405,6 +402,9 @@ def test_target_syntax():
         ReplicaTargets("ipv4:10.0.0.1:1,10.0.0.2:1", "10.0.0.1:2")
     with pytest.raises(ratls.RatlsError, match="out of range"):
         ReplicaTargets("10.0.0.1:1", 70000)
+    address = ratls.ServerAddress("0.0.0.0", 5000, 6000)  # what add_secure_port returns: it unpacks as a tuple
+    assert ReplicaTargets(address).resolve()[0] == [Replica("127.0.0.1:5000", "127.0.0.1:6000")]
+    assert ReplicaTargets(address, "10.0.0.9:7").resolve()[0] == [Replica("127.0.0.1:5000", "10.0.0.9:7")]
 
 
 # -- an L4 balancer in front of replicas
