@@ -297,6 +297,9 @@ class RatlsTransport(Transport):
                                                       attestation_target=join_host_port(endpoint.host,
                                                                                         attestation_port),
                                                       options=options)
+            # Eager: a worker learns at connect time, with the reason, that a PS is unreachable or refuses it,
+            # and the report times the attestation itself.
+            channel.reattest()
         except Exception as error:
             translated = self.call_error(error)
             if translated is None:
