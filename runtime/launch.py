@@ -101,8 +101,9 @@ def _wait_ready(child: Child, ready_file: Path, timeout: float) -> dict[str, Any
             return json.loads(ready_file.read_text())
         assert child.process is not None
         if child.process.poll() is not None:
-            raise LaunchError(f"{child.role} exited with code {child.process.returncode} before serving; "
-                              f"see {child.log_path}")
+            errors = [line for line in child.log_path.read_text(errors="replace").splitlines() if "error: " in line]
+            raise LaunchError(f"{child.role} exited with code {child.process.returncode} before serving"
+                              + (f" ({errors[-1]})" if errors else "") + f"; see {child.log_path}")
         time.sleep(0.05)
     raise LaunchError(f"{child.role} not serving after {timeout:.0f} s; see {child.log_path}")
 
@@ -254,7 +255,7 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
         eval_args = ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
         return [["--data", *map(str, args.data), "--data-shard", f"{i}/{args.workers}", *_reader_argv(args),
                  *eval_args] for i in range(args.workers)]
-    rows = args.synthetic_rows or args.steps * args.batch_size
+    rows = args.synthetic_rows or _samples_per_worker(args)
     started = time.perf_counter()
     train, held_out = synthetic_partitions(out / "data", args.workers, rows, args.eval_rows, args.data_seed,
                                            model_config(args))
@@ -262,6 +263,11 @@ def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
           f"held-out rows in {time.perf_counter() - started:.1f} s ({out / 'data'})", flush=True)
     return [["--data", str(t), "--eval-data", str(e), "--max-bad-fraction", str(args.max_bad_fraction)]
             for t, e in zip(train, held_out, strict=True)]
+
+
+def _samples_per_worker(args: argparse.Namespace) -> int:
+    """What one worker trains on in a synchronous job: a batch per local step of every round."""
+    return args.steps * args.local_steps * args.batch_size
 
 
 def _reader_argv(args: argparse.Namespace) -> list[str]:
@@ -277,7 +283,7 @@ def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], secu
         data = ["--data", *map(str, args.data), *_reader_argv(args)]
         data += ["--eval-data", *map(str, args.eval_data)] if args.eval_data else []
     else:
-        data = ["--synthetic", str(args.synthetic_rows or args.steps * args.batch_size), "--data-seed",
+        data = ["--synthetic", str(args.synthetic_rows or _samples_per_worker(args)), "--data-seed",
                 str(args.data_seed), "--eval-rows", str(args.eval_rows), "--max-bad-fraction",
                 str(args.max_bad_fraction)]
     argv = [sys.executable, "-m", "runtime.chief", "--ps", ",".join(addresses), "--workers", str(args.workers),
@@ -337,7 +343,10 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
         "plan_digest": ps_reports[0].get("plan_digest") if ps_reports else None,
         "participants": _participants(ps_reports),
         "steps": steps,
+        "local_steps": ps_reports[0].get("local_steps", 1) if ps_reports else 1,
         "rounds": sum(p["stats"].get("rounds", 0) for p in ps_reports[:1]),
+        # Every PS shard's bytes (both ways, as the workers count them) per round.
+        "bytes_per_round": round(wire / steps, 1) if steps else 0.0,
         "short_rounds": max((p["stats"].get("short_rounds", 0) for p in ps_reports), default=0),
         "examples": examples,
         "samples_per_s": round(examples / train_seconds, 1) if train_seconds else 0.0,
@@ -387,9 +396,10 @@ def _summary(report: dict[str, Any]) -> str:
         lines.append(f"held-out: {h['examples']} examples, loss {h['log_loss']:.4f} (constant baseline "
                      f"{h['constant_baseline_log_loss']:.4f}), accuracy {h['accuracy']:.4f} (baseline "
                      f"{h['constant_baseline_accuracy']:.4f}), AUC {auc}")
-    lines.append(f"training: {report['steps']} steps, {report['examples']} examples, "
+    fedavg = f" of FedAvg ({report['local_steps']} local steps each)" if report.get("local_steps", 1) > 1 else ""
+    lines.append(f"training: {report['steps']} steps{fedavg}, {report['examples']} examples, "
                  f"{report['samples_per_s']:.0f} samples/s, {report['short_rounds']} short rounds, "
-                 f"wall {report['wall_seconds']:.1f} s")
+                 f"{report['bytes_per_round'] / 1e3:.1f} kB per round, wall {report['wall_seconds']:.1f} s")
     steady = report["steady"]
     if steady.get("workers"):
         ms = steady["step_ms"]
@@ -444,7 +454,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="default 2")
     parser.add_argument("--ps-shards", type=int, default=1, help="PS processes sharing the parameters (default 1)")
     parser.add_argument("--steps", type=int, default=400,
-                        help="parameter updates: synchronous rounds, or asynchronous pushes (default 400)")
+                        help="parameter updates: synchronous rounds (FedAvg rounds with --local-steps), or "
+                             "asynchronous pushes (default 400)")
     parser.add_argument("--batch-size", type=int, default=128, help="per worker (default 128)")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<mode>-<time>)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="stop everything after this many seconds")
@@ -462,6 +473,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--min-workers", type=int, help="synchronous quorum (default: all workers)")
     train.add_argument("--round-timeout", type=float, help="seconds before a round closes with the quorum")
     train.add_argument("--staleness", type=int, help="asynchronous updates with this staleness bound")
+    train.add_argument("--local-steps", type=int, default=1, metavar="K",
+                       help="FedAvg: each worker takes K SGD steps on its own copy of the parameters per round (K "
+                            "batches, the rows they touch pulled once) and pushes the model delta; the PS adds the "
+                            "sample-weighted mean delta (each row over the workers that touched it). One round trip "
+                            "per K batches: pays over slow links. Synchronous and --optimizer sgd only; --steps "
+                            "counts rounds. Default 1: every push is one batch's gradients (synchronous SGD)")
     train.add_argument("--pipeline", action="store_true",
                        help="asynchronous: workers overlap pushing and pulling with computing (see runtime.worker)")
     train.add_argument("--worker-timeout", type=float, default=10.0, help="seconds before a silent worker is "
@@ -525,7 +542,8 @@ def run(args: argparse.Namespace) -> int:
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
                      str(args.ps_shards), "--worker-timeout", str(args.worker_timeout), "--optimizer",
                      args.optimizer, "--checkpoint-every", str(args.checkpoint_every), "--batch-size",
-                     str(args.batch_size), "--max-grad-norm", str(args.max_grad_norm)]
+                     str(args.batch_size), "--max-grad-norm", str(args.max_grad_norm),
+                     "--local-steps", str(args.local_steps)]
         for flag, value in (("--min-workers", args.min_workers), ("--round-timeout", args.round_timeout),
                             ("--staleness", args.staleness), ("--chunk-bytes", args.chunk_bytes)):
             if value is not None:

@@ -30,6 +30,8 @@ MAX_CHUNK_BYTES = 64 * 1024 * 1024  # the largest chunk anyone may be configured
 CHUNK_OVERHEAD = 1024
 MAX_RANK = 8
 MAX_BATCH_SIZE = 1 << 24
+# FedAvg (--local-steps K): the most local steps a job may take between pushes.
+MAX_LOCAL_STEPS = 1 << 16
 MAX_WAIT_MS = 60_000
 # A PushPullReply is its PullReply plus a PushReply (three varints) and two field headers: at most this more.
 PUSH_PULL_REPLY_EXTRA = 64
@@ -131,7 +133,8 @@ class PullReply:
 @dataclass(frozen=True)
 class PushRequest:
     """One worker's gradients for one shard, computed at version `step` on batch_size examples: the shard's dense
-    gradients (flat) and row gradients (a RowSet with values)."""
+    gradients (flat) and row gradients (a RowSet with values). With local_steps K > 1 (FedAvg) they are instead the
+    model delta after K local steps from the parameters of version `step`, and batch_size the K batches' samples."""
 
     worker_id: str
     step: int
@@ -139,6 +142,7 @@ class PushRequest:
     loss: float
     dense: np.ndarray
     rows: RowSet
+    local_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,7 @@ class JobInfo:
     staleness: int
     heartbeat_interval: float
     max_chunk_bytes: int
+    local_steps: int = 1  # > 1: FedAvg, a push is the model delta after this many local steps
 
 
 @dataclass(frozen=True)

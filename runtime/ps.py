@@ -10,6 +10,9 @@ Update rules:
   pushes are in; a worker silent for --worker-timeout seconds is dropped from the live set. Rounds applied
   with fewer pushes than --workers are counted as short.
 - asynchronous (--staleness K): each push is applied on arrival if it was computed at most K versions ago.
+- FedAvg (--local-steps K > 1, synchronous, SGD): each worker takes K SGD steps on its own copy of what it pulled
+  and pushes the model delta; a round's deltas are averaged, each parameter over the workers that pushed a delta
+  for it, weighted by their samples, and added to the parameters (runtime.server.aggregation).
 Training starts once --workers workers have joined (or, after --start-timeout, at least --min-workers).
 """
 
@@ -53,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--staleness", type=int,
                         help="asynchronous updates, accepting gradients computed at most K versions ago "
                              "(default: synchronous)")
+    parser.add_argument("--local-steps", type=int, default=1,
+                        help="FedAvg: workers take K local SGD steps per round and push the model delta, which "
+                             "the PS averages (sample-weighted; rows over the workers that touched them) and adds; "
+                             "synchronous and --optimizer sgd only; told to workers when they join (default 1: "
+                             "every push is one batch's gradients)")
     parser.add_argument("--worker-timeout", type=float, default=10.0,
                         help="seconds without a call from a worker before it is dropped (default 10)")
     parser.add_argument("--start-timeout", type=float, default=60.0,
@@ -95,7 +103,8 @@ def options_from_args(args: argparse.Namespace) -> PSOptions:
     return PSOptions(
         config=model_config(args), total_steps=args.steps, workers=args.workers, shard=args.shard,
         num_shards=args.num_shards, min_workers=args.min_workers, round_timeout=args.round_timeout,
-        staleness=args.staleness, worker_timeout=args.worker_timeout, start_timeout=args.start_timeout,
+        staleness=args.staleness, local_steps=args.local_steps, worker_timeout=args.worker_timeout,
+        start_timeout=args.start_timeout,
         optimizer=args.optimizer, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         chunk_bytes=args.chunk_bytes, batch_size=args.batch_size, max_grad_norm=args.max_grad_norm,
         max_message_bytes=args.max_message_bytes, stream_timeout=args.stream_timeout,

@@ -35,6 +35,26 @@ class RowSet:
     def empty(cls) -> RowSet:
         return cls([], np.zeros(0, np.int64), np.zeros(0, np.int64))
 
+    @classmethod
+    def union(cls, sets: Sequence[RowSet]) -> RowSet:
+        """Every row of any of the sets, once, ids only: tables increasing, ids increasing within each table."""
+        keys = np.unique(np.concatenate([s._keys() for s in sets]))
+        tables, counts = np.unique(keys >> 32, return_counts=True)
+        return cls(tables.tolist(), counts.astype(np.int64), keys & 0xFFFFFFFF)
+
+    def positions_of(self, subset: RowSet) -> np.ndarray:
+        """Where each row of `subset` is among this set's rows (every one must be here; both ordered as union()
+        orders them, as a batch's lookup is), increasing."""
+        keys = self._keys()
+        positions = np.searchsorted(keys, subset._keys())
+        if positions.size and (positions[-1] >= keys.size or not (keys[positions] == subset._keys()).all()):
+            raise ValueError("positions_of: some rows of the subset are not in this set")
+        return positions
+
+    def _keys(self) -> np.ndarray:
+        """(table << 32) | id for every row: ids are below MAX_TABLE_SIZE = 2**32."""
+        return (self.row_tables() << 32) | self.ids.astype(np.int64, copy=False)
+
     def __len__(self) -> int:
         return int(self.ids.size)
 

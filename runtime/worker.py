@@ -1,7 +1,9 @@
 """A training worker: python -m runtime.worker --ps ADDRESSES --worker-id ID (--data FILES | --synthetic ROWS).
 
 Joins every PS shard, then loops: read a batch of its own data, pull the dense weights and the embedding rows
-the batch touches, compute the DLRM loss and gradients in TensorFlow, push them. It stops when the PS says
+the batch touches, compute the DLRM loss and gradients in TensorFlow, push them. Under FedAvg (the PS's
+--local-steps K > 1, told at join) a round reads K batches, pulls the rows any of them touches once, takes K SGD
+steps on its own copy and pushes the model delta. It stops when the PS says
 training is done, evaluates the final parameters on its held-out data (loss, accuracy, AUC) and leaves.
 If a PS goes away the worker reconnects (re-attesting under ratls) and joins again, for up to
 --reconnect-timeout seconds; a step whose round closed without it is recomputed on the same batch.
@@ -39,9 +41,10 @@ from runtime.data import (
     synthetic_partitions,
 )
 from runtime.federation import arguments as federation_arguments
-from runtime.model import Batch, DLRMConfig, Lookup
+from runtime.model import Batch, DLRMConfig, Lookup, apply_sgd_rows
 from runtime.protocol import DEFAULT_CHUNK_SIZE, MAX_CHUNK_BYTES, PRECISIONS, WORKER_ID_RULE, valid_worker_id
 from runtime.report import write_json_atomically
+from runtime.rows import RowSet
 from runtime.transport import TransportError
 
 EVAL_BATCH_SIZE = 4096
@@ -61,8 +64,44 @@ class StepTimes:
 
 
 @dataclass
+class Round:
+    """The batches one push covers, and the rows they touch (pulled once for all of them): one batch, whose
+    gradients are pushed, or under FedAvg the job's local steps, after which the model delta is pushed."""
+
+    batches: list[tuple[Batch, Lookup]]
+    rows: RowSet
+
+    @classmethod
+    def of(cls, batches: list[tuple[Batch, Lookup]]) -> Round:
+        rows = batches[0][1].rows if len(batches) == 1 else RowSet.union([lookup.rows for _, lookup in batches])
+        return cls(batches, rows)
+
+    @property
+    def samples(self) -> int:
+        return sum(len(batch) for batch, _ in self.batches)
+
+
+def train_locally(model: Any, work: Round, dense: np.ndarray, rows: np.ndarray, learning_rate: float
+                  ) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """FedAvg's local part: SGD with the job's learning rate over the round's batches, in order, on a copy of the
+    pulled dense parameters and rows (those of work.rows, in its order). Returns each batch's loss and the model
+    delta (the copy after training minus what was pulled), dense and rows."""
+    local_dense, local_rows = dense.copy(), rows.copy()
+    lr = np.float32(learning_rate)
+    losses = []
+    for batch, lookup in work.batches:
+        positions = work.rows.positions_of(lookup.rows)
+        loss, dense_grad, row_grads = model.loss_and_grads_flat(local_dense, local_rows[positions], lookup, batch)
+        local_dense -= lr * dense_grad
+        apply_sgd_rows(local_rows, positions, row_grads, learning_rate)
+        losses.append(loss)
+    return losses, local_dense - dense, local_rows - rows
+
+
+@dataclass
 class WorkerStats:
-    steps: int = 0
+    steps: int = 0  # batches trained on (under FedAvg, local steps)
+    rounds: int = 0  # pushes accepted
     examples: int = 0
     duplicates: int = 0
     stale: int = 0
@@ -140,8 +179,8 @@ class StepLog:
         self.stats = stats
         self.args = args
         self.tb: TensorBoardLog | None = None
-        # (time, steps, examples, unique rows, wire bytes) when the warm-up ended
-        self.steady_from: tuple[float, int, int, int, int] | None = None
+        # (time, steps, rounds, examples, unique rows, wire bytes) when the warm-up ended
+        self.steady_from: tuple[float, int, int, int, int, int] | None = None
         self.started = time.perf_counter()
         self._last_line = (self.started, 0, 0)  # (time, examples, wire bytes) of the last progress line
 
@@ -152,16 +191,23 @@ class StepLog:
         """Training starts: progress lines count from now."""
         self._last_line = (time.perf_counter(), 0, self._wire())
 
-    def step(self, batch: Batch, lookup: Lookup, version: int, loss: float) -> None:
-        """A batch whose gradients the PS accepted."""
+    def round(self, work: Round, version: int, losses: list[float]) -> None:
+        """A round whose push the PS accepted: each of its batches, then the round."""
+        for (batch, _), loss in zip(work.batches, losses, strict=True):
+            self._count_step(batch, version, loss)
+        stats = self.stats
+        stats.rounds += 1
+        stats.unique_rows += len(work.rows)
+        if self.steady_from is None and stats.steps >= self.args.warmup_steps:  # the warm-up steps are over
+            self.steady_from = (time.perf_counter(), stats.steps, stats.rounds, stats.examples, stats.unique_rows,
+                                self._wire())
+            stats.times = StepTimes()
+
+    def _count_step(self, batch: Batch, version: int, loss: float) -> None:
         stats = self.stats
         stats.steps += 1
         stats.examples += len(batch)
-        stats.unique_rows += len(lookup.rows)
         stats.losses.append(loss)
-        if stats.steps == self.args.warmup_steps:  # the steady state starts after the warm-up steps
-            self.steady_from = (time.perf_counter(), stats.steps, stats.examples, stats.unique_rows, self._wire())
-            stats.times = StepTimes()
         if self.tb is not None and stats.steps % self.args.tb_every == 0:
             elapsed = time.perf_counter() - self.started
             self.tb.scalars(version, {"train/loss": loss, "train/samples_per_s": stats.examples / elapsed,
@@ -176,22 +222,25 @@ class StepLog:
             self._last_line = (now, stats.examples, wire)
 
     def steady_report(self, end: float) -> dict[str, Any]:
-        """Throughput, step-time breakdown and bytes per step after the warm-up steps."""
+        """Throughput, step-time breakdown and bytes per step (under FedAvg per local step, and per round) after
+        the warm-up steps."""
         if self.steady_from is None:
             return {"steps": 0}
-        start, steps0, examples0, unique0, bytes0 = self.steady_from
+        start, steps0, rounds0, examples0, unique0, bytes0 = self.steady_from
         stats, config = self.stats, self.client.config
         assert config is not None
-        steps = stats.steps - steps0
+        steps, rounds = stats.steps - steps0, stats.rounds - rounds0
         if steps <= 0:
             return {"steps": 0}
         wire = (self._wire() - bytes0) / steps
         unique = (stats.unique_rows - unique0) / steps
         dense_values = sum(int(np.prod(shape)) for _, shape in config.layer_shapes())
-        # Rows pulled and their gradients pushed, dense weights pulled and their gradients pushed, float32.
-        minimum = 2 * unique * config.embedding_dim * 4 + 2 * dense_values * 4
-        return {"steps": steps, "samples_per_s": round((stats.examples - examples0) / (end - start), 1),
+        # Per round: rows pulled and their gradients (deltas) pushed, dense weights pulled and pushed, float32.
+        minimum = 2 * unique * config.embedding_dim * 4 + 2 * dense_values * 4 * rounds / steps
+        return {"steps": steps, "rounds": rounds,
+                "samples_per_s": round((stats.examples - examples0) / (end - start), 1),
                 "step_ms": stats.times.as_dict(steps), "bytes_per_step": round(wire, 1),
+                "bytes_per_round": round(wire * steps / rounds, 1) if rounds else 0.0,
                 "unique_rows_per_step": round(unique, 1), "min_bytes_per_step": round(minimum, 1),
                 "wire_over_min": round(wire / minimum, 4)}
 
@@ -241,27 +290,36 @@ class Worker:
         else:
             self._train_pipelined(model, batches)
 
+    @property
+    def local_steps(self) -> int:
+        """Batches per push: the job's FedAvg local steps (1: each push is one batch's gradients)."""
+        return self.client.jobs[0].local_steps
+
     def _train_serial(self, model: Any, batches: Iterator[tuple[Batch, Lookup]], min_versions: list[int],
                       synchronous: bool) -> None:
-        """One step at a time: pull, compute, push. Each push also brings the parameters for the next batch
-        (one PushPull round trip), so a step costs one call, not two; what a pull sees is unchanged."""
+        """One round at a time: pull, compute, push. Each push also brings the parameters for the next round
+        (one PushPull round trip), so a round costs one call, not two; what a pull sees is unchanged."""
         pulled: Pulled | None = None  # the parameters for `current`, when the last push brought them
-        current = self._next_batch(batches)
-        while self.args.max_steps is None or self.stats.steps < self.args.max_steps:
+        per_round = self.local_steps
+        max_steps = self.args.max_steps
+        current = self._next_round(batches, per_round)
+        while max_steps is None or self.stats.steps < max_steps:
             following = None
-            if self.args.max_steps is None or self.stats.steps + 1 < self.args.max_steps:
-                following = self._next_batch(batches)
-            batch, lookup = current
-            step = self._step(model, batch, lookup, min_versions, pulled,
-                              following[1] if following is not None else None, synchronous)
+            if max_steps is None or self.stats.steps + per_round < max_steps:
+                following = self._next_round(batches, per_round)
+            step = self._step(model, current, min_versions, pulled,
+                              following.rows if following is not None else None, synchronous)
             if step is None:
                 return
-            used, loss, pulled = step
-            self.log.step(batch, lookup, used.versions[0], loss)
+            used, losses, pulled = step
+            self.log.round(current, used.versions[0], losses)
             min_versions = self._next_min_versions(used, synchronous)
             if following is None:
                 return
             current = following
+
+    def _next_round(self, batches: Iterator[tuple[Batch, Lookup]], size: int) -> Round:
+        return Round.of([self._next_batch(batches) for _ in range(size)])
 
     def _next_batch(self, batches: Iterator[tuple[Batch, Lookup]]) -> tuple[Batch, Lookup]:
         """The next (batch, lookup), its wait counted as data time."""
@@ -275,21 +333,33 @@ class Worker:
         """What the next pull waits for: synchronous, the round this step's push is in; else nothing."""
         return [v + 1 for v in pulled.versions] if synchronous else [0] * len(pulled.versions)
 
-    def _step(self, model: Any, batch: Batch, lookup: Lookup, min_versions: list[int],
-              pulled: Pulled | None = None, following: Lookup | None = None,
-              synchronous: bool = False) -> tuple[Pulled, float, Pulled | None] | None:
-        """Pull (unless `pulled` already holds this batch's parameters), compute and push one batch until its
-        gradients are in: reconnects (re-attesting) when a PS is lost, re-joins when dropped, recomputes when
-        the round closed without us. With `following`, the push also pulls the following batch's parameters.
-        Returns (the parameters used, the loss, the following batch's parameters or None); None when training
-        is done."""
+    def _compute(self, model: Any, work: Round, pulled: Pulled) -> tuple[list[float], np.ndarray, np.ndarray]:
+        """Each batch's loss, and what to push: one batch's gradients, or (FedAvg) the model delta after training
+        locally on the round's batches."""
+        assert pulled.dense is not None
+        if self.local_steps == 1:
+            ((batch, lookup),) = work.batches
+            loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
+            return [loss], dense_grad, row_grads
+        config = self.client.config
+        assert config is not None
+        return train_locally(model, work, pulled.dense, pulled.rows, config.learning_rate)
+
+    def _step(self, model: Any, work: Round, min_versions: list[int], pulled: Pulled | None = None,
+              following: RowSet | None = None,
+              synchronous: bool = False) -> tuple[Pulled, list[float], Pulled | None] | None:
+        """Pull (unless `pulled` already holds this round's parameters), compute and push one round until its
+        push is in: reconnects (re-attesting) when a PS is lost, re-joins when dropped, recomputes when the
+        round closed without us. With `following`, the push also pulls the rows of the following round.
+        Returns (the parameters used, each batch's loss, the following round's parameters or None); None when
+        training is done."""
         stats, client, times = self.stats, self.client, self.stats.times
         wait_ms = self.args.pull_wait_ms
         while True:
             try:
                 t1 = time.perf_counter()
                 if pulled is None:
-                    pulled = client.pull(min_versions, lookup.rows, wait_ms=wait_ms)
+                    pulled = client.pull(min_versions, work.rows, wait_ms=wait_ms)
                     times.pull += (time.perf_counter() - t1) - pulled.waited_seconds
                 times.wait += pulled.waited_seconds
                 t2 = time.perf_counter()
@@ -299,16 +369,20 @@ class Worker:
                     stats.not_ready += 1
                     pulled = None
                     continue
-                loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
+                losses, dense_push, row_push = self._compute(model, work, pulled)
                 t3 = time.perf_counter()
                 times.compute += t3 - t2
+                samples = work.samples
+                loss = sum(batch_loss * len(batch) for batch_loss, (batch, _) in zip(losses, work.batches,
+                                                                                       strict=True)) / samples
                 ahead = None
                 if following is None:
-                    pushed = client.push(pulled.versions, len(batch), loss, dense_grad, lookup.rows, row_grads)
+                    pushed = client.push(pulled.versions, samples, loss, dense_push, work.rows, row_push,
+                                         self.local_steps)
                 else:
-                    pushed, ahead = client.push_pull(pulled.versions, len(batch), loss, dense_grad, lookup.rows,
-                                                     row_grads, following.rows,
-                                                     self._next_min_versions(pulled, synchronous), wait_ms)
+                    pushed, ahead = client.push_pull(pulled.versions, samples, loss, dense_push, work.rows,
+                                                     row_push, following, self._next_min_versions(pulled, synchronous),
+                                                     wait_ms, self.local_steps)
                 times.push += time.perf_counter() - t3 - (ahead.waited_seconds if ahead is not None else 0.0)
             except RemoteError as error:
                 pulled = None
@@ -336,7 +410,7 @@ class Worker:
                 pulled = None
                 continue
             stats.duplicates += sum(pushed.duplicate)
-            return pulled, loss, ahead
+            return pulled, losses, ahead
 
     def _train_pipelined(self, model: Any, batches: Iterator[tuple[Batch, Lookup]]) -> None:
         """Asynchronous mode: while batch t is computed, a communication thread pushes the gradients of batch
@@ -356,11 +430,12 @@ class Worker:
 
         def redo(batch: Batch, lookup: Lookup) -> bool:
             """The serial step for one batch; False when training is done."""
-            step = self._step(model, batch, lookup, latest)
+            work = Round.of([(batch, lookup)])
+            step = self._step(model, work, latest)
             if step is None:
                 return False
             sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
-            self.log.step(batch, lookup, step[0].versions[0], step[1])
+            self.log.round(work, step[0].versions[0], step[1])
             return True
 
         def settle(push: tuple[futures.Future, Batch, Lookup, Pulled, float]) -> bool:
@@ -376,7 +451,7 @@ class Worker:
                 stats.stale += any(pushed.stale)
                 stats.duplicates += any(pushed.duplicate)
                 return redo(batch, lookup)
-            self.log.step(batch, lookup, pulled.versions[0], loss)
+            self.log.round(Round.of([(batch, lookup)]), pulled.versions[0], [loss])
             return True
 
         pushes: collections.deque[tuple[futures.Future, Batch, Lookup, Pulled, float]] = collections.deque()
@@ -575,9 +650,11 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
     config = client.config
     assert config is not None
     synchronous = replies[0].synchronous
+    mode = 'synchronous' if synchronous else f'asynchronous, staleness {replies[0].staleness}'
+    if replies[0].local_steps > 1:
+        mode += f", FedAvg with {replies[0].local_steps} local steps per push"
     print(f"{args.worker_id}: joined {len(replies)} PS shard(s) over {net.security} in {join_seconds:.3f} s "
-          f"at version {replies[0].version}/{replies[0].total_steps} "
-          f"({'synchronous' if synchronous else f'asynchronous, staleness {replies[0].staleness}'})", flush=True)
+          f"at version {replies[0].version}/{replies[0].total_steps} ({mode})", flush=True)
 
     heartbeat = Heartbeat(client, max(replies[0].heartbeat_interval, 0.1), worker.stats)
     heartbeat.start()
@@ -634,7 +711,8 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         np.savez(args.scores_file, labels=labels, scores=scores)
     steps = max(stats.steps, 1)
     report = {
-        "worker_id": args.worker_id, "steps": stats.steps, "examples": stats.examples,
+        "worker_id": args.worker_id, "steps": stats.steps, "rounds": stats.rounds,
+        "local_steps": replies[0].local_steps, "examples": stats.examples,
         "batch_size": args.batch_size, "train_seconds": round(train_seconds, 3),
         "samples_per_s": round(stats.examples / train_seconds, 1) if train_seconds > 0 else 0.0,
         "steady": steady,

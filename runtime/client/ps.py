@@ -186,7 +186,7 @@ class PSConnection:
         return JobInfo(version=reply.version, total_steps=reply.total_steps, shard=reply.shard_index,
                        num_shards=reply.num_shards, config=config, synchronous=reply.synchronous,
                        staleness=reply.staleness, heartbeat_interval=reply.heartbeat_interval_ms / 1000.0,
-                       max_chunk_bytes=reply.max_chunk_bytes)
+                       max_chunk_bytes=reply.max_chunk_bytes, local_steps=reply.local_steps or 1)
 
     def heartbeat(self, worker_id: str) -> tuple[int, bool]:
         """(version, done)."""
@@ -275,6 +275,8 @@ class ShardedPS:
         jobs = self._each(join)
         if len({job.config for job in jobs}) != 1:
             raise ValueError("PS shards disagree on the model config")
+        if len({job.local_steps for job in jobs}) != 1:
+            raise ValueError(f"PS shards disagree on the local steps per push: {[job.local_steps for job in jobs]}")
         for i, job in enumerate(jobs):
             if job.shard != i or job.num_shards != self.num_shards:
                 raise ValueError(f"PS {self.connections[i].endpoint} is shard {job.shard} of "
@@ -351,8 +353,9 @@ class ShardedPS:
         return pulled
 
     def _push_request(self, shard: int, rows: RowSet, positions: np.ndarray | None, version: int,
-                      batch_size: int, loss: float, dense_grad: np.ndarray, row_grads: np.ndarray) -> PushRequest:
-        """A shard's push: its slices of dense_grad and its rows' gradients."""
+                      batch_size: int, loss: float, dense_grad: np.ndarray, row_grads: np.ndarray,
+                      local_steps: int) -> PushRequest:
+        """A shard's push: its slices of dense_grad and its rows' gradients (or, FedAvg, deltas)."""
         if self.num_shards == 1:
             mine = dense_grad
         else:
@@ -360,26 +363,27 @@ class ShardedPS:
             mine = np.concatenate([dense_grad[start:end] for start, end in slices]) if slices \
                 else np.zeros(0, np.float32)
         values = row_grads if positions is None else row_grads[positions]
-        return PushRequest(self.worker_id, version, batch_size, loss, mine, rows.with_values(values))
+        return PushRequest(self.worker_id, version, batch_size, loss, mine, rows.with_values(values), local_steps)
 
     def push(self, versions: Sequence[int], batch_size: int, loss: float, dense_grad: np.ndarray, rows: RowSet,
-             row_grads: np.ndarray) -> Pushed:
+             row_grads: np.ndarray, local_steps: int = 1) -> Pushed:
         """Push gradients computed at `versions` (per shard): dense_grad flat (canonical order), row_grads the
-        gradients of `rows` in their order (as pull returns the rows). Stale shards are reported, not raised."""
+        gradients of `rows` in their order (as pull returns the rows). Stale shards are reported, not raised.
+        local_steps > 1: they are the model deltas after that many local steps (FedAvg)."""
         assert self.config is not None, "connect_and_join first"
         parts = sharding.split_rows(rows, self.num_shards)
 
         def push_one(shard: int, connection: PSConnection) -> PushReply | None:
             part, positions = parts[shard]
             request = self._push_request(shard, part, positions, versions[shard], batch_size, loss, dense_grad,
-                                         row_grads)
+                                         row_grads, local_steps)
             return _unless_stale(lambda: connection.push(request, self.precision))
 
         return _pushed(self._each(push_one))
 
     def push_pull(self, versions: Sequence[int], batch_size: int, loss: float, dense_grad: np.ndarray,
                   rows: RowSet, row_grads: np.ndarray, next_rows: RowSet, min_versions: Sequence[int],
-                  wait_ms: int = 10_000) -> tuple[Pushed, Pulled | None]:
+                  wait_ms: int = 10_000, local_steps: int = 1) -> tuple[Pushed, Pulled | None]:
         """push(...), then pull(min_versions, next_rows), in one round trip per shard. The pull is None when a
         shard found the push stale (that shard served no pull)."""
         assert self.config is not None, "connect_and_join first"
@@ -389,7 +393,7 @@ class ShardedPS:
         def push_pull_one(shard: int, connection: PSConnection) -> tuple[PushReply, PullReply] | None:
             part, positions = parts[shard]
             push = self._push_request(shard, part, positions, versions[shard], batch_size, loss, dense_grad,
-                                      row_grads)
+                                      row_grads, local_steps)
             pull, bound = self._pull_request(shard, next_parts[shard][0], min_versions[shard], True, wait_ms)
             return _unless_stale(lambda: connection.push_pull(push, pull, self.precision, self._dense_size(shard),
                                                               dim, bound + PUSH_PULL_REPLY_EXTRA))

@@ -110,6 +110,19 @@ class ShardParameters:
         else:
             self.adagrad.apply_rows("rows", self.rows, index, rows.values, lr)
 
+    def add(self, update: Update) -> None:
+        """FedAvg: parameters += the averaged model delta (server learning rate 1; SGD only, the optimizer ran on
+        the workers)."""
+        if update.dense.shape != (self.dense_size,) or update.dense.dtype != np.float32:
+            raise ValueError(f"update: expected {self.dense_size} float32 dense deltas, found "
+                             f"{update.dense.dtype} {update.dense.shape}")
+        if self.adagrad is not None:
+            raise ValueError("update: model deltas are averaged for SGD only")
+        self._publish_dense(self.dense_flat + update.dense)
+        rows = update.rows
+        if rows.ids.size:
+            self.rows[self._stacked(rows)] += rows.values
+
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state_arrays(self) -> dict[str, np.ndarray]:

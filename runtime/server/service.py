@@ -61,6 +61,7 @@ STATUS_CODES = {
     "payload_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "reply_too_large": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "too_many_streams": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "wrong_local_steps": grpc.StatusCode.FAILED_PRECONDITION,
     "batch_too_large": grpc.StatusCode.PERMISSION_DENIED,
     "gradient_too_large": grpc.StatusCode.PERMISSION_DENIED,
     # Who the caller is (runtime.federation): PERMISSION_DENIED for a caller that may not act so, and
@@ -135,7 +136,8 @@ class ParameterServerService:
             shard_index=job.shard, num_shards=job.num_shards,
             model_config_json=json.dumps(job.config.to_dict(), sort_keys=True), synchronous=job.synchronous,
             staleness=job.staleness, heartbeat_interval_ms=int(job.heartbeat_interval * 1000),
-            max_chunk_bytes=job.max_chunk_bytes, plan_digest=plan.digest if plan else b"")
+            max_chunk_bytes=job.max_chunk_bytes, plan_digest=plan.digest if plan else b"",
+            local_steps=job.local_steps)
 
     def _heartbeat(self, raw: bytes, caller: Caller) -> ps_pb2.HeartbeatReply:
         request = parse_message(ps_pb2.HeartbeatRequest, raw)

@@ -20,6 +20,7 @@ from runtime.model import DLRMConfig
 from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_BYTES,
+    MAX_LOCAL_STEPS,
     MAX_WAIT_MS,
     NO_PROOF,
     ROLES,
@@ -37,8 +38,11 @@ from runtime.protocol import (
 )
 from runtime.rows import RowSet
 from runtime.server import checkpoints
-from runtime.server.aggregation import Contribution, Update, combine
+from runtime.server.aggregation import Contribution, Update, combine, combine_deltas
 from runtime.server.parameters import OPTIMIZERS, ShardParameters
+
+# Job keys that checkpoints written before the key existed lack, with the value those jobs had.
+JOB_META_DEFAULTS = {"local_steps": 1}
 
 
 class CheckpointMismatch(Exception):
@@ -55,6 +59,7 @@ class PSOptions:
     min_workers: int | None = None  # default: workers
     round_timeout: float | None = None
     staleness: int | None = None  # None: synchronous
+    local_steps: int = 1  # > 1: FedAvg, workers push model deltas after this many local steps (synchronous, SGD)
     worker_timeout: float = 10.0
     start_timeout: float = 60.0
     heartbeat_interval: float = 1.0
@@ -90,6 +95,16 @@ class PSOptions:
             raise ValueError(f"--staleness: expected >= 0, found {self.staleness}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer: expected one of {OPTIMIZERS}, found {self.optimizer}")
+        if not 1 <= self.local_steps <= MAX_LOCAL_STEPS:
+            raise ValueError(f"--local-steps: expected 1..{MAX_LOCAL_STEPS}, found {self.local_steps}")
+        if self.local_steps > 1 and self.staleness is not None:
+            raise ValueError("--local-steps > 1 (FedAvg) runs synchronous rounds: it cannot be combined with "
+                             "--staleness (asynchronous updates)")
+        if self.local_steps > 1 and self.optimizer != "sgd":
+            raise ValueError(f"--local-steps > 1 (FedAvg) needs --optimizer sgd, found {self.optimizer}: with "
+                             "Adagrad each worker would need the PS's accumulators for every parameter it "
+                             "pulls (twice the bytes of a pull) and a rule for merging their changes, which this "
+                             "runtime does not define")
         if self.checkpoint_every < 1:
             raise ValueError(f"--checkpoint-every: expected >= 1, found {self.checkpoint_every}")
         if not self.worker_timeout >= 2 * self.heartbeat_interval:
@@ -161,6 +176,11 @@ class ParameterServer:
         return self.options.staleness is None
 
     @property
+    def fedavg(self) -> bool:
+        """Pushes are model deltas after local_steps local steps, averaged (runtime.server.aggregation)."""
+        return self.options.local_steps > 1
+
+    @property
     def done(self) -> bool:
         return self.version >= self.options.total_steps
 
@@ -212,7 +232,8 @@ class ParameterServer:
         o = self.options
         return JobInfo(version=version, total_steps=o.total_steps, shard=o.shard, num_shards=o.num_shards,
                        config=self.config, synchronous=self.synchronous, staleness=o.staleness or 0,
-                       heartbeat_interval=o.heartbeat_interval, max_chunk_bytes=o.chunk_bytes)
+                       heartbeat_interval=o.heartbeat_interval, max_chunk_bytes=o.chunk_bytes,
+                       local_steps=o.local_steps)
 
     def _check_proof(self, worker_id: str, role: str, caller: Caller, proof: JoinProof) -> None:
         """runtime.federation.join_refusal, audited: nothing changes but the spent challenge."""
@@ -303,6 +324,7 @@ class ParameterServer:
                   caller: Caller = UNPROVED) -> tuple[PushReply, PullReply]:
         """The push handled as push() does, then the pull served as pull() does. The pull is checked first, so a
         call refused for either part changes nothing."""
+        self._check_kind(push)
         self._check_owned(pull.rows, "PullRequest.rows")
         return self.push(push, wire_bytes, caller), self._serve_pull(pull, caller)
 
@@ -329,28 +351,43 @@ class ParameterServer:
 
     # -- push ----------------------------------------------------------------------------------------------
 
+    def _check_kind(self, request: PushRequest) -> None:
+        """A push must be what the job's mode averages: gradients of one batch, or (FedAvg) a model delta after
+        exactly the job's local steps. Checked before anything else, so a wrong push changes no state."""
+        want = self.options.local_steps
+        if request.local_steps != want:
+            def kind(k: int) -> str:
+                return "one batch's gradients" if k == 1 else f"a model delta after {k} local steps"
+            raise Rejected("wrong_local_steps", f"PushRequest.local_steps: this job takes {kind(want)} "
+                           f"(--local-steps {want}), found {request.local_steps}: {kind(request.local_steps)}")
+
     def _poison(self, request: PushRequest) -> Rejected | None:
         """Why a well-formed push must still not be applied: it claims more examples than the job's batch size
         (its weight in the average would be inflated), or its gradient is beyond the bound (one such push could
         take the parameters to infinity). Refused, not clipped: a clipped hostile push would still pull the model
-        its way every round, with the largest step allowed."""
+        its way every round, with the largest step allowed. A FedAvg delta covers local_steps batches, and K SGD
+        steps of gradients within the bound move the parameters by at most K x learning rate x the bound."""
         o = self.options
-        if o.batch_size is not None and request.batch_size > o.batch_size:
+        batches = o.local_steps
+        if o.batch_size is not None and request.batch_size > batches * o.batch_size:
             return Rejected("batch_too_large", f"PushRequest.batch_size: expected at most the job's "
-                            f"{o.batch_size}, found {request.batch_size}")
+                            f"{batches * o.batch_size} ({batches} x {o.batch_size}), found {request.batch_size}")
         if o.max_grad_norm:
+            bound = o.max_grad_norm * (batches * self.config.learning_rate if self.fedavg else 1.0)
             values = request.rows.values
             # float32 dot products: a sum that overflows is inf, which is over any bound, as it should be.
             with np.errstate(over="ignore"):
                 squares = float(np.dot(request.dense, request.dense))
                 if values is not None and values.size:
                     squares += float(np.dot(values.reshape(-1), values.reshape(-1)))
-            if not squares <= o.max_grad_norm ** 2:
-                return Rejected("gradient_too_large", f"PushRequest: gradient L2 norm {squares ** 0.5:.4g} is over "
-                                f"the bound {o.max_grad_norm:g} (--max-grad-norm)")
+            if not squares <= bound ** 2:
+                what = "model delta" if self.fedavg else "gradient"
+                return Rejected("gradient_too_large", f"PushRequest: {what} L2 norm {squares ** 0.5:.4g} is over "
+                                f"the bound {bound:g} (--max-grad-norm)")
         return None
 
     def push(self, request: PushRequest, wire_bytes: int = 0, caller: Caller = UNPROVED) -> PushReply:
+        self._check_kind(request)
         self._check_owned(request.rows, "PushRequest.row_grads")
         poison = self._poison(request)
         with self.cond:
@@ -426,8 +463,12 @@ class ParameterServer:
         """The next version: the contributions combined and applied (none, when every push of a round was
         refused: the version advances with the parameters unchanged)."""
         if contributions:
-            update = combine(contributions)
-            self.params.apply(update)
+            if self.fedavg:
+                update = combine_deltas(contributions)
+                self.params.add(update)
+            else:
+                update = combine(contributions)
+                self.params.apply(update)
             self._progress.add(update)
         self.version += 1
         self.stats["rounds"] += 1
@@ -473,7 +514,7 @@ class ParameterServer:
     def _job_meta(self) -> dict[str, Any]:
         o = self.options
         return {"config": self.config.to_dict(), "shard": o.shard, "num_shards": o.num_shards,
-                "optimizer": o.optimizer}
+                "optimizer": o.optimizer, "local_steps": o.local_steps}
 
     def _write_checkpoint(self) -> None:
         assert self.options.checkpoint_dir is not None
@@ -489,7 +530,7 @@ class ParameterServer:
         meta = found.meta
         job = self._job_meta()
         for key, value in job.items():
-            if meta.get(key) != value:
+            if meta.get(key, JOB_META_DEFAULTS.get(key)) != value:
                 raise CheckpointMismatch(f"checkpoint {found.path} belongs to another job: {key} is "
                                          f"{meta.get(key)!r}, this PS has {value!r}")
         last_step = meta.get("last_step")
@@ -533,7 +574,9 @@ class ParameterServer:
             return {
                 "shard": self.options.shard, "num_shards": self.options.num_shards, "version": self.version,
                 "total_steps": self.options.total_steps, "done": self.done,
-                "synchronous": self.synchronous, "resumed_from_version": self.resumed_from,
+                "synchronous": self.synchronous, "local_steps": self.options.local_steps,
+                "resumed_from_version": self.resumed_from, "rounds": self.stats["rounds"],
+                "bytes_per_round": round(self.wire_bytes() / self.stats["rounds"], 1) if self.stats["rounds"] else 0.0,
                 "stats": dict(self.stats), "rejections": dict(self.rejections),
                 "push_staleness": {str(k): v for k, v in sorted(self.push_staleness.items())},
                 "refused_pushes": {w: dict(reasons) for w, reasons in sorted(self.refused_pushes.items())},

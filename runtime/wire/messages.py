@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import (
     MAX_BATCH_SIZE,
+    MAX_LOCAL_STEPS,
     PullReply,
     PullRequest,
     PushReply,
@@ -311,8 +312,10 @@ def decode_pull_reply(raw: bytes | memoryview, *, dense_size: int | None, rows: 
 
 
 def encode_push_request(request: PushRequest, precision: str = "fp32") -> Payload:
+    # local_steps 1 is left out (read back as 1), so a gradient push is the same bytes as before FedAvg existed.
     payload = Payload(ps_pb2.PushRequest(worker_id=request.worker_id, step=request.step,
-                                         batch_size=request.batch_size, loss=request.loss))
+                                         batch_size=request.batch_size, loss=request.loss,
+                                         local_steps=request.local_steps if request.local_steps != 1 else 0))
     payload.add_field(ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER,
                       tensor_payload(request.dense, WIRE_DTYPES[precision]))
     if len(request.rows.tables):
@@ -328,6 +331,7 @@ class PushRequestFields:
     dense_grads: TensorView | None = None
     row_grads: TableRowsFields = field(default_factory=TableRowsFields)
     loss: float = 0.0
+    local_steps: int = 0
 
 
 def read_push_request(raw: bytes | memoryview, what: str = "PushRequest") -> PushRequestFields:
@@ -338,6 +342,8 @@ def read_push_request(raw: bytes | memoryview, what: str = "PushRequest") -> Pus
                 request.step = value
             elif number == ps_pb2.PushRequest.BATCH_SIZE_FIELD_NUMBER:
                 request.batch_size = codec.uint32(value)
+            elif number == ps_pb2.PushRequest.LOCAL_STEPS_FIELD_NUMBER:
+                request.local_steps = codec.uint32(value)
         elif wire == codec.LENGTH_DELIMITED and number == ps_pb2.PushRequest.WORKER_ID_FIELD_NUMBER:
             request.worker_id = codec.utf8(value, what)
         elif wire == codec.LENGTH_DELIMITED and number == ps_pb2.PushRequest.DENSE_GRADS_FIELD_NUMBER:
@@ -358,6 +364,10 @@ def _decode_push_request(fields: PushRequestFields, shapes: Shapes) -> PushReque
                        f"found {fields.batch_size}")
     if not math.isfinite(fields.loss):
         raise Rejected("non_finite", f"PushRequest.loss: expected a finite number, found {fields.loss}")
+    local_steps = fields.local_steps or 1  # absent: one batch's gradients
+    if local_steps > MAX_LOCAL_STEPS:
+        raise Rejected("bad_local_steps", f"PushRequest.local_steps: expected 0..{MAX_LOCAL_STEPS}, found "
+                       f"{fields.local_steps}")
     size = shapes.dense_size
     if fields.dense_grads is not None:
         dense = decode_tensor(fields.dense_grads, "PushRequest.dense_grads", kind="float", shape=(size,),
@@ -369,7 +379,7 @@ def _decode_push_request(fields: PushRequestFields, shapes: Shapes) -> PushReque
         dense = np.zeros(0, dtype=np.float32)
     rows = decode_table_rows(fields.row_grads, "PushRequest.row_grads", shapes.table_sizes, shapes.embedding_dim,
                        values=True)
-    return PushRequest(fields.worker_id, fields.step, fields.batch_size, fields.loss, dense, rows)
+    return PushRequest(fields.worker_id, fields.step, fields.batch_size, fields.loss, dense, rows, local_steps)
 
 
 def decode_push_request(raw: bytes | memoryview, shapes: Shapes) -> PushRequest:
