@@ -1,7 +1,8 @@
-"""Single-process DLRM training: the baseline the distributed runtime is checked against.
+"""Single-process DLRM training: the baselines the distributed runtime is checked against.
 
-Each step does what a synchronous PS step does for the concatenated batch of all workers: pull the batch's
-unique rows from full in-memory tables, DLRM.loss_and_grads, then the same numpy SGD helpers the PS applies.
+train_single_process: each step does what a synchronous PS step does for the concatenated batch of all workers:
+pull the batch's unique rows from full in-memory tables, DLRM.loss_and_grads, then the same numpy SGD helpers the
+PS applies. train_fedavg_single_process: FedAvg (--local-steps K) with full per-worker copies of the model.
 
 CLI (quick learning check): python -m runtime.model.reference [--config small|kaggle] [--steps 300] [--batch 128]
     [--threads N] [--train FILE... --eval FILE...]; without files it trains on synthetic data and evaluates on a
@@ -79,6 +80,47 @@ def train_single_process(config: DLRMConfig, batches: Iterable[Batch], steps: in
         if on_step is not None:
             on_step(done, loss)
         done += 1
+    return params
+
+
+def train_fedavg_single_process(config: DLRMConfig, worker_batches: Sequence[Iterable[Batch]], rounds: int,
+                                local_steps: int, *, model: DLRM | None = None) -> ModelParams:
+    """FedAvg in one process, written from its definition rather than from the runtime's code: every round, each
+    worker copies the whole model, trains it with SGD on its next `local_steps` batches, and the model moves by the
+    sample-weighted mean of the workers' changes; a dense parameter over every worker, an embedding row over the
+    workers whose batches touched it (a worker that did not touch a row did not change it)."""
+    params = ModelParams.initial(config)
+    model = model if model is not None else DLRM(config)
+    iterators = [iter(batches) for batches in worker_batches]
+    for _ in range(rounds):
+        dense_sum = {name: np.zeros(value.shape, np.float64) for name, value in params.dense.items()}
+        row_sums = [np.zeros(table.shape, np.float64) for table in params.tables]
+        row_samples = [np.zeros(table.shape[0], np.float64) for table in params.tables]
+        total = 0
+        for iterator in iterators:
+            local = ModelParams({name: value.copy() for name, value in params.dense.items()},
+                                [table.copy() for table in params.tables])
+            samples = 0
+            touched: list[set[int]] = [set() for _ in params.tables]
+            for _ in range(local_steps):
+                batch = next(iterator)
+                batch.check(config)
+                train_single_process(config, [batch], 1, params=local, model=model)
+                samples += len(batch)
+                for seen, (ids, _) in zip(touched, batch.unique_ids(), strict=True):
+                    seen.update(ids.tolist())
+            total += samples
+            for name, value in local.dense.items():
+                dense_sum[name] += samples * (value.astype(np.float64) - params.dense[name])
+            for t, seen in enumerate(touched):
+                ids = np.array(sorted(seen), dtype=np.int64)
+                row_sums[t][ids] += samples * (local.tables[t][ids].astype(np.float64) - params.tables[t][ids])
+                row_samples[t][ids] += samples
+        for name, value in params.dense.items():
+            value += (dense_sum[name] / total).astype(np.float32)
+        for table, sums, weights in zip(params.tables, row_sums, row_samples, strict=True):
+            ids = np.flatnonzero(weights)
+            table[ids] += (sums[ids] / weights[ids, None]).astype(np.float32)
     return params
 
 
