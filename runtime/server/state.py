@@ -370,8 +370,9 @@ class ParameterServer:
         o = self.options
         batches = o.local_steps
         if o.batch_size is not None and request.batch_size > batches * o.batch_size:
-            return Rejected("batch_too_large", f"PushRequest.batch_size: expected at most the job's "
-                            f"{batches * o.batch_size} ({batches} x {o.batch_size}), found {request.batch_size}")
+            per_push = f"{o.batch_size}" if batches == 1 else f"{batches * o.batch_size} ({batches} x {o.batch_size})"
+            return Rejected("batch_too_large", f"PushRequest.batch_size: expected at most the job's {per_push}, "
+                            f"found {request.batch_size}")
         if o.max_grad_norm:
             bound = o.max_grad_norm * (batches * self.config.learning_rate if self.fedavg else 1.0)
             values = request.rows.values
