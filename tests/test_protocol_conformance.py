@@ -24,7 +24,7 @@ from runtime_tools import (
 
 from runtime.model import DLRMConfig, init_dense_params, init_embedding_rows, split_flat
 from runtime.proto import ps_pb2, tensor_pb2
-from runtime.protocol import PROTOCOL_VERSION
+from runtime.protocol import MAX_LOCAL_STEPS, PROTOCOL_VERSION
 from runtime.wire.chunks import crc32c
 from runtime.wire.tensors import decode_tensor, encode_tensor
 
@@ -579,3 +579,30 @@ def test_resent_push_is_applied_once(served):
             common, i0, i1 = np.intersect1d(ids, rows1[t], return_indices=True)
             grad[i0] = values0[t][i0] * w0 + values1[t][i1] * w1
         np.testing.assert_array_equal(ps.params.read_rows(row_arrays({t: ids})), initial_rows[t] - lr * grad)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FedAvg (--local-steps K): a push must be what the job averages
+
+
+def test_a_push_of_the_other_kind_is_refused_on_the_wire():
+    with raw_ps(local_steps=4) as raw:
+        raw.join("w0")
+        raw.join("w1")
+        gradient = valid_push(raw)  # no local_steps: one batch's gradients
+        details = expect_rejected(raw, lambda: raw.push(gradient, CHUNK), PRECONDITION, "wrong_local_steps")
+        assert "this job takes a model delta after 4 local steps (--local-steps 4), found 1" in details
+        other = valid_push(raw)
+        other.local_steps = 2
+        expect_rejected(raw, lambda: raw.push(other, CHUNK), PRECONDITION, "wrong_local_steps")
+        delta = valid_push(raw)
+        delta.local_steps = 4
+        assert not raw.push(delta, CHUNK).duplicate and raw.ps.pending.keys() == {"w0"}
+
+
+def test_a_delta_push_to_a_gradient_job_and_an_impossible_local_steps_are_refused(served):
+    delta = valid_push(served)
+    delta.local_steps = 4
+    expect_rejected(served, lambda: served.push(delta, CHUNK), PRECONDITION, "wrong_local_steps")
+    delta.local_steps = MAX_LOCAL_STEPS + 1
+    expect_rejected(served, lambda: served.push(delta, CHUNK), INVALID, "bad_local_steps")
