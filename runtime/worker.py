@@ -191,7 +191,7 @@ class StepLog:
         """Training starts: progress lines count from now."""
         self._last_line = (time.perf_counter(), 0, self._wire())
 
-    def round(self, work: Round, version: int, losses: list[float]) -> None:
+    def accepted(self, work: Round, version: int, losses: list[float]) -> None:
         """A round whose push the PS accepted: each of its batches, then the round."""
         for (batch, _), loss in zip(work.batches, losses, strict=True):
             self._count_step(batch, version, loss)
@@ -312,7 +312,7 @@ class Worker:
             if step is None:
                 return
             used, losses, pulled = step
-            self.log.round(current, used.versions[0], losses)
+            self.log.accepted(current, used.versions[0], losses)
             min_versions = self._next_min_versions(used, synchronous)
             if following is None:
                 return
@@ -435,7 +435,7 @@ class Worker:
             if step is None:
                 return False
             sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
-            self.log.round(work, step[0].versions[0], step[1])
+            self.log.accepted(work, step[0].versions[0], step[1])
             return True
 
         def settle(push: tuple[futures.Future, Batch, Lookup, Pulled, float]) -> bool:
@@ -451,7 +451,7 @@ class Worker:
                 stats.stale += any(pushed.stale)
                 stats.duplicates += any(pushed.duplicate)
                 return redo(batch, lookup)
-            self.log.round(Round.of([(batch, lookup)]), pulled.versions[0], [loss])
+            self.log.accepted(Round.of([(batch, lookup)]), pulled.versions[0], [loss])
             return True
 
         pushes: collections.deque[tuple[futures.Future, Batch, Lookup, Pulled, float]] = collections.deque()
