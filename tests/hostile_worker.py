@@ -31,7 +31,9 @@ def main() -> int:
     min_versions = [0] * client.num_shards
     refused = 0
     while True:
-        pulled = client.pull(min_versions, rows, wait_ms=10_000)
+        # Short waits: each pull is a sign of life, and the PS drops a worker silent for --worker-timeout (3 s in
+        # the test) while the honest worker may still be starting TensorFlow.
+        pulled = client.pull(min_versions, rows, wait_ms=1_000)
         if pulled.done:
             break
         if not pulled.ready:
