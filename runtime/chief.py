@@ -251,8 +251,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-ids", help="comma-separated worker ids, shard i to the i-th "
                                              "(default worker0,...,worker{N-1})")
     parser.add_argument("--steps", type=int, required=True, help="the job's steps (as given to the PS)")
-    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: any free port)")
-    parser.add_argument("--attestation-port", type=int, help="ratls: the attestation port")
+    transport.add_server_arguments(parser)
     parser.add_argument("--ready-file", type=Path, help="write {address, pid} as JSON here once serving")
     parser.add_argument("--report-file", type=Path, help="write the per-worker shard counters and metrics here")
     parser.add_argument("--out", type=Path, required=True,
@@ -313,8 +312,10 @@ def run(args: argparse.Namespace) -> int:
                   plan=federation.plan if federation else None,
                   audit=AuditLog(args.audit_log) if args.audit_log is not None else None)
     host, port = transport.parse_listen(args.listen)
-    server, endpoint = start_server(chief, host, port, args.attestation_port)
-    print(f"chief: serving {net.security} on {endpoint}; {args.workers} workers, shards "
+    server, bound = start_server(chief, host, port, args.attestation_port)
+    endpoint = transport.advertised(bound, args.advertise)
+    print(f"chief: serving {net.security} on {endpoint}"
+          f"{f' (bound {bound.host})' if bound.host != endpoint.host else ''}; {args.workers} workers, shards "
           f"{'of ' + ' '.join(map(str, args.data)) if args.data else 'synthetic'}", flush=True)
     if args.ready_file is not None:
         write_json_atomically(args.ready_file, {"address": str(endpoint), "pid": os.getpid()})

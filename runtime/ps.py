@@ -37,11 +37,7 @@ from runtime.server.state import CheckpointMismatch, ParameterServer, PSOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default="127.0.0.1:0",
-                        help="host:port for the gRPC port (port 0: any free port; default 127.0.0.1:0)")
-    parser.add_argument("--attestation-port", type=int,
-                        help="ratls: the attestation port (default: the gRPC port + 1, or any free port when "
-                             "the gRPC port is 0)")
+    transport.add_server_arguments(parser)
     parser.add_argument("--ready-file", type=Path,
                         help="write {host, port, attestation_port, address, pid} as JSON here once serving")
     parser.add_argument("--report-file", type=Path, help="write the final statistics as JSON here")
@@ -122,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         net = transport.from_args(args)
         ps = ParameterServer(options)
         running = start_server(ps, net, host, port, args.attestation_port)
+        endpoint = transport.advertised(running.endpoint, args.advertise)
         gc.freeze()  # the start-up objects are long-lived: keep them out of every full collection
     except (ValueError, OSError, CheckpointMismatch) as error:
         print(f"ps: error: {error}", file=sys.stderr, flush=True)
         return 2
-    endpoint = running.endpoint
+    bound = f", bound {running.endpoint.host}" if running.endpoint.host != endpoint.host else ""
     print(f"ps[{options.shard}]: serving {net.security} on {endpoint} (version {ps.version}, "
-          f"{options.total_steps} steps, {options.workers} workers)", flush=True)
+          f"{options.total_steps} steps, {options.workers} workers{bound})", flush=True)
     plan = options.plan
     print(f"ps[{options.shard}]: " + (f"federation {plan.federation}, plan {plan.digest_hex[:16]}, participants "
                                       f"{', '.join(sorted(plan.participants))}" if plan else

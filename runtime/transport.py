@@ -19,10 +19,11 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,41 @@ def parse_listen(text: str) -> tuple[str, int]:
         return split_host_port(text.strip())
     except RatlsError as error:
         raise ValueError(f"--listen: {error}") from None
+
+
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a server (PS, chief) binds, and the address it tells clients."""
+    parser.add_argument("--listen", default="127.0.0.1:0",
+                        help="host:port the gRPC port binds (port 0: any free port; host 0.0.0.0 or [::]: every "
+                             "interface); the attestation port binds the same host (default 127.0.0.1:0)")
+    parser.add_argument("--advertise", metavar="HOST", type=_advertised_host,
+                        help="the host (name or address) other hosts reach this server at: written to --ready-file "
+                             "and printed, and, in the address clients are given, where they attest too (default: "
+                             "the --listen host; for a wildcard --listen, this machine's host name)")
+    parser.add_argument("--attestation-port", type=int,
+                        help="ratls: the attestation port (default: the gRPC port + 1, or any free port when the "
+                             "gRPC port is 0)")
+
+
+def _advertised_host(text: str) -> str:
+    host = text.strip().strip("[]")
+    if host in _WILDCARD_HOSTS or "/" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected the name or address clients reach this server at (a "
+                                         "wildcard names no host)")
+    return host
+
+
+def advertised(bound: Endpoint, advertise: str | None) -> Endpoint:
+    """The endpoint clients are given for a server bound at `bound`: its ports at the host they reach it at, so
+    that their attestation targets that host too (never a wildcard, which names no host)."""
+    if advertise is not None:
+        return replace(bound, host=advertise)
+    if bound.host in _WILDCARD_HOSTS:
+        return replace(bound, host=socket.gethostname())
+    return bound
 
 
 def parse_endpoints(text: str) -> list[Endpoint]:
