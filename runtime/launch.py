@@ -6,6 +6,12 @@ files), gives each worker its own synthetic data partition (or --data files), pr
 report of held-out loss, accuracy and AUC, throughput, bytes on the wire and attestation times on the console,
 as JSON (<out>/report.json) and in TensorBoard logs (<out>/tensorboard). Every child is stopped when the
 launcher exits, fails or is interrupted. Child logs are in <out>/logs.
+
+With --emulate-hosts (root only) every process runs on an emulated host of its own: a Linux network namespace named
+after its role (ps0, chief, worker0, ...), with its own address on a bridge, which it binds and advertises
+(runtime.netemu); --link shapes the hosts' links (rate, delay, loss). --network FILE places the processes into an
+emulated network that another program made and shapes while the job runs (runtime.netemu.Network.save), as the
+network-fault tests and WAN benchmarks do.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from runtime import metrics, transport
+from runtime import metrics, netemu, transport
 from runtime.data import (
     DataError,
     add_format_arguments,
@@ -249,6 +255,59 @@ def _federation_setup(args: argparse.Namespace, out: Path, security: Security) -
     return FederationSetup(path, load_plan(path).digest_hex, local_ids, keys)
 
 
+@dataclass
+class Placement:
+    """Where the children run: on this machine's own network (hosts None), or each on its emulated host."""
+
+    hosts: netemu.Hosts | None = None
+    network: netemu.Network | None = None  # the one this launcher made, and closes
+
+    def command(self, role: str, argv: list[str]) -> list[str]:
+        return argv if self.hosts is None else self.hosts.command(role, argv)
+
+    def listen(self, role: str) -> list[str]:
+        """A server's --listen: its host's address (advertised as bound), or the loopback default."""
+        return [] if self.hosts is None else ["--listen", f"{self.hosts.address(role)}:0"]
+
+    def close(self) -> None:
+        if self.network is not None:
+            self.network.close()
+
+
+def _placement(args: argparse.Namespace, roles: list[str], security: Security) -> Placement:
+    """--emulate-hosts: a Network with a host per role, shaped by --link; --network FILE: the hosts of a network
+    another program owns."""
+    if not (args.emulate_hosts or args.network):
+        if args.link:
+            raise ValueError("--link needs --emulate-hosts")
+        return Placement()
+    if security.pccs is not None or args.pccs:
+        # The hosts reach nothing outside their network, and the launcher's sim PCCS serves on loopback.
+        raise ValueError("--emulate-hosts: a PCCS (--pccs, --sim-pccs, --platform-tcb, --enclave-way) is not reachable "
+                         "from the emulated hosts")
+    if args.network is not None:
+        if args.link:
+            raise ValueError("--link shapes a network the launcher makes; with --network FILE its owner shapes it")
+        hosts = netemu.Hosts.load(args.network)
+        missing = [role for role in roles if role not in hosts.namespaces]
+        if missing:
+            raise ValueError(f"--network {args.network}: no host for {', '.join(missing)}")
+        return Placement(hosts)
+    links = [netemu.parse_link(text) for text in args.link or []]
+    for host, _ in links:
+        if host is not None and host not in roles:
+            raise ValueError(f"--link {host}=...: no such host; the hosts are {', '.join(roles)}")
+    network = netemu.Network(roles)
+    try:
+        for host, shape in links:
+            for role in roles if host is None else [host]:
+                network.shape(role, shape.rate_mbit, shape.delay_ms, shape.loss_pct)
+    except BaseException:
+        network.close()
+        raise
+    return Placement(network.hosts, network)
+
+
 def _data_setup(args: argparse.Namespace, out: Path) -> list[list[str]]:
     """Per-worker data options: own synthetic partitions, or shards of --data."""
     if args.data:
@@ -276,7 +335,7 @@ def _reader_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], security: Security,
-                 federation: FederationSetup) -> Child:
+                 federation: FederationSetup, placement: Placement) -> Child:
     """SDT: the chief, holding the data (--data files, or synthetic rows it generates in <out>/chief) and, at the
     end, the model (<out>/chief/model) and its final evaluation on the held-out data (--eval-data, or synthetic)."""
     if args.data:
@@ -291,9 +350,10 @@ def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], secu
             "--ready-file", str(out / "chief.ready.json"), "--report-file", str(out / "chief.report.json"),
             "--timeout", str(args.timeout), "--worker-ids", ",".join(federation.worker_ids), *data, *_model_argv(args),
             *federation.for_participant("chief"),
-            *(["--audit-log", str(out / "audit" / "chief.jsonl")] if federation.plan else [])]
+            *(["--audit-log", str(out / "audit" / "chief.jsonl")] if federation.plan else []),
+            *placement.listen("chief")]
     security_argv, env = security.for_role("chief")
-    child = Child("chief", argv + security_argv, out / "logs" / "chief.log", env=env)
+    child = Child("chief", placement.command("chief", argv + security_argv), out / "logs" / "chief.log", env=env)
     (out / "chief.ready.json").unlink(missing_ok=True)
     child.start()
     return child
@@ -522,6 +582,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-plan", action="store_true",
                        help="ratls: no federation plan: any attested worker may join under any free worker id "
                             "(worker ids are still bound to the connection that joined)")
+    group = parser.add_argument_group("emulated hosts (runtime.netemu: root, iproute2 and nftables)")
+    group.add_argument("--emulate-hosts", action="store_true",
+                       help="run every process on an emulated host of its own: a network namespace named after its "
+                            "role (ps0, chief, worker0, ...) with its own address on a bridge, which the process "
+                            "binds and advertises")
+    group.add_argument("--link", action="append", metavar="[HOST=]rate=MBIT,delay=MS,loss=PCT",
+                       help="with --emulate-hosts: shape a host's link (without HOST=, every host's): rate in Mbit/s "
+                            "each way, one-way delay in ms, loss in %% of frames each way; a path crosses two links, "
+                            "so its delay is the sum of both hosts' (delay=12.5 on every host: a 50 ms round trip); "
+                            "repeatable: a later one replaces the shape of its hosts")
+    group.add_argument("--network", type=Path, metavar="FILE",
+                       help="run the processes on the hosts of an emulated network another program made, and may "
+                            "shape or cut while the job runs (runtime.netemu.Network.save writes FILE); it needs a "
+                            "host per role")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -532,12 +606,16 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     children: list[Child] = []
     security: Security | None = None
+    placement = Placement()
     try:
         if args.data:  # one error now, not one per worker or shard stream later
             check_format([*args.data, *(args.eval_data or [])], args.file_format)
         security = _security_setup(args, out)
         federation = _federation_setup(args, out, security)
         worker_data = _data_setup(args, out) if args.mode == "hfl" else []
+        roles = [f"ps{shard}" for shard in range(args.ps_shards)] + (["chief"] if args.mode == "sdt" else []) \
+            + federation.worker_ids
+        placement = _placement(args, roles, security)
         ps_children = []
         common_ps = ["--steps", str(args.steps), "--workers", str(args.workers), "--num-shards",
                      str(args.ps_shards), "--worker-timeout", str(args.worker_timeout), "--optimizer",
@@ -554,9 +632,10 @@ def run(args: argparse.Namespace) -> int:
             argv = [sys.executable, "-m", "runtime.ps", *common_ps, "--shard", str(shard),
                     "--ready-file", str(out / f"ps{shard}.ready.json"), "--report-file",
                     str(out / f"ps{shard}.report.json"), "--checkpoint-dir", str(out / "checkpoints" / f"ps{shard}"),
-                    *_model_argv(args), *federation.for_ps(out, shard)]
+                    *_model_argv(args), *federation.for_ps(out, shard), *placement.listen(f"ps{shard}")]
             security_argv, env = security.for_role(f"ps{shard}")
-            child = Child(f"ps{shard}", argv + security_argv, out / "logs" / f"ps{shard}.log", env=env)
+            child = Child(f"ps{shard}", placement.command(f"ps{shard}", argv + security_argv),
+                          out / "logs" / f"ps{shard}.log", env=env)
             (out / f"ps{shard}.ready.json").unlink(missing_ok=True)
             child.start()
             children.append(child)
@@ -564,7 +643,7 @@ def run(args: argparse.Namespace) -> int:
         addresses = [_wait_ready(c, out / f"{c.role}.ready.json", READY_TIMEOUT)["address"] for c in ps_children]
         chief_children = []
         if args.mode == "sdt":
-            chief = _start_chief(args, out, addresses, security, federation)
+            chief = _start_chief(args, out, addresses, security, federation, placement)
             children.append(chief)
             chief_children.append(chief)
             chief_address = _wait_ready(chief, out / "chief.ready.json", READY_TIMEOUT)["address"]
@@ -587,14 +666,17 @@ def run(args: argparse.Namespace) -> int:
                 argv += ["--chunk-bytes", str(args.chunk_bytes)]
             if args.pipeline:
                 argv.append("--pipeline")
-            child = Child(worker_id, argv, out / "logs" / f"{worker_id}.log", env=env)
+            child = Child(worker_id, placement.command(worker_id, argv), out / "logs" / f"{worker_id}.log", env=env)
             child.start()
             children.append(child)
             worker_children.append(child)
         write_json_atomically(out / "processes.json", {c.role: c.process.pid for c in children if c.process})
         chief_part = " + chief" if chief_children else ""
-        print(f"launch: {args.ps_shards} PS{chief_part} + {args.workers} workers over {args.security}, {args.steps} "
-              f"steps; run directory {out}", flush=True)
+        hosts = placement.hosts
+        where = "" if hosts is None else " on emulated hosts (" + ", ".join(
+            f"{role} {hosts.address(role)}" for role in roles) + ")"
+        print(f"launch: {args.ps_shards} PS{chief_part} + {args.workers} workers over {args.security}{where}, "
+              f"{args.steps} steps; run directory {out}", flush=True)
         lost: list[dict[str, Any]] = []
         failures = _supervise(children, worker_children, args, started, lost)
         if failures:
@@ -607,16 +689,21 @@ def run(args: argparse.Namespace) -> int:
         if chief_children:
             report["chief"] = json.loads((out / "chief.report.json").read_text())
         report["command"] = sys.argv
+        if hosts is not None:
+            report["emulated_hosts"] = {role: hosts.address(role) for role in roles}
+            if placement.network is not None:
+                report["links"] = {role: vars(placement.network.link_shape(role)) for role in roles}
         write_json_atomically(out / "report.json", report)
         print(_summary(report), flush=True)
         print(f"report: {out / 'report.json'}  TensorBoard: {tensorboard_command(out / 'tensorboard')}", flush=True)
         return 0
-    except (LaunchError, OSError, ValueError, DataError) as error:
+    except (LaunchError, OSError, ValueError, DataError, netemu.NetworkError) as error:
         print(f"launch: error: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
         for child in children:
             child.stop()
+        placement.close()
         if security is not None:
             security.close()
 
