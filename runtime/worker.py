@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -96,6 +96,15 @@ def train_locally(model: Any, work: Round, dense: np.ndarray, rows: np.ndarray, 
         apply_sgd_rows(local_rows, positions, row_grads, learning_rate)
         losses.append(loss)
     return losses, local_dense - dense, local_rows - rows
+
+
+class Computed(NamedTuple):
+    """What one round pushes, computed at the pulled parameters: each batch's loss, and the dense and row parts
+    (gradients, or under FedAvg the model delta)."""
+
+    losses: list[float]
+    dense: np.ndarray
+    rows: np.ndarray
 
 
 @dataclass
@@ -350,28 +359,35 @@ class Worker:
               synchronous: bool = False) -> tuple[Pulled, list[float], Pulled | None] | None:
         """Pull (unless `pulled` already holds this round's parameters), compute and push one round until its
         push is in: reconnects (re-attesting) when a PS is lost, re-joins when dropped, recomputes when the
-        round closed without us. With `following`, the push also pulls the rows of the following round.
-        Returns (the parameters used, each batch's loss, the following round's parameters or None); None when
-        training is done."""
+        round closed without us. A push whose call failed may have been applied all the same (its reply lost):
+        it is resent as it was, same step, once the PS is back, and the PS's (worker id, step) de-duplication
+        decides: a duplicate was in already, a current step goes in now, a stale one is recomputed. So a round
+        is applied once whatever the link does. With `following`, the push also pulls the rows of the following
+        round. Returns (the parameters used, each batch's loss, the following round's parameters or None); None
+        when training is done."""
         stats, client, times = self.stats, self.client, self.stats.times
         wait_ms = self.args.pull_wait_ms
+        computed: Computed | None = None  # what this round pushes, computed at `pulled`, not yet known to be in
         while True:
             try:
-                t1 = time.perf_counter()
-                if pulled is None:
-                    pulled = client.pull(min_versions, work.rows, wait_ms=wait_ms)
-                    times.pull += (time.perf_counter() - t1) - pulled.waited_seconds
-                times.wait += pulled.waited_seconds
-                t2 = time.perf_counter()
-                if pulled.done:
-                    return None
-                if not pulled.ready:
-                    stats.not_ready += 1
-                    pulled = None
-                    continue
-                losses, dense_push, row_push = self._compute(model, work, pulled)
+                if computed is None:
+                    t1 = time.perf_counter()
+                    if pulled is None:
+                        pulled = client.pull(min_versions, work.rows, wait_ms=wait_ms)
+                        times.pull += (time.perf_counter() - t1) - pulled.waited_seconds
+                    times.wait += pulled.waited_seconds
+                    t2 = time.perf_counter()
+                    if pulled.done:
+                        return None
+                    if not pulled.ready:
+                        stats.not_ready += 1
+                        pulled = None
+                        continue
+                    computed = Computed(*self._compute(model, work, pulled))
+                    times.compute += time.perf_counter() - t2
+                assert pulled is not None
+                losses, dense_push, row_push = computed
                 t3 = time.perf_counter()
-                times.compute += t3 - t2
                 samples = work.samples
                 loss = sum(batch_loss * len(batch) for batch_loss, (batch, _) in zip(losses, work.batches,
                                                                                        strict=True)) / samples
@@ -385,7 +401,8 @@ class Worker:
                                                      wait_ms, self.local_steps)
                 times.push += time.perf_counter() - t3 - (ahead.waited_seconds if ahead is not None else 0.0)
             except RemoteError as error:
-                pulled = None
+                if computed is None:
+                    pulled = None
                 if error.code in CONNECTION_CODES:
                     min_versions = self.connect(str(error))
                     continue
@@ -399,7 +416,8 @@ class Worker:
             except TransportError as error:
                 if not error.retryable:
                     raise
-                pulled = None
+                if computed is None:
+                    pulled = None
                 min_versions = self.connect(str(error))
                 continue
             if any(pushed.stale):
@@ -407,7 +425,7 @@ class Worker:
                 # parameters and redo this batch.
                 stats.stale += 1
                 min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
-                pulled = None
+                pulled = computed = None
                 continue
             stats.duplicates += sum(pushed.duplicate)
             return pulled, losses, ahead

@@ -93,3 +93,54 @@ def test_ps_killed_and_restarted_resumes_and_workers_reattest(tmp_path):
         assert attestations >= 2, worker["transport"]  # attested the first PS and again the restarted one
         assert worker["reconnects"] + worker["rejoins"] >= 1
         assert worker["eval"]["version"] == steps and worker["eval"]["auc"] is not None
+
+
+def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
+    """A link that dies between the PS applying a push and its reply arriving: the worker reconnects and resends
+    the same push (same step), which the PS recognises as a duplicate, instead of recomputing the batch on newer
+    parameters and so applying it twice (tests/test_network_faults.py cuts real links; this is the case made
+    certain)."""
+    import argparse
+
+    import grpc
+
+    from runtime.client.ps import ShardedPS
+    from runtime.client.remote import RemoteError
+    from runtime.data import CriteoReader
+    from runtime.model import DLRM
+    from runtime.server.service import start_server
+    from runtime.server.state import ParameterServer, PSOptions
+    from runtime.transport import InsecureTransport
+    from runtime.worker import Round, Worker
+
+    config = DLRMConfig.small()
+    ps = ParameterServer(PSOptions(config=config, total_steps=10, workers=1, log_every=0))
+    net = InsecureTransport()
+    running = start_server(ps, net, "127.0.0.1", 0)
+    client = ShardedPS([running.endpoint], net, "worker0")
+    try:
+        args = argparse.Namespace(pull_wait_ms=5000, reconnect_timeout=30.0, warmup_steps=0, log_every=0.0,
+                                  tb_every=10, max_steps=None, pipeline=False)
+        worker = Worker(client, args)
+        worker.connect()
+        real_push = client.push
+        lost = []
+
+        def push_losing_the_first_reply(*push_args):
+            reply = real_push(*push_args)
+            if not lost:
+                lost.append(reply)
+                raise RemoteError(grpc.StatusCode.UNAVAILABLE, "Socket closed (the reply was lost)")
+            return reply
+
+        client.push = push_losing_the_first_reply
+        train, _ = synthetic_partitions(tmp_path / "data", 1, 64, 16, 1, config)
+        batch = next(iter(CriteoReader(train[0], config, 16)))
+        step = worker._step(DLRM(config), Round.of([(batch, batch.lookup())]), [0], synchronous=True)
+        assert step is not None and lost and lost[0].versions == [1]  # the PS had applied it: round 0 closed
+        assert ps.version == 1 and ps.stats["pushes"] == 1 and ps.stats["rounds"] == 1
+        assert ps.stats["duplicate_pushes"] == 1 and worker.stats.duplicates == 1
+        assert worker.stats.reconnects == 1 and worker.stats.stale == 0
+    finally:
+        client.close()
+        running.server.stop(0).wait(5)
