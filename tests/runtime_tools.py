@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,11 +179,12 @@ class Children:
         self.processes: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, prefix: Sequence[str] = ()) -> subprocess.Popen:
+        """python -m args..., run under `prefix` if given (e.g. an emulated host's Network.command(host, []))."""
         log = self.directory / f"{name}.log"
         self.logs[name] = log
         with open(log, "ab") as out:
-            process = subprocess.Popen([sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
+            process = subprocess.Popen([*prefix, sys.executable, "-m", *args], stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=REPO,
                                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
         self.processes[name] = process

@@ -1,18 +1,27 @@
-"""Failures during HFL training: (c) a worker killed with a quorum of one, (d) the PS killed and restarted."""
+"""Failures during HFL training: (c) a worker killed with a quorum of one, (d) the PS killed and restarted, and a push
+whose reply was lost. Faults of the network itself, on emulated hosts, are in test_network_faults.py."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import signal
 from pathlib import Path
 
+import grpc
 from runtime_tools import Children, wait_for_file, wait_until
 
-from runtime.data import synthetic_partitions
-from runtime.model import DLRMConfig
+from runtime.client.ps import ShardedPS
+from runtime.client.remote import RemoteError
+from runtime.data import CriteoReader, synthetic_partitions
+from runtime.model import DLRM, DLRMConfig
 from runtime.server.checkpoints import list_versions
+from runtime.server.service import start_server
+from runtime.server.state import ParameterServer, PSOptions
+from runtime.transport import InsecureTransport
+from runtime.worker import Round, Worker
 
 
 def ps_version_in_log(log: Path) -> int:
@@ -100,19 +109,6 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
     the same push (same step), which the PS recognises as a duplicate, instead of recomputing the batch on newer
     parameters and so applying it twice (tests/test_network_faults.py cuts real links; this is the case made
     certain)."""
-    import argparse
-
-    import grpc
-
-    from runtime.client.ps import ShardedPS
-    from runtime.client.remote import RemoteError
-    from runtime.data import CriteoReader
-    from runtime.model import DLRM
-    from runtime.server.service import start_server
-    from runtime.server.state import ParameterServer, PSOptions
-    from runtime.transport import InsecureTransport
-    from runtime.worker import Round, Worker
-
     config = DLRMConfig.small()
     ps = ParameterServer(PSOptions(config=config, total_steps=10, workers=1, log_every=0))
     net = InsecureTransport()
