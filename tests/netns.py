@@ -15,12 +15,17 @@ import pytest
 
 from runtime.netemu import Hosts, Network, NetworkError, Shape, cleanup_stale, namespaces_unavailable
 
-__all__ = ["Hosts", "Network", "NetworkError", "Shape", "cleanup_stale", "emulated_hosts"]
+__all__ = ["Hosts", "Network", "NetworkError", "Shape", "cleanup_stale", "emulated_hosts", "require_namespaces"]
+
+
+def require_namespaces() -> None:
+    """Skip the calling test, with the reason, when this machine cannot create network namespaces."""
+    reason = namespaces_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def emulated_hosts(hosts: list[str]) -> Network:
     """A Network of these hosts (use it as a context manager), or a skip when namespaces cannot be created here."""
-    reason = namespaces_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
+    require_namespaces()
     return Network(hosts)
