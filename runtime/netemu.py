@@ -9,9 +9,10 @@ made lossy or cut while a job runs. Root only (CAP_NET_ADMIN); needs `ip` and `t
 Layout: a hub namespace holds a bridge; each host is a namespace with loopback up and one veth pair to the bridge
 (`eth0` inside, with an address in a private 10.77.X.0/24 that no route of this machine overlaps). Traffic between
 hosts stays inside namespaces the Network made, and nothing is routed out of them. Namespace names start with
-`netemu-<creator pid>-<4 hex>-`; close() removes every namespace (with its veths, bridge, nftables tables and qdiscs)
-and stops every process left in them, on exceptions and Ctrl-C too; cleanup_stale() (also run by every new Network,
-and `python -m runtime.netemu cleanup`) removes those of creators that died without cleaning up (SIGKILL).
+`netemu-<creator's PID namespace>-<creator pid>-<4 hex>-`; close() removes every namespace (with its veths,
+bridge, nftables tables and qdiscs) and stops every process left in them, on exceptions, Ctrl-C and SIGTERM too;
+cleanup_stale() (also run by every new Network, and `python -m runtime.netemu cleanup`) removes those of creators
+that died without cleaning up (SIGKILL).
 
 A host's link has three properties (Network.shape), each applying to both directions through it; a path between two
 hosts crosses both their links, so its one-way delay is the sum of theirs and the loss compounds:
@@ -55,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "netemu-"
-_NAME = re.compile(r"netemu-(\d+)-[0-9a-f]{4}-")
+_NAME = re.compile(r"netemu-(\d+)-(\d+)-[0-9a-f]{4}-")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _HUB = "hub"  # the hub namespace's suffix, so no host may be called that
 _BRIDGE = "br0"
@@ -76,7 +77,7 @@ def namespaces_unavailable() -> str | None:
     removes one to find out. (Missing tc or nft is not such a reason: Network then fails, naming the package.)"""
     if os.geteuid() != 0:
         return "network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
-    name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-probe"
+    name = f"{_prefix()}probe"
     try:
         _cmd("ip", "netns", "add", name)
     except NetworkError as error:
@@ -203,7 +204,7 @@ class Network:
                 raise ValueError(f"host name {host!r}: expected {_HOST.pattern}, not {_HUB!r}")
         if len(set(names)) != len(names) or not 1 <= len(names) <= 250:
             raise ValueError(f"hosts: expected 1..250 distinct names, found {names}")
-        self.prefix = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-"
+        self.prefix = _prefix()
         self.hub = self.prefix + _HUB
         self.subnet = _free_subnet()
         self.hosts = Hosts({h: self.prefix + h for h in names},
@@ -411,6 +412,12 @@ class Network:
         self.close()
 
 
+def _prefix() -> str:
+    """netemu-<creator's PID namespace>-<creator's pid>-<4 hex>-: cleanup_stale() judges only names of its own PID
+    namespace, where a pid it cannot see is a dead one."""
+    return f"{PREFIX}{os.stat('/proc/self/ns/pid').st_ino}-{os.getpid()}-{secrets.token_hex(2)}-"
+
+
 def _port(index: int) -> str:
     """A host's bridge port in the hub namespace (interface names: at most 15 characters)."""
     return f"p{index}"
@@ -450,7 +457,7 @@ def netem_available() -> bool:
     """Whether this kernel has netem (probed once per process, on a scratch namespace's loopback)."""
     global _netem
     if _netem is None:
-        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-probe"
+        name = f"{_prefix()}probe"
         _cmd("ip", "netns", "add", name)
         try:
             probe = subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
@@ -474,11 +481,12 @@ def cleanup_stale() -> list[str]:
     """Remove the namespaces of Networks whose creating process is gone (killed before it could clean up), and
     what runs in them; returns their names."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    pid_namespace = str(os.stat("/proc/self/ns/pid").st_ino)
     removed = []
     for line in listing.splitlines():
         name = line.split(" ", 1)[0]
         match = _NAME.match(name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or match.group(1) != pid_namespace or _alive(int(match.group(2))):
             continue
         _remove_namespace(name)
         removed.append(name)
