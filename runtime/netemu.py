@@ -402,7 +402,7 @@ class Network:
             for namespace in reversed(self._created):
                 _remove_namespace(namespace)
             atexit.unregister(self.close)
-            if self._sigterm is not None:
+            if self._sigterm is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, self._sigterm)
 
     def __enter__(self) -> Network:
