@@ -48,6 +48,10 @@ from runtime.rows import RowSet
 from runtime.transport import TransportError
 
 EVAL_BATCH_SIZE = 4096
+# Refusals of a push that the PS cannot take as it stands, after which the batch is recomputed on parameters pulled
+# again: a PS restarted from an older checkpoint does not have the push's step yet (future_step), or waits for its
+# workers to join again (not_started).
+_PULL_AGAIN = ("future_step", "not_started")
 
 
 @dataclass
@@ -401,8 +405,8 @@ class Worker:
                                                      wait_ms, self.local_steps)
                 times.push += time.perf_counter() - t3 - (ahead.waited_seconds if ahead is not None else 0.0)
             except RemoteError as error:
-                if computed is None:
-                    pulled = None
+                if computed is None or error.reason in _PULL_AGAIN:
+                    pulled = computed = None
                 if error.code in CONNECTION_CODES:
                     min_versions = self.connect(str(error))
                     continue
@@ -412,6 +416,9 @@ class Worker:
                     continue
                 if error.reason == "training_done":
                     return None
+                if error.reason in _PULL_AGAIN:
+                    min_versions = [0] * client.num_shards  # whatever the PS has now
+                    continue
                 raise
             except TransportError as error:
                 if not error.retryable:

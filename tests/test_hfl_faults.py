@@ -4,13 +4,16 @@ whose reply was lost. Faults of the network itself, on emulated hosts, are in te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from runtime_tools import Children, wait_for_file, wait_until
 
 from runtime.client.ps import ShardedPS
@@ -104,11 +107,10 @@ def test_ps_killed_and_restarted_resumes_and_workers_reattest(tmp_path):
         assert worker["eval"]["version"] == steps and worker["eval"]["auc"] is not None
 
 
-def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
-    """A link that dies between the PS applying a push and its reply arriving: the worker reconnects and resends
-    the same push (same step), which the PS recognises as a duplicate, instead of recomputing the batch on newer
-    parameters and so applying it twice (tests/test_network_faults.py cuts real links; this is the case made
-    certain)."""
+@contextlib.contextmanager
+def one_worker_in_process(tmp_path: Path) -> Iterator[tuple[ParameterServer, ShardedPS, Worker, Callable]]:
+    """An in-process synchronous PS of one worker, that worker's client and Worker (joined), and step(): one
+    Worker._step of a batch of its data."""
     config = DLRMConfig.small()
     ps = ParameterServer(PSOptions(config=config, total_steps=10, workers=1, log_every=0))
     net = InsecureTransport()
@@ -119,6 +121,22 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
                                   tb_every=10, max_steps=None, pipeline=False)
         worker = Worker(client, args)
         worker.connect()
+        train, _ = synthetic_partitions(tmp_path / "data", 1, 64, 16, 1, config)
+        batch = next(iter(CriteoReader(train[0], config, 16)))
+        model = DLRM(config)
+        yield ps, client, worker, lambda: worker._step(model, Round.of([(batch, batch.lookup())]), [0],
+                                                       synchronous=True)
+    finally:
+        client.close()
+        running.server.stop(0).wait(5)
+
+
+def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
+    """A link that dies between the PS applying a push and its reply arriving: the worker reconnects and resends
+    the same push (same step), which the PS recognises as a duplicate, instead of recomputing the batch on newer
+    parameters and so applying it twice (tests/test_network_faults.py cuts real links; this is the case made
+    certain)."""
+    with one_worker_in_process(tmp_path) as (ps, client, worker, step):
         real_push = client.push
         lost = []
 
@@ -130,13 +148,31 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
             return reply
 
         client.push = push_losing_the_first_reply
-        train, _ = synthetic_partitions(tmp_path / "data", 1, 64, 16, 1, config)
-        batch = next(iter(CriteoReader(train[0], config, 16)))
-        step = worker._step(DLRM(config), Round.of([(batch, batch.lookup())]), [0], synchronous=True)
-        assert step is not None and lost and lost[0].versions == [1]  # the PS had applied it: round 0 closed
+        assert step() is not None and lost and lost[0].versions == [1]  # the PS had applied it: round 0 closed
         assert ps.version == 1 and ps.stats["pushes"] == 1 and ps.stats["rounds"] == 1
         assert ps.stats["duplicate_pushes"] == 1 and worker.stats.duplicates == 1
         assert worker.stats.reconnects == 1 and worker.stats.stale == 0
-    finally:
-        client.close()
-        running.server.stop(0).wait(5)
+
+
+@pytest.mark.parametrize("reason", ["future_step", "not_started"])
+def test_a_push_a_restarted_ps_cannot_take_is_recomputed_on_its_parameters(tmp_path, reason):
+    """A PS restarted from an older checkpoint refuses a resent push of a step it has not reached (future_step), and
+    one that waits for its workers refuses every push (not_started): the worker pulls again and recomputes."""
+    with one_worker_in_process(tmp_path) as (ps, client, worker, step):
+        real_push, real_pull = client.push, client.pull
+        calls = []
+
+        def push_refused_once(*push_args):
+            calls.append("push")
+            if calls.count("push") == 1:
+                raise RemoteError(grpc.StatusCode.FAILED_PRECONDITION, f"{reason}: (as a restarted PS says)")
+            return real_push(*push_args)
+
+        def pull(*pull_args, **kwargs):
+            calls.append("pull")
+            return real_pull(*pull_args, **kwargs)
+
+        client.push, client.pull = push_refused_once, pull
+        assert step() is not None
+        assert calls == ["pull", "push", "pull", "push"]
+        assert ps.version == 1 and ps.stats["pushes"] == 1 and not ps.stats.get("duplicate_pushes")

@@ -98,7 +98,9 @@ def test_a_worker_cut_off_for_20_s_rejoins_and_every_update_is_applied_once(tmp_
     assert_every_update_applied_once(report, steps)
     # The PS dropped worker1 as silent and applied rounds without it until it joined again, with a fresh proof.
     events = [(e["event"], e["version"]) for e in audit if e["participant"] == "worker1"]
-    assert [event for event, _ in events] == ["join", "timeout", "join", "leave"], events
+    kinds = [event for event, _ in events]
+    # (Its heartbeat thread and its training loop may both join on the way back: a join of a member is audited too.)
+    assert kinds[:3] == ["join", "timeout", "join"] and set(kinds[3:-1]) <= {"join"} and kinds[-1] == "leave", events
     dropped_at, back_at = events[1][1], events[2][1]
     stats = report["ps"][0]["stats"]
     assert back_at > dropped_at and stats["short_rounds"] >= back_at - dropped_at
