@@ -65,7 +65,7 @@ def finish_job(children: Children, net: Network, out: Path) -> tuple[dict[str, A
 
 
 def assert_every_update_applied_once(report: dict[str, Any], steps: int) -> None:
-    """The PS applied `steps` rounds, and the pushes it accepted are exactly the steps the workers counted as done:
+    """The PS applied `steps` rounds, and the pushes it accepted are exactly the ones the workers counted as in:
     none a worker counted is missing (lost), none was accepted twice (a batch recomputed after its first push went
     in); every push the PS found a duplicate is a resend its worker counted as one."""
     ps, workers = report["ps"][0], report["workers"]
@@ -73,7 +73,7 @@ def assert_every_update_applied_once(report: dict[str, Any], steps: int) -> None
     assert ps["version"] == stats["rounds"] == report["steps"] == steps
     assert {w["worker_id"] for w in workers} == {"worker0", "worker1"} and not report["lost_workers"]
     assert all(w["eval"]["version"] == steps for w in workers)
-    assert sum(w["steps"] for w in workers) == stats["pushes"] == sum(p["pushes_accepted"]
+    assert sum(w["rounds"] for w in workers) == stats["pushes"] == sum(p["pushes_accepted"]
                                                                       for p in report["participants"])
     assert sum(w["examples"] for w in workers) == stats["samples"]
     assert stats.get("duplicate_pushes", 0) == sum(w["duplicates"] for w in workers)
