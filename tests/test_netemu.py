@@ -5,7 +5,9 @@ Skipped, with the reason, exactly when this machine cannot create network namesp
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 from netns import Network, NetworkError, Shape, cleanup_stale, emulated_hosts, require_namespaces
 from runtime_tools import REPO
 
+from runtime import launch
 from runtime.netemu import parse_link
 
 # A TCP server on port 9000 of its host: "e" echoes one byte at a time, "s" sinks everything and answers the count.
@@ -194,3 +197,14 @@ def test_a_closed_network_refuses_changes():
     with pytest.raises(NetworkError, match="closed"):
         net.shape("a", rate_mbit=10)
 
+
+
+def test_the_launcher_says_why_it_cannot_emulate_hosts(tmp_path, monkeypatch, capsys):
+    """Without root, --emulate-hosts fails at once with the reason (no traceback, no namespace)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    parser = argparse.ArgumentParser()
+    launch.add_arguments(parser)
+    args = parser.parse_args(["--emulate-hosts", "--out", str(tmp_path / "run"), "--steps", "1", "--workers", "1",
+                              "--model", "small", "--security", "insecure"])
+    assert launch.run(args) == 1
+    assert "launch: error: emulated hosts need root" in capsys.readouterr().err
