@@ -36,6 +36,15 @@ SMALL_JOB = ["--workers", "2", "--model", "small", "--batch-size", "32", "--eval
 # Until the fault is over every link runs at 20 Mbit/s, so that the job (a few hundred rounds of ~290 kB per worker
 # each way) cannot be over before the fault is (at most ~12 rounds/s); then at full speed, to keep the tests short.
 PACING_MBIT = 20
+FAULT_PACING_MBIT = 4  # at most ~3 rounds/s: a few hundred rounds outlast a 20 s fault and the recovery after it
+
+
+def joins(out: Path, participant: str) -> int:
+    """The joins of a participant in the PS's audit log so far."""
+    path = out / "audit" / "ps0.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for line in lines if line.endswith("}") and json.loads(line)["event"] == "join"
+               and json.loads(line)["participant"] == participant)
 
 
 def ps_log(out: Path) -> str:
@@ -89,9 +98,14 @@ def test_a_worker_cut_off_for_20_s_rejoins_and_every_update_is_applied_once(tmp_
     out, steps = tmp_path / "run", 400
     with emulated_hosts(HOSTS) as net, Children(tmp_path) as children:
         start_job(children, net, out, steps, "--min-workers", "1", "--round-timeout", "1", "--worker-timeout", "4")
+        # Slower still while worker1 is away, and until it is back (its keepalive notices the dead link within
+        # 15 s, then it re-attests): worker0 alone must not finish the job first (seen under CI load).
+        for host in HOSTS:
+            net.shape(host, rate_mbit=FAULT_PACING_MBIT)
         net.cut("worker1")
         time.sleep(20)
         net.heal("worker1")
+        wait_until(lambda: joins(out, "worker1") >= 2, 120, "worker1 joined again")
         report, audit = finish_job(children, net, out)
         worker1_log = (out / "logs" / "worker1.log").read_text(errors="replace")
 
