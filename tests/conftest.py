@@ -58,3 +58,53 @@ def sim_policy(sim_ca, identity):
 
     return ratls.Policy(mrenclave=identity.mrenclave, mrsigner=sim_ca.mrsigner, allow_simulated=True,
                         sim_root=sim_ca.path, allowed_tcb_statuses=("UpToDate", "Unknown"))
+
+
+# The gRPC credential tests' identities: one module's server and client enclaves (each its own little app, so its
+# own MRENCLAVE), and credentials in which each side trusts only the other's enclave.
+
+
+@pytest.fixture(scope="module")
+def ids(sim_ca, tmp_path_factory):
+    """A factory of sim identities by application name (tests/grpctools.make_app, made on first use): a new key
+    each call, the same MRENCLAVE for the same name."""
+    from grpctools import make_app
+
+    import ratls
+
+    root = tmp_path_factory.mktemp("apps")
+
+    def make(app: str, **kw) -> ratls.Identity:
+        path = make_app(root, app)
+        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[path], measure_root=path, **kw)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def server_id(ids):
+    return ids("server")
+
+
+@pytest.fixture(scope="module")
+def client_id(ids):
+    return ids("client")
+
+
+@pytest.fixture(scope="module")
+def server_creds(sim_ca, server_id, client_id):
+    """A factory: the server trusts the client's enclave (only)."""
+    from grpctools import sim_policy
+
+    from ratls.credentials import credentials
+
+    return lambda **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), server_id, **kw)
+
+
+@pytest.fixture(scope="module")
+def client_creds(sim_ca, server_id, client_id):
+    from grpctools import sim_policy
+
+    from ratls.credentials import credentials
+
+    return credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)

@@ -115,6 +115,13 @@ def serve_insecure():
         server.stop(None).wait(WAIT_S)
 
 
+def free_ports(host: str = "127.0.0.1") -> tuple[int, int]:
+    """Two ports nothing listens on now (bound, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, 0), family=family) as a, socket.create_server((host, 0), family=family) as b:
+        return a.getsockname()[1], b.getsockname()[1]
+
+
 def make_app(root: Path, name: str) -> Path:
     """A tiny 'application' tree whose measurement is its MRENCLAVE."""
     app = root / name

@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 import grpc.aio
 import pytest
-from grpctools import MESSAGE_OPTIONS, WAIT_S, EchoService, Relay, Running, make_app, sim_policy
+from grpctools import MESSAGE_OPTIONS, WAIT_S, EchoService, Relay, Running, free_ports, sim_policy
 
 import ratls
 from ratls.credentials import credentials
@@ -82,47 +82,6 @@ class DelayedRelay(Relay):
     def _serve(self, conn: socket.socket) -> None:
         time.sleep(self.delay)
         super()._serve(conn)
-
-
-@pytest.fixture(scope="module")
-def apps(tmp_path_factory):
-    root = tmp_path_factory.mktemp("apps")
-    return {name: make_app(root, name) for name in ("server", "client", "intruder")}
-
-
-@pytest.fixture(scope="module")
-def ids(sim_ca, apps):
-    def make(app: str) -> ratls.Identity:
-        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[apps[app]], measure_root=apps[app])
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def server_id(ids):
-    return ids("server")
-
-
-@pytest.fixture(scope="module")
-def client_id(ids):
-    return ids("client")
-
-
-@pytest.fixture(scope="module")
-def server_creds(sim_ca, server_id, client_id):
-    """A factory: the server trusts the client's enclave (only)."""
-    return lambda **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), server_id, **kw)
-
-
-@pytest.fixture(scope="module")
-def client_creds(sim_ca, server_id, client_id):
-    return credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)
-
-
-def free_ports() -> tuple[int, int]:
-    """Two ports nothing listens on now (bound, then released)."""
-    with socket.create_server(("127.0.0.1", 0)) as a, socket.create_server(("127.0.0.1", 0)) as b:
-        return a.getsockname()[1], b.getsockname()[1]
 
 
 async def hello(channel: grpc.aio.Channel, request: bytes = b"world", **kw) -> bytes:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 import pytest
-from grpctools import WAIT_S, make_app, sim_policy
+from grpctools import WAIT_S, free_ports, sim_policy
 
 import ratls
 from ratls.address import Replica, ReplicaTargets
@@ -92,41 +92,10 @@ def serve(creds: ratls.Credentials, name: str, address: str = "127.0.0.1:0",
 
 
 @pytest.fixture(scope="module")
-def apps(tmp_path_factory):
-    root = tmp_path_factory.mktemp("apps")
-    return {name: make_app(root, name) for name in ("server", "client", "intruder")}
-
-
-@pytest.fixture(scope="module")
-def ids(sim_ca, apps):
-    def make(app: str) -> ratls.Identity:
-        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[apps[app]], measure_root=apps[app])
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def client_id(ids):
-    return ids("client")
-
-
-@pytest.fixture(scope="module")
 def server_creds(sim_ca, ids, client_id):
     """A factory: credentials of a new server identity (a new key: what a restarted server has) of the server's
     enclave, trusting the client's enclave only; server_creds("intruder") is another enclave."""
     return lambda app="server", **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), ids(app), **kw)
-
-
-@pytest.fixture(scope="module")
-def client_creds(sim_ca, ids, client_id):
-    return credentials(sim_policy(sim_ca, ids("server").mrenclave), client_id)
-
-
-def free_ports(host: str = "127.0.0.1") -> tuple[int, int]:
-    """Two ports nothing listens on now (bound, then released)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, 0), family=family) as a, socket.create_server((host, 0), family=family) as b:
-        return a.getsockname()[1], b.getsockname()[1]
 
 
 def who(channel: grpc.Channel, **kw) -> bytes:

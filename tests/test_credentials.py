@@ -25,7 +25,6 @@ from grpctools import (
     Relay,
     forged_identity,
     hello,
-    make_app,
     plain_identity,
     serve,
     serve_insecure,
@@ -37,42 +36,6 @@ from grpctools import (
 import ratls
 from ratls.credentials import credentials, peer
 from ratls.identity import channel_certificate_of
-
-
-@pytest.fixture(scope="module")
-def apps(tmp_path_factory):
-    root = tmp_path_factory.mktemp("apps")
-    return {name: make_app(root, name) for name in ("server", "client", "intruder")}
-
-
-@pytest.fixture(scope="module")
-def ids(sim_ca, apps):
-    def make(app: str, **kw) -> ratls.Identity:
-        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[apps[app]], measure_root=apps[app],
-                                     **kw)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def server_id(ids):
-    return ids("server")
-
-
-@pytest.fixture(scope="module")
-def client_id(ids):
-    return ids("client")
-
-
-@pytest.fixture(scope="module")
-def server_creds(sim_ca, server_id, client_id):
-    """A factory: the server trusts the client's enclave (only)."""
-    return lambda **kw: credentials(sim_policy(sim_ca, client_id.mrenclave), server_id, **kw)
-
-
-@pytest.fixture(scope="module")
-def client_creds(sim_ca, server_id, client_id):
-    return credentials(sim_policy(sim_ca, server_id.mrenclave), client_id)
 
 
 def direct_channel(server_cert_der: bytes, client, target: str) -> grpc.Channel:

@@ -32,7 +32,6 @@ from grpctools import (
     FakeIdentity,
     Relay,
     forged_identity,
-    make_app,
     serve,
     sim_policy,
     tls_client_context,
@@ -85,26 +84,6 @@ def run_node(node_dir: Path, *args: str) -> tuple[int, dict]:
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one JSON line, got {result.stdout!r}; stderr: {result.stderr[-3000:]}"
     return result.returncode, json.loads(lines[0])
-
-
-@pytest.fixture(scope="module")
-def apps(tmp_path_factory):
-    root = tmp_path_factory.mktemp("node-apps")
-    return {name: make_app(root, name) for name in ("server", "node", "other")}
-
-
-@pytest.fixture(scope="module")
-def ids(sim_ca, apps):
-    def make(app: str, **kw) -> ratls.Identity:
-        return ratls.Identity.create("sim", sim_ca=sim_ca.path, measured_files=[apps[app]], measure_root=apps[app],
-                                     **kw)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def server_id(ids):
-    return ids("server")
 
 
 @pytest.fixture(scope="module")
