@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from runtime_tools import raw_ps, state_fingerprint
-from test_hfl import final_checkpoint, launch
+from test_hfl import assert_trained_like, final_checkpoint, launch
 
 from runtime.data import CriteoReader
-from runtime.model import DLRMConfig, init_dense_params
+from runtime.model import DLRMConfig
 from runtime.model.reference import train_fedavg_single_process
 from runtime.proto import ps_pb2
 from runtime.protocol import MAX_LOCAL_STEPS, PullRequest, PushRequest, Rejected
@@ -166,18 +166,4 @@ def test_fedavg_equals_a_single_process_fedavg_on_the_same_batches(tmp_path):
     data = sorted((tmp_path / "run" / "data").glob("synthetic.tsv.[01]"))
     reference = train_fedavg_single_process(config, [CriteoReader(path, config, batch) for path in data], rounds, k)
 
-    def close(found: np.ndarray, want: np.ndarray, what: str) -> None:
-        scale = float(np.max(np.abs(want)))
-        err = float(np.max(np.abs(found - want)))
-        assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} > 1e-5 x max |value| {scale:.3g}"
-
-    initial = init_dense_params(config)
-    for name, value in reference.dense.items():
-        close(got.arrays[f"dense/{name}"], value, name)
-        assert not np.array_equal(value, initial[name]), f"{name} did not train"
-    touched = 0
-    for t, table in enumerate(reference.tables):
-        ids = got.arrays[f"rows/{t}/local_ids"]
-        touched += ids.size
-        close(got.arrays[f"rows/{t}/values"], table[ids], f"table {t}")
-    assert touched > 1000
+    assert_trained_like(got, reference)

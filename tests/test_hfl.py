@@ -43,6 +43,26 @@ def final_checkpoint(out: Path, steps: int) -> checkpoints.Checkpoint:
     return checkpoints.load(checkpoints.checkpoint_path(out / "checkpoints" / "ps0", steps))
 
 
+def assert_trained_like(found: checkpoints.Checkpoint, reference) -> None:
+    """The PS's final parameters are the reference trainer's (runtime.model.reference) to 1e-5 of each tensor's
+    largest value: every dense tensor (and each one trained), and every row the job touched (over 1,000)."""
+    def close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+        scale = float(np.max(np.abs(want)))
+        err = float(np.max(np.abs(got - want)))
+        assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} > 1e-5 x max |value| {scale:.3g}"
+
+    initial = init_dense_params(DLRMConfig.from_dict(found.meta["config"]))
+    for name, value in reference.dense.items():
+        close(found.arrays[f"dense/{name}"], value, name)
+        assert not np.array_equal(value, initial[name]), f"{name} did not train"
+    touched = 0
+    for t, table in enumerate(reference.tables):
+        ids = found.arrays[f"rows/{t}/local_ids"]
+        touched += ids.size
+        close(found.arrays[f"rows/{t}/values"], table[ids], f"table {t}")
+    assert touched > 1000
+
+
 def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
     import tensorflow as tf
     from tensorflow.core.util import event_pb2
@@ -82,21 +102,7 @@ def test_ratls_equals_insecure_bit_for_bit_and_single_process(tmp_path):
     batches = [Batch.concat([next(r) for r in readers]) for _ in range(steps)]
     reference = train_single_process(config, batches, steps)
 
-    def close(got: np.ndarray, want: np.ndarray, what: str) -> None:
-        scale = float(np.max(np.abs(want)))
-        err = float(np.max(np.abs(got - want)))
-        assert err <= 1e-5 * scale, f"{what}: max |diff| {err:.3g} > 1e-5 x max |value| {scale:.3g}"
-
-    initial = init_dense_params(config)
-    for name, value in reference.dense.items():
-        close(ratls_ckpt.arrays[f"dense/{name}"], value, name)
-        assert not np.array_equal(value, initial[name]), f"{name} did not train"
-    touched = 0
-    for t, table in enumerate(reference.tables):
-        ids = ratls_ckpt.arrays[f"rows/{t}/local_ids"]
-        touched += ids.size
-        close(ratls_ckpt.arrays[f"rows/{t}/values"], table[ids], f"table {t}")
-    assert touched > 1000
+    assert_trained_like(ratls_ckpt, reference)
 
 
 @dataclass
