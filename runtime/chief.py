@@ -40,7 +40,7 @@ from runtime.data import (
 )
 from runtime.federation import AuditLog, ChallengeBook, Plan
 from runtime.federation import arguments as federation_arguments
-from runtime.federation.admission import join_refusal
+from runtime.federation.admission import caller_fields, join_refusal
 from runtime.model import add_model_arguments, model_config
 from runtime.model.export import evaluate_saved_model, export_model
 from runtime.proto import chief_pb2, chief_pb2_grpc, ps_pb2, tensor_pb2
@@ -132,12 +132,8 @@ class Chief:
     def _audit(self, event: str, worker_id: str, caller: Caller, **fields: Any) -> None:
         if self.audit is None:
             return
-        evidence = caller.evidence
-        self.audit.record(event, server="chief", participant=worker_id[:128],
-                          certificate=caller.fingerprint.hex() if caller.fingerprint else None,
-                          mrenclave=evidence.mrenclave.hex() if evidence is not None else None,
-                          tcb_status=evidence.tcb_status if evidence is not None else None,
-                          plan_digest=self.plan.digest_hex if self.plan else None, **fields)
+        self.audit.record(event, server="chief", participant=worker_id[:128], **caller_fields(caller, self.plan),
+                          **fields)
 
     def _member(self, request: Any, context: grpc.ServicerContext, joined: bool = True) -> WorkerState:
         if request.protocol_version != PROTOCOL_VERSION:

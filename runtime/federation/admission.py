@@ -40,6 +40,16 @@ def join_refusal(plan: Plan, challenges: ChallengeBook, name: str, role: str, ca
     return None
 
 
+def caller_fields(caller: Caller, plan: Plan | None) -> dict[str, str | None]:
+    """What an audit record of a server says of a caller (runtime.federation.audit): its certificate, MRENCLAVE and
+    TCB status as attested, and the plan in force."""
+    evidence = caller.evidence
+    return {"certificate": caller.fingerprint.hex() if caller.fingerprint is not None else None,
+            "mrenclave": evidence.mrenclave.hex() if evidence is not None else None,
+            "tcb_status": evidence.tcb_status if evidence is not None else None,
+            "plan_digest": plan.digest_hex if plan is not None else None}
+
+
 def sign_join(plan: Plan, key, name: str, role: str, cert_fingerprint: bytes, challenge: bytes) -> JoinProof:
     """The joiner's side: its proof for `challenge` on the connection whose certificate has cert_fingerprint."""
     statement = JoinStatement(participant=name, role=role, federation=plan.federation, plan_digest=plan.digest,

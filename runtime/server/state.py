@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from runtime.federation import AuditLog, ChallengeBook, Plan
-from runtime.federation.admission import join_refusal
+from runtime.federation.admission import caller_fields, join_refusal
 from runtime.model import DLRMConfig
 from runtime.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -293,13 +293,8 @@ class ParameterServer:
     def _audit(self, event: str, worker_id: str, caller: Caller, **fields: Any) -> None:
         if self.audit is None:
             return
-        evidence = caller.evidence
-        plan = self.options.plan
         self.audit.record(event, shard=self.options.shard, participant=worker_id,
-                          certificate=_hex(caller.fingerprint),
-                          mrenclave=evidence.mrenclave.hex() if evidence is not None else None,
-                          tcb_status=evidence.tcb_status if evidence is not None else None,
-                          plan_digest=plan.digest_hex if plan else None, version=self.version, **fields)
+                          **caller_fields(caller, self.options.plan), version=self.version, **fields)
 
     def _update_started(self, now: float) -> None:
         if self.started or self.first_join is None:
