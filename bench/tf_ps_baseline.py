@@ -171,7 +171,7 @@ class BaselineDLRM:
     embeddings, strict-lower-triangle dots, top MLP with a linear last layer, mean sigmoid cross-entropy.
     """
 
-    def __init__(self, config: DLRMConfig) -> None:
+    def __init__(self, config: DLRMConfig, total_updates: int) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -182,7 +182,11 @@ class BaselineDLRM:
         self.tables = [tf.Variable(init_embedding_table(config, t), name=f"table_{t}")
                        for t in range(config.num_tables)]
         self.tril = tf.constant(_tril_indices(config.num_tables + 1), dtype=tf.int32)
-        self.learning_rate = tf.constant(config.learning_rate, tf.float32)
+        # Update i's learning rate is rates[i] (DLRMConfig.learning_rate_at, the runtime's schedule); the counter
+        # lives with the variables, so asynchronous workers number their updates in the order they take them.
+        self.rates = tf.constant([config.learning_rate_at(i, total_updates) for i in range(total_updates)],
+                                 tf.float32)
+        self.updates = tf.Variable(0, dtype=tf.int64, name="updates")
 
     def _mlp(self, x, prefix: str, layers: int, relu_last: bool):
         tf = self.tf
@@ -211,12 +215,14 @@ class BaselineDLRM:
             logits = self.logits(dense, cat)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
         grads = tape.gradient(loss, variables)
+        update = tf.minimum(self.updates.assign_add(1) - 1, tf.cast(tf.size(self.rates), tf.int64) - 1)
+        learning_rate = tf.gather(self.rates, update)
         for variable, grad in zip(variables, grads, strict=True):
             if isinstance(grad, tf.IndexedSlices):  # embedding tables: only the looked-up rows, repeats summed
-                variable.scatter_sub(tf.IndexedSlices(self.learning_rate * grad.values, grad.indices,
+                variable.scatter_sub(tf.IndexedSlices(learning_rate * grad.values, grad.indices,
                                                       grad.dense_shape))
             else:
-                variable.assign_sub(self.learning_rate * grad)
+                variable.assign_sub(learning_rate * grad)
         return loss
 
     def params(self) -> ModelParams:
@@ -374,7 +380,7 @@ def run_tfps(config: DLRMConfig, train: Sequence[Path], eval_paths: Sequence[Pat
         strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
         coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
         with strategy.scope():
-            model = BaselineDLRM(config)
+            model = BaselineDLRM(config, steps * workers)
         sizes = config.table_sizes
 
         def dataset_fn():

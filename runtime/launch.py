@@ -361,7 +361,7 @@ def _start_chief(args: argparse.Namespace, out: Path, addresses: list[str], secu
 
 def _model_argv(args: argparse.Namespace) -> list[str]:
     argv = ["--model", args.model, "--max-table-size", str(args.max_table_size), "--learning-rate",
-            str(args.learning_rate), "--seed", str(args.seed)]
+            str(args.learning_rate), "--lr-decay", str(args.lr_decay), "--seed", str(args.seed)]
     return argv + (["--model-config", str(args.model_config)] if args.model_config else [])
 
 
@@ -381,7 +381,10 @@ def combined_report(out: Path, ps_reports: list[dict[str, Any]], worker_reports:
         held_out = {"examples": int(y.size), "log_loss": metrics.log_loss(y, p),
                     "accuracy": metrics.accuracy(y, p), "auc": metrics.auc(y, p) if 0 < y.sum() < y.size else None,
                     "constant_baseline_log_loss": metrics.log_loss(y, np.full_like(p, y.mean())),
-                    "constant_baseline_accuracy": float(max(y.mean(), 1 - y.mean()))}
+                    "constant_baseline_accuracy": float(max(y.mean(), 1 - y.mean())),
+                    # Each worker evaluated one version (runtime.worker checks it); pooled, they must agree.
+                    "parameter_versions": sorted({tuple(w["eval"]["versions"]) for w in worker_reports
+                                                  if w["eval"].get("examples")})}
     examples = sum(w["examples"] for w in worker_reports)
     train_seconds = max((w["train_seconds"] for w in worker_reports), default=0.0)
     wire = sum(w["bytes_sent"] + w["bytes_received"] for w in worker_reports)
@@ -455,7 +458,8 @@ def _summary(report: dict[str, Any]) -> str:
         auc = f"{h['auc']:.4f}" if h.get("auc") is not None else "n/a"
         lines.append(f"held-out: {h['examples']} examples, loss {h['log_loss']:.4f} (constant baseline "
                      f"{h['constant_baseline_log_loss']:.4f}), accuracy {h['accuracy']:.4f} (baseline "
-                     f"{h['constant_baseline_accuracy']:.4f}), AUC {auc}")
+                     f"{h['constant_baseline_accuracy']:.4f}), AUC {auc}; parameters of version "
+                     f"{' and '.join('/'.join(map(str, v)) for v in h['parameter_versions'])}")
     fedavg = f" of FedAvg ({report['local_steps']} local steps each)" if report.get("local_steps", 1) > 1 else ""
     lines.append(f"training: {report['steps']} steps{fedavg}, {report['examples']} examples, "
                  f"{report['samples_per_s']:.0f} samples/s, {report['short_rounds']} short rounds, "

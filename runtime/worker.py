@@ -42,7 +42,14 @@ from runtime.data import (
 )
 from runtime.federation import arguments as federation_arguments
 from runtime.model import Batch, DLRMConfig, Lookup, apply_sgd_rows
-from runtime.protocol import DEFAULT_CHUNK_SIZE, MAX_CHUNK_BYTES, PRECISIONS, WORKER_ID_RULE, valid_worker_id
+from runtime.protocol import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_BYTES,
+    MAX_WAIT_MS,
+    PRECISIONS,
+    WORKER_ID_RULE,
+    valid_worker_id,
+)
 from runtime.report import write_json_atomically
 from runtime.rows import RowSet
 from runtime.transport import TransportError
@@ -356,7 +363,8 @@ class Worker:
             return [loss], dense_grad, row_grads
         config = self.client.config
         assert config is not None
-        return train_locally(model, work, pulled.dense, pulled.rows, config.learning_rate)
+        rate = config.learning_rate_at(pulled.versions[0], self.client.jobs[0].total_steps)
+        return train_locally(model, work, pulled.dense, pulled.rows, rate)
 
     def _step(self, model: Any, work: Round, min_versions: list[int], pulled: Pulled | None = None,
               following: RowSet | None = None,
@@ -520,24 +528,40 @@ class Worker:
                 sent[:] = pulled.versions
             settle_until(0)
 
-    def evaluate(self, model: Any, batches: Sequence[Batch]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    def evaluate(self, model: Any, batches: Sequence[Batch], wait_seconds: float
+                 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """Held-out metrics of one parameter version, the final one: waits (at most wait_seconds) until every PS
+        shard has finished training, after which the parameters no longer change, and checks that every pull
+        served exactly that version. A worker that stops early (--max-steps) so evaluates what the others go on
+        to train, and two workers evaluate the same model. If training does not finish in time, nothing is
+        evaluated and the result says why."""
+        client = self.client
+        final = [job.total_steps for job in client.jobs]
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            wait_ms = max(0, min(MAX_WAIT_MS, int((deadline - time.monotonic()) * 1000)))
+            pulled = client.pull(final, RowSet.empty(), dense=True, wait_ms=wait_ms)
+            if pulled.ready or wait_ms == 0:
+                break
+        if not pulled.ready:
+            return ({"examples": 0, "skipped": f"training did not finish within {wait_seconds:g} s (PS versions "
+                                              f"{pulled.versions}, final {final})"},
+                    np.zeros(0, np.float32), np.zeros(0, np.float32))
+        versions, dense = pulled.versions, pulled.dense
+        assert dense is not None
         labels, probs = [], []
-        dense: np.ndarray | None = None
-        version = -1
         for batch in batches:
             lookup = batch.lookup()
-            pulled = self.client.pull([0] * self.client.num_shards, lookup.rows, dense=dense is None, wait_ms=0)
-            if not pulled.ready:
-                raise RuntimeError("evaluation pull was not served")
-            dense = dense if pulled.dense is None else pulled.dense
-            assert dense is not None
-            version = pulled.versions[0]
+            pulled = client.pull(versions, lookup.rows, dense=False, wait_ms=0)
+            if pulled.versions != versions:
+                raise RuntimeError(f"evaluation: a pull served parameter versions {pulled.versions}, not the final "
+                                   f"{versions} the evaluation started on")
             probs.append(model.predict_flat(dense, pulled.rows, lookup, batch))
             labels.append(batch.labels)
         if not labels:
             return {"examples": 0}, np.zeros(0, np.float32), np.zeros(0, np.float32)
         y, p = np.concatenate(labels), np.concatenate(probs)
-        result: dict[str, Any] = {"examples": int(y.size), "version": version,
+        result: dict[str, Any] = {"examples": int(y.size), "version": versions[0], "versions": versions,
                                   "log_loss": metrics.log_loss(y, p), "accuracy": metrics.accuracy(y, p)}
         try:
             result["auc"] = metrics.auc(y, p)
@@ -598,6 +622,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of cores)")
     out = parser.add_argument_group("output")
     out.add_argument("--max-steps", type=int, help="stop after this many steps even if the PS is not done")
+    out.add_argument("--eval-wait", type=float, default=600.0, metavar="SECONDS",
+                     help="how long to wait, after training here, for the PS to finish so that the held-out "
+                          "evaluation is of the final parameters (default 600)")
     out.add_argument("--warmup-steps", type=int, default=5,
                      help="steps left out of the steady-state throughput and timing figures (default 5)")
     out.add_argument("--report-file", type=Path, help="write this worker's statistics and metrics as JSON")
@@ -717,7 +744,7 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         train_seconds = time.perf_counter() - worker.log.started
         steady = worker.log.steady_report(worker.log.started + train_seconds)  # before evaluation adds traffic
         held_out = eval_batches if eval_batches is not None else stream.heldout
-        evaluation, labels, scores = worker.evaluate(model, held_out)
+        evaluation, labels, scores = worker.evaluate(model, held_out, args.eval_wait)
     heartbeat.stop.set()
     heartbeat.join(timeout=5)
     try:

@@ -5,6 +5,7 @@ the figures themselves are printed by the benchmark, not checked here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -35,15 +36,16 @@ def _tiny_config() -> DLRMConfig:
     return DLRMConfig.small(table_sizes=(5,) * 26, seed=3)
 
 
-def test_tf_baseline_model_trains_like_the_runtime_model():
+@pytest.mark.parametrize("lr_decay", [0.0, 0.5])
+def test_tf_baseline_model_trains_like_the_runtime_model(lr_decay):
     import tensorflow as tf
 
-    config = _tiny_config()
+    config = dataclasses.replace(_tiny_config(), lr_decay=lr_decay)  # 0.5: the last 2 of 3 updates decay
     rng = np.random.default_rng(0)
     batches = [Batch(dense=rng.random((32, 13), dtype=np.float32) * 3,
                      cat=rng.integers(0, 5, size=(32, 26)).astype(np.int64),
                      labels=(rng.random(32) < 0.3).astype(np.float32)) for _ in range(3)]
-    baseline = tf_ps_baseline.BaselineDLRM(config)
+    baseline = tf_ps_baseline.BaselineDLRM(config, len(batches))
     reference = ModelParams.initial(config)
     start = baseline.params()
     for name, value in reference.dense.items():

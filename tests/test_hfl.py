@@ -132,6 +132,7 @@ def test_readme_main_job(readme_main_job):
     report = json.loads(readme_main_job.report_path.read_text())
     held_out = report["held_out"]
     assert held_out["auc"] >= 0.7, held_out
+    assert held_out["parameter_versions"] == [[report["steps"]]]  # both workers evaluated the final version
     assert held_out["log_loss"] < held_out["constant_baseline_log_loss"]
     assert held_out["accuracy"] > held_out["constant_baseline_accuracy"]
     assert report["attestation"]["security"] == "ratls" and report["attestation"]["provider"] == "sim"

@@ -55,6 +55,9 @@ class DLRMConfig:
     bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
     top_mlp: tuple[int, ...] = (512, 256, 1)
     learning_rate: float = 0.1
+    # The final fraction of the run's parameter updates over which the learning rate decays (see
+    # learning_rate_at); 0: constant.
+    lr_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +82,10 @@ class DLRMConfig:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"DLRMConfig.learning_rate: expected a finite number > 0, found {lr!r}")
         object.__setattr__(self, "learning_rate", float(lr))
+        decay = self.lr_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"DLRMConfig.lr_decay: expected a fraction in [0, 1), found {decay!r}")
+        object.__setattr__(self, "lr_decay", float(decay))
         object.__setattr__(self, "seed", _check_int("seed", self.seed, 0, _MAX_SEED - 1))
 
     @classmethod
@@ -122,6 +129,19 @@ class DLRMConfig:
         """Number of dense parameters: the length of the flat vector that holds them all in canonical order."""
         return sum(math.prod(shape) for _, shape in self.layer_shapes())
 
+    def learning_rate_at(self, update: int, total_updates: int) -> float:
+        """The learning rate of parameter update `update` (0-based) of a run of `total_updates`: constant, then over
+        the final ceil(lr_decay x total_updates) updates a power-2 polynomial decay, the shape of facebook DLRM's
+        LRPolicyScheduler, anchored at the end of the run. Why: at a constant rate the model's overall click-rate
+        offset keeps swinging from one SGD step to the next, so the held-out log loss of the last parameters
+        depends on the step training happens to stop at (docs in bench/compare.py); a short final decay settles
+        it at almost no cost in AUC."""
+        decaying = math.ceil(self.lr_decay * total_updates)
+        into = update - (total_updates - decaying)
+        if decaying == 0 or into < 0:
+            return self.learning_rate
+        return self.learning_rate * (max(decaying - into, 0) / decaying) ** 2
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_dense": self.num_dense,
@@ -130,6 +150,7 @@ class DLRMConfig:
             "bottom_mlp": list(self.bottom_mlp),
             "top_mlp": list(self.top_mlp),
             "learning_rate": self.learning_rate,
+            "lr_decay": self.lr_decay,
             "seed": self.seed,
         }
 
@@ -154,6 +175,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-table-size", type=int, default=100_000,
                        help="hash embedding tables larger than this down to it; <= 0 for none (default 100000)")
     group.add_argument("--learning-rate", type=float, default=0.1, help="default 0.1")
+    group.add_argument("--lr-decay", type=float, default=0.0, metavar="FRACTION",
+                       help="decay the learning rate (power 2) to 0 over this final fraction of the parameter updates "
+                            "(default 0: constant)")
     group.add_argument("--seed", type=int, default=0, help="parameter initialisation seed (default 0)")
     group.add_argument("--model-config", type=Path,
                        help="a JSON DLRMConfig (DLRMConfig.to_dict()); overrides the options above")
@@ -165,4 +189,5 @@ def model_config(args: argparse.Namespace) -> DLRMConfig:
     cap = None if args.max_table_size <= 0 else args.max_table_size
     base = DLRMConfig.small() if args.model == "small" else DLRMConfig.kaggle(None)
     sizes = tuple(size if cap is None else min(size, cap) for size in base.table_sizes)
-    return dataclasses.replace(base, table_sizes=sizes, learning_rate=args.learning_rate, seed=args.seed)
+    return dataclasses.replace(base, table_sizes=sizes, learning_rate=args.learning_rate,
+                               lr_decay=args.lr_decay, seed=args.seed)

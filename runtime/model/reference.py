@@ -12,6 +12,7 @@ CLI (quick learning check): python -m runtime.model.reference [--config small|ka
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -54,7 +55,8 @@ class ModelParams:
 def train_single_process(config: DLRMConfig, batches: Iterable[Batch], steps: int | None, *,
                          params: ModelParams | None = None, model: DLRM | None = None,
                          on_step: Callable[[int, float], None] | None = None) -> ModelParams:
-    """Plain SGD (config.learning_rate), one step per batch; `steps` batches, or all of them if None.
+    """Plain SGD (config.learning_rate_at each step of `steps`), one step per batch; `steps` batches, or all of
+    them if None (then at a constant rate: a decay needs the run's length).
 
     Starts from `params` (updated in place) or from the seeded initialisation. Raises ValueError if the
     batches run out before `steps`.
@@ -63,7 +65,8 @@ def train_single_process(config: DLRMConfig, batches: Iterable[Batch], steps: in
         raise ValueError(f"steps: expected an integer >= 0 or None, found {steps!r}")
     params = params if params is not None else ModelParams.initial(config)
     model = model if model is not None else DLRM(config)
-    lr = config.learning_rate
+    if steps is None and config.lr_decay:
+        raise ValueError("train_single_process: lr_decay needs the number of steps")
     done = 0
     iterator = iter(batches)
     while steps is None or done < steps:
@@ -74,6 +77,7 @@ def train_single_process(config: DLRMConfig, batches: Iterable[Batch], steps: in
             raise ValueError(f"train_single_process: batches ran out after {done} of {steps} steps")
         batch.check(config)
         loss, dense_grads, emb_grads = model.loss_and_grads(params.dense, params.rows(batch), batch)
+        lr = config.learning_rate if steps is None else config.learning_rate_at(done, steps)
         apply_sgd(params.dense, dense_grads, lr)
         for table, (ids, _), grads in zip(params.tables, batch.unique_ids(), emb_grads, strict=True):
             apply_sgd_rows(table, ids, grads, lr)
@@ -92,7 +96,10 @@ def train_fedavg_single_process(config: DLRMConfig, worker_batches: Sequence[Ite
     params = ModelParams.initial(config)
     model = model if model is not None else DLRM(config)
     iterators = [iter(batches) for batches in worker_batches]
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        # Every local step of a round trains at the round's rate (the PS version the workers pulled).
+        local_config = dataclasses.replace(config, learning_rate=config.learning_rate_at(round_index, rounds),
+                                           lr_decay=0.0)
         dense_sum = {name: np.zeros(value.shape, np.float64) for name, value in params.dense.items()}
         row_sums = [np.zeros(table.shape, np.float64) for table in params.tables]
         row_samples = [np.zeros(table.shape[0], np.float64) for table in params.tables]
@@ -105,7 +112,7 @@ def train_fedavg_single_process(config: DLRMConfig, worker_batches: Sequence[Ite
             for _ in range(local_steps):
                 batch = next(iterator)
                 batch.check(config)
-                train_single_process(config, [batch], 1, params=local, model=model)
+                train_single_process(local_config, [batch], 1, params=local, model=model)
                 samples += len(batch)
                 for seen, (ids, _) in zip(touched, batch.unique_ids(), strict=True):
                     seen.update(ids.tolist())

@@ -90,11 +90,11 @@ class ShardParameters:
         self.dense_flat = flat
         self.dense = self.dense_views(flat)
 
-    def apply(self, update: Update) -> None:
+    def apply(self, update: Update, lr: float) -> None:
+        """Parameters -= lr x the combined gradients (SGD), or Adagrad's step at lr."""
         if update.dense.shape != (self.dense_size,) or update.dense.dtype != np.float32:
             raise ValueError(f"update: expected {self.dense_size} float32 dense gradients, found "
                              f"{update.dense.dtype} {update.dense.shape}")
-        lr = self.config.learning_rate
         if self.adagrad is None:
             self._publish_dense(self.dense_flat - np.float32(lr) * update.dense)
         else:

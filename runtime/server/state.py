@@ -464,7 +464,7 @@ class ParameterServer:
                 self.params.add(update)
             else:
                 update = combine(contributions)
-                self.params.apply(update)
+                self.params.apply(update, self.config.learning_rate_at(self.version, self.options.total_steps))
             self._progress.add(update)
         self.version += 1
         self.stats["rounds"] += 1

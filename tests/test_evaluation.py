@@ -1,0 +1,101 @@
+"""The held-out evaluation is of one parameter version, the final one, even when the evaluating worker stops
+training while another goes on pushing (runtime.worker.Worker.evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import threading
+import time
+from pathlib import Path
+
+from runtime.client.ps import ShardedPS
+from runtime.data import CriteoReader, synthetic_partitions
+from runtime.model import DLRM, DLRMConfig
+from runtime.server.service import start_server
+from runtime.server.state import ParameterServer, PSOptions
+from runtime.transport import InsecureTransport
+from runtime.worker import Worker
+
+TOTAL = 40
+
+
+def _worker(client: ShardedPS, max_steps: int | None) -> Worker:
+    args = argparse.Namespace(pull_wait_ms=5000, reconnect_timeout=30.0, warmup_steps=0, log_every=0.0,
+                              tb_every=10, max_steps=max_steps, pipeline=False)
+    return Worker(client, args)
+
+
+class SlowDLRM(DLRM):
+    """Training steps that take a while, so that one worker's training spans the other's evaluation."""
+
+    def loss_and_grads_flat(self, *args, **kwargs):
+        time.sleep(0.02)
+        return super().loss_and_grads_flat(*args, **kwargs)
+
+
+def test_a_worker_that_stops_early_evaluates_the_final_version_only(tmp_path: Path):
+    config = DLRMConfig.small()
+    ps = ParameterServer(PSOptions(config=config, total_steps=TOTAL, workers=2, staleness=4, log_every=0))
+    net = InsecureTransport()
+    running = start_server(ps, net, "127.0.0.1", 0)
+    clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(2)]
+    train, held_out = synthetic_partitions(tmp_path / "data", 2, 256, 512, 1, config)
+    try:
+        early, late = _worker(clients[0], max_steps=2), _worker(clients[1], max_steps=None)
+        versions = [early.connect(), late.connect()]
+
+        def batches(path: Path):
+            return itertools.cycle([(b, b.lookup()) for b in CriteoReader(path, config, 16)])
+
+        other = threading.Thread(target=late.train, args=(SlowDLRM(config), batches(train[1]), versions[1], False),
+                                 daemon=True)
+        other.start()
+        model = DLRM(config)
+        early.train(model, batches(train[0]), versions[0], False)
+        assert early.stats.steps == 2 and ps.version < TOTAL  # the other worker is still training
+
+        served = []
+        real_pull = clients[0].pull
+
+        def recording_pull(*args, **kwargs):
+            pulled = real_pull(*args, **kwargs)
+            if pulled.ready:
+                served.append(list(pulled.versions))
+            return pulled
+
+        clients[0].pull = recording_pull
+        eval_batches = list(CriteoReader(held_out[0], config, 32))  # 16 pulls of rows
+        result, labels, _ = early.evaluate(model, eval_batches, wait_seconds=60)
+        other.join(timeout=60)
+        assert not other.is_alive()
+    finally:
+        for client in clients:
+            client.close()
+        running.server.stop(0).wait(5)
+    assert ps.version == TOTAL
+    assert all(v == [TOTAL] for v in served), served  # no pull of the evaluation read another version
+    assert len(served) == 1 + len(eval_batches)
+    assert result["versions"] == [TOTAL] and result["version"] == TOTAL
+    assert result["examples"] == len(labels) == 512 and result["auc"] is not None
+
+
+def test_evaluation_that_cannot_see_the_end_of_training_says_so(tmp_path: Path):
+    """Training that does not finish within the wait: nothing is evaluated, and the result gives the reason."""
+    config = DLRMConfig.small()
+    ps = ParameterServer(PSOptions(config=config, total_steps=TOTAL, workers=1, staleness=4, log_every=0))
+    net = InsecureTransport()
+    running = start_server(ps, net, "127.0.0.1", 0)
+    client = ShardedPS([running.endpoint], net, "worker0")
+    train, held_out = synthetic_partitions(tmp_path / "data", 1, 64, 64, 1, config)
+    try:
+        worker = _worker(client, max_steps=1)
+        worker.connect()
+        model = DLRM(config)
+        worker.train(model, iter([(b, b.lookup()) for b in CriteoReader(train[0], config, 16)]), [0], False)
+        result, labels, _ = worker.evaluate(model, list(CriteoReader(held_out[0], config, 32)), wait_seconds=0.3)
+    finally:
+        client.close()
+        running.server.stop(0).wait(5)
+    assert result["examples"] == 0 and labels.size == 0
+    assert "did not finish within 0.3 s" in result["skipped"] and f"final [{TOTAL}]" in result["skipped"]
