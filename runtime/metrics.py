@@ -1,9 +1,9 @@
-"""Evaluation metrics (AUC, log loss, accuracy) and a throughput meter."""
+"""Evaluation metrics (AUC, log loss, accuracy), the training-loss curve of a run, and a throughput meter."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -57,6 +57,31 @@ def accuracy(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> f
     """Fraction of examples whose prediction (prob > threshold) equals the label."""
     y, p = _labels_and_scores(labels, probs)
     return float(np.mean((p > threshold) == (y == 1.0)))
+
+
+LOSS_CURVE_POINTS = 100
+
+
+def loss_curve(positions: Sequence[float], losses: Sequence[float], points: int = LOSS_CURVE_POINTS
+               ) -> list[tuple[float, float]]:
+    """A training-loss curve of at most `points` points: the (position, loss) pairs sorted by position (samples
+    seen, or the parameter version a step read), cut into `points` runs of consecutive pairs of near-equal length,
+    each run given as (its last position, its mean loss). Merging several workers' curves and calling this again
+    gives one curve of the whole job."""
+    if len(positions) != len(losses):
+        raise ValueError(f"loss_curve: expected as many positions as losses, found {len(positions)} and "
+                         f"{len(losses)}")
+    if points < 1:
+        raise ValueError(f"loss_curve: expected points >= 1, found {points}")
+    if not len(losses):
+        return []
+    x = np.asarray(positions, dtype=np.float64)
+    y = np.asarray(losses, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("loss_curve: positions and losses must be finite")
+    order = np.argsort(x, kind="stable")
+    runs = np.array_split(np.arange(x.size), min(points, x.size))
+    return [(float(x[order[run[-1]]]), float(y[order[run]].mean())) for run in runs]
 
 
 class Meter:

@@ -131,6 +131,7 @@ class WorkerStats:
     unique_rows: int = 0
     times: StepTimes = field(default_factory=StepTimes)  # since the end of the warm-up
     losses: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # the parameter version each step's gradient was taken at
 
 
 class TensorBoardLog:
@@ -228,6 +229,7 @@ class StepLog:
         stats.steps += 1
         stats.examples += len(batch)
         stats.losses.append(loss)
+        stats.versions.append(version)
         if self.tb is not None and stats.steps % self.args.tb_every == 0:
             elapsed = time.perf_counter() - self.started
             self.tb.scalars(version, {"train/loss": loss, "train/samples_per_s": stats.examples / elapsed,
@@ -774,6 +776,8 @@ def _train(args: argparse.Namespace, net: transport.Transport) -> dict[str, Any]
         "rejoins": stats.rejoins, "not_ready": stats.not_ready, "join_seconds": round(join_seconds, 4),
         "first_loss": stats.losses[0] if stats.losses else None,
         "last_loss": stats.losses[-1] if stats.losses else None,
+        # Training loss against the parameter version each step read, made from the losses kept in memory.
+        "loss_curve_by_version": metrics.loss_curve(stats.versions, stats.losses),
         "data": stream.line_counts(), "eval": evaluation, "wire_dtype": args.wire_dtype,
         "pipelined": args.pipeline and not synchronous,
         "transport": net.report(),

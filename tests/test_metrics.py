@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.metrics import Meter, accuracy, auc, log_loss
+from runtime.metrics import Meter, accuracy, auc, log_loss, loss_curve
 
 
 def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -69,3 +69,19 @@ def test_meter_rates_with_a_fake_clock():
     assert meter.rate() == pytest.approx(800 / 3)
     with pytest.raises(ValueError):
         meter.update(-1)
+
+
+def test_loss_curve_means_runs_of_sorted_points_and_merges_curves():
+    # Two workers' steps, interleaved by position: sorted, cut into 3 runs of 2, each (last position, mean loss).
+    curve = loss_curve([1, 3, 5, 2, 4, 6], [6.0, 4.0, 2.0, 5.0, 3.0, 1.0], points=3)
+    assert curve == [(2.0, 5.5), (4.0, 3.5), (6.0, 1.5)]
+    assert loss_curve([1, 2], [0.5, 0.25], points=10) == [(1.0, 0.5), (2.0, 0.25)]  # fewer steps than points
+    assert loss_curve([], []) == []
+    merged = loss_curve(*zip(*(curve + [(5.0, 2.0)]), strict=True), points=2)
+    assert merged == [(4.0, (5.5 + 3.5) / 2), (6.0, (2.0 + 1.5) / 2)]
+    with pytest.raises(ValueError, match="as many positions as losses"):
+        loss_curve([1, 2], [0.5])
+    with pytest.raises(ValueError, match="must be finite"):
+        loss_curve([1, 2], [0.5, math.nan])
+    with pytest.raises(ValueError, match="points >= 1"):
+        loss_curve([1], [0.5], points=0)
