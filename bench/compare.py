@@ -2,6 +2,8 @@
 
     python bench/compare.py [--batch-sizes 128 2048] [--steps 400 50] [--repeats 3] [--out DIR]
     python bench/compare.py --quick          # small model, few steps: checks the harness end to end
+    python bench/compare.py --preset paper-hfl   # the paper's HFL: 1 PS + 4 workers, every system
+    python bench/compare.py --preset paper-sdt   # the paper's SDT: chief + 1 PS + 2 workers, ceiling and ours
 
 For each batch size (per worker) and each repeat it runs, one after another on this machine and on the same data:
   ceiling         runtime.model's DLRM step + SGD in one process on pre-parsed batches (bench/tf_ps_baseline.py)
@@ -14,7 +16,18 @@ bound, --staleness). --ours-mode sync runs ours as S synchronous steps of W x B 
 (ParameterServerStrategy has no synchronous mode); lr / W per B-sample step is the same SGD step per sample as lr
 per W x B-sample step. The data is synthetic (runtime.data, planted
 signal) unless --train/--eval name Criteo files.
-The table shows medians over the repeats with the spread (min..max); every raw figure is in <out>/results.json.
+The table shows medians over the repeats with the spread (min..max); under it every repeat's held-out loss, AUC and
+samples/s with their median, min..max and max - median, then each of issue 20's targets (TARGETS) with the
+measured value and PASS or FAIL. Every raw figure is in <out>/results.json, and the figures of bench/figures.py
+(training loss and held-out AUC/accuracy against samples seen, samples/s bars with the spread) in <out>/*.png.
+
+Presets (--preset; options given as well override the preset's):
+  paper-hfl   HFL as in the paper: 1 PS + 4 workers (--workers 4), each with its own data; every system, tf-ps with
+              4 workers too.
+  paper-sdt   SDT as in the paper: chief + 1 PS + 2 workers (runtime.launch --mode sdt: the chief holds the data
+              and streams each worker its shard over the same links); ceiling, ours-insecure and ours-ratls only:
+              TensorFlow's parameter-server training has no chief that ships data, so the ratios against tf-ps
+              read "no data".
 """
 
 from __future__ import annotations
@@ -35,9 +48,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: tf_ps_baseline sits beside us
 
+import figures  # noqa: E402
 from tf_ps_baseline import TcpBytes, peak_rss_bytes, stop_process  # noqa: E402
 
 from runtime.data import synth  # noqa: E402
+from runtime.metrics import loss_curve  # noqa: E402
 from runtime.model import (  # noqa: E402
     DLRMConfig,  # noqa: E402
     add_model_arguments,
@@ -45,11 +60,29 @@ from runtime.model import (  # noqa: E402
 )
 
 SYSTEMS = ("ceiling", "tf-ps", "ours-insecure", "ours-ratls")
+# The paper's configurations. SDT has no TensorFlow counterpart (a chief shipping the data over attested links).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-hfl": {"mode": "hfl", "workers": 4, "systems": list(SYSTEMS)},
+    "paper-sdt": {"mode": "sdt", "workers": 2, "systems": ["ceiling", "ours-insecure", "ours-ratls"]},
+}
 TF_PS_BASELINE = Path(__file__).resolve().parent / "tf_ps_baseline.py"
 SAMPLE_INTERVAL = 0.2
 # tf-ps workers take steps as they come free, so one may need more batches than S; its shard holds this many more.
 DATA_SLACK = 1.25
-TARGETS = {"ratls_vs_tfps": 1.0, "ratls_vs_insecure": 0.9, "ratls_vs_bound": 0.7, "auc_gap": 0.005}
+# Issue 20's targets: (comparison, {batch size: threshold}). A batch size the issue does not name takes the
+# threshold of the largest named one below it (of the smallest named one if there is none below).
+TARGETS: dict[str, tuple[str, dict[int, float]]] = {
+    "loss_vs_tfps": ("<=", {128: 0.01, 2048: 0.01}),
+    "auc_gap": ("<=", {128: 0.003, 2048: 0.003}),
+    "ratls_vs_bound": (">=", {128: 0.8, 2048: 0.85}),
+    "ratls_vs_tfps": (">=", {128: 1.5, 2048: 1.25}),
+}
+TARGET_NAMES = {
+    "loss_vs_tfps": "max |held-out loss - median tf-ps|, every ours repeat",
+    "auc_gap": "AUC gap: median tf-ps - median ours(ratls)",
+    "ratls_vs_bound": "ours(ratls) / compute bound",
+    "ratls_vs_tfps": "ours(ratls) / tf-ps samples/s",
+}
 
 
 @dataclass
@@ -64,6 +97,9 @@ class Run:
     wire_bytes_per_step: float = math.nan
     held_out_loss: float = math.nan
     held_out_auc: float = math.nan
+    held_out_accuracy: float = math.nan
+    samples_seen: float = math.nan  # training samples the final parameters have seen
+    loss_curve: list[tuple[float, float]] = field(default_factory=list)  # (samples seen, training loss)
     peak_rss: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -154,6 +190,9 @@ def run_baseline(kind: str, args: argparse.Namespace, batch: int, steps: int, re
         run.wire_bytes_per_step = report["wire_bytes_per_step"]
         run.held_out_loss = report["held_out"]["log_loss"]
         run.held_out_auc = report["held_out"]["auc"]
+        run.held_out_accuracy = report["held_out"]["accuracy"]
+        run.samples_seen = report["samples"]
+        run.loss_curve = [(x, y) for x, y in report["loss_curve"]]
     return run
 
 
@@ -170,7 +209,7 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
         updates_per_step, mode_argv, learning_rate = 1, [], None
     updates = steps * updates_per_step
     # --checkpoint-every updates: only the final checkpoint (TensorFlow's run writes none).
-    argv = [sys.executable, "-m", "runtime.launch", "--out", str(run_dir), "--security", security,
+    argv = [sys.executable, "-m", "runtime.launch", "--mode", args.mode, "--out", str(run_dir), "--security", security,
             "--workers", str(args.workers), "--batch-size", str(batch), "--steps", str(updates), *mode_argv,
             "--data", *map(str, train), "--eval-data", *map(str, eval_files), "--checkpoint-every", str(updates),
             "--timeout", str(args.timeout), *model_argv(args, learning_rate)]
@@ -189,11 +228,18 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
                "whole_run_samples_per_s": report["samples_per_s"], "steady": steady,
                "app_bytes_on_wire_per_step": report["bytes_on_wire_per_step"], "tcp_bytes_total": tcp_bytes,
                "attestation": report["attestation"]}
+    # A worker's step at parameter version v follows v updates of W x B / updates_per_step samples each.
+    samples_per_update = args.workers * batch / updates_per_step
+    points = [(version * samples_per_update, value) for worker in report["workers"]
+              for version, value in worker["loss_curve_by_version"]]
     return Run(system, batch, repeat, samples_per_s=samples_per_s,
                step_ms=1000.0 * args.workers * batch / samples_per_s if samples_per_s else math.nan,
                wire_bytes_per_step=tcp_bytes / max(report["steps"], 1) * updates_per_step,
                held_out_loss=_number(report["held_out"].get("log_loss")),
-               held_out_auc=_number(report["held_out"].get("auc")), peak_rss=dict(monitor.rss), details=details)
+               held_out_auc=_number(report["held_out"].get("auc")),
+               held_out_accuracy=_number(report["held_out"].get("accuracy")), samples_seen=report["examples"],
+               loss_curve=loss_curve(*zip(*points, strict=True)) if points else [], peak_rss=dict(monitor.rss),
+               details=details)
 
 
 def _number(value: float | None) -> float:
@@ -266,13 +312,44 @@ def _per_repeat_ratio(numerators: list[Run], denominators: list[Run]) -> tuple[f
     return _spread([r.samples_per_s / ok[r.repeat] for r in numerators if r.error is None and r.repeat in ok])
 
 
-def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: int) -> dict[str, Any]:
-    """Medians and spreads per (batch, system), and the ratios the issue asks for."""
-    summary: dict[str, Any] = {"rows": [], "ratios": {}}
+# Figures the table gives for every repeat: (Run attribute, name, decimals).
+REPEAT_FIGURES = (("held_out_loss", "held-out loss", 4), ("held_out_auc", "held-out AUC", 4),
+                  ("samples_per_s", "samples/s", 0))
+
+
+def _per_repeat(group: list[Run], key: str) -> dict[str, Any]:
+    """Every repeat's figure in repeat order (NaN for a failed repeat), their median, min, max, max - median."""
+    values = [getattr(r, key) if r.error is None else math.nan for r in sorted(group, key=lambda r: r.repeat)]
+    median = _median(values)
+    lo, hi = _spread(values)
+    return {"values": values, "median": median, "min": lo, "max": hi, "max_minus_median": hi - median}
+
+
+def target(key: str, batch: int) -> tuple[str, float]:
+    """The comparison and threshold of a target of TARGETS at a batch size."""
+    comparison, thresholds = TARGETS[key]
+    named = sorted(thresholds)
+    below = [b for b in named if b <= batch]
+    return comparison, thresholds[below[-1] if below else named[0]]
+
+
+def judge(key: str, batch: int, value: float) -> dict[str, Any]:
+    """A target's verdict: passed is None without a measured value."""
+    comparison, threshold = target(key, batch)
+    passed = None if not math.isfinite(value) else value <= threshold if comparison == "<=" else value >= threshold
+    return {"value": value, "comparison": comparison, "target": threshold, "passed": passed}
+
+
+def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: int,
+              systems: Sequence[str] = SYSTEMS) -> dict[str, Any]:
+    """Medians, every repeat's figures and their spreads per (batch, system), the ratios the issue asks for, and
+    each target's verdict."""
+    summary: dict[str, Any] = {"rows": [], "ratios": {}, "targets": {}}
     for batch in batch_sizes:
         by_system: dict[str, list[Run]] = {s: [r for r in runs if r.batch_size == batch and r.system == s]
                                            for s in SYSTEMS}
-        for system, group in by_system.items():
+        for system in systems:
+            group = by_system[system]
             ok = [r for r in group if r.error is None]
             rss = [rss_groups(r) for r in ok]
             summary["rows"].append({
@@ -283,10 +360,15 @@ def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: 
                 "wire_mb_per_step": _median([r.wire_bytes_per_step / 1e6 for r in ok]),
                 "held_out_loss": _median([r.held_out_loss for r in ok]),
                 "held_out_auc": _median([r.held_out_auc for r in ok]),
+                "held_out_accuracy": _median([r.held_out_accuracy for r in ok]),
                 "rss_mb": [_median([g[i] for g in rss]) for i in range(3)],
+                "per_repeat": {key: _per_repeat(group, key) for key, _, _ in REPEAT_FIGURES},
             })
         rate = {s: _median([r.samples_per_s for r in g if r.error is None]) for s, g in by_system.items()}
         auc = {s: _median([r.held_out_auc for r in g if r.error is None]) for s, g in by_system.items()}
+        tfps_loss = _median([r.held_out_loss for r in by_system["tf-ps"] if r.error is None])
+        ours_losses = [r.held_out_loss for s in systems if s.startswith("ours-") for r in by_system[s]
+                       if r.error is None and math.isfinite(r.held_out_loss)]
 
         bound = rate["ceiling"] * min(workers, cores) / cores
         ratls, tfps, insecure = by_system["ours-ratls"], by_system["tf-ps"], by_system["ours-insecure"]
@@ -294,24 +376,51 @@ def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: 
             "ratls_vs_tfps": (rate["ours-ratls"] / rate["tf-ps"], _per_repeat_ratio(ratls, tfps)),
             "ratls_vs_insecure": (rate["ours-ratls"] / rate["ours-insecure"], _per_repeat_ratio(ratls, insecure)),
             "ratls_vs_bound": (rate["ours-ratls"] / bound, (math.nan, math.nan)),
-            "auc_gap": (abs(auc["ours-ratls"] - auc["tf-ps"]), (math.nan, math.nan)),
+            "auc_gap": (auc["tf-ps"] - auc["ours-ratls"], (math.nan, math.nan)),
+            "loss_vs_tfps": (max((abs(v - tfps_loss) for v in ours_losses), default=math.nan), (math.nan, math.nan)),
             "bound_samples_per_s": bound,
         }
+        summary["targets"][batch] = {key: judge(key, batch, summary["ratios"][batch][key][0]) for key in TARGETS}
     return summary
 
 
+def _align(rows: list[Sequence[str]], left: int) -> list[str]:
+    """Rows of cells as lines: the first `left` columns left-aligned, the rest right-aligned, a rule under the
+    header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths,
+                                                                                                    strict=True)))
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def per_repeat_table(summary: dict[str, Any]) -> list[str]:
+    """Every repeat's held-out loss, AUC and samples/s per (batch, system), with median, min..max, max - median."""
+    repeats = max((len(row["per_repeat"]["samples_per_s"]["values"]) for row in summary["rows"]), default=0)
+    rows: list[Sequence[str]] = [("batch", "system", "figure", *(f"r{i + 1}" for i in range(repeats)), "median",
+                                  "min..max", "max-median")]
+    for row in summary["rows"]:
+        for key, name, digits in REPEAT_FIGURES:
+            figure = row["per_repeat"][key]
+            if not any(math.isfinite(v) for v in figure["values"]):
+                continue  # the ceiling has no held-out figures
+            values = [_fmt(v, digits) for v in figure["values"]] + [""] * (repeats - len(figure["values"]))
+            rows.append((str(row["batch"]), row["system"], name, *values, _fmt(figure["median"], digits),
+                         f"{_fmt(figure['min'], digits)}..{_fmt(figure['max'], digits)}",
+                         _fmt(figure["max_minus_median"], digits)))
+    return _align(rows, left=3)
+
+
 def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
-    rows = [COLUMNS]
+    rows: list[Sequence[str]] = [COLUMNS]
     for row in summary["rows"]:
         lo, hi = row["samples_per_s_spread"]
         rows.append((str(row["batch"]), row["system"], _fmt(row["samples_per_s"]), f"{_fmt(lo)}..{_fmt(hi)}",
                      _fmt(row["step_ms"], 1), _fmt(row["wire_mb_per_step"], 2), _fmt(row["held_out_loss"], 4),
                      _fmt(row["held_out_auc"], 4), *(_fmt(v) for v in row["rss_mb"]), f"{row['ok']}/{row['runs']}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths,
-                                                                                                     strict=True)))
-             for r in rows]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = _align(rows, left=2)
+    lines += ["", "every repeat:"] + per_repeat_table(summary)
     lines.append("")
     lines.append(f"compute bound = ceiling x min(workers, cores) / cores, workers = {workers}, cores = {cores}")
     if summary["ours_mode"] == "async":
@@ -321,22 +430,17 @@ def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
     else:
         lines.append(f"learning rate: ours {summary['learning_rate']:g} per synchronous step of {workers} x B "
                      f"samples; tf-ps {summary['tfps_learning_rate']:g} per asynchronous step of B samples")
-    names = {"ratls_vs_tfps": "ours(ratls) / tf-ps samples/s", "ratls_vs_insecure":
-             "ours(ratls) / ours(insecure) samples/s", "ratls_vs_bound": "ours(ratls) / compute bound",
-             "auc_gap": "|AUC ours(ratls) - AUC tf-ps|"}
     for batch, ratios in summary["ratios"].items():
         lines.append(f"batch {batch}: compute bound {_fmt(ratios['bound_samples_per_s'])} samples/s")
-        for key, name in names.items():
-            value, (lo, hi) = ratios[key]
-            target = TARGETS[key]
-            if not math.isfinite(value):
-                verdict = "no data"
-            elif key == "auc_gap":
-                verdict = f"target <= {target:g}: {'met' if value <= target else 'NOT met'}"
-            else:
-                verdict = f"target >= {target:g}: {'met' if value >= target else 'NOT met'}"
+        value, (lo, hi) = ratios["ratls_vs_insecure"]
+        spread = f" (per repeat {lo:.3f}..{hi:.3f})" if math.isfinite(lo) else ""
+        lines.append(f"  {'ours(ratls) / ours(insecure) samples/s':<54} {_fmt(value, 3):>8}{spread}   no target")
+        for key, verdict in summary["targets"][batch].items():
+            lo, hi = ratios[key][1]
             spread = f" (per repeat {lo:.3f}..{hi:.3f})" if math.isfinite(lo) else ""
-            lines.append(f"  {name:<42} {value:8.3f}{spread}   {verdict}")
+            outcome = "no data" if verdict["passed"] is None else "PASS" if verdict["passed"] else "FAIL"
+            lines.append(f"  {TARGET_NAMES[key]:<54} {_fmt(verdict['value'], 4):>8}{spread}   "
+                         f"target {verdict['comparison']} {verdict['target']:g}: {outcome}")
     return "\n".join(lines)
 
 
@@ -367,6 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "synchronous steps of W x B at lr")
     parser.add_argument("--staleness", type=int, default=8,
                         help="ours, async: largest accepted (version - step) of a push (default 8)")
+    parser.add_argument("--mode", choices=("hfl", "sdt"), default="hfl",
+                        help="ours: runtime.launch --mode (sdt: a chief holds the data and streams the shards)")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
+                        help="what to run (default: all)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="the paper's configurations (options given as well override the preset's): "
+                             "paper-hfl: HFL, 1 PS + 4 workers, every system; paper-sdt: SDT, chief + 1 PS + 2 "
+                             "workers, ceiling and ours only")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small model, batch 64, 10 steps, 1 repeat (figures meaningless)")
     add_model_arguments(parser)
@@ -375,12 +487,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # difference between the systems.
     parser.set_defaults(lr_decay=0.05)
     args = parser.parse_args(argv)
+    if args.preset:
+        parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
     if args.quick:
         args.model, args.batch_sizes, args.steps, args.repeats, args.eval_rows = "small", [64], [10], 1, 2048
     if len(args.steps) != len(args.batch_sizes):
         parser.error(f"--steps: expected one value per batch size ({len(args.batch_sizes)}), found {len(args.steps)}")
     if min(args.batch_sizes + args.steps) < 1 or args.repeats < 1 or args.workers < 1:
         parser.error("batch sizes, steps, repeats and workers must be positive")
+    if "tf-ps" in args.systems and args.mode == "sdt":
+        parser.error("--systems tf-ps: TensorFlow's parameter-server training has no SDT counterpart (--mode sdt)")
+    systems = [s for s in SYSTEMS if s in args.systems]
     if bool(args.train) != bool(args.eval):
         parser.error("--train and --eval go together")
     config = model_config(args)
@@ -396,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for batch, steps in zip(args.batch_sizes, args.steps, strict=True):
             base = out / f"b{batch}" / f"r{repeat}"
-            for system in SYSTEMS:
+            for system in systems:
                 started = time.perf_counter()
                 if system == "ceiling":
                     run = run_baseline("ceiling", args, batch, steps, repeat, train, eval_files, base / system)
@@ -410,19 +528,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 status = run.error or f"{run.samples_per_s:,.0f} samples/s"
                 print(f"batch {batch} repeat {repeat + 1}/{args.repeats} {system}: {status} "
                       f"({time.perf_counter() - started:.0f} s, load {load[-1]:.2f})", flush=True)
-    summary = summarize(runs, args.batch_sizes, args.workers, cores)
+    summary = summarize(runs, args.batch_sizes, args.workers, cores, systems)
     summary.update(learning_rate=args.learning_rate, tfps_learning_rate=tfps_learning_rate(args),
                    ours_mode=args.ours_mode, staleness=args.staleness)
     table = format_table(summary, args.workers, cores)
-    results = {"command": sys.argv, "cores": cores, "workers": args.workers, "config": config.to_dict(),
-               "batch_sizes": args.batch_sizes, "steps": args.steps, "repeats": args.repeats,
+    results = {"command": sys.argv, "preset": args.preset, "mode": args.mode, "systems": systems, "cores": cores,
+               "workers": args.workers, "config": config.to_dict(), "batch_sizes": args.batch_sizes,
+               "steps": args.steps, "repeats": args.repeats,
                "load_average_1min": {"min": min(load), "median": statistics.median(load), "max": max(load)},
                "runs": [vars(r) for r in runs], "summary": summary, "table": table}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    # Drawn from what results.json holds (as read back), so `python bench/figures.py` redraws them the same.
+    pngs = figures.save(figures.draw(json.loads((out / "results.json").read_text())), out)
     print()
     print(table)
     print(f"\nload average (1 min) during the runs: min {min(load):.2f}, median {statistics.median(load):.2f}, "
           f"max {max(load):.2f} on {cores} cores; all figures: {out / 'results.json'}", flush=True)
+    print("figures: " + ", ".join(str(p) for p in pngs), flush=True)
     return 1 if any(r.error for r in runs) else 0
 
 

@@ -429,8 +429,9 @@ def run_tfps(config: DLRMConfig, train: Sequence[Path], eval_paths: Sequence[Pat
         "samples_per_s": samples_per_s, "step_ms": 1000.0 * workers * batch_size / samples_per_s,
         "wire_bytes_per_step": (end_bytes - start_bytes) / rounds,
         "first_loss": losses[0], "last_loss": losses[-1], "held_out": held_out, "peak_rss_bytes": rss,
-        # Training loss against samples seen, taking the steps in the order they were scheduled.
-        "loss_curve": loss_curve([(i + 1) * batch_size for i in range(len(losses))], losses),
+        # Training loss against the samples trained on before each step, in the order the steps were scheduled
+        # (asynchronous: about the samples the parameters a step read had seen, as ours reports it).
+        "loss_curve": loss_curve([i * batch_size for i in range(len(losses))], losses),
         "cluster": cluster.spec, "cores": len(os.sched_getaffinity(0)),
     }
 

@@ -10,6 +10,7 @@ import json
 import math
 import re
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import compare  # noqa: E402
+import figures  # noqa: E402
 import tf_ps_baseline  # noqa: E402
+from matplotlib.container import BarContainer  # noqa: E402
 
 KAGGLE_SAMPLE = REPO.parent / "shared" / "testdata" / "criteo" / "kaggle_sample_100.txt"
 QUICK_TIMEOUT = 600
@@ -128,9 +131,9 @@ def test_tcp_bytes_counts_both_directions_of_accepted_connections():
                 s.close()
 
 
-def _run(system: str, batch: int, repeat: int, rate: float, auc: float = 0.7) -> compare.Run:
+def _run(system: str, batch: int, repeat: int, rate: float, auc: float = 0.7, loss: float = 0.5) -> compare.Run:
     return compare.Run(system, batch, repeat, samples_per_s=rate, step_ms=1.0, wire_bytes_per_step=1e6,
-                       held_out_loss=0.5, held_out_auc=auc, peak_rss={"ps0": 2**20})
+                       held_out_loss=loss, held_out_auc=auc, peak_rss={"ps0": 2**20})
 
 
 def test_summary_ratios_and_compute_bound():
@@ -148,13 +151,73 @@ def test_summary_ratios_and_compute_bound():
     assert ratios["ratls_vs_insecure"][0] == pytest.approx(675 / 1000)
     assert ratios["ratls_vs_insecure"][1] == pytest.approx((0.9, 0.9))
     assert ratios["ratls_vs_bound"][0] == pytest.approx(675 / 1000)
-    assert ratios["auc_gap"][0] == pytest.approx(0.001)
+    assert ratios["auc_gap"][0] == pytest.approx(0.001)  # median tf-ps minus median ours(ratls)
     row = next(r for r in summary["rows"] if r["system"] == "ours-ratls")
     assert (row["ok"], row["runs"]) == (2, 3)
     assert row["samples_per_s_spread"] == (450, 900)
     summary.update(learning_rate=0.1, tfps_learning_rate=0.05, ours_mode="async", staleness=8)
     table = compare.format_table(summary, workers=2, cores=4)
-    assert "2/3" in table and "NOT met" in table
+    assert "2/3" in table and "FAIL" in table
+
+
+def test_every_repeat_its_spread_and_the_targets():
+    # tf-ps losses 0.40, 0.41, 0.45 (median 0.41); ours-ratls 0.405, 0.43, 0.50: repeat 3 is 0.09 from tf-ps.
+    runs = []
+    for repeat, (tfps_loss, ours_loss, ours_auc) in enumerate(((0.40, 0.405, 0.850), (0.41, 0.43, 0.849),
+                                                               (0.45, 0.50, 0.844))):
+        runs += [_run("ceiling", 128, repeat, 1000.0), _run("tf-ps", 128, repeat, 500.0, auc=0.851, loss=tfps_loss),
+                 _run("ours-insecure", 128, repeat, 900.0, auc=0.85, loss=0.415),
+                 _run("ours-ratls", 128, repeat, 850.0 + repeat * 10, auc=ours_auc, loss=ours_loss)]
+    summary = compare.summarize(runs, [128], workers=2, cores=2)
+    row = next(r for r in summary["rows"] if r["system"] == "ours-ratls")
+    loss = row["per_repeat"]["held_out_loss"]
+    assert loss["values"] == [0.405, 0.43, 0.50]
+    assert (loss["median"], loss["min"], loss["max"]) == (0.43, 0.405, 0.50)
+    assert loss["max_minus_median"] == pytest.approx(0.07)
+    assert row["per_repeat"]["samples_per_s"]["values"] == [850.0, 860.0, 870.0]
+    assert row["per_repeat"]["held_out_auc"]["values"] == [0.850, 0.849, 0.844]
+    targets = summary["targets"][128]
+    assert targets["loss_vs_tfps"]["value"] == pytest.approx(0.50 - 0.41) and targets["loss_vs_tfps"]["passed"] is False
+    assert targets["auc_gap"]["value"] == pytest.approx(0.851 - 0.849) and targets["auc_gap"]["passed"] is True
+    assert targets["ratls_vs_bound"]["value"] == pytest.approx(0.86) and targets["ratls_vs_bound"]["passed"] is True
+    assert targets["ratls_vs_tfps"]["value"] == pytest.approx(1.72) and targets["ratls_vs_tfps"]["passed"] is True
+    # A failed repeat is a gap in its row, not a shifted one.
+    runs[-1] = compare.Run("ours-ratls", 128, 2, error="exited with code 1")
+    gap = compare.summarize(runs, [128], workers=2, cores=2)
+    row = next(r for r in gap["rows"] if r["system"] == "ours-ratls")
+    assert row["per_repeat"]["held_out_loss"]["values"][:2] == [0.405, 0.43]
+    assert math.isnan(row["per_repeat"]["held_out_loss"]["values"][2])
+    assert gap["targets"][128]["loss_vs_tfps"]["value"] == pytest.approx(0.43 - 0.41)  # ours-insecure: 0.005
+
+    summary.update(learning_rate=0.1, tfps_learning_rate=0.05, ours_mode="async", staleness=8)
+    lines = compare.format_table(summary, workers=2, cores=2).splitlines()
+    ours_loss = next(line for line in lines if re.match(r"128\s+ours-ratls\s+held-out loss", line))
+    assert ours_loss.split()[4:] == ["0.4050", "0.4300", "0.5000", "0.4300", "0.4050..0.5000", "0.0700"]
+    verdicts = {name: next(line for line in lines if line.startswith("  " + name))
+                for name in compare.TARGET_NAMES.values()}
+    assert verdicts[compare.TARGET_NAMES["loss_vs_tfps"]].endswith("target <= 0.01: FAIL")
+    assert verdicts[compare.TARGET_NAMES["auc_gap"]].endswith("target <= 0.003: PASS")
+    assert verdicts[compare.TARGET_NAMES["ratls_vs_bound"]].endswith("target >= 0.8: PASS")
+    assert verdicts[compare.TARGET_NAMES["ratls_vs_tfps"]].endswith("target >= 1.5: PASS")
+
+
+@pytest.mark.parametrize("batch, bound, speedup", [(64, 0.8, 1.5), (128, 0.8, 1.5), (1024, 0.8, 1.5),
+                                                   (2048, 0.85, 1.25), (4096, 0.85, 1.25)])
+def test_targets_of_batch_sizes_the_issue_does_not_name(batch, bound, speedup):
+    assert compare.target("ratls_vs_bound", batch) == (">=", bound)
+    assert compare.target("ratls_vs_tfps", batch) == (">=", speedup)
+    assert compare.target("auc_gap", batch) == ("<=", 0.003)
+    assert compare.judge("auc_gap", batch, -0.01)["passed"] is True  # ours better than tf-ps
+    assert compare.judge("ratls_vs_tfps", batch, math.nan)["passed"] is None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's signature and IHDR chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    length, kind, width, height = struct.unpack(">I4sII", data[8:24])
+    assert (length, kind) == (13, b"IHDR"), path
+    return width, height
 
 
 def test_quick_comparison_prints_a_complete_table(tmp_path):
@@ -184,12 +247,21 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
             wire, loss, auc = number(cells[5]), number(cells[6]), number(cells[7])
             assert wire > 0 and loss > 0 and 0 < auc < 1, cells
             assert all(number(c) > 0 for c in cells[8:11]), cells
-    ratio_lines = [line for line in lines if line.startswith("  ours(ratls)") or line.startswith("  |AUC")]
-    assert len(ratio_lines) == 4
-    for line in ratio_lines:
-        match = re.match(r"  \S.*?\s{2,}(\d+\.\d+)\b", line)
+    target_lines = [line for line in lines if any(line.startswith("  " + n) for n in compare.TARGET_NAMES.values())]
+    assert len(target_lines) == len(compare.TARGETS)
+    for line in target_lines:
+        match = re.match(r"  \S.*?\s{2,}(-?\d+\.\d+)\b", line)
         assert match and math.isfinite(float(match.group(1))), line
-        assert "target" in line and "no data" not in line, line
+        assert re.search(r"target [<>]= \S+: (PASS|FAIL)$", line), line
+    repeat_header = lines.index("every repeat:") + 1
+    assert lines[repeat_header].split() == ["batch", "system", "figure", "r1", "median", "min..max", "max-median"]
+    repeat_rows = [re.match(r"64\s+(\S+)\s+(held-out loss|held-out AUC|samples/s)\s+(\S+)\s", line)
+                   for line in lines[repeat_header + 2:repeat_header + 2 + 10]]
+    assert all(repeat_rows)
+    held_out_loss = {m.group(1): m.group(3) for m in repeat_rows if m.group(2) == "held-out loss"}
+    assert held_out_loss == {system: rows[system][6] for system in ("tf-ps", "ours-insecure", "ours-ratls")}
+    rates = {m.group(1): m.group(3) for m in repeat_rows if m.group(2) == "samples/s"}
+    assert rates == {system: cells[2] for system, cells in rows.items()}  # one repeat: r1 is the median
     assert any(line.startswith("compute bound = ceiling x min(workers, cores) / cores") for line in lines)
 
     results = json.loads((out / "results.json").read_text())
@@ -199,6 +271,27 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
     assert tfps["details"]["samples"] == 10 * 2 * 64  # the samples of 10 synchronous steps of ours
     assert tfps["details"]["config"]["learning_rate"] == pytest.approx(0.1 / 2)
     assert set(tfps["peak_rss"]) == {"ps0", "worker0", "worker1", "coordinator"}
+
+    # The figures: PNGs in the run directory, and (drawn again from results.json) one series per system and repeat.
+    for name in figures.FILES.values():
+        width, height = _png_size(out / name)
+        assert width >= 500 and height >= 300, name
+    drawn = figures.draw(results)
+    trained = ["tf-ps", "ours-insecure", "ours-ratls"]
+    (loss_axes,) = drawn["loss"].axes
+    assert len(loss_axes.lines) == len(trained)
+    assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == trained
+    for line in loss_axes.lines:
+        x, y = line.get_data()
+        assert len(x) == 20 and x[0] == 0 and max(x) < 1280 and all(v > 0 for v in y)  # 20 steps of 64 each
+    for ax in drawn["held_out"].axes:  # AUC, accuracy: one marker per system at the samples seen
+        assert len(ax.lines) == len(trained)
+        assert all(list(line.get_xdata()) == [1280] for line in ax.lines)
+    (bars_axes,) = drawn["throughput"].axes
+    bars = [c for c in bars_axes.containers if isinstance(c, BarContainer)]
+    assert len(bars) == len(compare.SYSTEMS) and all(len(c.patches) == 1 for c in bars)
+    rates = {r["system"]: r["samples_per_s"] for r in results["runs"]}
+    assert [c.patches[0].get_height() for c in bars] == [rates[s] for s in compare.SYSTEMS]
 
     # Running again into the same directory would resume the old runs' checkpoints: refused.
     again = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--quick", "--out", str(out)],
