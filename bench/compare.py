@@ -232,12 +232,14 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
     samples_per_update = args.workers * batch / updates_per_step
     points = [(version * samples_per_update, value) for worker in report["workers"]
               for version, value in worker["loss_curve_by_version"]]
+    # SDT: the chief evaluates the final model on the whole held-out file (the workers, on the shards it sent them).
+    held_out = report["chief"]["final_eval"] if args.mode == "sdt" else report["held_out"]
+    details["held_out_basis"] = "chief final_eval" if args.mode == "sdt" else "workers' pooled scores"
     return Run(system, batch, repeat, samples_per_s=samples_per_s,
                step_ms=1000.0 * args.workers * batch / samples_per_s if samples_per_s else math.nan,
                wire_bytes_per_step=tcp_bytes / max(report["steps"], 1) * updates_per_step,
-               held_out_loss=_number(report["held_out"].get("log_loss")),
-               held_out_auc=_number(report["held_out"].get("auc")),
-               held_out_accuracy=_number(report["held_out"].get("accuracy")), samples_seen=report["examples"],
+               held_out_loss=_number(held_out.get("log_loss")), held_out_auc=_number(held_out.get("auc")),
+               held_out_accuracy=_number(held_out.get("accuracy")), samples_seen=report["examples"],
                loss_curve=loss_curve(*zip(*points, strict=True)) if points else [], peak_rss=dict(monitor.rss),
                details=details)
 
@@ -447,7 +449,9 @@ def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, checked, with a preset's options, --quick's, the systems in run order and the run
+    directory (not yet made) resolved."""
     parser = argparse.ArgumentParser(prog="python bench/compare.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -498,14 +502,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("batch sizes, steps, repeats and workers must be positive")
     if "tf-ps" in args.systems and args.mode == "sdt":
         parser.error("--systems tf-ps: TensorFlow's parameter-server training has no SDT counterpart (--mode sdt)")
-    systems = [s for s in SYSTEMS if s in args.systems]
+    args.systems = [s for s in SYSTEMS if s in args.systems]
     if bool(args.train) != bool(args.eval):
         parser.error("--train and --eval go together")
-    config = model_config(args)
-    out = (args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    if out.exists() and any(out.iterdir()):
+    args.out = (args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if args.out.exists() and any(args.out.iterdir()):
         # A launcher run resumes from a checkpoint it finds in its directory: old runs would pass as new ones.
-        parser.error(f"--out {out}: not empty; give a new directory")
+        parser.error(f"--out {args.out}: not empty; give a new directory")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    systems, out = args.systems, args.out
+    config = model_config(args)
     out.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
     train, eval_files = make_data(args, config, out)

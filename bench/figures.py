@@ -131,8 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="a results.json written by bench/compare.py")
     parser.add_argument("--out", type=Path, help="directory for the PNGs (default: the results file's)")
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
-    for path in save(draw(results), args.out or args.results.parent):
+    try:
+        results = json.loads(args.results.read_text())
+        drawn = draw(results)
+    except (OSError, ValueError) as error:
+        print(f"figures: error: {args.results}: {error}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError) as error:
+        print(f"figures: error: {args.results}: not a results.json of this compare.py (missing or wrong {error})",
+              file=sys.stderr)
+        return 1
+    for path in save(drawn, args.out or args.results.parent):
         print(path)
     return 0
 

@@ -297,3 +297,54 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
     again = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--quick", "--out", str(out)],
                            capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 2 and "not empty; give a new directory" in again.stderr
+
+
+def test_presets_are_the_papers_configurations(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "cmp")]
+    hfl = compare.parse_arguments(["--preset", "paper-hfl", *out])
+    assert (hfl.mode, hfl.workers, hfl.systems) == ("hfl", 4, list(compare.SYSTEMS))
+    sdt = compare.parse_arguments(["--preset", "paper-sdt", *out])
+    assert (sdt.mode, sdt.workers, sdt.systems) == ("sdt", 2, ["ceiling", "ours-insecure", "ours-ratls"])
+    mine = compare.parse_arguments(["--workers", "3", "--preset", "paper-hfl", "--systems", "ours-ratls", "tf-ps",
+                                    *out])
+    assert (mine.workers, mine.systems) == (3, ["tf-ps", "ours-ratls"])  # given options win; run order kept
+    assert compare.parse_arguments(out).mode == "hfl" and compare.parse_arguments(out).workers == 2
+    with pytest.raises(SystemExit) as refused:
+        compare.parse_arguments(["--preset", "paper-sdt", "--systems", "tf-ps", "ours-ratls", *out])
+    assert refused.value.code == 2 and "no SDT counterpart" in capsys.readouterr().err
+
+
+def test_sdt_preset_runs_ours_with_a_chief(tmp_path):
+    """The paper-sdt preset end to end, ours-insecure only (the cheapest run that goes through a chief)."""
+    out = tmp_path / "sdt"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--quick", "--preset", "paper-sdt",
+                             "--systems", "ours-insecure", "--out", str(out)],
+                            capture_output=True, text=True, timeout=QUICK_TIMEOUT, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert (results["preset"], results["mode"], results["workers"]) == ("paper-sdt", "sdt", 2)
+    (run,) = results["runs"]
+    assert run["system"] == "ours-insecure" and run["error"] is None
+    launcher = json.loads(Path(run["details"]["launcher_report"]).read_text())
+    final_eval = launcher["chief"]["final_eval"]  # the chief's evaluation of the final model: the whole file
+    assert (run["held_out_auc"], run["held_out_loss"]) == (final_eval["auc"], final_eval["log_loss"])
+    assert final_eval["examples"] == 2048 and run["details"]["held_out_basis"] == "chief final_eval"
+    assert 0 < run["held_out_auc"] < 1 and 0 < run["held_out_accuracy"] < 1 and run["samples_seen"] == 10 * 2 * 64
+    assert len(run["loss_curve"]) == 20 and run["loss_curve"][0][0] == 0
+    (loss_axes,) = figures.draw(results)["loss"].axes
+    assert len(loss_axes.lines) == 1
+    assert all(_png_size(out / name)[0] > 0 for name in figures.FILES.values())
+    assert "target >= 1.5: no data" in result.stdout  # no tf-ps to compare with
+
+
+def test_figures_command_refuses_what_is_not_a_results_file(tmp_path, capsys):
+    missing = tmp_path / "results.json"
+    missing.write_text(json.dumps({"batch_sizes": [64], "runs": [{"system": "tf-ps", "batch_size": 64,
+                                                                    "error": None}]}))
+    assert figures.main([str(missing)]) == 1
+    assert "not a results.json of this compare.py (missing or wrong 'loss_curve')" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert figures.main([str(broken)]) == 1
+    assert "broken.json: Expecting property name" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
