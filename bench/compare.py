@@ -232,7 +232,8 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
     samples_per_update = args.workers * batch / updates_per_step
     points = [(version * samples_per_update, value) for worker in report["workers"]
               for version, value in worker["loss_curve_by_version"]]
-    # SDT: the chief evaluates the final model on the whole held-out file (the workers, on the shards it sent them).
+    # SDT: the chief evaluates the final model on the whole held-out file; the workers evaluate only the first
+    # batches of the training shards it sent them.
     held_out = report["chief"]["final_eval"] if args.mode == "sdt" else report["held_out"]
     details["held_out_basis"] = "chief final_eval" if args.mode == "sdt" else "workers' pooled scores"
     return Run(system, batch, repeat, samples_per_s=samples_per_s,

@@ -348,3 +348,33 @@ def test_figures_command_refuses_what_is_not_a_results_file(tmp_path, capsys):
     assert figures.main([str(broken)]) == 1
     assert "broken.json: Expecting property name" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_figures_have_a_series_per_system_and_repeat_and_the_spread_as_error_bars():
+    runs = []
+    for batch in (128, 2048):
+        for repeat in range(3):
+            for s, system in enumerate(compare.SYSTEMS):
+                run = _run(system, batch, repeat, rate=1000.0 * (s + 1) + 100 * repeat, auc=0.7 + 0.01 * repeat)
+                if system != "ceiling":
+                    run.samples_seen, run.held_out_accuracy = 4 * batch, 0.75
+                    run.loss_curve = [(0.0, 0.7), (2.0 * batch, 0.6 - 0.01 * repeat)]
+                runs.append(run)
+    results = json.loads(json.dumps({"batch_sizes": [128, 2048], "runs": [vars(r) for r in runs]}))
+    drawn = figures.draw(results)
+    trained = ["tf-ps", "ours-insecure", "ours-ratls"]
+    assert len(drawn["loss"].axes) == 2
+    for ax in drawn["loss"].axes:
+        assert len(ax.lines) == len(trained) * 3  # a thin line per repeat
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == trained  # one legend entry per system
+    assert len(drawn["held_out"].axes) == 4  # AUC and accuracy, per batch size
+    for ax in drawn["held_out"].axes:
+        assert len(ax.lines) == len(trained) and all(len(line.get_xdata()) == 3 for line in ax.lines)
+    (ax,) = drawn["throughput"].axes
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == len(compare.SYSTEMS) and all(len(c.patches) == 2 for c in bars)
+    for s, container in enumerate(bars):
+        assert [p.get_height() for p in container.patches] == [1000.0 * (s + 1) + 100] * 2  # the median repeat
+    caps = [line.get_ydata() for c in ax.containers if not isinstance(c, BarContainer) for line in c.lines[1]]
+    assert sorted({round(float(y)) for cap in caps for y in cap}) == sorted(
+        {1000 * (s + 1) + d for s in range(len(compare.SYSTEMS)) for d in (0, 200)})  # min and max repeats
