@@ -83,6 +83,12 @@ extern "C" {
 #define RATLS_FORMAT_DICE 1
 #define RATLS_FORMAT_LEGACY 2
 
+/* Which TEE a certificate's quote header names (ratls/PROTOCOL.md section 9); UNKNOWN is left to the quote
+ * parser to refuse. */
+#define RATLS_TEE_UNKNOWN 0
+#define RATLS_TEE_SGX 1
+#define RATLS_TEE_TDX 2
+
 #define RATLS_MSG_SIZE 320
 #define RATLS_MAX_CERT_SIZE 32768
 #define RATLS_MAX_CHANNEL_CERT_SIZE 4096
@@ -179,6 +185,7 @@ typedef struct {
     int64_t not_after;
     int has_legacy;             /* both may be present; DICE wins (no fallback when it is invalid) */
     int has_dice;
+    int tee;                    /* RATLS_TEE_*: what the header of `quote` names, before any verification */
 } ratls_cert_info;
 
 typedef struct ratls_policy ratls_policy;
@@ -199,6 +206,17 @@ int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw
 
 /* --- certificates (cert.c) --- */
 int ratls_cert_inspect(const uint8_t *der, size_t len, ratls_cert_info *out, char *msg, size_t msg_len);
+/* The DICE-only layout (ratls/PROTOCOL.md section 9), what a TD presents: the 64-byte report_data a quote must
+ * carry to bind the key (DER EC P-256 or P-384 private key, PKCS#8 or SEC1): SHA-256 of the DICE claims over the
+ * key's SubjectPublicKeyInfo, then 32 zero bytes. */
+int ratls_dice_report_data(const uint8_t *key_der, size_t key_len, uint8_t *report_data64, char *msg,
+                           size_t msg_len);
+/* The self-signed RA-TLS certificate of that key carrying `quote` (made over ratls_dice_report_data; SGX or TDX,
+ * not parsed here: the verifier checks it) as DICE tagged evidence, without Gramine's legacy quote extension.
+ * Validity in Unix seconds. */
+int ratls_dice_cert_create(const uint8_t *key_der, size_t key_len, const uint8_t *quote, size_t quote_len,
+                           int64_t not_before, int64_t not_after, uint8_t **der, size_t *der_len, char *msg,
+                           size_t msg_len);
 
 /* --- policy (policy.c). A policy is immutable once built and safe to share between threads. --- */
 ratls_policy *ratls_policy_new(void);

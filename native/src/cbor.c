@@ -46,6 +46,43 @@ int cbor_get_string(cbs *s, uint8_t major, cbs *out) {
     return 1;
 }
 
+static int skip_item(cbs *s, unsigned depth_left) {
+    uint8_t major;
+    uint64_t arg;
+    cbs unused;
+    if (!cbor_get_head(s, &major, &arg)) return 0;
+    switch (major) {
+    case CBOR_UINT:
+    case CBOR_NEGINT:
+        return 1;
+    case CBOR_BYTES:
+    case CBOR_TEXT:
+        return arg <= cbs_len(s) && cbs_get_bytes(s, &unused, (size_t)arg);
+    case CBOR_ARRAY:
+    case CBOR_MAP:
+    case CBOR_TAG: {
+        if (depth_left == 0) return 0;
+        /* Every item takes at least one byte, so a count beyond the bytes left is truncation, found before looping. */
+        uint64_t items = major == CBOR_TAG ? 1 : major == CBOR_MAP ? arg * 2 : arg;
+        if ((major == CBOR_MAP && arg > UINT64_MAX / 2) || items > cbs_len(s)) return 0;
+        for (uint64_t i = 0; i < items; i++)
+            if (!skip_item(s, depth_left - 1)) return 0;
+        return 1;
+    }
+    default:
+        return 0; /* major 7: floats and simple values */
+    }
+}
+
+int cbor_skip(cbs *s, unsigned max_depth) {
+    cbs save = *s;
+    if (!skip_item(s, max_depth)) {
+        *s = save;
+        return 0;
+    }
+    return 1;
+}
+
 int cbor_add_head(cbb *b, uint8_t major, uint64_t arg) {
     uint8_t m = (uint8_t)(major << 5);
     if (arg < 24) return cbb_add_u8(b, m | (uint8_t)arg);

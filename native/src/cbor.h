@@ -20,6 +20,11 @@ enum {
 int cbor_get_head(cbs *s, uint8_t *major, uint64_t *arg);
 /* Reads a byte string (major 2) or text string (major 3) and its contents. */
 int cbor_get_string(cbs *s, uint8_t major, cbs *out);
+/* Skips one well-formed data item of the subset above, whatever its type, nesting at most `max_depth` arrays, maps
+ * and tags deep (a bare head or string is depth 0). 0, with *s unchanged, on truncation, a float or simple value,
+ * or deeper nesting: the depth bound keeps recursion on hostile input finite. */
+#define CBOR_MAX_DEPTH 16
+int cbor_skip(cbs *s, unsigned max_depth);
 int cbor_add_head(cbb *b, uint8_t major, uint64_t arg);
 int cbor_add_string(cbb *b, uint8_t major, const void *data, size_t len);
 

@@ -1,6 +1,7 @@
 /* RA-TLS certificates in Gramine's format (tools/sgx/ra-tls/ra_tls_attest.c, ra_tls_verify_common.c):
  * building them around quotes, and finding and checking the evidence in them. */
 #include <openssl/err.h>
+#include <limits.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,13 @@
 static const uint8_t legacy_oid_content[] = {0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF8, 0x4D, 0x8A, 0x39, 0x06};
 /* TCG DICE tagged evidence, 2.23.133.5.4.9. */
 static const uint8_t dice_oid_content[] = {0x67, 0x81, 0x05, 0x05, 0x04, 0x09};
+/* IANA CBOR tags (interoperable-ra-tls docs/Interoperable-RA-TLS-SGX-TDX-evidence-formats.md:11-15). */
 #define TEE_QUOTE_CBOR_TAG 60000
+#define TEE_REPORT_CBOR_TAG 60001
+#define SGX_REPORT_CBOR_TAG 60002
+/* Quote header tee_type (versions 4 and 5). */
+#define TEE_TYPE_SGX 0x00000000u
+#define TEE_TYPE_TDX 0x00000081u
 #define PUBKEY_HASH_CLAIM "pubkey-hash"
 #define HASH_ALG_SHA256 1
 #define HASH_ALG_SHA384 7
@@ -65,6 +72,33 @@ static int build_claims(const uint8_t spki_hash[32], cbb *claims) {
          cbor_add_string(claims, CBOR_BYTES, entry.data, entry.len);
     cbb_cleanup(&entry);
     return ok && !claims->failed;
+}
+
+/* The SHA-256 of a key's SubjectPublicKeyInfo DER and the DICE claims over it (malloc'ed, *claims_len bytes). */
+static int key_claims(EVP_PKEY *key, uint8_t spki_hash[32], uint8_t **claims_buf, size_t *claims_len, char *msg,
+                      size_t msg_len) {
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    int ok = ratls_spki_der(key, &spki, &spki_len) && ratls_sha256(spki, spki_len, spki_hash);
+    OPENSSL_free(spki);
+    if (!ok) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the certificate public key");
+    cbb claims;
+    cbb_init(&claims);
+    if (!build_claims(spki_hash, &claims) || !(*claims_buf = cbb_finish(&claims, claims_len))) {
+        cbb_cleanup(&claims);
+        return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE claims");
+    }
+    return RATLS_OK;
+}
+
+/* The DICE evidence item: 60000([bstr quote, bstr claims]). */
+static int dice_evidence(const uint8_t *quote, size_t quote_len, const uint8_t *claims, size_t claims_len,
+                         cbb *evidence, char *msg, size_t msg_len) {
+    if (!cbor_add_head(evidence, CBOR_TAG, TEE_QUOTE_CBOR_TAG) || !cbor_add_head(evidence, CBOR_ARRAY, 2) ||
+        !cbor_add_string(evidence, CBOR_BYTES, quote, quote_len) ||
+        !cbor_add_string(evidence, CBOR_BYTES, claims, claims_len) || evidence->failed)
+        return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE evidence");
+    return RATLS_OK;
 }
 
 #define CN_PREFIX "RATLS-"
@@ -133,77 +167,131 @@ static int add_key_extensions(X509 *x, EVP_PKEY *key) {
     return ok;
 }
 
-int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote, void *ctx,
-                     uint8_t **der, size_t *der_len, char *msg, size_t msg_len) {
-    int rc = RATLS_ERR_INTERNAL;
-    uint8_t *spki = NULL, *legacy_quote = NULL, *dice_quote = NULL, *claims_buf = NULL;
-    size_t spki_len = 0, legacy_len = 0, dice_len = 0, claims_len = 0;
-    X509 *x = NULL;
-    ASN1_OBJECT *legacy_oid = NULL, *dice_oid = NULL;
-    cbb claims, evidence;
-    cbb_init(&claims);
-    cbb_init(&evidence);
-
-    uint8_t spki_hash[32], report_data[64] = {0};
+/* The certificate around its evidence: Gramine's extensions in Gramine's order (the legacy quote only when
+ * legacy_quote is not NULL), then the subjectAltName: Gramine's verifier finds the evidence by searching the
+ * extensions' bytes for its OID, so the first match stays the evidence extension itself. */
+static int sign_certificate(EVP_PKEY *key, const uint8_t spki_hash[32], int64_t not_before, int64_t not_after,
+                            const uint8_t *legacy_quote, size_t legacy_len, const cbb *evidence, uint8_t **der,
+                            size_t *der_len, char *msg, size_t msg_len) {
     char cn[CN_SIZE];
-    if (!ratls_spki_der(key, &spki, &spki_len) || !ratls_sha256(spki, spki_len, spki_hash)) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the certificate public key");
-        goto out;
-    }
     common_name(spki_hash, cn);
-    /* Legacy quote: report_data = SHA-256(SPKI) || 0^32. */
-    memcpy(report_data, spki_hash, 32);
-    if ((rc = get_quote(ctx, report_data, &legacy_quote, &legacy_len, msg, msg_len)) != RATLS_OK) goto out;
-    /* DICE quote: report_data = SHA-256(claims) || 0^32. */
-    if (!build_claims(spki_hash, &claims)) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE claims");
-        goto out;
-    }
-    claims_buf = cbb_finish(&claims, &claims_len);
-    if (!claims_buf || !ratls_sha256(claims_buf, claims_len, report_data)) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
-    if ((rc = get_quote(ctx, report_data, &dice_quote, &dice_len, msg, msg_len)) != RATLS_OK) goto out;
-    rc = RATLS_ERR_INTERNAL;
-    if (!cbor_add_head(&evidence, CBOR_TAG, TEE_QUOTE_CBOR_TAG) || !cbor_add_head(&evidence, CBOR_ARRAY, 2) ||
-        !cbor_add_string(&evidence, CBOR_BYTES, dice_quote, dice_len) ||
-        !cbor_add_string(&evidence, CBOR_BYTES, claims_buf, claims_len) || evidence.failed) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot encode the DICE evidence");
-        goto out;
-    }
-
-    x = X509_new();
-    legacy_oid = oid_from_content(legacy_oid_content, sizeof legacy_oid_content);
-    dice_oid = oid_from_content(dice_oid_content, sizeof dice_oid_content);
-    /* Gramine's five extensions in Gramine's order, then the subjectAltName: Gramine's verifier finds the evidence
-     * by searching the extensions' bytes for its OID, so the first match stays the evidence extension itself. */
+    X509 *x = X509_new();
+    ASN1_OBJECT *legacy_oid = oid_from_content(legacy_oid_content, sizeof legacy_oid_content);
+    ASN1_OBJECT *dice_oid = oid_from_content(dice_oid_content, sizeof dice_oid_content);
     int ok = x && legacy_oid && dice_oid && X509_set_version(x, X509_VERSION_3) &&
              ASN1_INTEGER_set(X509_get_serialNumber(x), 1) && set_subject(x, cn) &&
              ASN1_TIME_set(X509_getm_notBefore(x), (time_t)not_before) &&
              ASN1_TIME_set(X509_getm_notAfter(x), (time_t)not_after) && X509_set_pubkey(x, key) &&
-             add_key_extensions(x, key) && add_raw_extension(x, legacy_oid, legacy_quote, legacy_len) &&
-             add_raw_extension(x, dice_oid, evidence.data, evidence.len) && add_subject_alt_name(x, cn) &&
+             add_key_extensions(x, key) &&
+             (!legacy_quote || add_raw_extension(x, legacy_oid, legacy_quote, legacy_len)) &&
+             add_raw_extension(x, dice_oid, evidence->data, evidence->len) && add_subject_alt_name(x, cn) &&
              X509_sign(x, key, EVP_sha256()) > 0;
     unsigned char *out = NULL;
     int n = ok ? i2d_X509(x, &out) : 0;
-    if (n <= 0) {
-        rc = ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot build the RA-TLS certificate");
-        goto out;
-    }
-    *der = out;
-    *der_len = (size_t)n;
-    rc = RATLS_OK;
-out:
     X509_free(x);
     ASN1_OBJECT_free(legacy_oid);
     ASN1_OBJECT_free(dice_oid);
-    OPENSSL_free(spki);
+    ERR_clear_error();
+    if (n <= 0) return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "cannot build the RA-TLS certificate");
+    *der = out;
+    *der_len = (size_t)n;
+    return RATLS_OK;
+}
+
+int ratls_cert_build(EVP_PKEY *key, int64_t not_before, int64_t not_after, ratls_quote_fn get_quote, void *ctx,
+                     uint8_t **der, size_t *der_len, char *msg, size_t msg_len) {
+    uint8_t *legacy_quote = NULL, *dice_quote = NULL, *claims = NULL;
+    size_t legacy_len = 0, dice_len = 0, claims_len = 0;
+    cbb evidence;
+    cbb_init(&evidence);
+    uint8_t spki_hash[32], report_data[64] = {0};
+    int rc = key_claims(key, spki_hash, &claims, &claims_len, msg, msg_len);
+    if (rc != RATLS_OK) goto out;
+    /* Legacy quote: report_data = SHA-256(SPKI) || 0^32. */
+    memcpy(report_data, spki_hash, 32);
+    if ((rc = get_quote(ctx, report_data, &legacy_quote, &legacy_len, msg, msg_len)) != RATLS_OK) goto out;
+    /* DICE quote: report_data = SHA-256(claims) || 0^32. */
+    ratls_sha256(claims, claims_len, report_data);
+    if ((rc = get_quote(ctx, report_data, &dice_quote, &dice_len, msg, msg_len)) != RATLS_OK ||
+        (rc = dice_evidence(dice_quote, dice_len, claims, claims_len, &evidence, msg, msg_len)) != RATLS_OK)
+        goto out;
+    rc = sign_certificate(key, spki_hash, not_before, not_after, legacy_quote, legacy_len, &evidence, der, der_len,
+                          msg, msg_len);
+out:
     free(legacy_quote);
     free(dice_quote);
-    free(claims_buf);
-    cbb_cleanup(&claims);
+    free(claims);
     cbb_cleanup(&evidence);
+    return rc;
+}
+
+static int key_is_supported(EVP_PKEY *key) {
+    if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) return 0;
+    char group[32];
+    if (!EVP_PKEY_get_utf8_string_param(key, "group", group, sizeof group, NULL)) return 0;
+    return strcmp(group, "prime256v1") == 0 || strcmp(group, "secp384r1") == 0;
+}
+
+/* A DER private key, EC on a curve RA-TLS verifiers accept. */
+static int decode_private_key(const uint8_t *key_der, size_t key_len, EVP_PKEY **key, char *msg, size_t msg_len) {
+    const uint8_t *p = key_der;
+    *key = key_der && key_len > 0 && key_len <= LONG_MAX ? d2i_AutoPrivateKey(NULL, &p, (long)key_len) : NULL;
+    ERR_clear_error();
+    if (!*key || p != key_der + key_len) {
+        EVP_PKEY_free(*key);
+        *key = NULL;
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "private key: not a DER private key");
+    }
+    if (!key_is_supported(*key)) {
+        EVP_PKEY_free(*key);
+        *key = NULL;
+        return ratls_fail(msg, msg_len, RATLS_ERR_CERT_KEY_UNSUPPORTED,
+                          "private key: must be EC P-256 or P-384 (as Gramine's verifier requires)");
+    }
+    return RATLS_OK;
+}
+
+int ratls_dice_report_data(const uint8_t *key_der, size_t key_len, uint8_t *report_data64, char *msg,
+                           size_t msg_len) {
+    if (!report_data64) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "report_data64 is required");
+    memset(report_data64, 0, 64);
+    EVP_PKEY *key;
+    int rc = decode_private_key(key_der, key_len, &key, msg, msg_len);
+    if (rc != RATLS_OK) return rc;
+    uint8_t spki_hash[32], *claims = NULL;
+    size_t claims_len = 0;
+    rc = key_claims(key, spki_hash, &claims, &claims_len, msg, msg_len);
+    if (rc == RATLS_OK) ratls_sha256(claims, claims_len, report_data64);
+    free(claims);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+int ratls_dice_cert_create(const uint8_t *key_der, size_t key_len, const uint8_t *quote, size_t quote_len,
+                           int64_t not_before, int64_t not_after, uint8_t **der, size_t *der_len, char *msg,
+                           size_t msg_len) {
+    if (!der || !der_len) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "der and der_len are required");
+    *der = NULL;
+    *der_len = 0;
+    if (!quote || quote_len < SGX_QUOTE_MIN_SIZE || quote_len > SGX_QUOTE_MAX_SIZE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "quote is %zu bytes, expected %d..%d",
+                          quote ? quote_len : 0, SGX_QUOTE_MIN_SIZE, SGX_QUOTE_MAX_SIZE);
+    if (not_after <= not_before)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "validity ends (%lld) before it starts (%lld)",
+                          (long long)not_after, (long long)not_before);
+    EVP_PKEY *key;
+    int rc = decode_private_key(key_der, key_len, &key, msg, msg_len);
+    if (rc != RATLS_OK) return rc;
+    uint8_t spki_hash[32], *claims = NULL;
+    size_t claims_len = 0;
+    cbb evidence;
+    cbb_init(&evidence);
+    if ((rc = key_claims(key, spki_hash, &claims, &claims_len, msg, msg_len)) == RATLS_OK &&
+        (rc = dice_evidence(quote, quote_len, claims, claims_len, &evidence, msg, msg_len)) == RATLS_OK)
+        rc = sign_certificate(key, spki_hash, not_before, not_after, NULL, 0, &evidence, der, der_len, msg, msg_len);
+    free(claims);
+    cbb_cleanup(&evidence);
+    EVP_PKEY_free(key);
     return rc;
 }
 
@@ -268,22 +356,65 @@ static int is_oid(const cbs *oid, const uint8_t *content, size_t len) {
     return cbs_len(oid) == len && memcmp(cbs_data(oid), content, len) == 0;
 }
 
-static int key_is_supported(EVP_PKEY *key) {
-    if (!key || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC) return 0;
-    char group[32];
-    if (!EVP_PKEY_get_utf8_string_param(key, "group", group, sizeof group, NULL)) return 0;
-    return strcmp(group, "prime256v1") == 0 || strcmp(group, "secp384r1") == 0;
+
+/* Which TEE a quote's header names (rats-tls src/core/dice.c:100-129): SGX for version 3, or 4 and 5 with tee_type
+ * 0; TDX for tee_type 0x81. Anything else is left to the quote parser, the one home of what a valid quote is. */
+static int quote_tee(cbs quote) {
+    uint16_t version, key_type;
+    uint32_t tee_type;
+    if (!cbs_get_u16le(&quote, &version) || !cbs_get_u16le(&quote, &key_type) || !cbs_get_u32le(&quote, &tee_type))
+        return RATLS_TEE_UNKNOWN;
+    if (version == 3) return RATLS_TEE_SGX;
+    if (version != 4 && version != 5) return RATLS_TEE_UNKNOWN;
+    return tee_type == TEE_TYPE_SGX ? RATLS_TEE_SGX : tee_type == TEE_TYPE_TDX ? RATLS_TEE_TDX : RATLS_TEE_UNKNOWN;
 }
 
-/* The DICE evidence: tag 60000 ( [ bstr quote, bstr claims ] ), with claims = serialized map holding
- * "pubkey-hash": bstr(serialized [uint alg, bstr hash]). Spans are made relative to `der`. */
+static int is_text(const cbs *s, const char *text) {
+    return cbs_len(s) == strlen(text) && memcmp(cbs_data(s), text, cbs_len(s)) == 0;
+}
+
+/* "pubkey-hash": bstr(serialized [uint alg, bstr hash]). */
+static int parse_pubkey_hash(const uint8_t *der, cbs val, ratls_cert_info *out, char *msg, size_t msg_len) {
+    uint8_t major;
+    uint64_t n, alg;
+    cbs hash;
+    if (!cbor_get_head(&val, &major, &n) || major != CBOR_ARRAY || n != 2 || !cbor_get_head(&val, &major, &alg) ||
+        major != CBOR_UINT || !cbor_get_string(&val, CBOR_BYTES, &hash) || cbs_len(&val) != 0)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE claims: pubkey-hash is not [uint alg, bstr hash]");
+    size_t want = alg == HASH_ALG_SHA256 ? 32 : alg == HASH_ALG_SHA384 ? 48 : alg == HASH_ALG_SHA512 ? 64 : 0;
+    if (!want || cbs_len(&hash) != want)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE claims: pubkey-hash algorithm %llu with a %zu-byte hash is not supported "
+                          "(expected 1/SHA-256, 7/SHA-384 or 8/SHA-512)",
+                          (unsigned long long)alg, cbs_len(&hash));
+    out->pubkey_hash_alg = (int)alg;
+    out->pubkey_hash = span_in(der, &hash);
+    return RATLS_OK;
+}
+
+/* The DICE evidence (ratls/PROTOCOL.md section 9): tag 60000 ( [ bstr quote, bstr claims ] ), with claims = a
+ * serialized map of text keys holding "pubkey-hash" (a byte string, see parse_pubkey_hash) and any other claims,
+ * whose values are skipped. Spans are made relative to `der`. */
 static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char *msg, size_t msg_len) {
     uint8_t major;
     uint64_t arg;
     cbs quote, claims;
-    if (!cbor_get_head(&value, &major, &arg) || major != CBOR_TAG || arg != TEE_QUOTE_CBOR_TAG)
+    if (!cbor_get_head(&value, &major, &arg) || major != CBOR_TAG)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
-                          "DICE evidence: expected CBOR tag %d (TEE quote)", TEE_QUOTE_CBOR_TAG);
+                          "DICE evidence: expected a CBOR tag (%d, TEE quote), found no tag", TEE_QUOTE_CBOR_TAG);
+    if (arg == TEE_REPORT_CBOR_TAG || arg == SGX_REPORT_CBOR_TAG)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE evidence: tag %llu is %s, MACed for its own platform only; a remote verifier needs "
+                          "a quote (tag %d)",
+                          (unsigned long long)arg,
+                          arg == TEE_REPORT_CBOR_TAG ? "an Intel TEE report (TDX or SGX type 2)" : "a legacy SGX report",
+                          TEE_QUOTE_CBOR_TAG);
+    if (arg != TEE_QUOTE_CBOR_TAG)
+        return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                          "DICE evidence: CBOR tag %llu is not an evidence type this verifier knows (expected %d, "
+                          "Intel TEE quote)",
+                          (unsigned long long)arg, TEE_QUOTE_CBOR_TAG);
     if (!cbor_get_head(&value, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
         !cbor_get_string(&value, CBOR_BYTES, &quote) || !cbor_get_string(&value, CBOR_BYTES, &claims) ||
         cbs_len(&value) != 0)
@@ -295,6 +426,7 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
                           SGX_QUOTE_MAX_SIZE);
     out->quote = span_in(der, &quote);
     out->claims = span_in(der, &claims);
+    out->tee = quote_tee(quote);
 
     uint64_t pairs;
     if (!cbor_get_head(&claims, &major, &pairs) || major != CBOR_MAP || pairs == 0)
@@ -302,29 +434,24 @@ static int parse_dice(const uint8_t *der, cbs value, ratls_cert_info *out, char 
     int found = 0;
     for (uint64_t i = 0; i < pairs; i++) {
         cbs key, val;
-        if (!cbor_get_string(&claims, CBOR_TEXT, &key) || !cbor_get_string(&claims, CBOR_BYTES, &val))
+        if (!cbor_get_string(&claims, CBOR_TEXT, &key))
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
-                              "DICE claims: entry %llu is not text key -> byte string", (unsigned long long)i);
-        if (cbs_len(&key) != strlen(PUBKEY_HASH_CLAIM) ||
-            memcmp(cbs_data(&key), PUBKEY_HASH_CLAIM, cbs_len(&key)) != 0)
+                              "DICE claims: key of entry %llu is not a text string", (unsigned long long)i);
+        if (!is_text(&key, PUBKEY_HASH_CLAIM)) {
+            if (!cbor_skip(&claims, CBOR_MAX_DEPTH))
+                return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
+                                  "DICE claims: the value of entry %llu is not one well-formed definite-length CBOR "
+                                  "item nested at most %d deep",
+                                  (unsigned long long)i, CBOR_MAX_DEPTH);
             continue;
+        }
         if (found++)
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: duplicate pubkey-hash");
-        uint64_t alg;
-        cbs hash;
-        if (!cbor_get_head(&val, &major, &arg) || major != CBOR_ARRAY || arg != 2 ||
-            !cbor_get_head(&val, &major, &alg) || major != CBOR_UINT ||
-            !cbor_get_string(&val, CBOR_BYTES, &hash) || cbs_len(&val) != 0)
+        if (!cbor_get_string(&claims, CBOR_BYTES, &val))
             return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
-                              "DICE claims: pubkey-hash is not [uint alg, bstr hash]");
-        size_t want = alg == HASH_ALG_SHA256 ? 32 : alg == HASH_ALG_SHA384 ? 48 : alg == HASH_ALG_SHA512 ? 64 : 0;
-        if (!want || cbs_len(&hash) != want)
-            return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED,
-                              "DICE claims: pubkey-hash algorithm %llu with a %zu-byte hash is not supported "
-                              "(expected 1/SHA-256, 7/SHA-384 or 8/SHA-512)",
-                              (unsigned long long)alg, cbs_len(&hash));
-        out->pubkey_hash_alg = (int)alg;
-        out->pubkey_hash = span_in(der, &hash);
+                              "DICE claims: the pubkey-hash value is not a byte string");
+        int rc = parse_pubkey_hash(der, val, out, msg, msg_len);
+        if (rc != RATLS_OK) return rc;
     }
     if (cbs_len(&claims) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MALFORMED, "DICE claims: trailing bytes after the map");
@@ -417,6 +544,7 @@ int ratls_cert_parse(const uint8_t *der, size_t len, ratls_cert_info *out, X509 
             goto fail;
         }
         out->quote = out->legacy_quote;
+        out->tee = quote_tee(legacy.value);
     } else {
         rc = ratls_fail(msg, msg_len, RATLS_ERR_EVIDENCE_MISSING,
                         "no RA-TLS evidence: neither the DICE 2.23.133.5.4.9 nor the legacy SGX quote extension");

@@ -32,6 +32,46 @@ static int head_ok(const uint8_t *bytes, size_t n) {
     return cbor_get_head(&s, &m, &v);
 }
 
+static int skips(const uint8_t *bytes, size_t n, unsigned depth, size_t *left) {
+    cbs s;
+    cbs_init(&s, bytes, n);
+    int ok = cbor_skip(&s, depth);
+    *left = cbs_len(&s);
+    return ok;
+}
+
+/* cbor_skip: any well-formed item of the subset, exactly its bytes; nothing consumed on failure. */
+static void test_skip(void) {
+    size_t left;
+    /* {"a": [1, -1, h'00', 60000(["x"])], "b": {}} followed by one trailing byte */
+    static const uint8_t item[] = {0xa2, 0x61, 'a', 0x84, 0x01, 0x20, 0x41, 0x00, 0xd9, 0xea, 0x60, 0x81, 0x61, 'x',
+                                   0x61, 'b', 0xa0, 0xff};
+    CHECK(skips(item, sizeof item, CBOR_MAX_DEPTH, &left));
+    CHECK_EQ(left, 1);
+    CHECK(skips(item, sizeof item, 4, &left)); /* map > array > tag > array: 4 levels */
+    CHECK(!skips(item, sizeof item, 3, &left));
+    CHECK_EQ(left, sizeof item);
+    for (size_t cut = 0; cut < sizeof item - 1; cut++) {
+        CHECK(!skips(item, cut, CBOR_MAX_DEPTH, &left));
+        CHECK_EQ(left, cut);
+    }
+    /* 17 nested arrays: one deeper than the limit. */
+    uint8_t deep[CBOR_MAX_DEPTH + 2];
+    memset(deep, 0x81, CBOR_MAX_DEPTH + 1);
+    deep[CBOR_MAX_DEPTH + 1] = 0x00;
+    CHECK(!skips(deep, sizeof deep, CBOR_MAX_DEPTH, &left));
+    CHECK(skips(deep + 1, sizeof deep - 1, CBOR_MAX_DEPTH, &left));
+    static const uint8_t float16[] = {0xf9, 0x3c, 0x00}, simple_true[] = {0xf5},
+                         huge_array[] = {0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00},
+                         huge_map[] = {0xbb, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00},
+                         indefinite_map[] = {0xbf, 0xff};
+    CHECK(!skips(float16, sizeof float16, CBOR_MAX_DEPTH, &left));
+    CHECK(!skips(simple_true, sizeof simple_true, CBOR_MAX_DEPTH, &left));
+    CHECK(!skips(huge_array, sizeof huge_array, CBOR_MAX_DEPTH, &left)); /* more items than bytes: no loop */
+    CHECK(!skips(huge_map, sizeof huge_map, CBOR_MAX_DEPTH, &left));     /* 2 * count overflows */
+    CHECK(!skips(indefinite_map, sizeof indefinite_map, CBOR_MAX_DEPTH, &left));
+}
+
 int main(void) {
     const uint64_t values[] = {0, 23, 24, 255, 256, 65535, 65536, 0xffffffffu, 0x100000000ull, UINT64_MAX};
     const size_t lens[] = {1, 1, 2, 2, 3, 3, 5, 5, 9, 9};
@@ -62,5 +102,6 @@ int main(void) {
     cbs_init(&s, huge, sizeof huge);
     CHECK(!cbor_get_string(&s, CBOR_BYTES, &out));
     cbb_cleanup(&b);
+    test_skip();
     return test_summary();
 }

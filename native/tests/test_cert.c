@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
+#include "cbor.h"
 #include "internal.h"
 #include "testutil.h"
 
@@ -112,6 +113,197 @@ static void test_no_extensions(EVP_PKEY *key) {
     X509_free(x);
 }
 
+/* A quote-shaped buffer: the header of `version` with tee_type `tee_type`, report_data at `rd_off`. */
+static uint8_t *shaped_quote(uint16_t version, uint32_t tee_type, size_t len, const uint8_t *report_data,
+                             size_t rd_off) {
+    uint8_t *q = calloc(1, len);
+    if (!q) return NULL;
+    q[0] = (uint8_t)version;
+    q[2] = 2; /* ECDSA P-256 */
+    memcpy(q + 4, &tee_type, 4); /* little-endian host */
+    if (report_data) memcpy(q + rd_off, report_data, 64);
+    return q;
+}
+
+/* A self-signed certificate of `key` whose DICE extension holds `value` (any bytes). */
+static uint8_t *cert_with_dice_value(EVP_PKEY *key, const uint8_t *value, size_t value_len, size_t *len) {
+    X509 *x = X509_new();
+    ASN1_OBJECT *oid = OBJ_txt2obj("2.23.133.5.4.9", 1);
+    ASN1_OCTET_STRING *os = ASN1_OCTET_STRING_new();
+    int ok = x && oid && os && ASN1_OCTET_STRING_set(os, value, (int)value_len) &&
+             ASN1_INTEGER_set(X509_get_serialNumber(x), 1) && X509_set_issuer_name(x, X509_get_subject_name(x)) &&
+             ASN1_TIME_set(X509_getm_notBefore(x), 1700000000) && ASN1_TIME_set(X509_getm_notAfter(x), 1900000000) &&
+             X509_set_pubkey(x, key);
+    X509_EXTENSION *ext = ok ? X509_EXTENSION_create_by_OBJ(NULL, oid, 0, os) : NULL;
+    ok = ext && X509_add_ext(x, ext, -1) && X509_sign(x, key, EVP_sha256()) > 0;
+    uint8_t *der = NULL;
+    int n = ok ? i2d_X509(x, &der) : 0;
+    X509_EXTENSION_free(ext);
+    ASN1_OCTET_STRING_free(os);
+    ASN1_OBJECT_free(oid);
+    X509_free(x);
+    *len = n > 0 ? (size_t)n : 0;
+    return n > 0 ? der : NULL;
+}
+
+/* tag ( [ bstr <1000-byte SGX-shaped quote>, bstr claims ] ); the claims are raw bytes given here. */
+static int inspect_evidence(EVP_PKEY *key, uint64_t tag, const uint8_t *claims, size_t claims_len,
+                            ratls_cert_info *info, char *msg) {
+    uint8_t *quote = shaped_quote(3, 0, 1000, NULL, 0);
+    cbb ev;
+    cbb_init(&ev);
+    int ok = quote && cbor_add_head(&ev, CBOR_TAG, tag) && cbor_add_head(&ev, CBOR_ARRAY, 2) &&
+             cbor_add_string(&ev, CBOR_BYTES, quote, 1000) && cbor_add_string(&ev, CBOR_BYTES, claims, claims_len);
+    size_t len = 0;
+    uint8_t *der = ok ? cert_with_dice_value(key, ev.data, ev.len, &len) : NULL;
+    int rc = der ? ratls_cert_inspect(der, len, info, msg, RATLS_MSG_SIZE) : -1;
+    OPENSSL_free(der);
+    cbb_cleanup(&ev);
+    free(quote);
+    return rc;
+}
+
+/* The DICE evidence parser on what rats-tls and the IRT documents allow, and on what they do not. */
+static void test_dice_evidence(EVP_PKEY *key) {
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    uint8_t h[32];
+    CHECK(ratls_spki_der(key, &spki, &spki_len) && ratls_sha256(spki, spki_len, h));
+    OPENSSL_free(spki);
+    /* [1, bstr h] serialized, as the pubkey-hash value. */
+    cbb entry;
+    cbb_init(&entry);
+    CHECK(cbor_add_head(&entry, CBOR_ARRAY, 2) && cbor_add_head(&entry, CBOR_UINT, 1) &&
+          cbor_add_string(&entry, CBOR_BYTES, h, 32));
+    ratls_cert_info info;
+    char msg[RATLS_MSG_SIZE];
+
+    /* rats-tls style: pubkey-hash among custom claims, here of other CBOR types too (a nonce, a nested map). */
+    cbb c;
+    cbb_init(&c);
+    CHECK(cbor_add_head(&c, CBOR_MAP, 3) && cbor_add_string(&c, CBOR_TEXT, "nonce", 5) &&
+          cbor_add_string(&c, CBOR_BYTES, "12345678", 8) && cbor_add_string(&c, CBOR_TEXT, "pubkey-hash", 11) &&
+          cbor_add_string(&c, CBOR_BYTES, entry.data, entry.len) && cbor_add_string(&c, CBOR_TEXT, "meta", 4) &&
+          cbor_add_head(&c, CBOR_MAP, 1) && cbor_add_string(&c, CBOR_TEXT, "v", 1) &&
+          cbor_add_head(&c, CBOR_ARRAY, 2) && cbor_add_head(&c, CBOR_UINT, 7) && cbor_add_head(&c, CBOR_NEGINT, 0));
+    CHECK_EQ(inspect_evidence(key, 60000, c.data, c.len, &info, msg), RATLS_OK);
+    CHECK_EQ(info.tee, RATLS_TEE_SGX);
+    CHECK_EQ(info.pubkey_hash_alg, 1);
+    cbb_cleanup(&c);
+
+    /* Reports (60001, 60002) and unknown tags, each refused with what it is. */
+    static const char one_claim_prefix[] = {(char)0xa1, 0x6b, 'p', 'u', 'b', 'k', 'e', 'y', '-', 'h', 'a', 's', 'h'};
+    cbb ok_claims;
+    cbb_init(&ok_claims);
+    CHECK(cbb_add(&ok_claims, one_claim_prefix, sizeof one_claim_prefix) &&
+          cbor_add_string(&ok_claims, CBOR_BYTES, entry.data, entry.len));
+    CHECK_EQ(inspect_evidence(key, 60000, ok_claims.data, ok_claims.len, &info, msg), RATLS_OK);
+    CHECK_EQ(inspect_evidence(key, 60001, ok_claims.data, ok_claims.len, &info, msg), RATLS_ERR_EVIDENCE_MALFORMED);
+    CHECK(strstr(msg, "tag 60001 is an Intel TEE report") != NULL);
+    CHECK_EQ(inspect_evidence(key, 60002, ok_claims.data, ok_claims.len, &info, msg), RATLS_ERR_EVIDENCE_MALFORMED);
+    CHECK(strstr(msg, "legacy SGX report") != NULL);
+    CHECK_EQ(inspect_evidence(key, 0x1a7504, ok_claims.data, ok_claims.len, &info, msg),
+             RATLS_ERR_EVIDENCE_MALFORMED); /* rats-tls's SEV-SNP tag */
+    CHECK(strstr(msg, "CBOR tag 1733892 is not an evidence type") != NULL);
+
+    /* A claim key that is not text; a pubkey-hash that is not a byte string; a custom claim nested too deep. */
+    static const uint8_t int_key[] = {0xa1, 0x01, 0x40};
+    CHECK_EQ(inspect_evidence(key, 60000, int_key, sizeof int_key, &info, msg), RATLS_ERR_EVIDENCE_MALFORMED);
+    CHECK(strstr(msg, "key of entry 0 is not a text string") != NULL);
+    cbb_init(&c);
+    CHECK(cbb_add(&c, one_claim_prefix, sizeof one_claim_prefix) && cbb_add(&c, entry.data, entry.len));
+    CHECK_EQ(inspect_evidence(key, 60000, c.data, c.len, &info, msg), RATLS_ERR_EVIDENCE_MALFORMED);
+    CHECK(strstr(msg, "pubkey-hash value is not a byte string") != NULL);
+    cbb_cleanup(&c);
+    cbb_init(&c);
+    CHECK(cbor_add_head(&c, CBOR_MAP, 2) && cbor_add_string(&c, CBOR_TEXT, "deep", 4));
+    for (int i = 0; i <= CBOR_MAX_DEPTH; i++) CHECK(cbor_add_head(&c, CBOR_ARRAY, 1));
+    CHECK(cbor_add_head(&c, CBOR_UINT, 0) && cbb_add(&c, one_claim_prefix + 1, sizeof one_claim_prefix - 1) &&
+          cbor_add_string(&c, CBOR_BYTES, entry.data, entry.len));
+    CHECK_EQ(inspect_evidence(key, 60000, c.data, c.len, &info, msg), RATLS_ERR_EVIDENCE_MALFORMED);
+    CHECK(strstr(msg, "value of entry 0 is not one well-formed") != NULL);
+    cbb_cleanup(&c);
+    cbb_cleanup(&ok_claims);
+    cbb_cleanup(&entry);
+}
+
+/* The DICE-only layout around a TDX-shaped quote: what a TD presents. The quote is handed, unparsed, to the quote
+ * verification every certificate goes through. */
+static void test_dice_only(EVP_PKEY *key) {
+    unsigned char *key_der = NULL;
+    int key_len = i2d_PrivateKey(key, &key_der);
+    CHECK(key_len > 0);
+    uint8_t rd[64], zero[32] = {0};
+    char msg[RATLS_MSG_SIZE];
+    CHECK_EQ(ratls_dice_report_data(key_der, (size_t)key_len, rd, msg, sizeof msg), RATLS_OK);
+    CHECK(memcmp(rd + 32, zero, 32) == 0);
+    enum { TDX_V4_REPORT_DATA = 48 + 520, QUOTE_LEN = 1200 };
+    uint8_t *quote = shaped_quote(4, 0x81, QUOTE_LEN, rd, TDX_V4_REPORT_DATA);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    CHECK_EQ(ratls_dice_cert_create(key_der, (size_t)key_len, quote, QUOTE_LEN, 1700000000, 1900000000, &der, &len,
+                                    msg, sizeof msg),
+             RATLS_OK);
+    ratls_cert_info info;
+    CHECK_EQ(ratls_cert_inspect(der, len, &info, msg, sizeof msg), RATLS_OK);
+    CHECK_EQ(info.format, RATLS_FORMAT_DICE);
+    CHECK(info.has_dice && !info.has_legacy);
+    CHECK_EQ(info.tee, RATLS_TEE_TDX);
+    CHECK(info.quote.len == QUOTE_LEN && memcmp(der + info.quote.off, quote, QUOTE_LEN) == 0);
+    uint8_t claims_hash[32];
+    CHECK(ratls_sha256(der + info.claims.off, info.claims.len, claims_hash) && memcmp(claims_hash, rd, 32) == 0);
+    CHECK_EQ(ratls_cert_check_binding(der, &info, quote + TDX_V4_REPORT_DATA, msg, sizeof msg), RATLS_OK);
+    /* basicConstraints, SKI, AKI, the DICE evidence, subjectAltName: no legacy quote extension. */
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    CHECK(x && X509_get_ext_count(x) == 5 && X509_get_ext_by_NID(x, NID_subject_alt_name, -1) == 4);
+    X509_free(x);
+    /* The certificate path ends where the bare quote's does: the same quote parser decides. */
+    ratls_policy *policy = ratls_policy_new();
+    ratls_evidence ev;
+    ratls_quote q;
+    char quote_msg[RATLS_MSG_SIZE];
+    int quote_rc = ratls_quote_parse(quote, QUOTE_LEN, &q, quote_msg, sizeof quote_msg);
+    int cert_rc = ratls_verify_cert(policy, der, len, 1800000000, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg);
+    if (quote_rc != RATLS_OK) {
+        CHECK_EQ(cert_rc, quote_rc);
+        CHECK(strcmp(msg, quote_msg) == 0);
+    } else {
+        CHECK(cert_rc != RATLS_OK); /* a zero-filled quote has no valid signature chain */
+    }
+    ratls_policy_free(policy);
+    ratls_free(der);
+
+    /* An SGX v4 header (tee_type 0) is SGX. */
+    uint8_t *sgx4 = shaped_quote(4, 0, QUOTE_LEN, rd, TDX_V4_REPORT_DATA);
+    CHECK_EQ(ratls_dice_cert_create(key_der, (size_t)key_len, sgx4, QUOTE_LEN, 1700000000, 1900000000, &der, &len,
+                                    msg, sizeof msg),
+             RATLS_OK);
+    CHECK_EQ(ratls_cert_inspect(der, len, &info, msg, sizeof msg), RATLS_OK);
+    CHECK_EQ(info.tee, RATLS_TEE_SGX);
+    ratls_free(der);
+    free(sgx4);
+
+    /* Bad arguments, each named. */
+    CHECK_EQ(ratls_dice_cert_create(key_der, (size_t)key_len, quote, 100, 1700000000, 1900000000, &der, &len, msg,
+                                    sizeof msg),
+             RATLS_ERR_BAD_ARGUMENT);
+    CHECK(strstr(msg, "quote is 100 bytes") != NULL);
+    CHECK_EQ(ratls_dice_cert_create(key_der, (size_t)key_len, quote, QUOTE_LEN, 1900000000, 1700000000, &der, &len,
+                                    msg, sizeof msg),
+             RATLS_ERR_BAD_ARGUMENT);
+    CHECK_EQ(ratls_dice_report_data(key_der, (size_t)key_len - 1, rd, msg, sizeof msg), RATLS_ERR_BAD_ARGUMENT);
+    CHECK(strstr(msg, "not a DER private key") != NULL);
+    EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    unsigned char *rsa_der = NULL;
+    int rsa_len = i2d_PrivateKey(rsa, &rsa_der);
+    CHECK_EQ(ratls_dice_report_data(rsa_der, (size_t)rsa_len, rd, msg, sizeof msg), RATLS_ERR_CERT_KEY_UNSUPPORTED);
+    OPENSSL_free(rsa_der);
+    EVP_PKEY_free(rsa);
+    OPENSSL_free(key_der);
+    free(quote);
+}
+
 int main(void) {
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
     CHECK(key != NULL);
@@ -125,6 +317,7 @@ int main(void) {
     CHECK_EQ(ratls_cert_inspect(der, len, &info, msg, sizeof msg), RATLS_OK);
     CHECK_EQ(info.format, RATLS_FORMAT_DICE);
     CHECK(info.has_dice && info.has_legacy);
+    CHECK_EQ(info.tee, RATLS_TEE_SGX);
     CHECK_EQ(info.quote.len, 1000);
     CHECK_EQ(info.legacy_quote.len, 1000);
     CHECK_EQ(info.pubkey_hash_alg, 1);
@@ -170,6 +363,8 @@ int main(void) {
 
     test_der_walk(key, der, len, &info);
     test_no_extensions(key);
+    test_dice_evidence(key);
+    test_dice_only(key);
 
     /* Every truncation of the certificate is rejected cleanly. */
     int all_rejected = 1;
