@@ -8,7 +8,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -25,6 +25,9 @@ from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import SimCA
 
 SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
+# A DICE identity's default validity around its creation: the sim provider's (native/src/sim.c DEFAULT_VALIDITY_*).
+DICE_VALIDITY_BEFORE = dt.timedelta(hours=1)
+DICE_VALIDITY_AFTER = dt.timedelta(days=365)
 _MEASUREMENT_DOMAIN = b"ratls-sim-mrenclave-v1\0"
 
 # Providers are dlopen'ed once per process and, like Gramine's libraries, hold process-wide state: identity
@@ -105,8 +108,7 @@ class UnattestedIdentity:
 
     def __init__(self) -> None:
         key = ec.generate_private_key(ec.SECP384R1())
-        self.private_key_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption())
+        self.private_key_der = _private_key_der(key)
         # ratls_channel_cert_create takes the key's subject and validity from a certificate of that key: a throwaway
         # one, so the channel certificate's name rule stays in one place (the C core).
         now = dt.datetime.now(dt.UTC)
@@ -130,6 +132,11 @@ class UnattestedIdentity:
         return f"UnattestedIdentity({subject})"
 
 
+def _private_key_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def _private_key_pem(private_key_der: bytes) -> bytes:
     key = serialization.load_der_private_key(private_key_der, None)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -151,6 +158,17 @@ def _timestamp(value) -> int:
     if hasattr(value, "timestamp"):
         return int(value.timestamp())
     return int(value)
+
+
+def _own_evidence(cert_der: bytes, sim_root) -> Evidence:
+    """The self-check every new identity passes, which also yields its Evidence: any measurement, but a fully
+    valid chain and binding."""
+    own_policy = Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
+                        allow_simulated=sim_root is not None, sim_root=sim_root)
+    info = inspect_certificate(cert_der)
+    # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
+    now = min(max(time.time(), info.not_before.timestamp()), info.not_after.timestamp())
+    return _verify_certificate(cert_der, own_policy, int(now))  # our own: no simulated-evidence notice
 
 
 class Identity:
@@ -267,14 +285,34 @@ class Identity:
             lib.ratls_free(crt[0])
         if provider == "gramine":
             cert_der = unique_subject_certificate(cert_der, key_der)
-        # A self-check that also yields our own Evidence: any measurement, but a fully valid chain and binding.
-        own_policy = Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
-                            allow_simulated=sim_root is not None, sim_root=sim_root)
-        info = inspect_certificate(cert_der)
-        # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
-        now = min(max(time.time(), info.not_before.timestamp()), info.not_after.timestamp())
-        evidence = _verify_certificate(cert_der, own_policy, int(now))  # our own: no simulated-evidence notice
-        return cls(key_der, cert_der, provider, evidence)
+        return cls(key_der, cert_der, provider, _own_evidence(cert_der, sim_root))
+
+    @classmethod
+    def create_dice(cls, quote: Callable[[bytes], bytes], provider: str, *, private_key_der: bytes | None = None,
+                    not_before=None, not_after=None, sim_root: str | os.PathLike | None = None) -> Identity:
+        """An identity whose certificate carries one quote as TCG DICE tagged evidence and no legacy quote
+        extension (ratls/PROTOCOL.md section 9): the layout a TD presents. `quote(report_data)` returns the quote
+        over the 64 bytes it is given (ConfigfsTsm.quote in a TD), which bind the key (ratls_dice_report_data).
+        The key is a fresh P-384 key unless `private_key_der` (DER, EC P-256 or P-384) is given. The certificate
+        is verified before it is used, as every identity's is; `sim_root` is a simulation root that check accepts.
+        """
+        key_der = private_key_der if private_key_der is not None else _private_key_der(
+            ec.generate_private_key(ec.SECP384R1()))
+        report_data = ffi.new("uint8_t[64]")
+        check_call(lib.ratls_dice_report_data, key_der, len(key_der), report_data, error=ProviderError)
+        quote_der = quote(bytes(report_data))
+        now = time.time()
+        nb = _timestamp(not_before) or int(now - DICE_VALIDITY_BEFORE.total_seconds())
+        na = _timestamp(not_after) or int(now + DICE_VALIDITY_AFTER.total_seconds())
+        out = ffi.new("uint8_t **")
+        n = ffi.new("size_t *")
+        check_call(lib.ratls_dice_cert_create, key_der, len(key_der), quote_der, len(quote_der), nb, na, out, n,
+                   error=ProviderError)
+        try:
+            cert_der = bytes(ffi.buffer(out[0], n[0]))
+        finally:
+            lib.ratls_free(out[0])
+        return cls(key_der, cert_der, provider, _own_evidence(cert_der, sim_root))
 
     @property
     def mrenclave(self) -> bytes:
