@@ -23,6 +23,7 @@ from ratls.evidence import Evidence, _verify_certificate, inspect_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
 from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import SimCA
+from ratls.tsm import TSM_REPORT_ROOT, ConfigfsTsm
 
 SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
 # A DICE identity's default validity around its creation: the sim provider's (native/src/sim.c DEFAULT_VALIDITY_*).
@@ -215,15 +216,18 @@ class Identity:
         not_before=None,
         not_after=None,
         library_path: str | None = None,
+        tsm_root: str | os.PathLike = TSM_REPORT_ROOT,
     ) -> Identity:
         """Creates a fresh identity.
 
         provider: "gramine" (inside an SGX enclave: Gramine's libra_tls_attest.so, found as ratls.gramine
         describes, or `library_path`; never a fallback to sim), "sim" (the simulated provider: needs `sim_ca` and
-        `measured_files`, whose measurement becomes MRENCLAVE), or "auto" (gramine when /dev/attestation says
-        dcap, else sim when sim_ca is given). not_before/not_after (datetime or Unix seconds) apply to sim
-        certificates; the default is now-1h .. now+365d. A gramine certificate (subject CN=RATLS) is re-issued with
-        the unique CN over the same key, its quote extensions unchanged (ratls.gramine.unique_subject_certificate);
+        `measured_files`, whose measurement becomes MRENCLAVE), "tdx" (inside an Intel TDX VM: the TD quote from
+        configfs-tsm at `tsm_root`, ratls.tsm, in a DICE-only certificate, create_dice), or "auto" (gramine when
+        /dev/attestation says dcap, else sim when sim_ca is given). not_before/not_after (datetime or Unix
+        seconds) apply to sim and tdx certificates; the default is now-1h .. now+365d. A gramine certificate
+        (subject CN=RATLS) is re-issued with the unique CN over the same key, its quote extensions unchanged
+        (ratls.gramine.unique_subject_certificate);
         `sim_ca`, if given with gramine, is only a root its self-check accepts (a sim library under Gramine's
         name, in tests)."""
         if provider == "auto":
@@ -239,10 +243,12 @@ class Identity:
                                    not_after, library_path)
         if provider == "gramine":
             return cls._create_with(find_library("attest", library_path), "gramine", None, sim_root=sim_ca)
+        if provider == "tdx":
+            return cls.create_dice(ConfigfsTsm(tsm_root).quote, "tdx", not_before=not_before, not_after=not_after)
         if provider == "none":
             raise ProviderError("provider 'none' has no attestation, so it makes no Identity: for a client outside "
                                 "any enclave use ratls.credentials(policy, provider='none')")
-        raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim' or 'gramine')")
+        raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim', 'gramine' or 'tdx')")
 
     @classmethod
     def _create_sim(cls, sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before, not_after,
