@@ -20,6 +20,7 @@ static void check_info(const ratls_cert_info *info, size_t len) {
     FUZZ_REQUIRE(info->format == RATLS_FORMAT_DICE ? info->has_dice : info->has_legacy && !info->has_dice);
     FUZZ_REQUIRE(fuzz_span_ok(info->quote, len) && info->quote.len > 0);
     FUZZ_REQUIRE(fuzz_span_ok(info->spki, len) && info->spki.len > 0);
+    FUZZ_REQUIRE(info->tee == RATLS_TEE_UNKNOWN || info->tee == RATLS_TEE_SGX || info->tee == RATLS_TEE_TDX);
     if (info->has_legacy) FUZZ_REQUIRE(fuzz_span_ok(info->legacy_quote, len));
     if (info->format == RATLS_FORMAT_DICE) {
         FUZZ_REQUIRE(fuzz_span_ok(info->claims, len) && fuzz_span_ok(info->pubkey_hash, len));

@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TESTDATA = REPO.parent / "shared" / "testdata"
+DICE_DATA = REPO / "tests" / "data" / "dice"
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 TARGETS = ("fuzz_quote", "fuzz_cert", "fuzz_attest")
 MAX_LEN = {"fuzz_quote": 8300, "fuzz_cert": 12288, "fuzz_attest": 12288}
@@ -93,6 +94,7 @@ def _channel_message(der: bytes) -> bytes:
 def make_seeds(work: Path) -> dict[str, Path]:
     """Seed corpora for every target (rewritten each run); the sim CA is made once per work directory."""
     import ratls
+    from ratls._certs import certificate_der
 
     ca_dir = work / "sim-ca"
     ca = ratls.SimCA(ca_dir) if (ca_dir / "root.crt.pem").exists() else ratls.SimCA.init(ca_dir)
@@ -102,6 +104,8 @@ def make_seeds(work: Path) -> dict[str, Path]:
     debug = ratls.Identity.create("sim", sim_ca=ca.path, measured_files=[app], measure_root=work, debug=True,
                                   isv_prod_id=3, isv_svn=9)
     sim_info = ratls.inspect_certificate(sim.certificate_der)
+    sim_dice_only = ratls.Identity.create_dice(lambda rd: sim_info.quote, "sim", private_key_der=sim.private_key_der,
+                                               sim_root=ca.path)
     gramine_der = (TESTDATA / "sgx" / "gramine" / "gramine-cert.der").read_bytes()
     ack = b"RAT1" + struct.pack(">I", ACK_TTL)
     seeds = {
@@ -118,6 +122,10 @@ def make_seeds(work: Path) -> dict[str, Path]:
             "sim-cert": sim.certificate_der,
             "sim-debug-cert": debug.certificate_der,
             "sim-legacy-only-cert": _legacy_only(sim.certificate_der, sim.private_key_der),
+            "sim-dice-only-cert": sim_dice_only.certificate_der,
+            # Real DICE-only certificates (tests/data/dice): rats-tls's carries custom claims beside pubkey-hash.
+            "rats-tls-cert": certificate_der((DICE_DATA / "rats-tls-cert.pem").read_bytes()),
+            "intel-sgxsdk-cert": certificate_der((DICE_DATA / "intel-sgxsdk-cert.pem").read_bytes()),
         },
         "fuzz_attest": {
             "raw-client-hello": b"\x00" + _client_hello(),

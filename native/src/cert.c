@@ -1,5 +1,6 @@
-/* RA-TLS certificates in Gramine's format (tools/sgx/ra-tls/ra_tls_attest.c, ra_tls_verify_common.c):
- * building them around quotes, and finding and checking the evidence in them. */
+/* RA-TLS certificates in Gramine's format (tools/sgx/ra-tls/ra_tls_attest.c, ra_tls_verify_common.c) and in the
+ * DICE-only layout of rats-tls and TDs (ratls/PROTOCOL.md section 9): building them around quotes, and finding and
+ * checking the evidence in them. */
 #include <openssl/err.h>
 #include <limits.h>
 #include <openssl/x509v3.h>
