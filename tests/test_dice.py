@@ -197,3 +197,42 @@ def test_dice_only_identities_over_credentials(sim_ca, ids):
         trusted = srv.creds.trusted_clients(srv.grpc_port)
         assert [ev.mrenclave for ev in trusted.values()] == [client.mrenclave]
         assert [ev.format for ev in trusted.values()] == ["dice"]
+
+
+# What ratls_quote_parse and ratls_quote_verify_signatures can refuse: a certificate's verification stops at these
+# before its key binding is looked at, so a quote in a certificate fails with the bare quote's reason.
+QUOTE_CHAIN_REASONS = {
+    ratls.Reason.QUOTE_MALFORMED, ratls.Reason.QUOTE_UNSUPPORTED_VERSION, ratls.Reason.QUOTE_UNSUPPORTED_KEY_TYPE,
+    ratls.Reason.QUOTE_UNSUPPORTED_CERT_DATA, ratls.Reason.PCK_CHAIN_MALFORMED, ratls.Reason.PCK_CHAIN_UNTRUSTED,
+    ratls.Reason.QE_REPORT_SIGNATURE, ratls.Reason.QE_REPORT_DATA, ratls.Reason.QUOTE_SIGNATURE,
+    ratls.Reason.QE_VENDOR, ratls.Reason.SIMULATED_DENIED,
+}
+
+
+def test_real_tdx_quote_in_a_dice_certificate(identity):
+    """A real TDX v4 quote (dcap-qvl's sample) in a DICE-only certificate: recognised as TDX from its header and
+    carried byte for byte; verification takes it through the same quote checks as the bare quote, so it fails
+    with the bare quote's reason while the quote verifier refuses TDX, and with REPORT_DATA_MISMATCH once the
+    quote verifies (its report data binds Phala's key, not ours)."""
+    quote = (DICE_DATA / "dcap-qvl-tdx_quote").read_bytes()
+    assert struct.unpack_from("<HHI", quote) == (4, 2, 0x81)
+    key = identity.private_key_der
+    out = ffi.new("uint8_t **")
+    n = ffi.new("size_t *")
+    check_call(lib.ratls_dice_cert_create, key, len(key), quote, len(quote), 1700000000, 2000000000, out, n)
+    der = bytes(ffi.buffer(out[0], n[0]))
+    lib.ratls_free(out[0])
+    assert tee_of(der) == lib.RATLS_TEE_TDX
+    assert ratls.inspect_certificate(der).quote == quote
+    when = 1751000000  # inside the PCK chain's validity
+    try:
+        ratls.verify_quote(quote, debug_policy(), now=when)
+        bare = None
+    except ratls.VerificationError as e:
+        bare = e.reason
+    with pytest.raises(ratls.VerificationError) as in_cert:
+        ratls.verify_certificate(der, debug_policy(), now=when)
+    if bare in QUOTE_CHAIN_REASONS:
+        assert in_cert.value.reason == bare
+    else:
+        assert in_cert.value.reason == ratls.Reason.REPORT_DATA_MISMATCH
