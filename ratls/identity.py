@@ -23,7 +23,7 @@ from ratls.evidence import Evidence, _verify_certificate, inspect_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
 from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
 from ratls.simca import SimCA
-from ratls.tsm import TSM_REPORT_ROOT, ConfigfsTsm
+from ratls.tsm import TSM_REPORT_ROOT, ConfigfsTsm, in_tdx_guest
 
 SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
 # A DICE identity's default validity around its creation: the sim provider's (native/src/sim.c DEFAULT_VALIDITY_*).
@@ -224,20 +224,23 @@ class Identity:
         describes, or `library_path`; never a fallback to sim), "sim" (the simulated provider: needs `sim_ca` and
         `measured_files`, whose measurement becomes MRENCLAVE), "tdx" (inside an Intel TDX VM: the TD quote from
         configfs-tsm at `tsm_root`, ratls.tsm, in a DICE-only certificate, create_dice), or "auto" (gramine when
-        /dev/attestation says dcap, else sim when sim_ca is given). not_before/not_after (datetime or Unix
-        seconds) apply to sim and tdx certificates; the default is now-1h .. now+365d. A gramine certificate
-        (subject CN=RATLS) is re-issued with the unique CN over the same key, its quote extensions unchanged
-        (ratls.gramine.unique_subject_certificate);
+        /dev/attestation says dcap, else tdx in a TDX guest, else sim when sim_ca is given). not_before/not_after
+        (datetime or Unix seconds) apply to sim and tdx certificates; the default is now-1h .. now+365d. A gramine
+        certificate (subject CN=RATLS) is re-issued with the unique CN over the same key, its quote extensions
+        unchanged (ratls.gramine.unique_subject_certificate);
         `sim_ca`, if given with gramine, is only a root its self-check accepts (a sim library under Gramine's
         name, in tests)."""
         if provider == "auto":
             if in_sgx_enclave():
                 provider = "gramine"
+            elif in_tdx_guest():
+                provider = "tdx"
             elif sim_ca is not None:
                 provider = "sim"
             else:
-                raise ProviderError(f"no SGX enclave here ({ATTESTATION_TYPE_FILE} does not read 'dcap') and no "
-                                    "sim_ca given: pass provider='sim' with sim_ca=DIR for simulated attestation")
+                raise ProviderError(f"no SGX enclave here ({ATTESTATION_TYPE_FILE} does not read 'dcap'), no TDX "
+                                    "guest (no 'tdx_guest' CPU flag) and no sim_ca given: pass provider='sim' with "
+                                    "sim_ca=DIR for simulated attestation")
         if provider == "sim":
             return cls._create_sim(sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before,
                                    not_after, library_path)

@@ -25,9 +25,21 @@ from pathlib import Path
 from ratls.errors import ProviderError
 
 TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
+CPUINFO = Path("/proc/cpuinfo")
 TDX_PROVIDER = "tdx_guest"
 REPORT_DATA_SIZE = 64
 DEFAULT_ATTEMPTS = 3
+
+
+def in_tdx_guest(cpuinfo: str | os.PathLike = CPUINFO) -> bool:
+    """Whether this is an Intel TDX guest: Linux then lists the CPU flag "tdx_guest" (X86_FEATURE_TDX_GUEST,
+    arch/x86/include/asm/cpufeatures.h) in /proc/cpuinfo. Reads nothing else and creates no report instance."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    return any(line.split(":", 1)[0].strip() == "flags" and "tdx_guest" in line.split(":", 1)[1].split()
+               for line in text.splitlines() if ":" in line)
 
 
 class ConfigfsTsm:

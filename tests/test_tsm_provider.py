@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ratls
-from ratls.tsm import TDX_PROVIDER, ConfigfsTsm
+from ratls.tsm import TDX_PROVIDER, ConfigfsTsm, in_tdx_guest
 
 REPORT_DATA = bytes(range(64))
 
@@ -181,3 +181,27 @@ def test_tdx_provider_resolves_to_configfs_tsm(tmp_path):
     assert list((tmp_path / "tsm").iterdir()) == []
     with pytest.raises(ratls.ProviderError, match="expected 'auto', 'sim', 'gramine' or 'tdx'"):
         ratls.Identity.create("sev")
+
+
+def test_in_tdx_guest_reads_the_cpu_flag(tmp_path):
+    """The 'tdx_guest' flag of /proc/cpuinfo's flags lines, and nothing that merely contains the word."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu vme tdx_guest sse\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert in_tdx_guest(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: tdx_guest lookalike\nflags\t\t: fpu vme tdx_guest_x\n")
+    assert not in_tdx_guest(cpuinfo)
+    assert not in_tdx_guest(tmp_path / "absent")
+
+
+def test_auto_provider_picks_tdx_in_a_td(tmp_path, monkeypatch):
+    """provider="auto" in a TDX guest (and no SGX enclave) takes the tdx provider, even with a sim CA at hand: real
+    hardware before simulation, as with Gramine."""
+    import ratls.identity
+
+    monkeypatch.setattr(ratls.identity, "in_sgx_enclave", lambda: False)
+    monkeypatch.setattr(ratls.identity, "in_tdx_guest", lambda: True)
+    with pytest.raises(ratls.ProviderError, match="configfs-tsm is not available"):
+        ratls.Identity.create("auto", sim_ca=tmp_path, tsm_root=tmp_path / "no-tsm")
+    monkeypatch.setattr(ratls.identity, "in_tdx_guest", lambda: False)
+    with pytest.raises(ratls.ProviderError, match="no TDX guest"):
+        ratls.Identity.create("auto")
