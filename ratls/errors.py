@@ -46,6 +46,9 @@ class Reason(enum.IntEnum):
     TCB_STATUS = 48
     COLLATERAL = 49
     POLICY = 50
+    TEE_TYPE = 51  # the policy does not accept this TEE (SGX evidence for a TDX-only policy, or the reverse)
+    MRTD = 52
+    RTMR = 53
     PROVIDER = 60
     HANDSHAKE = 70
     TIMEOUT = 71

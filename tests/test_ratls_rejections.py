@@ -9,6 +9,7 @@ import time
 
 import pytest
 from certtools import DICE_OID, LEGACY_OID, extension_value, flip_bit, rebuild, with_quote_bytes
+from conftest import REPO
 
 import ratls
 
@@ -154,11 +155,16 @@ def test_garbage_der(sim_policy):
 
 
 def test_tdx_quote_given_to_sgx_verifier(identity, sim_policy):
-    quote = ratls.inspect_certificate(identity.certificate_der).quote
-    tdx = struct.pack("<HHI", 4, 2, 0x81) + quote[8:]
+    """A real TDX quote verifies (Intel's root is in every policy) but an SGX policy refuses its TEE; an SGX quote's
+    bytes behind a TDX header do not parse as a TD report."""
+    tdx = (REPO / "tests" / "data" / "tdx" / "quote_v5_sample.dat").read_bytes()
     with pytest.raises(ratls.VerificationError) as e:
-        ratls.verify_quote(tdx, sim_policy)
-    assert e.value.reason == R.QUOTE_UNSUPPORTED_VERSION and "TDX" in e.value.message
+        ratls.verify_quote(tdx, sim_policy, now=1770080400)
+    assert e.value.reason == R.TEE_TYPE and "from TDX" in e.value.message
+    quote = ratls.inspect_certificate(identity.certificate_der).quote
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_quote(struct.pack("<HHI", 4, 2, 0x81) + quote[8:], sim_policy)
+    assert e.value.reason == R.QUOTE_MALFORMED
 
 
 def test_critical_quote_extension(identity, sim_policy):

@@ -26,7 +26,7 @@ def build():
         pytest.fail("valgrind is not installed (Debian: apt-get install valgrind)")
     subprocess.run(["cmake", "-S", str(REPO), "-B", str(BUILD), "-DRATLS_SANITIZE=OFF", "-DRATLS_BUILD_PYTHON=OFF",
                     f"-DRATLS_TESTDATA={TESTDATA}"], check=True, capture_output=True, timeout=300)
-    targets = [f"test_{t}" for t in ("bytes", "cbor", "quote", "cert", "attest")] + \
+    targets = [f"test_{t}" for t in ("bytes", "cbor", "quote", "cert", "attest", "tdx")] + \
               [f"replay_{t}" for t in ("quote", "cert", "attest")] + ["ratls_sim"]
     built = subprocess.run(["cmake", "--build", str(BUILD), "-j", "2", "--target", *targets], capture_output=True,
                            text=True, timeout=900)
@@ -50,7 +50,7 @@ def memcheck(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     return out
 
 
-@pytest.mark.parametrize("name", ["bytes", "cbor", "quote", "cert"])
+@pytest.mark.parametrize("name", ["bytes", "cbor", "quote", "cert", "tdx"])
 def test_c_tests_under_memcheck(build, name):
     out = memcheck([str(build / f"test_{name}")], _env(build))
     assert out.returncode == 0 and re.search(r"\d+ passed, 0 failed", out.stdout), out.stdout[-3000:]

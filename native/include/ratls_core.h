@@ -56,6 +56,10 @@ extern "C" {
 #define RATLS_ERR_TCB_STATUS 48
 #define RATLS_ERR_COLLATERAL 49
 #define RATLS_ERR_POLICY 50
+/* TDX (issue 21): the policy does not accept this TEE (an SGX-only policy and TDX evidence, or the reverse). */
+#define RATLS_ERR_TEE_TYPE 51
+#define RATLS_ERR_MRTD 52
+#define RATLS_ERR_RTMR 53
 #define RATLS_ERR_PROVIDER 60
 #define RATLS_ERR_HANDSHAKE 70
 #define RATLS_ERR_TIMEOUT 71
@@ -77,6 +81,18 @@ extern "C" {
 #define RATLS_ROOT_NONE 0
 #define RATLS_ROOT_TRUSTED 1
 #define RATLS_ROOT_SIMULATED 2
+
+/* Which TEE a quote comes from; a policy holds a mask of them. */
+#define RATLS_TEE_SGX 1
+#define RATLS_TEE_TDX 2
+
+/* Quote body types: v3 and v4 imply theirs, v5 names it (Intel TDX DCAP Quote Generation Library spec, quote v5). */
+#define RATLS_BODY_SGX_REPORT 1
+#define RATLS_BODY_TD_REPORT_10 2
+#define RATLS_BODY_TD_REPORT_15 3
+
+/* TDATTRIBUTES bit 0: the TD is debuggable (its memory and state are readable by the host). */
+#define RATLS_TD_ATTRIBUTES_DEBUG 1
 
 /* Where the quote in a certificate came from. */
 #define RATLS_FORMAT_BARE_QUOTE 0
@@ -125,7 +141,27 @@ typedef struct {
     uint8_t report_data[64];
 } ratls_report_body;
 
-/* An SGX ECDSA quote v3, parsed (all spans are offsets into the raw quote). */
+/* A decoded TD report body: TD report 1.0 (584 bytes) or 1.5 (648 bytes: 1.0 + TEE_TCB_SVN2 + MRSERVICETD). */
+typedef struct {
+    uint8_t tee_tcb_svn[16];
+    uint8_t mrseam[48];
+    uint8_t mrsignerseam[48];
+    uint64_t seam_attributes;
+    uint64_t td_attributes;
+    uint64_t xfam;
+    uint8_t mrtd[48];
+    uint8_t mrconfigid[48];
+    uint8_t mrowner[48];
+    uint8_t mrownerconfig[48];
+    uint8_t rtmr[4][48];
+    uint8_t report_data[64];
+    uint8_t tee_tcb_svn2[16];   /* TD report 1.5 only, else zero */
+    uint8_t mrservicetd[48];    /* TD report 1.5 only, else zero */
+} ratls_td_report;
+
+/* An ECDSA quote, parsed (all spans are offsets into the raw quote): SGX v3, or TDX v4 (TD report 1.0) or v5 (body
+ * type 2 = TD report 1.0, 3 = TD report 1.5). A TDX quote keeps its QE report, QE signature, QE auth data and PCK
+ * chain inside certification data of type 6 (QE report certification data); the spans point at them there. */
 typedef struct {
     uint16_t version;
     uint16_t att_key_type;
@@ -134,15 +170,18 @@ typedef struct {
     uint16_t pce_svn;
     uint8_t qe_vendor_id[16];
     uint8_t user_data[20];
-    ratls_report_body body;
+    int tee;                    /* RATLS_TEE_SGX (body) or RATLS_TEE_TDX (td) */
+    uint16_t body_type;         /* RATLS_BODY_*: as given in a v5 quote, implied by v3 and v4 */
+    ratls_report_body body;     /* SGX only, else zero */
+    ratls_td_report td;         /* TDX only, else zero */
     ratls_report_body qe_report;
-    ratls_span signed_region;   /* header || body: what the attestation key signs */
+    ratls_span signed_region;   /* header (|| v5 body type and size) || body: what the attestation key signs */
     ratls_span isv_signature;   /* 64 B raw r||s */
     ratls_span attestation_key; /* 64 B raw X||Y */
     ratls_span qe_report_raw;   /* 384 B: what the PCK key signs */
     ratls_span qe_report_signature;
     ratls_span qe_auth_data;
-    uint16_t cert_data_type;
+    uint16_t cert_data_type;    /* of the data holding the PCK chain (inside type 6 for TDX) */
     ratls_span cert_data;
     size_t total_len;           /* bytes the quote occupies; trailing bytes beyond it are rejected */
 } ratls_quote;
@@ -168,6 +207,14 @@ typedef struct {
     int64_t not_after;
     char advisory_ids[RATLS_ADVISORIES_SIZE]; /* Intel advisory ids from the collateral, comma-separated, NUL-
                                                * terminated; empty without collateral */
+    int tee;                    /* RATLS_TEE_SGX or RATLS_TEE_TDX; the SGX fields above are zero for TDX */
+    uint8_t mrtd[48];           /* TDX only (zero for SGX), from the TD report */
+    uint8_t rtmr[4][48];
+    uint8_t mrseam[48];
+    uint8_t mrsignerseam[48];
+    uint64_t td_attributes;
+    uint64_t xfam;
+    uint8_t tee_tcb_svn[16];
 } ratls_evidence;
 
 /* Where the quote sits inside an RA-TLS certificate (spans into the certificate DER). */
@@ -197,6 +244,7 @@ const char *ratls_tcb_status_name(int status);
 const char *ratls_intel_root_ca_pem(void);
 
 /* --- quotes (quote.c) --- */
+/* Parses an SGX v3 or TDX v4/v5 quote (bounds-checked; trailing bytes rejected). */
 int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *msg, size_t msg_len);
 /* Checks the whole signature chain of a parsed quote: PCK chain to the policy's trusted or simulation root
  * (at time `now`), QE report signature, QE report_data binding of the attestation key, ISV signature.
@@ -228,6 +276,11 @@ void ratls_policy_set_min_isv_svn(ratls_policy *p, int32_t min_isv_svn);     /* 
 void ratls_policy_set_allow_debug(ratls_policy *p, int allow);
 void ratls_policy_set_allow_simulated(ratls_policy *p, int allow);
 void ratls_policy_set_allowed_tcb_mask(ratls_policy *p, uint32_t mask);
+/* Which TEEs' evidence the policy accepts: a mask of RATLS_TEE_* (a new policy: RATLS_TEE_SGX only). */
+void ratls_policy_set_allowed_tees(ratls_policy *p, uint32_t mask);
+int ratls_policy_add_mrtd(ratls_policy *p, const uint8_t *mrtd48);
+/* An allowed value of RTMR[index] (0..3); no value for an index means any. */
+int ratls_policy_add_rtmr(ratls_policy *p, unsigned index, const uint8_t *rtmr48);
 int ratls_policy_set_trusted_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
 int ratls_policy_set_sim_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
 

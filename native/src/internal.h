@@ -17,6 +17,13 @@
 #define SGX_QUOTE_VERSION_3 3
 #define SGX_ATT_KEY_TYPE_ECDSA_P256 2
 #define SGX_CERT_DATA_PCK_CHAIN 5
+/* TDX quotes (Intel TDX DCAP Quote Generation Library spec; layouts also in dcap-qvl src/quote.rs). */
+#define TDX_QUOTE_VERSION_4 4
+#define TDX_QUOTE_VERSION_5 5
+#define TDX_TEE_TYPE 0x81
+#define TD_REPORT_10_SIZE 584
+#define TD_REPORT_15_SIZE 648
+#define CERT_DATA_QE_REPORT 6 /* QE report certification data: QE report, its signature, auth data, PCK chain */
 
 extern const uint8_t ratls_intel_qe_vendor_id[16];
 
@@ -31,11 +38,20 @@ typedef struct {
     EVP_PKEY *attestation_key;
 } ratls_pck_cache_entry;
 
+/* A set of allowed measurements of one size (32: MRENCLAVE, MRSIGNER; 48: MRTD, RTMR); empty = any. */
+#define RATLS_DIGEST_MAX 48
+typedef struct {
+    uint8_t *values; /* n * size bytes */
+    size_t n;
+    size_t size;
+} ratls_digest_set;
+
 struct ratls_policy {
-    uint8_t (*mrenclaves)[32];
-    size_t n_mrenclaves;
-    uint8_t (*mrsigners)[32];
-    size_t n_mrsigners;
+    ratls_digest_set mrenclaves;
+    ratls_digest_set mrsigners;
+    uint32_t tee_mask; /* RATLS_TEE_* accepted */
+    ratls_digest_set mrtds;
+    ratls_digest_set rtmrs[4];
     int32_t isv_prod_id; /* -1 = any */
     int32_t min_isv_svn; /* -1 = any */
     int allow_debug;
@@ -75,6 +91,11 @@ int ratls_p256_to_raw(EVP_PKEY *key, uint8_t xy[64]);
 /* The 384-byte report body layout, in one place (quote.c). */
 int ratls_report_body_decode(cbs *s, ratls_report_body *out);
 int ratls_report_body_encode(cbb *b, const ratls_report_body *body);
+/* The TD report layouts, in one place (quote.c): `size` is TD_REPORT_10_SIZE or TD_REPORT_15_SIZE. */
+int ratls_td_report_decode(cbs *s, size_t size, ratls_td_report *out);
+int ratls_td_report_encode(cbb *b, size_t size, const ratls_td_report *td);
+/* The quote's 64-byte report_data (the ISV enclave's or the TD's). */
+const uint8_t *ratls_quote_report_data(const ratls_quote *q);
 
 /* RA-TLS certificate building (cert.c), Gramine's format: subject CN=RATLS-<16 hex of SHA-256(SPKI)>,
  * O=GramineDevelopers, C=US; serial 1; basicConstraints, SKI, AKI, then the legacy quote extension (if

@@ -23,6 +23,10 @@ ratls_policy *ratls_policy_new(void) {
     if (!p) return NULL;
     p->isv_prod_id = -1;
     p->min_isv_svn = -1;
+    p->mrenclaves.size = p->mrsigners.size = 32;
+    p->mrtds.size = 48;
+    for (int i = 0; i < 4; i++) p->rtmrs[i].size = 48;
+    p->tee_mask = RATLS_TEE_SGX;
     p->tcb_mask = 1u << RATLS_TCB_UP_TO_DATE;
     pthread_mutex_init(&p->cache_lock, NULL);
     BIO *bio = BIO_new_mem_buf(ratls_intel_root_ca_pem(), -1);
@@ -48,8 +52,10 @@ void ratls_policy_clear_cache(ratls_policy *p) {
 
 void ratls_policy_free(ratls_policy *p) {
     if (!p) return;
-    free(p->mrenclaves);
-    free(p->mrsigners);
+    free(p->mrenclaves.values);
+    free(p->mrsigners.values);
+    free(p->mrtds.values);
+    for (int i = 0; i < 4; i++) free(p->rtmrs[i].values);
     X509_STORE_free(p->trusted_store);
     X509_STORE_free(p->sim_store);
     ratls_policy_clear_cache(p);
@@ -57,24 +63,36 @@ void ratls_policy_free(ratls_policy *p) {
     free(p);
 }
 
-static int add_measurement(uint8_t (**list)[32], size_t *n, const uint8_t *value) {
-    uint8_t(*grown)[32] = realloc(*list, (*n + 1) * sizeof(**list));
+static int add_measurement(ratls_digest_set *set, const uint8_t *value) {
+    uint8_t *grown = realloc(set->values, (set->n + 1) * set->size);
     if (!grown) return RATLS_ERR_INTERNAL;
-    memcpy(grown[*n], value, 32);
-    *list = grown;
-    (*n)++;
+    memcpy(grown + set->n * set->size, value, set->size);
+    set->values = grown;
+    set->n++;
     return RATLS_OK;
 }
 
 int ratls_policy_add_mrenclave(ratls_policy *p, const uint8_t *mrenclave32) {
     if (!p || !mrenclave32) return RATLS_ERR_BAD_ARGUMENT;
-    return add_measurement(&p->mrenclaves, &p->n_mrenclaves, mrenclave32);
+    return add_measurement(&p->mrenclaves, mrenclave32);
 }
 
 int ratls_policy_add_mrsigner(ratls_policy *p, const uint8_t *mrsigner32) {
     if (!p || !mrsigner32) return RATLS_ERR_BAD_ARGUMENT;
-    return add_measurement(&p->mrsigners, &p->n_mrsigners, mrsigner32);
+    return add_measurement(&p->mrsigners, mrsigner32);
 }
+
+int ratls_policy_add_mrtd(ratls_policy *p, const uint8_t *mrtd48) {
+    if (!p || !mrtd48) return RATLS_ERR_BAD_ARGUMENT;
+    return add_measurement(&p->mrtds, mrtd48);
+}
+
+int ratls_policy_add_rtmr(ratls_policy *p, unsigned index, const uint8_t *rtmr48) {
+    if (!p || !rtmr48 || index > 3) return RATLS_ERR_BAD_ARGUMENT;
+    return add_measurement(&p->rtmrs[index], rtmr48);
+}
+
+void ratls_policy_set_allowed_tees(ratls_policy *p, uint32_t mask) { p->tee_mask = mask; }
 
 void ratls_policy_set_isv_prod_id(ratls_policy *p, int32_t isv_prod_id) { p->isv_prod_id = isv_prod_id; }
 void ratls_policy_set_min_isv_svn(ratls_policy *p, int32_t min_isv_svn) { p->min_isv_svn = min_isv_svn; }

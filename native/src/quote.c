@@ -1,6 +1,8 @@
-/* SGX ECDSA quote v3: the 384-byte report body layout (the only place it lives), the bounds-checked quote
- * parser, and the signature chain check (PCK chain -> QE report signature -> QE report_data binding of the
- * attestation key -> ISV signature), in the order of dcap-qvl's verify_impl (ratls-reference.md §5). */
+/* ECDSA quotes: SGX v3 and TDX v4/v5. The 384-byte report body and the TD report layouts (the only place they
+ * live), the bounds-checked quote parser, and the signature chain check (PCK chain -> QE report signature -> QE
+ * report_data binding of the attestation key -> ISV or TD quote signature), in the order of dcap-qvl's verify_impl
+ * (ratls-reference.md §5). TDX layouts: Intel TDX DCAP Quote Generation Library spec (quote v4 and v5, TD report
+ * 1.0 and 1.5, certification data type 6), as dcap-qvl src/quote.rs reads them. */
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -8,8 +10,6 @@
 
 #include "internal.h"
 
-#define SGX_QUOTE_VERSION_4 4
-#define TEE_TYPE_TDX 0x81
 #define SIM_ROOT_CN_PREFIX "RATLS Simulated"
 
 int ratls_report_body_decode(cbs *s, ratls_report_body *out) {
@@ -58,6 +58,57 @@ int ratls_report_body_encode(cbb *b, const ratls_report_body *body) {
     return cbb_add(b, body->report_data, 64); /* a failed cbb makes every later add fail too */
 }
 
+int ratls_td_report_decode(cbs *s, size_t size, ratls_td_report *out) {
+    ratls_td_report t;
+    cbs body;
+    memset(&t, 0, sizeof t);
+    if ((size != TD_REPORT_10_SIZE && size != TD_REPORT_15_SIZE) || !cbs_get_bytes(s, &body, size)) return 0;
+    /* Cannot fail: body is exactly `size` bytes and the reads below add up to it. */
+    cbs_copy(&body, t.tee_tcb_svn, 16);
+    cbs_copy(&body, t.mrseam, 48);
+    cbs_copy(&body, t.mrsignerseam, 48);
+    cbs_get_u64le(&body, &t.seam_attributes);
+    cbs_get_u64le(&body, &t.td_attributes);
+    cbs_get_u64le(&body, &t.xfam);
+    cbs_copy(&body, t.mrtd, 48);
+    cbs_copy(&body, t.mrconfigid, 48);
+    cbs_copy(&body, t.mrowner, 48);
+    cbs_copy(&body, t.mrownerconfig, 48);
+    for (int i = 0; i < 4; i++) cbs_copy(&body, t.rtmr[i], 48);
+    cbs_copy(&body, t.report_data, 64);
+    if (size == TD_REPORT_15_SIZE) {
+        cbs_copy(&body, t.tee_tcb_svn2, 16);
+        cbs_copy(&body, t.mrservicetd, 48);
+    }
+    *out = t;
+    return 1;
+}
+
+int ratls_td_report_encode(cbb *b, size_t size, const ratls_td_report *td) {
+    if (size != TD_REPORT_10_SIZE && size != TD_REPORT_15_SIZE) return 0;
+    cbb_add(b, td->tee_tcb_svn, 16);
+    cbb_add(b, td->mrseam, 48);
+    cbb_add(b, td->mrsignerseam, 48);
+    cbb_add_u64le(b, td->seam_attributes);
+    cbb_add_u64le(b, td->td_attributes);
+    cbb_add_u64le(b, td->xfam);
+    cbb_add(b, td->mrtd, 48);
+    cbb_add(b, td->mrconfigid, 48);
+    cbb_add(b, td->mrowner, 48);
+    cbb_add(b, td->mrownerconfig, 48);
+    for (int i = 0; i < 4; i++) cbb_add(b, td->rtmr[i], 48);
+    cbb_add(b, td->report_data, 64);
+    if (size == TD_REPORT_15_SIZE) {
+        cbb_add(b, td->tee_tcb_svn2, 16);
+        cbb_add(b, td->mrservicetd, 48);
+    }
+    return !b->failed; /* a failed cbb makes every later add fail too */
+}
+
+const uint8_t *ratls_quote_report_data(const ratls_quote *q) {
+    return q->tee == RATLS_TEE_TDX ? q->td.report_data : q->body.report_data;
+}
+
 /* Splits the next n bytes off `s` as a span of `raw`. */
 static int get_span(cbs *s, const uint8_t *raw, size_t n, ratls_span *out) {
     cbs part;
@@ -70,6 +121,60 @@ static int get_span(cbs *s, const uint8_t *raw, size_t n, ratls_span *out) {
 #define TRUNCATED(field, need, have)                                                                       \
     ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED, "quote truncated in %s: needs %zu bytes, %zu remain", \
                field, (size_t)(need), (size_t)(have))
+
+/* The quote body after the header: an SGX report body (v3), a TD report 1.0 (v4), or what a v5 quote's body type
+ * and size say. */
+static int parse_body(cbs *s, ratls_quote *q, char *msg, size_t msg_len) {
+    if (q->version == SGX_QUOTE_VERSION_3) {
+        q->tee = RATLS_TEE_SGX;
+        q->body_type = RATLS_BODY_SGX_REPORT;
+        if (!ratls_report_body_decode(s, &q->body)) return TRUNCATED("ISV report body", SGX_REPORT_BODY_SIZE, cbs_len(s));
+        return RATLS_OK;
+    }
+    if (q->tee_type != TDX_TEE_TYPE)
+        return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_VERSION,
+                          "quote version %u with tee_type 0x%x: only TDX (tee_type 0x81) quotes of version 4 or 5 "
+                          "are supported",
+                          q->version, q->tee_type);
+    q->tee = RATLS_TEE_TDX;
+    size_t size = TD_REPORT_10_SIZE;
+    q->body_type = RATLS_BODY_TD_REPORT_10;
+    if (q->version == TDX_QUOTE_VERSION_5) {
+        uint32_t body_size;
+        if (!cbs_get_u16le(s, &q->body_type)) return TRUNCATED("body type", 2, cbs_len(s));
+        if (!cbs_get_u32le(s, &body_size)) return TRUNCATED("body size", 4, cbs_len(s));
+        if (q->body_type != RATLS_BODY_TD_REPORT_10 && q->body_type != RATLS_BODY_TD_REPORT_15)
+            return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_VERSION,
+                              "TDX quote v5 body type: expected 2 (TD report 1.0) or 3 (TD report 1.5), found %u",
+                              q->body_type);
+        size = q->body_type == RATLS_BODY_TD_REPORT_15 ? TD_REPORT_15_SIZE : TD_REPORT_10_SIZE;
+        if (body_size != size)
+            return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
+                              "TDX quote v5 body size: body type %u is %zu bytes, the quote says %u", q->body_type,
+                              size, body_size);
+    }
+    if (!ratls_td_report_decode(s, size, &q->td)) return TRUNCATED("TD report", size, cbs_len(s));
+    return RATLS_OK;
+}
+
+/* From the QE report to the end of the certification data: directly in an SGX v3 quote's signature data, inside
+ * the type-6 certification data of a TDX quote. */
+static int parse_qe_part(cbs *sig, const uint8_t *raw, ratls_quote *q, char *msg, size_t msg_len) {
+    cbs qe_report = *sig;
+    if (!ratls_report_body_decode(sig, &q->qe_report))
+        return TRUNCATED("QE report", SGX_REPORT_BODY_SIZE, cbs_len(sig));
+    q->qe_report_raw.off = cbs_offset(&qe_report, raw);
+    q->qe_report_raw.len = SGX_REPORT_BODY_SIZE;
+    if (!get_span(sig, raw, 64, &q->qe_report_signature)) return TRUNCATED("QE report signature", 64, cbs_len(sig));
+    uint16_t auth_len;
+    if (!cbs_get_u16le(sig, &auth_len)) return TRUNCATED("qe_auth_data size", 2, cbs_len(sig));
+    if (!get_span(sig, raw, auth_len, &q->qe_auth_data)) return TRUNCATED("qe_auth_data", auth_len, cbs_len(sig));
+    if (!cbs_get_u16le(sig, &q->cert_data_type)) return TRUNCATED("certification data type", 2, cbs_len(sig));
+    uint32_t cert_len;
+    if (!cbs_get_u32le(sig, &cert_len)) return TRUNCATED("certification data size", 4, cbs_len(sig));
+    if (!get_span(sig, raw, cert_len, &q->cert_data)) return TRUNCATED("certification data", cert_len, cbs_len(sig));
+    return RATLS_OK;
+}
 
 int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *msg, size_t msg_len) {
     if (!raw || !out) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "quote or output is NULL");
@@ -88,12 +193,10 @@ int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *ms
     cbs_get_u16le(&s, &q.pce_svn);
     cbs_copy(&s, q.qe_vendor_id, 16);
     cbs_copy(&s, q.user_data, 20);
-    if (q.version == SGX_QUOTE_VERSION_4 && q.tee_type == TEE_TYPE_TDX)
+    if (q.version != SGX_QUOTE_VERSION_3 && q.version != TDX_QUOTE_VERSION_4 && q.version != TDX_QUOTE_VERSION_5)
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_VERSION,
-                          "quote version 4 with tee_type 0x81 is a TDX quote; only SGX quote version 3 is supported");
-    if (q.version != SGX_QUOTE_VERSION_3)
-        return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_VERSION,
-                          "quote version: expected 3 (SGX ECDSA), found %u (tee_type 0x%x)", q.version, q.tee_type);
+                          "quote version: expected 3 (SGX ECDSA), 4 or 5 (TDX), found %u (tee_type 0x%x)", q.version,
+                          q.tee_type);
     if (q.att_key_type != SGX_ATT_KEY_TYPE_ECDSA_P256)
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_KEY_TYPE,
                           "attestation key type: expected 2 (ECDSA-256-with-P-256), found %u", q.att_key_type);
@@ -104,7 +207,8 @@ int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *ms
                           "QE vendor id: expected Intel's 939a7233f79c4ca9940a0db3957f0607, found %s", hex);
     }
 
-    if (!ratls_report_body_decode(&s, &q.body)) return TRUNCATED("ISV report body", SGX_REPORT_BODY_SIZE, cbs_len(&s));
+    int rc = parse_body(&s, &q, msg, msg_len);
+    if (rc != RATLS_OK) return rc;
     q.signed_region.off = 0;
     q.signed_region.len = cbs_offset(&s, raw);
 
@@ -121,21 +225,31 @@ int ratls_quote_parse(const uint8_t *raw, size_t len, ratls_quote *out, char *ms
     cbs sig;
     cbs_get_bytes(&s, &sig, sig_len);
 
-    if (!get_span(&sig, raw, 64, &q.isv_signature)) return TRUNCATED("ISV report signature", 64, cbs_len(&sig));
+    if (!get_span(&sig, raw, 64, &q.isv_signature))
+        return TRUNCATED(q.tee == RATLS_TEE_TDX ? "TD quote signature" : "ISV report signature", 64, cbs_len(&sig));
     if (!get_span(&sig, raw, 64, &q.attestation_key)) return TRUNCATED("attestation key", 64, cbs_len(&sig));
-    cbs qe_report = sig;
-    if (!ratls_report_body_decode(&sig, &q.qe_report))
-        return TRUNCATED("QE report", SGX_REPORT_BODY_SIZE, cbs_len(&sig));
-    q.qe_report_raw.off = cbs_offset(&qe_report, raw);
-    q.qe_report_raw.len = SGX_REPORT_BODY_SIZE;
-    if (!get_span(&sig, raw, 64, &q.qe_report_signature)) return TRUNCATED("QE report signature", 64, cbs_len(&sig));
-    uint16_t auth_len;
-    if (!cbs_get_u16le(&sig, &auth_len)) return TRUNCATED("qe_auth_data size", 2, cbs_len(&sig));
-    if (!get_span(&sig, raw, auth_len, &q.qe_auth_data)) return TRUNCATED("qe_auth_data", auth_len, cbs_len(&sig));
-    if (!cbs_get_u16le(&sig, &q.cert_data_type)) return TRUNCATED("certification data type", 2, cbs_len(&sig));
-    uint32_t cert_len;
-    if (!cbs_get_u32le(&sig, &cert_len)) return TRUNCATED("certification data size", 4, cbs_len(&sig));
-    if (!get_span(&sig, raw, cert_len, &q.cert_data)) return TRUNCATED("certification data", cert_len, cbs_len(&sig));
+    if (q.tee == RATLS_TEE_SGX) {
+        rc = parse_qe_part(&sig, raw, &q, msg, msg_len);
+    } else {
+        /* TDX: certification data type 6 holding the QE report, its signature, the auth data and the PCK chain. */
+        uint16_t outer_type;
+        uint32_t outer_len;
+        cbs outer;
+        if (!cbs_get_u16le(&sig, &outer_type)) return TRUNCATED("certification data type", 2, cbs_len(&sig));
+        if (outer_type != CERT_DATA_QE_REPORT)
+            return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA,
+                              "TDX certification data type: expected 6 (QE report certification data), found %u",
+                              outer_type);
+        if (!cbs_get_u32le(&sig, &outer_len)) return TRUNCATED("certification data size", 4, cbs_len(&sig));
+        if (!cbs_get_bytes(&sig, &outer, outer_len))
+            return TRUNCATED("QE report certification data", outer_len, cbs_len(&sig));
+        rc = parse_qe_part(&outer, raw, &q, msg, msg_len);
+        if (rc == RATLS_OK && cbs_len(&outer) != 0)
+            return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
+                              "%zu bytes left in the QE report certification data after the PCK certification data",
+                              cbs_len(&outer));
+    }
+    if (rc != RATLS_OK) return rc;
     if (cbs_len(&sig) != 0)
         return ratls_fail(msg, msg_len, RATLS_ERR_QUOTE_MALFORMED,
                           "%zu bytes left in the signature data after the certification data", cbs_len(&sig));
@@ -448,7 +562,8 @@ int ratls_quote_verify_signatures(const ratls_policy *policy, const uint8_t *raw
     EVP_PKEY_free(att_key);
     if (ok != 1)
         return ratls_fail(msg, msg_len, ok < 0 ? RATLS_ERR_INTERNAL : RATLS_ERR_QUOTE_SIGNATURE,
-                          "ISV report signature does not verify under the attestation key");
+                          "%s signature does not verify under the attestation key",
+                          q->tee == RATLS_TEE_TDX ? "TD quote" : "ISV report");
     *root = chain_root;
     return RATLS_OK;
 }

@@ -6,6 +6,21 @@
 #include "internal.h"
 
 static void fill_from_quote(ratls_evidence *ev, const ratls_quote *q) {
+    ev->tee = q->tee;
+    ev->qe_svn = q->qe_svn;
+    ev->pce_svn = q->pce_svn;
+    memcpy(ev->report_data, ratls_quote_report_data(q), 64);
+    if (q->tee == RATLS_TEE_TDX) {
+        const ratls_td_report *td = &q->td;
+        memcpy(ev->mrtd, td->mrtd, 48);
+        memcpy(ev->rtmr, td->rtmr, sizeof ev->rtmr);
+        memcpy(ev->mrseam, td->mrseam, 48);
+        memcpy(ev->mrsignerseam, td->mrsignerseam, 48);
+        ev->td_attributes = td->td_attributes;
+        ev->xfam = td->xfam;
+        memcpy(ev->tee_tcb_svn, td->tee_tcb_svn, 16);
+        return;
+    }
     memcpy(ev->mrenclave, q->body.mrenclave, 32);
     memcpy(ev->mrsigner, q->body.mrsigner, 32);
     ev->isv_prod_id = q->body.isv_prod_id;
@@ -13,25 +28,23 @@ static void fill_from_quote(ratls_evidence *ev, const ratls_quote *q) {
     ev->flags = q->body.flags;
     ev->xfrm = q->body.xfrm;
     memcpy(ev->cpu_svn, q->body.cpu_svn, 16);
-    memcpy(ev->report_data, q->body.report_data, 64);
-    ev->qe_svn = q->qe_svn;
-    ev->pce_svn = q->pce_svn;
 }
 
-static int in_set(const uint8_t (*set)[32], size_t n, const uint8_t *value) {
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(set[i], value, 32) == 0) return 1;
-    return 0;
-}
-
-static int measurement_mismatch(char *msg, size_t msg_len, int code, const char *field, const uint8_t (*set)[32],
-                                size_t n, const uint8_t *found) {
-    char want[65], got[65];
-    ratls_hex(set[0], 32, want);
-    ratls_hex(found, 32, got);
+/* A measurement against a policy set of them (RATLS_OK when the set is empty: any value): RATLS_OK, or `code` with a
+ * message giving the value found and the first allowed one. */
+static int check_measurement(const ratls_digest_set *set, const uint8_t *found, int code, const char *field,
+                             char *msg, size_t msg_len) {
+    if (set->n == 0) return RATLS_OK;
+    for (size_t i = 0; i < set->n; i++)
+        if (memcmp(set->values + i * set->size, found, set->size) == 0) return RATLS_OK;
+    char want[2 * RATLS_DIGEST_MAX + 1], got[2 * RATLS_DIGEST_MAX + 1];
+    ratls_hex(set->values, set->size, want);
+    ratls_hex(found, set->size, got);
     return ratls_fail(msg, msg_len, code, "%s %s is not allowed by the policy (expected %s%s)", field, got, want,
-                      n > 1 ? " or one of the other allowed values" : "");
+                      set->n > 1 ? " or one of the other allowed values" : "");
 }
+
+static const char *tee_name(int tee) { return tee == RATLS_TEE_TDX ? "TDX" : "SGX"; }
 
 /* The policy's TCB rule, the last check of a verification; also applied by the attestation handshake to the
  * status its collateral evaluator reports (attest.c). */
@@ -47,9 +60,35 @@ int ratls_policy_check_tcb(const ratls_policy *p, int tcb_status, char *msg, siz
     return RATLS_OK;
 }
 
-/* Enclave attributes and the enclave policy, in Gramine's order (quote.c: attributes, then measurements). */
+/* The TD policy: debug attribute, MRTD, RTMR0..3. */
+static int check_td_policy(const ratls_policy *p, const ratls_td_report *td, char *msg, size_t msg_len) {
+    if ((td->td_attributes & RATLS_TD_ATTRIBUTES_DEBUG) && !p->allow_debug)
+        return ratls_fail(msg, msg_len, RATLS_ERR_DEBUG_ENCLAVE,
+                          "peer is a DEBUG TD (TDATTRIBUTES 0x%016llx); its memory is readable by the host and the "
+                          "policy does not allow debug TDs",
+                          (unsigned long long)td->td_attributes);
+    int rc = check_measurement(&p->mrtds, td->mrtd, RATLS_ERR_MRTD, "MRTD", msg, msg_len);
+    static const char *const names[4] = {"RTMR0", "RTMR1", "RTMR2", "RTMR3"};
+    for (int i = 0; i < 4 && rc == RATLS_OK; i++)
+        rc = check_measurement(&p->rtmrs[i], td->rtmr[i], RATLS_ERR_RTMR, names[i], msg, msg_len);
+    return rc;
+}
+
+/* The policy's TEE rule, then the enclave (SGX: attributes, then measurements in Gramine's order) or TD policy,
+ * then the TCB status. */
 static int check_enclave_policy(const ratls_policy *p, const ratls_quote *q, int tcb_status, char *msg,
                                 size_t msg_len) {
+    if (!(p->tee_mask & (uint32_t)q->tee))
+        return ratls_fail(msg, msg_len, RATLS_ERR_TEE_TYPE,
+                          "evidence comes from %s, which the policy does not accept (it accepts %s)",
+                          tee_name(q->tee),
+                          (p->tee_mask & RATLS_TEE_SGX) && (p->tee_mask & RATLS_TEE_TDX) ? "SGX and TDX"
+                          : (p->tee_mask & RATLS_TEE_TDX) ? "TDX only"
+                          : (p->tee_mask & RATLS_TEE_SGX) ? "SGX only" : "no TEE");
+    if (q->tee == RATLS_TEE_TDX) {
+        int rc = check_td_policy(p, &q->td, msg, msg_len);
+        return rc == RATLS_OK ? ratls_policy_check_tcb(p, tcb_status, msg, msg_len) : rc;
+    }
     uint64_t flags = q->body.flags;
     if (!(flags & RATLS_SGX_FLAGS_INIT) || !(flags & RATLS_SGX_FLAGS_MODE64BIT))
         return ratls_fail(msg, msg_len, RATLS_ERR_ENCLAVE_ATTRIBUTES,
@@ -64,12 +103,10 @@ static int check_enclave_policy(const ratls_policy *p, const ratls_quote *q, int
                           "peer is a DEBUG enclave (attributes 0x%llx); its memory is readable by the host and the "
                           "policy does not allow debug enclaves",
                           (unsigned long long)flags);
-    if (p->n_mrenclaves && !in_set((const uint8_t(*)[32])p->mrenclaves, p->n_mrenclaves, q->body.mrenclave))
-        return measurement_mismatch(msg, msg_len, RATLS_ERR_MRENCLAVE, "MRENCLAVE",
-                                    (const uint8_t(*)[32])p->mrenclaves, p->n_mrenclaves, q->body.mrenclave);
-    if (p->n_mrsigners && !in_set((const uint8_t(*)[32])p->mrsigners, p->n_mrsigners, q->body.mrsigner))
-        return measurement_mismatch(msg, msg_len, RATLS_ERR_MRSIGNER, "MRSIGNER",
-                                    (const uint8_t(*)[32])p->mrsigners, p->n_mrsigners, q->body.mrsigner);
+    int rc = check_measurement(&p->mrenclaves, q->body.mrenclave, RATLS_ERR_MRENCLAVE, "MRENCLAVE", msg, msg_len);
+    if (rc == RATLS_OK)
+        rc = check_measurement(&p->mrsigners, q->body.mrsigner, RATLS_ERR_MRSIGNER, "MRSIGNER", msg, msg_len);
+    if (rc != RATLS_OK) return rc;
     if (p->isv_prod_id >= 0 && q->body.isv_prod_id != p->isv_prod_id)
         return ratls_fail(msg, msg_len, RATLS_ERR_ISV_PROD_ID, "ISV_PROD_ID is %u, the policy expects %d",
                           q->body.isv_prod_id, p->isv_prod_id);
@@ -130,7 +167,7 @@ int ratls_verify_cert(const ratls_policy *policy, const uint8_t *der, size_t len
     ratls_quote q;
     rc = ratls_quote_parse(raw, info.quote.len, &q, msg, msg_len);
     if (rc == RATLS_OK) rc = verify_parsed_quote(policy, raw, info.quote.len, &q, now, out, msg, msg_len);
-    if (rc == RATLS_OK) rc = ratls_cert_check_binding(der, &info, q.body.report_data, msg, msg_len);
+    if (rc == RATLS_OK) rc = ratls_cert_check_binding(der, &info, ratls_quote_report_data(&q), msg, msg_len);
     if (rc == RATLS_OK) rc = check_enclave_policy(policy, &q, tcb_status, msg, msg_len);
     return rc;
 }

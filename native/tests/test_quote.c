@@ -355,16 +355,20 @@ static void test_malformed(void) {
         CHECK(strstr(msg, cases[i].field) != NULL);
     }
 
-    /* A v4 TDX header (tee_type 0x81), with the rest of a real quote after it. */
+    /* A v4 TDX header (tee_type 0x81) with the rest of an SGX quote after it: read as a TD report, the lengths no
+     * longer add up; a v4 SGX header (tee_type 0) and unknown versions are unsupported. */
     memcpy(copy, raw, len);
     put_u16(copy, 4);
     put_u32(copy + 4, 0x81);
-    CHECK_EQ(parse_reason(copy, len, msg), RATLS_ERR_QUOTE_UNSUPPORTED_VERSION);
-    CHECK(strstr(msg, "TDX") != NULL);
-    CHECK_EQ(parse_reason(copy, SGX_QUOTE_HEADER_SIZE, msg), RATLS_ERR_QUOTE_UNSUPPORTED_VERSION);
+    CHECK_EQ(parse_reason(copy, len, msg), RATLS_ERR_QUOTE_MALFORMED);
+    CHECK_EQ(parse_reason(copy, SGX_QUOTE_HEADER_SIZE, msg), RATLS_ERR_QUOTE_MALFORMED);
+    CHECK(strstr(msg, "TD report") != NULL);
     put_u32(copy + 4, 0);
     CHECK_EQ(parse_reason(copy, len, msg), RATLS_ERR_QUOTE_UNSUPPORTED_VERSION);
-    CHECK(strstr(msg, "found 4") != NULL);
+    CHECK(strstr(msg, "version 4 with tee_type 0x0") != NULL);
+    put_u16(copy, 6);
+    CHECK_EQ(parse_reason(copy, len, msg), RATLS_ERR_QUOTE_UNSUPPORTED_VERSION);
+    CHECK(strstr(msg, "found 6") != NULL);
     memcpy(copy, raw, len);
     put_u16(copy + 2, 3); /* ECDSA P-384 */
     CHECK_EQ(parse_reason(copy, len, msg), RATLS_ERR_QUOTE_UNSUPPORTED_KEY_TYPE);
@@ -699,8 +703,10 @@ static void test_simulated_chain(void) {
 static void test_policy_object(void) {
     ratls_policy *p = ratls_policy_new();
     CHECK(p != NULL);
-    CHECK_EQ(p->n_mrenclaves, 0);
-    CHECK_EQ(p->n_mrsigners, 0);
+    CHECK_EQ(p->mrenclaves.n, 0);
+    CHECK_EQ(p->mrsigners.n, 0);
+    CHECK_EQ(p->mrtds.n, 0);
+    CHECK_EQ(p->tee_mask, RATLS_TEE_SGX);
     CHECK_EQ(p->isv_prod_id, -1);
     CHECK_EQ(p->min_isv_svn, -1);
     CHECK_EQ(p->allow_debug, 0);
@@ -715,9 +721,10 @@ static void test_policy_object(void) {
         memset(m, 200 - i, 32);
         CHECK_EQ(ratls_policy_add_mrsigner(p, m), RATLS_OK);
     }
-    CHECK_EQ(p->n_mrenclaves, 100);
-    CHECK_EQ(p->n_mrsigners, 100);
-    CHECK(p->mrenclaves[57][0] == 57 && p->mrenclaves[57][31] == 57 && p->mrsigners[99][5] == 101);
+    CHECK_EQ(p->mrenclaves.n, 100);
+    CHECK_EQ(p->mrsigners.n, 100);
+    CHECK(p->mrenclaves.values[57 * 32] == 57 && p->mrenclaves.values[57 * 32 + 31] == 57 &&
+          p->mrsigners.values[99 * 32 + 5] == 101);
     CHECK_EQ(ratls_policy_add_mrenclave(p, NULL), RATLS_ERR_BAD_ARGUMENT);
     ratls_policy_set_isv_prod_id(p, 5);
     ratls_policy_set_min_isv_svn(p, 2);
