@@ -2,9 +2,10 @@
 attestation").
 
 Intel's collateral for a platform (TCB Info, QE Identity, the PCK and root CA CRLs, and their issuer chains)
-depends only on the platform's FMSPC and on which PCK CA issued its certificate, so every source keys it by
-(FMSPC, CA) and evaluates a quote against it with dcap-qvl (Intel's QVL rules, with our root: Intel's, or the
-simulation root for sim quotes, which therefore go through the very same evaluation).
+depends only on the TEE (SGX or TDX: each has its own TCB Info and QE Identity), the platform's FMSPC and which PCK
+CA issued its certificate, so every source keys it by (TEE, FMSPC, CA) and evaluates a quote against it with
+dcap-qvl (Intel's QVL rules, with our root: Intel's, or the simulation root for sim quotes, which therefore go
+through the very same evaluation).
 
 - `FileCollateral(path)`: dcap-qvl QuoteCollateralV3 JSON files, for offline use.
 - `PCCS(url, cache_dir=...)`: a PCCS (or anything serving the PCS v4 API), with a cache.
@@ -40,18 +41,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ratls._native import ffi, lib
-from ratls.errors import CollateralValidityError, Reason, VerificationError
+from ratls.errors import CollateralValidityError, Reason, VerificationError, check_call
 from ratls.evidence import inspect_certificate, parse_quote
 from ratls.policy import TCB_STATUSES, Policy
 
 log = logging.getLogger("ratls.collateral")
 
 PCCS_API = "/sgx/certification/v4"
+"""Where the PCK CRL and the root CA CRL are, for either TEE, and SGX's TCB Info and QE Identity."""
+PCCS_TDX_API = "/tdx/certification/v4"
+"""Where TDX's TCB Info and (TD) QE Identity are."""
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 """Intel's largest collateral item (a TCB Info) is about 10 KB and its CRLs under 1 KB; 1 MiB leaves room."""
 _REVOKED = "TCB status is invalid: Revoked"
-_QE_REPORT_OFFSET = 48 + 384 + 4 + 64 + 64  # header, ISV report, signature length, ISV signature, attestation key
 _MAX_PLATFORMS = 4096
 
 
@@ -67,24 +70,27 @@ class TcbEvaluation:
 
 @dataclasses.dataclass(frozen=True)
 class CollateralKey:
-    """What a platform's collateral depends on: its FMSPC and the CA ("processor" or "platform") of its PCK."""
+    """What a platform's collateral depends on: its FMSPC, the CA ("processor" or "platform") of its PCK, and the
+    TEE ("sgx" or "tdx") whose TCB Info and QE Identity it needs."""
 
     fmspc: str
     ca: str
+    tee: str = "sgx"
 
     @classmethod
     def of_quote(cls, quote: bytes) -> CollateralKey:
         try:
             fmspc = dcap_qvl.parse_quote(quote).fmspc().upper()
-            chain = parse_quote(quote).pck_chain_pem
+            parsed = parse_quote(quote)
+            chain = parsed.pck_chain_pem
             issuer = x509.load_pem_x509_certificate(chain[0]).issuer.rfc4514_string() if chain else ""
         except (ValueError, TypeError, VerificationError) as e:
             raise VerificationError(Reason.COLLATERAL, f"cannot tell which collateral the quote needs (its PCK "
                                     f"certificate's FMSPC and CA): {e}") from None
-        return cls(fmspc=fmspc, ca=_ca_of(issuer))
+        return cls(fmspc=fmspc, ca=_ca_of(issuer), tee=parsed.tee)
 
     def __str__(self) -> str:
-        return f"FMSPC {self.fmspc} ({self.ca} CA)"
+        return f"FMSPC {self.fmspc} ({self.ca} CA)" + (", TDX" if self.tee == "tdx" else "")
 
 
 def _ca_of(issuer: str) -> str:
@@ -151,7 +157,8 @@ class _Entry:
         fmspc = tcb_info.get("fmspc")
         if not isinstance(fmspc, str):
             raise VerificationError(Reason.COLLATERAL, f"{origin}: its TCB Info names no FMSPC")
-        return CollateralKey(fmspc=fmspc.upper(), ca=ca)
+        # Intel's TCB Info v3 names its TEE ("SGX" or "TDX"); v2 (SGX only) has no id.
+        return CollateralKey(fmspc=fmspc.upper(), ca=ca, tee="tdx" if tcb_info.get("id") == "TDX" else "sgx")
 
     def valid_from(self) -> float | None:
         """The latest issue date of the TCB Info, the QE Identity and the CRLs (None if one has none): dcap-qvl
@@ -278,7 +285,9 @@ class CollateralSource(abc.ABC):
         """(platform id, collateral key, root) of a quote. Everything from the QE report on (QE report, its
         signature, QE auth data, PCK chain) is the same for every quote of one platform and quoting enclave, so
         its hash identifies what the TCB status depends on besides the collateral, and parsing is done once."""
-        platform = hashlib.sha256(quote[_QE_REPORT_OFFSET:]).digest()
+        parsed = ffi.new("ratls_quote *")
+        check_call(lib.ratls_quote_parse, quote, len(quote), parsed)
+        platform = hashlib.sha256(quote[parsed.qe_report_raw.off:]).digest()
         with self._lock:
             known = self._platforms.get(platform)
         if known is None:
@@ -417,7 +426,7 @@ class PCCS(CollateralSource):
     # -- disk cache: signed data, so a file is only a hint; it is evaluated like fresh collateral before use.
     def _cache_file(self, key: CollateralKey) -> Path:
         assert self.cache_dir is not None
-        return self.cache_dir / f"{key.fmspc}-{key.ca}.json"
+        return self.cache_dir / f"{key.fmspc}-{key.ca}{'-tdx' if key.tee == 'tdx' else ''}.json"
 
     def _load_disk_cache(self) -> None:
         assert self.cache_dir is not None
@@ -444,8 +453,8 @@ class PCCS(CollateralSource):
             tmp.unlink(missing_ok=True)
 
     # -- fetching
-    def _get(self, what: str, path: str, deadline: float) -> tuple[bytes, http.client.HTTPMessage]:
-        url = f"{self.url}{PCCS_API}/{path}"
+    def _get(self, what: str, path: str, deadline: float, api: str = PCCS_API) -> tuple[bytes, http.client.HTTPMessage]:
+        url = f"{self.url}{api}/{path}"
         left = deadline - time.monotonic()
         if left <= 0:
             raise VerificationError(Reason.COLLATERAL, f"PCCS {self.url}: timed out after {self.timeout:g} s "
@@ -514,8 +523,9 @@ class PCCS(CollateralSource):
         self.fetches += 1
         deadline = time.monotonic() + self.timeout
         crl, crl_headers = self._get("PCK CRL", f"pckcrl?ca={key.ca}&encoding=der", deadline)
-        tcb, tcb_headers = self._get("TCB Info", f"tcb?fmspc={key.fmspc}", deadline)
-        qe, qe_headers = self._get("QE Identity", "qe/identity?update=standard", deadline)
+        api = PCCS_TDX_API if key.tee == "tdx" else PCCS_API
+        tcb, tcb_headers = self._get("TCB Info", f"tcb?fmspc={key.fmspc}", deadline, api)
+        qe, qe_headers = self._get("QE Identity", "qe/identity?update=standard", deadline, api)
         root_crl, _ = self._get("root CA CRL", "rootcacrl", deadline)
         tcb_info, tcb_sig = self._signed_json(tcb, "tcbInfo", "TCB Info")
         qe_identity, qe_sig = self._signed_json(qe, "enclaveIdentity", "QE Identity")

@@ -1,4 +1,4 @@
-"""Parsed SGX quotes, verified Evidence, and the verification entry points."""
+"""Parsed quotes (SGX v3, TDX v4 and v5), verified Evidence, and the verification entry points."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from ratls.policy import TCB_STATUSES, Policy
 
 _FORMATS = {lib.RATLS_FORMAT_BARE_QUOTE: "quote", lib.RATLS_FORMAT_DICE: "dice", lib.RATLS_FORMAT_LEGACY: "legacy"}
 _PROVIDERS = {lib.RATLS_ROOT_NONE: "none", lib.RATLS_ROOT_TRUSTED: "sgx", lib.RATLS_ROOT_SIMULATED: "sim"}
+TEES: dict[str, int] = {"sgx": lib.RATLS_TEE_SGX, "tdx": lib.RATLS_TEE_TDX}
+"""The TEEs a quote can come from, by name, with the C core's RATLS_TEE_* value."""
+_TEE_NAMES = {v: k for k, v in TEES.items()}
 
 
 def _json_value(v: Any) -> Any:
@@ -73,8 +76,43 @@ class ReportBody(_JsonMixin):
 
 
 @dataclass(frozen=True)
+class TdReport(_JsonMixin):
+    """A TD report body (TDX): TD report 1.0, or 1.5 with tee_tcb_svn2 and mrservicetd (zero in 1.0)."""
+
+    tee_tcb_svn: bytes
+    mrseam: bytes
+    mrsignerseam: bytes
+    seam_attributes: int
+    td_attributes: int
+    xfam: int
+    mrtd: bytes
+    mrconfigid: bytes
+    mrowner: bytes
+    mrownerconfig: bytes
+    rtmr: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+    tee_tcb_svn2: bytes
+    mrservicetd: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.td_attributes & lib.RATLS_TD_ATTRIBUTES_DEBUG)
+
+    @classmethod
+    def _from_native(cls, td) -> TdReport:
+        values: dict[str, Any] = {"rtmr": tuple(bytes(td.rtmr[i]) for i in range(4))}
+        for f in fields(cls):
+            if f.name not in values:
+                v = getattr(td, f.name)
+                values[f.name] = bytes(v) if isinstance(v, ffi.CData) else int(v)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class Quote(_JsonMixin):
-    """An SGX ECDSA quote v3 as parsed (not verified: see verify_quote)."""
+    """An ECDSA quote as parsed (not verified: see verify_quote): SGX v3 (`body`), or TDX v4 or v5 (`td_report`;
+    `body_type` 2 = TD report 1.0, 3 = TD report 1.5). A TDX quote's QE report, signature, auth data and PCK chain
+    are those inside its type-6 certification data; `cert_data_type` is the type of the PCK chain's (5)."""
 
     version: int
     att_key_type: int
@@ -83,7 +121,10 @@ class Quote(_JsonMixin):
     pce_svn: int
     qe_vendor_id: bytes
     user_data: bytes
-    body: ReportBody
+    tee: str
+    body_type: int
+    body: ReportBody | None
+    td_report: TdReport | None
     isv_signature: bytes
     attestation_key: bytes
     qe_report: ReportBody
@@ -103,7 +144,7 @@ class Quote(_JsonMixin):
 
 
 def parse_quote(raw: bytes) -> Quote:
-    """Parses an SGX ECDSA quote v3. Raises VerificationError (QUOTE_MALFORMED, ...) on bad input."""
+    """Parses an SGX v3 or TDX v4/v5 ECDSA quote. Raises VerificationError (QUOTE_MALFORMED, ...) on bad input."""
     raw = bytes(raw)
     q = ffi.new("ratls_quote *")
     check_call(lib.ratls_quote_parse, raw, len(raw), q)
@@ -113,7 +154,9 @@ def parse_quote(raw: bytes) -> Quote:
 
     return Quote(
         version=q.version, att_key_type=q.att_key_type, tee_type=q.tee_type, qe_svn=q.qe_svn, pce_svn=q.pce_svn,
-        qe_vendor_id=bytes(q.qe_vendor_id), user_data=bytes(q.user_data), body=ReportBody._from_native(q.body),
+        qe_vendor_id=bytes(q.qe_vendor_id), user_data=bytes(q.user_data), tee=_TEE_NAMES[q.tee], body_type=q.body_type,
+        body=ReportBody._from_native(q.body) if q.tee == lib.RATLS_TEE_SGX else None,
+        td_report=TdReport._from_native(q.td) if q.tee == lib.RATLS_TEE_TDX else None,
         isv_signature=span(q.isv_signature), attestation_key=span(q.attestation_key),
         qe_report=ReportBody._from_native(q.qe_report), qe_report_signature=span(q.qe_report_signature),
         qe_auth_data=span(q.qe_auth_data), cert_data_type=q.cert_data_type, cert_data=span(q.cert_data),
@@ -132,9 +175,12 @@ def _advisories(text: bytes) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Evidence(_JsonMixin):
     """What verification established about a peer. `provider` is "sgx" when the quote chains to the trusted
-    (Intel) root and "sim" when it chains to a simulation root."""
+    (Intel) root and "sim" when it chains to a simulation root; `tee` says which TEE the quote comes from ("sgx" or
+    "tdx"). The SGX enclave fields (mrenclave ... cpu_svn) are zero for TDX evidence and the TD fields (mrtd ...
+    tee_tcb_svn) zero for SGX; `debug` is the enclave's DEBUG flag or the TD's TDATTRIBUTES.DEBUG bit."""
 
     provider: str
+    tee: str
     format: str
     mrenclave: bytes
     mrsigner: bytes
@@ -153,27 +199,44 @@ class Evidence(_JsonMixin):
     spki_sha256: bytes
     not_before: dt.datetime | None
     not_after: dt.datetime | None
+    mrtd: bytes
+    rtmr: tuple[bytes, bytes, bytes, bytes]
+    mrseam: bytes
+    mrsignerseam: bytes
+    td_attributes: int
+    xfam: int
+    tee_tcb_svn: bytes
 
     @property
     def simulated(self) -> bool:
         return self.provider == "sim"
 
     def __repr__(self) -> str:
+        if self.tee == "tdx":
+            return (f"Evidence(provider={self.provider!r}, tee='tdx', mrtd={self.mrtd.hex()}, "
+                    f"rtmr0={self.rtmr[0].hex()[:16]}…, debug={self.debug}, tcb_status={self.tcb_status!r}, "
+                    f"cert={self.cert_fingerprint.hex()[:16]}…)")
         return (f"Evidence(provider={self.provider!r}, mrenclave={self.mrenclave.hex()}, "
                 f"mrsigner={self.mrsigner.hex()}, isv_prod_id={self.isv_prod_id}, isv_svn={self.isv_svn}, "
                 f"debug={self.debug}, tcb_status={self.tcb_status!r}, cert={self.cert_fingerprint.hex()[:16]}…)")
 
     @classmethod
     def _from_native(cls, ev) -> Evidence:
+        tdx = ev.tee == lib.RATLS_TEE_TDX
+        debug = ev.td_attributes & lib.RATLS_TD_ATTRIBUTES_DEBUG if tdx else ev.flags & lib.RATLS_SGX_FLAGS_DEBUG
         return cls(
-            provider=_PROVIDERS.get(ev.root, "none"), format=_FORMATS.get(ev.format, "quote"),
+            provider=_PROVIDERS.get(ev.root, "none"), tee=_TEE_NAMES.get(ev.tee, "none"),
+            format=_FORMATS.get(ev.format, "quote"),
             mrenclave=bytes(ev.mrenclave), mrsigner=bytes(ev.mrsigner), isv_prod_id=ev.isv_prod_id,
-            isv_svn=ev.isv_svn, debug=bool(ev.flags & lib.RATLS_SGX_FLAGS_DEBUG), attributes_flags=ev.flags,
+            isv_svn=ev.isv_svn, debug=bool(debug), attributes_flags=ev.flags,
             attributes_xfrm=ev.xfrm, cpu_svn=bytes(ev.cpu_svn), qe_svn=ev.qe_svn, pce_svn=ev.pce_svn,
             report_data=bytes(ev.report_data), tcb_status=TCB_STATUSES[ev.tcb_status],
             advisory_ids=_advisories(ffi.string(ev.advisory_ids)),
             cert_fingerprint=bytes(ev.cert_sha256), spki_sha256=bytes(ev.spki_sha256),
             not_before=_time(ev.not_before), not_after=_time(ev.not_after),
+            mrtd=bytes(ev.mrtd), rtmr=tuple(bytes(ev.rtmr[i]) for i in range(4)), mrseam=bytes(ev.mrseam),
+            mrsignerseam=bytes(ev.mrsignerseam), td_attributes=ev.td_attributes, xfam=ev.xfam,
+            tee_tcb_svn=bytes(ev.tee_tcb_svn),
         )
 
 
@@ -288,7 +351,7 @@ def _verify_certificate(der: bytes, policy: Policy, now: int, collateral: Any = 
 
 def verify_quote(raw: bytes, policy: Policy, *, now: int | float | dt.datetime | None = None,
                  collateral: Any = None) -> Evidence:
-    """Verifies a bare SGX quote (signature chain, attributes, measurements, TCB status if collateral is given).
+    """Verifies a bare SGX or TDX quote (signature chain, attributes, measurements, TCB status if collateral is given).
     There is no certificate, so no key binding: report_data is returned for the caller to check."""
     raw = bytes(raw)
     return note_accepted(_verify(lib.ratls_verify_quote, raw, lambda: raw, policy, collateral, _now(now)))

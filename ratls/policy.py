@@ -1,4 +1,5 @@
-"""What a verifier accepts: measurements, product, SVN, debug, TCB statuses, simulated evidence and roots."""
+"""What a verifier accepts: TEEs (SGX, TDX), measurements, product, SVN, debug, TCB statuses, simulated evidence
+and roots."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ ALLOWABLE_TCB_STATUSES: tuple[str, ...] = tuple(s for s in TCB_STATUSES if s != 
 Measurement = str | bytes
 MeasurementSet = Measurement | Iterable[Measurement] | None
 
-def _measurements(value: MeasurementSet, field: str) -> tuple[bytes, ...]:
+TEE_NAMES: tuple[str, ...] = ("sgx", "tdx")
+"""The TEEs a policy can accept; their C values are ratls.evidence.TEES."""
+
+
+def _measurements(value: MeasurementSet, field: str, size: int = 32) -> tuple[bytes, ...]:
     if value is None:
         return ()
     items = [value] if isinstance(value, str | bytes) else list(value)
@@ -35,8 +40,8 @@ def _measurements(value: MeasurementSet, field: str) -> tuple[bytes, ...]:
             raw = item
         else:
             raise PolicyError(f"{field}: expected hex str or bytes, got {type(item).__name__}")
-        if len(raw) != 32:
-            raise PolicyError(f"{field}: expected 32 bytes (64 hex digits), got {len(raw)} bytes")
+        if len(raw) != size:
+            raise PolicyError(f"{field}: expected {size} bytes ({2 * size} hex digits), got {len(raw)} bytes")
         out.append(raw)
     if not out:
         raise PolicyError(f"{field}: an empty set would accept nothing; use None for any")
@@ -56,6 +61,16 @@ def _flag(value: bool, field: str) -> bool:
     if not isinstance(value, bool):
         raise PolicyError(f"{field}: expected true or false, got {value!r}")
     return value
+
+
+def _tees(value: str | Iterable[str]) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if item not in TEE_NAMES:
+            raise PolicyError(f"tees: unknown TEE {item!r} (known: {', '.join(TEE_NAMES)})")
+    if not items:
+        raise PolicyError("tees: an empty set would accept nothing")
+    return tuple(t for t in TEE_NAMES if t in items)
 
 
 def _tcb_statuses(statuses: Iterable[str]) -> tuple[str, ...]:
@@ -96,21 +111,33 @@ def _root_der(value: bytes | str | os.PathLike | None, field: str, *, sim_dir_ok
 class Policy:
     """An immutable verification policy. None means "any" for measurements, product id and SVN.
 
+    `tees` names the TEEs whose evidence is accepted: "sgx" (the default), "tdx", or both. An SGX policy never
+    accepts TDX evidence nor a TDX policy SGX evidence (reason TEE_TYPE) unless it names both. mrenclave, mrsigner,
+    isv_prod_id and min_isv_svn apply to SGX evidence; mrtd and rtmr0..rtmr3 (48-byte values) to TDX evidence;
+    allow_debug to both (an SGX debug enclave, a TD with TDATTRIBUTES.DEBUG).
+
     Sim evidence is accepted only when `allow_simulated` is true and `sim_root` names the simulation root (a
     sim-ca directory or its root certificate). Without collateral the TCB status is "Unknown", which passes only
     if listed in `allowed_tcb_statuses`.
     """
 
-    __slots__ = ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "allow_debug", "allowed_tcb_statuses",
-                 "allow_simulated", "sim_root_der", "trusted_root_der", "_ptr")
+    __slots__ = ("tees", "mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "mrtd", "rtmr0", "rtmr1", "rtmr2",
+                 "rtmr3", "allow_debug", "allowed_tcb_statuses", "allow_simulated", "sim_root_der",
+                 "trusted_root_der", "_ptr")
 
     def __init__(
         self,
         *,
+        tees: str | Iterable[str] = "sgx",
         mrenclave: MeasurementSet = None,
         mrsigner: MeasurementSet = None,
         isv_prod_id: int | None = None,
         min_isv_svn: int | None = None,
+        mrtd: MeasurementSet = None,
+        rtmr0: MeasurementSet = None,
+        rtmr1: MeasurementSet = None,
+        rtmr2: MeasurementSet = None,
+        rtmr3: MeasurementSet = None,
         allow_debug: bool = False,
         allowed_tcb_statuses: Iterable[str] = ("UpToDate",),
         allow_simulated: bool = False,
@@ -118,10 +145,16 @@ class Policy:
         trusted_root: bytes | str | os.PathLike | None = None,
     ) -> None:
         set_ = object.__setattr__
+        set_(self, "tees", _tees(tees))
         set_(self, "mrenclave", _measurements(mrenclave, "mrenclave"))
         set_(self, "mrsigner", _measurements(mrsigner, "mrsigner"))
         set_(self, "isv_prod_id", _u16(isv_prod_id, "isv_prod_id"))
         set_(self, "min_isv_svn", _u16(min_isv_svn, "min_isv_svn"))
+        for name, value in (("mrtd", mrtd), ("rtmr0", rtmr0), ("rtmr1", rtmr1), ("rtmr2", rtmr2), ("rtmr3", rtmr3)):
+            set_(self, name, _measurements(value, name, 48))
+        if "tdx" not in self.tees and (self.mrtd or self.rtmrs != ((),) * 4):
+            raise PolicyError("mrtd and rtmr0..rtmr3 apply to TDX evidence, which this policy does not accept: add "
+                              '"tdx" to tees')
         set_(self, "allow_debug", _flag(allow_debug, "allow_debug"))
         set_(self, "allowed_tcb_statuses", _tcb_statuses(allowed_tcb_statuses))
         set_(self, "allow_simulated", _flag(allow_simulated, "allow_simulated"))
@@ -142,6 +175,13 @@ class Policy:
             lib.ratls_policy_add_mrenclave(ptr, m)
         for m in self.mrsigner:
             lib.ratls_policy_add_mrsigner(ptr, m)
+        lib.ratls_policy_set_allowed_tees(ptr, sum(lib.RATLS_TEE_SGX if t == "sgx" else lib.RATLS_TEE_TDX
+                                                   for t in self.tees))
+        for m in self.mrtd:
+            lib.ratls_policy_add_mrtd(ptr, m)
+        for index, values in enumerate(self.rtmrs):
+            for m in values:
+                lib.ratls_policy_add_rtmr(ptr, index, m)
         lib.ratls_policy_set_isv_prod_id(ptr, -1 if self.isv_prod_id is None else self.isv_prod_id)
         lib.ratls_policy_set_min_isv_svn(ptr, -1 if self.min_isv_svn is None else self.min_isv_svn)
         lib.ratls_policy_set_allow_debug(ptr, int(self.allow_debug))
@@ -157,6 +197,11 @@ class Policy:
         return ptr
 
     @property
+    def rtmrs(self) -> tuple[tuple[bytes, ...], ...]:
+        """The allowed values of RTMR0..3 (an empty tuple: any)."""
+        return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
+
+    @property
     def _native(self):
         """The C `ratls_policy *`; valid while this Policy is alive."""
         return self._ptr
@@ -164,10 +209,16 @@ class Policy:
     def replace(self, **changes: Any) -> Policy:
         """A copy with some fields changed (same keywords as the constructor)."""
         fields = {
+            "tees": self.tees,
             "mrenclave": self.mrenclave or None,
             "mrsigner": self.mrsigner or None,
             "isv_prod_id": self.isv_prod_id,
             "min_isv_svn": self.min_isv_svn,
+            "mrtd": self.mrtd or None,
+            "rtmr0": self.rtmr0 or None,
+            "rtmr1": self.rtmr1 or None,
+            "rtmr2": self.rtmr2 or None,
+            "rtmr3": self.rtmr3 or None,
             "allow_debug": self.allow_debug,
             "allowed_tcb_statuses": self.allowed_tcb_statuses,
             "allow_simulated": self.allow_simulated,
@@ -184,8 +235,10 @@ class Policy:
         def hexes(ms: tuple[bytes, ...]) -> str:
             return "any" if not ms else "[" + ", ".join(m.hex()[:16] + "…" for m in ms) + "]"
 
-        return (f"Policy(mrenclave={hexes(self.mrenclave)}, mrsigner={hexes(self.mrsigner)}, "
-                f"isv_prod_id={self.isv_prod_id}, min_isv_svn={self.min_isv_svn}, allow_debug={self.allow_debug}, "
+        tdx = (f"mrtd={hexes(self.mrtd)}, " + "".join(f"rtmr{i}={hexes(r)}, " for i, r in enumerate(self.rtmrs))
+               if "tdx" in self.tees else "")
+        return (f"Policy(tees={self.tees}, mrenclave={hexes(self.mrenclave)}, mrsigner={hexes(self.mrsigner)}, "
+                f"isv_prod_id={self.isv_prod_id}, min_isv_svn={self.min_isv_svn}, {tdx}allow_debug={self.allow_debug}, "
                 f"allowed_tcb_statuses={self.allowed_tcb_statuses}, allow_simulated={self.allow_simulated})")
 
     @classmethod
@@ -210,7 +263,8 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Policy:
-        """A TOML policy file. Keys are the constructor's. mrenclave and mrsigner are required, as in from_env:
+        """A TOML policy file. Keys are the constructor's. mrenclave and mrsigner are required when the policy accepts
+        SGX (tees, default "sgx"), mrtd when it accepts TDX, as in from_env:
         hex strings, lists of them, or "any"; isv_prod_id and min_isv_svn are integers or "any"; allow_debug and
         allow_simulated TOML booleans; sim_root and trusted_root paths relative to the file's directory. Anything
         else is a PolicyError naming the key."""
@@ -225,7 +279,10 @@ class Policy:
         if unknown:
             raise PolicyError(f"policy file {path}: unknown keys {', '.join(unknown)} "
                               f"(known: {', '.join(sorted(_FILE_KEYS))})")
-        missing = [key for key in ("mrenclave", "mrsigner") if key not in data]
+        tees = data.get("tees", "sgx")
+        tees = [tees] if isinstance(tees, str) else tees
+        required = (("mrenclave", "mrsigner") if "sgx" in tees else ()) + (("mrtd",) if "tdx" in tees else ())
+        missing = [key for key in required if key not in data]
         if missing:
             raise PolicyError(f"policy file {path}: {' and '.join(missing)} missing: give the measurements to "
                               'accept, or "any" to accept every one')
@@ -234,7 +291,8 @@ class Policy:
             if not isinstance(value, _FILE_KEYS[key]) or (isinstance(value, list) and not all(
                     isinstance(item, str) for item in value)):
                 raise PolicyError(f"policy file {path}: {key}: expected {_FILE_TYPES[key]}, got {value!r}")
-            if value == "any" and key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"):
+            if value == "any" and key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "mrtd", "rtmr0",
+                                          "rtmr1", "rtmr2", "rtmr3"):
                 value = None
             elif key in ("sim_root", "trusted_root"):
                 value = path.parent / value
@@ -247,11 +305,15 @@ class Policy:
 
 # Policy file keys: the TOML types each may have, and how to say so.
 _FILE_KEYS: dict[str, tuple[type, ...]] = {
+    "tees": (str, list), "mrtd": (str, list), "rtmr0": (str, list), "rtmr1": (str, list), "rtmr2": (str, list),
+    "rtmr3": (str, list),
     "mrenclave": (str, list), "mrsigner": (str, list), "isv_prod_id": (int, str), "min_isv_svn": (int, str),
     "allow_debug": (bool,), "allowed_tcb_statuses": (str, list), "allow_simulated": (bool,),
     "sim_root": (str,), "trusted_root": (str,),
 }
 _FILE_TYPES = {
+    "tees": '"sgx", "tdx" or a list of them', **{k: 'hex digits, a list of them, or "any"' for k in
+                                                ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")},
     "mrenclave": 'hex digits, a list of them, or "any"', "mrsigner": 'hex digits, a list of them, or "any"',
     "isv_prod_id": 'an integer or "any"', "min_isv_svn": 'an integer or "any"', "allow_debug": "true or false",
     "allowed_tcb_statuses": "a status or a list of them", "allow_simulated": "true or false",

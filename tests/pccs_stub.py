@@ -27,8 +27,12 @@ class Fault:
 class PccsStub:
     ITEMS = {"pckcrl": "PCK CRL", "tcb": "TCB Info", "qe/identity": "QE Identity", "rootcacrl": "root CA CRL"}
 
-    def __init__(self, collateral_json: str) -> None:
+    def __init__(self, collateral_json: str, *, tee: str = "sgx") -> None:
+        """`tee`: whose API serves the TCB Info and QE Identity (/tdx/certification/v4/ for TDX collateral); the
+        CRLs are always under /sgx/certification/v4/, as at Intel's PCS."""
         c = json.loads(collateral_json)
+        self.prefixes = {"pckcrl": "/sgx/certification/v4/", "rootcacrl": "/sgx/certification/v4/",
+                         "tcb": f"/{tee}/certification/v4/", "qe/identity": f"/{tee}/certification/v4/"}
         quote = urllib.parse.quote
         self.responses = {
             "pckcrl": (bytes.fromhex(c["pck_crl"]), {"SGX-PCK-CRL-Issuer-Chain": quote(c["pck_crl_issuer_chain"])}),
@@ -44,9 +48,10 @@ class PccsStub:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                path = urllib.parse.urlsplit(self.path).path.removeprefix("/sgx/certification/v4/")
+                full = urllib.parse.urlsplit(self.path).path
+                path = full.rpartition("/certification/v4/")[2]
                 stub.requests[path] += 1
-                if path not in stub.responses:
+                if path not in stub.responses or not full.startswith(stub.prefixes[path]):
                     self.send_error(404)
                     return
                 body, headers = stub.responses[path]

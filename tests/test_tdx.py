@@ -1,0 +1,205 @@
+"""Intel TDX quotes (issue 21): the real go-tdx-guest quotes v4 and v5 (tests/data/tdx) parse and verify to Intel's
+root through ratls; policies accept TEEs by name (SGX never TDX and TDX never SGX unless both are named) and check
+MRTD and RTMRs; the TCB status of the v4 quote from its own collateral at the collateral's time."""
+
+from __future__ import annotations
+
+import json
+
+import dcap_qvl
+import pytest
+from conftest import REPO
+from pccs_stub import PccsStub
+
+import ratls
+from ratls.collateral import PCCS, CollateralKey, FileCollateral, _raw_member
+from ratls.errors import CollateralValidityError
+
+R = ratls.Reason
+DATA = REPO / "tests" / "data" / "tdx"
+V4_TRAILER = b"\nextra bytes(only for testing purpose)\n"  # go-tdx-guest's, after the quote's end (README.md)
+V4_NOW = 1688173200  # 2023-07-01T01:00:00Z, inside the PCK chain's validity, as go-tdx-guest's tests use
+V5_NOW = 1770080400  # 2026-02-03T01:00:00Z, likewise for the v5 quote
+# The v4 quote's collateral: latest issue date (TCB Info) .. earliest nextUpdate (QE Identity).
+COLLATERAL_FROM, COLLATERAL_UNTIL = 1687077778, 1688801099
+V4_MRTD = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
+V5_MRTD = "7348651a34b2d2d3462822e3a750ec6110125f36757c78480bbfc69cc0d21fb001a1ced3ee19747dda8f750c3bc8f876"
+ANY_TCB = ("Unknown",)
+
+
+@pytest.fixture(scope="module")
+def v4() -> bytes:
+    raw = (DATA / "tdx_prod_quote_SPR_E4.dat").read_bytes()
+    assert raw.endswith(V4_TRAILER)
+    return raw[:-len(V4_TRAILER)]
+
+
+@pytest.fixture(scope="module")
+def v5() -> bytes:
+    return (DATA / "quote_v5_sample.dat").read_bytes()
+
+
+def tdx_policy(**kw) -> ratls.Policy:
+    return ratls.Policy(tees="tdx", allowed_tcb_statuses=ANY_TCB, **kw)
+
+
+def refused(reason: ratls.Reason, quote: bytes, policy: ratls.Policy, now: int, *needles: str) -> str:
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_quote(quote, policy, now=now)
+    assert e.value.reason == reason, e.value
+    for needle in needles:
+        assert needle in e.value.message, e.value.message
+    return e.value.message
+
+
+def test_real_quotes_parse_as_dcap_qvl_reads_them(v4, v5):
+    for raw, version, body_type in ((v4, 4, 2), (v5, 5, 3)):
+        q = ratls.parse_quote(raw)
+        theirs = dcap_qvl.parse_quote(raw).report
+        assert (q.version, q.tee, q.tee_type, q.body_type, q.body) == (version, "tdx", 0x81, body_type, None)
+        td = q.td_report
+        assert td.mrtd == bytes(theirs.mr_td) and td.mrseam == bytes(theirs.mr_seam)
+        assert td.rtmr == tuple(bytes(getattr(theirs, f"rt_mr{i}")) for i in range(4))
+        assert td.report_data == bytes(theirs.report_data) and td.tee_tcb_svn == bytes(theirs.tee_tcb_svn)
+        assert td.td_attributes.to_bytes(8, "little") == bytes(theirs.td_attributes)
+        assert td.xfam.to_bytes(8, "little") == bytes(theirs.xfam) and not td.debug
+        assert len(q.pck_chain_pem) == 3 and q.cert_data_type == 5
+    assert ratls.parse_quote(v5).td_report.tee_tcb_svn2 == bytes(dcap_qvl.parse_quote(v5).report.tee_tcb_svn2)
+    assert ratls.parse_quote(v4).td_report.tee_tcb_svn2 == bytes(16)
+
+
+def test_the_v4_file_with_go_tdx_guests_trailer_is_refused_for_it(v4):
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.parse_quote(v4 + V4_TRAILER)
+    assert e.value.reason == R.QUOTE_MALFORMED and f"{len(V4_TRAILER)} trailing bytes" in e.value.message
+
+
+def test_real_quotes_verify_to_the_intel_root(v4, v5):
+    for raw, now, mrtd in ((v4, V4_NOW, V4_MRTD), (v5, V5_NOW, V5_MRTD)):
+        ev = ratls.verify_quote(raw, tdx_policy(mrtd=mrtd), now=now)
+        q = ratls.parse_quote(raw).td_report
+        assert (ev.provider, ev.tee, ev.format, ev.tcb_status, ev.debug) == ("sgx", "tdx", "quote", "Unknown", False)
+        assert (ev.mrtd, ev.rtmr, ev.mrseam, ev.mrsignerseam) == (q.mrtd, q.rtmr, q.mrseam, q.mrsignerseam)
+        assert (ev.td_attributes, ev.xfam, ev.tee_tcb_svn, ev.report_data) == (q.td_attributes, q.xfam,
+                                                                              q.tee_tcb_svn, q.report_data)
+        assert ev.mrenclave == bytes(32) and ev.attributes_flags == 0
+        assert ev.to_dict()["mrtd"] == mrtd and ev.to_dict()["tee"] == "tdx"
+    # The v4 PCK leaf is valid from 2022-09-20.
+    refused(R.PCK_CHAIN_UNTRUSTED, v4, tdx_policy(), 1650000000, "not yet valid")
+
+
+def test_sgx_policies_refuse_tdx_and_tdx_policies_refuse_sgx(v4, testdata):
+    sgx_quote = (testdata / "sgx" / "dcap-qvl" / "sgx_quote").read_bytes()
+    sgx_now = 1752919277
+    refused(R.TEE_TYPE, v4, ratls.Policy(allowed_tcb_statuses=ANY_TCB), V4_NOW, "TDX", "SGX only")
+    refused(R.TEE_TYPE, sgx_quote, tdx_policy(), sgx_now, "from SGX", "TDX only")
+    both = ratls.Policy(tees=("tdx", "sgx"), allowed_tcb_statuses=ANY_TCB)
+    assert both.tees == ("sgx", "tdx")
+    assert ratls.verify_quote(v4, both, now=V4_NOW).tee == "tdx"
+    assert ratls.verify_quote(sgx_quote, both, now=sgx_now).tee == "sgx"
+
+
+def test_mrtd_and_each_rtmr_are_checked(v4):
+    q = ratls.parse_quote(v4).td_report
+    other = "ab" * 48
+    refused(R.MRTD, v4, tdx_policy(mrtd=other), V4_NOW, f"MRTD {V4_MRTD}", f"expected {other}")
+    assert ratls.verify_quote(v4, tdx_policy(mrtd=[other, V4_MRTD]), now=V4_NOW).mrtd.hex() == V4_MRTD
+    for i in range(4):
+        refused(R.RTMR, v4, tdx_policy(**{f"rtmr{i}": other}), V4_NOW, f"RTMR{i} {q.rtmr[i].hex()}")
+        ratls.verify_quote(v4, tdx_policy(**{f"rtmr{i}": [q.rtmr[i], other]}), now=V4_NOW)
+    every = tdx_policy(mrtd=V4_MRTD, **{f"rtmr{i}": q.rtmr[i] for i in range(4)})
+    assert ratls.verify_quote(v4, every, now=V4_NOW).rtmr == q.rtmr
+    assert every.replace(rtmr3=other).rtmr3 == (bytes.fromhex(other),)
+    refused(R.RTMR, v4, every.replace(rtmr3=other), V4_NOW, "RTMR3")
+
+
+def test_tdx_policy_values_are_checked():
+    with pytest.raises(ratls.PolicyError, match="48 bytes"):
+        ratls.Policy(tees="tdx", mrtd="ab" * 32)
+    with pytest.raises(ratls.PolicyError, match="unknown TEE 'sev'"):
+        ratls.Policy(tees=("tdx", "sev"))
+    with pytest.raises(ratls.PolicyError, match="empty set"):
+        ratls.Policy(tees=())
+    with pytest.raises(ratls.PolicyError, match='add "tdx" to tees'):
+        ratls.Policy(rtmr1="ab" * 48)
+    assert ratls.Policy().tees == ("sgx",)
+
+
+def test_tdx_policy_file(tmp_path, v4):
+    path = tmp_path / "policy.toml"
+    path.write_text(f'tees = "tdx"\nmrtd = "{V4_MRTD}"\nrtmr3 = "any"\nallowed_tcb_statuses = ["Unknown"]\n')
+    policy = ratls.Policy.from_file(path)
+    assert (policy.tees, policy.mrtd, policy.rtmr3) == (("tdx",), (bytes.fromhex(V4_MRTD),), ())
+    assert ratls.verify_quote(v4, policy, now=V4_NOW).tee == "tdx"
+    path.write_text('tees = ["sgx", "tdx"]\nmrenclave = "any"\nmrsigner = "any"\n')
+    with pytest.raises(ratls.PolicyError, match="mrtd missing"):
+        ratls.Policy.from_file(path)
+
+
+# ------------------------------------------------------------------------------------------------ TCB status
+
+
+def v4_collateral() -> dcap_qvl.QuoteCollateralV3:
+    """The v4 quote's collateral as go-tdx-guest serves it to its own tests: the PCS response bodies and the issuer
+    chains of their headers (tests/data/tdx/README.md), assembled as dcap-qvl takes it."""
+    tcb_info = (DATA / "sample_tcbInfo_response").read_text()
+    qe_identity = (DATA / "sample_qeIdentity_response").read_text()
+    signing_chain = (DATA / "tcb_signing_issuer_chain.pem").read_text()
+    return dcap_qvl.QuoteCollateralV3(
+        pck_crl_issuer_chain=(DATA / "pck_crl_issuer_chain.pem").read_text(),
+        root_ca_crl=(DATA / "rootcrl.der").read_bytes(), pck_crl=(DATA / "pckcrl").read_bytes(),
+        tcb_info_issuer_chain=signing_chain, tcb_info=_raw_member(tcb_info, "tcbInfo"),
+        tcb_info_signature=bytes.fromhex(json.loads(tcb_info)["signature"]),
+        qe_identity_issuer_chain=signing_chain, qe_identity=_raw_member(qe_identity, "enclaveIdentity"),
+        qe_identity_signature=bytes.fromhex(json.loads(qe_identity)["signature"]))
+
+
+def test_v4_tcb_status_at_the_collaterals_time(v4):
+    """Inside its window every signature of the collateral verifies and the status is "no matching TCB level": the
+    quote's TEE_TCB_SVN (03 00 04 ..) is below the TDX Late Microcode Update SVN 5 that every TCB level of the sample
+    TCB Info requires; go-tdx-guest says the same of its sample (TestVerifyUsingTcbInfoV4). Outside the window the
+    collateral is refused for its validity, with the window."""
+    assert ratls.parse_quote(v4).td_report.tee_tcb_svn[:3] == bytes([3, 0, 4])
+    levels = json.loads((DATA / "sample_tcbInfo_response").read_text())["tcbInfo"]["tcbLevels"]
+    assert all(level["tcb"]["tdxtcbcomponents"][2]["svn"] == 5 for level in levels)
+    policy = tdx_policy()
+    for now in (COLLATERAL_FROM, V4_NOW, COLLATERAL_UNTIL):
+        with pytest.raises(ratls.VerificationError) as e:
+            ratls.verify_quote(v4, policy, now=now, collateral=v4_collateral())
+        assert e.value.reason == R.COLLATERAL and "No matching TCB level found" in e.value.message, e.value
+    for now in (COLLATERAL_FROM - 1, COLLATERAL_UNTIL + 1):
+        with pytest.raises(CollateralValidityError) as e:
+            ratls.verify_quote(v4, policy, now=now, collateral=v4_collateral())
+        assert (e.value.valid_from, e.value.valid_until) == (COLLATERAL_FROM, COLLATERAL_UNTIL)
+    # The TCB Info's own signature is checked: one changed SVN in it and dcap-qvl refuses the collateral.
+    coll = json.loads(v4_collateral().to_json())
+    coll["tcb_info"] = coll["tcb_info"].replace('"svn":5,', '"svn":4,', 1)
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_quote(v4, policy, now=V4_NOW, collateral=json.dumps(coll))
+    assert e.value.reason == R.COLLATERAL and "No matching TCB level" not in e.value.message
+
+
+def test_tdx_collateral_comes_from_the_tdx_api_of_a_pccs(v4, tmp_path):
+    key = CollateralKey.of_quote(v4)
+    assert key == CollateralKey("50806F000000", "platform", "tdx") and str(key).endswith("TDX")
+    with PccsStub(v4_collateral().to_json(), tee="tdx") as stub:
+        with pytest.raises(ratls.VerificationError) as e:
+            PCCS(stub.url, cache_dir=tmp_path).evaluate_quote(v4, tdx_policy(), now=V4_NOW)
+        assert "No matching TCB level found" in e.value.message
+        assert dict(stub.requests) == {"pckcrl": 1, "tcb": 1, "qe/identity": 1, "rootcacrl": 1}
+    (tmp_path / "v4.json").write_text(v4_collateral().to_json())
+    with pytest.raises(ratls.VerificationError) as e:
+        FileCollateral(tmp_path / "v4.json").evaluate_quote(v4, tdx_policy(), now=V4_NOW)
+    assert "No matching TCB level found" in e.value.message
+
+
+def test_v5_has_no_complete_collateral(v5):
+    """go-tdx-guest has the v5 quote's TCB Info (2026) but no QE Identity or CRLs of its time: with the 2023 ones the
+    collateral is refused as expired (dcap-qvl: the CRLs), which is all that can be said offline."""
+    tcb_info = (DATA / "sample_tcbinfo_response_v5").read_text()
+    coll = json.loads(v4_collateral().to_json())
+    coll["tcb_info"] = _raw_member(tcb_info, "tcbInfo")
+    coll["tcb_info_signature"] = json.loads(tcb_info)["signature"]
+    with pytest.raises(CollateralValidityError) as e:
+        ratls.verify_quote(v5, tdx_policy(), now=V5_NOW, collateral=json.dumps(coll))
+    assert e.value.expired and "CrlExpired" in e.value.message
