@@ -181,7 +181,8 @@ def test_real_quote_tcb_from_collateral(testdata):
 
 
 def test_sim_provider_abi_is_gramines(sim_ca, identity, tmp_path):
-    """libratls_sim.so exports exactly Gramine's four RA-TLS symbols (+ its configure call), and a C program
+    """libratls_sim.so exports exactly Gramine's four RA-TLS symbols (+ its configure calls, SGX and TDX, and its
+    quote-over-report_data call), and a C program
     using only that ABI gets Gramine's results struct and return codes."""
     import subprocess
     import sys
@@ -191,7 +192,7 @@ def test_sim_provider_abi_is_gramines(sim_ca, identity, tmp_path):
     exported = {s for s in symbols if s.startswith("ra")}
     assert exported == {"ra_tls_set_measurement_callback", "ra_tls_verify_callback_der",
                         "ra_tls_verify_callback_extended_der", "ra_tls_create_key_and_crt_der",
-                        "ratls_sim_configure"}
+                        "ratls_sim_configure", "ratls_sim_configure_tdx", "ratls_sim_quote"}
     script = f"""
 import ctypes, os, sys
 lib = ctypes.CDLL({str(ratls.identity.SIM_LIBRARY)!r})

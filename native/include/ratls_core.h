@@ -321,6 +321,14 @@ int ratls_provider_is_sim(const ratls_provider *p);
 int ratls_provider_sim_configure(ratls_provider *p, const char *ca_dir, const uint8_t *mrenclave32,
                                  uint16_t isv_prod_id, uint16_t isv_svn, int debug, int64_t not_before,
                                  int64_t not_after, char *msg, size_t msg_len);
+/* Only for the sim library: its next certificates and quotes come from a simulated TD with this MRTD and RTMR0..3
+ * (4 x 48 bytes), as TDX quotes of `version` 4 or 5, TDATTRIBUTES.DEBUG set if debug. */
+int ratls_provider_sim_configure_tdx(ratls_provider *p, const char *ca_dir, const uint8_t *mrtd48,
+                                     const uint8_t *rtmrs192, uint16_t version, int debug, int64_t not_before,
+                                     int64_t not_after, char *msg, size_t msg_len);
+/* Only for the sim library: a quote over report_data (64 bytes) from the configured enclave or TD. */
+int ratls_provider_sim_quote(ratls_provider *p, const uint8_t *report_data64, uint8_t **quote, size_t *quote_len,
+                             char *msg, size_t msg_len);
 int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len, uint8_t **crt_der,
                           size_t *crt_len, char *msg, size_t msg_len);
 

@@ -12,10 +12,16 @@ typedef int (*create_fn)(uint8_t **, size_t *, uint8_t **, size_t *);
 typedef int (*sim_configure_fn)(const char *, const uint8_t *, uint16_t, uint16_t, int, int64_t, int64_t, char *,
                                 size_t);
 
+typedef int (*sim_configure_tdx_fn)(const char *, const uint8_t *, const uint8_t *, uint16_t, int, int64_t, int64_t,
+                                    char *, size_t);
+typedef int (*sim_quote_fn)(const uint8_t *, uint8_t **, size_t *, char *, size_t);
+
 struct ratls_provider {
     void *handle;
     create_fn create;
     sim_configure_fn sim_configure;
+    sim_configure_tdx_fn sim_configure_tdx;
+    sim_quote_fn sim_quote;
 };
 
 int ratls_provider_open(const char *attest_lib_path, ratls_provider **out, char *msg, size_t msg_len) {
@@ -33,6 +39,8 @@ int ratls_provider_open(const char *attest_lib_path, ratls_provider **out, char 
     p->handle = h;
     p->create = (create_fn)dlsym(h, "ra_tls_create_key_and_crt_der");
     p->sim_configure = (sim_configure_fn)dlsym(h, "ratls_sim_configure");
+    p->sim_configure_tdx = (sim_configure_tdx_fn)dlsym(h, "ratls_sim_configure_tdx");
+    p->sim_quote = (sim_quote_fn)dlsym(h, "ratls_sim_quote");
     if (!p->create) {
         ratls_provider_close(p);
         return ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER,
@@ -57,6 +65,21 @@ int ratls_provider_sim_configure(ratls_provider *p, const char *ca_dir, const ui
     if (!ratls_provider_is_sim(p))
         return ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER, "this provider is not the simulated one");
     return p->sim_configure(ca_dir, mrenclave32, isv_prod_id, isv_svn, debug, not_before, not_after, msg, msg_len);
+}
+
+int ratls_provider_sim_configure_tdx(ratls_provider *p, const char *ca_dir, const uint8_t *mrtd48,
+                                     const uint8_t *rtmrs192, uint16_t version, int debug, int64_t not_before,
+                                     int64_t not_after, char *msg, size_t msg_len) {
+    if (!ratls_provider_is_sim(p) || !p->sim_configure_tdx)
+        return ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER, "this provider is not the simulated one");
+    return p->sim_configure_tdx(ca_dir, mrtd48, rtmrs192, version, debug, not_before, not_after, msg, msg_len);
+}
+
+int ratls_provider_sim_quote(ratls_provider *p, const uint8_t *report_data64, uint8_t **quote, size_t *quote_len,
+                             char *msg, size_t msg_len) {
+    if (!ratls_provider_is_sim(p) || !p->sim_quote)
+        return ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER, "this provider is not the simulated one");
+    return p->sim_quote(report_data64, quote, quote_len, msg, msg_len);
 }
 
 int ratls_provider_create(ratls_provider *p, uint8_t **key_der, size_t *key_len, uint8_t **crt_der,

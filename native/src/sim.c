@@ -1,11 +1,14 @@
 /* The simulated SGX provider: Gramine's RA-TLS library ABI on a machine without SGX. It plays the part of
  * /dev/attestation + the quoting enclave: quotes are real DCAP v3 layout, the ISV report signed by an attestation
  * key, the QE report signed by a PCK key whose chain ends in a simulation root CA (made by
- * `python -m ratls sim-ca init`). Verification accepts that root, says so loudly, and otherwise applies exactly
+ * `python -m ratls sim-ca init`). Configured for TDX (ratls_sim_configure_tdx) it plays a TD and the TD quoting
+ * enclave instead: TDX quotes v4 (TD report 1.0) or v5 (body type 3, TD report 1.5) in Intel's layout, with the
+ * QE report, its signature, auth data and PCK chain in certification data type 6, under the same keys. Verification accepts that root, says so loudly, and otherwise applies exactly
  * the checks the real path applies. Like Gramine's libraries, configuration is process-global. */
 #include <errno.h>
 #include <openssl/pem.h>
 #include <openssl/core_names.h>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,8 @@
 #define DEFAULT_VALIDITY_AFTER (365 * 24 * 3600)
 #define SIM_QE_SVN 1
 #define SIM_PCE_SVN 1
+#define SIM_TDX_MODULE_SVN 1
+#define SIM_TD_SEPT_VE_DISABLE (1ull << 28)
 
 static const uint8_t qe_auth_data[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15,
                                          16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
@@ -38,6 +43,9 @@ typedef struct {
     uint16_t isv_prod_id, isv_svn;
     int debug;
     int64_t not_before, not_after; /* 0 = default, relative to the time of creation */
+    int tee;                       /* RATLS_TEE_SGX, or RATLS_TEE_TDX: a TD with `td` (report_data aside) */
+    uint16_t tdx_version;          /* 4 or 5 */
+    ratls_td_report td;
 } sim_config;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -149,28 +157,59 @@ static int load_ca(sim_config *c, const char *dir, char *msg, size_t msg_len) {
     return rc;
 }
 
+/* Loads the CA directory into `next` and makes it the configuration. */
+static int configure(sim_config *next, const char *ca_dir, char *msg, size_t msg_len) {
+    int rc = load_ca(next, ca_dir, msg, msg_len);
+    if (rc != RATLS_OK) {
+        config_clear(next);
+        return rc;
+    }
+    pthread_mutex_lock(&lock);
+    config_clear(&config);
+    config = *next;
+    pthread_mutex_unlock(&lock);
+    return RATLS_OK;
+}
+
 EXPORT int ratls_sim_configure(const char *ca_dir, const uint8_t *mrenclave32, uint16_t isv_prod_id,
                                uint16_t isv_svn, int debug, int64_t not_before, int64_t not_after, char *msg,
                                size_t msg_len) {
     if (!ca_dir || !mrenclave32) return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "ca_dir and mrenclave are required");
     sim_config next;
     memset(&next, 0, sizeof next);
-    int rc = load_ca(&next, ca_dir, msg, msg_len);
-    if (rc != RATLS_OK) {
-        config_clear(&next);
-        return rc;
-    }
+    next.tee = RATLS_TEE_SGX;
     memcpy(next.mrenclave, mrenclave32, 32);
     next.isv_prod_id = isv_prod_id;
     next.isv_svn = isv_svn;
     next.debug = debug;
     next.not_before = not_before;
     next.not_after = not_after;
-    pthread_mutex_lock(&lock);
-    config_clear(&config);
-    config = next;
-    pthread_mutex_unlock(&lock);
-    return RATLS_OK;
+    return configure(&next, ca_dir, msg, msg_len);
+}
+
+/* A simulated TD: MRTD and RTMR0..3 as given, TDATTRIBUTES.DEBUG if debug (plus SEPT_VE_DISABLE, bit 28, as real
+ * TDs run), quotes of version 4 or 5. MRSEAM is the hash of a fixed name (there is no TDX module to measure). */
+EXPORT int ratls_sim_configure_tdx(const char *ca_dir, const uint8_t *mrtd48, const uint8_t *rtmrs192,
+                                   uint16_t version, int debug, int64_t not_before, int64_t not_after, char *msg,
+                                   size_t msg_len) {
+    if (!ca_dir || !mrtd48 || !rtmrs192)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "ca_dir, mrtd and rtmrs are required");
+    if (version != TDX_QUOTE_VERSION_4 && version != TDX_QUOTE_VERSION_5)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "TDX quote version must be 4 or 5, not %u", version);
+    sim_config next;
+    memset(&next, 0, sizeof next);
+    next.tee = RATLS_TEE_TDX;
+    next.tdx_version = version;
+    memcpy(next.td.mrtd, mrtd48, 48);
+    memcpy(next.td.rtmr, rtmrs192, sizeof next.td.rtmr);
+    next.td.td_attributes = SIM_TD_SEPT_VE_DISABLE | (debug ? RATLS_TD_ATTRIBUTES_DEBUG : 0);
+    next.td.xfam = 0x61ae7; /* x87, SSE, AVX, AVX-512, PKRU, AMX: what a TD on Sapphire Rapids reports */
+    next.td.tee_tcb_svn[0] = SIM_TDX_MODULE_SVN;
+    SHA384((const uint8_t *)"RATLS simulated TDX module", 26, next.td.mrseam);
+    next.debug = debug;
+    next.not_before = not_before;
+    next.not_after = not_after;
+    return configure(&next, ca_dir, msg, msg_len);
 }
 
 /* Without ratls_sim_configure, a C program using only Gramine's ABI configures us through the environment. */
@@ -190,21 +229,30 @@ static int configure_from_env(void) {
     return 1;
 }
 
-/* What the quoting enclave would return for this report_data: a DCAP v3 quote (cert data type 5). */
-static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, size_t *quote_len, char *msg,
-                     size_t msg_len) {
-    const sim_config *c = ctx;
-    cbb b;
-    cbb_init(&b);
-    /* Header. */
-    cbb_add_u16le(&b, SGX_QUOTE_VERSION_3);
-    cbb_add_u16le(&b, SGX_ATT_KEY_TYPE_ECDSA_P256);
-    cbb_add_u32le(&b, 0);
-    cbb_add_u16le(&b, SIM_QE_SVN);
-    cbb_add_u16le(&b, SIM_PCE_SVN);
-    cbb_add(&b, ratls_intel_qe_vendor_id, 16);
-    cbb_add_zeros(&b, 20);
-    /* ISV enclave report body. */
+/* The header and body a quote signs: an SGX v3 header and enclave report body, or a TDX v4/v5 header and TD report
+ * (v5: body type 3 and its size first). */
+static void add_signed_region(cbb *b, const sim_config *c, const uint8_t report_data[64]) {
+    int tdx = c->tee == RATLS_TEE_TDX;
+    cbb_add_u16le(b, tdx ? c->tdx_version : SGX_QUOTE_VERSION_3);
+    cbb_add_u16le(b, SGX_ATT_KEY_TYPE_ECDSA_P256);
+    cbb_add_u32le(b, tdx ? TDX_TEE_TYPE : 0);
+    cbb_add_u16le(b, SIM_QE_SVN);
+    cbb_add_u16le(b, SIM_PCE_SVN);
+    cbb_add(b, ratls_intel_qe_vendor_id, 16);
+    cbb_add_zeros(b, 20);
+    if (tdx) {
+        ratls_td_report td = c->td;
+        memcpy(td.report_data, report_data, 64);
+        size_t size = TD_REPORT_10_SIZE;
+        if (c->tdx_version == TDX_QUOTE_VERSION_5) {
+            size = TD_REPORT_15_SIZE;
+            td.tee_tcb_svn2[0] = SIM_TDX_MODULE_SVN;
+            cbb_add_u16le(b, RATLS_BODY_TD_REPORT_15);
+            cbb_add_u32le(b, (uint32_t)size);
+        }
+        ratls_td_report_encode(b, size, &td);
+        return;
+    }
     ratls_report_body body;
     memset(&body, 0, sizeof body);
     body.flags = RATLS_SGX_FLAGS_INIT | RATLS_SGX_FLAGS_MODE64BIT | (c->debug ? RATLS_SGX_FLAGS_DEBUG : 0);
@@ -214,11 +262,22 @@ static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, 
     body.isv_prod_id = c->isv_prod_id;
     body.isv_svn = c->isv_svn;
     memcpy(body.report_data, report_data, 64);
-    ratls_report_body_encode(&b, &body);
-    if (b.failed || b.len != SGX_QUOTE_SIGNED_SIZE) goto fail;
+    ratls_report_body_encode(b, &body);
+}
+
+/* What the quoting enclave would return for this report_data: a DCAP v3 quote (cert data type 5), or for a TD a
+ * TDX quote (cert data type 6 around the QE report and the type-5 PCK chain). */
+static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, size_t *quote_len, char *msg,
+                     size_t msg_len) {
+    const sim_config *c = ctx;
+    int tdx = c->tee == RATLS_TEE_TDX;
+    cbb b;
+    cbb_init(&b);
+    add_signed_region(&b, c, report_data);
+    if (b.failed) goto fail;
 
     uint8_t isv_sig[64], qe_sig[64];
-    if (!ratls_ecdsa_sign_raw(c->attestation_key, b.data, SGX_QUOTE_SIGNED_SIZE, isv_sig, 32)) goto fail;
+    if (!ratls_ecdsa_sign_raw(c->attestation_key, b.data, b.len, isv_sig, 32)) goto fail;
 
     /* QE report: its report_data binds the attestation key and the QE auth data. */
     ratls_report_body qe;
@@ -227,7 +286,7 @@ static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, 
     qe.xfrm = 0x3;
     ratls_sha256("RATLS simulated quoting enclave", 31, qe.mrenclave);
     ratls_sha256("RATLS simulated QE signer", 25, qe.mrsigner);
-    qe.isv_prod_id = 1;
+    qe.isv_prod_id = tdx ? 2 : 1; /* Intel's TD QE has ISVPRODID 2, the SGX QE 1 */
     qe.isv_svn = SIM_QE_SVN;
     uint8_t binding[64 + sizeof qe_auth_data];
     memcpy(binding, c->attestation_pub, 64);
@@ -239,21 +298,29 @@ static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, 
     int ok = !qe_raw.failed && qe_raw.len == SGX_REPORT_BODY_SIZE &&
              ratls_ecdsa_sign_raw(c->pck_key, qe_raw.data, qe_raw.len, qe_sig, 32);
     if (ok) {
-        /* The signature data, and in it the QE auth data and the certification data, each behind its length.
-         * A failed write fails the children and, as they close, the quote; so only the last close is checked. */
-        cbb sig, auth, chain;
+        /* The signature data, and in it the QE auth data and the certification data, each behind its length
+         * (for a TD all of it from the QE report on inside certification data type 6). A failed write fails the
+         * children and, as they close, the quote; so only the last close is checked. */
+        cbb sig, qe_cert, auth, chain;
         cbb_add_u32le_prefixed(&b, &sig);
         cbb_add(&sig, isv_sig, 64);
         cbb_add(&sig, c->attestation_pub, 64);
-        cbb_add(&sig, qe_raw.data, qe_raw.len);
-        cbb_add(&sig, qe_sig, 64);
-        cbb_add_u16le_prefixed(&sig, &auth);
+        cbb *qe_part = &sig;
+        if (tdx) {
+            cbb_add_u16le(&sig, CERT_DATA_QE_REPORT);
+            cbb_add_u32le_prefixed(&sig, &qe_cert);
+            qe_part = &qe_cert;
+        }
+        cbb_add(qe_part, qe_raw.data, qe_raw.len);
+        cbb_add(qe_part, qe_sig, 64);
+        cbb_add_u16le_prefixed(qe_part, &auth);
         cbb_add(&auth, qe_auth_data, sizeof qe_auth_data);
         cbb_close(&auth);
-        cbb_add_u16le(&sig, SGX_CERT_DATA_PCK_CHAIN);
-        cbb_add_u32le_prefixed(&sig, &chain);
+        cbb_add_u16le(qe_part, SGX_CERT_DATA_PCK_CHAIN);
+        cbb_add_u32le_prefixed(qe_part, &chain);
         cbb_add(&chain, c->chain_pem, c->chain_len);
         cbb_close(&chain);
+        if (tdx) cbb_close(&qe_cert);
         ok = cbb_close(&sig);
     }
     cbb_cleanup(&qe_raw);
@@ -264,6 +331,21 @@ static int sim_quote(void *ctx, const uint8_t report_data[64], uint8_t **quote, 
 fail:
     cbb_cleanup(&b);
     return ratls_fail(msg, msg_len, RATLS_ERR_INTERNAL, "simulated quote generation failed");
+}
+
+/* A quote over the given report_data from the configured enclave or TD (malloc'ed; free with ratls_free), for a
+ * provider that binds its own data (e.g. a configfs-tsm-style interface: report_data in, quote out). */
+EXPORT int ratls_sim_quote(const uint8_t *report_data64, uint8_t **quote, size_t *quote_len, char *msg,
+                           size_t msg_len) {
+    if (!report_data64 || !quote || !quote_len)
+        return ratls_fail(msg, msg_len, RATLS_ERR_BAD_ARGUMENT, "report_data and outputs are required");
+    *quote = NULL;
+    *quote_len = 0;
+    pthread_mutex_lock(&lock);
+    int rc = config.loaded ? sim_quote(&config, report_data64, quote, quote_len, msg, msg_len)
+                           : ratls_fail(msg, msg_len, RATLS_ERR_PROVIDER, "simulated provider is not configured");
+    pthread_mutex_unlock(&lock);
+    return rc;
 }
 
 EXPORT int ra_tls_create_key_and_crt_der(uint8_t **der_key, size_t *der_key_size, uint8_t **der_crt,

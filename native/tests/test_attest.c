@@ -1369,6 +1369,128 @@ static void test_one_way(const sim_env *env) {
     free_identity(&laptop);
 }
 
+/* A simulated TD (ratls_provider_sim_configure_tdx): its certificates carry TDX quotes (v4 and v5) in Intel's layout
+ * under the sim root, which the verifier checks like real ones (MRTD, RTMRs, debug TDs denied by default); its
+ * quotes over a chosen report_data verify; and a TDX server and an SGX client attest each other when each policy
+ * names the other's TEE, and are refused (TEE_TYPE) when it does not. */
+static identity make_td_identity(const sim_env *env, const uint8_t mrtd[48], const uint8_t rtmrs[192],
+                                 uint16_t version, int debug) {
+    identity id;
+    char msg[RATLS_MSG_SIZE] = "";
+    int64_t now = (int64_t)time(NULL);
+    int rc = ratls_provider_sim_configure_tdx(env->provider, env->ca_dir, mrtd, rtmrs, version, debug, now - 3600,
+                                              now + 86400, msg, sizeof msg);
+    if (!rc) rc = ratls_provider_create(env->provider, &id.key, &id.key_len, &id.crt, &id.crt_len, msg, sizeof msg);
+    if (rc) fprintf(stderr, "sim TD identity: %s\n", msg);
+    REQUIRE(rc == RATLS_OK);
+    add_channel_cert(&id);
+    return id;
+}
+
+static ratls_policy *td_policy(const sim_env *env, const uint8_t mrtd[48], uint32_t tees) {
+    ratls_policy *p = ratls_policy_new();
+    REQUIRE(p != NULL && ratls_policy_add_mrtd(p, mrtd) == RATLS_OK);
+    ratls_policy_set_allowed_tees(p, tees);
+    ratls_policy_set_allow_simulated(p, 1);
+    ratls_policy_set_allowed_tcb_mask(p, 1u << RATLS_TCB_UNKNOWN);
+    REQUIRE(ratls_policy_set_sim_root(p, env->root_der, env->root_len, NULL, 0) == RATLS_OK);
+    return p;
+}
+
+static void test_sim_tdx(const sim_env *env) {
+    uint8_t mrtd[48], rtmrs[192], other[48];
+    memset(mrtd, 0x7d, sizeof mrtd);
+    for (size_t i = 0; i < sizeof rtmrs; i++) rtmrs[i] = (uint8_t)(i / 48 + 1); /* RTMRi = i+1 repeated */
+    memset(other, 0xee, sizeof other);
+    char msg[RATLS_MSG_SIZE] = "";
+    int64_t now = (int64_t)time(NULL);
+    ratls_policy *pol = td_policy(env, mrtd, RATLS_TEE_TDX);
+    for (uint16_t version = 4; version <= 5; version++) {
+        identity td = make_td_identity(env, mrtd, rtmrs, version, 0);
+        ratls_evidence ev;
+        int rc = ratls_verify_cert(pol, td.crt, td.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg);
+        if (rc) fprintf(stderr, "sim TDX v%u certificate: %s: %s\n", version, ratls_reason_name(rc), msg);
+        CHECK_EQ(rc, RATLS_OK);
+        CHECK_EQ(ev.tee, RATLS_TEE_TDX);
+        CHECK_EQ(ev.root, RATLS_ROOT_SIMULATED);
+        CHECK(memcmp(ev.mrtd, mrtd, 48) == 0 && memcmp(ev.rtmr, rtmrs, 192) == 0);
+        CHECK_EQ(ev.td_attributes & RATLS_TD_ATTRIBUTES_DEBUG, 0);
+        ratls_cert_info info;
+        REQUIRE(ratls_cert_inspect(td.crt, td.crt_len, &info, msg, sizeof msg) == RATLS_OK);
+        ratls_quote q;
+        REQUIRE(ratls_quote_parse(td.crt + info.quote.off, info.quote.len, &q, msg, sizeof msg) == RATLS_OK);
+        CHECK_EQ(q.version, version);
+        CHECK_EQ(q.body_type, version == 5 ? RATLS_BODY_TD_REPORT_15 : RATLS_BODY_TD_REPORT_10);
+        /* An SGX policy refuses it; another MRTD or RTMR2 is refused with its reason. */
+        ratls_policy *sgx = policy_for(env, 0xA1);
+        CHECK_EQ(ratls_verify_cert(sgx, td.crt, td.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg),
+                 RATLS_ERR_TEE_TYPE);
+        ratls_policy_free(sgx);
+        ratls_policy *wrong = td_policy(env, other, RATLS_TEE_TDX);
+        CHECK_EQ(ratls_verify_cert(wrong, td.crt, td.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg),
+                 RATLS_ERR_MRTD);
+        ratls_policy_free(wrong);
+        wrong = td_policy(env, mrtd, RATLS_TEE_TDX);
+        REQUIRE(ratls_policy_add_rtmr(wrong, 2, other) == RATLS_OK);
+        CHECK_EQ(ratls_verify_cert(wrong, td.crt, td.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg),
+                 RATLS_ERR_RTMR);
+        CHECK(strstr(msg, "RTMR2 0303") != NULL);
+        ratls_policy_free(wrong);
+
+        /* A bare quote over a chosen report_data. */
+        uint8_t rd[64], *quote = NULL;
+        size_t quote_len = 0;
+        for (size_t i = 0; i < sizeof rd; i++) rd[i] = (uint8_t)(0xA0 + i);
+        REQUIRE(ratls_provider_sim_quote(env->provider, rd, &quote, &quote_len, msg, sizeof msg) == RATLS_OK);
+        rc = ratls_verify_quote(pol, quote, quote_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg);
+        if (rc) fprintf(stderr, "sim TDX v%u quote: %s: %s\n", version, ratls_reason_name(rc), msg);
+        CHECK_EQ(rc, RATLS_OK);
+        CHECK(memcmp(ev.report_data, rd, 64) == 0);
+        quote[quote_len / 2] ^= 1; /* in the PCK chain */
+        CHECK(ratls_verify_quote(pol, quote, quote_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg) != RATLS_OK);
+        ratls_free(quote);
+        free_identity(&td);
+    }
+    /* A debug TD: denied by default, accepted with allow_debug. */
+    identity dbg = make_td_identity(env, mrtd, rtmrs, 4, 1);
+    ratls_evidence ev;
+    CHECK_EQ(ratls_verify_cert(pol, dbg.crt, dbg.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg),
+             RATLS_ERR_DEBUG_ENCLAVE);
+    CHECK(strstr(msg, "DEBUG TD") != NULL);
+    ratls_policy_set_allow_debug(pol, 1);
+    CHECK_EQ(ratls_verify_cert(pol, dbg.crt, dbg.crt_len, now, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg), RATLS_OK);
+    CHECK_EQ(ev.td_attributes & RATLS_TD_ATTRIBUTES_DEBUG, RATLS_TD_ATTRIBUTES_DEBUG);
+    free_identity(&dbg);
+    ratls_policy_free(pol);
+
+    /* A TDX server and an SGX client over the attestation handshake. */
+    identity srv = make_td_identity(env, mrtd, rtmrs, 5, 0), cli = make_identity(env, 0xC1, 0);
+    ratls_policy *srv_pol = policy_for(env, 0xC1); /* an SGX policy, naming the client's MRENCLAVE */
+    ratls_policy *cli_pol = td_policy(env, mrtd, RATLS_TEE_TDX);
+    ratls_attest_server *s = start(srv_pol, &srv, NULL);
+    attempt a = attest(cli_pol, &cli, ratls_attest_server_port(s), 5000);
+    if (a.rc) fprintf(stderr, "TDX server, SGX client: %s\n", a.msg);
+    CHECK_EQ(a.rc, RATLS_OK);
+    CHECK(a.ev.tee == RATLS_TEE_TDX && memcmp(a.ev.mrtd, mrtd, 48) == 0);
+    uint8_t *der = NULL;
+    size_t len = 0;
+    CHECK_EQ(pop_peer(s, 1000, &der, &len, &ev), RATLS_OK);
+    CHECK(ev.tee == RATLS_TEE_SGX && ev.mrenclave[0] == 0xC1);
+    ratls_free(der);
+    ratls_free(a.peer);
+    /* A client whose policy accepts only SGX refuses the TD server for its TEE. */
+    ratls_policy *sgx_only = policy_for(env, 0xA1);
+    a = attest(sgx_only, &cli, ratls_attest_server_port(s), 5000);
+    CHECK_EQ(a.rc, RATLS_ERR_TEE_TYPE);
+    ratls_free(a.peer);
+    ratls_attest_server_stop(s);
+    ratls_policy_free(sgx_only);
+    ratls_policy_free(srv_pol);
+    ratls_policy_free(cli_pol);
+    free_identity(&srv);
+    free_identity(&cli);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sim_env env;
@@ -1385,6 +1507,7 @@ int main(void) {
     test_channel_certificate_handshake(&env);
     test_refusal_records(&env);
     test_one_way(&env);
+    test_sim_tdx(&env);
     sim_env_cleanup(&env);
     return test_summary();
 }
