@@ -269,10 +269,13 @@ class _Entry:
 
 
 def _identity_of(evidence: Evidence | Unattested) -> tuple[bytes, bytes]:
-    """Whose entry it is, for the per-identity bound: the enclave's measurement and signer. All unattested clients
-    share one bucket, so that their churn only ever evicts unattested entries."""
+    """Whose entry it is, for the per-identity bound: the enclave's measurement and signer, or a TD's MRTD and the
+    TDX module's MRSEAM. All unattested clients share one bucket, so that their churn only ever evicts unattested
+    entries."""
     if isinstance(evidence, Unattested):
         return b"", b""
+    if evidence.tee == "tdx":
+        return evidence.mrtd, evidence.mrseam
     return evidence.mrenclave, evidence.mrsigner
 
 

@@ -236,14 +236,14 @@ def credentials(policy: Policy, identity: Identity | None = None, provider: str 
     gets in only at ports that allow unattested clients (add_secure_port(..., client_attestation="optional")), and
     cannot serve a port.
 
-    trust_ttl: seconds a server trusts an attested client. handshake_timeout: seconds one attestation handshake
-    may take (either side). max_concurrent_handshakes: handshakes an attestation port serves at once (a worker
-    thread each). max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts.
-    max_trusted_clients, max_trusted_per_identity: how many attested clients a port trusts at once, in all and
-    per (MRENCLAVE, MRSIGNER); beyond them the least recently used entry of the identity with too many goes, so
-    one identity's churn never evicts another's clients. collateral: a ratls.collateral source (PCCS,
-    FileCollateral); every peer's TCB status is then evaluated inside the attestation handshake, on both sides,
-    before the peer is trusted or pinned (without one it is "Unknown", which Gramine-style policies refuse)."""
+    trust_ttl: seconds a server trusts an attested client. handshake_timeout: seconds one attestation handshake may take
+    (either side). max_concurrent_handshakes: handshakes an attestation port serves at once (a worker thread each).
+    max_cert_size: the largest peer certificate (DER bytes) an attestation port accepts. max_trusted_clients,
+    max_trusted_per_identity: how many attested clients a port trusts at once, in all and per (MRENCLAVE, MRSIGNER) or,
+    for a TD, (MRTD, MRSEAM); beyond them the least recently used entry of the identity with too many goes, so one
+    identity's churn never evicts another's clients. collateral: a ratls.collateral source (PCCS, FileCollateral); every
+    peer's TCB status is then evaluated inside the attestation handshake, on both sides, before the peer is trusted or
+    pinned (without one it is "Unknown", which Gramine-style policies refuse)."""
     if identity is None and provider == "none":
         identity = UnattestedIdentity()
     elif identity is None:

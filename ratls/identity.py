@@ -8,7 +8,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -21,7 +21,7 @@ from ratls._native import ffi, lib
 from ratls.errors import ProviderError, RatlsError, check_call
 from ratls.evidence import Evidence, _verify_certificate, inspect_certificate
 from ratls.gramine import ATTESTATION_TYPE_FILE, find_library, in_sgx_enclave, unique_subject_certificate
-from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
+from ratls.policy import ALLOWABLE_TCB_STATUSES, TEE_NAMES, Policy
 from ratls.simca import SimCA
 from ratls.tsm import TSM_REPORT_ROOT, ConfigfsTsm, in_tdx_guest
 
@@ -30,6 +30,8 @@ SIM_LIBRARY = Path(__file__).with_name("libratls_sim.so")
 DICE_VALIDITY_BEFORE = dt.timedelta(hours=1)
 DICE_VALIDITY_AFTER = dt.timedelta(days=365)
 _MEASUREMENT_DOMAIN = b"ratls-sim-mrenclave-v1\0"
+_TD_MEASUREMENT_DOMAIN = b"ratls-sim-mrtd-v1\0"
+TDX_QUOTE_VERSIONS = (4, 5)
 
 # Providers are dlopen'ed once per process and, like Gramine's libraries, hold process-wide state: identity
 # creation (configure + create) is serialized.
@@ -51,8 +53,9 @@ def _measured_paths(files: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> bytes:
-    """The simulated MRENCLAVE of a set of files: what a Gramine manifest would list as trusted files.
+def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None = None, *, td: bool = False) -> bytes:
+    """The simulated MRENCLAVE of a set of files: what a Gramine manifest would list as trusted files; with td=True
+    the simulated MRTD of a TD that runs them (48 bytes: SHA-384 under its own domain tag, otherwise the same).
 
     SHA-256 over a domain tag and, for each file sorted by name, len(name) (4 B LE) || name || SHA-256(content).
     Names are relative to `root` when given (so the same tree measures the same anywhere), else as given.
@@ -67,7 +70,7 @@ def measure(files: Iterable[str | os.PathLike], root: str | os.PathLike | None =
     names = [n for n, _ in entries]
     if len(set(names)) != len(names):
         raise RatlsError("the measured file list names a file twice")
-    h = hashlib.sha256(_MEASUREMENT_DOMAIN)
+    h = hashlib.sha384(_TD_MEASUREMENT_DOMAIN) if td else hashlib.sha256(_MEASUREMENT_DOMAIN)
     for name, digest in sorted(entries):
         raw = name.encode()
         h.update(len(raw).to_bytes(4, "little") + raw + digest)
@@ -144,6 +147,40 @@ def _private_key_pem(private_key_der: bytes) -> bytes:
                              serialization.NoEncryption())
 
 
+def _configure_sim_td(p, ca_dir: Path, mrtd: bytes, rtmrs: Sequence[bytes] | None, version: int, debug: bool,
+                      not_before: int, not_after: int) -> None:
+    """Makes the sim library (`p`) a TD: MRTD, RTMR0..3 (default zero), quote version, debug."""
+    rtmrs = tuple(rtmrs) if rtmrs is not None else (bytes(48),) * 4
+    if len(rtmrs) != 4 or any(not isinstance(r, bytes) or len(r) != 48 for r in rtmrs):
+        raise ProviderError("rtmrs must be four 48-byte values (RTMR0..3)")
+    if version not in TDX_QUOTE_VERSIONS:
+        raise ProviderError(f"tdx_version must be 4 or 5, not {version!r}")
+    if len(mrtd) != 48:
+        raise ProviderError(f"mrtd must be 48 bytes, got {len(mrtd)}")
+    check_call(lib.ratls_provider_sim_configure_tdx, p, str(ca_dir).encode(), mrtd, b"".join(rtmrs), version,
+               int(bool(debug)), not_before, not_after, error=ProviderError)
+
+
+def sim_tdx_quote(report_data: bytes, *, sim_ca: str | os.PathLike, mrtd: bytes, rtmrs: Sequence[bytes] | None = None,
+                  tdx_version: int = 4, debug: bool = False, library_path: str | None = None) -> bytes:
+    """A simulated TDX quote over `report_data` (64 bytes) from a TD with this MRTD and RTMRs, under the sim CA's
+    root: what a TD's quote provider (configfs-tsm: report_data in, quote out) returns, for a provider to bind its
+    own data. Verify it with a policy that accepts TDX and names the sim root."""
+    if len(report_data) != 64:
+        raise ProviderError(f"report_data must be 64 bytes, got {len(report_data)}")
+    ca = SimCA(sim_ca)
+    p = _open_provider(library_path or str(SIM_LIBRARY))
+    out = ffi.new("uint8_t **")
+    n = ffi.new("size_t *")
+    with _provider_lock:
+        _configure_sim_td(p, ca.path, mrtd, rtmrs, tdx_version, debug, 0, 0)
+        check_call(lib.ratls_provider_sim_quote, p, report_data, out, n, error=ProviderError)
+    try:
+        return bytes(ffi.buffer(out[0], n[0]))
+    finally:
+        lib.ratls_free(out[0])
+
+
 def _open_provider(path: str):
     with _provider_lock:
         if path not in _providers:
@@ -164,7 +201,7 @@ def _timestamp(value) -> int:
 def _own_evidence(cert_der: bytes, sim_root) -> Evidence:
     """The self-check every new identity passes, which also yields its Evidence: any measurement, but a fully
     valid chain and binding."""
-    own_policy = Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
+    own_policy = Policy(tees=TEE_NAMES, allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
                         allow_simulated=sim_root is not None, sim_root=sim_root)
     info = inspect_certificate(cert_der)
     # Not a validity check (a deliberately expired certificate is allowed): verify inside its window.
@@ -217,17 +254,21 @@ class Identity:
         not_after=None,
         library_path: str | None = None,
         tsm_root: str | os.PathLike = TSM_REPORT_ROOT,
+        rtmrs: Sequence[bytes] | None = None,
+        tdx_version: int = 4,
     ) -> Identity:
         """Creates a fresh identity.
 
         provider: "gramine" (inside an SGX enclave: Gramine's libra_tls_attest.so, found as ratls.gramine
         describes, or `library_path`; never a fallback to sim), "sim" (the simulated provider: needs `sim_ca` and
-        `measured_files`, whose measurement becomes MRENCLAVE), "tdx" (inside an Intel TDX VM: the TD quote from
-        configfs-tsm at `tsm_root`, ratls.tsm, in a DICE-only certificate, create_dice), or "auto" (gramine when
-        /dev/attestation says dcap, else tdx in a TDX guest, else sim when sim_ca is given). not_before/not_after
-        (datetime or Unix seconds) apply to sim and tdx certificates; the default is now-1h .. now+365d. A gramine
-        certificate (subject CN=RATLS) is re-issued with the unique CN over the same key, its quote extensions
-        unchanged (ratls.gramine.unique_subject_certificate);
+        `measured_files`, whose measurement becomes MRENCLAVE), "sim-tdx" (the simulated provider as a TD: MRTD is
+        measure(measured_files, td=True), RTMR0..3 are `rtmrs` (four 48-byte values, default zero), its quotes TDX
+        version `tdx_version` 4 or 5; `debug` sets TDATTRIBUTES.DEBUG), "tdx" (inside an Intel TDX VM: the TD quote
+        from configfs-tsm at `tsm_root`, ratls.tsm, in a DICE-only certificate, create_dice), or "auto" (gramine
+        when /dev/attestation says dcap, else tdx in a TDX guest, else sim when sim_ca is given).
+        not_before/not_after (datetime or Unix seconds) apply to sim and tdx certificates; the default is now-1h ..
+        now+365d. A gramine certificate (subject CN=RATLS) is re-issued with the unique CN over the same key, its
+        quote extensions unchanged (ratls.gramine.unique_subject_certificate);
         `sim_ca`, if given with gramine, is only a root its self-check accepts (a sim library under Gramine's
         name, in tests)."""
         if provider == "auto":
@@ -244,6 +285,9 @@ class Identity:
         if provider == "sim":
             return cls._create_sim(sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before,
                                    not_after, library_path)
+        if provider == "sim-tdx":
+            return cls._create_sim_td(sim_ca, measured_files, measure_root, rtmrs, tdx_version, debug, not_before,
+                                      not_after, library_path)
         if provider == "gramine":
             return cls._create_with(find_library("attest", library_path), "gramine", None, sim_root=sim_ca)
         if provider == "tdx":
@@ -251,7 +295,8 @@ class Identity:
         if provider == "none":
             raise ProviderError("provider 'none' has no attestation, so it makes no Identity: for a client outside "
                                 "any enclave use ratls.credentials(policy, provider='none')")
-        raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim', 'gramine' or 'tdx')")
+        raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim', 'sim-tdx', 'gramine' or "
+                            "'tdx')")
 
     @classmethod
     def _create_sim(cls, sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before, not_after,
@@ -272,6 +317,22 @@ class Identity:
                        error=ProviderError)
 
         return cls._create_with(library_path or str(SIM_LIBRARY), "sim", configure, sim_root=ca.path)
+
+    @classmethod
+    def _create_sim_td(cls, sim_ca, measured_files, measure_root, rtmrs, tdx_version, debug, not_before, not_after,
+                       library_path) -> Identity:
+        if sim_ca is None:
+            raise ProviderError("the sim-tdx provider needs sim_ca (a directory made by `python -m ratls sim-ca init`)")
+        if measured_files is None:
+            raise ProviderError("the sim-tdx provider needs measured_files: the files whose measurement is MRTD")
+        ca = SimCA(sim_ca)
+        mrtd = measure(measured_files, measure_root, td=True)
+
+        def configure(p) -> None:
+            _configure_sim_td(p, ca.path, mrtd, rtmrs, tdx_version, debug, _timestamp(not_before),
+                              _timestamp(not_after))
+
+        return cls._create_with(library_path or str(SIM_LIBRARY), "sim-tdx", configure, sim_root=ca.path)
 
     @classmethod
     def _create_with(cls, library: str, provider: str, configure, sim_root=None) -> Identity:

@@ -1,6 +1,7 @@
 """Intel TDX quotes (issue 21): the real go-tdx-guest quotes v4 and v5 (tests/data/tdx) parse and verify to Intel's
 root through ratls; policies accept TEEs by name (SGX never TDX and TDX never SGX unless both are named) and check
-MRTD and RTMRs; the TCB status of the v4 quote from its own collateral at the collateral's time."""
+MRTD and RTMRs; the TCB status of the v4 quote from its own collateral at the collateral's time; simulated TDs
+(provider "sim-tdx", sim_tdx_quote) verify like real ones and attest to SGX peers over credentials()."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 import dcap_qvl
 import pytest
 from conftest import REPO
+from grpctools import hello, serve
 from pccs_stub import PccsStub
 
 import ratls
 from ratls.collateral import PCCS, CollateralKey, FileCollateral, _raw_member
+from ratls.credentials import credentials
 from ratls.errors import CollateralValidityError
+from ratls.identity import sim_tdx_quote
 
 R = ratls.Reason
 DATA = REPO / "tests" / "data" / "tdx"
@@ -203,3 +207,106 @@ def test_v5_has_no_complete_collateral(v5):
     with pytest.raises(CollateralValidityError) as e:
         ratls.verify_quote(v5, tdx_policy(), now=V5_NOW, collateral=json.dumps(coll))
     assert e.value.expired and "CrlExpired" in e.value.message
+
+
+# ------------------------------------------------------------------------------------------------ simulated TDs
+
+
+@pytest.fixture(scope="module")
+def td(sim_ca, measured_tree) -> ratls.Identity:
+    rtmrs = tuple(bytes([i + 1]) * 48 for i in range(4))
+    return ratls.Identity.create("sim-tdx", sim_ca=sim_ca.path, measured_files=[measured_tree],
+                                 measure_root=measured_tree, rtmrs=rtmrs)
+
+
+def sim_td_policy(sim_ca, mrtd: bytes, **kw) -> ratls.Policy:
+    return ratls.Policy(tees="tdx", mrtd=mrtd, allow_simulated=True, sim_root=sim_ca.path,
+                        allowed_tcb_statuses=ANY_TCB, **kw)
+
+
+def test_sim_td_identity(td, sim_ca, measured_tree):
+    mrtd = measure(measured_tree, td)
+    assert len(mrtd) == 48 and mrtd != ratls.identity.measure([measured_tree], measured_tree)
+    ev = ratls.verify_certificate(td.certificate_der, sim_td_policy(sim_ca, mrtd, rtmr2=bytes([3]) * 48))
+    assert (ev.provider, ev.tee, ev.mrtd, ev.debug) == ("sim", "tdx", mrtd, False)
+    assert ev.rtmr == tuple(bytes([i + 1]) * 48 for i in range(4)) and ev.mrenclave == bytes(32)
+    assert td.evidence.mrtd == mrtd and td.provider == "sim-tdx"
+    quote = ratls.inspect_certificate(td.certificate_der).quote
+    assert (ratls.parse_quote(quote).version, ratls.parse_quote(quote).tee) == (4, "tdx")
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_certificate(td.certificate_der, sim_td_policy(sim_ca, bytes(48)))
+    assert e.value.reason == R.MRTD
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_certificate(td.certificate_der, ratls.Policy(allow_simulated=True, sim_root=sim_ca.path,
+                                                                  allowed_tcb_statuses=ANY_TCB))
+    assert e.value.reason == R.TEE_TYPE
+
+
+def measure(tree, identity: ratls.Identity) -> bytes:
+    """The MRTD a sim TD running `tree` has (and check that the identity's is it)."""
+    mrtd = ratls.identity.measure([tree], tree, td=True)
+    assert identity.evidence.mrtd == mrtd
+    return mrtd
+
+
+def test_sim_debug_td_and_v5(sim_ca, measured_tree):
+    debug = ratls.Identity.create("sim-tdx", sim_ca=sim_ca.path, measured_files=[measured_tree],
+                                  measure_root=measured_tree, debug=True, tdx_version=5)
+    mrtd = measure(measured_tree, debug)
+    quote = ratls.parse_quote(ratls.inspect_certificate(debug.certificate_der).quote)
+    assert (quote.version, quote.body_type, quote.td_report.debug) == (5, 3, True)
+    with pytest.raises(ratls.VerificationError) as e:
+        ratls.verify_certificate(debug.certificate_der, sim_td_policy(sim_ca, mrtd))
+    assert e.value.reason == R.DEBUG_ENCLAVE and "DEBUG TD" in e.value.message
+    assert ratls.verify_certificate(debug.certificate_der, sim_td_policy(sim_ca, mrtd, allow_debug=True)).debug
+    with pytest.raises(ratls.ProviderError, match="4 or 5"):
+        ratls.Identity.create("sim-tdx", sim_ca=sim_ca.path, measured_files=[measured_tree], tdx_version=6)
+    with pytest.raises(ratls.ProviderError, match="four 48-byte"):
+        ratls.Identity.create("sim-tdx", sim_ca=sim_ca.path, measured_files=[measured_tree], rtmrs=[bytes(48)])
+
+
+def test_sim_tdx_quote_over_chosen_report_data(sim_ca):
+    mrtd, report_data = bytes(range(48)), bytes(range(64, 128))
+    for version in (4, 5):
+        quote = sim_tdx_quote(report_data, sim_ca=sim_ca.path, mrtd=mrtd, tdx_version=version)
+        ev = ratls.verify_quote(quote, sim_td_policy(sim_ca, mrtd))
+        assert (ev.report_data, ev.mrtd, ev.provider, ratls.parse_quote(quote).version) == (report_data, mrtd,
+                                                                                             "sim", version)
+        # Its signed regions are checked like a real quote's: a flipped RTMR0 bit, a flipped QE report bit.
+        rtmr0 = quote.index(mrtd) + 4 * 48  # after MRTD, MRCONFIGID, MROWNER, MROWNERCONFIG
+        qe_report = quote.index(ratls.parse_quote(quote).qe_report_signature) - 384  # the QE report precedes it
+        for offset, reason in ((rtmr0, R.QUOTE_SIGNATURE), (qe_report, R.QE_REPORT_SIGNATURE)):
+            bad = bytearray(quote)
+            bad[offset] ^= 1
+            with pytest.raises(ratls.VerificationError) as e:
+                ratls.verify_quote(bytes(bad), sim_td_policy(sim_ca, mrtd))
+            assert e.value.reason == reason, (offset, e.value)
+    with pytest.raises(ratls.ProviderError, match="64 bytes"):
+        sim_tdx_quote(b"short", sim_ca=sim_ca.path, mrtd=mrtd)
+
+
+def test_tdx_server_and_sgx_client_over_credentials(sim_ca, td, make_identity):
+    """A sim TD serves, an SGX (sim) enclave calls: each side's policy names the other's TEE and measurement. A client
+    whose policy accepts only SGX refuses the TD, and a TD whose policy accepts only TDX refuses the SGX client."""
+    sgx = make_identity()
+    td_policy = ratls.Policy(tees="sgx", mrenclave=sgx.mrenclave, allow_simulated=True, sim_root=sim_ca.path,
+                             allowed_tcb_statuses=ANY_TCB)
+    sgx_policy = sim_td_policy(sim_ca, td.evidence.mrtd)
+    with serve(credentials(td_policy, td)) as srv:
+        client = credentials(sgx_policy, sgx)
+        with client.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+            assert hello(channel) == b"hello world"
+            assert (channel.server_evidence.tee, channel.server_evidence.mrtd) == ("tdx", td.evidence.mrtd)
+        trusted = list(srv.creds.trusted_clients(srv.grpc_port).values())
+        assert [(e.tee, e.mrenclave) for e in trusted] == [("sgx", sgx.mrenclave)]
+        sgx_only = ratls.Policy(mrenclave=sgx.mrenclave, allow_simulated=True, sim_root=sim_ca.path,
+                                allowed_tcb_statuses=ANY_TCB)
+        with credentials(sgx_only, sgx).secure_channel(srv.target, attestation_target=srv.attestation_target) as ch:
+            with pytest.raises(ratls.VerificationError) as e:
+                ch.reattest()
+            assert e.value.reason == R.TEE_TYPE
+    with serve(credentials(sim_td_policy(sim_ca, td.evidence.mrtd), td)) as srv:
+        with credentials(sgx_policy, sgx).secure_channel(srv.target, attestation_target=srv.attestation_target) as ch:
+            with pytest.raises(ratls.VerificationError) as e:
+                ch.reattest()
+            assert e.value.reason == R.PEER_REFUSED and e.value.peer_reason == R.TEE_TYPE

@@ -179,7 +179,7 @@ def test_tdx_provider_resolves_to_configfs_tsm(tmp_path):
     with pytest.raises(ratls.ProviderError, match="no provider attribute"):
         ratls.Identity.create("tdx", tsm_root=tmp_path / "tsm")
     assert list((tmp_path / "tsm").iterdir()) == []
-    with pytest.raises(ratls.ProviderError, match="expected 'auto', 'sim', 'gramine' or 'tdx'"):
+    with pytest.raises(ratls.ProviderError, match="expected 'auto', 'sim', 'sim-tdx', 'gramine' or 'tdx'"):
         ratls.Identity.create("sev")
 
 
