@@ -16,14 +16,14 @@ from ratls.address import default_attestation_port, join_host_port, split_host_p
 from ratls.errors import CollateralValidityError, RatlsError, Reason, VerificationError
 from ratls.evidence import Evidence, inspect_certificate, parse_quote, verify_certificate, verify_quote
 from ratls.identity import measure
-from ratls.policy import ALLOWABLE_TCB_STATUSES, Policy
+from ratls.policy import ALLOWABLE_TCB_STATUSES, TEE_NAMES, Policy
 from ratls.simca import DEFAULT_VALIDITY, INTEL_TCB_STATUSES, SimCA
 
 
 def _inspection_policy(sim_root: str | None) -> Policy:
-    """Accepts any measurement, debug and TCB status but Revoked: inspect shows what a certificate claims and
-    whether its signature chain and key binding hold; deciding whether to trust it is a policy's job."""
-    return Policy(allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
+    """Accepts either TEE, any measurement, debug and TCB status but Revoked: inspect shows what a certificate
+    claims and whether its signature chain and key binding hold; deciding whether to trust it is a policy's job."""
+    return Policy(tees=TEE_NAMES, allow_debug=True, allowed_tcb_statuses=ALLOWABLE_TCB_STATUSES,
                   allow_simulated=sim_root is not None, sim_root=sim_root)
 
 
@@ -40,9 +40,16 @@ def _read_bounded(path: str, limit: int) -> bytes:
     return data
 
 
+def _looks_like_quote(data: bytes) -> bool:
+    """A quote starts with its version, a little-endian u16 (3: SGX, 4 and 5: TDX; others are named and refused by
+    the parser); a DER certificate starts 30 8x (u16 0x8x30) and a PEM one with text."""
+    version = int.from_bytes(data[:2], "little")
+    return len(data) >= 2 and not data.lstrip().startswith(b"-----BEGIN") and 0 < version < 0x100
+
+
 def _inspect(args: argparse.Namespace) -> int:
     data = _read_bounded(args.file, MAX_INSPECT_BYTES)
-    is_quote = not data.lstrip().startswith(b"-----BEGIN") and data[:2] in (b"\x03\x00", b"\x04\x00")
+    is_quote = _looks_like_quote(data)
     policy = _inspection_policy(args.sim_root)
     out: dict = {"file": args.file, "kind": "quote" if is_quote else "certificate"}
     raw_quote = data
@@ -56,7 +63,9 @@ def _inspect(args: argparse.Namespace) -> int:
         out["certificate"] = {"sha256": info.cert_fingerprint.hex(), "evidence_extensions":
                               [n for n, q in (("dice", info.dice_claims), ("legacy", info.legacy_quote)) if q]}
     try:
-        out["quote"] = parse_quote(raw_quote).to_dict()
+        quote = parse_quote(raw_quote)
+        out["quote_type"] = quote.description
+        out["quote"] = quote.to_dict()
         out["quote"].pop("cert_data", None)
     except VerificationError as e:
         out["error"] = {"reason": e.reason.name, "message": e.message}
@@ -95,11 +104,19 @@ def _emit(out: dict, as_json: bool, rc: int) -> int:
     if "certificate" in out:
         print(f"  sha256:        {out['certificate']['sha256']}")
         print(f"  evidence:      {', '.join(out['certificate']['evidence_extensions'])}")
-    body = out["quote"]["body"]
-    print(f"  quote version: {out['quote']['version']}")
-    for field in ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "report_data"):
-        print(f"  {field + ':':<14} {body[field]}")
-    print(f"  debug:         {bool(body['flags'] & 2)} (attributes 0x{body['flags']:x})")
+    print(f"  quote:         {out['quote_type']}")
+    body, td = out["quote"]["body"], out["quote"]["td_report"]
+    if td is not None:
+        for field in ("mrtd", "rtmr", "mrseam", "report_data"):
+            values = td[field] if field == "rtmr" else [td[field]]
+            for i, value in enumerate(values):
+                name = f"rtmr{i}" if field == "rtmr" else field
+                print(f"  {name + ':':<14} {value}")
+        print(f"  debug:         {bool(td['td_attributes'] & 1)} (TD attributes 0x{td['td_attributes']:016x})")
+    else:
+        for field in ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn", "report_data"):
+            print(f"  {field + ':':<14} {body[field]}")
+        print(f"  debug:         {bool(body['flags'] & 2)} (attributes 0x{body['flags']:x})")
     v = out["verification"]
     if v["ok"]:
         ev = v["evidence"]

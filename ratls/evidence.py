@@ -134,6 +134,16 @@ class Quote(_JsonMixin):
     cert_data: bytes
 
     @property
+    def description(self) -> str:
+        """What kind of quote this is, in words: "SGX ECDSA quote v3", "TDX quote v4 (TD report 1.0)", "TDX quote v5,
+        body type 3 (TD report 1.5)"."""
+        if self.tee == "sgx":
+            return f"SGX ECDSA quote v{self.version}"
+        body = "TD report 1.5" if self.body_type == lib.RATLS_BODY_TD_REPORT_15 else "TD report 1.0"
+        body_type = f", body type {self.body_type}" if self.version == 5 else ""
+        return f"TDX quote v{self.version}{body_type} ({body})"
+
+    @property
     def pck_chain_pem(self) -> list[bytes]:
         """The PEM certificates of a type-5 certification data (leaf first)."""
         if self.cert_data_type != 5:

@@ -310,3 +310,38 @@ def test_tdx_server_and_sgx_client_over_credentials(sim_ca, td, make_identity):
             with pytest.raises(ratls.VerificationError) as e:
                 ch.reattest()
             assert e.value.reason == R.PEER_REFUSED and e.value.peer_reason == R.TEE_TYPE
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def test_cli_inspect_says_what_each_quote_is(v4, v5, testdata, tmp_path, td, sim_ca, capsys):
+    from ratls.__main__ import main
+
+    v4_file = tmp_path / "v4.dat"
+    v4_file.write_bytes(v4)
+    body_type_1 = tmp_path / "v5-sgx-body.dat"
+    body_type_1.write_bytes(v5[:48] + b"\x01\x00" + v5[50:])
+    cert = tmp_path / "td.der"
+    cert.write_bytes(td.certificate_der)
+    cases = [
+        (testdata / "sgx" / "dcap-qvl" / "sgx_quote", [], "SGX ECDSA quote v3"),
+        (v4_file, ["--time", str(V4_NOW)], "TDX quote v4 (TD report 1.0)"),
+        (DATA / "quote_v5_sample.dat", ["--time", str(V5_NOW)], "TDX quote v5, body type 3 (TD report 1.5)"),
+        (cert, ["--sim-root", str(sim_ca.path)], "TDX quote v4 (TD report 1.0)"),
+    ]
+    for path, extra, description in cases:
+        assert main(["inspect", str(path), "--json", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["quote_type"] == description and report["verification"]["ok"], report
+        assert main(["inspect", str(path), *extra]) == 0
+        text = capsys.readouterr().out
+        assert f"quote:         {description}" in text
+        if "TDX" in description:
+            assert report["verification"]["evidence"]["tee"] == "tdx"
+            assert f"mrtd:          {report['quote']['td_report']['mrtd']}" in text and "rtmr3:" in text
+    assert main(["inspect", str(body_type_1)]) == 1
+    out = capsys.readouterr().out
+    assert "QUOTE_UNSUPPORTED_VERSION" in out and "body type" in out and "X.509" not in out
+    assert main(["inspect", str(DATA / "tdx_prod_quote_SPR_E4.dat")]) == 1  # go-tdx-guest's trailer
+    assert "39 trailing bytes" in capsys.readouterr().out
