@@ -66,6 +66,7 @@ static inline ratls_policy *fuzz_permissive_policy(void) {
     FUZZ_REQUIRE(p != NULL);
     ratls_policy_set_allow_debug(p, 1);
     ratls_policy_set_allowed_tcb_mask(p, 0xffu);
+    ratls_policy_set_allowed_tees(p, RATLS_TEE_SGX | RATLS_TEE_TDX);
     size_t len = 0;
     uint8_t *root = fuzz_sim_root(&len);
     if (root) {

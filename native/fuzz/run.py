@@ -3,7 +3,7 @@
     python native/fuzz/run.py                          # every target for 60 s
     python native/fuzz/run.py --seconds 1800 fuzz_cert # one target, a long campaign
 
-Targets: fuzz_quote (SGX quote parser and verification), fuzz_cert (RA-TLS certificate parser and verification),
+Targets: fuzz_quote (SGX and TDX quote parser and verification), fuzz_cert (RA-TLS certificate parser and verification),
 fuzz_attest (the attestation handshake over loopback: raw client bytes, attesting clients, a malicious server's
 acknowledgement, a genuine client's channel certificate message). Seeds come from ../shared/testdata plus sim
 identities made with a sim CA kept in the work directory (so a growing corpus stays valid across runs). Before
@@ -95,6 +95,7 @@ def make_seeds(work: Path) -> dict[str, Path]:
     """Seed corpora for every target (rewritten each run); the sim CA is made once per work directory."""
     import ratls
     from ratls._certs import certificate_der
+    from ratls.identity import sim_tdx_quote
 
     ca_dir = work / "sim-ca"
     ca = ratls.SimCA(ca_dir) if (ca_dir / "root.crt.pem").exists() else ratls.SimCA.init(ca_dir)
@@ -116,11 +117,19 @@ def make_seeds(work: Path) -> dict[str, Path]:
             "intel-qvl-sample-quote": (TESTDATA / "sgx" / "intel-qvl-sample" / "quote.dat").read_bytes(),
             "sim-dice-quote": sim_info.quote,
             "sim-legacy-quote": sim_info.legacy_quote,
+            # TDX (tests/data/tdx): go-tdx-guest's v4 quote without its trailer, its v5 quote; sim TD quotes.
+            "tdx-v4-quote": (REPO / "tests" / "data" / "tdx" / "tdx_prod_quote_SPR_E4.dat").read_bytes()[:4935],
+            "tdx-v5-quote": (REPO / "tests" / "data" / "tdx" / "quote_v5_sample.dat").read_bytes(),
+            "sim-tdx-v4-quote": sim_tdx_quote(bytes(64), sim_ca=ca.path, mrtd=bytes(range(48))),
+            "sim-tdx-v5-debug-quote": sim_tdx_quote(bytes(range(64)), sim_ca=ca.path, mrtd=bytes(48), tdx_version=5,
+                                                    debug=True),
         },
         "fuzz_cert": {
             "gramine-cert": gramine_der,
             "sim-cert": sim.certificate_der,
             "sim-debug-cert": debug.certificate_der,
+            "sim-tdx-cert": ratls.Identity.create("sim-tdx", sim_ca=ca.path, measured_files=[app],
+                                                  measure_root=work).certificate_der,
             "sim-legacy-only-cert": _legacy_only(sim.certificate_der, sim.private_key_der),
             "sim-dice-only-cert": sim_dice_only.certificate_der,
             # Real DICE-only certificates (tests/data/dice): rats-tls's carries custom claims beside pubkey-hash.
