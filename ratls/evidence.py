@@ -14,12 +14,10 @@ from ratls._certs import certificate_der
 from ratls._native import ffi, lib
 from ratls._notices import note_accepted
 from ratls.errors import Reason, VerificationError, check_call
-from ratls.policy import TCB_STATUSES, Policy
+from ratls.policy import TCB_STATUSES, TEES, Policy
 
 _FORMATS = {lib.RATLS_FORMAT_BARE_QUOTE: "quote", lib.RATLS_FORMAT_DICE: "dice", lib.RATLS_FORMAT_LEGACY: "legacy"}
 _PROVIDERS = {lib.RATLS_ROOT_NONE: "none", lib.RATLS_ROOT_TRUSTED: "sgx", lib.RATLS_ROOT_SIMULATED: "sim"}
-TEES: dict[str, int] = {"sgx": lib.RATLS_TEE_SGX, "tdx": lib.RATLS_TEE_TDX}
-"""The TEEs a quote can come from, by name, with the C core's RATLS_TEE_* value."""
 _TEE_NAMES = {v: k for k, v in TEES.items()}
 
 

@@ -21,8 +21,9 @@ ALLOWABLE_TCB_STATUSES: tuple[str, ...] = tuple(s for s in TCB_STATUSES if s != 
 Measurement = str | bytes
 MeasurementSet = Measurement | Iterable[Measurement] | None
 
-TEE_NAMES: tuple[str, ...] = ("sgx", "tdx")
-"""The TEEs a policy can accept; their C values are ratls.evidence.TEES."""
+TEES: dict[str, int] = {"sgx": lib.RATLS_TEE_SGX, "tdx": lib.RATLS_TEE_TDX}
+"""The TEEs a quote can come from and a policy can accept, by name, with the C core's RATLS_TEE_* value."""
+TEE_NAMES: tuple[str, ...] = tuple(TEES)
 
 
 def _measurements(value: MeasurementSet, field: str, size: int = 32) -> tuple[bytes, ...]:
@@ -175,8 +176,7 @@ class Policy:
             lib.ratls_policy_add_mrenclave(ptr, m)
         for m in self.mrsigner:
             lib.ratls_policy_add_mrsigner(ptr, m)
-        lib.ratls_policy_set_allowed_tees(ptr, sum(lib.RATLS_TEE_SGX if t == "sgx" else lib.RATLS_TEE_TDX
-                                                   for t in self.tees))
+        lib.ratls_policy_set_allowed_tees(ptr, sum(TEES[t] for t in self.tees))
         for m in self.mrtd:
             lib.ratls_policy_add_mrtd(ptr, m)
         for index, values in enumerate(self.rtmrs):

@@ -285,7 +285,7 @@ def test_sim_tdx_quote_over_chosen_report_data(sim_ca):
         sim_tdx_quote(b"short", sim_ca=sim_ca.path, mrtd=mrtd)
 
 
-def test_tdx_server_and_sgx_client_over_credentials(sim_ca, td, make_identity):
+def test_tdx_server_and_sgx_client_over_credentials(sim_ca, td, make_identity, measured_tree):
     """A sim TD serves, an SGX (sim) enclave calls: each side's policy names the other's TEE and measurement. A client
     whose policy accepts only SGX refuses the TD, and a TD whose policy accepts only TDX refuses the SGX client."""
     sgx = make_identity()
@@ -305,7 +305,11 @@ def test_tdx_server_and_sgx_client_over_credentials(sim_ca, td, make_identity):
             with pytest.raises(ratls.VerificationError) as e:
                 ch.reattest()
             assert e.value.reason == R.TEE_TYPE
-    with serve(credentials(sim_td_policy(sim_ca, td.evidence.mrtd), td)) as srv:
+    # credentials() makes the TD identity itself with provider="sim-tdx".
+    made = credentials(sim_td_policy(sim_ca, td.evidence.mrtd), provider="sim-tdx", sim_ca=sim_ca.path,
+                       measured_files=[measured_tree], measure_root=measured_tree)
+    assert (made.identity.provider, made.identity.evidence.mrtd) == ("sim-tdx", td.evidence.mrtd)
+    with serve(made) as srv:
         with credentials(sgx_policy, sgx).secure_channel(srv.target, attestation_target=srv.attestation_target) as ch:
             with pytest.raises(ratls.VerificationError) as e:
                 ch.reattest()
