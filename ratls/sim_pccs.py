@@ -4,11 +4,11 @@ dcap-qvl's get_collateral) fetch sim collateral exactly as they fetch Intel's.
     with SimPCCS(SimCA(dir)) as pccs:          # or: python -m ratls sim-pccs serve DIR --port 8081
         ... PCCS(pccs.url) ...
 
-It serves, under /sgx/certification/v4/, tcb?fmspc=, qe/identity, pckcrl?ca=platform&encoding=der and rootcacrl
-(SimCA.pcs_response says how), reading the CA's TCB state on every request, so `SimCA.set_tcb` (or
-`python -m ratls sim-ca tcb`) shows in the next fetch. Its TCB Info has a level for each of the CA's platforms
-(`SimCA.platform`), so one PCCS judges processes quoting through different platform directories each at its
-platform's status. TCB Info and QE Identity are issued at the time of the
+It serves, under /sgx/certification/v4/, tcb?fmspc=, qe/identity, pckcrl?ca=platform&encoding=der and rootcacrl, and
+under /tdx/certification/v4/ TDX's tcb?fmspc= and (TD) qe/identity (SimCA.pcs_response says how), reading the CA's
+TCB state on every request, so `SimCA.set_tcb` (or `python -m ratls sim-ca tcb`) shows in the next fetch. Its TCB
+Info has a level for each of the CA's platforms (`SimCA.platform`), so one PCCS judges processes quoting through
+different platform directories each at its platform's status. TCB Info and QE Identity are issued at the time of the
 request and valid for `validity`. Plain HTTP on the loopback address by default: it is a test fixture.
 """
 
@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Callable
 
 from ratls.errors import RatlsError
-from ratls.simca import DEFAULT_VALIDITY, PCS_API, SimCA
+from ratls.simca import DEFAULT_VALIDITY, PCS_API, PCS_TDX_API, SimCA
 
 _ENDPOINTS = ("tcb", "qe/identity", "pckcrl", "rootcacrl")
 
@@ -34,7 +34,8 @@ class SimPCCS:
 
     `url` is known once constructed (the port is bound then; port 0 picks a free one); `start()` serves in a
     daemon thread, `close()` stops; as a context manager it starts and closes. `requests` counts the requests
-    per endpoint ("tcb", "qe/identity", "pckcrl", "rootcacrl"; any other path under its own name)."""
+    per endpoint ("tcb", "qe/identity", "pckcrl", "rootcacrl"; TDX's "tdx/tcb", "tdx/qe/identity"; any other
+    path under its own name)."""
 
     def __init__(self, ca: SimCA, *, host: str = "127.0.0.1", port: int = 0,
                  validity: dt.timedelta = DEFAULT_VALIDITY, clock: Callable[[], float] = time.time,
@@ -85,9 +86,13 @@ class SimPCCS:
         self.close()
 
     def _count(self, path: str) -> None:
-        rel = path[len(PCS_API) + 1:] if path.startswith(PCS_API + "/") else path
+        rel = path
+        if path.startswith(PCS_API + "/") and path[len(PCS_API) + 1:] in _ENDPOINTS:
+            rel = path[len(PCS_API) + 1:]
+        elif path.startswith(PCS_TDX_API + "/") and path[len(PCS_TDX_API) + 1:] in _ENDPOINTS[:2]:
+            rel = "tdx/" + path[len(PCS_TDX_API) + 1:]
         with self._lock:
-            self._counts[rel if rel in _ENDPOINTS else path] += 1
+            self._counts[rel] += 1
 
 
 def _handler(pccs: SimPCCS) -> type[http.server.BaseHTTPRequestHandler]:

@@ -60,6 +60,10 @@ SIM_QE_SVN = 1
 SIM_PCE_SVN = 1
 SIM_QE_MRSIGNER = hashlib.sha256(b"RATLS simulated QE signer").digest()
 SIM_QE_ISVPRODID = 1
+SIM_TD_QE_ISVPRODID = 2  # the TD quoting enclave's, as Intel's
+SIM_TDX_TCB_COMPONENTS = (1,) + (0,) * 15
+"""The TEE_TCB_SVN of sim TD quotes (sim.c: SIM_TDX_MODULE_SVN at index 0), and so the tdxtcbcomponents of every
+level of the sim TDX TCB Info; MRSIGNERSEAM and SEAMATTRIBUTES are zero, as tdxModule says."""
 SIM_QE_ATTRIBUTES = bytes.fromhex("1500000000000000" "0300000000000000")  # INIT|MODE64BIT|PROVISION_KEY, xfrm 3
 SIM_QE_MISCSELECT = bytes(4)
 
@@ -81,6 +85,8 @@ ConfigurationAndSWHardeningNeeded, OutOfDate, OutOfDateConfigurationNeeded, Revo
 DEFAULT_VALIDITY = dt.timedelta(days=30)
 """How long served TCB Info and QE Identity are valid (Intel's are issued for 30 days)."""
 PCS_API = "/sgx/certification/v4"
+PCS_TDX_API = "/tdx/certification/v4"
+"""Where Intel's PCS serves the TDX TCB Info and the TD QE Identity (the CRLs are under PCS_API for both TEEs)."""
 TCB_INFO_ISSUER_CHAIN = "TCB-Info-Issuer-Chain"
 QE_IDENTITY_ISSUER_CHAIN = "SGX-Enclave-Identity-Issuer-Chain"
 PCK_CRL_ISSUER_CHAIN = "SGX-PCK-CRL-Issuer-Chain"
@@ -651,9 +657,10 @@ class SimCA:
     def _chain(self, leaf: str) -> str:
         return (self.path / leaf).read_text() + (self.path / "root.crt.pem").read_text()
 
-    def tcb_info(self, *, now: dt.datetime | float | None = None,
-                 validity: dt.timedelta = DEFAULT_VALIDITY) -> tuple[str, str]:
-        """The TCB Info (v3, the exact JSON text Intel signs) of the sim platforms and its signature (hex r||s).
+    def tcb_info(self, *, now: dt.datetime | float | None = None, validity: dt.timedelta = DEFAULT_VALIDITY,
+                 tee: str = "sgx") -> tuple[str, str]:
+        """The TCB Info (v3, the exact JSON text Intel signs) of the sim platforms and its signature (hex r||s);
+        with tee="tdx" the TDX TCB Info (id TDX, tdxModule, and tdxtcbcomponents in every level).
         It has one level per platform (the default and every created one), at that platform's own SVNs, with
         its status and advisories, highest first as Intel orders them (component SVNs, then PCESVN); a level
         is dated a month earlier per unit below the default's. When the highest is not UpToDate, a newer
@@ -664,11 +671,12 @@ class SimCA:
                                                 for n in self.platforms()]
         platforms.sort(key=lambda p: (p[0].components, p[0].pce_svn), reverse=True)
         base = dt.datetime.strptime(SIM_PLATFORM_TCB_DATE, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        tdx = {"tdxtcbcomponents": [{"svn": c} for c in SIM_TDX_TCB_COMPONENTS]} if tee == "tdx" else {}
         levels = []
         for ext, (status, ids) in platforms:
             below = max(sum(default.components) - sum(ext.components), 0)
             level: dict = {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in ext.components],
-                                   "pcesvn": ext.pce_svn},
+                                   "pcesvn": ext.pce_svn, **tdx},
                            "tcbDate": _intel_time(base - below * _LEVEL_SPACING), "tcbStatus": status}
             if ids:
                 level["advisoryIDs"] = list(ids)
@@ -677,27 +685,31 @@ class SimCA:
         if levels[0]["tcbStatus"] != "UpToDate":
             newer = [min(c + 1, 255) if i < 2 else c for i, c in enumerate(top.components)]
             levels.insert(0, {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in newer],
-                                      "pcesvn": top.pce_svn + 1},
+                                      "pcesvn": top.pce_svn + 1, **tdx},
                               "tcbDate": SIM_NEWER_TCB_DATE, "tcbStatus": "UpToDate"})
-        text = _compact({"id": "SGX", "version": 3, "issueDate": _intel_time(issued),
+        module = {"tdxModule": {"mrsigner": "00" * 48, "attributes": "00" * 8, "attributesMask": "FF" * 8}} \
+            if tee == "tdx" else {}
+        text = _compact({"id": tee.upper(), "version": 3, "issueDate": _intel_time(issued),
                          "nextUpdate": _intel_time(issued + validity), "fmspc": default.fmspc.hex().upper(),
                          "pceId": default.pce_id.hex().upper(), "tcbType": 0,
-                         "tcbEvaluationDataNumber": doc.number, "tcbLevels": levels})
+                         "tcbEvaluationDataNumber": doc.number, **module, "tcbLevels": levels})
         return text, _raw_signature(self._signing_key(), text.encode())
 
-    def qe_identity(self, *, now: dt.datetime | float | None = None,
-                    validity: dt.timedelta = DEFAULT_VALIDITY) -> tuple[str, str]:
+    def qe_identity(self, *, now: dt.datetime | float | None = None, validity: dt.timedelta = DEFAULT_VALIDITY,
+                    tee: str = "sgx") -> tuple[str, str]:
         """The QE Identity (v2, the exact JSON text Intel signs) of the simulated quoting enclave, with Intel's
-        masks, and its signature (hex r||s). The QE itself is always UpToDate."""
+        masks, and its signature (hex r||s); with tee="tdx" the TD QE's (id TD_QE, its ISVPRODID). The QE itself is
+        always UpToDate."""
         self._require_pcs()
         issued = _as_datetime(now)
         text = _compact({
-            "id": "QE", "version": 2, "issueDate": _intel_time(issued),
+            "id": "TD_QE" if tee == "tdx" else "QE", "version": 2, "issueDate": _intel_time(issued),
             "nextUpdate": _intel_time(issued + validity),
             "tcbEvaluationDataNumber": self.tcb().tcb_evaluation_data_number,
             "miscselect": SIM_QE_MISCSELECT.hex().upper(), "miscselectMask": "FFFFFFFF",
             "attributes": SIM_QE_ATTRIBUTES.hex().upper(), "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": SIM_QE_MRSIGNER.hex().upper(), "isvprodid": SIM_QE_ISVPRODID,
+            "mrsigner": SIM_QE_MRSIGNER.hex().upper(),
+            "isvprodid": SIM_TD_QE_ISVPRODID if tee == "tdx" else SIM_QE_ISVPRODID,
             "tcbLevels": [{"tcb": {"isvsvn": SIM_QE_SVN}, "tcbDate": SIM_QE_TCB_DATE, "tcbStatus": "UpToDate"}]})
         return text, _raw_signature(self._signing_key(), text.encode())
 
@@ -713,10 +725,13 @@ class SimCA:
         without collateral (made before the simulated PCS)."""
         self._require_pcs()
         parts = urllib.parse.urlsplit(request)
-        path = parts.path
-        if path.startswith("/"):
+        path, tee = parts.path, "sgx"
+        if path.startswith(PCS_TDX_API + "/") and path[len(PCS_TDX_API) + 1:] in ("tcb", "qe/identity"):
+            path, tee = path[len(PCS_TDX_API) + 1:], "tdx"
+        elif path.startswith("/"):
             if not path.startswith(PCS_API + "/"):
-                return _error(404, f"not found: {path} (the PCS API is under {PCS_API}/)")
+                return _error(404, f"not found: {path} (the PCS API is under {PCS_API}/, TDX's TCB Info and QE "
+                              f"Identity under {PCS_TDX_API}/)")
             path = path[len(PCS_API) + 1:]
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items()}
         if path == "tcb":
@@ -726,10 +741,10 @@ class SimCA:
             ours = self.pck_extension().fmspc.hex().upper()
             if fmspc.upper() != ours:
                 return _error(404, f"no TCB Info for FMSPC {fmspc.upper()} (the simulated platform's is {ours})")
-            text, signature = self.tcb_info(now=now, validity=validity)
+            text, signature = self.tcb_info(now=now, validity=validity, tee=tee)
             return self._signed(f'{{"tcbInfo":{text},"signature":"{signature}"}}', TCB_INFO_ISSUER_CHAIN)
         if path == "qe/identity":
-            text, signature = self.qe_identity(now=now, validity=validity)
+            text, signature = self.qe_identity(now=now, validity=validity, tee=tee)
             return self._signed(f'{{"enclaveIdentity":{text},"signature":"{signature}"}}', QE_IDENTITY_ISSUER_CHAIN)
         if path == "pckcrl":
             ca, encoding = query.get("ca", "").lower(), query.get("encoding", "pem").lower()
@@ -754,12 +769,13 @@ class SimCA:
                    chain_header: urllib.parse.quote(self._chain("tcb_signing.crt.pem"), safe="")}
         return PcsResponse(200, headers, body.encode())
 
-    def collateral(self, *, now: dt.datetime | float | None = None,
-                   validity: dt.timedelta = DEFAULT_VALIDITY) -> str:
+    def collateral(self, *, now: dt.datetime | float | None = None, validity: dt.timedelta = DEFAULT_VALIDITY,
+                   tee: str = "sgx") -> str:
         """The sim platform's collateral as dcap-qvl QuoteCollateralV3 JSON (what a PCCS client assembles from
-        the PCS responses; for offline use, e.g. ratls.collateral.FileCollateral)."""
-        tcb_info, tcb_signature = self.tcb_info(now=now, validity=validity)
-        qe_identity, qe_signature = self.qe_identity(now=now, validity=validity)
+        the PCS responses; for offline use, e.g. ratls.collateral.FileCollateral), for its enclaves or (tee="tdx")
+        its TDs."""
+        tcb_info, tcb_signature = self.tcb_info(now=now, validity=validity, tee=tee)
+        qe_identity, qe_signature = self.qe_identity(now=now, validity=validity, tee=tee)
         return json.dumps({
             "pck_crl_issuer_chain": self._chain("pck_ca.crt.pem"),
             "root_ca_crl": (self.path / "root_ca_crl.der").read_bytes().hex(),

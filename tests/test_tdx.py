@@ -18,6 +18,7 @@ from ratls.collateral import PCCS, CollateralKey, FileCollateral, _raw_member
 from ratls.credentials import credentials
 from ratls.errors import CollateralValidityError
 from ratls.identity import sim_tdx_quote
+from ratls.sim_pccs import SimPCCS
 
 R = ratls.Reason
 DATA = REPO / "tests" / "data" / "tdx"
@@ -349,3 +350,35 @@ def test_cli_inspect_says_what_each_quote_is(v4, v5, testdata, tmp_path, td, sim
     assert "QUOTE_UNSUPPORTED_VERSION" in out and "body type" in out and "X.509" not in out
     assert main(["inspect", str(DATA / "tdx_prod_quote_SPR_E4.dat")]) == 1  # go-tdx-guest's trailer
     assert "39 trailing bytes" in capsys.readouterr().out
+
+
+def test_sim_tdx_collateral_through_a_sim_pccs_in_the_handshake(tmp_path, measured_tree):
+    """The sim CA issues TDX collateral too (TCB Info id TDX with tdxModule and tdxtcbcomponents, QE Identity id
+    TD_QE), served by the sim PCCS under /tdx/certification/v4: a TD server and an SGX client, each evaluating the
+    other's TCB status inside the attestation handshake from one sim PCCS, each at its own TEE's collateral; a
+    status the policy does not allow refuses a TD quote, and one it allows comes with its advisories."""
+    ca = ratls.SimCA.init(tmp_path / "ca")
+    td = ratls.Identity.create("sim-tdx", sim_ca=ca.path, measured_files=[measured_tree], measure_root=measured_tree)
+    sgx = ratls.Identity.create("sim", sim_ca=ca.path, measured_files=[measured_tree], measure_root=measured_tree)
+    common = {"allow_simulated": True, "sim_root": ca.path, "allowed_tcb_statuses": ("UpToDate",)}
+    with SimPCCS(ca) as pccs:
+        server = credentials(ratls.Policy(mrenclave=sgx.mrenclave, **common), td, collateral=PCCS(pccs.url))
+        client = credentials(ratls.Policy(tees="tdx", mrtd=td.evidence.mrtd, **common), sgx,
+                             collateral=PCCS(pccs.url))
+        with serve(server) as srv:
+            with client.secure_channel(srv.target, attestation_target=srv.attestation_target) as channel:
+                assert hello(channel) == b"hello world"
+                assert (channel.server_evidence.tee, channel.server_evidence.tcb_status) == ("tdx", "UpToDate")
+            trusted = list(srv.creds.trusted_clients(srv.grpc_port).values())
+            assert [(e.tee, e.tcb_status) for e in trusted] == [("sgx", "UpToDate")]
+        assert pccs.requests["tdx/tcb"] >= 1 and pccs.requests["tdx/qe/identity"] >= 1
+        assert pccs.requests["tcb"] >= 1 and pccs.requests["qe/identity"] >= 1
+        ca.set_tcb("OutOfDate", ["INTEL-SA-00837"])
+        quote = sim_tdx_quote(bytes(64), sim_ca=ca.path, mrtd=td.evidence.mrtd)
+        tdx_policy = ratls.Policy(tees="tdx", **common)
+        with pytest.raises(ratls.VerificationError) as e:
+            ratls.verify_quote(quote, tdx_policy, collateral=PCCS(pccs.url))
+        assert e.value.reason == R.TCB_STATUS and "OutOfDate" in e.value.message
+    ev = ratls.verify_quote(quote, tdx_policy.replace(allowed_tcb_statuses=("OutOfDate",)),
+                            collateral=ca.collateral(tee="tdx"))
+    assert (ev.tcb_status, ev.advisory_ids) == ("OutOfDate", ("INTEL-SA-00837",))
