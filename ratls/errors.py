@@ -49,6 +49,8 @@ class Reason(enum.IntEnum):
     TEE_TYPE = 51  # the policy does not accept this TEE (SGX evidence for a TDX-only policy, or the reverse)
     MRTD = 52
     RTMR = 53
+    MRSEAM = 54  # the TDX module's measurement
+    TEE_TCB_SVN = 55  # a TEE_TCB_SVN component below the policy's minimum
     PROVIDER = 60
     HANDSHAKE = 70
     TIMEOUT = 71

@@ -114,8 +114,9 @@ class Policy:
 
     `tees` names the TEEs whose evidence is accepted: "sgx" (the default), "tdx", or both. An SGX policy never
     accepts TDX evidence nor a TDX policy SGX evidence (reason TEE_TYPE) unless it names both. mrenclave, mrsigner,
-    isv_prod_id and min_isv_svn apply to SGX evidence; mrtd and rtmr0..rtmr3 (48-byte values) to TDX evidence;
-    allow_debug to both (an SGX debug enclave, a TD with TDATTRIBUTES.DEBUG).
+    isv_prod_id and min_isv_svn apply to SGX evidence; mrtd, rtmr0..rtmr3 and mrseam (48-byte values: the TD and the
+    TDX module) and min_tee_tcb_svn (16 bytes, each component a minimum) to TDX evidence; allow_debug to both (an
+    SGX debug enclave, a TD with TDATTRIBUTES.DEBUG).
 
     Sim evidence is accepted only when `allow_simulated` is true and `sim_root` names the simulation root (a
     sim-ca directory or its root certificate). Without collateral the TCB status is "Unknown", which passes only
@@ -123,8 +124,8 @@ class Policy:
     """
 
     __slots__ = ("tees", "mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "mrtd", "rtmr0", "rtmr1", "rtmr2",
-                 "rtmr3", "allow_debug", "allowed_tcb_statuses", "allow_simulated", "sim_root_der",
-                 "trusted_root_der", "_ptr")
+                 "rtmr3", "mrseam", "min_tee_tcb_svn", "allow_debug", "allowed_tcb_statuses", "allow_simulated",
+                 "sim_root_der", "trusted_root_der", "_ptr")
 
     def __init__(
         self,
@@ -139,6 +140,8 @@ class Policy:
         rtmr1: MeasurementSet = None,
         rtmr2: MeasurementSet = None,
         rtmr3: MeasurementSet = None,
+        mrseam: MeasurementSet = None,
+        min_tee_tcb_svn: Measurement | None = None,
         allow_debug: bool = False,
         allowed_tcb_statuses: Iterable[str] = ("UpToDate",),
         allow_simulated: bool = False,
@@ -151,11 +154,18 @@ class Policy:
         set_(self, "mrsigner", _measurements(mrsigner, "mrsigner"))
         set_(self, "isv_prod_id", _u16(isv_prod_id, "isv_prod_id"))
         set_(self, "min_isv_svn", _u16(min_isv_svn, "min_isv_svn"))
-        for name, value in (("mrtd", mrtd), ("rtmr0", rtmr0), ("rtmr1", rtmr1), ("rtmr2", rtmr2), ("rtmr3", rtmr3)):
+        for name, value in (("mrtd", mrtd), ("rtmr0", rtmr0), ("rtmr1", rtmr1), ("rtmr2", rtmr2), ("rtmr3", rtmr3),
+                            ("mrseam", mrseam)):
             set_(self, name, _measurements(value, name, 48))
-        if "tdx" not in self.tees and (self.mrtd or self.rtmrs != ((),) * 4):
-            raise PolicyError("mrtd and rtmr0..rtmr3 apply to TDX evidence, which this policy does not accept: add "
-                              '"tdx" to tees')
+        if min_tee_tcb_svn is not None and not isinstance(min_tee_tcb_svn, str | bytes):
+            raise PolicyError(f"min_tee_tcb_svn: expected one 16-byte value (hex str or bytes), got "
+                              f"{type(min_tee_tcb_svn).__name__}")
+        set_(self, "min_tee_tcb_svn", None if min_tee_tcb_svn is None else
+             _measurements(min_tee_tcb_svn, "min_tee_tcb_svn", 16)[0])
+        if "tdx" not in self.tees and (self.mrtd or self.rtmrs != ((),) * 4 or self.mrseam
+                                       or self.min_tee_tcb_svn is not None):
+            raise PolicyError("mrtd, rtmr0..rtmr3, mrseam and min_tee_tcb_svn apply to TDX evidence, which this "
+                              'policy does not accept: add "tdx" to tees')
         set_(self, "allow_debug", _flag(allow_debug, "allow_debug"))
         set_(self, "allowed_tcb_statuses", _tcb_statuses(allowed_tcb_statuses))
         set_(self, "allow_simulated", _flag(allow_simulated, "allow_simulated"))
@@ -182,6 +192,9 @@ class Policy:
         for index, values in enumerate(self.rtmrs):
             for m in values:
                 lib.ratls_policy_add_rtmr(ptr, index, m)
+        for m in self.mrseam:
+            lib.ratls_policy_add_mrseam(ptr, m)
+        lib.ratls_policy_set_min_tee_tcb_svn(ptr, ffi.NULL if self.min_tee_tcb_svn is None else self.min_tee_tcb_svn)
         lib.ratls_policy_set_isv_prod_id(ptr, -1 if self.isv_prod_id is None else self.isv_prod_id)
         lib.ratls_policy_set_min_isv_svn(ptr, -1 if self.min_isv_svn is None else self.min_isv_svn)
         lib.ratls_policy_set_allow_debug(ptr, int(self.allow_debug))
@@ -219,6 +232,8 @@ class Policy:
             "rtmr1": self.rtmr1 or None,
             "rtmr2": self.rtmr2 or None,
             "rtmr3": self.rtmr3 or None,
+            "mrseam": self.mrseam or None,
+            "min_tee_tcb_svn": self.min_tee_tcb_svn,
             "allow_debug": self.allow_debug,
             "allowed_tcb_statuses": self.allowed_tcb_statuses,
             "allow_simulated": self.allow_simulated,
@@ -292,7 +307,7 @@ class Policy:
                     isinstance(item, str) for item in value)):
                 raise PolicyError(f"policy file {path}: {key}: expected {_FILE_TYPES[key]}, got {value!r}")
             if value == "any" and key in ("mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn", "mrtd", "rtmr0",
-                                          "rtmr1", "rtmr2", "rtmr3"):
+                                          "rtmr1", "rtmr2", "rtmr3", "mrseam", "min_tee_tcb_svn"):
                 value = None
             elif key in ("sim_root", "trusted_root"):
                 value = path.parent / value
@@ -306,14 +321,15 @@ class Policy:
 # Policy file keys: the TOML types each may have, and how to say so.
 _FILE_KEYS: dict[str, tuple[type, ...]] = {
     "tees": (str, list), "mrtd": (str, list), "rtmr0": (str, list), "rtmr1": (str, list), "rtmr2": (str, list),
-    "rtmr3": (str, list),
+    "rtmr3": (str, list), "mrseam": (str, list), "min_tee_tcb_svn": (str,),
     "mrenclave": (str, list), "mrsigner": (str, list), "isv_prod_id": (int, str), "min_isv_svn": (int, str),
     "allow_debug": (bool,), "allowed_tcb_statuses": (str, list), "allow_simulated": (bool,),
     "sim_root": (str,), "trusted_root": (str,),
 }
 _FILE_TYPES = {
     "tees": '"sgx", "tdx" or a list of them', **{k: 'hex digits, a list of them, or "any"' for k in
-                                                ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3")},
+                                                ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam")},
+    "min_tee_tcb_svn": '32 hex digits or "any"',
     "mrenclave": 'hex digits, a list of them, or "any"', "mrsigner": 'hex digits, a list of them, or "any"',
     "isv_prod_id": 'an integer or "any"', "min_isv_svn": 'an integer or "any"', "allow_debug": "true or false",
     "allowed_tcb_statuses": "a status or a list of them", "allow_simulated": "true or false",

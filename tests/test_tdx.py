@@ -118,6 +118,22 @@ def test_mrtd_and_each_rtmr_are_checked(v4):
     refused(R.RTMR, v4, every.replace(rtmr3=other), V4_NOW, "RTMR3")
 
 
+def test_tdx_module_mrseam_and_minimum_tee_tcb_svn(v4):
+    q = ratls.parse_quote(v4).td_report
+    assert q.tee_tcb_svn.hex() == "03000400000000000000000000000000"
+    refused(R.MRSEAM, v4, tdx_policy(mrseam="ab" * 48), V4_NOW, f"MRSEAM {q.mrseam.hex()}")
+    assert ratls.verify_quote(v4, tdx_policy(mrseam=q.mrseam, min_tee_tcb_svn=q.tee_tcb_svn), now=V4_NOW)
+    refused(R.TEE_TCB_SVN, v4, tdx_policy(min_tee_tcb_svn="03000500" + "00" * 12), V4_NOW,
+            "TEE_TCB_SVN[2] is 4, the policy requires at least 5")
+    assert tdx_policy(min_tee_tcb_svn=q.tee_tcb_svn).replace(mrseam=q.mrseam).min_tee_tcb_svn == q.tee_tcb_svn
+    with pytest.raises(ratls.PolicyError, match="16 bytes"):
+        tdx_policy(min_tee_tcb_svn="0300")
+    with pytest.raises(ratls.PolicyError, match="one 16-byte value"):
+        tdx_policy(min_tee_tcb_svn=[q.tee_tcb_svn])
+    with pytest.raises(ratls.PolicyError, match='add "tdx" to tees'):
+        ratls.Policy(min_tee_tcb_svn=q.tee_tcb_svn)
+
+
 def test_tdx_policy_values_are_checked():
     with pytest.raises(ratls.PolicyError, match="48 bytes"):
         ratls.Policy(tees="tdx", mrtd="ab" * 32)

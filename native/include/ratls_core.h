@@ -60,6 +60,9 @@ extern "C" {
 #define RATLS_ERR_TEE_TYPE 51
 #define RATLS_ERR_MRTD 52
 #define RATLS_ERR_RTMR 53
+/* The TDX module's measurement is not one the policy allows; a TEE_TCB_SVN component is below its minimum. */
+#define RATLS_ERR_MRSEAM 54
+#define RATLS_ERR_TEE_TCB_SVN 55
 #define RATLS_ERR_PROVIDER 60
 #define RATLS_ERR_HANDSHAKE 70
 #define RATLS_ERR_TIMEOUT 71
@@ -281,6 +284,10 @@ void ratls_policy_set_allowed_tees(ratls_policy *p, uint32_t mask);
 int ratls_policy_add_mrtd(ratls_policy *p, const uint8_t *mrtd48);
 /* An allowed value of RTMR[index] (0..3); no value for an index means any. */
 int ratls_policy_add_rtmr(ratls_policy *p, unsigned index, const uint8_t *rtmr48);
+/* An allowed MRSEAM (the TDX module's measurement); none means any. */
+int ratls_policy_add_mrseam(ratls_policy *p, const uint8_t *mrseam48);
+/* The minimum TEE_TCB_SVN, component by component (16 bytes); NULL: any. */
+void ratls_policy_set_min_tee_tcb_svn(ratls_policy *p, const uint8_t *svn16);
 int ratls_policy_set_trusted_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
 int ratls_policy_set_sim_root(ratls_policy *p, const uint8_t *der, size_t len, char *msg, size_t msg_len);
 

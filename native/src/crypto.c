@@ -92,6 +92,8 @@ const char *ratls_reason_name(int reason) {
         ERR_NAME(TEE_TYPE)
         ERR_NAME(MRTD)
         ERR_NAME(RTMR)
+        ERR_NAME(MRSEAM)
+        ERR_NAME(TEE_TCB_SVN)
         ERR_NAME(PROVIDER)
         ERR_NAME(HANDSHAKE)
         ERR_NAME(TIMEOUT)

@@ -52,6 +52,9 @@ struct ratls_policy {
     uint32_t tee_mask; /* RATLS_TEE_* accepted */
     ratls_digest_set mrtds;
     ratls_digest_set rtmrs[4];
+    ratls_digest_set mrseams;
+    int has_min_tee_tcb_svn;
+    uint8_t min_tee_tcb_svn[16];
     int32_t isv_prod_id; /* -1 = any */
     int32_t min_isv_svn; /* -1 = any */
     int allow_debug;

@@ -24,7 +24,7 @@ ratls_policy *ratls_policy_new(void) {
     p->isv_prod_id = -1;
     p->min_isv_svn = -1;
     p->mrenclaves.size = p->mrsigners.size = 32;
-    p->mrtds.size = 48;
+    p->mrtds.size = p->mrseams.size = 48;
     for (int i = 0; i < 4; i++) p->rtmrs[i].size = 48;
     p->tee_mask = RATLS_TEE_SGX;
     p->tcb_mask = 1u << RATLS_TCB_UP_TO_DATE;
@@ -55,6 +55,7 @@ void ratls_policy_free(ratls_policy *p) {
     free(p->mrenclaves.values);
     free(p->mrsigners.values);
     free(p->mrtds.values);
+    free(p->mrseams.values);
     for (int i = 0; i < 4; i++) free(p->rtmrs[i].values);
     X509_STORE_free(p->trusted_store);
     X509_STORE_free(p->sim_store);
@@ -90,6 +91,16 @@ int ratls_policy_add_mrtd(ratls_policy *p, const uint8_t *mrtd48) {
 int ratls_policy_add_rtmr(ratls_policy *p, unsigned index, const uint8_t *rtmr48) {
     if (!p || !rtmr48 || index > 3) return RATLS_ERR_BAD_ARGUMENT;
     return add_measurement(&p->rtmrs[index], rtmr48);
+}
+
+int ratls_policy_add_mrseam(ratls_policy *p, const uint8_t *mrseam48) {
+    if (!p || !mrseam48) return RATLS_ERR_BAD_ARGUMENT;
+    return add_measurement(&p->mrseams, mrseam48);
+}
+
+void ratls_policy_set_min_tee_tcb_svn(ratls_policy *p, const uint8_t *svn16) {
+    p->has_min_tee_tcb_svn = svn16 != NULL;
+    if (svn16) memcpy(p->min_tee_tcb_svn, svn16, 16);
 }
 
 void ratls_policy_set_allowed_tees(ratls_policy *p, uint32_t mask) { p->tee_mask = mask; }

@@ -397,7 +397,7 @@ static ra_tls_err_loc_t err_loc_of(int reason) {
     if (reason == RATLS_ERR_SIMULATED_DENIED || reason == RATLS_ERR_TCB_STATUS) return AT_VERIFY_EXTERNAL;
     if (reason == RATLS_ERR_ENCLAVE_ATTRIBUTES || reason == RATLS_ERR_DEBUG_ENCLAVE) return AT_VERIFY_ENCLAVE_ATTRS;
     if (reason >= RATLS_ERR_MRENCLAVE && reason <= RATLS_ERR_ISV_SVN) return AT_VERIFY_ENCLAVE_MEASUREMENTS;
-    if (reason >= RATLS_ERR_TEE_TYPE && reason <= RATLS_ERR_RTMR) return AT_VERIFY_ENCLAVE_MEASUREMENTS;
+    if (reason >= RATLS_ERR_TEE_TYPE && reason <= RATLS_ERR_TEE_TCB_SVN) return AT_VERIFY_ENCLAVE_MEASUREMENTS;
     return AT_INIT;
 }
 

@@ -60,7 +60,7 @@ int ratls_policy_check_tcb(const ratls_policy *p, int tcb_status, char *msg, siz
     return RATLS_OK;
 }
 
-/* The TD policy: debug attribute, MRTD, RTMR0..3. */
+/* The TD policy: debug attribute, MRTD, RTMR0..3, then the TDX module: MRSEAM and the minimum TEE_TCB_SVN. */
 static int check_td_policy(const ratls_policy *p, const ratls_td_report *td, char *msg, size_t msg_len) {
     if ((td->td_attributes & RATLS_TD_ATTRIBUTES_DEBUG) && !p->allow_debug)
         return ratls_fail(msg, msg_len, RATLS_ERR_DEBUG_ENCLAVE,
@@ -71,6 +71,12 @@ static int check_td_policy(const ratls_policy *p, const ratls_td_report *td, cha
     static const char *const names[4] = {"RTMR0", "RTMR1", "RTMR2", "RTMR3"};
     for (int i = 0; i < 4 && rc == RATLS_OK; i++)
         rc = check_measurement(&p->rtmrs[i], td->rtmr[i], RATLS_ERR_RTMR, names[i], msg, msg_len);
+    if (rc == RATLS_OK) rc = check_measurement(&p->mrseams, td->mrseam, RATLS_ERR_MRSEAM, "MRSEAM", msg, msg_len);
+    for (int i = 0; i < 16 && rc == RATLS_OK && p->has_min_tee_tcb_svn; i++)
+        if (td->tee_tcb_svn[i] < p->min_tee_tcb_svn[i])
+            rc = ratls_fail(msg, msg_len, RATLS_ERR_TEE_TCB_SVN,
+                            "TEE_TCB_SVN[%d] is %u, the policy requires at least %u", i, td->tee_tcb_svn[i],
+                            p->min_tee_tcb_svn[i]);
     return rc;
 }
 

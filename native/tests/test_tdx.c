@@ -1,6 +1,6 @@
 /* TDX quotes v4 and v5: parsing of the real go-tdx-guest quotes (tests/data/tdx, values cross-checked with
  * dcap-qvl's parser), their signature chain to Intel's root, every single-bit flip in the signed regions refused
- * with its region's reason, malformed lengths, and the TDX policy (TEE type, MRTD, RTMRs). */
+ * with its region's reason, malformed lengths, and the TDX policy (TEE type, MRTD, RTMRs, MRSEAM, TEE_TCB_SVN). */
 #include <string.h>
 
 #include "internal.h"
@@ -362,6 +362,21 @@ static void test_policy(void) {
     }
     CHECK_EQ(ratls_policy_add_rtmr(p, 4, other), RATLS_ERR_BAD_ARGUMENT);
     CHECK_EQ(ratls_policy_add_mrtd(p, NULL), RATLS_ERR_BAD_ARGUMENT);
+
+    /* The TDX module: MRSEAM, then TEE_TCB_SVN component by component (the quote's is 03 00 04 00 ..). */
+    CHECK_EQ(ratls_policy_add_mrseam(p, other), RATLS_OK);
+    CHECK_EQ(ratls_verify_quote(p, raw, len, V4_NOW, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg), RATLS_ERR_MRSEAM);
+    CHECK(strstr(msg, "MRSEAM 2fd279c1") != NULL);
+    CHECK_EQ(ratls_policy_add_mrseam(p, q.td.mrseam), RATLS_OK);
+    uint8_t svn[16] = {3, 0, 4};
+    ratls_policy_set_min_tee_tcb_svn(p, svn);
+    CHECK_EQ(ratls_verify_quote(p, raw, len, V4_NOW, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg), RATLS_OK);
+    svn[2] = 5;
+    ratls_policy_set_min_tee_tcb_svn(p, svn);
+    CHECK_EQ(ratls_verify_quote(p, raw, len, V4_NOW, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg), RATLS_ERR_TEE_TCB_SVN);
+    CHECK(strstr(msg, "TEE_TCB_SVN[2] is 4, the policy requires at least 5") != NULL);
+    ratls_policy_set_min_tee_tcb_svn(p, NULL);
+    CHECK_EQ(ratls_verify_quote(p, raw, len, V4_NOW, RATLS_TCB_UNKNOWN, &ev, msg, sizeof msg), RATLS_OK);
 
     /* A TDX-only policy refuses SGX evidence; one naming both takes either. */
     size_t sgx_len;
