@@ -17,6 +17,7 @@ network-fault tests and WAN benchmarks do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -148,6 +149,8 @@ def _parse_platform_tcb(values: list[str]) -> dict[str, str]:
 
 def _security_setup(args: argparse.Namespace, out: Path) -> Security:
     """Child transport options for the chosen --security, plus what the report should say about it."""
+    if args.worker_tee == "tdx" and (args.security != "ratls" or args.enclave_way):
+        raise ValueError("--worker-tee tdx: needs --security ratls with the sim providers (not --enclave-way)")
     if args.security == "insecure":
         return Security(["--security", "insecure"], {"security": "insecure"})
     if args.security == "tls":
@@ -162,12 +165,20 @@ def _security_setup(args: argparse.Namespace, out: Path) -> Security:
         sim_ca = ratls.SimCA.init(out / "sim-ca")
     started = time.perf_counter()
     mrenclave = ratls.measure(runtime_files(), root=BASE_DIR).hex()
+    mrtd = ratls.measure(runtime_files(), root=BASE_DIR, td=True).hex()
     measured = time.perf_counter() - started
     provider = "gramine" if args.enclave_way else "sim"
     security = Security(["--security", "ratls", "--provider", provider, "--sim-ca", str(sim_ca.path),
                          "--mrenclave", mrenclave],
                         {"security": "ratls", "provider": provider, "sim_ca": str(sim_ca.path), "mrenclave": mrenclave,
                          "measure_seconds": round(measured, 4)})
+    if args.worker_tee == "tdx":
+        # A mixed federation: the PS (and chief) as SGX enclaves, the workers as sim TDX TDs; every process admits
+        # both TEEs, each pinned to this runtime's code (MRENCLAVE of its files, or their MRTD as a TD).
+        security.argv += ["--peer-tees", "sgx,tdx"]
+        for i in range(args.workers):
+            security.roles[f"worker{i}"] = (["--provider", "sim-tdx"], {})
+        security.report.update(worker_tee="tdx", mrtd=mrtd)
     platforms = _parse_platform_tcb(args.platform_tcb or [])
     collateral = args.pccs
     if args.sim_pccs or args.enclave_way or platforms:
@@ -176,7 +187,8 @@ def _security_setup(args: argparse.Namespace, out: Path) -> Security:
         for role, status in platforms.items():
             platform = sim_ca.platform(role)
             sim_ca.set_tcb(status, platform=role)
-            security.roles[role] = (["--sim-ca", str(platform)], {"RATLS_SIM_CA_DIR": str(platform)})
+            argv, env = security.roles.get(role, ([], {}))
+            security.roles[role] = (argv + ["--sim-ca", str(platform)], {**env, "RATLS_SIM_CA_DIR": str(platform)})
         security.pccs = SimPCCS(sim_ca).start()
         collateral = security.pccs.url
         security.report["platform_tcb"] = platforms
@@ -249,9 +261,13 @@ def _federation_setup(args: argparse.Namespace, out: Path, security: Security) -
         return FederationSetup(args.plan.resolve(), plan.digest_hex, workers[:args.workers], keys)
     measured = bytes.fromhex(security.report["mrenclave"])
     policy = RolePolicy(mrenclave=frozenset({measured}), mrsigner=None, min_isv_svn=0, allow_debug=False)
+    worker_policy = policy
+    if args.worker_tee == "tdx":
+        worker_policy = dataclasses.replace(policy, admits_tdx=True,
+                                            mrtd=frozenset({bytes.fromhex(security.report["mrtd"])}))
     path, keys = write_local_plan(out / "federation", f"local-{out.name}",
                                   {**{name: ("worker",) for name in local_ids}, "chief": ("chief",)},
-                                  {"worker": policy, "chief": policy}, ())
+                                  {"worker": worker_policy, "chief": policy}, ())
     return FederationSetup(path, load_plan(path).digest_hex, local_ids, keys)
 
 
@@ -499,7 +515,8 @@ def _summary(report: dict[str, Any]) -> str:
     times = att.get("client_attestation_seconds") or []
     if att.get("security") == "ratls":
         tcb = f", TCB status from {att['collateral']}" if att.get("collateral") else ", no collateral (TCB Unknown)"
-        lines.append(f"attestation: {att['provider']} provider, MRENCLAVE {att['mrenclave'][:16]}..., "
+        tdx = f" (workers as TDX TDs, MRTD {att['mrtd'][:16]}...)" if att.get("worker_tee") == "tdx" else ""
+        lines.append(f"attestation: {att['provider']} provider{tdx}, MRENCLAVE {att['mrenclave'][:16]}..., "
                      f"{len(times)} client attestations, median {np.median(times) * 1000 if times else 0:.1f} ms{tcb}")
     else:
         lines.append(f"security: {att.get('security')}")
@@ -573,6 +590,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--platform-tcb", action="append", metavar="ROLE=STATUS",
                        help="ratls: put ROLE (ps0, worker1, chief, ...) on a sim platform of its own judged at "
                             "STATUS (e.g. worker1=OutOfDate); implies --sim-pccs; repeatable")
+    group.add_argument("--worker-tee", choices=("sgx", "tdx"), default="sgx",
+                       help="ratls, sim: run the workers as SGX enclaves (default) or as Intel TDX TDs (the sim-tdx "
+                            "provider) beside an SGX PS and chief, every process admitting both, each pinned to "
+                            "this runtime's code")
     group.add_argument("--enclave-way", action="store_true",
                        help="ratls: run the processes as in an enclave, without SGX: the gramine provider code path "
                             "over the sim library under Gramine's file names, peers' policy from RA_TLS_* as a "

@@ -133,7 +133,7 @@ class TransportError(ConnectionError):
 
 
 class PeerRejected(Exception):
-    """A caller this server does not admit: `reason` is not_attested or bad_mrenclave."""
+    """A caller this server does not admit: `reason` is not_attested, bad_mrenclave or bad_mrtd."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -298,7 +298,8 @@ class RatlsTransport(Transport):
     security = "ratls"
 
     def __init__(self, *, provider: str, sim_ca: Path | None, mrenclave: bytes | None,
-                 collateral: str | None = None, collateral_cache: Path | None = None) -> None:
+                 collateral: str | None = None, collateral_cache: Path | None = None,
+                 peer_tees: tuple[str, ...] | None = None) -> None:
         import ratls
         from ratls.collateral import from_spec
         from runtime.measure import BASE_DIR, runtime_files
@@ -308,19 +309,32 @@ class RatlsTransport(Transport):
         self.identity = ratls.Identity.create(provider=provider, sim_ca=sim_ca, measured_files=files,
                                               measure_root=BASE_DIR)
         self.identity_seconds = time.perf_counter() - started
-        self.mrenclave = mrenclave if mrenclave is not None else self.identity.mrenclave
-        simulated = self.identity.provider == "sim"
+        self.tee = self.identity.evidence.tee
+        # "The same code as me", in whichever TEE a peer runs: our files' MRENCLAVE as an SGX enclave, their MRTD
+        # as a TD (ratls.measure); our own evidence gives the one of our own TEE (a real enclave's MRENCLAVE).
+        own_sgx = self.tee == "sgx"
+        self.mrenclave = (mrenclave if mrenclave is not None else self.identity.mrenclave if own_sgx
+                          else ratls.measure(files, BASE_DIR))
+        self.mrtd = self.identity.evidence.mrtd if not own_sgx else ratls.measure(files, BASE_DIR, td=True)
+        self.peer_tees = peer_tees or (self.tee,)
+        simulated = self.identity.provider in ("sim", "sim-tdx")
         if simulated:
-            print(f"warning: SIMULATED SGX attestation (sim CA {sim_ca}): evidence proves nothing about a real "
-                  "enclave", file=sys.stderr, flush=True)
+            print(f"warning: SIMULATED {self.tee.upper()} attestation (sim CA {sim_ca}): evidence proves nothing "
+                  "about a real enclave or TD", file=sys.stderr, flush=True)
         # Peers' TCB status comes from this source inside every attestation; without one it is "Unknown". In an
         # enclave the manifest fixes it (--collateral gramine by default, see manifests/render.py).
         self.collateral = collateral
         source = from_spec(collateral, cache_dir=collateral_cache) if collateral else None
         if simulated:
             # Sim evidence is judged like Intel's when a (sim) PCCS serves its collateral: UpToDate only.
-            self.policy = ratls.Policy(mrenclave=self.mrenclave, allow_simulated=True, sim_root=sim_ca,
-                                       allowed_tcb_statuses=("UpToDate",) if source else ("UpToDate", "Unknown"))
+            pins: dict[str, Any] = {}
+            if "sgx" in self.peer_tees:
+                pins["mrenclave"] = self.mrenclave
+            if "tdx" in self.peer_tees:
+                pins["mrtd"] = self.mrtd
+            self.policy = ratls.Policy(tees=self.peer_tees, allow_simulated=True, sim_root=sim_ca,
+                                       allowed_tcb_statuses=("UpToDate",) if source else ("UpToDate", "Unknown"),
+                                       **pins)
         else:
             # In an enclave the peers' policy is the manifest's fixed RA_TLS_* values (never the host's): every
             # role and instance has its own MRENCLAVE there, so the manifest pins MRSIGNER instead.
@@ -382,10 +396,10 @@ class RatlsTransport(Transport):
             evidence = ratls.peer(context)
         except ratls.RatlsError as error:
             raise PeerRejected("not_attested", str(error)) from None
-        allowed = self.policy.mrenclave
-        if allowed and evidence.mrenclave not in allowed:
-            raise PeerRejected("bad_mrenclave", f"expected one of {[m.hex() for m in allowed]}, found "
-                               f"{evidence.mrenclave.hex()}")
+        field = "mrtd" if evidence.tee == "tdx" else "mrenclave"
+        allowed, found = getattr(self.policy, field), getattr(evidence, field)
+        if allowed and found not in allowed:
+            raise PeerRejected(f"bad_{field}", f"expected one of {[m.hex() for m in allowed]}, found {found.hex()}")
         return Caller(evidence.cert_fingerprint, evidence)
 
     def own_fingerprint(self) -> bytes:
@@ -412,6 +426,7 @@ class RatlsTransport(Transport):
                            "failed": stats.failed, "last_rejection": _reason_name(stats.last_rejection),
                            "last_rejection_message": stats.last_rejection_message})
         return {"security": self.security, "provider": self.identity.provider, "channel_repins": repins,
+                "tee": self.tee, "peer_tees": list(self.peer_tees), "mrtd": self.mrtd.hex(),
                 "mrenclave": self.mrenclave.hex(), "own_mrenclave": self.identity.mrenclave.hex(),
                 "tcb_statuses": list(self.policy.allowed_tcb_statuses), "collateral": self.collateral,
                 "identity_seconds": round(self.identity_seconds, 6),
@@ -444,9 +459,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--security", choices=SECURITY_MODES, default="ratls",
                        help="link protection: RA-TLS (default), mutual TLS with a throwaway CA, or plaintext "
                             "(for overhead measurements only)")
-    group.add_argument("--provider", choices=("auto", "sim", "gramine"), default="auto",
-                       help="ratls attestation provider: gramine inside an SGX enclave, sim with --sim-ca "
-                            "(default auto: gramine in an enclave, else sim)")
+    group.add_argument("--provider", choices=("auto", "sim", "sim-tdx", "gramine", "tdx"), default="auto",
+                       help="ratls attestation provider: gramine inside an SGX enclave, tdx inside an Intel TDX "
+                            "VM (configfs-tsm), sim (an SGX enclave) or sim-tdx (a TD) with --sim-ca (default "
+                            "auto: gramine in an enclave, tdx in a TD, else sim)")
+    group.add_argument("--peer-tees", type=_tees, metavar="sgx|tdx|sgx,tdx",
+                       help="ratls, simulated: the TEEs whose peers are admitted, each pinned to this runtime's "
+                            "own code (MRENCLAVE as an SGX enclave, MRTD as a TD); default: this process's own")
     group.add_argument("--sim-ca", type=Path, help="ratls: simulation CA directory "
                                                    "(python -m ratls sim-ca init DIR)")
     group.add_argument("--mrenclave", help="ratls: the MRENCLAVE (64 hex digits) every peer must have "
@@ -476,14 +495,24 @@ def from_args(args: argparse.Namespace) -> Transport:
         if len(mrenclave) != 32:
             raise ValueError(f"--mrenclave: expected 64 hex digits, found {args.mrenclave!r}")
     return RatlsTransport(provider=args.provider, sim_ca=args.sim_ca, mrenclave=mrenclave,
-                          collateral=args.collateral, collateral_cache=args.collateral_cache)
+                          collateral=args.collateral, collateral_cache=args.collateral_cache,
+                          peer_tees=args.peer_tees)
+
+
+def _tees(text: str) -> tuple[str, ...]:
+    tees = tuple(dict.fromkeys(t.strip() for t in text.split(",")))
+    if not tees or any(t not in ("sgx", "tdx") for t in tees):
+        raise argparse.ArgumentTypeError(f"expected sgx, tdx or sgx,tdx, found {text!r}")
+    return tees
 
 
 def transport_argv(args: argparse.Namespace) -> list[str]:
     """The command-line options that recreate args' transport settings in a child process."""
     argv = ["--security", args.security, "--provider", args.provider]
+    peer_tees = ",".join(args.peer_tees) if args.peer_tees else None
     for flag, value in (("--sim-ca", args.sim_ca), ("--mrenclave", args.mrenclave), ("--tls-ca", args.tls_ca),
-                        ("--collateral", args.collateral), ("--collateral-cache", args.collateral_cache)):
+                        ("--collateral", args.collateral), ("--collateral-cache", args.collateral_cache),
+                        ("--peer-tees", peer_tees)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

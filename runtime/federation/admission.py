@@ -41,13 +41,18 @@ def join_refusal(plan: Plan, challenges: ChallengeBook, name: str, role: str, ca
 
 
 def caller_fields(caller: Caller, plan: Plan | None) -> dict[str, str | None]:
-    """What an audit record of a server says of a caller (runtime.federation.audit): its certificate, MRENCLAVE and
-    TCB status as attested, and the plan in force."""
+    """What an audit record of a server says of a caller (runtime.federation.audit): its certificate, TEE, the
+    measurement of its code (an SGX enclave's MRENCLAVE; a TDX TD's MRTD too) and TCB status as attested, and the
+    plan in force."""
     evidence = caller.evidence
-    return {"certificate": caller.fingerprint.hex() if caller.fingerprint is not None else None,
-            "mrenclave": evidence.mrenclave.hex() if evidence is not None else None,
-            "tcb_status": evidence.tcb_status if evidence is not None else None,
-            "plan_digest": plan.digest_hex if plan is not None else None}
+    fields = {"certificate": caller.fingerprint.hex() if caller.fingerprint is not None else None,
+              "tee": evidence.tee if evidence is not None else None,
+              "mrenclave": evidence.mrenclave.hex() if evidence is not None else None,
+              "tcb_status": evidence.tcb_status if evidence is not None else None,
+              "plan_digest": plan.digest_hex if plan is not None else None}
+    if evidence is not None and evidence.tee == "tdx":
+        fields["mrtd"] = evidence.mrtd.hex()
+    return fields
 
 
 def sign_join(plan: Plan, key, name: str, role: str, cert_fingerprint: bytes, challenge: bytes) -> JoinProof:

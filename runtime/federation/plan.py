@@ -18,7 +18,9 @@ The file is TOML (.toml) or the same structure as JSON (.json), at most 1 MiB:
     mrenclave = "any"              # required: 64 hex digits, a list of them, or "any"
     mrsigner = ["<64 hex digits>"] # required, likewise
     min_isv_svn = 0                # optional, default 0
-    allow_debug = false            # optional, default false
+    allow_debug = false            # optional, default false (for SGX enclaves and TDX TDs alike)
+    # mrtd = "any"                 # optional: the role also admits Intel TDX TDs with this MRTD (96 hex digits,
+                                   # a list of them, or "any"); without it the role admits SGX enclaves only
 
     [ps]
     endpoints = ["ps0:7000", "ps1:7000/7100"]  # host:port or host:port/attestation_port, in shard order; []
@@ -36,7 +38,8 @@ json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=T
      "participants": [{"name": <name>, "roles": [<roles, in ROLES order>],
                        "public_key": <lowercase hex of the key's SubjectPublicKeyInfo DER>}, ... sorted by name],
      "roles": {<role>: {"mrenclave": [<lowercase hex>, ... sorted] or "any", "mrsigner": likewise,
-                        "min_isv_svn": <int>, "allow_debug": <bool>}, ...},
+                        "min_isv_svn": <int>, "allow_debug": <bool>[, "mrtd": likewise, only when given]},
+               ...},
      "ps_endpoints": [<each endpoint as runtime.transport.Endpoint prints it: host:port or
                        host:port/attestation_port, an IPv6 host in brackets>, ... in file order]}
 
@@ -70,12 +73,13 @@ from runtime.transport import Endpoint
 PLAN_FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 1 << 20  # the plan and each file it names
 MEASUREMENT_BYTES = 32
+MRTD_BYTES = 48
 MAX_ISV_SVN = 0xFFFF  # the SGX report field is 16 bits
 FEDERATION_NAME_RULE = "1-64 characters [A-Za-z0-9._-]"
 _FEDERATION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_HEX_MEASUREMENT = re.compile(r"[0-9a-fA-F]{64}")
+_HEX_MEASUREMENT = {32: re.compile(r"[0-9a-fA-F]{64}"), 48: re.compile(r"[0-9a-fA-F]{96}")}
 _TOP_KEYS = ("federation", "participants", "roles", "ps")
-_ROLE_KEYS = ("mrenclave", "mrsigner", "min_isv_svn", "allow_debug")
+_ROLE_KEYS = ("mrenclave", "mrsigner", "min_isv_svn", "allow_debug", "mrtd")
 
 
 class PlanError(ValueError):
@@ -90,16 +94,17 @@ class Participant:
     spki_sha256: bytes  # SHA-256 of the key's SubjectPublicKeyInfo DER
 
 
-def _measurement_set(value: Iterable[bytes] | None, field_name: str) -> frozenset[bytes] | None:
+def _measurement_set(value: Iterable[bytes] | None, field_name: str, size: int = MEASUREMENT_BYTES
+                     ) -> frozenset[bytes] | None:
     if value is None:
         return None
     measurements = frozenset(value)
     if not measurements:
         raise ValueError(f"{field_name}: an empty set would accept nothing; use None (\"any\") to accept any")
     for m in measurements:
-        if not isinstance(m, bytes) or len(m) != MEASUREMENT_BYTES:
+        if not isinstance(m, bytes) or len(m) != size:
             found = f"{len(m)} bytes" if isinstance(m, bytes) else type(m).__name__
-            raise ValueError(f"{field_name}: expected {MEASUREMENT_BYTES}-byte measurements, found {found}")
+            raise ValueError(f"{field_name}: expected {size}-byte measurements, found {found}")
     return measurements
 
 
@@ -110,16 +115,22 @@ def _one_of(measurements: frozenset[bytes]) -> str:
 
 @dataclass(frozen=True)
 class RolePolicy:
-    """The enclaves a role's connections must come from. None for a measurement set means any."""
+    """The enclaves (and, with admits_tdx, TDX TDs) a role's connections must come from. None for a measurement
+    set means any."""
 
     mrenclave: frozenset[bytes] | None
     mrsigner: frozenset[bytes] | None
     min_isv_svn: int = 0
     allow_debug: bool = False
+    admits_tdx: bool = False
+    mrtd: frozenset[bytes] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mrenclave", _measurement_set(self.mrenclave, "mrenclave"))
         object.__setattr__(self, "mrsigner", _measurement_set(self.mrsigner, "mrsigner"))
+        object.__setattr__(self, "mrtd", _measurement_set(self.mrtd, "mrtd", MRTD_BYTES))
+        if self.mrtd is not None and not self.admits_tdx:
+            raise ValueError("mrtd: set for a role that does not admit TDX TDs")
         if (isinstance(self.min_isv_svn, bool) or not isinstance(self.min_isv_svn, int)
                 or not 0 <= self.min_isv_svn <= MAX_ISV_SVN):
             raise ValueError(f"min_isv_svn: expected an integer 0..{MAX_ISV_SVN}, found {self.min_isv_svn!r}")
@@ -127,8 +138,16 @@ class RolePolicy:
             raise ValueError(f"allow_debug: expected true or false, found {self.allow_debug!r}")
 
     def refusal(self, evidence: Any) -> str | None:
-        """None if `evidence` (with mrenclave, mrsigner, isv_svn, debug, as ratls.Evidence) meets this policy,
-        else a sentence naming the first field that does not, with what was expected and what was found."""
+        """None if `evidence` (a ratls.Evidence: tee, mrenclave, mrsigner, isv_svn, mrtd, debug) meets this
+        policy, else a sentence naming the first field that does not, with what was expected and what was found."""
+        if evidence.tee == "tdx":
+            if not self.admits_tdx:
+                return "tee: expected an SGX enclave (the role's policy names no mrtd), found a TDX TD"
+            if self.mrtd is not None and evidence.mrtd not in self.mrtd:
+                return f"mrtd: expected {_one_of(self.mrtd)}, found {evidence.mrtd.hex()}"
+            if evidence.debug and not self.allow_debug:
+                return "debug: expected a production TD, found a debug TD"
+            return None
         if self.mrenclave is not None and evidence.mrenclave not in self.mrenclave:
             return f"mrenclave: expected {_one_of(self.mrenclave)}, found {evidence.mrenclave.hex()}"
         if self.mrsigner is not None and evidence.mrsigner not in self.mrsigner:
@@ -143,8 +162,9 @@ class RolePolicy:
         def hexes(measurements: frozenset[bytes] | None) -> list[str] | str:
             return "any" if measurements is None else sorted(m.hex() for m in measurements)
 
+        tdx = {"mrtd": hexes(self.mrtd)} if self.admits_tdx else {}  # absent: digests of SGX-only plans unchanged
         return {"mrenclave": hexes(self.mrenclave), "mrsigner": hexes(self.mrsigner),
-                "min_isv_svn": self.min_isv_svn, "allow_debug": self.allow_debug}
+                "min_isv_svn": self.min_isv_svn, "allow_debug": self.allow_debug, **tdx}
 
 
 def canonical_json(value: Any) -> bytes:
@@ -299,13 +319,13 @@ class _PlanReader:
             raise self.error(where, e.detail) from None
         return key
 
-    def measurements(self, value: Any, where: str) -> frozenset[bytes] | None:
+    def measurements(self, value: Any, where: str, size: int = MEASUREMENT_BYTES) -> frozenset[bytes] | None:
         if value == "any":
             return None
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(
-                isinstance(item, str) and _HEX_MEASUREMENT.fullmatch(item) for item in items):
-            raise self.error(where, f'expected 64 hex digits, a non-empty list of them, or "any", found '
+                isinstance(item, str) and _HEX_MEASUREMENT[size].fullmatch(item) for item in items):
+            raise self.error(where, f'expected {2 * size} hex digits, a non-empty list of them, or "any", found '
                                     f"{_shown(value)}")
         return frozenset(bytes.fromhex(item) for item in items)
 
@@ -313,8 +333,11 @@ class _PlanReader:
         table = self.table(value, where, _ROLE_KEYS[:2], _ROLE_KEYS[2:])
         mrenclave = self.measurements(table["mrenclave"], f"{where}.mrenclave")
         mrsigner = self.measurements(table["mrsigner"], f"{where}.mrsigner")
+        admits_tdx = "mrtd" in table
+        mrtd = self.measurements(table["mrtd"], f"{where}.mrtd", MRTD_BYTES) if admits_tdx else None
         try:
-            return RolePolicy(mrenclave, mrsigner, table.get("min_isv_svn", 0), table.get("allow_debug", False))
+            return RolePolicy(mrenclave, mrsigner, table.get("min_isv_svn", 0), table.get("allow_debug", False),
+                              admits_tdx, mrtd)
         except ValueError as e:  # RolePolicy checks the rest; its message starts with the field's name
             raise self.error("", f"{where}.{e}") from None
 
