@@ -345,6 +345,11 @@ class RatlsTransport(Transport):
                 print(f"warning: gramine provider with the SIMULATION root of {sim_ca}: peers' evidence is "
                       "simulated", file=sys.stderr, flush=True)
                 overrides.update(sim_root=sim_ca, allow_simulated=True)
+            if self.peer_tees != (self.tee,):
+                # A real enclave's policy comes from its manifest, and a real TD's MRTD is not this runtime's files'
+                # sim measurement: a mixed federation of real TEEs needs a policy naming both, which is not here yet.
+                raise ValueError(f"--peer-tees {','.join(self.peer_tees)}: only with the sim providers; a "
+                                 f"{provider} process admits peers of its own TEE ({self.tee})")
             self.policy = ratls.Policy.from_env(**overrides)
         self.credentials = ratls.credentials(policy=self.policy, identity=self.identity, collateral=source)
         self._ports: list[int] = []
