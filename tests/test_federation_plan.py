@@ -291,7 +291,7 @@ BAD_PLANS = {
                           "roles.worker.allow_debug: expected true or false, found 'false'"),
     "role-policy-unknown-key": (_set("roles.worker.isv_prod_id", 1),
                                 "roles.worker.isv_prod_id: unknown key (known: mrenclave, mrsigner, min_isv_svn, "
-                                "allow_debug)"),
+                                "allow_debug, mrtd)"),
     "endpoints-not-a-list": (_set("ps.endpoints", "ps0:7000"), "ps.endpoints: expected a list of "
                                                                "host:port[/attestation_port], found 'ps0:7000'"),
     "bad-endpoint": (_set("ps.endpoints", ["ps0"]), "ps.endpoints[0]: address 'ps0': expected host:port"),
@@ -375,8 +375,8 @@ def test_a_certificate_with_an_unsupported_key_is_refused(plan_dir):
 
 
 def evidence(mrenclave=MRENCLAVE, mrsigner=MRSIGNER, isv_svn=5, debug=False):
-    return SimpleNamespace(mrenclave=bytes.fromhex(mrenclave), mrsigner=bytes.fromhex(mrsigner), isv_svn=isv_svn,
-                           debug=debug)
+    return SimpleNamespace(tee="sgx", mrenclave=bytes.fromhex(mrenclave), mrsigner=bytes.fromhex(mrsigner),
+                           isv_svn=isv_svn, debug=debug)
 
 
 STRICT = RolePolicy(frozenset({bytes.fromhex(MRENCLAVE)}), frozenset({bytes.fromhex(MRSIGNER)}), 5, False)
