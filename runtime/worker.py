@@ -382,6 +382,7 @@ class Worker:
         stats, client, times = self.stats, self.client, self.stats.times
         wait_ms = self.args.pull_wait_ms
         computed: Computed | None = None  # what this round pushes, computed at `pulled`, not yet known to be in
+        sends = 0  # of `computed`: more than one is a resend after a failed call
         while True:
             try:
                 if computed is None:
@@ -398,6 +399,7 @@ class Worker:
                         pulled = None
                         continue
                     computed = Computed(*self._compute(model, work, pulled))
+                    sends = 0
                     times.compute += time.perf_counter() - t2
                 assert pulled is not None
                 losses, dense_push, row_push = computed
@@ -406,6 +408,7 @@ class Worker:
                 loss = sum(batch_loss * len(batch) for batch_loss, (batch, _) in zip(losses, work.batches,
                                                                                        strict=True)) / samples
                 ahead = None
+                sends += 1
                 if following is None:
                     pushed = client.push(pulled.versions, samples, loss, dense_push, work.rows, row_push,
                                          self.local_steps)
@@ -437,9 +440,12 @@ class Worker:
                     pulled = None
                 min_versions = self.connect(str(error))
                 continue
-            if any(pushed.stale):
-                # Our round closed without us (or, asynchronous, we fell too far behind): take the newer
-                # parameters and redo this batch.
+            # A duplicate answers a resend: this round was in already. To a first send it says that another push of
+            # ours took this step (the pipelined loop's, in flight when it handed this batch here): not this round.
+            clash = sends == 1 and any(pushed.duplicate)
+            if any(pushed.stale) or clash:
+                # Our round closed without us (or, asynchronous, we fell too far behind), or its step was taken:
+                # take the newer parameters and redo this batch.
                 stats.stale += 1
                 min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
                 pulled = computed = None

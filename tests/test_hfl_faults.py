@@ -154,6 +154,29 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
         assert worker.stats.reconnects == 1 and worker.stats.stale == 0
 
 
+def test_a_fresh_push_whose_step_another_push_took_is_recomputed_not_counted(tmp_path):
+    """The pipelined loop hands a batch to the serial step while one of its own pushes, computed at the same
+    version, is in: the PS answers the batch's first send as a duplicate of that step. The batch was not applied, so
+    it is recomputed on newer parameters and pushed again (applied once, counted once), not taken as in."""
+    with one_worker_in_process(tmp_path) as (ps, client, worker, step):
+        assert step() is not None and ps.version == 1  # the other push of step 0
+        real_pull = client.pull
+        calls = []
+
+        def pull(*pull_args, **kwargs):
+            pulled = real_pull(*pull_args, **kwargs)
+            calls.append(list(pulled.versions))
+            if len(calls) == 1:
+                pulled.versions = [0]  # parameters taken at version 0, as the other push's were
+            return pulled
+
+        client.pull = pull
+        assert step() is not None
+        assert calls == [[1], [1]]
+        assert ps.version == 2 and ps.stats["pushes"] == 2 and ps.stats["duplicate_pushes"] == 1
+        assert worker.stats.stale == 1 and worker.stats.duplicates == 0
+
+
 @pytest.mark.parametrize("reason", ["future_step", "not_started"])
 def test_a_push_a_restarted_ps_cannot_take_is_recomputed_on_its_parameters(tmp_path, reason):
     """A PS restarted from an older checkpoint refuses a resent push of a step it has not reached (future_step), and
