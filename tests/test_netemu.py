@@ -149,8 +149,11 @@ def test_link_specs():
             parse_link(bad)
 
 
+# The holder takes SIGINT as an interactive program does: a process started in the background of a shell without job
+# control (a CI script run with &) inherits SIGINT ignored, and would outlive the signal this test sends.
 HOLDER = r"""
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from runtime.netemu import Network
 net = Network(["x", "y"])
 print(net.prefix, flush=True)
