@@ -6,8 +6,7 @@
 #include <openssl/x509v3.h>
 #include <time.h>
 
-#include "internal.h"
-#include "testutil.h"
+#include "quote_testutil.h"
 
 /* Inside the validity of every PCK chain below (dcap-qvl's own test time for its sample). */
 #define NOW 1752919277
@@ -21,14 +20,6 @@ static void check_hex(const uint8_t *data, size_t len, const char *expected) {
     ratls_hex(data, len, hex);
     if (strcmp(hex, expected) != 0) fprintf(stderr, "  got %s\n  expected %s\n", hex, expected);
     CHECK(strcmp(hex, expected) == 0);
-}
-
-/* parse + verify_signatures; returns the first failing reason (or OK) and the root. */
-static int parse_and_verify(const ratls_policy *pol, const uint8_t *raw, size_t len, int *root, char *msg) {
-    ratls_quote q;
-    int rc = ratls_quote_parse(raw, len, &q, msg, RATLS_MSG_SIZE);
-    if (rc == RATLS_OK) rc = ratls_quote_verify_signatures(pol, raw, len, &q, NOW, root, msg, RATLS_MSG_SIZE);
-    return rc;
 }
 
 static uint8_t *pem_file_to_der(const char *rel, size_t *len) {
@@ -237,67 +228,31 @@ static void test_gramine_quotes(const ratls_policy *pol) {
     }
 }
 
-/* Flips every bit of a region and checks each flip is rejected with `expected`. */
-static void flip_region(const ratls_policy *pol, const char *name, const uint8_t *raw, size_t len, size_t off,
-                        size_t n, int (*expected_for)(size_t off)) {
-    uint8_t *copy = malloc(len);
-    memcpy(copy, raw, len);
-    size_t wrong = 0;
-    for (size_t i = off; i < off + n; i += test_sweep_step()) {
-        for (int bit = 0; bit < 8; bit++) {
-            copy[i] ^= (uint8_t)(1u << bit);
-            char msg[RATLS_MSG_SIZE] = "";
-            int root;
-            int rc = parse_and_verify(pol, copy, len, &root, msg);
-            int want = expected_for(i);
-            if (rc != want && wrong++ == 0)
-                fprintf(stderr, "  %s: flip of byte %zu bit %d gave %s (%s), expected %s\n", name, i, bit,
-                        ratls_reason_name(rc), msg, ratls_reason_name(want));
-            copy[i] ^= (uint8_t)(1u << bit);
-        }
-    }
-    if (wrong) fprintf(stderr, "  %s: %zu flips with the wrong result\n", name, wrong);
-    CHECK_EQ(wrong, 0);
-    free(copy);
-}
-
-static int expect_header_or_body(size_t off) {
+static int expect_header_or_body(size_t off, uint8_t flipped) {
+    (void)flipped;
     if (off < 2) return RATLS_ERR_QUOTE_UNSUPPORTED_VERSION;
     if (off < 4) return RATLS_ERR_QUOTE_UNSUPPORTED_KEY_TYPE;
     if (off >= 12 && off < 28) return RATLS_ERR_QE_VENDOR;
     return RATLS_ERR_QUOTE_SIGNATURE;
 }
-static int expect_quote_signature(size_t off) { return (void)off, RATLS_ERR_QUOTE_SIGNATURE; }
-static int expect_qe_report_data(size_t off) { return (void)off, RATLS_ERR_QE_REPORT_DATA; }
-static int expect_qe_report_signature(size_t off) { return (void)off, RATLS_ERR_QE_REPORT_SIGNATURE; }
 
 static void test_bit_flips(const ratls_policy *pol) {
     size_t len;
     uint8_t *raw = read_testdata(DCAP_QVL_QUOTE, &len);
     ratls_quote q;
     CHECK_EQ(ratls_quote_parse(raw, len, &q, NULL, 0), RATLS_OK);
-    flip_region(pol, "header+body", raw, len, 0, SGX_QUOTE_SIGNED_SIZE, expect_header_or_body);
-    flip_region(pol, "ISV signature", raw, len, q.isv_signature.off, 64, expect_quote_signature);
-    flip_region(pol, "attestation key", raw, len, q.attestation_key.off, 64, expect_qe_report_data);
-    flip_region(pol, "QE report", raw, len, q.qe_report_raw.off, SGX_REPORT_BODY_SIZE, expect_qe_report_signature);
-    flip_region(pol, "QE report signature", raw, len, q.qe_report_signature.off, 64, expect_qe_report_signature);
-    flip_region(pol, "qe_auth_data", raw, len, q.qe_auth_data.off, q.qe_auth_data.len, expect_qe_report_data);
+    flip_region(pol, "header+body", raw, len, NOW, 0, SGX_QUOTE_SIGNED_SIZE, expect_header_or_body);
+    flip_region(pol, "ISV signature", raw, len, NOW, q.isv_signature.off, 64, expect_quote_signature);
+    flip_region(pol, "attestation key", raw, len, NOW, q.attestation_key.off, 64, expect_qe_report_data);
+    flip_region(pol, "QE report", raw, len, NOW, q.qe_report_raw.off, SGX_REPORT_BODY_SIZE,
+                expect_qe_report_signature);
+    flip_region(pol, "QE report signature", raw, len, NOW, q.qe_report_signature.off, 64,
+                expect_qe_report_signature);
+    flip_region(pol, "qe_auth_data", raw, len, NOW, q.qe_auth_data.off, q.qe_auth_data.len,
+                expect_qe_report_data);
     free(raw);
 }
 
-static void put_u16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static int parse_reason(const uint8_t *raw, size_t len, char *msg) {
-    ratls_quote q;
-    memset(&q, 0x5a, sizeof(q));
-    return ratls_quote_parse(raw, len, &q, msg, RATLS_MSG_SIZE);
-}
 
 static void test_malformed(void) {
     size_t len;
@@ -401,7 +356,7 @@ static int verify_with_cert_data(const ratls_policy *pol, const uint8_t *raw, co
     size_t len;
     uint8_t *quote = with_cert_data(raw, q, type, text, n, &len);
     int root;
-    int rc = parse_and_verify(pol, quote, len, &root, msg);
+    int rc = quote_parse_and_verify(pol, quote, len, NOW, &root, msg);
     free(quote);
     return rc;
 }
@@ -487,13 +442,13 @@ static void test_other_roots(const ratls_policy *intel) {
     CHECK_EQ(ratls_policy_set_trusted_root(pol, test_root, der_len, msg, sizeof(msg)), RATLS_OK);
     uint8_t *raw = read_testdata(DCAP_QVL_QUOTE, &len);
     root = -1;
-    CHECK_EQ(parse_and_verify(pol, raw, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
+    CHECK_EQ(quote_parse_and_verify(pol, raw, len, NOW, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     CHECK(strstr(msg, "Intel SGX Root CA") != NULL);
     CHECK_EQ(root, RATLS_ROOT_NONE);
     /* A real chain is never "simulated", whatever the sim settings. */
     CHECK_EQ(ratls_policy_set_sim_root(pol, test_root, der_len, msg, sizeof(msg)), RATLS_OK);
     ratls_policy_set_allow_simulated(pol, 1);
-    CHECK_EQ(parse_and_verify(pol, raw, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
+    CHECK_EQ(quote_parse_and_verify(pol, raw, len, NOW, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     ratls_policy_free(pol);
     free(test_root);
     free(raw);
@@ -650,35 +605,35 @@ static void test_simulated_chain(void) {
 
     ratls_policy *pol = ratls_policy_new();
     /* No sim root named, simulated evidence not allowed: the chain's root name explains the denial. */
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_SIMULATED_DENIED);
     CHECK(strstr(msg, "simulated provider") != NULL && strstr(msg, "RATLS Simulated SGX Root CA") != NULL);
     /* Allowed, but its root is not named: the name proves nothing, the chain is untrusted. */
     ratls_policy_set_allow_simulated(pol, 1);
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     CHECK(strstr(msg, "RATLS Simulated SGX Root CA") != NULL);
     /* Its root named but simulated evidence not allowed. */
     ratls_policy_set_allow_simulated(pol, 0);
     CHECK_EQ(ratls_policy_set_sim_root(pol, der, der_len, msg, sizeof(msg)), RATLS_OK);
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_SIMULATED_DENIED);
     CHECK(strstr(msg, "does not allow") != NULL);
     /* Named and allowed. */
     ratls_policy_set_allow_simulated(pol, 1);
     root = -1;
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_OK);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_OK);
     CHECK_EQ(root, RATLS_ROOT_SIMULATED);
     /* A different simulation root with the same name: untrusted when allowed, denied when not. */
     CHECK_EQ(ratls_policy_set_sim_root(pol, other_der, other_der_len, msg, sizeof(msg)), RATLS_OK);
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     ratls_policy_set_allow_simulated(pol, 0);
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_SIMULATED_DENIED);
     /* The sim root named as the *trusted* root is still a simulation root: denied unless simulated evidence is
      * allowed, and then reported as simulated, never as real SGX. */
     CHECK_EQ(ratls_policy_set_trusted_root(pol, der, der_len, msg, sizeof(msg)), RATLS_OK);
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_ERR_SIMULATED_DENIED);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_ERR_SIMULATED_DENIED);
     CHECK(strstr(msg, "trusted_root") != NULL && strstr(msg, "simulation root") != NULL);
     ratls_policy_set_allow_simulated(pol, 1);
     root = -1;
-    CHECK_EQ(parse_and_verify(pol, quote, len, &root, msg), RATLS_OK);
+    CHECK_EQ(quote_parse_and_verify(pol, quote, len, NOW, &root, msg), RATLS_OK);
     CHECK_EQ(root, RATLS_ROOT_SIMULATED);
     ratls_policy_free(pol);
 
@@ -687,7 +642,8 @@ static void test_simulated_chain(void) {
     sim_chain_make(&unknown, "Some Other Root CA");
     uint8_t *unknown_quote = sim_quote(&unknown, &body, &len);
     pol = ratls_policy_new();
-    CHECK_EQ(parse_and_verify(pol, unknown_quote, len, &root, msg), RATLS_ERR_PCK_CHAIN_UNTRUSTED);
+    CHECK_EQ(quote_parse_and_verify(pol, unknown_quote, len, NOW, &root, msg),
+             RATLS_ERR_PCK_CHAIN_UNTRUSTED);
     CHECK(strstr(msg, "Some Other Root CA") != NULL);
     ratls_policy_free(pol);
     free(unknown_quote);
@@ -757,7 +713,7 @@ static void test_policy_object(void) {
     CHECK_EQ(ratls_policy_set_trusted_root(p, root, der_len, msg, sizeof(msg)), RATLS_OK);
     CHECK(p->trusted_store != before);
     int r;
-    CHECK_EQ(parse_and_verify(p, quote, len, &r, msg), RATLS_OK);
+    CHECK_EQ(quote_parse_and_verify(p, quote, len, NOW, &r, msg), RATLS_OK);
     ratls_policy_free(p);
     ratls_policy_free(NULL);
     free(longer);
@@ -922,7 +878,7 @@ static int bench(void) {
         for (int i = 0; i < RUNS; i++) {
             int root;
             double t0 = now_us();
-            rc |= parse_and_verify(pol, cases[c].q, cases[c].len, &root, NULL);
+            rc |= quote_parse_and_verify(pol, cases[c].q, cases[c].len, NOW, &root, NULL);
             times[i] = now_us() - t0;
         }
         qsort(times, RUNS, sizeof(double), compare_double);

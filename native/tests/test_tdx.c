@@ -3,8 +3,7 @@
  * with its region's reason, malformed lengths, and the TDX policy (TEE type, MRTD, RTMRs, MRSEAM, TEE_TCB_SVN). */
 #include <string.h>
 
-#include "internal.h"
-#include "testutil.h"
+#include "quote_testutil.h"
 
 /* Inside the PCK certificates' validity (v4 leaf 2022-09-20..2029-09-20, v5 leaf 2026-01-27..2033-01-27). */
 #define V4_NOW 1688173200 /* 2023-07-01T01:00:00Z, the time go-tdx-guest's own tests use */
@@ -43,13 +42,6 @@ static void check_hex(const uint8_t *data, size_t len, const char *expected) {
     ratls_hex(data, len, hex);
     if (strcmp(hex, expected) != 0) fprintf(stderr, "  got %s\n  expected %s\n", hex, expected);
     CHECK(strcmp(hex, expected) == 0);
-}
-
-static int parse_and_verify(const ratls_policy *pol, const uint8_t *raw, size_t len, int64_t now, char *msg) {
-    ratls_quote q;
-    int root;
-    int rc = ratls_quote_parse(raw, len, &q, msg, RATLS_MSG_SIZE);
-    return rc != RATLS_OK ? rc : ratls_quote_verify_signatures(pol, raw, len, &q, now, &root, msg, RATLS_MSG_SIZE);
 }
 
 static void test_v4(const ratls_policy *pol) {
@@ -163,31 +155,6 @@ static void test_td_report_roundtrip(void) {
     }
 }
 
-/* Every bit of [off, off+n) flipped in turn; each flip must be refused with expected(offset, flipped byte). */
-static void flip_region(const ratls_policy *pol, const char *name, const uint8_t *raw, size_t len, int64_t now,
-                        size_t off, size_t n, int (*expected)(size_t off, uint8_t flipped)) {
-    uint8_t *copy = malloc(len);
-    memcpy(copy, raw, len);
-    size_t wrong = 0, tried = 0;
-    for (size_t i = off; i < off + n; i += test_sweep_step()) {
-        for (int bit = 0; bit < 8; bit++) {
-            copy[i] ^= (uint8_t)(1u << bit);
-            char msg[RATLS_MSG_SIZE] = "";
-            int rc = parse_and_verify(pol, copy, len, now, msg);
-            int want = expected(i, copy[i]);
-            tried++;
-            if (rc != want && wrong++ < 3)
-                fprintf(stderr, "  %s: flip of byte %zu bit %d gave %s (%s), expected %s\n", name, i, bit,
-                        ratls_reason_name(rc), msg, ratls_reason_name(want));
-            copy[i] ^= (uint8_t)(1u << bit);
-        }
-    }
-    if (wrong) fprintf(stderr, "  %s: %zu of %zu flips with the wrong result\n", name, wrong, tried);
-    CHECK_EQ(wrong, 0);
-    CHECK(tried > 0);
-    free(copy);
-}
-
 /* The header: a version flipped to the other TDX version misreads the body (malformed), any other is unsupported;
  * the key type; tee_type (not TDX: unsupported); the QE vendor; the rest (reserved SVNs, user data) is signed. */
 static int expect_header(size_t off, uint8_t flipped) {
@@ -200,18 +167,10 @@ static int expect_header(size_t off, uint8_t flipped) {
 }
 /* v5 body type (3): flipped to 2 it names TD report 1.0, whose size is not the 648 given: malformed. */
 static int expect_body_descriptor(size_t off, uint8_t flipped) {
-    if (off == SGX_QUOTE_HEADER_SIZE) return flipped == 2 ? RATLS_ERR_QUOTE_MALFORMED : RATLS_ERR_QUOTE_UNSUPPORTED_VERSION;
+    if (off == SGX_QUOTE_HEADER_SIZE)
+        return flipped == 2 ? RATLS_ERR_QUOTE_MALFORMED : RATLS_ERR_QUOTE_UNSUPPORTED_VERSION;
     if (off == SGX_QUOTE_HEADER_SIZE + 1) return RATLS_ERR_QUOTE_UNSUPPORTED_VERSION;
     return RATLS_ERR_QUOTE_MALFORMED;
-}
-static int expect_quote_signature(size_t off, uint8_t flipped) {
-    return (void)off, (void)flipped, RATLS_ERR_QUOTE_SIGNATURE;
-}
-static int expect_qe_report_data(size_t off, uint8_t flipped) {
-    return (void)off, (void)flipped, RATLS_ERR_QE_REPORT_DATA;
-}
-static int expect_qe_report_signature(size_t off, uint8_t flipped) {
-    return (void)off, (void)flipped, RATLS_ERR_QE_REPORT_SIGNATURE;
 }
 static int expect_cert_data_type(size_t off, uint8_t flipped) {
     return (void)off, (void)flipped, RATLS_ERR_QUOTE_UNSUPPORTED_CERT_DATA;
@@ -237,19 +196,6 @@ static void test_bit_flips(const ratls_policy *pol, const char *file, int64_t no
                 expect_qe_report_signature);
     flip_region(pol, "QE auth data", raw, len, now, q.qe_auth_data.off, q.qe_auth_data.len, expect_qe_report_data);
     free(raw);
-}
-
-static void put_u16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static int parse_reason(const uint8_t *raw, size_t len, char *msg) {
-    ratls_quote q;
-    return ratls_quote_parse(raw, len, &q, msg, RATLS_MSG_SIZE);
 }
 
 /* Every truncation is malformed (never a crash, never accepted); each length field pointing elsewhere is caught. */
