@@ -42,6 +42,11 @@ class _JsonMixin:
         return json.dumps(self.to_dict(), **kw)
 
 
+def _plain(value: Any) -> bytes | int:
+    """A field of a native report struct as Python: byte arrays as bytes, integers as int."""
+    return bytes(value) if isinstance(value, ffi.CData) else int(value)
+
+
 @dataclass(frozen=True)
 class ReportBody(_JsonMixin):
     """An SGX report body (the ISV enclave's, or the quoting enclave's)."""
@@ -66,11 +71,7 @@ class ReportBody(_JsonMixin):
 
     @classmethod
     def _from_native(cls, body) -> ReportBody:
-        values = {}
-        for f in fields(cls):
-            v = getattr(body, f.name)
-            values[f.name] = bytes(v) if isinstance(v, ffi.CData) else int(v)
-        return cls(**values)
+        return cls(**{f.name: _plain(getattr(body, f.name)) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,8 @@ class TdReport(_JsonMixin):
 
     @classmethod
     def _from_native(cls, td) -> TdReport:
-        values: dict[str, Any] = {"rtmr": tuple(bytes(td.rtmr[i]) for i in range(4))}
-        for f in fields(cls):
-            if f.name not in values:
-                v = getattr(td, f.name)
-                values[f.name] = bytes(v) if isinstance(v, ffi.CData) else int(v)
+        values: dict[str, Any] = {f.name: _plain(getattr(td, f.name)) for f in fields(cls) if f.name != "rtmr"}
+        values["rtmr"] = tuple(bytes(td.rtmr[i]) for i in range(4))
         return cls(**values)
 
 

@@ -298,18 +298,24 @@ class Identity:
         raise ProviderError(f"unknown provider {provider!r} (expected 'auto', 'sim', 'sim-tdx', 'gramine' or "
                             "'tdx')")
 
+    @staticmethod
+    def _sim_inputs(provider: str, sim_ca, measured_files, measure_root, *, td: bool) -> tuple[SimCA, bytes]:
+        """What a sim provider needs: its CA and the measurement of measured_files (MRENCLAVE, or MRTD with td)."""
+        if sim_ca is None:
+            raise ProviderError(f"the {provider} provider needs sim_ca (a directory made by `python -m ratls sim-ca "
+                                "init`)")
+        if measured_files is None:
+            raise ProviderError(f"the {provider} provider needs measured_files: the files whose measurement is "
+                                f"{'MRTD' if td else 'MRENCLAVE'}")
+        return SimCA(sim_ca), measure(measured_files, measure_root, td=td)
+
     @classmethod
     def _create_sim(cls, sim_ca, measured_files, measure_root, isv_prod_id, isv_svn, debug, not_before, not_after,
                     library_path) -> Identity:
-        if sim_ca is None:
-            raise ProviderError("the sim provider needs sim_ca (a directory made by `python -m ratls sim-ca init`)")
-        if measured_files is None:
-            raise ProviderError("the sim provider needs measured_files: the files whose measurement is MRENCLAVE")
-        ca = SimCA(sim_ca)
         for name, v in (("isv_prod_id", isv_prod_id), ("isv_svn", isv_svn)):
             if not 0 <= int(v) <= 0xFFFF:
                 raise ProviderError(f"{name} must be 0..65535, got {v}")
-        mrenclave = measure(measured_files, measure_root)
+        ca, mrenclave = cls._sim_inputs("sim", sim_ca, measured_files, measure_root, td=False)
 
         def configure(p) -> None:
             check_call(lib.ratls_provider_sim_configure, p, str(ca.path).encode(), mrenclave, int(isv_prod_id),
@@ -321,12 +327,7 @@ class Identity:
     @classmethod
     def _create_sim_td(cls, sim_ca, measured_files, measure_root, rtmrs, tdx_version, debug, not_before, not_after,
                        library_path) -> Identity:
-        if sim_ca is None:
-            raise ProviderError("the sim-tdx provider needs sim_ca (a directory made by `python -m ratls sim-ca init`)")
-        if measured_files is None:
-            raise ProviderError("the sim-tdx provider needs measured_files: the files whose measurement is MRTD")
-        ca = SimCA(sim_ca)
-        mrtd = measure(measured_files, measure_root, td=True)
+        ca, mrtd = cls._sim_inputs("sim-tdx", sim_ca, measured_files, measure_root, td=True)
 
         def configure(p) -> None:
             _configure_sim_td(p, ca.path, mrtd, rtmrs, tdx_version, debug, _timestamp(not_before),
