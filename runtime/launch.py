@@ -165,7 +165,6 @@ def _security_setup(args: argparse.Namespace, out: Path) -> Security:
         sim_ca = ratls.SimCA.init(out / "sim-ca")
     started = time.perf_counter()
     mrenclave = ratls.measure(runtime_files(), root=BASE_DIR).hex()
-    mrtd = ratls.measure(runtime_files(), root=BASE_DIR, td=True).hex()
     measured = time.perf_counter() - started
     provider = "gramine" if args.enclave_way else "sim"
     security = Security(["--security", "ratls", "--provider", provider, "--sim-ca", str(sim_ca.path),
@@ -178,7 +177,7 @@ def _security_setup(args: argparse.Namespace, out: Path) -> Security:
         security.argv += ["--peer-tees", "sgx,tdx"]
         for i in range(args.workers):
             security.roles[f"worker{i}"] = (["--provider", "sim-tdx"], {})
-        security.report.update(worker_tee="tdx", mrtd=mrtd)
+        security.report.update(worker_tee="tdx", mrtd=ratls.measure(runtime_files(), root=BASE_DIR, td=True).hex())
     platforms = _parse_platform_tcb(args.platform_tcb or [])
     collateral = args.pccs
     if args.sim_pccs or args.enclave_way or platforms:

@@ -309,14 +309,20 @@ class RatlsTransport(Transport):
         self.identity = ratls.Identity.create(provider=provider, sim_ca=sim_ca, measured_files=files,
                                               measure_root=BASE_DIR)
         self.identity_seconds = time.perf_counter() - started
-        self.tee = self.identity.evidence.tee
-        # "The same code as me", in whichever TEE a peer runs: our files' MRENCLAVE as an SGX enclave, their MRTD
-        # as a TD (ratls.measure); our own evidence gives the one of our own TEE (a real enclave's MRENCLAVE).
-        own_sgx = self.tee == "sgx"
-        self.mrenclave = (mrenclave if mrenclave is not None else self.identity.mrenclave if own_sgx
-                          else ratls.measure(files, BASE_DIR))
-        self.mrtd = self.identity.evidence.mrtd if not own_sgx else ratls.measure(files, BASE_DIR, td=True)
+        own = self.identity.evidence
+        self.tee = own.tee
         self.peer_tees = peer_tees or (self.tee,)
+        # "The same code as me", in whichever TEE a peer runs: our own evidence gives the measurement of our own TEE
+        # (a real enclave's MRENCLAVE); the other TEE's, only when its peers are admitted, is our files' MRENCLAVE
+        # as an SGX enclave or MRTD as a TD (ratls.measure, a hash over every runtime file).
+        self.mrenclave: bytes | None = mrenclave
+        if self.mrenclave is None and own.tee == "sgx":
+            self.mrenclave = own.mrenclave
+        self.mrtd: bytes | None = own.mrtd if own.tee == "tdx" else None
+        if self.mrenclave is None and "sgx" in self.peer_tees:
+            self.mrenclave = ratls.measure(files, BASE_DIR)
+        if self.mrtd is None and "tdx" in self.peer_tees:
+            self.mrtd = ratls.measure(files, BASE_DIR, td=True)
         simulated = self.identity.provider in ("sim", "sim-tdx")
         if simulated:
             print(f"warning: SIMULATED {self.tee.upper()} attestation (sim CA {sim_ca}): evidence proves nothing "
@@ -431,8 +437,9 @@ class RatlsTransport(Transport):
                            "failed": stats.failed, "last_rejection": _reason_name(stats.last_rejection),
                            "last_rejection_message": stats.last_rejection_message})
         return {"security": self.security, "provider": self.identity.provider, "channel_repins": repins,
-                "tee": self.tee, "peer_tees": list(self.peer_tees), "mrtd": self.mrtd.hex(),
-                "mrenclave": self.mrenclave.hex(), "own_mrenclave": self.identity.mrenclave.hex(),
+                "tee": self.tee, "peer_tees": list(self.peer_tees), "mrtd": self.mrtd.hex() if self.mrtd else None,
+                "mrenclave": self.mrenclave.hex() if self.mrenclave else None,
+                "own_mrenclave": self.identity.mrenclave.hex(),
                 "tcb_statuses": list(self.policy.allowed_tcb_statuses), "collateral": self.collateral,
                 "identity_seconds": round(self.identity_seconds, 6),
                 "client_attestation_seconds": [round(t, 6) for t in times], "attestation_ports": served}
