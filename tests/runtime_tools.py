@@ -3,6 +3,7 @@ mutate into bad ones, a fingerprint of all PS state, and child processes that ar
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -29,6 +30,7 @@ from runtime.wire.chunks import payload_chunks
 from runtime.wire.codec import Payload
 from runtime.wire.messages import Shapes
 from runtime.wire.tensors import encode_ids, encode_tensor
+from runtime.worker import Worker
 
 REPO = Path(__file__).resolve().parents[1]
 CALL_TIMEOUT = 20.0
@@ -207,6 +209,13 @@ class Children:
             if process.poll() is None:
                 process.kill()
             process.wait(10)
+
+
+def in_process_worker(client, max_steps: int | None = None) -> Worker:
+    """A Worker driven by a test in its own process: no warm-up, no progress lines, 5 s pull waits."""
+    args = argparse.Namespace(pull_wait_ms=5000, reconnect_timeout=30.0, warmup_steps=0, log_every=0.0,
+                              tb_every=10, max_steps=max_steps, pipeline=False)
+    return Worker(client, args)
 
 
 def wait_for_file(path: Path, timeout: float, process: subprocess.Popen | None = None) -> dict:

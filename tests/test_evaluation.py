@@ -3,11 +3,12 @@ training while another goes on pushing (runtime.worker.Worker.evaluate)."""
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import threading
 import time
 from pathlib import Path
+
+from runtime_tools import in_process_worker
 
 from runtime.client.ps import ShardedPS
 from runtime.data import CriteoReader, synthetic_partitions
@@ -15,15 +16,8 @@ from runtime.model import DLRM, DLRMConfig
 from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
 from runtime.transport import InsecureTransport
-from runtime.worker import Worker
 
 TOTAL = 40
-
-
-def _worker(client: ShardedPS, max_steps: int | None) -> Worker:
-    args = argparse.Namespace(pull_wait_ms=5000, reconnect_timeout=30.0, warmup_steps=0, log_every=0.0,
-                              tb_every=10, max_steps=max_steps, pipeline=False)
-    return Worker(client, args)
 
 
 class SlowDLRM(DLRM):
@@ -42,7 +36,7 @@ def test_a_worker_that_stops_early_evaluates_the_final_version_only(tmp_path: Pa
     clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(2)]
     train, held_out = synthetic_partitions(tmp_path / "data", 2, 256, 512, 1, config)
     try:
-        early, late = _worker(clients[0], max_steps=2), _worker(clients[1], max_steps=None)
+        early, late = in_process_worker(clients[0], max_steps=2), in_process_worker(clients[1])
         versions = [early.connect(), late.connect()]
 
         def batches(path: Path):
@@ -89,7 +83,7 @@ def test_evaluation_that_cannot_see_the_end_of_training_says_so(tmp_path: Path):
     client = ShardedPS([running.endpoint], net, "worker0")
     train, held_out = synthetic_partitions(tmp_path / "data", 1, 64, 64, 1, config)
     try:
-        worker = _worker(client, max_steps=1)
+        worker = in_process_worker(client, max_steps=1)
         worker.connect()
         model = DLRM(config)
         worker.train(model, iter([(b, b.lookup()) for b in CriteoReader(train[0], config, 16)]), [0], False)

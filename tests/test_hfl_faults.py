@@ -3,7 +3,6 @@ whose reply was lost. Faults of the network itself, on emulated hosts, are in te
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from runtime_tools import Children, wait_for_file, wait_until
+from runtime_tools import Children, in_process_worker, wait_for_file, wait_until
 
 from runtime.client.ps import ShardedPS
 from runtime.client.remote import RemoteError
@@ -117,9 +116,7 @@ def one_worker_in_process(tmp_path: Path) -> Iterator[tuple[ParameterServer, Sha
     running = start_server(ps, net, "127.0.0.1", 0)
     client = ShardedPS([running.endpoint], net, "worker0")
     try:
-        args = argparse.Namespace(pull_wait_ms=5000, reconnect_timeout=30.0, warmup_steps=0, log_every=0.0,
-                                  tb_every=10, max_steps=None, pipeline=False)
-        worker = Worker(client, args)
+        worker = in_process_worker(client)
         worker.connect()
         train, _ = synthetic_partitions(tmp_path / "data", 1, 64, 16, 1, config)
         batch = next(iter(CriteoReader(train[0], config, 16)))
