@@ -512,9 +512,13 @@ def from_args(args: argparse.Namespace) -> Transport:
 
 
 def _tees(text: str) -> tuple[str, ...]:
+    """--peer-tees: a comma-separated list of ratls's TEE names."""
+    from ratls.policy import TEE_NAMES
+
     tees = tuple(dict.fromkeys(t.strip() for t in text.split(",")))
-    if not tees or any(t not in ("sgx", "tdx") for t in tees):
-        raise argparse.ArgumentTypeError(f"expected sgx, tdx or sgx,tdx, found {text!r}")
+    if not tees or any(t not in TEE_NAMES for t in tees):
+        raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(TEE_NAMES)}, comma-separated, found "
+                                         f"{text!r}")
     return tees
 
 
