@@ -118,6 +118,17 @@ class Computed(NamedTuple):
     rows: np.ndarray
 
 
+class InFlight(NamedTuple):
+    """A push the pipelined loop handed to its communication thread: the call, its batch, the parameters it was
+    computed at and what it pushes (to resend if the call fails)."""
+
+    future: futures.Future
+    batch: Batch
+    lookup: Lookup
+    pulled: Pulled
+    computed: Computed
+
+
 @dataclass
 class WorkerStats:
     steps: int = 0  # batches trained on (under FedAvg, local steps)
@@ -369,20 +380,20 @@ class Worker:
         return train_locally(model, work, pulled.dense, pulled.rows, rate)
 
     def _step(self, model: Any, work: Round, min_versions: list[int], pulled: Pulled | None = None,
-              following: RowSet | None = None,
-              synchronous: bool = False) -> tuple[Pulled, list[float], Pulled | None] | None:
+              following: RowSet | None = None, synchronous: bool = False,
+              unsettled: Computed | None = None) -> tuple[Pulled, list[float], Pulled | None] | None:
         """Pull (unless `pulled` already holds this round's parameters), compute and push one round until its
         push is in: reconnects (re-attesting) when a PS is lost, re-joins when dropped, recomputes when the
         round closed without us. A push whose call failed may have been applied all the same (its reply lost):
         it is resent as it was, same step, once the PS is back, and the PS's (worker id, step) de-duplication
         decides: a duplicate was in already, a current step goes in now, a stale one is recomputed. So a round
         is applied once whatever the link does. With `following`, the push also pulls the rows of the following
-        round. Returns (the parameters used, each batch's loss, the following round's parameters or None); None
-        when training is done."""
+        round. `unsettled` is a push of this round computed at `pulled` whose call failed elsewhere (the pipelined
+        loop's): it is resent the same way. Returns (the parameters used, each batch's loss, the following round's
+        parameters or None); None when training is done."""
         stats, client, times = self.stats, self.client, self.stats.times
         wait_ms = self.args.pull_wait_ms
-        computed: Computed | None = None  # what this round pushes, computed at `pulled`, not yet known to be in
-        sends = 0  # of `computed`: more than one is a resend after a failed call
+        computed = unsettled  # what this round pushes, computed at `pulled`, not yet known to be in
         while True:
             try:
                 if computed is None:
@@ -399,7 +410,6 @@ class Worker:
                         pulled = None
                         continue
                     computed = Computed(*self._compute(model, work, pulled))
-                    sends = 0
                     times.compute += time.perf_counter() - t2
                 assert pulled is not None
                 losses, dense_push, row_push = computed
@@ -408,7 +418,6 @@ class Worker:
                 loss = sum(batch_loss * len(batch) for batch_loss, (batch, _) in zip(losses, work.batches,
                                                                                        strict=True)) / samples
                 ahead = None
-                sends += 1
                 if following is None:
                     pushed = client.push(pulled.versions, samples, loss, dense_push, work.rows, row_push,
                                          self.local_steps)
@@ -440,12 +449,11 @@ class Worker:
                     pulled = None
                 min_versions = self.connect(str(error))
                 continue
-            # A duplicate answers a resend: this round was in already. To a first send it says that another push of
-            # ours took this step (the pipelined loop's, in flight when it handed this batch here): not this round.
-            clash = sends == 1 and any(pushed.duplicate)
-            if any(pushed.stale) or clash:
-                # Our round closed without us (or, asynchronous, we fell too far behind), or its step was taken:
-                # take the newer parameters and redo this batch.
+            # A duplicate answers a resend: this round was in already (the pipelined loop hands a batch here only
+            # when none of its pushes is in flight, so no other push of ours can have taken this step).
+            if any(pushed.stale):
+                # Our round closed without us (or, asynchronous, we fell too far behind): take the newer parameters
+                # and redo this batch.
                 stats.stale += 1
                 min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
                 pulled = computed = None
@@ -457,45 +465,48 @@ class Worker:
         """Asynchronous mode: while batch t is computed, a communication thread pushes the gradients of batch
         t-1 and pulls the parameters for batch t+1, so a step costs about max(compute, push + pull) instead
         of their sum. The parameters of batch t+1 lack this worker's update t (one more version of staleness;
-        the PS's bound still applies). A batch whose pipelined call fails, whose push the PS finds too stale,
-        or whose parameters are no newer than those of the push before it (the PS de-duplicates pushes by
-        step) is redone through _step, which reconnects, re-joins and recomputes as the serial loop does.
+        the PS's bound still applies). A batch whose push the PS finds too stale, or whose parameters are no newer
+        than those of the push before it (the PS de-duplicates pushes by step), is redone through _step, which
+        recomputes as the serial loop does; a push whose call failed is resent there as it was (its reply may be
+        all that was lost). Either happens only once no push is in flight: a batch redone beside an unsettled push
+        could pull the version that push was computed at, and the second push of that step would be refused.
         Step times count only the waits the training thread sees: pull is the wait for the next parameters."""
         stats, client = self.stats, self.client
         latest = [0] * client.num_shards  # asynchronous pulls do not wait for a version
         sent = [-1] * client.num_shards  # per shard, the step of the newest push handed to the thread
         max_steps = self.args.max_steps
+        pushes: collections.deque[InFlight] = collections.deque()
 
         def pull(lookup: Lookup) -> Pulled:
             return client.pull(latest, lookup.rows, wait_ms=self.args.pull_wait_ms)
 
-        def redo(batch: Batch, lookup: Lookup) -> bool:
-            """The serial step for one batch; False when training is done."""
+        def redo(batch: Batch, lookup: Lookup, pulled: Pulled | None = None,
+                 unsettled: Computed | None = None) -> bool:
+            """The serial step for one batch (resending `unsettled`, computed at `pulled`, if given), once the
+            pushes still in flight have finished; False when training is done."""
+            futures.wait([push.future for push in pushes])
             work = Round.of([(batch, lookup)])
-            step = self._step(model, work, latest)
+            step = self._step(model, work, latest, pulled, unsettled=unsettled)
             if step is None:
                 return False
             sent[:] = [max(s, v) for s, v in zip(sent, step[0].versions, strict=True)]
             self.log.accepted(work, step[0].versions[0], step[1])
             return True
 
-        def settle(push: tuple[futures.Future, Batch, Lookup, Pulled, float]) -> bool:
+        def settle(push: InFlight) -> bool:
             """Count a finished push, or redo its batch; False when training is done."""
-            future, batch, lookup, pulled, loss = push
             try:
-                pushed = future.result()
+                pushed = push.future.result()
             except (RemoteError, TransportError) as error:
                 if isinstance(error, RemoteError) and error.reason == "training_done":
                     return False
-                return redo(batch, lookup)
+                return redo(push.batch, push.lookup, push.pulled, push.computed)
             if any(pushed.stale) or any(pushed.duplicate):
                 stats.stale += any(pushed.stale)
                 stats.duplicates += any(pushed.duplicate)
-                return redo(batch, lookup)
-            self.log.accepted(Round.of([(batch, lookup)]), pulled.versions[0], [loss])
+                return redo(push.batch, push.lookup)
+            self.log.accepted(Round.of([(push.batch, push.lookup)]), push.pulled.versions[0], push.computed.losses)
             return True
-
-        pushes: collections.deque[tuple[futures.Future, Batch, Lookup, Pulled, float]] = collections.deque()
 
         def settle_until(left: int) -> bool:
             """Settle the oldest pushes until `left` remain; False when training is done."""
@@ -531,8 +542,9 @@ class Worker:
                 pulling = comm.submit(pull, current[1])
                 loss, dense_grad, row_grads = model.loss_and_grads_flat(pulled.dense, pulled.rows, lookup, batch)
                 stats.times.compute += time.perf_counter() - t3
-                pushes.append((comm.submit(client.push, pulled.versions, len(batch), loss, dense_grad, lookup.rows,
-                                           row_grads), batch, lookup, pulled, loss))
+                future = comm.submit(client.push, pulled.versions, len(batch), loss, dense_grad, lookup.rows,
+                                     row_grads)
+                pushes.append(InFlight(future, batch, lookup, pulled, Computed([loss], dense_grad, row_grads)))
                 sent[:] = pulled.versions
             settle_until(0)
 

@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -151,27 +153,83 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
         assert worker.stats.reconnects == 1 and worker.stats.stale == 0
 
 
-def test_a_fresh_push_whose_step_another_push_took_is_recomputed_not_counted(tmp_path):
-    """The pipelined loop hands a batch to the serial step while one of its own pushes, computed at the same
-    version, is in: the PS answers the batch's first send as a duplicate of that step. The batch was not applied, so
-    it is recomputed on newer parameters and pushed again (applied once, counted once), not taken as in."""
-    with one_worker_in_process(tmp_path) as (ps, client, worker, step):
-        assert step() is not None and ps.version == 1  # the other push of step 0
-        real_pull = client.pull
-        calls = []
+@contextlib.contextmanager
+def asynchronous_workers_in_process(tmp_path: Path, workers: int
+                                    ) -> Iterator[tuple[ParameterServer, list[ShardedPS], list[Worker], Callable]]:
+    """An in-process asynchronous PS (staleness 1) of `workers` workers, their clients and Workers (joined; the
+    first pipelined, stopping after 3 steps), and batches(i): (batch, lookup) pairs of worker i's data."""
+    config = DLRMConfig.small()
+    ps = ParameterServer(PSOptions(config=config, total_steps=100, workers=workers, staleness=1, log_every=0))
+    net = InsecureTransport()
+    running = start_server(ps, net, "127.0.0.1", 0)
+    clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(workers)]
+    try:
+        pool = [in_process_worker(client, max_steps=3) for client in clients]
+        pool[0].args.pipeline = True
+        for worker in pool:
+            worker.connect()
+        train, _ = synthetic_partitions(tmp_path / "data", workers, 160, 16, 1, config)
+        yield ps, clients, pool, lambda i: ((b, b.lookup()) for b in CriteoReader(train[i], config, 16))
+    finally:
+        for client in clients:
+            client.close()
+        running.server.stop(0).wait(5)
+
+
+def test_a_pipelined_batch_is_redone_only_once_no_push_is_in_flight(tmp_path):
+    """The pipelined loop redoes a batch whose push came back stale while its next push is still in flight. Were the
+    batch redone at once, it could pull the version that push was computed at and push that step a second time,
+    which the PS refuses as a duplicate (CI saw it under load). It waits for the push in flight, so every step is
+    pushed once."""
+    with asynchronous_workers_in_process(tmp_path, 2) as (ps, clients, (pipelined, other), batches):
+        model, other_model = DLRM(ps.config), DLRM(ps.config)
+        other_batches = batches(1)
+        real_pull, real_push = clients[0].pull, clients[0].push
+        pulls, comm_pushes = [], []
 
         def pull(*pull_args, **kwargs):
-            pulled = real_pull(*pull_args, **kwargs)
-            calls.append(list(pulled.versions))
-            if len(calls) == 1:
-                pulled.versions = [0]  # parameters taken at version 0, as the other push's were
-            return pulled
+            pulls.append(1)
+            if len(pulls) == 2:
+                # While the first push waits behind this pull, the other worker moves the PS two versions on, so
+                # that push (of version 0) comes back stale and this pull brings version 2.
+                for _ in range(2):
+                    assert other._step(other_model, Round.of([next(other_batches)]), [0]) is not None
+            return real_pull(*pull_args, **kwargs)
 
-        client.pull = pull
-        assert step() is not None
-        assert calls == [[1], [1]]
-        assert ps.version == 2 and ps.stats["pushes"] == 2 and ps.stats["duplicate_pushes"] == 1
-        assert worker.stats.stale == 1 and worker.stats.duplicates == 0
+        def push(*push_args):
+            if threading.current_thread().name.startswith("comm"):
+                comm_pushes.append(push_args[0])
+                if len(comm_pushes) == 2:
+                    time.sleep(0.5)  # the second push is still in flight when the first one's batch is redone
+            return real_push(*push_args)
+
+        clients[0].pull, clients[0].push = pull, push
+        pipelined.train(model, batches(0), [0], synchronous=False)
+        assert comm_pushes[:2] == [[0], [2]]
+        assert pipelined.stats.stale == 1 and pipelined.stats.steps == 3
+        assert not ps.stats.get("duplicate_pushes") and pipelined.stats.duplicates == 0
+        assert ps.stats["pushes"] == 2 + 3 and ps.accounts["worker0"]["pushes_accepted"] == 3
+
+
+def test_a_pipelined_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
+    """A pipelined push applied by the PS whose reply is lost: the worker resends that push (same
+    step), which the PS recognises as a duplicate, instead of recomputing the batch and applying it twice."""
+    with asynchronous_workers_in_process(tmp_path, 1) as (ps, clients, (pipelined,), batches):
+        real_push = clients[0].push
+        lost = []
+
+        def push_losing_the_first_reply(*push_args):
+            reply = real_push(*push_args)
+            if not lost:
+                lost.append(reply)
+                raise RemoteError(grpc.StatusCode.UNAVAILABLE, "Socket closed (the reply was lost)")
+            return reply
+
+        clients[0].push = push_losing_the_first_reply
+        pipelined.train(DLRM(ps.config), batches(0), [0], synchronous=False)
+        assert lost and lost[0].versions == [1]  # the PS had applied it
+        assert pipelined.stats.steps == 3 and pipelined.stats.duplicates == 1
+        assert ps.stats["duplicate_pushes"] == 1 and ps.stats["pushes"] == 3 and ps.version == 3
 
 
 @pytest.mark.parametrize("reason", ["future_step", "not_started"])
