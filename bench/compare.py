@@ -33,6 +33,7 @@ Presets (--preset; options given as well override the preset's):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -101,6 +102,8 @@ class Run:
     samples_seen: float = math.nan  # training samples the final parameters have seen
     loss_curve: list[tuple[float, float]] = field(default_factory=list)  # (samples seen, training loss)
     peak_rss: dict[str, int] = field(default_factory=dict)
+    # Asynchronous updates by staleness (updates applied between a step's parameters and its own update)
+    staleness: dict[int, int] = field(default_factory=dict)
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +196,7 @@ def run_baseline(kind: str, args: argparse.Namespace, batch: int, steps: int, re
         run.held_out_accuracy = report["held_out"]["accuracy"]
         run.samples_seen = report["samples"]
         run.loss_curve = [(x, y) for x, y in report["loss_curve"]]
+        run.staleness = {int(k): v for k, v in report["update_staleness"].items()}
     return run
 
 
@@ -242,6 +246,7 @@ def run_ours(security: str, args: argparse.Namespace, batch: int, steps: int, re
                held_out_loss=_number(held_out.get("log_loss")), held_out_auc=_number(held_out.get("auc")),
                held_out_accuracy=_number(held_out.get("accuracy")), samples_seen=report["examples"],
                loss_curve=loss_curve(*zip(*points, strict=True)) if points else [], peak_rss=dict(monitor.rss),
+               staleness={int(k): v for k, v in report["ps"][0].get("push_staleness", {}).items()},
                details=details)
 
 
@@ -365,6 +370,7 @@ def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: 
                 "held_out_auc": _median([r.held_out_auc for r in ok]),
                 "held_out_accuracy": _median([r.held_out_accuracy for r in ok]),
                 "rss_mb": [_median([g[i] for g in rss]) for i in range(3)],
+                "staleness": staleness_shares(ok),
                 "per_repeat": {key: _per_repeat(group, key) for key, _, _ in REPEAT_FIGURES},
             })
         rate = {s: _median([r.samples_per_s for r in g if r.error is None]) for s, g in by_system.items()}
@@ -385,6 +391,18 @@ def summarize(runs: list[Run], batch_sizes: Sequence[int], workers: int, cores: 
         }
         summary["targets"][batch] = {key: judge(key, batch, summary["ratios"][batch][key][0]) for key in TARGETS}
     return summary
+
+
+def staleness_shares(runs: Sequence[Run]) -> dict[str, float]:
+    """The share of all the runs' asynchronous updates at staleness 0, 1, 2 and more (empty: none counted)."""
+    counts: collections.Counter[int] = collections.Counter()
+    for run in runs:
+        counts.update(run.staleness)
+    total = sum(counts.values())
+    if not total:
+        return {}
+    return {"0": counts[0] / total, "1": counts[1] / total, "2": counts[2] / total,
+            "3+": sum(v for k, v in counts.items() if k >= 3) / total}
 
 
 def _align(rows: list[Sequence[str]], left: int) -> list[str]:
@@ -435,6 +453,10 @@ def format_table(summary: dict[str, Any], workers: int, cores: int) -> str:
                      f"samples; tf-ps {summary['tfps_learning_rate']:g} per asynchronous step of B samples")
     for batch, ratios in summary["ratios"].items():
         lines.append(f"batch {batch}: compute bound {_fmt(ratios['bound_samples_per_s'])} samples/s")
+        for row in summary["rows"]:
+            if row["batch"] == batch and row["staleness"]:
+                shares = ", ".join(f"{k}: {v:.0%}" for k, v in row["staleness"].items())
+                lines.append(f"  {row['system'] + ' updates by staleness':<54} {shares}")
         value, (lo, hi) = ratios["ratls_vs_insecure"]
         spread = f" (per repeat {lo:.3f}..{hi:.3f})" if math.isfinite(lo) else ""
         lines.append(f"  {'ours(ratls) / ours(insecure) samples/s':<54} {_fmt(value, 3):>8}{spread}   no target")

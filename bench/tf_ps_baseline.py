@@ -28,6 +28,7 @@ tfps, TCP bytes on the cluster's connections per step and held-out metrics.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -209,14 +210,22 @@ class BaselineDLRM:
         return tf.reshape(top, [-1])
 
     def sgd_step(self, dense, cat, labels):
-        """One plain-SGD step on this batch; returns the mean loss before the update."""
+        """One plain-SGD step on this batch; returns the mean loss before the update and the step's staleness:
+        the updates other workers applied between this step's start and its own update (our PS's push staleness,
+        measured the same way; TensorFlow reads each variable when an op first uses it, so this counts from just
+        before the first read)."""
         tf = self.tf
         variables = [*self.dense.values(), *self.tables]
-        with tf.GradientTape() as tape:
+        read_at = self.updates.read_value()
+        with tf.control_dependencies([read_at]), tf.GradientTape() as tape:
             logits = self.logits(dense, cat)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
         grads = tape.gradient(loss, variables)
-        update = tf.minimum(self.updates.assign_add(1) - 1, tf.cast(tf.size(self.rates), tf.int64) - 1)
+        # The update is numbered once its gradients exist: without the dependency, TensorFlow may take the number
+        # (an op on another variable) before the forward pass, and the staleness would count nothing.
+        with tf.control_dependencies([g.values if isinstance(g, tf.IndexedSlices) else g for g in grads]):
+            taken = self.updates.assign_add(1) - 1
+        update = tf.minimum(taken, tf.cast(tf.size(self.rates), tf.int64) - 1)
         learning_rate = tf.gather(self.rates, update)
         for variable, grad in zip(variables, grads, strict=True):
             if isinstance(grad, tf.IndexedSlices):  # embedding tables: only the looked-up rows, repeats summed
@@ -224,7 +233,7 @@ class BaselineDLRM:
                                                       grad.dense_shape))
             else:
                 variable.assign_sub(learning_rate * grad)
-        return loss
+        return loss, taken - read_at
 
     def params(self) -> ModelParams:
         """The current values as numpy arrays (read from wherever the variables live)."""
@@ -410,7 +419,9 @@ def run_tfps(config: DLRMConfig, train: Sequence[Path], eval_paths: Sequence[Pat
         coordinator.join()
         elapsed = time.perf_counter() - started
         end_bytes = wire.sample()
-        losses = [float(r.fetch()) for r in results]
+        fetched = [r.fetch() for r in results]
+        losses = [float(loss) for loss, _ in fetched]
+        staleness = collections.Counter(int(behind) for _, behind in fetched)
         rss = cluster.peak_rss()
         # While the servers still run: the coordinator's eager context registers every new function (here the
         # evaluation's) on them and logs errors once they are gone.
@@ -429,6 +440,8 @@ def run_tfps(config: DLRMConfig, train: Sequence[Path], eval_paths: Sequence[Pat
         "samples_per_s": samples_per_s, "step_ms": 1000.0 * workers * batch_size / samples_per_s,
         "wire_bytes_per_step": (end_bytes - start_bytes) / rounds,
         "first_loss": losses[0], "last_loss": losses[-1], "held_out": held_out, "peak_rss_bytes": rss,
+        # Updates by staleness, as our PS reports its pushes' (push_staleness).
+        "update_staleness": {str(k): v for k, v in sorted(staleness.items())},
         # Training loss against the samples trained on before each step, in the order the steps were scheduled
         # (asynchronous: about the samples the parameters a step read had seen, as ours reports it).
         "loss_curve": loss_curve([i * batch_size for i in range(len(losses))], losses),

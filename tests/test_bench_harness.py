@@ -59,7 +59,9 @@ def test_tf_baseline_model_trains_like_the_runtime_model(lr_decay):
     step = tf.function(baseline.sgd_step)
     losses = []
     for batch in batches:
-        losses.append(float(step(batch.dense, batch.cat, batch.labels)))
+        loss, staleness = step(batch.dense, batch.cat, batch.labels)
+        losses.append(float(loss))
+        assert int(staleness) == 0  # one process: no update lands between a step's reads and its own update
     expected_losses = []
     train_single_process(config, batches, len(batches), params=reference,
                          on_step=lambda _, loss: expected_losses.append(loss))
@@ -158,6 +160,21 @@ def test_summary_ratios_and_compute_bound():
     summary.update(learning_rate=0.1, tfps_learning_rate=0.05, ours_mode="async", staleness=8)
     table = compare.format_table(summary, workers=2, cores=4)
     assert "2/3" in table and "FAIL" in table
+    assert "updates by staleness" not in table  # no run counted any
+
+
+def test_staleness_shares_pool_every_repeat():
+    runs = [compare.Run("tf-ps", 128, 0, staleness={0: 1, 1: 6, 2: 1}),
+            compare.Run("tf-ps", 128, 1, staleness={1: 8, 5: 4}),
+            compare.Run("tf-ps", 128, 2, error="exited with code 1", staleness={0: 100})]
+    shares = compare.staleness_shares([r for r in runs if r.error is None])
+    assert shares == {"0": 1 / 20, "1": 14 / 20, "2": 1 / 20, "3+": 4 / 20}
+    summary = compare.summarize(runs + [_run(s, 128, 0, 100.0) for s in compare.SYSTEMS if s != "tf-ps"], [128],
+                                workers=2, cores=2)
+    summary.update(learning_rate=0.1, tfps_learning_rate=0.05, ours_mode="async", staleness=8)
+    lines = compare.format_table(summary, workers=2, cores=2).splitlines()
+    line = next(line for line in lines if "tf-ps updates by staleness" in line)
+    assert line.split("staleness")[1].split() == ["0:", "5%,", "1:", "70%,", "2:", "5%,", "3+:", "20%"]
 
 
 def test_every_repeat_its_spread_and_the_targets():
@@ -271,6 +288,8 @@ def test_quick_comparison_prints_a_complete_table(tmp_path):
     assert tfps["details"]["samples"] == 10 * 2 * 64  # the samples of 10 synchronous steps of ours
     assert tfps["details"]["config"]["learning_rate"] == pytest.approx(0.1 / 2)
     assert set(tfps["peak_rss"]) == {"ps0", "worker0", "worker1", "coordinator"}
+    assert sum(tfps["staleness"].values()) == 20 and min(map(int, tfps["staleness"])) >= 0  # every update counted
+    assert any(line.startswith("  tf-ps updates by staleness") for line in lines)
 
     # The figures: PNGs in the run directory, and (drawn again from results.json) one series per system and repeat.
     for name in figures.FILES.values():
