@@ -182,7 +182,7 @@ def run_baseline(kind: str, args: argparse.Namespace, batch: int, steps: int, re
             "--steps", str(steps), "--report", str(report_path), *model_argv(args, learning_rate)]
     if kind == "tfps":
         argv += ["--eval", *map(str, eval_files), "--workers", str(args.workers), "--work-dir", str(run_dir),
-                 "--timeout", str(args.timeout)]
+                 "--timeout", str(args.timeout), *(["--count-staleness"] if args.tfps_staleness else [])]
     code, _ = _run_process(argv, log, args.timeout + 60)
     if code != 0 or not report_path.exists():
         return Run(system, batch, repeat, error=_failure(log, code))
@@ -498,6 +498,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "synchronous steps of W x B at lr")
     parser.add_argument("--staleness", type=int, default=8,
                         help="ours, async: largest accepted (version - step) of a push (default 8)")
+    parser.add_argument("--tfps-staleness", action="store_true",
+                        help="also count tf-ps's update staleness, as our PS counts its pushes'; this costs tf-ps "
+                             "about 10%% of its throughput, so use it to judge quality, not speed")
     parser.add_argument("--mode", choices=("hfl", "sdt"), default="hfl",
                         help="ours: runtime.launch --mode (sdt: a chief holds the data and streams the shards)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
