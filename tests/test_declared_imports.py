@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import time
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -73,10 +72,8 @@ def undeclared_imports(root: Path) -> list[str]:
 
 
 def test_every_import_is_declared() -> None:
-    started = time.perf_counter()
     problems = undeclared_imports(REPO)
     assert not problems, "imports a fresh install would not have:\n  " + "\n  ".join(problems)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_an_undeclared_import_is_named_with_its_file(tmp_path: Path) -> None:
