@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from runtime.client.ps import ShardedPS
 from runtime.model import DLRMConfig
 from runtime.proto import ps_pb2, tensor_pb2
 from runtime.protocol import PROTOCOL_VERSION, SERVICE
@@ -95,6 +96,22 @@ def raw_ps(**overrides) -> Iterator[RawPS]:
         yield RawPS(ps, channel)
     finally:
         channel.close()
+        running.server.stop(0).wait(5)
+
+
+@contextlib.contextmanager
+def ps_with_clients(options: PSOptions) -> Iterator[tuple[ParameterServer, list[ShardedPS]]]:
+    """An in-process PS serving plaintext gRPC on loopback, and one client per worker of `options` (worker0,
+    worker1, ...; not joined yet). Closes the clients and stops the server on the way out."""
+    ps = ParameterServer(options)
+    net = InsecureTransport()
+    running = start_server(ps, net, "127.0.0.1", 0)
+    clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(options.workers)]
+    try:
+        yield ps, clients
+    finally:
+        for client in clients:
+            client.close()
         running.server.stop(0).wait(5)
 
 

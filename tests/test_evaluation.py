@@ -8,14 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-from runtime_tools import in_process_worker
+from runtime_tools import in_process_worker, ps_with_clients
 
-from runtime.client.ps import ShardedPS
 from runtime.data import CriteoReader, synthetic_partitions
 from runtime.model import DLRM, DLRMConfig
-from runtime.server.service import start_server
-from runtime.server.state import ParameterServer, PSOptions
-from runtime.transport import InsecureTransport
+from runtime.server.state import PSOptions
 
 TOTAL = 40
 
@@ -30,12 +27,9 @@ class SlowDLRM(DLRM):
 
 def test_a_worker_that_stops_early_evaluates_the_final_version_only(tmp_path: Path):
     config = DLRMConfig.small()
-    ps = ParameterServer(PSOptions(config=config, total_steps=TOTAL, workers=2, staleness=4, log_every=0))
-    net = InsecureTransport()
-    running = start_server(ps, net, "127.0.0.1", 0)
-    clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(2)]
     train, held_out = synthetic_partitions(tmp_path / "data", 2, 256, 512, 1, config)
-    try:
+    with ps_with_clients(PSOptions(config=config, total_steps=TOTAL, workers=2, staleness=4, log_every=0)) as (
+            ps, clients):
         early, late = in_process_worker(clients[0], max_steps=2), in_process_worker(clients[1])
         versions = [early.connect(), late.connect()]
 
@@ -63,10 +57,6 @@ def test_a_worker_that_stops_early_evaluates_the_final_version_only(tmp_path: Pa
         result, labels, _ = early.evaluate(model, eval_batches, wait_seconds=60)
         other.join(timeout=60)
         assert not other.is_alive()
-    finally:
-        for client in clients:
-            client.close()
-        running.server.stop(0).wait(5)
     assert ps.version == TOTAL
     assert all(v == [TOTAL] for v in served), served  # no pull of the evaluation read another version
     assert len(served) == 1 + len(eval_batches)
@@ -77,19 +67,13 @@ def test_a_worker_that_stops_early_evaluates_the_final_version_only(tmp_path: Pa
 def test_evaluation_that_cannot_see_the_end_of_training_says_so(tmp_path: Path):
     """Training that does not finish within the wait: nothing is evaluated, and the result gives the reason."""
     config = DLRMConfig.small()
-    ps = ParameterServer(PSOptions(config=config, total_steps=TOTAL, workers=1, staleness=4, log_every=0))
-    net = InsecureTransport()
-    running = start_server(ps, net, "127.0.0.1", 0)
-    client = ShardedPS([running.endpoint], net, "worker0")
     train, held_out = synthetic_partitions(tmp_path / "data", 1, 64, 64, 1, config)
-    try:
+    with ps_with_clients(PSOptions(config=config, total_steps=TOTAL, workers=1, staleness=4, log_every=0)) as (
+            _, (client,)):
         worker = in_process_worker(client, max_steps=1)
         worker.connect()
         model = DLRM(config)
         worker.train(model, iter([(b, b.lookup()) for b in CriteoReader(train[0], config, 16)]), [0], False)
         result, labels, _ = worker.evaluate(model, list(CriteoReader(held_out[0], config, 32)), wait_seconds=0.3)
-    finally:
-        client.close()
-        running.server.stop(0).wait(5)
     assert result["examples"] == 0 and labels.size == 0
     assert "did not finish within 0.3 s" in result["skipped"] and f"final [{TOTAL}]" in result["skipped"]

@@ -15,16 +15,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from runtime_tools import Children, in_process_worker, wait_for_file, wait_until
+from runtime_tools import Children, in_process_worker, ps_with_clients, wait_for_file, wait_until
 
 from runtime.client.ps import ShardedPS
 from runtime.client.remote import RemoteError
 from runtime.data import CriteoReader, synthetic_partitions
 from runtime.model import DLRM, DLRMConfig
 from runtime.server.checkpoints import list_versions
-from runtime.server.service import start_server
 from runtime.server.state import ParameterServer, PSOptions
-from runtime.transport import InsecureTransport
 from runtime.worker import Round, Worker
 
 
@@ -113,11 +111,7 @@ def one_worker_in_process(tmp_path: Path) -> Iterator[tuple[ParameterServer, Sha
     """An in-process synchronous PS of one worker, that worker's client and Worker (joined), and step(): one
     Worker._step of a batch of its data."""
     config = DLRMConfig.small()
-    ps = ParameterServer(PSOptions(config=config, total_steps=10, workers=1, log_every=0))
-    net = InsecureTransport()
-    running = start_server(ps, net, "127.0.0.1", 0)
-    client = ShardedPS([running.endpoint], net, "worker0")
-    try:
+    with ps_with_clients(PSOptions(config=config, total_steps=10, workers=1, log_every=0)) as (ps, (client,)):
         worker = in_process_worker(client)
         worker.connect()
         train, _ = synthetic_partitions(tmp_path / "data", 1, 64, 16, 1, config)
@@ -125,9 +119,23 @@ def one_worker_in_process(tmp_path: Path) -> Iterator[tuple[ParameterServer, Sha
         model = DLRM(config)
         yield ps, client, worker, lambda: worker._step(model, Round.of([(batch, batch.lookup())]), [0],
                                                        synchronous=True)
-    finally:
-        client.close()
-        running.server.stop(0).wait(5)
+
+
+def losing_the_first_reply(client: ShardedPS) -> list:
+    """Makes client's first push reach the PS and then fail as a dead link would, its reply lost; returns the list
+    that receives that lost reply."""
+    real_push = client.push
+    lost: list = []
+
+    def push_losing_the_first_reply(*push_args):
+        reply = real_push(*push_args)
+        if not lost:
+            lost.append(reply)
+            raise RemoteError(grpc.StatusCode.UNAVAILABLE, "Socket closed (the reply was lost)")
+        return reply
+
+    client.push = push_losing_the_first_reply
+    return lost
 
 
 def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
@@ -136,17 +144,7 @@ def test_a_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path):
     parameters and so applying it twice (tests/test_network_faults.py cuts real links; this is the case made
     certain)."""
     with one_worker_in_process(tmp_path) as (ps, client, worker, step):
-        real_push = client.push
-        lost = []
-
-        def push_losing_the_first_reply(*push_args):
-            reply = real_push(*push_args)
-            if not lost:
-                lost.append(reply)
-                raise RemoteError(grpc.StatusCode.UNAVAILABLE, "Socket closed (the reply was lost)")
-            return reply
-
-        client.push = push_losing_the_first_reply
+        lost = losing_the_first_reply(client)
         assert step() is not None and lost and lost[0].versions == [1]  # the PS had applied it: round 0 closed
         assert ps.version == 1 and ps.stats["pushes"] == 1 and ps.stats["rounds"] == 1
         assert ps.stats["duplicate_pushes"] == 1 and worker.stats.duplicates == 1
@@ -159,21 +157,14 @@ def asynchronous_workers_in_process(tmp_path: Path, workers: int
     """An in-process asynchronous PS (staleness 1) of `workers` workers, their clients and Workers (joined; the
     first pipelined, stopping after 3 steps), and batches(i): (batch, lookup) pairs of worker i's data."""
     config = DLRMConfig.small()
-    ps = ParameterServer(PSOptions(config=config, total_steps=100, workers=workers, staleness=1, log_every=0))
-    net = InsecureTransport()
-    running = start_server(ps, net, "127.0.0.1", 0)
-    clients = [ShardedPS([running.endpoint], net, f"worker{i}") for i in range(workers)]
-    try:
+    options = PSOptions(config=config, total_steps=100, workers=workers, staleness=1, log_every=0)
+    with ps_with_clients(options) as (ps, clients):
         pool = [in_process_worker(client, max_steps=3) for client in clients]
         pool[0].args.pipeline = True
         for worker in pool:
             worker.connect()
         train, _ = synthetic_partitions(tmp_path / "data", workers, 160, 16, 1, config)
         yield ps, clients, pool, lambda i: ((b, b.lookup()) for b in CriteoReader(train[i], config, 16))
-    finally:
-        for client in clients:
-            client.close()
-        running.server.stop(0).wait(5)
 
 
 def test_a_pipelined_batch_is_redone_only_once_no_push_is_in_flight(tmp_path):
@@ -215,17 +206,7 @@ def test_a_pipelined_push_whose_reply_was_lost_is_resent_not_recomputed(tmp_path
     """A pipelined push applied by the PS whose reply is lost: the worker resends that push (same
     step), which the PS recognises as a duplicate, instead of recomputing the batch and applying it twice."""
     with asynchronous_workers_in_process(tmp_path, 1) as (ps, clients, (pipelined,), batches):
-        real_push = clients[0].push
-        lost = []
-
-        def push_losing_the_first_reply(*push_args):
-            reply = real_push(*push_args)
-            if not lost:
-                lost.append(reply)
-                raise RemoteError(grpc.StatusCode.UNAVAILABLE, "Socket closed (the reply was lost)")
-            return reply
-
-        clients[0].push = push_losing_the_first_reply
+        lost = losing_the_first_reply(clients[0])
         pipelined.train(DLRM(ps.config), batches(0), [0], synchronous=False)
         assert lost and lost[0].versions == [1]  # the PS had applied it
         assert pipelined.stats.steps == 3 and pipelined.stats.duplicates == 1
