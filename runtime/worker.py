@@ -449,8 +449,6 @@ class Worker:
                     pulled = None
                 min_versions = self.connect(str(error))
                 continue
-            # A duplicate answers a resend: this round was in already (the pipelined loop hands a batch here only
-            # when none of its pushes is in flight, so no other push of ours can have taken this step).
             if any(pushed.stale):
                 # Our round closed without us (or, asynchronous, we fell too far behind): take the newer parameters
                 # and redo this batch.
@@ -458,6 +456,8 @@ class Worker:
                 min_versions = [0 if s else v + 1 for s, v in zip(pushed.stale, pulled.versions, strict=True)]
                 pulled = computed = None
                 continue
+            # A duplicate answers a resend: this round was in already (the pipelined loop hands a batch here only
+            # when none of its pushes is in flight, so no other push of ours can have taken this step).
             stats.duplicates += sum(pushed.duplicate)
             return pulled, losses, ahead
 
